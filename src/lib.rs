@@ -1,0 +1,26 @@
+//! `swarm`: Docker Swarm mode re-thought as crates an application links.
+//!
+//! This facade re-exports [`swarm_core`] (the model, the four traits, the
+//! in-memory backends and the test harness) at its root, and the other
+//! crates as modules behind cargo features:
+//!
+//! | feature      | module        | crate                      |
+//! |--------------|---------------|----------------------------|
+//! | `sched`      | [`sched`]     | `swarm-sched` (default)    |
+//! | `raft`       | `raft`        | `swarm-raft`               |
+//! | `docker`     | `docker`      | `swarm-runtime-docker`     |
+//! | `containerd` | `containerd`  | `swarm-runtime-containerd` |
+
+pub use swarm_core::*;
+
+#[cfg(feature = "sched")]
+pub use swarm_sched as sched;
+
+#[cfg(feature = "raft")]
+pub use swarm_raft as raft;
+
+#[cfg(feature = "docker")]
+pub use swarm_runtime_docker as docker;
+
+#[cfg(feature = "containerd")]
+pub use swarm_runtime_containerd as containerd;

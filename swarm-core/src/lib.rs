@@ -1,0 +1,26 @@
+//! `swarm-core`: the model, spec validation, the four traits and the
+//! in-memory backends of an embeddable, Docker-Swarm-like orchestrator.
+//!
+//! - [`model`]: nodes, services, tasks, networks, volumes, secrets, configs,
+//!   cluster settings, with Swarm's defaults.
+//! - [`validate`]: precise, per-field spec errors.
+//! - [`state`]: the one deterministic state machine (`apply(tx)`).
+//! - The four traits: [`store::Store`], [`scheduler::Scheduler`],
+//!   [`runtime::Runtime`], [`discovery::Discovery`].
+//! - In-memory backends: [`store::MemStore`], [`discovery::MemDiscovery`],
+//!   [`sim::SimRuntime`].
+
+#![warn(missing_docs)]
+
+pub mod constraint;
+pub mod discovery;
+pub mod id;
+pub mod image;
+pub mod model;
+pub mod runtime;
+pub mod scheduler;
+pub mod sim;
+pub mod state;
+pub mod store;
+pub mod time;
+pub mod validate;

@@ -1,0 +1,110 @@
+use super::Meta;
+use crate::id::ClusterId;
+use crate::time::SpecDuration;
+use serde::{Deserialize, Serialize};
+
+/// Cluster-wide settings. There is one Cluster object, named "default".
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Cluster {
+    /// Cluster id.
+    pub id: ClusterId,
+    /// Store bookkeeping.
+    pub meta: Meta,
+    /// Settings.
+    pub spec: ClusterSpec,
+}
+
+/// Cluster settings, with Swarm's defaults.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterSpec {
+    /// Name ("default").
+    pub name: String,
+    /// Orchestration settings.
+    pub orchestration: OrchestrationConfig,
+    /// Heartbeats.
+    pub dispatcher: DispatcherConfig,
+    /// Raft timing and snapshots.
+    pub raft: RaftConfig,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            name: "default".into(),
+            orchestration: OrchestrationConfig::default(),
+            dispatcher: DispatcherConfig::default(),
+            raft: RaftConfig::default(),
+        }
+    }
+}
+
+/// Orchestration settings.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OrchestrationConfig {
+    /// Old tasks kept per slot (or per node for global services). Default 5.
+    pub task_history_limit: u64,
+}
+
+impl Default for OrchestrationConfig {
+    fn default() -> Self {
+        OrchestrationConfig { task_history_limit: 5 }
+    }
+}
+
+/// Heartbeat settings.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DispatcherConfig {
+    /// How often agents heartbeat. Default 5 s.
+    pub heartbeat_period: SpecDuration,
+    /// Missed periods before a node is declared down. Default 3.
+    pub grace_periods: u32,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig { heartbeat_period: SpecDuration::from_secs(5), grace_periods: 3 }
+    }
+}
+
+impl DispatcherConfig {
+    /// How long a node may stay silent before it is down.
+    pub fn grace(&self) -> std::time::Duration {
+        self.heartbeat_period.to_std() * self.grace_periods.max(1)
+    }
+}
+
+/// Raft settings. Timing defaults are etcd-like (100 ms heartbeat, 1 s
+/// election timeout) rather than Swarm's 10 s, so failover is fast.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaftConfig {
+    /// Log entries between snapshots. Default 10,000 (Swarm's).
+    pub snapshot_interval: u64,
+    /// Old snapshots kept. Default 0.
+    pub keep_old_snapshots: u64,
+    /// Entries kept after a snapshot for slow followers. Default 500.
+    pub log_entries_for_slow_followers: u64,
+    /// Length of one raft tick. Default 100 ms.
+    pub tick: SpecDuration,
+    /// Ticks between leader heartbeats. Default 1.
+    pub heartbeat_tick: u32,
+    /// Ticks before a follower starts an election. Default 10.
+    pub election_tick: u32,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            snapshot_interval: 10_000,
+            keep_old_snapshots: 0,
+            log_entries_for_slow_followers: 500,
+            tick: SpecDuration::from_millis(100),
+            heartbeat_tick: 1,
+            election_tick: 10,
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Spec validation. Every problem becomes a [`FieldError`] naming the field
+//! (a path such as `endpoint_spec.ports[1].published_port`) and the reason;
+//! a spec with problems yields one [`ValidationError`] that lists them all.
+//!
+//! The state machine validates every spec it stores, so no [`Store`]
+//! accepts an invalid one.
+//!
+//! [`Store`]: crate::store::Store
+//!
+//! ```
+//! use swarm_core::model::{ServiceSpec, ServiceMode};
+//! use swarm_core::validate::validate_service_spec;
+//! let mut spec = ServiceSpec::global("web", "nginx:1.27");
+//! spec.mode.replicas = Some(3);
+//! let err = validate_service_spec(&spec).unwrap_err();
+//! assert_eq!(err.errors[0].field, "mode.replicas");
+//! ```
+
+use crate::constraint::Constraint;
+use crate::image::ImageRef;
+use crate::model::*;
+use crate::time::SpecDuration;
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// One problem with one field.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// Path to the field, e.g. `task_template.container.image`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// All problems found in one spec.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ValidationError {
+    /// What was validated, e.g. `service "web"`.
+    pub subject: String,
+    /// The problems, in field order.
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: ", self.subject)?;
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+impl ValidationError {
+    /// True when some error is about `field`.
+    pub fn has_field(&self, field: &str) -> bool {
+        self.errors.iter().any(|e| e.field == field)
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), reason: reason.into() });
+    }
+    fn finish(self, subject: String) -> Result<(), ValidationError> {
+        if self.0.is_empty() { Ok(()) } else { Err(ValidationError { subject, errors: self.0 }) }
+    }
+    fn duration(&mut self, field: &str, d: SpecDuration) {
+        if d.is_negative() {
+            self.add(field, format!("duration {d} is negative"));
+        }
+    }
+}
+
+/// Why `name` is not a DNS label, if it is not one.
+pub fn dns_label_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("is empty; a name must be a DNS label".into());
+    }
+    if name.len() > 63 {
+        return Some(format!("{name:?} is longer than 63 characters, the limit of a DNS label"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
+        return Some(format!("{name:?} contains {c:?}; a DNS label holds only letters, digits and '-'"));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Some(format!("{name:?} starts or ends with '-', which a DNS label may not"));
+    }
+    None
+}
+
+fn object_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("is empty".into());
+    }
+    if name.len() > 64 {
+        return Some(format!("{name:?} is longer than 64 characters"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Some(format!("{name:?} contains {c:?}; use letters, digits, '-', '_' and '.'"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some(format!("{name:?} must start with a letter or digit"));
+    }
+    None
+}
+
+fn labels(errs: &mut Errors, field: &str, l: &Labels) {
+    for k in l.keys() {
+        if k.trim().is_empty() {
+            errs.add(field, "a label key is empty");
+        } else if k.chars().any(|c| c.is_whitespace() || c == '=') {
+            errs.add(format!("{field}.{k}"), "label keys may not hold whitespace or '='");
+        }
+    }
+}
+
+/// Validates a service spec.
+pub fn validate_service_spec(spec: &ServiceSpec) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    if let Some(p) = dns_label_problem(&spec.name) {
+        e.add("name", p);
+    }
+    labels(&mut e, "labels", &spec.labels);
+    task_spec(&mut e, &spec.task_template);
+    mode(&mut e, &spec.mode);
+    update_config(&mut e, "update_config", &spec.update_config);
+    update_config(&mut e, "rollback_config", &spec.rollback_config);
+    endpoint(&mut e, &spec.endpoint_spec);
+    let mut nets = BTreeSet::new();
+    for (i, n) in spec.networks.iter().enumerate() {
+        if n.target.is_empty() {
+            e.add(format!("networks[{i}].target"), "is empty");
+        } else if !nets.insert(n.target.as_str()) {
+            e.add(format!("networks[{i}].target"), format!("network {:?} is attached twice", n.target));
+        }
+        for (j, a) in n.aliases.iter().enumerate() {
+            if let Some(p) = dns_label_problem(a) {
+                e.add(format!("networks[{i}].aliases[{j}]"), p);
+            }
+        }
+    }
+    e.finish(format!("service {:?}", spec.name))
+}
+
+fn task_spec(e: &mut Errors, t: &TaskSpec) {
+    let c = &t.container;
+    match ImageRef::parse(&c.image) {
+        Ok(_) => {}
+        Err(err) => e.add("task_template.container.image", err.to_string()),
+    }
+    for (i, v) in c.env.iter().enumerate() {
+        let key = v.split('=').next().unwrap_or("");
+        if key.is_empty() {
+            e.add(format!("task_template.container.env[{i}]"), format!("{v:?} has no variable name (want KEY=value)"));
+        } else if key.chars().any(char::is_whitespace) {
+            e.add(format!("task_template.container.env[{i}]"), format!("variable name {key:?} holds whitespace"));
+        }
+    }
+    if let Some(w) = &c.workdir {
+        if !w.starts_with('/') {
+            e.add("task_template.container.workdir", format!("{w:?} is not an absolute path"));
+        }
+    }
+    if let Some(u) = &c.user {
+        if u.is_empty() || u.contains(char::is_whitespace) {
+            e.add("task_template.container.user", format!("{u:?} is not a user name or uid[:gid]"));
+        }
+    }
+    labels(e, "task_template.container.labels", &c.labels);
+    let mut targets = BTreeSet::new();
+    for (i, m) in c.mounts.iter().enumerate() {
+        let f = format!("task_template.container.mounts[{i}]");
+        if !m.target.starts_with('/') {
+            e.add(format!("{f}.target"), format!("{:?} is not an absolute path", m.target));
+        } else if !targets.insert(m.target.clone()) {
+            e.add(format!("{f}.target"), format!("{:?} is mounted twice", m.target));
+        }
+        match m.kind {
+            MountKind::Bind if !m.source.starts_with('/') => {
+                e.add(format!("{f}.source"), format!("a bind mount needs an absolute host path, got {:?}", m.source))
+            }
+            MountKind::Volume if !m.source.is_empty() => {
+                if let Some(p) = object_name_problem(&m.source) {
+                    e.add(format!("{f}.source"), format!("volume name {p}"));
+                }
+            }
+            MountKind::Tmpfs if !m.source.is_empty() => e.add(format!("{f}.source"), "a tmpfs mount has no source"),
+            _ => {}
+        }
+        if m.tmpfs_size_bytes > 0 && m.kind != MountKind::Tmpfs {
+            e.add(format!("{f}.tmpfs_size_bytes"), "only a tmpfs mount has a size");
+        }
+    }
+    let mut files = BTreeSet::new();
+    for (i, s) in c.secrets.iter().enumerate() {
+        let f = format!("task_template.container.secrets[{i}]");
+        if let Some(p) = object_name_problem(&s.secret_name) {
+            e.add(format!("{f}.secret_name"), p);
+        } else if !files.insert(s.path()) {
+            e.add(format!("{f}.target.name"), format!("file {:?} is the target of two secrets or configs", s.path()));
+        }
+    }
+    for (i, s) in c.configs.iter().enumerate() {
+        let f = format!("task_template.container.configs[{i}]");
+        if let Some(p) = object_name_problem(&s.config_name) {
+            e.add(format!("{f}.config_name"), p);
+        } else if !files.insert(s.path()) {
+            e.add(format!("{f}.target.name"), format!("file {:?} is the target of two secrets or configs", s.path()));
+        }
+    }
+    if let Some(h) = &c.health_check {
+        let f = "task_template.container.health_check";
+        e.duration(&format!("{f}.interval"), h.interval);
+        e.duration(&format!("{f}.timeout"), h.timeout);
+        e.duration(&format!("{f}.start_period"), h.start_period);
+        match &h.probe {
+            HealthProbe::Command(cmd) if cmd.is_empty() || cmd[0].is_empty() => {
+                e.add(format!("{f}.probe"), "the command is empty")
+            }
+            HealthProbe::Tcp { port: 0 } | HealthProbe::Http { port: 0, .. } => {
+                e.add(format!("{f}.probe.port"), "port 0 is not a port")
+            }
+            HealthProbe::Http { path, .. } if !path.starts_with('/') => {
+                e.add(format!("{f}.probe.path"), format!("{path:?} does not start with '/'"))
+            }
+            _ => {}
+        }
+    }
+    e.duration("task_template.container.stop_grace_period", c.stop_grace_period);
+    let r = &t.resources;
+    let f = "task_template.resources";
+    if r.limits.memory_bytes > 0 && r.reservations.memory_bytes > r.limits.memory_bytes {
+        e.add(
+            format!("{f}.reservations.memory_bytes"),
+            format!(
+                "the reservation ({} bytes) is above the limit ({} bytes)",
+                r.reservations.memory_bytes, r.limits.memory_bytes
+            ),
+        );
+    }
+    if r.limits.nano_cpus > 0 && r.reservations.nano_cpus > r.limits.nano_cpus {
+        e.add(
+            format!("{f}.reservations.nano_cpus"),
+            format!("the reservation ({}) is above the limit ({})", r.reservations.nano_cpus, r.limits.nano_cpus),
+        );
+    }
+    e.duration("task_template.restart_policy.delay", t.restart_policy.delay);
+    e.duration("task_template.restart_policy.window", t.restart_policy.window);
+    let p = &t.placement;
+    for (i, c) in p.constraints.iter().enumerate() {
+        if let Err(err) = c.parse::<Constraint>() {
+            e.add(format!("task_template.placement.constraints[{i}]"), err.to_string());
+        }
+    }
+    for (i, pref) in p.preferences.iter().enumerate() {
+        let ok = pref
+            .spread
+            .strip_prefix("node.labels.")
+            .or_else(|| pref.spread.strip_prefix("engine.labels."))
+            .is_some_and(|k| !k.is_empty());
+        if !ok {
+            e.add(
+                format!("task_template.placement.preferences[{i}].spread"),
+                format!("{:?} is not node.labels.<key> or engine.labels.<key>", pref.spread),
+            );
+        }
+    }
+    for (i, pl) in p.platforms.iter().enumerate() {
+        if pl.os.is_empty() && pl.architecture.is_empty() {
+            e.add(format!("task_template.placement.platforms[{i}]"), "names neither an OS nor an architecture");
+        }
+    }
+}
+
+fn mode(e: &mut Errors, m: &ServiceMode) {
+    let name = match m.kind {
+        ModeKind::Replicated => "replicated",
+        ModeKind::Global => "global",
+        ModeKind::ReplicatedJob => "replicated-job",
+        ModeKind::GlobalJob => "global-job",
+    };
+    if m.replicas.is_some() && m.kind != ModeKind::Replicated {
+        e.add("mode.replicas", format!("replicas is not allowed on a {name} service"));
+    }
+    if m.kind != ModeKind::ReplicatedJob {
+        if m.max_concurrent.is_some() {
+            e.add("mode.max_concurrent", format!("max_concurrent is only for replicated-job, not {name}"));
+        }
+        if m.total_completions.is_some() {
+            e.add("mode.total_completions", format!("total_completions is only for replicated-job, not {name}"));
+        }
+    } else if m.max_concurrent == Some(0) {
+        e.add("mode.max_concurrent", "must be at least 1");
+    }
+}
+
+fn update_config(e: &mut Errors, field: &str, u: &UpdateConfig) {
+    e.duration(&format!("{field}.delay"), u.delay);
+    e.duration(&format!("{field}.monitor"), u.monitor);
+    if !(0.0..=1.0).contains(&u.max_failure_ratio) {
+        e.add(format!("{field}.max_failure_ratio"), format!("{} is not between 0 and 1", u.max_failure_ratio));
+    }
+}
+
+fn endpoint(e: &mut Errors, ep: &EndpointSpec) {
+    let mut published = BTreeSet::new();
+    for (i, p) in ep.ports.iter().enumerate() {
+        let f = format!("endpoint_spec.ports[{i}]");
+        if p.target_port == 0 || p.target_port > 65535 {
+            e.add(format!("{f}.target_port"), format!("{} is not a port (1-65535)", p.target_port));
+        }
+        if let Some(pp) = p.published_port {
+            if pp == 0 || pp > 65535 {
+                e.add(format!("{f}.published_port"), format!("{pp} is not a port (1-65535)"));
+            } else if !published.insert((p.protocol, pp)) {
+                e.add(format!("{f}.published_port"), format!("{}/{} is published twice", pp, p.protocol.as_str()));
+            }
+        }
+        if ep.mode == EndpointMode::Dnsrr && p.publish_mode == PublishMode::Ingress {
+            e.add(format!("{f}.publish_mode"), "ingress ports need endpoint mode vip; use host mode with dnsrr");
+        }
+    }
+}
+
+/// Validates a node spec.
+pub fn validate_node(node: &Node) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    if node.id.as_str().is_empty() {
+        e.add("id", "is empty");
+    }
+    labels(&mut e, "spec.labels", &node.spec.labels);
+    labels(&mut e, "description.engine_labels", &node.description.engine_labels);
+    if !node.status.addr.is_empty() && node.status.addr.parse::<std::net::IpAddr>().is_err() {
+        e.add("status.addr", format!("{:?} is not an IP address", node.status.addr));
+    }
+    e.finish(format!("node {:?}", node.id.as_str()))
+}
+
+/// Validates a network spec.
+pub fn validate_network_spec(spec: &NetworkSpec) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    if let Some(p) = dns_label_problem(&spec.name) {
+        e.add("name", p);
+    }
+    labels(&mut e, "labels", &spec.labels);
+    if !spec.subnet.is_empty() && spec.subnet.parse::<ipnet::IpNet>().is_err() {
+        e.add("subnet", format!("{:?} is not a CIDR", spec.subnet));
+    }
+    e.finish(format!("network {:?}", spec.name))
+}
+
+/// Validates a volume spec.
+pub fn validate_volume_spec(spec: &VolumeSpec) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    if let Some(p) = object_name_problem(&spec.name) {
+        e.add("name", p);
+    }
+    labels(&mut e, "labels", &spec.labels);
+    e.finish(format!("volume {:?}", spec.name))
+}
+
+/// Largest secret or config, as in Swarm: 500 KiB.
+pub const MAX_SECRET_BYTES: usize = 500 * 1024;
+
+/// Validates a secret spec.
+pub fn validate_secret_spec(spec: &SecretSpec) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    if let Some(p) = object_name_problem(&spec.name) {
+        e.add("name", p);
+    }
+    labels(&mut e, "labels", &spec.labels);
+    if spec.data.0.len() > MAX_SECRET_BYTES {
+        e.add("data", format!("{} bytes is above the limit of {MAX_SECRET_BYTES}", spec.data.0.len()));
+    }
+    e.finish(format!("secret {:?}", spec.name))
+}
+
+/// Validates a config spec.
+pub fn validate_config_spec(spec: &ConfigSpec) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    if let Some(p) = object_name_problem(&spec.name) {
+        e.add("name", p);
+    }
+    labels(&mut e, "labels", &spec.labels);
+    if spec.data.len() > MAX_SECRET_BYTES {
+        e.add("data", format!("{} bytes is above the limit of {MAX_SECRET_BYTES}", spec.data.len()));
+    }
+    e.finish(format!("config {:?}", spec.name))
+}
+
+/// Validates the cluster settings.
+pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    e.duration("dispatcher.heartbeat_period", spec.dispatcher.heartbeat_period);
+    if spec.dispatcher.heartbeat_period == SpecDuration::ZERO {
+        e.add("dispatcher.heartbeat_period", "must be above zero");
+    }
+    e.duration("raft.tick", spec.raft.tick);
+    if spec.raft.election_tick <= spec.raft.heartbeat_tick {
+        e.add("raft.election_tick", "must be greater than raft.heartbeat_tick");
+    }
+    e.finish(format!("cluster {:?}", spec.name))
+}

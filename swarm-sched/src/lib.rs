@@ -1,0 +1,4 @@
+//! Scheduler implementations (filter/score pipeline, Spread, BinPack). Not built yet: tracked by issue 3.
+//!
+//! This crate holds nothing yet: it exists so the workspace has its final
+//! shape. It exports no types, so nothing can mistake it for working code.
