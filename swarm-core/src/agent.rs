@@ -67,6 +67,20 @@ struct Worker {
     handle: JoinHandle<()>,
 }
 
+/// The running workers. Dropping the set (the agent stopped or was
+/// aborted) aborts them, leaving their containers running, as a crashed
+/// agent process would.
+#[derive(Default)]
+struct Workers(HashMap<TaskId, Worker>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in self.0.values() {
+            w.handle.abort();
+        }
+    }
+}
+
 impl Agent {
     /// An agent for one node.
     pub fn new(config: AgentConfig, runtime: Arc<dyn Runtime>, dispatcher: Arc<dyn Dispatcher>) -> Self {
@@ -78,9 +92,9 @@ impl Agent {
         let node = self.config.node_id.clone();
         let (status_tx, status_rx) = mpsc::unbounded_channel::<TaskStatusUpdate>();
         let (session_tx, session_rx) = watch::channel::<Option<String>>(None);
-        let reporter = tokio::spawn(report_loop(self.dispatcher.clone(), status_rx, session_rx));
+        let reporter = AbortOnDrop(tokio::spawn(report_loop(self.dispatcher.clone(), status_rx, session_rx)));
         let refs = Arc::new(Mutex::new(Refs::default()));
-        let mut workers: HashMap<TaskId, Worker> = HashMap::new();
+        let mut workers = Workers::default();
         let mut adopted_once = false;
         let result = loop {
             let session = match self
@@ -110,10 +124,8 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        reporter.abort();
-        for (_, w) in workers {
-            w.handle.abort();
-        }
+        drop(reporter);
+        drop(workers);
         result
     }
 
@@ -122,7 +134,7 @@ impl Agent {
         session: &SessionInfo,
         status_tx: &mpsc::UnboundedSender<TaskStatusUpdate>,
         refs: &Arc<Mutex<Refs>>,
-        workers: &mut HashMap<TaskId, Worker>,
+        workers: &mut Workers,
         adopted_once: &mut bool,
     ) -> Result<(), DispatchError> {
         let mut stream = self.dispatcher.assignments(&session.session_id).await?;
@@ -192,8 +204,9 @@ impl Agent {
         mut adopt: HashMap<TaskId, String>,
         status_tx: &mpsc::UnboundedSender<TaskStatusUpdate>,
         refs: &Arc<Mutex<Refs>>,
-        workers: &mut HashMap<TaskId, Worker>,
+        workers: &mut Workers,
     ) {
+        let workers = &mut workers.0;
         {
             let mut r = refs.lock().unwrap_or_else(|p| p.into_inner());
             for s in msg.secrets {
@@ -241,6 +254,14 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -139,15 +139,15 @@ pub trait Dispatcher: Send + Sync + 'static {
 
 struct Session {
     node_id: NodeId,
-    last_seen: Instant,
     sender: Option<mpsc::UnboundedSender<Assignments>>,
 }
 
 struct Inner {
     sessions: HashMap<String, Session>,
     by_node: HashMap<NodeId, String>,
-    /// Nodes believed up without a session yet (after a manager start).
-    grace_until: HashMap<NodeId, Instant>,
+    /// When each node believed up was last heard from (a heartbeat, a new
+    /// session, or this manager's start for nodes ready before it).
+    last_seen: HashMap<NodeId, Instant>,
     ids: IdGen,
 }
 
@@ -178,7 +178,7 @@ impl LocalDispatcher {
             inner: Arc::new(Mutex::new(Inner {
                 sessions: HashMap::new(),
                 by_node: HashMap::new(),
-                grace_until: HashMap::new(),
+                last_seen: HashMap::new(),
                 ids: IdGen::seeded(seed ^ 0xD15A_7C4E),
             })),
         }
@@ -201,7 +201,8 @@ impl LocalDispatcher {
         self.lock().by_node.keys().cloned().collect()
     }
 
-    /// Ends a node's session (as if its connection dropped).
+    /// Ends a node's session (as if its connection dropped). The node is
+    /// marked down if it does not come back within the heartbeat grace.
     pub fn drop_session(&self, node: &NodeId) {
         let mut g = self.lock();
         if let Some(sid) = g.by_node.remove(node) {
@@ -223,10 +224,9 @@ impl LocalDispatcher {
         let start = Instant::now();
         {
             let state = self.store.snapshot().await?;
-            let grace = state.cluster_spec().dispatcher.grace();
             let mut g = self.lock();
             for n in state.nodes().filter(|n| n.status.state == NodeState::Ready) {
-                g.grace_until.insert(n.id.clone(), start + grace);
+                g.last_seen.entry(n.id.clone()).or_insert(start);
             }
         }
         loop {
@@ -310,21 +310,14 @@ impl LocalDispatcher {
         let now = Instant::now();
         let silent: Vec<NodeId> = {
             let mut g = self.lock();
-            let mut out: Vec<NodeId> = g
-                .sessions
-                .values()
-                .filter(|s| now.duration_since(s.last_seen) > grace)
-                .map(|s| s.node_id.clone())
+            let out: Vec<NodeId> = g
+                .last_seen
+                .iter()
+                .filter(|(_, seen)| now.duration_since(**seen) > grace)
+                .map(|(n, _)| n.clone())
                 .collect();
-            let expired: Vec<NodeId> =
-                g.grace_until.iter().filter(|(_, until)| now > **until).map(|(n, _)| n.clone()).collect();
-            for n in expired {
-                g.grace_until.remove(&n);
-                if !g.by_node.contains_key(&n) {
-                    out.push(n);
-                }
-            }
             for n in &out {
+                g.last_seen.remove(n);
                 if let Some(sid) = g.by_node.remove(n) {
                     g.sessions.remove(&sid);
                 }
@@ -415,18 +408,21 @@ impl Dispatcher for LocalDispatcher {
         if let Some(old) = g.by_node.insert(node_id.clone(), session_id.clone()) {
             g.sessions.remove(&old);
         }
-        g.grace_until.remove(&node_id);
-        g.sessions.insert(session_id.clone(), Session { node_id, last_seen: Instant::now(), sender: None });
+        g.last_seen.insert(node_id.clone(), Instant::now());
+        g.sessions.insert(session_id.clone(), Session { node_id, sender: None });
         Ok(SessionInfo { session_id, heartbeat_period: period })
     }
 
     async fn heartbeat(&self, session_id: &str) -> Result<HeartbeatResponse, DispatchError> {
         let node = {
             let mut g = self.lock();
-            let s =
-                g.sessions.get_mut(session_id).ok_or_else(|| DispatchError::InvalidSession(session_id.to_string()))?;
-            s.last_seen = Instant::now();
-            s.node_id.clone()
+            let node = g
+                .sessions
+                .get(session_id)
+                .map(|s| s.node_id.clone())
+                .ok_or_else(|| DispatchError::InvalidSession(session_id.to_string()))?;
+            g.last_seen.insert(node.clone(), Instant::now());
+            node
         };
         // A node that was marked down but heartbeats again is back.
         let state = self.store.snapshot().await?;
