@@ -753,3 +753,18 @@ fn apply_is_deterministic_and_pure() {
     let ids: BTreeSet<String> = a.tasks().map(|t| t.id.to_string()).collect();
     assert!(!ids.contains("t0"));
 }
+
+#[test]
+fn task_names_cut_non_ascii_ids_on_a_character() {
+    // 11 ASCII bytes then a 2-byte character: byte 12 is inside it.
+    let mut t = task("aaaaaaaaaaaé-and-more", "s1", Some(3));
+    assert_eq!(t.name(), "web.3.aaaaaaaaaaaé");
+    t.slot = None;
+    t.node_id = Some("n1".into());
+    assert_eq!(t.name(), "web.n1.aaaaaaaaaaaé");
+    t.node_id = None;
+    assert_eq!(task("短", "s1", None).name(), "web.短");
+    // Such a task can be stored, and its name is what the change carries.
+    let s = apply(&base(), Transaction::new().create(t.clone()));
+    assert_eq!(s.get(ObjectKind::Task, "aaaaaaaaaaaé-and-more").unwrap().name(), "web.aaaaaaaaaaaé");
+}

@@ -607,6 +607,11 @@ fn durations_deserialize_from_text_and_from_integer_nanos() {
         assert_eq!(serde_json::from_str::<SpecDuration>(&json).unwrap(), d, "{json}");
     }
     assert_eq!(serde_json::to_string(&SpecDuration::from_secs(5)).unwrap(), r#""5s""#);
+    // The extremes too (the most negative one used to fail as "too large").
+    for d in [SpecDuration(i64::MIN), SpecDuration(i64::MAX), SpecDuration(i64::MIN + 1)] {
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<SpecDuration>(&json).unwrap(), d, "{json}");
+    }
 
     // Inside a spec, both forms work for the same field.
     let a: ContainerSpec = serde_json::from_str(r#"{"image":"x","stop_grace_period":"5s"}"#).unwrap();
