@@ -768,3 +768,71 @@ fn task_names_cut_non_ascii_ids_on_a_character() {
     let s = apply(&base(), Transaction::new().create(t.clone()));
     assert_eq!(s.get(ObjectKind::Task, "aaaaaaaaaaaé-and-more").unwrap().name(), "web.aaaaaaaaaaaé");
 }
+
+// ------------------------------------------------- read-modify-write retry
+
+fn count_of(n: &Node) -> u64 {
+    n.spec.labels.get("count").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn increment(s: &State) -> Option<Transaction> {
+    let mut n = s.node(&"n1".into())?.as_ref().clone();
+    n.spec.labels.insert("count".into(), (count_of(&n) + 1).to_string());
+    Some(Transaction::new().update(n))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_read_modify_write_with_retry_loses_no_update() {
+    let store = MemStore::new();
+    store.commit(Transaction::new().create(node("n1"))).await.unwrap();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    let c = swarm_core::store::update_with_retry(&store, 10_000, increment).await.unwrap();
+                    assert!(c.is_some());
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let s = store.state();
+    assert_eq!(count_of(s.node(&"n1".into()).unwrap()), 200, "every increment landed exactly once");
+    assert_eq!(s.revision(), 201, "no conflicting write was committed");
+}
+
+#[tokio::test]
+async fn update_with_retry_gives_up_with_the_conflict_and_skips_empty_builds() {
+    let store = MemStore::new();
+    store.commit(Transaction::new().create(node("n1"))).await.unwrap();
+    // Nothing to write: no commit.
+    assert!(swarm_core::store::update_with_retry(&store, 3, |_| None).await.unwrap().is_none());
+    assert_eq!(store.state().revision(), 1);
+    // Always stale: every attempt conflicts, the error says so, nothing changes.
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let err = swarm_core::store::update_with_retry(&store, 3, |s| {
+        attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut n = s.node(&"n1".into()).unwrap().as_ref().clone();
+        n.meta.version = Version(0);
+        Some(Transaction::new().update(n))
+    })
+    .await
+    .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(store.state().revision(), 1);
+    // A non-conflict rejection is returned at once.
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let err = swarm_core::store::update_with_retry(&store, 3, |_| {
+        attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Transaction::new().create(node("n1")))
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(TxError::AlreadyExists { .. })), "{err}");
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
