@@ -309,7 +309,7 @@ fn check_validation(spec: &ServiceSpec) -> Result<bool, TestCaseError> {
 #[test]
 fn arbitrary_specs_validate_or_name_their_problems_never_panic() {
     let (valid, invalid) = (Cell::new(0u32), Cell::new(0u32));
-    runner(768, 0x5eed_0001)
+    runner(512, 0x5eed_0001)
         .run(&service_spec(), |spec| {
             let counter = if check_validation(&spec)? { &valid } else { &invalid };
             counter.set(counter.get() + 1);
@@ -351,7 +351,7 @@ fn committing_arbitrary_specs_succeeds_or_is_rejected_without_a_trace() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let outcomes = [Cell::new(0u32), Cell::new(0), Cell::new(0)]; // committed, invalid, other rejection
     let bump = |i: usize| outcomes[i].set(outcomes[i].get() + 1);
-    runner(384, 0x5eed_0002)
+    runner(256, 0x5eed_0002)
         .run(&service_spec(), |spec| {
             rt.block_on(async {
                 let store = seeded_store().await;
