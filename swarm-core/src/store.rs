@@ -224,8 +224,10 @@ impl Replica {
     pub fn restore(&mut self, state: State) {
         self.state = Arc::new(state);
         self.history.clear();
-        let (live, _) = broadcast::channel(self.live.receiver_count().max(DEFAULT_WATCH_BUFFER));
-        self.live = live;
+        // Keep the live channel (and its configured capacity): a live
+        // watcher sees the jump in revisions at the next change and gets
+        // `Lagged`. A new channel would close its receiver, which reads as
+        // "the store is gone" instead of "re-list".
     }
 
     /// A watch of the changes after `from`.

@@ -128,8 +128,11 @@ impl SpecDuration {
             None => (false, t),
         };
         let d = humantime::parse_duration(body).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-        let n = i64::try_from(d.as_nanos()).map_err(|_| format!("duration {s:?} is too large"))?;
-        Ok(SpecDuration(if neg { -n } else { n }))
+        // Negate before narrowing: -2^63 ns (i64::MIN, which Display
+        // writes) fits an i64 although its magnitude does not.
+        let n = i128::try_from(d.as_nanos()).map_err(|_| format!("duration {s:?} is too large"))?;
+        let n = i64::try_from(if neg { -n } else { n }).map_err(|_| format!("duration {s:?} is too large"))?;
+        Ok(SpecDuration(n))
     }
 }
 

@@ -42,7 +42,10 @@ pub struct Task {
 impl Task {
     /// A short name like `web.3.abc123def456` (Swarm's container naming).
     pub fn name(&self) -> String {
-        let short = &self.id.as_str()[..self.id.as_str().len().min(12)];
+        // The first 12 characters, cut on a character boundary: ids are
+        // opaque strings and need not be ASCII.
+        let id = self.id.as_str();
+        let short = id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i]);
         match (self.slot, &self.node_id) {
             (Some(slot), _) => format!("{}.{}.{}", self.service_name, slot, short),
             (None, Some(node)) => format!("{}.{}.{}", self.service_name, node, short),
