@@ -105,15 +105,16 @@ fn task_requests_carry_the_placement_of_the_task() {
         ],
         ..Default::default()
     };
-    let req = TaskRequest::from_task(&t, &ep).unwrap();
+    t.endpoint = ep;
+    let req = TaskRequest::from_task(&t).unwrap();
     assert_eq!(req.constraints.len(), 1);
     assert_eq!(req.host_ports, [(Protocol::Tcp, 80)]);
     assert_eq!(req.node_id, None, "a replicated task may go anywhere");
     assert_eq!(req.reservations.memory_bytes, 1 << 20);
     t.slot = None;
-    assert_eq!(TaskRequest::from_task(&t, &ep).unwrap().node_id, Some("n1".into()), "a global task is pinned");
+    assert_eq!(TaskRequest::from_task(&t).unwrap().node_id, Some("n1".into()), "a global task is pinned");
     t.spec.placement.constraints = vec!["node.colour==red".into()];
-    assert!(TaskRequest::from_task(&t, &ep).is_err());
+    assert!(TaskRequest::from_task(&t).is_err());
 }
 
 #[test]

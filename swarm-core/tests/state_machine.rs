@@ -319,7 +319,10 @@ fn versions_and_timestamps_are_set_by_the_state_machine() {
     tx.timestamp = Some(Timestamp(TS.0 + 10));
     let (s2, change) = s.apply(&tx).unwrap();
     let n2 = s2.node(&"n1".into()).unwrap();
-    assert_eq!(n2.meta, Meta { version: Version(2), created_at: TS, updated_at: Timestamp(TS.0 + 10) });
+    assert_eq!(
+        n2.meta,
+        Meta { version: Version(2), created_revision: 1, created_at: TS, updated_at: Timestamp(TS.0 + 10) }
+    );
     assert_eq!(change.revision, 2);
     assert_eq!(change.timestamp, Timestamp(TS.0 + 10));
     assert_eq!(change.events[0].old.as_ref().unwrap().meta().version, Version(1));
