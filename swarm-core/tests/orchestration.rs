@@ -4,48 +4,12 @@
 use std::time::Duration;
 use swarm_core::harness::{Harness, running_count};
 use swarm_core::model::*;
-use swarm_core::scheduler::*;
 use swarm_core::sim::{Fault, FaultRule};
 use swarm_core::state::State;
 use swarm_core::time::SpecDuration;
 
-/// Test scheduler: the feasible node with the fewest tasks of the service,
-/// then the fewest tasks, then the lowest id.
-struct LeastLoaded;
-
-impl Scheduler for LeastLoaded {
-    fn name(&self) -> &str {
-        "least-loaded"
-    }
-    fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
-        let mut view = view.clone();
-        batch
-            .iter()
-            .map(|req| {
-                let mut why = Explanation::new(view.nodes.len());
-                let mut best: Option<usize> = None;
-                for (i, n) in view.nodes.iter().enumerate() {
-                    match check_node(n, req) {
-                        Ok(()) => {
-                            let key = |n: &NodeInfo| (n.service_tasks(&req.service_id), n.total_tasks);
-                            if best.is_none_or(|b| key(n) < key(&view.nodes[b])) {
-                                best = Some(i);
-                            }
-                        }
-                        Err(f) => why.add(&f),
-                    }
-                }
-                match best {
-                    Some(i) => {
-                        view.nodes[i].reserve(req);
-                        Decision::Assign(view.nodes[i].node.id.clone())
-                    }
-                    None => Decision::Unschedulable(why),
-                }
-            })
-            .collect()
-    }
-}
+mod common;
+use common::LeastLoaded;
 
 async fn harness(nodes: usize) -> Harness {
     Harness::builder().nodes(nodes).scheduler(LeastLoaded).seed(7).build().await.expect("harness")

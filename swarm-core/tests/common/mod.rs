@@ -1,0 +1,77 @@
+//! Helpers shared by the orchestration test files (each file uses a part).
+#![allow(dead_code)]
+
+use swarm_core::scheduler::*;
+
+/// Test scheduler: the feasible node with the fewest tasks of the service,
+/// then the fewest tasks, then the lowest id.
+pub struct LeastLoaded;
+
+impl Scheduler for LeastLoaded {
+    fn name(&self) -> &str {
+        "least-loaded"
+    }
+    fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
+        let mut view = view.clone();
+        batch
+            .iter()
+            .map(|req| {
+                let mut why = Explanation::new(view.nodes.len());
+                let mut best: Option<usize> = None;
+                for (i, n) in view.nodes.iter().enumerate() {
+                    match check_node(n, req) {
+                        Ok(()) => {
+                            let key = |n: &NodeInfo| (n.service_tasks(&req.service_id), n.total_tasks);
+                            if best.is_none_or(|b| key(n) < key(&view.nodes[b])) {
+                                best = Some(i);
+                            }
+                        }
+                        Err(f) => why.add(&f),
+                    }
+                }
+                match best {
+                    Some(i) => {
+                        view.nodes[i].reserve(req);
+                        Decision::Assign(view.nodes[i].node.id.clone())
+                    }
+                    None => Decision::Unschedulable(why),
+                }
+            })
+            .collect()
+    }
+}
+
+use swarm_core::model::Object;
+use swarm_core::state::{Action, Change, Op, State, Transaction};
+
+/// A copy of the store's state rebuilt change by change, so a test can look
+/// at every revision, not only at the snapshots it happens to take.
+pub struct Mirror {
+    pub state: State,
+}
+
+impl Mirror {
+    pub fn new(state: State) -> Self {
+        Mirror { state }
+    }
+
+    /// Applies one committed change; panics if the change does not follow.
+    pub fn apply(&mut self, change: &Change) {
+        let mut tx = Transaction { ops: Vec::new(), timestamp: Some(change.timestamp) };
+        for ev in &change.events {
+            let op = match ev.action {
+                Action::Create => Op::Create(ev.object.clone()),
+                Action::Update => {
+                    let mut o: Object = ev.object.clone();
+                    o.meta_mut().version = ev.old.as_ref().expect("update has old").meta().version;
+                    Op::Update(o)
+                }
+                Action::Delete => Op::Delete { kind: ev.object.kind(), id: ev.object.id().to_string(), version: None },
+            };
+            tx.ops.push(op);
+        }
+        let (next, got) = self.state.apply(&tx).expect("mirror applies the change");
+        assert_eq!(got.revision, change.revision, "mirror in step with the store");
+        self.state = next;
+    }
+}
