@@ -1,0 +1,155 @@
+//! Quickstart: an in-process cluster of three nodes converges a service,
+//! replaces a crashed container and heals a node failure.
+//!
+//! Runs on `SimRuntime` (simulated containers). Run it with
+//! `cargo run --example quickstart`.
+
+use std::sync::Arc;
+use std::time::Duration;
+use swarm::agent::{Agent, AgentConfig};
+use swarm::cluster::{Cluster, TaskFilter};
+use swarm::dispatcher::Dispatcher;
+use swarm::manager::{Manager, ManagerConfig};
+use swarm::model::*;
+use swarm::runtime::Runtime;
+use swarm::sched::Pipeline;
+use swarm::sim::SimRuntime;
+use swarm::store::{MemStore, Store};
+use swarm::time::SpecDuration;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+struct Node {
+    id: String,
+    runtime: Arc<dyn Runtime>,
+    sim: SimRuntime,
+    agent: tokio::task::JoinHandle<()>,
+}
+
+fn start_agent(i: usize, runtime: Arc<dyn Runtime>, dispatcher: Arc<dyn Dispatcher>) -> tokio::task::JoinHandle<()> {
+    let agent = Agent::new(
+        AgentConfig {
+            node_id: format!("node-{i}").into(),
+            description: NodeDescription {
+                hostname: format!("host-{i}"),
+                platform: Platform::new("linux", "amd64"),
+                resources: Resources::new(2_000_000_000, 2 << 30),
+                engine_labels: Labels::new(),
+            },
+            addr: format!("127.0.0.{}", i + 1),
+        },
+        runtime,
+        dispatcher,
+    );
+    tokio::spawn(async move {
+        let _ = agent.run().await;
+    })
+}
+
+async fn wait_running(cluster: &Cluster, service: &str, n: usize, limit: Duration) -> Result<Vec<Task>, Error> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let tasks = cluster.list_tasks(TaskFilter { service: Some(service.into()), live_only: true, ..Default::default() }).await?;
+        let running: Vec<Task> = tasks.into_iter().filter(|t| t.is_running_and_healthy()).collect();
+        if running.len() == n {
+            return Ok(running);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("{service}: {} of {n} running after {limit:?}", running.len()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_tasks(title: &str, tasks: &[Task]) {
+    println!("\n{title}");
+    println!("  {:<24} {:<8} {:<10} {:<8}", "TASK", "NODE", "STATE", "SINCE");
+    for t in tasks {
+        println!(
+            "  {:<24} {:<8} {:<10} {}",
+            t.name().chars().take(24).collect::<String>(),
+            t.node_id.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+            t.status.state,
+            t.status.timestamp
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    println!("swarm quickstart: 3 nodes on SimRuntime, a manager with the spread scheduler\n");
+
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let cluster = Cluster::new(store.clone());
+    // A short heartbeat so the node failure below is noticed in ~3 s.
+    let mut settings = ClusterSpec::default();
+    settings.dispatcher.heartbeat_period = SpecDuration::from_secs(1);
+    cluster.set_cluster_spec(settings).await?;
+    let manager = Manager::start(store.clone(), Box::new(Pipeline::spread()), ManagerConfig::default());
+    let dispatcher: Arc<dyn Dispatcher> = Arc::new(manager.dispatcher());
+
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let sim = SimRuntime::with_index(format!("node-{i}"), i as u32);
+        let runtime: Arc<dyn Runtime> = Arc::new(sim.clone());
+        let agent = start_agent(i, runtime.clone(), dispatcher.clone());
+        nodes.push(Node { id: format!("node-{i}"), runtime, sim, agent });
+    }
+
+    // Print what happens, like `docker events`.
+    let mut events = cluster.events().await?;
+    tokio::spawn(async move {
+        while let Ok(e) = events.next().await {
+            if e.kind == ObjectKind::Task && !e.detail.is_empty() {
+                println!("  event  task {:<22} {}", e.name.chars().take(22).collect::<String>(), e.detail);
+            } else if e.kind == ObjectKind::Node && !e.detail.is_empty() {
+                println!("  event  node {:<22} {}", e.name, e.detail);
+            }
+        }
+    });
+
+    // 1. Deploy a service and watch it converge.
+    let mut spec = ServiceSpec::replicated("web", "nginx:1.27", 6);
+    spec.task_template.restart_policy.delay = SpecDuration::from_secs(1);
+    spec.task_template.resources.reservations = Resources::new(100_000_000, 64 << 20);
+    println!("1. create service web with 6 replicas");
+    cluster.create_service(spec).await?;
+    let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(30)).await?;
+    print_tasks("service web converged:", &tasks);
+
+    // 2. A container crashes: the task fails and is replaced.
+    let victim = &tasks[0];
+    let node = nodes.iter().find(|n| Some(n.id.as_str()) == victim.node_id.as_ref().map(|n| n.as_str())).ok_or("no node")?;
+    let container = victim.status.container_id.clone().ok_or("no container")?;
+    println!("\n2. kill container of {} on {} from outside (exit 137)", victim.name(), node.id);
+    node.sim.kill_from_outside(&container, 137);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(30)).await?;
+    print_tasks("the crashed replica was replaced:", &tasks);
+
+    // 3. A whole node fails: its tasks are rescheduled on the others.
+    let lost = nodes.pop().ok_or("no node")?;
+    println!("\n3. node {} fails (engine gone, no more heartbeats)", lost.id);
+    lost.sim.fail();
+    lost.agent.abort();
+    let _ = lost.runtime;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let healed = loop {
+        let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(30)).await?;
+        if tasks.iter().all(|t| t.node_id.as_ref().map(|n| n.as_str()) != Some(lost.id.as_str())) {
+            break tasks;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    print_tasks(&format!("healed: 6 replicas on the {} remaining nodes:", nodes.len()), &healed);
+    for n in cluster.list_nodes().await? {
+        println!("  node {:<8} {:?} {}", n.id, n.status.state, n.status.message);
+    }
+    manager.stop();
+    for n in nodes {
+        n.agent.abort();
+    }
+    println!("\ndone");
+    Ok(())
+}
