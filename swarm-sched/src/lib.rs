@@ -29,6 +29,7 @@ pub mod filter;
 pub mod index;
 pub mod pipeline;
 pub mod score;
+pub mod workload;
 
 pub use filter::{Filter, standard_filters};
 pub use pipeline::{Pipeline, PipelineError};
