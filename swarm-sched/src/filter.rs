@@ -63,6 +63,16 @@ pub trait Filter: Send + Sync {
         true
     }
 
+    /// True when, on a node that runs no task of the request's service, the
+    /// verdict does not depend on which service asks, and (for dynamic
+    /// filters) a node that fails keeps failing as tasks are added. Lets
+    /// the pipeline share candidate heaps between services with the same
+    /// placement needs (see [`Scorer::shareable`](crate::Scorer::shareable)).
+    /// Defaults to false; every standard filter is shareable.
+    fn shareable(&self) -> bool {
+        false
+    }
+
     /// `Ok(())` when `node` can take `req`, else why not.
     fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure>;
 
@@ -95,6 +105,9 @@ pub struct ReadyFilter;
 impl Filter for ReadyFilter {
     fn name(&self) -> &str {
         "ready"
+    }
+    fn shareable(&self) -> bool {
+        true
     }
     fn is_static(&self) -> bool {
         true
@@ -129,6 +142,9 @@ pub struct FixedNodeFilter;
 impl Filter for FixedNodeFilter {
     fn name(&self) -> &str {
         "node"
+    }
+    fn shareable(&self) -> bool {
+        true
     }
     fn is_static(&self) -> bool {
         true
@@ -168,6 +184,9 @@ impl Filter for ConstraintFilter {
     fn name(&self) -> &str {
         "constraints"
     }
+    fn shareable(&self) -> bool {
+        true
+    }
     fn is_static(&self) -> bool {
         true
     }
@@ -204,6 +223,9 @@ impl Filter for PlatformFilter {
     fn name(&self) -> &str {
         "platform"
     }
+    fn shareable(&self) -> bool {
+        true
+    }
     fn is_static(&self) -> bool {
         true
     }
@@ -235,6 +257,9 @@ impl Filter for ResourceFilter {
     fn name(&self) -> &str {
         "resources"
     }
+    fn shareable(&self) -> bool {
+        true
+    }
     fn relevant(&self, req: &TaskRequest) -> bool {
         !req.reservations.is_zero()
     }
@@ -250,6 +275,9 @@ pub struct HostPortFilter;
 impl Filter for HostPortFilter {
     fn name(&self) -> &str {
         "host-ports"
+    }
+    fn shareable(&self) -> bool {
+        true
     }
     fn relevant(&self, req: &TaskRequest) -> bool {
         !req.host_ports.is_empty()
@@ -271,6 +299,9 @@ pub struct MaxReplicasFilter;
 impl Filter for MaxReplicasFilter {
     fn name(&self) -> &str {
         "max-replicas"
+    }
+    fn shareable(&self) -> bool {
+        true
     }
     fn relevant(&self, req: &TaskRequest) -> bool {
         req.max_replicas > 0

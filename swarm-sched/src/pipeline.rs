@@ -55,9 +55,13 @@ use crate::filter::{Filter, first_failure, standard_filters};
 use crate::index::{NodeIndex, NodeSet};
 use crate::score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
-use swarm_core::model::Node;
-use swarm_core::scheduler::{ClusterView, Decision, Explanation, FilterFailure, NodeInfo, Scheduler, TaskRequest};
+use std::collections::{BinaryHeap, HashMap};
+use swarm_core::constraint::Constraint;
+use swarm_core::id::ServiceId;
+use swarm_core::model::{Node, Platform};
+use swarm_core::scheduler::{
+    ClusterView, Decision, Explanation, FilterFailure, HostPort, NodeInfo, Scheduler, TaskRequest,
+};
 
 /// Why a scheduler could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,19 +158,19 @@ impl Scheduler for Pipeline {
     }
 
     fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
-        let index = NodeIndex::new(view);
-        let mut work = view.nodes.clone();
+        let mut call = Call::new(view);
         let mut out = vec![Decision::Unschedulable(Explanation::new(view.nodes.len())); batch.len()];
         let groups = group_batch(batch);
         let mut placed = 0usize;
         for group in &groups {
-            placed += self.schedule_group(view, &index, &mut work, batch, group, &mut out);
+            placed += self.schedule_group(&mut call, batch, group, &mut out);
         }
         tracing::debug!(
             scheduler = %self.name,
             nodes = view.nodes.len(),
             tasks = batch.len(),
             groups = groups.len(),
+            shared_heaps = call.shared.len(),
             placed,
             "scheduled batch"
         );
@@ -174,16 +178,164 @@ impl Scheduler for Pipeline {
     }
 }
 
-/// A node in a heap: best score first, then the lowest position.
+/// Most heap entries kept in heaps shared between groups, per call
+/// (24 bytes each: 2^21 entries is 48 MiB).
+const SHARED_ENTRY_BUDGET: usize = 1 << 21;
+
+/// Per-node values of one preference descriptor: a dense id per node, ids
+/// in the order of the values (so branches come out sorted).
+struct LabelIds {
+    ids: Vec<u32>,
+    values: usize,
+}
+
+/// What groups with the same placement needs share (everything but the
+/// service, the spec version and the task).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ShapeKey {
+    constraints: Vec<Constraint>,
+    platforms: Vec<Platform>,
+    nano_cpus: u64,
+    memory_bytes: u64,
+    generic: Vec<(String, u64)>,
+    host_ports: Vec<HostPort>,
+    max_replicas: u64,
+}
+
+impl ShapeKey {
+    fn of(r: &TaskRequest) -> Self {
+        ShapeKey {
+            constraints: r.constraints.clone(),
+            platforms: r.platforms.clone(),
+            nano_cpus: r.reservations.nano_cpus,
+            memory_bytes: r.reservations.memory_bytes,
+            generic: r.reservations.generic.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            host_ports: r.host_ports.clone(),
+            max_replicas: r.max_replicas,
+        }
+    }
+}
+
+/// The candidates of one shape, shared by the groups of that shape.
+struct SharedHeap {
+    /// Entries scored for no service in particular. A node may have stale
+    /// entries (older version): they are dropped when they surface, since
+    /// every change is re-pushed by [`Pipeline::pick_shared`]'s sync.
+    heap: BinaryHeap<Entry>,
+    /// The shape's request with an empty service id.
+    neutral: TaskRequest,
+    /// Nodes that pass the shape's static filters.
+    alive: NodeSet,
+    /// How many.
+    alive_count: usize,
+    /// How much of [`Call::log`] the heap has taken in.
+    synced: usize,
+}
+
+/// A shape seen once (`None`: no heap yet) or with its shared heap.
+type Shared = HashMap<ShapeKey, Option<SharedHeap>>;
+
+/// Groups of at most this many tasks use shared heaps; larger groups pay
+/// for scoring every candidate once and amortise it.
+const SHARED_GROUP_MAX: usize = 32;
+
+/// The state of one `schedule` call.
+struct Call<'a> {
+    view: &'a ClusterView,
+    index: NodeIndex,
+    /// The nodes with this call's placements applied.
+    work: Vec<NodeInfo>,
+    /// Bumped on every placement on the node (shared heap entries carry it).
+    version: Vec<u32>,
+    /// Nodes running tasks of a service or with recent failures of it.
+    service_nodes: HashMap<ServiceId, Vec<usize>>,
+    labels: HashMap<String, Option<LabelIds>>,
+    shared: Shared,
+    shared_entries: usize,
+    /// Every placement's node, in order.
+    log: Vec<usize>,
+}
+
+impl<'a> Call<'a> {
+    fn new(view: &'a ClusterView) -> Self {
+        let mut service_nodes: HashMap<ServiceId, Vec<usize>> = HashMap::new();
+        for (i, n) in view.nodes.iter().enumerate() {
+            let running = n.tasks_by_service.iter().filter(|(_, c)| **c > 0).map(|(s, _)| s);
+            let failed = n.recent_failures.iter().filter(|(s, f)| **f > 0 && n.service_tasks(s) == 0).map(|(s, _)| s);
+            for s in running.chain(failed) {
+                service_nodes.entry(s.clone()).or_default().push(i);
+            }
+        }
+        Call {
+            view,
+            index: NodeIndex::new(view),
+            work: view.nodes.clone(),
+            version: vec![0; view.nodes.len()],
+            service_nodes,
+            labels: HashMap::new(),
+            shared: HashMap::new(),
+            shared_entries: 0,
+            log: Vec::new(),
+        }
+    }
+
+    /// Places `req` on node `i`.
+    fn place(&mut self, i: usize, req: &TaskRequest) {
+        place(&mut self.work, &mut self.version, &mut self.service_nodes, &mut self.log, i, req);
+    }
+
+    fn label_ids(&mut self, descriptor: &str) {
+        if self.labels.contains_key(descriptor) {
+            return;
+        }
+        let values: Option<Vec<&str>> = self.view.nodes.iter().map(|n| descriptor_value(&n.node, descriptor)).collect();
+        let ids = values.map(|values| {
+            let mut distinct = values.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let ids = values.iter().map(|v| distinct.binary_search(v).unwrap_or(0) as u32).collect();
+            LabelIds { ids, values: distinct.len() }
+        });
+        self.labels.insert(descriptor.to_string(), ids);
+    }
+}
+
+/// Places `req` on node `i`: reserves, bumps the node's version and records
+/// that the service now touches the node.
+fn place(
+    work: &mut [NodeInfo],
+    version: &mut [u32],
+    service_nodes: &mut HashMap<ServiceId, Vec<usize>>,
+    log: &mut Vec<usize>,
+    i: usize,
+    req: &TaskRequest,
+) {
+    log.push(i);
+    let info = &mut work[i];
+    if !touches(info, &req.service_id) {
+        service_nodes.entry(req.service_id.clone()).or_default().push(i);
+    }
+    info.reserve(req);
+    version[i] = version[i].wrapping_add(1);
+}
+
+/// True when the service runs on the node or failed there recently.
+fn touches(info: &NodeInfo, service: &ServiceId) -> bool {
+    info.service_tasks(service) > 0 || info.recent_failures.get(service).is_some_and(|f| *f > 0)
+}
+
+/// A node in a heap: best score first, then the lowest position. `version`
+/// is the node's version when scored (shared heaps only).
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     score: f64,
     idx: usize,
+    version: u32,
 }
 
 impl Entry {
-    fn new(score: f64, idx: usize) -> Self {
-        Entry { score: if score.is_nan() { f64::NEG_INFINITY } else { score }, idx }
+    fn new(score: f64, idx: usize, version: u32) -> Self {
+        Entry { score: if score.is_nan() { f64::NEG_INFINITY } else { score }, idx, version }
     }
 }
 
@@ -231,29 +383,22 @@ fn descriptor_value<'a>(node: &'a Node, descriptor: &str) -> Option<&'a str> {
 }
 
 impl Tree {
-    fn build(entries: Vec<Entry>, prefs: &[String], nodes: &[NodeInfo], req: &TaskRequest) -> Tree {
-        let Some((first, rest)) = prefs.split_first() else {
+    /// `levels`: the per-node value ids of each preference, in order.
+    fn build(entries: Vec<Entry>, levels: &[&LabelIds], nodes: &[NodeInfo], service: &ServiceId) -> Tree {
+        let Some((first, rest)) = levels.split_first() else {
             return Tree::Leaf(BinaryHeap::from(entries));
         };
-        if entries.first().is_some_and(|e| descriptor_value(&nodes[e.idx].node, first).is_none()) {
-            tracing::warn!(
-                descriptor = %first,
-                service = %req.service_id,
-                "ignoring unknown spread preference: expected node.labels.<key> or engine.labels.<key>"
-            );
-            return Tree::build(entries, rest, nodes, req);
-        }
-        let mut by_value: BTreeMap<&str, Vec<Entry>> = BTreeMap::new();
+        let mut buckets: Vec<Vec<Entry>> = (0..first.values).map(|_| Vec::new()).collect();
         for e in entries {
-            let v = descriptor_value(&nodes[e.idx].node, first).unwrap_or("");
-            by_value.entry(v).or_default().push(e);
+            buckets[first.ids[e.idx] as usize].push(e);
         }
-        let branches = by_value
-            .into_values()
+        let branches = buckets
+            .into_iter()
+            .filter(|b| !b.is_empty())
             .map(|es| Branch {
-                count: es.iter().map(|e| u64::from(nodes[e.idx].service_tasks(&req.service_id))).sum(),
+                count: es.iter().map(|e| u64::from(nodes[e.idx].service_tasks(service))).sum(),
                 done: false,
-                tree: Tree::build(es, rest, nodes, req),
+                tree: Tree::build(es, rest, nodes, service),
             })
             .collect();
         Tree::Split(branches)
@@ -266,7 +411,7 @@ impl Tree {
             Tree::Leaf(heap) => {
                 while let Some(e) = heap.pop() {
                     if let Some(score) = take(e.idx) {
-                        heap.push(Entry::new(score, e.idx));
+                        heap.push(Entry::new(score, e.idx, 0));
                         return Some(e.idx);
                     }
                 }
@@ -286,107 +431,258 @@ impl Tree {
     }
 }
 
+/// The first dynamic filter `info` fails for `req`.
+fn dyn_check(dynamic: &[&dyn Filter], info: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
+    for f in dynamic {
+        f.check(info, req)?;
+    }
+    Ok(())
+}
+
 impl Pipeline {
     /// Schedules one group; returns how many tasks were placed.
-    fn schedule_group(
-        &self,
-        view: &ClusterView,
-        index: &NodeIndex,
-        work: &mut [NodeInfo],
-        batch: &[TaskRequest],
-        group: &[usize],
-        out: &mut [Decision],
-    ) -> usize {
+    fn schedule_group(&self, call: &mut Call, batch: &[TaskRequest], group: &[usize], out: &mut [Decision]) -> usize {
         let Some(&first) = group.first() else { return 0 };
         let rep = &batch[first];
-        let n = work.len();
+        let n = call.work.len();
         if rep.node_id.is_some() {
-            return group.iter().filter(|&&t| self.schedule_fixed(index, work, &batch[t], &mut out[t])).count();
+            return group.iter().filter(|&&t| self.schedule_fixed(call, &batch[t], &mut out[t])).count();
         }
 
         // 1. Static filters, once for the group.
         let mut why_static = Explanation::new(n);
         let mut alive = NodeSet::full(n);
         for f in self.filters.iter().filter(|f| f.is_static() && f.relevant(rep)) {
-            if !f.check_indexed(view, index, rep, &mut alive, &mut why_static) {
+            if !f.check_indexed(call.view, &call.index, rep, &mut alive, &mut why_static) {
                 for i in alive.clone().iter() {
-                    if let Err(e) = f.check(&work[i], rep) {
+                    if let Err(e) = f.check(&call.work[i], rep) {
                         alive.remove(i);
                         why_static.add(&e);
                     }
                 }
             }
         }
-        let dynamic: Vec<&dyn Filter> =
-            self.filters.iter().filter(|f| !f.is_static() && f.relevant(rep)).map(|f| f.as_ref()).collect();
-        let dyn_check = |info: &NodeInfo, req: &TaskRequest| -> Result<(), FilterFailure> {
-            for f in &dynamic {
-                f.check(info, req)?;
-            }
-            Ok(())
+        let relevant: Vec<&dyn Filter> = self.filters.iter().filter(|f| f.relevant(rep)).map(|f| f.as_ref()).collect();
+        let dynamic: Vec<&dyn Filter> = relevant.iter().copied().filter(|f| !f.is_static()).collect();
+
+        let shareable = group.len() <= SHARED_GROUP_MAX
+            && rep.preferences.is_empty()
+            && self.scorer.shareable()
+            && relevant.iter().all(|f| f.shareable());
+        let placed = if shareable && self.shared_heap(call, rep, &alive, &dynamic) {
+            self.pick_shared(call, batch, group, out, &alive, &dynamic)
+        } else {
+            self.pick_group(call, batch, group, out, &alive, &dynamic)
         };
-
-        // 2-3. Candidates that can take one task now, scored, in a tree.
-        let statics: Vec<usize> = alive.iter().collect();
-        let entries: Vec<Entry> = statics
-            .iter()
-            .filter(|&&i| dyn_check(&work[i], rep).is_ok())
-            .map(|&i| Entry::new(self.scorer.score(&work[i], rep), i))
-            .collect();
-        let candidates = entries.len();
-        let mut tree = Tree::build(entries, &rep.preferences, work, rep);
-
-        // 4. One pop per task.
-        let mut placed = 0;
-        let mut exhausted: Option<Explanation> = None;
-        for &t in group {
-            let req = &batch[t];
-            if let Some(why) = &exhausted {
-                out[t] = Decision::Unschedulable(why.clone());
-                continue;
-            }
-            let scorer = &self.scorer;
-            let picked = tree.pick(&mut |i| {
-                let info = &mut work[i];
-                dyn_check(info, req).ok()?;
-                info.reserve(req);
-                Some(scorer.score(info, req))
-            });
-            match picked {
-                Some(i) => {
-                    out[t] = Decision::Assign(work[i].node.id.clone());
-                    placed += 1;
+        if placed < group.len() {
+            // 5. Explain, once: static failures plus each surviving node's
+            // first dynamic failure now.
+            let req = &batch[group[placed.min(group.len() - 1)]];
+            let mut why = why_static;
+            for i in alive.iter() {
+                if let Err(e) = dyn_check(&dynamic, &call.work[i], req) {
+                    why.add(&e);
                 }
-                None => {
-                    let mut why = why_static.clone();
-                    for &i in &statics {
-                        if let Err(e) = dyn_check(&work[i], req) {
-                            why.add(&e);
-                        }
-                    }
-                    tracing::debug!(service = %req.service_id, reason = %why, "task unschedulable");
+            }
+            tracing::debug!(service = %req.service_id, reason = %why, "task unschedulable");
+            for &t in group {
+                if matches!(out[t], Decision::Unschedulable(_)) {
                     out[t] = Decision::Unschedulable(why.clone());
-                    exhausted = Some(why);
                 }
             }
         }
-        tracing::trace!(service = %rep.service_id, tasks = group.len(), candidates, placed, "scheduled group");
+        tracing::trace!(service = %rep.service_id, tasks = group.len(), placed, "scheduled group");
+        placed
+    }
+
+    /// The per-group path: candidates scored for this group, in a tree
+    /// when the tasks have spread preferences. Places tasks in group order
+    /// until the candidates run out; returns how many it placed.
+    fn pick_group(
+        &self,
+        call: &mut Call,
+        batch: &[TaskRequest],
+        group: &[usize],
+        out: &mut [Decision],
+        alive: &NodeSet,
+        dynamic: &[&dyn Filter],
+    ) -> usize {
+        let rep = &batch[group[0]];
+        let entries: Vec<Entry> = alive
+            .iter()
+            .filter(|&i| dyn_check(dynamic, &call.work[i], rep).is_ok())
+            .map(|i| Entry::new(self.scorer.score(&call.work[i], rep), i, 0))
+            .collect();
+        let mut levels = Vec::new();
+        for p in &rep.preferences {
+            call.label_ids(p);
+        }
+        for p in &rep.preferences {
+            match call.labels.get(p).and_then(Option::as_ref) {
+                Some(ids) => levels.push(ids),
+                None => tracing::warn!(
+                    descriptor = %p,
+                    service = %rep.service_id,
+                    "ignoring unknown spread preference: expected node.labels.<key> or engine.labels.<key>"
+                ),
+            }
+        }
+        let mut tree = Tree::build(entries, &levels, &call.work, &rep.service_id);
+        let (work, version, service_nodes, log) =
+            (&mut call.work, &mut call.version, &mut call.service_nodes, &mut call.log);
+        let mut placed = 0;
+        for &t in group {
+            let req = &batch[t];
+            let scorer = &self.scorer;
+            let picked = tree.pick(&mut |i| {
+                dyn_check(dynamic, &work[i], req).ok()?;
+                place(work, version, service_nodes, log, i, req);
+                Some(scorer.score(&work[i], req))
+            });
+            let Some(i) = picked else { break };
+            out[t] = Decision::Assign(work[i].node.id.clone());
+            placed += 1;
+        }
+        placed
+    }
+
+    /// Makes sure the group's shape has a shared heap, building it the
+    /// second time the shape is seen (within the entry budget). False when
+    /// the group should take the per-group path.
+    fn shared_heap(&self, call: &mut Call, rep: &TaskRequest, alive: &NodeSet, dynamic: &[&dyn Filter]) -> bool {
+        let key = ShapeKey::of(rep);
+        match call.shared.get(&key) {
+            Some(Some(_)) => return true,
+            None => {
+                call.shared.insert(key, None);
+                return false;
+            }
+            Some(None) => {}
+        }
+        let count = alive.count();
+        if call.shared_entries + count > SHARED_ENTRY_BUDGET {
+            return false;
+        }
+        let neutral = TaskRequest { service_id: ServiceId::default(), ..rep.clone() };
+        let heap: BinaryHeap<Entry> = alive
+            .iter()
+            .filter(|&i| dyn_check(dynamic, &call.work[i], &neutral).is_ok())
+            .map(|i| Entry::new(self.scorer.score(&call.work[i], &neutral), i, call.version[i]))
+            .collect();
+        call.shared_entries += count;
+        let shared = SharedHeap { heap, neutral, alive: alive.clone(), alive_count: count, synced: call.log.len() };
+        call.shared.insert(key, Some(shared));
+        true
+    }
+
+    /// The shared path: the best of the shape's shared heap (nodes the
+    /// service does not touch, scored for no service in particular, kept
+    /// fresh lazily by version) and a small local heap of the nodes the
+    /// service touches. Exact: see [`Scorer::shareable`].
+    fn pick_shared(
+        &self,
+        call: &mut Call,
+        batch: &[TaskRequest],
+        group: &[usize],
+        out: &mut [Decision],
+        alive: &NodeSet,
+        dynamic: &[&dyn Filter],
+    ) -> usize {
+        let rep = &batch[group[0]];
+        let key = ShapeKey::of(rep);
+        let Some(Some(mut shared)) = call.shared.remove(&key) else { return 0 };
+        // Sync: fresh entries for the nodes changed since the last use, or
+        // a rebuild when that is cheaper or stale entries pile up.
+        let mut changed = call.log[shared.synced..].to_vec();
+        let (work, version) = (&call.work, &call.version);
+        let entry = |i: usize| {
+            (dyn_check(dynamic, &work[i], &shared.neutral).is_ok())
+                .then(|| Entry::new(self.scorer.score(&work[i], &shared.neutral), i, version[i]))
+        };
+        if changed.len() >= shared.alive_count || shared.heap.len() + changed.len() > 2 * shared.alive_count + 1024 {
+            shared.heap = shared.alive.iter().filter_map(entry).collect();
+        } else {
+            changed.sort_unstable();
+            changed.dedup();
+            for i in changed.into_iter().filter(|&i| shared.alive.contains(i)) {
+                shared.heap.extend(entry(i));
+            }
+        }
+        let synced = call.log.len();
+        let heap = &mut shared.heap;
+        let service = &rep.service_id;
+        let mut local: BinaryHeap<Entry> = call
+            .service_nodes
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter(|&&i| alive.contains(i) && dyn_check(dynamic, &call.work[i], rep).is_ok())
+            .map(|&i| Entry::new(self.scorer.score(&call.work[i], rep), i, 0))
+            .collect();
+        let mut set_aside = Vec::new();
+        let mut placed = 0;
+        for &t in group {
+            let req = &batch[t];
+            let shared_best = loop {
+                let Some(&top) = heap.peek() else { break None };
+                let info = &call.work[top.idx];
+                if call.version[top.idx] != top.version {
+                    heap.pop(); // stale: the sync pushed (or will push) a fresh one
+                } else if touches(info, service) {
+                    // Its score for this service differs: the local heap
+                    // has it; back in the shared heap after the group.
+                    set_aside.extend(heap.pop());
+                } else if dyn_check(dynamic, info, req).is_err() {
+                    heap.pop(); // fails every group of the shape from now on
+                } else {
+                    break Some(top);
+                }
+            };
+            let local_best = loop {
+                let Some(&top) = local.peek() else { break None };
+                if dyn_check(dynamic, &call.work[top.idx], req).is_err() {
+                    local.pop();
+                } else {
+                    break Some(top);
+                }
+            };
+            let take_local = match (shared_best, local_best) {
+                (None, None) => break,
+                (Some(s), Some(l)) => l > s,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            let popped = if take_local { local.pop() } else { heap.pop() };
+            let Some(e) = popped else { break }; // just peeked: never None
+            if !take_local {
+                set_aside.push(e);
+            }
+            let i = e.idx;
+            call.place(i, req);
+            local.push(Entry::new(self.scorer.score(&call.work[i], req), i, 0));
+            out[t] = Decision::Assign(call.work[i].node.id.clone());
+            placed += 1;
+        }
+        heap.extend(set_aside);
+        // This group's placements are taken in by the next sync.
+        shared.synced = synced;
+        call.shared.insert(key, Some(shared));
         placed
     }
 
     /// A task fixed to one node: every filter on that node alone.
-    fn schedule_fixed(&self, index: &NodeIndex, work: &mut [NodeInfo], req: &TaskRequest, out: &mut Decision) -> bool {
-        let n = work.len();
+    fn schedule_fixed(&self, call: &mut Call, req: &TaskRequest, out: &mut Decision) -> bool {
+        let n = call.work.len();
         let mut why = Explanation::new(n);
-        let Some(i) = req.node_id.as_ref().and_then(|id| index.position(id)) else {
+        let Some(i) = req.node_id.as_ref().and_then(|id| call.index.position(id)) else {
             why.add_n(FilterFailure::OtherNode, n);
             *out = Decision::Unschedulable(why);
             return false;
         };
-        match first_failure(&self.filters, &work[i], req) {
+        match first_failure(&self.filters, &call.work[i], req) {
             Ok(()) => {
-                work[i].reserve(req);
-                *out = Decision::Assign(work[i].node.id.clone());
+                call.place(i, req);
+                *out = Decision::Assign(call.work[i].node.id.clone());
                 true
             }
             Err(e) => {

@@ -49,6 +49,18 @@ pub trait Scorer: Send + Sync {
     /// The node's score for `req` (placed on it). Depends only on `node`
     /// and `req`.
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64;
+
+    /// True when, on a node that runs no task of the request's service and
+    /// has no recent failure of it, the score does not depend on which
+    /// service asks. Then the pipeline keeps one scored heap per placement
+    /// shape (constraints, platforms, reservations, ports, max replicas)
+    /// shared by every service of that shape, instead of scoring every
+    /// candidate for every group: many small services stay cheap.
+    /// Defaults to false (always correct, slower with many services). All
+    /// the built-in scorers are shareable.
+    fn shareable(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Scorer + ?Sized> Scorer for Box<S> {
@@ -57,6 +69,9 @@ impl<S: Scorer + ?Sized> Scorer for Box<S> {
     }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
         (**self).score(node, req)
+    }
+    fn shareable(&self) -> bool {
+        (**self).shareable()
     }
 }
 
@@ -82,6 +97,9 @@ const FIELD: f64 = (1u64 << 21) as f64;
 impl Scorer for Spread {
     fn name(&self) -> &str {
         "spread"
+    }
+    fn shareable(&self) -> bool {
+        true
     }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
         let failures = node.recent_failures.get(&req.service_id).copied().unwrap_or(0);
@@ -122,6 +140,9 @@ impl Scorer for BestFit {
     fn name(&self) -> &str {
         "binpack"
     }
+    fn shareable(&self) -> bool {
+        true
+    }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
         let (cpu, mem) = shares(node, req);
         20.0 - (10f64.powf(cpu) + 10f64.powf(mem))
@@ -137,6 +158,9 @@ impl Scorer for MostAllocated {
     fn name(&self) -> &str {
         "most-allocated"
     }
+    fn shareable(&self) -> bool {
+        true
+    }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
         let (cpu, mem) = shares(node, req);
         100.0 * ((1.0 - cpu) + (1.0 - mem)) / 2.0
@@ -151,6 +175,9 @@ pub struct LeastAllocated;
 impl Scorer for LeastAllocated {
     fn name(&self) -> &str {
         "least-allocated"
+    }
+    fn shareable(&self) -> bool {
+        true
     }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
         let (cpu, mem) = shares(node, req);

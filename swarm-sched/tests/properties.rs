@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use swarm_core::model::{Availability, Node, NodeState, Protocol, Resources};
 use swarm_core::scheduler::{ClusterView, Decision, NodeInfo, Scheduler, TaskRequest, check_node};
-use swarm_sched::{Pipeline, Scorer, Spread};
+use swarm_sched::{BestFit, LeastAllocated, MostAllocated, Pipeline, Scorer, Spread};
 
 const CPU: u64 = 1_000_000_000;
 const GIB: u64 = 1 << 30;
@@ -34,14 +34,26 @@ struct NodeGen {
     drained: bool,
     used_cpus: u64,
     port80: bool,
+    /// Recent failures of service s0.
+    failures: u32,
 }
 
-const IDENTICAL: NodeGen =
-    NodeGen { cpus: 8, mem_gib: 16, zone: None, ssd: false, down: false, drained: false, used_cpus: 0, port80: false };
+const IDENTICAL: NodeGen = NodeGen {
+    cpus: 8,
+    mem_gib: 16,
+    zone: None,
+    ssd: false,
+    down: false,
+    drained: false,
+    used_cpus: 0,
+    port80: false,
+    failures: 0,
+};
 
 fn node_gen() -> impl Strategy<Value = NodeGen> {
-    (1u64..=8, 1u64..=16, proptest::option::of(0u8..3), any::<bool>(), 0u8..10, 0u8..10, 0u64..=2, 0u8..4).prop_map(
-        |(cpus, mem, zone, ssd, down, drained, used, port)| NodeGen {
+    (1u64..=8, 1u64..=16, proptest::option::of(0u8..3), any::<bool>(), 0u8..10, 0u8..10, 0u64..=2, 0u8..4, 0u32..8)
+        .prop_map(|(cpus, mem, zone, ssd, down, drained, used, port, failures)| NodeGen {
+            failures: failures.saturating_sub(4),
             cpus,
             mem_gib: mem,
             zone,
@@ -50,8 +62,7 @@ fn node_gen() -> impl Strategy<Value = NodeGen> {
             drained: drained == 0,
             used_cpus: used.min(cpus),
             port80: port == 0,
-        },
-    )
+        })
 }
 
 fn build_view(gens: &[NodeGen]) -> ClusterView {
@@ -73,6 +84,9 @@ fn build_view(gens: &[NodeGen]) -> ClusterView {
                 n.spec.availability = Availability::Drain;
             }
             let mut info = NodeInfo::new(Arc::new(n));
+            if g.failures > 0 {
+                info.recent_failures.insert("s0".into(), g.failures);
+            }
             if g.used_cpus > 0 || g.port80 {
                 info.reserve(&TaskRequest {
                     service_id: "existing".into(),
@@ -171,15 +185,24 @@ fn nodes_used(decisions: &[Decision]) -> usize {
     used.len()
 }
 
-/// Spread's score through a scorer that does not declare itself
+/// A built-in scorer behind a wrapper that does not declare itself
 /// shareable: forces the per-group path.
-struct Unshared(Spread);
+struct Unshared(Box<dyn Scorer>);
 impl Scorer for Unshared {
     fn name(&self) -> &str {
-        "spread-unshared"
+        "unshared"
     }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
         self.0.score(node, req)
+    }
+}
+
+fn builtin(k: usize) -> Box<dyn Scorer> {
+    match k {
+        0 => Box::new(Spread { max_failures: 1 }),
+        1 => Box::new(BestFit),
+        2 => Box::new(MostAllocated),
+        _ => Box::new(LeastAllocated),
     }
 }
 
@@ -248,7 +271,7 @@ proptest! {
     fn shared_heaps_decide_like_the_per_group_path(
         nodes in prop::collection::vec(node_gen(), 0..12),
         services in prop::collection::vec(service_gen(false), 1..8),
-        rounds in 1usize..3,
+        rounds in 1usize..4,
     ) {
         let view = build_view(&nodes);
         // Several services of the same shape, some repeated: exercises
@@ -257,8 +280,27 @@ proptest! {
         for r in 1..rounds {
             tasks.extend(build_tasks(&services).into_iter().map(|mut t| { t.service_id = format!("{}-r{r}", t.service_id).into(); t }));
         }
-        let shared = Pipeline::spread().schedule(&view, &tasks);
-        let unshared = Pipeline::new("u", Unshared(Spread::default())).schedule(&view, &tasks);
-        prop_assert_eq!(shared, unshared);
+        for k in 0..4 {
+            prop_assert!(builtin(k).shareable());
+            let shared = Pipeline::new("s", builtin(k)).schedule(&view, &tasks);
+            let unshared = Pipeline::new("u", Unshared(builtin(k))).schedule(&view, &tasks);
+            prop_assert_eq!(shared, unshared, "{}", builtin(k).name());
+        }
+    }
+}
+
+/// The same on every built-in workload, at a size where shapes repeat
+/// many times and nodes fill up.
+#[test]
+fn shared_heaps_decide_like_the_per_group_path_on_the_workloads() {
+    use swarm_sched::workload::{Workload, WorkloadKind};
+    for kind in WorkloadKind::ALL {
+        let w = Workload::generate(kind, 200, 2500, 3);
+        for k in 0..4 {
+            let shared = Pipeline::new("s", builtin(k)).schedule(&w.view, &w.tasks);
+            let unshared = Pipeline::new("u", Unshared(builtin(k))).schedule(&w.view, &w.tasks);
+            let first = shared.iter().zip(&unshared).position(|(a, b)| a != b);
+            assert_eq!(first, None, "{kind} {}: first difference at task {first:?}", builtin(k).name());
+        }
     }
 }
