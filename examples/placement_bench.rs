@@ -16,8 +16,9 @@
 //! generated nodes / tasks; formats in docs/swarm-sched.md).
 //!
 //! Prints a table, then one JSON array as the last line: per scheduler
-//! `name`, `placements_per_sec` (tasks placed / seconds in `schedule`,
-//! median run), `nodes_used`, `lower_bound`, `unschedulable`, `max_skew`
+//! `name`, `placements_per_sec` (tasks placed / wall seconds in
+//! `schedule`, median run), `cpu_ms` (this thread's CPU time in that run,
+//! Linux only: robust to a busy machine), `nodes_used`, `lower_bound`, `unschedulable`, `max_skew`
 //! (`{"node": .., "zone": ..}`), `fragmentation`, plus the inputs.
 
 use std::time::{Duration, Instant};
@@ -82,6 +83,14 @@ fn load() -> Result<(Args, Workload), String> {
     Ok((args, w))
 }
 
+/// CPU time of this thread so far (Linux: /proc/thread-self/schedstat, in
+/// ns); `None` elsewhere. Robust to other processes on a shared machine,
+/// unlike wall time.
+fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
+}
+
 fn main() {
     let (args, w) = match load() {
         Ok(x) => x,
@@ -103,30 +112,35 @@ fn main() {
     };
     println!("workload {source}: {} nodes, {} tasks, seed {}", w.view.nodes.len(), w.tasks.len(), args.seed);
     println!(
-        "{:<16} {:>12} {:>10} {:>8} {:>10} {:>8} {:>9} {:>9} {:>7}",
-        "scheduler", "placed/s", "ms", "used", "lower", "unsched", "skew/node", "skew/zone", "frag"
+        "{:<16} {:>12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}",
+        "scheduler", "placed/s", "wall ms", "cpu ms", "used", "lower", "unsched", "skew/node", "skew/zone", "frag"
     );
     let mut rows = Vec::new();
     for name in &args.schedulers {
         let Ok(mut s) = Pipeline::by_name(name) else { continue }; // checked in load()
-        let mut times: Vec<Duration> = Vec::new();
+        let mut times: Vec<(Duration, Option<Duration>)> = Vec::new();
         let mut decisions = Vec::new();
         for _ in 0..args.repeat {
             let batch: &[TaskRequest] = &w.tasks;
-            let start = Instant::now();
+            let (start, cpu) = (Instant::now(), thread_cpu());
             decisions = s.schedule(&w.view, batch);
-            times.push(start.elapsed());
+            let cpu = cpu.zip(thread_cpu()).map(|(a, b)| b.saturating_sub(a));
+            times.push((start.elapsed(), cpu));
         }
         times.sort();
-        let elapsed = times[times.len() / 2].as_secs_f64();
+        let elapsed = times[times.len() / 2].0.as_secs_f64();
+        let mut cpus: Vec<Duration> = times.iter().filter_map(|t| t.1).collect();
+        cpus.sort();
+        let cpu_ms = cpus.get(cpus.len() / 2).map(|c| c.as_secs_f64() * 1e3);
         let m = measure(&w.view, &w.tasks, &decisions);
         let per_sec = if elapsed > 0.0 { m.placed as f64 / elapsed } else { 0.0 };
         let zone = m.max_skew_zone.map_or("-".to_string(), |z| z.to_string());
         println!(
-            "{:<16} {:>12.0} {:>10.1} {:>8} {:>10} {:>8} {:>9} {:>9} {:>7.3}",
+            "{:<16} {:>12.0} {:>10.1} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7.3}",
             name,
             per_sec,
             elapsed * 1e3,
+            cpu_ms.map_or("-".to_string(), |c| format!("{c:.1}")),
             m.nodes_used,
             m.lower_bound,
             m.unschedulable,
@@ -141,6 +155,7 @@ fn main() {
             "tasks": w.tasks.len(),
             "seed": args.seed,
             "elapsed_ms": elapsed * 1e3,
+            "cpu_ms": cpu_ms,
             "placed": m.placed,
             "placements_per_sec": per_sec,
             "nodes_used": m.nodes_used,

@@ -20,6 +20,20 @@
 //! Tasks fixed to a node (global services) are checked against that node
 //! alone.
 //!
+//! Many small services would pay O(candidates) per group for a few tasks
+//! each. So small groups (up to 32 tasks, no preferences) whose scorer and
+//! filters are [`shareable`](Scorer::shareable) share one heap per
+//! placement *shape* (constraints, platforms, reservations, host ports,
+//! max replicas), built the second time a shape shows up. Its entries are
+//! scored for no service in particular, which is exact on nodes the
+//! service does not touch; the few nodes it touches (runs tasks or failed
+//! recently) sit in a small per-group heap, and each task takes the better
+//! of the two tops. Every placement bumps the node's version and is
+//! logged; before a group uses a shared heap, the nodes changed since its
+//! last use get fresh entries (or the heap is rebuilt when that is
+//! cheaper), and stale entries are dropped when they surface. Tests check
+//! that both paths make identical decisions.
+//!
 //! When no node is left, the task (and the rest of its group) gets an
 //! [`Explanation`] counting, per filter, the nodes it ruled out.
 //!
@@ -508,10 +522,24 @@ impl Pipeline {
         dynamic: &[&dyn Filter],
     ) -> usize {
         let rep = &batch[group[0]];
+        // A shareable scorer scores the nodes the service does not touch
+        // for no service in particular (cheaper: no per-service lookups).
+        let neutral = TaskRequest { service_id: ServiceId::default(), ..rep.clone() };
+        let mut touched = NodeSet::empty(call.work.len());
+        if self.scorer.shareable() {
+            for &i in call.service_nodes.get(&rep.service_id).into_iter().flatten() {
+                touched.insert(i);
+            }
+        } else {
+            touched = NodeSet::full(call.work.len());
+        }
         let entries: Vec<Entry> = alive
             .iter()
             .filter(|&i| dyn_check(dynamic, &call.work[i], rep).is_ok())
-            .map(|i| Entry::new(self.scorer.score(&call.work[i], rep), i, 0))
+            .map(|i| {
+                let req = if touched.contains(i) { rep } else { &neutral };
+                Entry::new(self.scorer.score(&call.work[i], req), i, 0)
+            })
             .collect();
         let mut levels = Vec::new();
         for p in &rep.preferences {

@@ -57,7 +57,9 @@ pub trait Scorer: Send + Sync {
     /// shared by every service of that shape, instead of scoring every
     /// candidate for every group: many small services stay cheap.
     /// Defaults to false (always correct, slower with many services). All
-    /// the built-in scorers are shareable.
+    /// the built-in scorers are shareable. The pipeline scores for "no
+    /// service in particular" with an empty service id (never a real
+    /// service's: the store rejects empty ids).
     fn shareable(&self) -> bool {
         false
     }
@@ -102,12 +104,15 @@ impl Scorer for Spread {
         true
     }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
+        let total = f64::from(node.total_tasks).min(FIELD - 1.0);
+        if req.service_id.as_str().is_empty() {
+            return -total; // no service in particular: no task of it, no failure
+        }
         let failures = node.recent_failures.get(&req.service_id).copied().unwrap_or(0);
         let failures = if failures >= self.max_failures.max(1) { failures.min(1 << 10) } else { 0 };
         // Lexicographic (failures, service tasks, total tasks) packed into
         // one f64: 10 + 21 + 21 bits, exact below 2^53.
         let service = f64::from(node.service_tasks(&req.service_id)).min(FIELD - 1.0);
-        let total = f64::from(node.total_tasks).min(FIELD - 1.0);
         -((f64::from(failures) * FIELD + service) * FIELD + total)
     }
 }
