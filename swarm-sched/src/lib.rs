@@ -1,4 +1,36 @@
-//! Scheduler implementations (filter/score pipeline, Spread, BinPack). Not built yet: tracked by issue 3.
+//! `swarm-sched`: task placement for swarm, as a pipeline anyone can extend.
 //!
-//! This crate holds nothing yet: it exists so the workspace has its final
-//! shape. It exports no types, so nothing can mistake it for working code.
+//! A [`Pipeline`] is a list of [`Filter`]s (can this node take the task?)
+//! and a [`Scorer`] (how good is it?), behind swarm-core's
+//! [`Scheduler`](swarm_core::scheduler::Scheduler) trait. Built in:
+//!
+//! | scheduler         | scorer                | rule                                                          |
+//! |-------------------|-----------------------|---------------------------------------------------------------|
+//! | `spread`          | [`Spread`]            | Swarm's: fewest tasks of the service, then fewest in total    |
+//! | `binpack`         | [`BestFit`]           | Nomad's BestFit v3 `20 - (10^freeCpu + 10^freeMem)`           |
+//! | `most-allocated`  | [`MostAllocated`]     | Kubernetes' MostAllocated (linear bin packing)                |
+//! | `least-allocated` | [`LeastAllocated`]    | Kubernetes' LeastAllocated (spread by load)                   |
+//!
+//! Every scheduler honours the standard filters (ready and active, fixed
+//! node, constraints, platform, resources, host ports, max replicas, in
+//! SwarmKit's order), spread preferences as a hierarchy, batches grouped
+//! by service and spec version, and explains unschedulable tasks with
+//! failures counted per filter. Node indexes ([`index`]) keep 100,000 tasks
+//! onto 10,000 nodes well under a second on one core.
+//!
+//! [`workload`] generates the placement benchmark's inputs, reads CSV
+//! traces and computes its metrics (nodes used, lower bound, skew,
+//! fragmentation).
+
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod filter;
+pub mod index;
+pub mod pipeline;
+pub mod score;
+pub mod workload;
+
+pub use filter::{Filter, standard_filters};
+pub use pipeline::{Pipeline, PipelineError};
+pub use score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};

@@ -1,0 +1,422 @@
+//! Filters: the feasibility half of the pipeline.
+//!
+//! A [`Filter`] answers one question about one node for one task:
+//! [`Filter::check`] returns `Ok(())` or the [`FilterFailure`] that rules the
+//! node out. The failure is the explanation: the pipeline counts failures
+//! per kind across nodes into an [`Explanation`], which prints as
+//! "no suitable node (insufficient memory on 3 nodes; 2 nodes fail
+//! constraint node.labels.zone==eu)". [`Filter::relevant`] (SwarmKit's
+//! `SetTask`) lets a filter skip tasks it has nothing to say about.
+//!
+//! Two kinds, told apart by [`Filter::is_static`]:
+//! - static filters look only at the node object and the request (ready,
+//!   availability, constraints, platform): the pipeline runs them once per
+//!   group of identical tasks, through [`Filter::check_indexed`] when the
+//!   filter has an index fast path;
+//! - dynamic filters look at what is placed on the node (resources, host
+//!   ports, max replicas): the pipeline re-checks them on the node it is
+//!   about to pick. They must be *monotone within a group*: once a node
+//!   fails a task of a group, it fails the rest of the group (placing tasks
+//!   only consumes), so the pipeline can drop it for good.
+//!
+//! [`standard_filters`] are SwarmKit's rules in [`check_node`]'s order, and
+//! agree with it node for node (a test checks this).
+//!
+//! ```
+//! use swarm_sched::filter::Filter;
+//! use swarm_core::scheduler::{FilterFailure, NodeInfo, TaskRequest};
+//! /// Keeps tasks away from nodes labelled maintenance=true.
+//! struct NotInMaintenance;
+//! impl Filter for NotInMaintenance {
+//!     fn name(&self) -> &str { "maintenance" }
+//!     fn is_static(&self) -> bool { true }
+//!     fn check(&self, node: &NodeInfo, _req: &TaskRequest) -> Result<(), FilterFailure> {
+//!         match node.node.spec.labels.get("maintenance").map(String::as_str) {
+//!             Some("true") => Err(FilterFailure::Other("in maintenance".into())),
+//!             _ => Ok(()),
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! [`check_node`]: swarm_core::scheduler::check_node
+
+use crate::index::{NodeIndex, NodeSet};
+use swarm_core::scheduler::{
+    ClusterView, Explanation, FilterFailure, NodeInfo, TaskRequest, platform_ok, resources_ok,
+};
+
+/// One feasibility rule. See the [module docs](self).
+pub trait Filter: Send + Sync {
+    /// A short name ("constraints", "resources", ...).
+    fn name(&self) -> &str;
+
+    /// True when the filter depends only on the node object and the request,
+    /// not on the tasks placed on the node. Defaults to false (dynamic).
+    fn is_static(&self) -> bool {
+        false
+    }
+
+    /// False when the filter has nothing to say about `req` (SwarmKit's
+    /// `SetTask`), so the pipeline skips it. Defaults to true.
+    fn relevant(&self, _req: &TaskRequest) -> bool {
+        true
+    }
+
+    /// True when, on a node that runs no task of the request's service, the
+    /// verdict does not depend on which service asks, and (for dynamic
+    /// filters) a node that fails keeps failing as tasks are added. Lets
+    /// the pipeline share candidate heaps between services with the same
+    /// placement needs (see [`Scorer::shareable`](crate::Scorer::shareable)).
+    /// Defaults to false; every standard filter is shareable.
+    fn shareable(&self) -> bool {
+        false
+    }
+
+    /// `Ok(())` when `node` can take `req`, else why not.
+    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure>;
+
+    /// Index fast path for static filters: removes from `alive` every node
+    /// that fails, counting each in `why` under its failure, and returns
+    /// true. Returns false (the default) when the filter has no fast path;
+    /// the pipeline then calls [`Filter::check`] on each node of `alive`.
+    fn check_indexed(
+        &self,
+        _view: &ClusterView,
+        _index: &NodeIndex,
+        _req: &TaskRequest,
+        _alive: &mut NodeSet,
+        _why: &mut Explanation,
+    ) -> bool {
+        false
+    }
+}
+
+/// Removes from `alive` the nodes outside `pass`, counting them under `f`.
+fn narrow(alive: &mut NodeSet, pass: &NodeSet, f: FilterFailure, why: &mut Explanation) {
+    why.add_n(f, alive.count_minus(pass));
+    alive.intersect(pass);
+}
+
+/// The node must be ready and active (not paused or drained).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadyFilter;
+
+impl Filter for ReadyFilter {
+    fn name(&self) -> &str {
+        "ready"
+    }
+    fn shareable(&self) -> bool {
+        true
+    }
+    fn is_static(&self) -> bool {
+        true
+    }
+    fn check(&self, node: &NodeInfo, _req: &TaskRequest) -> Result<(), FilterFailure> {
+        if node.node.status.state != swarm_core::model::NodeState::Ready {
+            Err(FilterFailure::NotReady)
+        } else if node.node.spec.availability != swarm_core::model::Availability::Active {
+            Err(FilterFailure::NotActive)
+        } else {
+            Ok(())
+        }
+    }
+    fn check_indexed(
+        &self,
+        _view: &ClusterView,
+        index: &NodeIndex,
+        _req: &TaskRequest,
+        alive: &mut NodeSet,
+        why: &mut Explanation,
+    ) -> bool {
+        narrow(alive, index.ready(), FilterFailure::NotReady, why);
+        narrow(alive, index.active(), FilterFailure::NotActive, why);
+        true
+    }
+}
+
+/// A task fixed to a node (global services) can only go there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FixedNodeFilter;
+
+impl Filter for FixedNodeFilter {
+    fn name(&self) -> &str {
+        "node"
+    }
+    fn shareable(&self) -> bool {
+        true
+    }
+    fn is_static(&self) -> bool {
+        true
+    }
+    fn relevant(&self, req: &TaskRequest) -> bool {
+        req.node_id.is_some()
+    }
+    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
+        match &req.node_id {
+            Some(want) if want != &node.node.id => Err(FilterFailure::OtherNode),
+            _ => Ok(()),
+        }
+    }
+    fn check_indexed(
+        &self,
+        _view: &ClusterView,
+        index: &NodeIndex,
+        req: &TaskRequest,
+        alive: &mut NodeSet,
+        why: &mut Explanation,
+    ) -> bool {
+        let mut pass = NodeSet::empty(index.len());
+        if let Some(i) = req.node_id.as_ref().and_then(|id| index.position(id)) {
+            pass.insert(i);
+        }
+        narrow(alive, &pass, FilterFailure::OtherNode, why);
+        true
+    }
+}
+
+/// Placement constraints (`node.labels.zone==eu`, `node.ip==10.0.0.0/8`...),
+/// each counted separately in explanations.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConstraintFilter;
+
+impl Filter for ConstraintFilter {
+    fn name(&self) -> &str {
+        "constraints"
+    }
+    fn shareable(&self) -> bool {
+        true
+    }
+    fn is_static(&self) -> bool {
+        true
+    }
+    fn relevant(&self, req: &TaskRequest) -> bool {
+        !req.constraints.is_empty()
+    }
+    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
+        match req.constraints.iter().find(|c| !c.matches(&node.node)) {
+            Some(c) => Err(FilterFailure::Constraint(c.to_string())),
+            None => Ok(()),
+        }
+    }
+    fn check_indexed(
+        &self,
+        view: &ClusterView,
+        index: &NodeIndex,
+        req: &TaskRequest,
+        alive: &mut NodeSet,
+        why: &mut Explanation,
+    ) -> bool {
+        for c in &req.constraints {
+            let pass = index.constraint_set(view, c);
+            narrow(alive, &pass, FilterFailure::Constraint(c.to_string()), why);
+        }
+        true
+    }
+}
+
+/// The node's OS and architecture must be one of the task's platforms.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlatformFilter;
+
+impl Filter for PlatformFilter {
+    fn name(&self) -> &str {
+        "platform"
+    }
+    fn shareable(&self) -> bool {
+        true
+    }
+    fn is_static(&self) -> bool {
+        true
+    }
+    fn relevant(&self, req: &TaskRequest) -> bool {
+        !req.platforms.is_empty()
+    }
+    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
+        if platform_ok(&node.node.description.platform, &req.platforms) { Ok(()) } else { Err(FilterFailure::Platform) }
+    }
+    fn check_indexed(
+        &self,
+        _view: &ClusterView,
+        index: &NodeIndex,
+        req: &TaskRequest,
+        alive: &mut NodeSet,
+        why: &mut Explanation,
+    ) -> bool {
+        narrow(alive, &index.platform_matching(&req.platforms), FilterFailure::Platform, why);
+        true
+    }
+}
+
+/// The task's reservations (CPU, memory, generic resources) must fit in
+/// what is left on the node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResourceFilter;
+
+impl Filter for ResourceFilter {
+    fn name(&self) -> &str {
+        "resources"
+    }
+    fn shareable(&self) -> bool {
+        true
+    }
+    fn relevant(&self, req: &TaskRequest) -> bool {
+        !req.reservations.is_zero()
+    }
+    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
+        resources_ok(&node.available, &req.reservations)
+    }
+}
+
+/// A host-mode published port can be taken once per node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostPortFilter;
+
+impl Filter for HostPortFilter {
+    fn name(&self) -> &str {
+        "host-ports"
+    }
+    fn shareable(&self) -> bool {
+        true
+    }
+    fn relevant(&self, req: &TaskRequest) -> bool {
+        !req.host_ports.is_empty()
+    }
+    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
+        for (proto, port) in &req.host_ports {
+            if node.host_ports.contains(&(*proto, *port)) {
+                return Err(FilterFailure::HostPortInUse(format!("{port}/{}", proto.as_str())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// At most `max_replicas` tasks of the service per node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MaxReplicasFilter;
+
+impl Filter for MaxReplicasFilter {
+    fn name(&self) -> &str {
+        "max-replicas"
+    }
+    fn shareable(&self) -> bool {
+        true
+    }
+    fn relevant(&self, req: &TaskRequest) -> bool {
+        req.max_replicas > 0
+    }
+    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
+        if u64::from(node.service_tasks(&req.service_id)) >= req.max_replicas {
+            Err(FilterFailure::MaxReplicas(req.max_replicas))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// SwarmKit's rules, in [`check_node`](swarm_core::scheduler::check_node)'s
+/// order: ready and active, fixed node, constraints, platform, resources,
+/// host ports, max replicas.
+pub fn standard_filters() -> Vec<Box<dyn Filter>> {
+    vec![
+        Box::new(ReadyFilter),
+        Box::new(FixedNodeFilter),
+        Box::new(ConstraintFilter),
+        Box::new(PlatformFilter),
+        Box::new(ResourceFilter),
+        Box::new(HostPortFilter),
+        Box::new(MaxReplicasFilter),
+    ]
+}
+
+/// Runs `filters` in order on one node: the first failure, as
+/// [`check_node`](swarm_core::scheduler::check_node) does for the standard
+/// set.
+pub fn first_failure(filters: &[Box<dyn Filter>], node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
+    for f in filters {
+        if f.relevant(req) {
+            f.check(node, req)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use swarm_core::id::IdGen;
+    use swarm_core::model::{Availability, Node, NodeRole, NodeState, Platform, Protocol, Resources};
+    use swarm_core::scheduler::check_node;
+
+    /// Random nodes and requests: the standard filters, per node and
+    /// through the index, agree with check_node.
+    #[test]
+    fn standard_filters_agree_with_check_node() {
+        let mut rng = IdGen::seeded(42);
+        let mut r = |n: u64| rng.next_u64() % n;
+        let mut nodes = Vec::new();
+        for i in 0..200 {
+            let mut n = Node::ready(format!("n{i}"), format!("h{i}"), Resources::new(r(4) * 1_000_000_000, r(4) << 30));
+            n.status.addr = format!("10.0.{}.{}", r(3), i);
+            n.status.state = if r(10) == 0 { NodeState::Down } else { NodeState::Ready };
+            n.spec.availability = [Availability::Active, Availability::Active, Availability::Drain][r(3) as usize];
+            n.spec.role = if r(4) == 0 { NodeRole::Manager } else { NodeRole::Worker };
+            if r(2) == 0 {
+                n.spec.labels.insert("zone".into(), ["eu", "us", "ap"][r(3) as usize].into());
+            }
+            if r(5) == 0 {
+                n.description.platform = Platform::new("linux", "arm64");
+            }
+            let mut info = NodeInfo::new(Arc::new(n));
+            if r(3) == 0 {
+                info.reserve(&TaskRequest {
+                    service_id: "s1".into(),
+                    host_ports: vec![(Protocol::Tcp, 80)],
+                    ..Default::default()
+                });
+            }
+            nodes.push(info);
+        }
+        let view = ClusterView { nodes };
+        let index = NodeIndex::new(&view);
+        let constraints =
+            ["node.labels.zone==eu", "node.role!=manager", "node.ip==10.0.1.0/24", "node.labels.zone!=us"];
+        let filters = standard_filters();
+        for k in 0..200 {
+            let req = TaskRequest {
+                service_id: "s1".into(),
+                node_id: if k % 17 == 0 { Some(format!("n{}", r(220)).into()) } else { None },
+                constraints: constraints.iter().filter(|_| r(3) == 0).map(|c| c.parse().unwrap()).collect(),
+                platforms: if r(4) == 0 { vec![Platform::new("linux", "aarch64")] } else { vec![] },
+                reservations: Resources::new(r(3) * 1_000_000_000, r(3) << 30),
+                host_ports: if r(3) == 0 { vec![(Protocol::Tcp, 80)] } else { vec![] },
+                max_replicas: r(2),
+                ..Default::default()
+            };
+            let mut alive = NodeSet::full(view.nodes.len());
+            let mut why = Explanation::new(view.nodes.len());
+            let mut want = Explanation::new(view.nodes.len());
+            for f in filters.iter().filter(|f| f.relevant(&req)) {
+                if !f.is_static() || !f.check_indexed(&view, &index, &req, &mut alive, &mut why) {
+                    for i in alive.clone().iter() {
+                        if let Err(e) = f.check(&view.nodes[i], &req) {
+                            alive.remove(i);
+                            why.add(&e);
+                        }
+                    }
+                }
+            }
+            for (i, info) in view.nodes.iter().enumerate() {
+                let direct = check_node(info, &req);
+                assert_eq!(first_failure(&filters, info, &req), direct, "node {i}, request {k}");
+                assert_eq!(alive.contains(i), direct.is_ok());
+                if let Err(e) = direct {
+                    want.add(&e);
+                }
+            }
+            assert_eq!(why, want, "request {k}");
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! Placement workloads and metrics: what the placement benchmark
+//! (`examples/placement_bench.rs`), the criterion bench and the property
+//! tests feed the schedulers, and how they judge the result.
+//!
+//! - [`Workload::generate`]: seeded built-in workloads ([`WorkloadKind`]).
+//! - [`parse_nodes_csv`] / [`parse_tasks_csv`]: bring your own trace (the
+//!   formats are documented in docs/swarm-sched.md and on the functions).
+//! - [`measure`]: nodes used, the lower bound, skew, fragmentation.
+//!
+//! ```
+//! use swarm_core::scheduler::Scheduler;
+//! use swarm_sched::workload::{Workload, WorkloadKind, measure};
+//! use swarm_sched::Pipeline;
+//! let w = Workload::generate(WorkloadKind::Uniform, 50, 400, 7);
+//! let decisions = Pipeline::binpack().schedule(&w.view, &w.tasks);
+//! let m = measure(&w.view, &w.tasks, &decisions);
+//! assert_eq!(m.unschedulable, 0);
+//! assert!(m.nodes_used >= m.lower_bound);
+//! ```
+
+use crate::filter::{Filter, standard_filters};
+use crate::index::{NodeIndex, NodeSet};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use swarm_core::constraint::Constraint;
+use swarm_core::id::{IdGen, ServiceId};
+use swarm_core::model::{Availability, Node, NodeRole, Protocol, Resources};
+use swarm_core::scheduler::{ClusterView, Decision, Explanation, NodeInfo, TaskRequest};
+
+const CPU: u64 = 1_000_000_000;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The built-in workloads of the placement benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    /// Identical nodes (8 CPUs, 32 GiB, 3 zones, 10% with an SSD);
+    /// services of 100 tasks of 0.25-1 CPU and 0.5-2 GiB; a quarter of the
+    /// services constrained to a zone, a tenth to SSD nodes.
+    Uniform,
+    /// Uniform nodes; task sizes drawn from a Pareto distribution (most
+    /// small, a few near a whole node).
+    HeavyTailed,
+    /// Uniform nodes; services of 1-5 small tasks.
+    ManySmall,
+    /// Uniform nodes; four services share all the tasks, one of them with
+    /// at most 4 tasks per node.
+    FewHuge,
+    /// Nodes of 4, 8 and 32 CPUs (16, 32, 128 GiB) in a 4:4:2 mix; tasks as
+    /// in `uniform`.
+    MixedNodes,
+    /// Five zones of uneven size, two racks each; every service spreads
+    /// over `node.labels.zone`, half of them then over `node.labels.rack`.
+    Zoned,
+}
+
+impl WorkloadKind {
+    /// Every workload, in the order of their names.
+    pub const ALL: [WorkloadKind; 6] = [
+        WorkloadKind::Uniform,
+        WorkloadKind::HeavyTailed,
+        WorkloadKind::ManySmall,
+        WorkloadKind::FewHuge,
+        WorkloadKind::MixedNodes,
+        WorkloadKind::Zoned,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Uniform => "uniform",
+            WorkloadKind::HeavyTailed => "heavy-tailed",
+            WorkloadKind::ManySmall => "many-small",
+            WorkloadKind::FewHuge => "few-huge",
+            WorkloadKind::MixedNodes => "mixed-nodes",
+            WorkloadKind::Zoned => "zoned",
+        }
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a workload name or a trace could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadError {
+    /// An unknown workload name.
+    #[error("unknown workload {0:?}: expected one of uniform, heavy-tailed, many-small, few-huge, mixed-nodes, zoned")]
+    UnknownWorkload(String),
+    /// A trace line that does not parse.
+    #[error("{file} line {line}: {message}")]
+    Trace {
+        /// "nodes.csv" or "tasks.csv" (the kind of trace).
+        file: &'static str,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl FromStr for WorkloadKind {
+    type Err = WorkloadError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkloadKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| WorkloadError::UnknownWorkload(s.into()))
+    }
+}
+
+/// Nodes and the tasks to place on them.
+#[derive(Clone, Debug, Default)]
+pub struct Workload {
+    /// The cluster, nothing placed yet.
+    pub view: ClusterView,
+    /// The tasks, in submission order (services contiguous).
+    pub tasks: Vec<TaskRequest>,
+}
+
+struct Rng(IdGen);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0.next_u64() % n.max(1)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+fn node(i: usize, cpus: u64, mem_gib: u64) -> Node {
+    Node::ready(format!("node-{i:06}"), format!("host-{i}"), Resources::new(cpus * CPU, mem_gib * GIB))
+}
+
+fn task(service: usize, i: usize, reservations: &Resources) -> TaskRequest {
+    TaskRequest {
+        task_id: format!("svc-{service:06}.{i}").into(),
+        service_id: format!("svc-{service:06}").into(),
+        spec_version: 1,
+        reservations: reservations.clone(),
+        ..Default::default()
+    }
+}
+
+impl Workload {
+    /// A built-in workload of `nodes` nodes and `tasks` tasks; same seed,
+    /// same workload.
+    pub fn generate(kind: WorkloadKind, nodes: usize, tasks: usize, seed: u64) -> Workload {
+        let mut rng = Rng(IdGen::seeded(seed));
+        let mut ns: Vec<Node> = Vec::with_capacity(nodes);
+        for i in 0..nodes {
+            let mut n = match kind {
+                WorkloadKind::MixedNodes => match i % 10 {
+                    0..=3 => node(i, 4, 16),
+                    4..=7 => node(i, 8, 32),
+                    _ => node(i, 32, 128),
+                },
+                _ => node(i, 8, 32),
+            };
+            let labels = &mut n.spec.labels;
+            if kind == WorkloadKind::Zoned {
+                // Zones of 30%, 30%, 20%, 10%, 10%.
+                let z = match i % 10 {
+                    0..=2 => 0,
+                    3..=5 => 1,
+                    6 | 7 => 2,
+                    8 => 3,
+                    _ => 4,
+                };
+                labels.insert("zone".into(), format!("zone-{z}"));
+                labels.insert("rack".into(), format!("rack-{}", (i / 10) % 2));
+            } else {
+                labels.insert("zone".into(), format!("zone-{}", i % 3));
+            }
+            if rng.below(10) == 0 {
+                labels.insert("disk".into(), "ssd".into());
+            }
+            ns.push(n);
+        }
+        let mut out = Vec::with_capacity(tasks);
+        let sizes_cpu = [CPU / 4, CPU / 2, CPU];
+        let sizes_mem = [GIB / 2, GIB, 2 * GIB];
+        let mut service = 0;
+        while out.len() < tasks {
+            let left = tasks - out.len();
+            let (count, res) = match kind {
+                WorkloadKind::ManySmall => {
+                    let r = Resources::new(
+                        rng.pick(&[CPU / 10, CPU / 4, CPU / 2]),
+                        rng.pick(&[128 * MIB, 256 * MIB, GIB / 2]),
+                    );
+                    (1 + rng.below(5) as usize, r)
+                }
+                WorkloadKind::FewHuge => {
+                    (tasks.div_ceil(4), Resources::new(rng.pick(&sizes_cpu), rng.pick(&sizes_mem)))
+                }
+                WorkloadKind::HeavyTailed => {
+                    // Pareto(alpha 1.5) from 0.1 CPU, capped at 7 CPUs.
+                    let x = 0.1 * (1.0 - rng.unit()).powf(-1.0 / 1.5);
+                    let cpu = (x.min(7.0) * CPU as f64) as u64;
+                    let mem = (cpu as f64 / CPU as f64 * 4.0 * GIB as f64 * (0.5 + rng.unit())) as u64;
+                    (100, Resources::new(cpu.max(CPU / 100), mem.clamp(64 * MIB, 30 * GIB)))
+                }
+                _ => (100, Resources::new(rng.pick(&sizes_cpu), rng.pick(&sizes_mem))),
+            };
+            let mut proto = task(service, 0, &res);
+            match kind {
+                WorkloadKind::Zoned => {
+                    proto.preferences.push("node.labels.zone".into());
+                    if service % 2 == 1 {
+                        proto.preferences.push("node.labels.rack".into());
+                    }
+                }
+                WorkloadKind::FewHuge if service == 1 => proto.max_replicas = 4,
+                _ => {}
+            }
+            if kind != WorkloadKind::Zoned {
+                let c = match service % 20 {
+                    1 | 5 | 9 | 13 => Some(format!("node.labels.zone==zone-{}", service % 3)),
+                    3 | 17 => Some("node.labels.disk==ssd".into()),
+                    7 => Some("node.role!=manager".into()),
+                    _ => None,
+                };
+                proto.constraints.extend(c.and_then(|c| c.parse::<Constraint>().ok()));
+            }
+            for i in 0..count.min(left) {
+                out.push(TaskRequest { task_id: format!("svc-{service:06}.{i}").into(), ..proto.clone() });
+            }
+            service += 1;
+        }
+        Workload {
+            view: ClusterView { nodes: ns.into_iter().map(|n| NodeInfo::new(Arc::new(n))).collect() },
+            tasks: out,
+        }
+    }
+}
+
+/// One CSV line: its number and its non-empty fields by column name.
+type CsvRow<'a> = (usize, HashMap<&'a str, &'a str>);
+
+/// Splits a CSV text into (line number, header-keyed fields) rows. No
+/// quoting: fields must not contain commas. Blank lines and lines starting
+/// with `#` are skipped.
+fn csv_rows<'a>(
+    file: &'static str,
+    text: &'a str,
+    known: &[&str],
+    required: &[&str],
+) -> Result<Vec<CsvRow<'a>>, WorkloadError> {
+    let err = |line, message: String| WorkloadError::Trace { file, line, message };
+    let mut lines =
+        text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let Some((hline, header)) = lines.next() else { return Err(err(1, "empty file: expected a header line".into())) };
+    let cols: Vec<&str> = header.split(',').map(str::trim).collect();
+    for c in &cols {
+        if !known.contains(c) {
+            return Err(err(hline, format!("unknown column {c:?}: expected some of {}", known.join(", "))));
+        }
+    }
+    for r in required {
+        if !cols.contains(r) {
+            return Err(err(hline, format!("missing column {r:?}")));
+        }
+    }
+    let mut rows = Vec::new();
+    for (n, line) in lines {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() > cols.len() {
+            return Err(err(n, format!("{} fields, but the header has {} columns", fields.len(), cols.len())));
+        }
+        rows.push((n, cols.iter().copied().zip(fields).filter(|(_, v)| !v.is_empty()).collect()));
+    }
+    Ok(rows)
+}
+
+fn parse_cpus(v: &str) -> Result<u64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok((x * CPU as f64).round() as u64),
+        _ => Err(format!("cpus {v:?} is not a non-negative number")),
+    }
+}
+
+fn parse_u64(col: &str, v: &str) -> Result<u64, String> {
+    v.parse::<u64>().map_err(|_| format!("{col} {v:?} is not a non-negative integer"))
+}
+
+fn parse_pairs<'a>(col: &str, v: &'a str) -> Result<Vec<(&'a str, &'a str)>, String> {
+    v.split(';')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(a, b)| (a.trim(), b.trim()))
+                .ok_or_else(|| format!("{col} entry {p:?} is not key=value"))
+        })
+        .collect()
+}
+
+fn parse_generic(v: &str) -> Result<BTreeMap<String, u64>, String> {
+    parse_pairs("generic", v)?.into_iter().map(|(k, n)| Ok((k.to_string(), parse_u64("generic count", n)?))).collect()
+}
+
+/// Reads a nodes trace. Columns (header line first, any order):
+/// `id`, `cpus` (decimal), `memory_mib` (integer) are required; optional
+/// `labels` (`zone=eu;disk=ssd`), `generic` (`gpu=2`), `role`
+/// (worker|manager), `availability` (active|pause|drain), `os`, `arch`.
+/// Nodes are ready and sorted by id, like a [`ClusterView`].
+pub fn parse_nodes_csv(text: &str) -> Result<Vec<NodeInfo>, WorkloadError> {
+    const FILE: &str = "nodes.csv";
+    let known = ["id", "cpus", "memory_mib", "labels", "generic", "role", "availability", "os", "arch"];
+    let mut nodes = Vec::new();
+    for (line, row) in csv_rows(FILE, text, &known, &["id", "cpus", "memory_mib"])? {
+        let parsed = (|| -> Result<Node, String> {
+            let id = row.get("id").ok_or("id is empty")?;
+            let cpus = parse_cpus(row.get("cpus").ok_or("cpus is empty")?)?;
+            let mem = parse_u64("memory_mib", row.get("memory_mib").ok_or("memory_mib is empty")?)?;
+            let mut n = Node::ready(*id, *id, Resources::new(cpus, mem.saturating_mul(MIB)));
+            if let Some(v) = row.get("labels") {
+                for (k, v) in parse_pairs("labels", v)? {
+                    n.spec.labels.insert(k.into(), v.into());
+                }
+            }
+            if let Some(v) = row.get("generic") {
+                n.description.resources.generic = parse_generic(v)?;
+            }
+            n.spec.role = match row.get("role").copied() {
+                None | Some("worker") => NodeRole::Worker,
+                Some("manager") => NodeRole::Manager,
+                Some(o) => return Err(format!("role {o:?} is not worker or manager")),
+            };
+            n.spec.availability = match row.get("availability").copied() {
+                None | Some("active") => Availability::Active,
+                Some("pause") => Availability::Pause,
+                Some("drain") => Availability::Drain,
+                Some(o) => return Err(format!("availability {o:?} is not active, pause or drain")),
+            };
+            if let Some(os) = row.get("os") {
+                n.description.platform.os = os.to_string();
+            }
+            if let Some(arch) = row.get("arch") {
+                n.description.platform.architecture = arch.to_string();
+            }
+            Ok(n)
+        })();
+        nodes.push(parsed.map_err(|message| WorkloadError::Trace { file: FILE, line, message })?);
+    }
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(w) = nodes.windows(2).find(|w| w[0].id == w[1].id) {
+        return Err(WorkloadError::Trace {
+            file: FILE,
+            line: 0,
+            message: format!("node id {} appears twice", w[0].id),
+        });
+    }
+    Ok(nodes.into_iter().map(|n| NodeInfo::new(Arc::new(n))).collect())
+}
+
+/// Reads a tasks trace. Columns (header line first, any order): `service`,
+/// `cpus` (decimal), `memory_mib` (integer) are required; optional `count`
+/// (identical tasks on this row, default 1), `constraints`
+/// (`node.labels.zone==eu;node.role!=manager`), `preferences`
+/// (`node.labels.zone;node.labels.rack`), `max_replicas`, `host_ports`
+/// (`8080/tcp;53/udp`), `generic` (`gpu=1`). Rows of one service with the
+/// same needs are scheduled as one group.
+pub fn parse_tasks_csv(text: &str) -> Result<Vec<TaskRequest>, WorkloadError> {
+    const FILE: &str = "tasks.csv";
+    let known = [
+        "service",
+        "count",
+        "cpus",
+        "memory_mib",
+        "constraints",
+        "preferences",
+        "max_replicas",
+        "host_ports",
+        "generic",
+    ];
+    let mut tasks = Vec::new();
+    let mut seq: HashMap<String, usize> = HashMap::new();
+    for (line, row) in csv_rows(FILE, text, &known, &["service", "cpus", "memory_mib"])? {
+        let parsed = (|| -> Result<(TaskRequest, u64), String> {
+            let service = row.get("service").ok_or("service is empty")?;
+            let cpus = parse_cpus(row.get("cpus").ok_or("cpus is empty")?)?;
+            let mem = parse_u64("memory_mib", row.get("memory_mib").ok_or("memory_mib is empty")?)?;
+            let mut t = TaskRequest {
+                service_id: ServiceId::new(*service),
+                spec_version: 1,
+                reservations: Resources::new(cpus, mem.saturating_mul(MIB)),
+                ..Default::default()
+            };
+            if let Some(v) = row.get("generic") {
+                t.reservations.generic = parse_generic(v)?;
+            }
+            if let Some(v) = row.get("constraints") {
+                let list: Vec<&str> = v.split(';').filter(|c| !c.trim().is_empty()).collect();
+                t.constraints = Constraint::parse_all(&list).map_err(|e| e.to_string())?;
+            }
+            if let Some(v) = row.get("preferences") {
+                t.preferences = v.split(';').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect();
+            }
+            if let Some(v) = row.get("max_replicas") {
+                t.max_replicas = parse_u64("max_replicas", v)?;
+            }
+            if let Some(v) = row.get("host_ports") {
+                for p in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                    let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                    let proto = match proto {
+                        "tcp" => Protocol::Tcp,
+                        "udp" => Protocol::Udp,
+                        o => return Err(format!("host port {p:?}: protocol {o:?} is not tcp or udp")),
+                    };
+                    match port.parse::<u32>() {
+                        Ok(n) if (1..=65535).contains(&n) => t.host_ports.push((proto, n)),
+                        _ => return Err(format!("host port {p:?}: {port:?} is not a port (1-65535)")),
+                    }
+                }
+            }
+            let count = match row.get("count") {
+                Some(v) => parse_u64("count", v)?,
+                None => 1,
+            };
+            Ok((t, count))
+        })();
+        let (t, count) = parsed.map_err(|message| WorkloadError::Trace { file: FILE, line, message })?;
+        let next = seq.entry(t.service_id.to_string()).or_insert(0);
+        for _ in 0..count {
+            tasks.push(TaskRequest { task_id: format!("{}.{}", t.service_id, *next).into(), ..t.clone() });
+            *next += 1;
+        }
+    }
+    Ok(tasks)
+}
+
+/// How good a placement is. See [`measure`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metrics {
+    /// Tasks placed.
+    pub placed: usize,
+    /// Tasks left unschedulable.
+    pub unschedulable: usize,
+    /// Nodes that received at least one task.
+    pub nodes_used: usize,
+    /// Fewest nodes that could hold every task's reservations, ignoring
+    /// fragmentation and constraints: per resource, the fewest schedulable
+    /// nodes whose capacities, largest first, add up to the total
+    /// requested; the maximum over CPU and memory. On identical nodes this
+    /// is `ceil(total requested / node capacity)`.
+    pub lower_bound: usize,
+    /// Max over services of (max - min) tasks placed per node, over the
+    /// nodes that pass the service's static filters (ready, active,
+    /// constraints, platform).
+    pub max_skew_node: u64,
+    /// The same per value of the `zone` node label, over zones with at
+    /// least one such node; `None` when no node has a zone.
+    pub max_skew_zone: Option<u64>,
+    /// Share of the free capacity left on schedulable nodes that cannot fit
+    /// the median task (median CPU and median memory over all tasks), mean
+    /// of the CPU and memory shares, 0 to 1.
+    pub fragmentation: f64,
+}
+
+/// Judges `decisions` (one per task, as a scheduler returned them) on the
+/// workload.
+pub fn measure(view: &ClusterView, tasks: &[TaskRequest], decisions: &[Decision]) -> Metrics {
+    let index = NodeIndex::new(view);
+    let mut nodes = view.nodes.clone();
+    let mut per_service: HashMap<&ServiceId, HashMap<usize, u64>> = HashMap::new();
+    let mut rep: HashMap<&ServiceId, &TaskRequest> = HashMap::new();
+    let mut used = NodeSet::empty(nodes.len());
+    let mut placed = 0;
+    for (t, d) in tasks.iter().zip(decisions) {
+        rep.entry(&t.service_id).or_insert(t);
+        if let Decision::Assign(id) = d {
+            if let Some(i) = index.position(id) {
+                nodes[i].reserve(t);
+                used.insert(i);
+                *per_service.entry(&t.service_id).or_default().entry(i).or_insert(0) += 1;
+                placed += 1;
+            }
+        }
+    }
+    let schedulable: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].node.is_schedulable()).collect();
+
+    // Lower bound.
+    let mut lower_bound = 0;
+    let total_cpu: u64 = tasks.iter().map(|t| t.reservations.nano_cpus).sum();
+    let total_mem: u64 = tasks.iter().map(|t| t.reservations.memory_bytes).sum();
+    let cpu_caps = schedulable.iter().map(|&i| nodes[i].node.description.resources.nano_cpus).collect();
+    let mem_caps = schedulable.iter().map(|&i| nodes[i].node.description.resources.memory_bytes).collect();
+    for (total, mut caps) in [(total_cpu, cpu_caps), (total_mem, mem_caps)] {
+        let caps: &mut Vec<u64> = &mut caps;
+        caps.sort_unstable_by(|a, b| b.cmp(a));
+        let mut sum = 0u64;
+        let mut k = 0;
+        while sum < total && k < caps.len() {
+            sum = sum.saturating_add(caps[k]);
+            k += 1;
+        }
+        lower_bound = lower_bound.max(k);
+    }
+
+    // Skew.
+    let statics: Vec<Box<dyn Filter>> = standard_filters().into_iter().filter(|f| f.is_static()).collect();
+    let zones: Vec<Option<&str>> = nodes.iter().map(|n| n.node.spec.labels.get("zone").map(String::as_str)).collect();
+    let any_zone = zones.iter().any(Option::is_some);
+    let (mut skew_node, mut skew_zone) = (0u64, 0u64);
+    for (svc, req) in &rep {
+        let mut alive = NodeSet::full(nodes.len());
+        let mut why = Explanation::new(nodes.len());
+        for f in statics.iter().filter(|f| f.relevant(req)) {
+            if !f.check_indexed(view, &index, req, &mut alive, &mut why) {
+                for i in alive.clone().iter() {
+                    if f.check(&nodes[i], req).is_err() {
+                        alive.remove(i);
+                    }
+                }
+            }
+        }
+        let counts = per_service.get(svc);
+        let count = |i: usize| counts.and_then(|c| c.get(&i)).copied().unwrap_or(0);
+        let (mut lo, mut hi) = (u64::MAX, 0);
+        let mut by_zone: BTreeMap<&str, u64> = BTreeMap::new();
+        for i in alive.iter() {
+            let c = count(i);
+            lo = lo.min(c);
+            hi = hi.max(c);
+            if let Some(z) = zones[i] {
+                *by_zone.entry(z).or_insert(0) += c;
+            }
+        }
+        if lo != u64::MAX {
+            skew_node = skew_node.max(hi - lo);
+        }
+        if let (Some(zlo), Some(zhi)) = (by_zone.values().min(), by_zone.values().max()) {
+            skew_zone = skew_zone.max(zhi - zlo);
+        }
+    }
+
+    // Fragmentation.
+    let median = |mut v: Vec<u64>| -> u64 {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    let med_cpu = median(tasks.iter().map(|t| t.reservations.nano_cpus).collect());
+    let med_mem = median(tasks.iter().map(|t| t.reservations.memory_bytes).collect());
+    let (mut free, mut stranded) = ([0f64; 2], [0f64; 2]);
+    for &i in &schedulable {
+        let a = &nodes[i].available;
+        let f = [a.nano_cpus as f64, a.memory_bytes as f64];
+        let fits = a.nano_cpus >= med_cpu && a.memory_bytes >= med_mem;
+        for r in 0..2 {
+            free[r] += f[r];
+            if !fits {
+                stranded[r] += f[r];
+            }
+        }
+    }
+    let share = |r: usize| if free[r] > 0.0 { stranded[r] / free[r] } else { 0.0 };
+    Metrics {
+        placed,
+        unschedulable: decisions.iter().filter(|d| matches!(d, Decision::Unschedulable(_))).count(),
+        nodes_used: used.count(),
+        lower_bound,
+        max_skew_node: skew_node,
+        max_skew_zone: any_zone.then_some(skew_zone),
+        fragmentation: (share(0) + share(1)) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Pipeline;
+    use swarm_core::scheduler::Scheduler;
+
+    #[test]
+    fn workloads_are_deterministic_and_sized() {
+        for kind in WorkloadKind::ALL {
+            let a = Workload::generate(kind, 40, 333, 1);
+            let b = Workload::generate(kind, 40, 333, 1);
+            assert_eq!(a.tasks.len(), 333, "{kind}");
+            assert_eq!(a.view.nodes.len(), 40);
+            assert_eq!(
+                a.tasks.iter().map(|t| (&t.task_id, &t.reservations)).collect::<Vec<_>>(),
+                b.tasks.iter().map(|t| (&t.task_id, &t.reservations)).collect::<Vec<_>>()
+            );
+            assert_eq!(kind.name().parse::<WorkloadKind>(), Ok(kind));
+        }
+        assert!("bogus".parse::<WorkloadKind>().is_err());
+    }
+
+    #[test]
+    fn metrics_on_a_hand_checked_placement() {
+        let nodes =
+            parse_nodes_csv("id,cpus,memory_mib,labels\nb,4,4096,zone=eu\na,4,4096,zone=us\nc,4,4096,zone=eu\n")
+                .unwrap();
+        assert_eq!(nodes[0].node.id.as_str(), "a");
+        let view = ClusterView { nodes };
+        let tasks = parse_tasks_csv("service,count,cpus,memory_mib\nweb,3,1.5,1024\n").unwrap();
+        assert_eq!(tasks.len(), 3);
+        assert_eq!(tasks[2].task_id.as_str(), "web.2");
+        let d = Pipeline::binpack().schedule(&view, &tasks);
+        let m = measure(&view, &tasks, &d);
+        // 4.5 CPUs over 4-CPU nodes: at least 2; binpack puts 2 on a, 1 on b.
+        assert_eq!(m.lower_bound, 2);
+        assert_eq!(m.nodes_used, 2);
+        assert_eq!(m.max_skew_node, 2);
+        // zones: us 2, eu 1.
+        assert_eq!(m.max_skew_zone, Some(1));
+        // Median task 1.5 CPU/1 GiB: a has 1 CPU left (stranded), b 2.5, c 4.
+        // CPU: 1 / 7.5; memory: 2048 / (2048 + 3072 + 4096) MiB.
+        let want = (1.0 / 7.5 + 2048.0 / 9216.0) / 2.0;
+        assert!((m.fragmentation - want).abs() < 1e-9, "{}", m.fragmentation);
+        let s = Pipeline::spread().schedule(&view, &tasks);
+        assert_eq!(measure(&view, &tasks, &s).max_skew_node, 0);
+    }
+
+    #[test]
+    fn traces_report_bad_lines() {
+        let e = parse_nodes_csv("id,cpus,memory_mib\nn1,four,1024\n").unwrap_err();
+        assert_eq!(e.to_string(), "nodes.csv line 2: cpus \"four\" is not a non-negative number");
+        let e = parse_nodes_csv("id,cpus,ram\n").unwrap_err();
+        assert!(e.to_string().starts_with("nodes.csv line 1: unknown column \"ram\""), "{e}");
+        let e = parse_tasks_csv("service,cpus,memory_mib,constraints\nweb,1,1,node.labels.zone=eu\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("tasks.csv line 2: constraint \"node.labels.zone=eu\" has no operator"),
+            "{e}"
+        );
+        let e = parse_tasks_csv("# comment\nservice,cpus,memory_mib,host_ports\n\nweb,1,1,80/sctp\n").unwrap_err();
+        assert_eq!(e.to_string(), "tasks.csv line 4: host port \"80/sctp\": protocol \"sctp\" is not tcp or udp");
+        assert!(parse_tasks_csv("").is_err());
+        let t = parse_tasks_csv(
+            "service,cpus,memory_mib,constraints,preferences,max_replicas,host_ports,generic\n\
+             db,0.5,512,node.labels.disk==ssd;node.role!=manager,node.labels.zone,2,5432/tcp;53/udp,gpu=1\n",
+        )
+        .unwrap();
+        assert_eq!(t[0].constraints.len(), 2);
+        assert_eq!(t[0].preferences, vec!["node.labels.zone".to_string()]);
+        assert_eq!(t[0].max_replicas, 2);
+        assert_eq!(t[0].host_ports, vec![(Protocol::Tcp, 5432), (Protocol::Udp, 53)]);
+        assert_eq!(t[0].reservations, Resources::new(CPU / 2, 512 * MIB).with_generic("gpu", 1));
+        let n = parse_nodes_csv(
+            "id,cpus,memory_mib,generic,role,availability,os,arch\nm,2,2048,gpu=2,manager,drain,linux,arm64\n",
+        )
+        .unwrap();
+        assert_eq!(n[0].node.spec.availability, Availability::Drain);
+        assert_eq!(n[0].node.description.resources.generic["gpu"], 2);
+        assert!(parse_nodes_csv("id,cpus,memory_mib\nx,1,1\nx,1,1\n").is_err());
+    }
+}

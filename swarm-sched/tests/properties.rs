@@ -1,0 +1,306 @@
+//! Property tests of the built-in schedulers (fixed seed, deterministic):
+//! - no placement violates a constraint, a reservation, a host port or max
+//!   replicas (every decision is replayed through swarm-core's
+//!   `check_node` in order);
+//! - with identical nodes and room for every task, Spread's skew per
+//!   service is at most 1;
+//! - on the same input (identical nodes), BinPack never uses more nodes
+//!   than Spread;
+//! - the shared candidate heaps (small groups) decide exactly as the
+//!   per-group path does.
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+use std::collections::HashMap;
+use std::sync::Arc;
+use swarm_core::model::{Availability, Node, NodeState, Protocol, Resources};
+use swarm_core::scheduler::{ClusterView, Decision, NodeInfo, Scheduler, TaskRequest, check_node};
+use swarm_sched::{BestFit, LeastAllocated, MostAllocated, Pipeline, Scorer, Spread};
+
+const CPU: u64 = 1_000_000_000;
+const GIB: u64 = 1 << 30;
+
+fn config() -> Config {
+    Config { cases: 96, rng_seed: RngSeed::Fixed(0x5eed), failure_persistence: None, ..Config::default() }
+}
+
+#[derive(Clone, Debug)]
+struct NodeGen {
+    cpus: u64,
+    mem_gib: u64,
+    zone: Option<u8>,
+    ssd: bool,
+    down: bool,
+    drained: bool,
+    used_cpus: u64,
+    port80: bool,
+    /// Recent failures of service s0.
+    failures: u32,
+}
+
+const IDENTICAL: NodeGen = NodeGen {
+    cpus: 8,
+    mem_gib: 16,
+    zone: None,
+    ssd: false,
+    down: false,
+    drained: false,
+    used_cpus: 0,
+    port80: false,
+    failures: 0,
+};
+
+fn node_gen() -> impl Strategy<Value = NodeGen> {
+    (1u64..=8, 1u64..=16, proptest::option::of(0u8..3), any::<bool>(), 0u8..10, 0u8..10, 0u64..=2, 0u8..4, 0u32..8)
+        .prop_map(|(cpus, mem, zone, ssd, down, drained, used, port, failures)| NodeGen {
+            failures: failures.saturating_sub(4),
+            cpus,
+            mem_gib: mem,
+            zone,
+            ssd,
+            down: down == 0,
+            drained: drained == 0,
+            used_cpus: used.min(cpus),
+            port80: port == 0,
+        })
+}
+
+fn build_view(gens: &[NodeGen]) -> ClusterView {
+    let nodes = gens
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let mut n = Node::ready(format!("n{i:03}"), format!("h{i}"), Resources::new(g.cpus * CPU, g.mem_gib * GIB));
+            if let Some(z) = g.zone {
+                n.spec.labels.insert("zone".into(), format!("z{z}"));
+            }
+            if g.ssd {
+                n.spec.labels.insert("disk".into(), "ssd".into());
+            }
+            if g.down {
+                n.status.state = NodeState::Down;
+            }
+            if g.drained {
+                n.spec.availability = Availability::Drain;
+            }
+            let mut info = NodeInfo::new(Arc::new(n));
+            if g.failures > 0 {
+                info.recent_failures.insert("s0".into(), g.failures);
+            }
+            if g.used_cpus > 0 || g.port80 {
+                info.reserve(&TaskRequest {
+                    service_id: "existing".into(),
+                    reservations: Resources::new(g.used_cpus * CPU, 0),
+                    host_ports: if g.port80 { vec![(Protocol::Tcp, 80)] } else { vec![] },
+                    ..Default::default()
+                });
+            }
+            info
+        })
+        .collect();
+    ClusterView { nodes }
+}
+
+#[derive(Clone, Debug)]
+struct ServiceGen {
+    count: usize,
+    quarter_cpus: u64,
+    mem_gib: u64,
+    constraint: u8,
+    max_replicas: u64,
+    port: bool,
+    spread_zone: bool,
+}
+
+fn service_gen(plain: bool) -> impl Strategy<Value = ServiceGen> {
+    (1usize..12, 0u64..=8, 0u64..=3, 0u8..6, 0u64..=3, 0u8..5, any::<bool>()).prop_map(
+        move |(count, q, mem, constraint, max_replicas, port, spread_zone)| ServiceGen {
+            count,
+            quarter_cpus: q,
+            mem_gib: mem,
+            constraint: if plain { 0 } else { constraint },
+            max_replicas: if plain { 0 } else { max_replicas },
+            port: !plain && port == 0,
+            spread_zone: !plain && spread_zone,
+        },
+    )
+}
+
+fn build_tasks(services: &[ServiceGen]) -> Vec<TaskRequest> {
+    let mut out = Vec::new();
+    for (s, g) in services.iter().enumerate() {
+        let constraints = match g.constraint {
+            1 => vec!["node.labels.zone==z1"],
+            2 => vec!["node.labels.disk==ssd"],
+            3 => vec!["node.labels.zone!=z0", "node.role==worker"],
+            _ => vec![],
+        };
+        for i in 0..g.count {
+            out.push(TaskRequest {
+                task_id: format!("s{s}.{i}").into(),
+                service_id: format!("s{s}").into(),
+                spec_version: 1,
+                constraints: constraints.iter().map(|c| c.parse().unwrap()).collect(),
+                preferences: if g.spread_zone { vec!["node.labels.zone".into()] } else { vec![] },
+                max_replicas: g.max_replicas,
+                reservations: Resources::new(g.quarter_cpus * CPU / 4, g.mem_gib * GIB),
+                host_ports: if g.port { vec![(Protocol::Tcp, 80)] } else { vec![] },
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+/// Replays decisions in order; every assignment must pass check_node on
+/// the node as it was at that moment.
+fn assert_valid(view: &ClusterView, tasks: &[TaskRequest], decisions: &[Decision], who: &str) {
+    assert_eq!(decisions.len(), tasks.len());
+    let mut nodes = view.nodes.clone();
+    let pos: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.node.id.to_string(), i)).collect();
+    for (t, d) in tasks.iter().zip(decisions) {
+        if let Decision::Assign(id) = d {
+            let i = pos[id.as_str()];
+            assert_eq!(check_node(&nodes[i], t), Ok(()), "{who}: {} on {id}", t.task_id);
+            nodes[i].reserve(t);
+        }
+    }
+}
+
+fn per_node(decisions: &[Decision], tasks: &[TaskRequest]) -> HashMap<(String, String), usize> {
+    let mut m = HashMap::new();
+    for (t, d) in tasks.iter().zip(decisions) {
+        if let Decision::Assign(n) = d {
+            *m.entry((t.service_id.to_string(), n.to_string())).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+fn nodes_used(decisions: &[Decision]) -> usize {
+    let mut used: Vec<&str> =
+        decisions.iter().filter_map(|d| if let Decision::Assign(n) = d { Some(n.as_str()) } else { None }).collect();
+    used.sort_unstable();
+    used.dedup();
+    used.len()
+}
+
+/// A built-in scorer behind a wrapper that does not declare itself
+/// shareable: forces the per-group path.
+struct Unshared(Box<dyn Scorer>);
+impl Scorer for Unshared {
+    fn name(&self) -> &str {
+        "unshared"
+    }
+    fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
+        self.0.score(node, req)
+    }
+}
+
+fn builtin(k: usize) -> Box<dyn Scorer> {
+    match k {
+        0 => Box::new(Spread { max_failures: 1 }),
+        1 => Box::new(BestFit),
+        2 => Box::new(MostAllocated),
+        _ => Box::new(LeastAllocated),
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn placements_respect_every_rule(
+        nodes in prop::collection::vec(node_gen(), 0..12),
+        services in prop::collection::vec(service_gen(false), 1..6),
+    ) {
+        let view = build_view(&nodes);
+        let tasks = build_tasks(&services);
+        for name in Pipeline::NAMES {
+            let d = Pipeline::by_name(name).unwrap().schedule(&view, &tasks);
+            assert_valid(&view, &tasks, &d, name);
+            // An unschedulable task is explained over every node.
+            for x in &d {
+                if let Decision::Unschedulable(why) = x {
+                    prop_assert_eq!(why.nodes, view.nodes.len());
+                    if !view.nodes.is_empty() {
+                        prop_assert_eq!(why.failures.values().sum::<usize>(), view.nodes.len(), "{}", why);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn spread_skew_is_at_most_one_on_identical_nodes(
+        n in 1usize..10,
+        services in prop::collection::vec(service_gen(true), 1..6),
+    ) {
+        let view = build_view(&vec![IDENTICAL; n]);
+        // Room for every task on every node: 8 CPUs, 16 GiB per node.
+        let tasks: Vec<TaskRequest> = build_tasks(&services)
+            .into_iter()
+            .map(|mut t| { t.reservations = Resources::new(t.reservations.nano_cpus / 64, t.reservations.memory_bytes / 64); t })
+            .collect();
+        let d = Pipeline::spread().schedule(&view, &tasks);
+        assert_valid(&view, &tasks, &d, "spread");
+        let counts = per_node(&d, &tasks);
+        for (s, _) in services.iter().enumerate() {
+            let svc = format!("s{s}");
+            let c: Vec<usize> = view.nodes.iter().map(|x| counts.get(&(svc.clone(), x.node.id.to_string())).copied().unwrap_or(0)).collect();
+            let (lo, hi) = (c.iter().min().unwrap(), c.iter().max().unwrap());
+            prop_assert!(hi - lo <= 1, "service {} counts {:?}", svc, c);
+        }
+    }
+
+    #[test]
+    fn binpack_never_uses_more_nodes_than_spread(
+        n in 1usize..12,
+        services in prop::collection::vec(service_gen(false), 1..6),
+    ) {
+        let view = build_view(&vec![NodeGen { ssd: true, ..IDENTICAL }; n]);
+        let tasks = build_tasks(&services);
+        let spread = Pipeline::spread().schedule(&view, &tasks);
+        for name in ["binpack", "most-allocated"] {
+            let packed = Pipeline::by_name(name).unwrap().schedule(&view, &tasks);
+            prop_assert!(nodes_used(&packed) <= nodes_used(&spread), "{}: {} > spread {}", name, nodes_used(&packed), nodes_used(&spread));
+        }
+    }
+
+    #[test]
+    fn shared_heaps_decide_like_the_per_group_path(
+        nodes in prop::collection::vec(node_gen(), 0..12),
+        services in prop::collection::vec(service_gen(false), 1..8),
+        rounds in 1usize..4,
+    ) {
+        let view = build_view(&nodes);
+        // Several services of the same shape, some repeated: exercises
+        // heaps shared across groups and nodes changed by other groups.
+        let mut tasks = build_tasks(&services);
+        for r in 1..rounds {
+            tasks.extend(build_tasks(&services).into_iter().map(|mut t| { t.service_id = format!("{}-r{r}", t.service_id).into(); t }));
+        }
+        for k in 0..4 {
+            prop_assert!(builtin(k).shareable());
+            let shared = Pipeline::new("s", builtin(k)).schedule(&view, &tasks);
+            let unshared = Pipeline::new("u", Unshared(builtin(k))).schedule(&view, &tasks);
+            prop_assert_eq!(shared, unshared, "{}", builtin(k).name());
+        }
+    }
+}
+
+/// The same on every built-in workload, at a size where shapes repeat
+/// many times and nodes fill up.
+#[test]
+fn shared_heaps_decide_like_the_per_group_path_on_the_workloads() {
+    use swarm_sched::workload::{Workload, WorkloadKind};
+    for kind in WorkloadKind::ALL {
+        let w = Workload::generate(kind, 200, 2500, 3);
+        for k in 0..4 {
+            let shared = Pipeline::new("s", builtin(k)).schedule(&w.view, &w.tasks);
+            let unshared = Pipeline::new("u", Unshared(builtin(k))).schedule(&w.view, &w.tasks);
+            let first = shared.iter().zip(&unshared).position(|(a, b)| a != b);
+            assert_eq!(first, None, "{kind} {}: first difference at task {first:?}", builtin(k).name());
+        }
+    }
+}
