@@ -77,7 +77,7 @@ fn print_tasks(title: &str, tasks: &[Task]) {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into())).init();
     println!("swarm quickstart: 3 nodes on SimRuntime, a manager with the spread scheduler\n");
 
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
@@ -131,9 +131,10 @@ async fn main() -> Result<(), Error> {
     // 3. A whole node fails: its tasks are rescheduled on the others.
     let lost = nodes.pop().ok_or("no node")?;
     println!("\n3. node {} fails (engine gone, no more heartbeats)", lost.id);
-    lost.sim.fail();
     lost.agent.abort();
-    let _ = lost.runtime;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    lost.sim.fail();
+    drop(lost.runtime);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let healed = loop {
         let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(30)).await?;

@@ -291,11 +291,12 @@ impl Harness {
     /// Node `i` fails: its engine loses every container and its agent stops
     /// heartbeating (the managers notice after the heartbeat grace).
     pub fn fail_node(&mut self, i: usize) {
-        self.nodes[i].sim.fail();
+        // The agent dies with its node: stop it first so it reports nothing.
         if let Some(a) = self.nodes[i].agent.take() {
             a.abort();
         }
         self.dispatcher.drop_session(&self.nodes[i].id);
+        self.nodes[i].sim.fail();
     }
 
     /// Node `i` comes back (empty engine, new agent).
