@@ -377,3 +377,46 @@ pub async fn probe_addr(addr: SocketAddr, path: Option<&str>) -> ProbeResult {
         None => ProbeResult::Unhealthy(format!("GET {path}: not an HTTP answer")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback HTTP server answering every request with `status`.
+    async fn http_server(status: u16) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_probes_against_real_sockets() {
+        let ok = http_server(200).await;
+        let bad = http_server(503).await;
+        assert_eq!(probe_addr(ok, None).await, ProbeResult::Healthy);
+        assert_eq!(probe_addr(ok, Some("/health")).await, ProbeResult::Healthy);
+        match probe_addr(bad, Some("/health")).await {
+            ProbeResult::Unhealthy(why) => assert!(why.contains("503"), "{why}"),
+            other => panic!("expected unhealthy, got {other:?}"),
+        }
+        // Nothing listens on a port we just released.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        match probe_addr(closed, None).await {
+            ProbeResult::Unhealthy(why) => assert!(why.contains("connect"), "{why}"),
+            other => panic!("expected unhealthy, got {other:?}"),
+        }
+    }
+}
