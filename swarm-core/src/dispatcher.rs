@@ -324,23 +324,31 @@ impl LocalDispatcher {
             }
             out
         };
-        for node in silent {
-            let msg = format!("heartbeat failure: no heartbeat for more than {grace:?}");
+        if silent.is_empty() {
+            return;
+        }
+        // One transaction for every node found silent in this round.
+        let msg = format!("heartbeat failure: no heartbeat for more than {grace:?}");
+        for node in &silent {
             tracing::warn!(node = %node, "{msg}");
-            let res = crate::store::update_with_retry(self.store.as_ref(), 5, |state| {
-                let n = state.node(&node)?;
+        }
+        let res = crate::store::update_with_retry(self.store.as_ref(), 5, |state| {
+            let mut tx = Transaction::new();
+            for id in &silent {
+                let Some(n) = state.node(id) else { continue };
                 if n.status.state == NodeState::Down {
-                    return None;
+                    continue;
                 }
                 let mut n = n.as_ref().clone();
                 n.status.state = NodeState::Down;
                 n.status.message = msg.clone();
-                Some(Transaction::new().update(n))
-            })
-            .await;
-            if let Err(e) = res {
-                tracing::error!(node = %node, error = %e, "could not mark node down");
+                tx = tx.update(n);
             }
+            if tx.is_empty() { None } else { Some(tx) }
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::error!(nodes = silent.len(), error = %e, "could not mark nodes down");
         }
     }
 }
