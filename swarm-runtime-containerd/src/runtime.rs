@@ -200,7 +200,8 @@ impl ContainerdRuntime {
         })?;
         info!(version = %v.get_ref().version, address = %cfg.address.display(), namespace = %cfg.namespace, "connected to containerd");
         let ns = Namespace { name: cfg.namespace.clone(), labels: HashMap::new() };
-        match engine.namespaces().create(CreateNamespaceRequest { namespace: Some(ns) }).await {
+        // containerd publishes a namespace event, which needs the header too.
+        match engine.namespaces().create(engine.req(CreateNamespaceRequest { namespace: Some(ns) })).await {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::AlreadyExists => {}
             Err(s) => return Err(status_err(&format!("namespaces.create {}", cfg.namespace), "", s)),

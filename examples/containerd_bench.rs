@@ -1,0 +1,105 @@
+//! Benchmark of the containerd runtime: time from the first `create` to
+//! every task running, for 1, 10 and 50 tasks created and started
+//! concurrently (as an agent does when a service scales up), each size run
+//! three times (median reported). Uses the self-built busybox image
+//! (imported with `ctr`, no registry) in namespace `swarm-rs-bench`.
+//!
+//! `cargo run --release --features containerd --example containerd_bench`
+//!
+//! Prints one JSON object as the last line: `replicas`,
+//! `create_to_running_s` (medians) and `starts_per_sec` (arrays, one entry
+//! per size), plus every run's times.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use swarm_core::runtime::{ContainerConfig, ContainerState, Runtime, RuntimeError};
+use swarm_runtime_containerd::fixture::import_busybox;
+use swarm_runtime_containerd::{ContainerdConfig, ContainerdRuntime};
+use tokio::task::JoinSet;
+
+const NS: &str = "swarm-rs-bench";
+const IMAGE: &str = "swarm-ctd-bench/busybox:1";
+const SIZES: [usize; 3] = [1, 10, 50];
+const RUNS: usize = 3;
+
+fn config(i: usize) -> ContainerConfig {
+    let mut c = ContainerConfig { name: format!("bench.{i}"), ..Default::default() };
+    c.spec.image = IMAGE.into();
+    c.spec.command = ["httpd", "-f", "-p", "8080", "-h", "/www"].iter().map(|s| s.to_string()).collect();
+    c.labels.insert("io.swarm-rs.bench".into(), "true".into());
+    c
+}
+
+async fn one_round(rt: &Arc<ContainerdRuntime>, n: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let rt = rt.clone();
+        set.spawn(async move {
+            let id = rt.create(&config(i)).await?;
+            rt.start(&id).await?;
+            Ok::<String, RuntimeError>(id)
+        });
+    }
+    let mut ids = Vec::new();
+    let mut first_err: Option<RuntimeError> = None;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(id)) => ids.push(id),
+            Ok(Err(e)) => first_err = first_err.or(Some(e)),
+            Err(e) => first_err = first_err.or(Some(RuntimeError::Engine(format!("bench task panicked: {e}")))),
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    for id in &ids {
+        let s = rt.inspect(id).await?;
+        if s.state != ContainerState::Running {
+            first_err = first_err.or(Some(RuntimeError::Engine(format!("{id} is {:?}", s.state))));
+        }
+    }
+    for id in &ids {
+        rt.remove(id).await?;
+    }
+    match first_err {
+        Some(e) => Err(e.into()),
+        None => Ok(elapsed),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = ContainerdConfig::new(NS);
+    let rt = Arc::new(ContainerdRuntime::connect(cfg.clone()).await?);
+    import_busybox(&cfg.address, NS, IMAGE, true).await?;
+    // Warm-up: the first task pays for one-off costs (bridge, logger, cgroup parents).
+    one_round(&rt, 1).await?;
+    let mut medians = Vec::new();
+    let mut per_run = Vec::new();
+    for n in SIZES {
+        let mut times = Vec::new();
+        for _ in 0..RUNS {
+            let t = one_round(&rt, n).await?;
+            eprintln!("{n} tasks: {t:.3} s");
+            times.push(t);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        per_run.push(times.clone());
+        medians.push(median(&mut times));
+    }
+    let rates: Vec<f64> = SIZES.iter().zip(&medians).map(|(n, t)| *n as f64 / t).collect();
+    let round = |v: &[f64]| v.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>();
+    let out = serde_json::json!({
+        "runtime": "containerd",
+        "replicas": SIZES,
+        "create_to_running_s": round(&medians),
+        "starts_per_sec": round(&rates),
+        "runs_s": per_run.iter().map(|r| round(r)).collect::<Vec<_>>(),
+    });
+    println!("{out}");
+    Ok(())
+}
