@@ -5,7 +5,8 @@
 //!   namespace of the project's own (never Docker's `moby`), rootfs from
 //!   overlayfs snapshots of the image's layers, an OCI spec generated from
 //!   the task ([`spec`]), a network namespace per task on a node bridge
-//!   ([`net`]), secrets and configs on a tmpfs ([`files`]), stats from the
+//!   ([`net`]), host-mode published ports as DNAT rules ([`ports`]),
+//!   secrets and configs on a tmpfs ([`files`]), stats from the
 //!   task's cgroup metrics ([`metrics`]).
 //! - [`fixture`]: builds a tiny image (Debian's static busybox) and imports
 //!   it with `ctr`, for tests and benchmarks without a registry.
@@ -37,6 +38,7 @@ pub mod fixture;
 pub mod image;
 pub mod metrics;
 pub mod net;
+pub mod ports;
 pub mod runtime;
 pub mod spec;
 

@@ -18,7 +18,7 @@ use crate::image::{ensure_unpacked, resolve};
 use crate::metrics::{self, Sample};
 use crate::net::{BridgeConfig, IpAllocator, TaskNet, ensure_bridge};
 use crate::spec::{PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecContext, build_spec, parse_signal};
-use crate::{files, token};
+use crate::{files, ports, token};
 use async_trait::async_trait;
 use containerd_client::events::TaskExit;
 use containerd_client::services::v1::container::Runtime as ContainerRuntimeInfo;
@@ -36,7 +36,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use swarm_core::model::{Labels, MountKind, NetworkSpec, VolumeSpec};
+use swarm_core::model::{Labels, MountKind, NetworkSpec, PortConfig, VolumeSpec};
 use swarm_core::runtime::*;
 use tracing::{debug, info, warn};
 
@@ -51,6 +51,8 @@ pub mod ctd_labels {
     pub const STOP_SIGNAL: &str = "io.swarm-rs.containerd.stop-signal";
     /// The container name from the config.
     pub const NAME: &str = "io.swarm-rs.containerd.name";
+    /// Host-mode published ports, `proto:target:published,...`.
+    pub const HOST_PORTS: &str = "io.swarm-rs.containerd.host-ports";
 }
 
 const SIGKILL: u32 = 9;
@@ -295,7 +297,13 @@ impl ContainerdRuntime {
 
     /// Undoes whatever exists of a task (best effort, idempotent); returns
     /// the first error other than "not found".
-    async fn teardown(&self, id: &str, token: Option<&str>, ip: Option<Ipv4Addr>) -> Result<(), RuntimeError> {
+    async fn teardown(
+        &self,
+        id: &str,
+        token: Option<&str>,
+        ip: Option<Ipv4Addr>,
+        has_ports: bool,
+    ) -> Result<(), RuntimeError> {
         let mut first: Option<RuntimeError> = None;
         let mut note = |e: RuntimeError| {
             warn!(id, error = %e, "teardown step failed");
@@ -327,6 +335,9 @@ impl ContainerdRuntime {
             note(status_err(&format!("snapshots.remove {id}"), "", s));
         }
         if let Some(t) = token {
+            if has_ports {
+                ports::unpublish(t).await;
+            }
             TaskNet::for_token(t).teardown().await;
         }
         let dir = self.dir(id);
@@ -353,11 +364,13 @@ impl ContainerdRuntime {
         token: &str,
         ip: Ipv4Addr,
         stop_signal: u32,
+        host_ports: &[PortConfig],
     ) -> Result<(), RuntimeError> {
         let img = resolve(&self.engine, &config.spec.image).await?;
         ensure_unpacked(&self.engine, &self.cfg.snapshotter, &img).await?;
         let net = TaskNet::for_token(token);
         net.setup(&self.cfg.bridge, ip).await?;
+        ports::publish(&self.cfg.bridge.name, token, ip, host_ports).await?;
         let dir = self.dir(id);
         let io = |e: std::io::Error| engine_err(format!("preparing {}: {e}", dir.display()));
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
@@ -399,6 +412,9 @@ impl ContainerdRuntime {
         labels.insert(ctd_labels::TOKEN.into(), token.into());
         labels.insert(ctd_labels::STOP_SIGNAL.into(), stop_signal.to_string());
         labels.insert(ctd_labels::NAME.into(), config.name.clone());
+        if !host_ports.is_empty() {
+            labels.insert(ctd_labels::HOST_PORTS.into(), ports::encode(host_ports));
+        }
         let container = Container {
             id: id.into(),
             labels,
@@ -500,18 +516,7 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn create(&self, config: &ContainerConfig) -> Result<String, RuntimeError> {
-        if !config.host_ports.is_empty() {
-            return Err(RuntimeError::Unsupported {
-                runtime: "containerd",
-                op: "host-mode published ports",
-                detail: format!(
-                    "task {} publishes {} host port(s); the containerd runtime does not publish ports yet \
-                     (the task is reachable on its bridge address)",
-                    config.name,
-                    config.host_ports.len()
-                ),
-            });
-        }
+        let host_ports = ports::resolve(&config.host_ports, &[])?;
         let stop_signal = match config.spec.stop_signal.as_deref() {
             Some(s) if !s.is_empty() => parse_signal(s)?,
             _ => SIGTERM,
@@ -520,10 +525,10 @@ impl Runtime for ContainerdRuntime {
         let id = container_id(&config.name, &token);
         let ip = self.alloc.allocate(&self.addresses_in_use().await?)?;
         debug!(id, %ip, image = %config.spec.image, "creating task container");
-        match self.create_parts(config, &id, &token, ip, stop_signal).await {
+        match self.create_parts(config, &id, &token, ip, stop_signal, &host_ports).await {
             Ok(()) => Ok(id),
             Err(e) => {
-                if let Err(t) = self.teardown(&id, Some(&token), Some(ip)).await {
+                if let Err(t) = self.teardown(&id, Some(&token), Some(ip), !host_ports.is_empty()).await {
                     warn!(id, error = %t, "cleanup after a failed create was incomplete");
                 }
                 Err(e)
@@ -589,7 +594,8 @@ impl Runtime for ContainerdRuntime {
         let c = self.get_container(id).await?;
         let token = c.labels.get(ctd_labels::TOKEN).cloned();
         let ip = c.labels.get(ctd_labels::ADDRESS).and_then(|a| a.parse().ok());
-        self.teardown(id, token.as_deref(), ip).await
+        let has_ports = c.labels.contains_key(ctd_labels::HOST_PORTS);
+        self.teardown(id, token.as_deref(), ip, has_ports).await
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
@@ -609,8 +615,8 @@ impl Runtime for ContainerdRuntime {
             exit_code,
             error,
             addresses: addresses.into_iter().collect(),
+            host_ports: c.labels.get(ctd_labels::HOST_PORTS).map(|p| ports::decode(p)).unwrap_or_default(),
             labels: c.labels.into_iter().collect(),
-            host_ports: Vec::new(),
         })
     }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_conformance::{Fixture, RUN_LABEL};
-use swarm_core::model::{Labels, Mount, MountKind};
+use swarm_core::model::{Labels, Mount, MountKind, PortConfig, PublishMode};
 use swarm_core::runtime::*;
 use swarm_runtime_containerd::fixture::{INDEX_HTML, import_busybox, remove_image};
 use swarm_runtime_containerd::{BridgeConfig, ContainerdConfig, ContainerdRuntime};
@@ -100,6 +100,9 @@ async fn leftovers_of(rt: &ContainerdRuntime, id: &str) -> Vec<String> {
     let link = std::process::Command::new("ip").args(["link", "show", &format!("swv{token}")]).output();
     if link.map(|o| o.status.success()).unwrap_or(false) {
         out.push(format!("veth swv{token}"));
+    }
+    if swarm_runtime_containerd::ports::has_rules(token).await {
+        out.push(format!("iptables rules swarm-ctd-{token}"));
     }
     let dir = rt.config().state_dir.join("containers").join(id);
     if dir.exists() {
@@ -332,8 +335,9 @@ async fn rejected_creates_change_nothing() {
         assert!(matches!(rt.prepare(&c).await, Err(RuntimeError::ImageNotFound { .. })));
         assert!(matches!(rt.create(&c).await, Err(RuntimeError::ImageNotFound { .. })));
         c.spec.image = IMAGE.into();
+        // An ingress port is the routing mesh's business, not the runtime's.
         c.host_ports = vec![Default::default()];
-        assert!(matches!(rt.create(&c).await, Err(RuntimeError::Unsupported { .. })));
+        assert!(matches!(rt.create(&c).await, Err(RuntimeError::InvalidConfig(_))));
         assert!(rt.list(&sel).await.unwrap().is_empty());
         let netns_after = std::fs::read_dir("/var/run/netns").map(|d| d.count()).unwrap_or(0);
         assert_eq!(netns_before, netns_after, "a rejected create left a network namespace");
@@ -377,6 +381,58 @@ async fn runtime_unpacks_an_image_imported_packed() {
     })
     .await;
     remove_image(&addr, UNPACK_NS, IMAGE).await.unwrap();
+}
+
+/// Host-mode published ports: the server answers on the host's own
+/// address at the published port; a second task cannot take the same
+/// port; removing the task removes its rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_mode_ports_are_published() {
+    let Some(rt) = runtime().await else { return };
+    with_sweep(Arc::new(rt), "ctd-ports", |rt| async move {
+        let mut c = labelled(cfg_with(&server_cmd()), "ctd-ports", "published");
+        let port = PortConfig {
+            target_port: 8080,
+            published_port: Some(18089),
+            publish_mode: PublishMode::Host,
+            ..Default::default()
+        };
+        let any = PortConfig {
+            target_port: 8080,
+            published_port: None,
+            publish_mode: PublishMode::Host,
+            ..Default::default()
+        };
+        c.host_ports = vec![port.clone(), any];
+        let id = rt.create(&c).await.unwrap();
+        rt.start(&id).await.unwrap();
+        let s = rt.inspect(&id).await.unwrap();
+        assert_eq!(s.host_ports.len(), 2, "{:?}", s.host_ports);
+        assert_eq!(s.host_ports[0].published_port, Some(18089));
+        let other = s.host_ports[1].published_port.unwrap();
+        // The host's own (non-loopback) address: the bridge gateway.
+        let host = std::net::IpAddr::V4(rt.config().bridge.gateway());
+        for p in [18089u16, other as u16] {
+            let mut body = String::new();
+            for _ in 0..100 {
+                if let Ok(b) = http_get(std::net::SocketAddr::new(host, p)).await {
+                    body = b;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(body.ends_with(INDEX_HTML), "GET {host}:{p} answered {body:?}");
+        }
+        let mut clash = labelled(cfg_with(&server_cmd()), "ctd-ports", "clash");
+        clash.host_ports = vec![port];
+        let err = rt.create(&clash).await.unwrap_err();
+        assert!(err.to_string().contains("already published"), "{err}");
+        rt.remove(&id).await.unwrap();
+        let left = leftovers_of(&rt, &id).await;
+        assert!(left.is_empty(), "{left:?}");
+        assert!(http_get(std::net::SocketAddr::new(host, 18089)).await.is_err(), "the port still answers");
+    })
+    .await;
 }
 
 /// A socket that does not exist is `Unavailable`, at once.
