@@ -192,6 +192,13 @@ impl ContainerdRuntime {
     /// bridge and the state directory.
     pub async fn connect(cfg: ContainerdConfig) -> Result<Self, RuntimeError> {
         cfg.bridge.validate()?;
+        let dir = cfg.state_dir.to_string_lossy();
+        // The path goes into `binary://` and `file://` URLs for the shim.
+        if !cfg.state_dir.is_absolute() || !dir.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)) {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "state directory {dir:?} must be an absolute path of [A-Za-z0-9/._-]"
+            )));
+        }
         let engine = Engine::connect(&cfg.address, &cfg.namespace).await?;
         let v = engine.version().version(()).await.map_err(|s| {
             RuntimeError::Unavailable(format!(
