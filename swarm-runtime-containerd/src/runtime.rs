@@ -375,12 +375,14 @@ impl ContainerdRuntime {
     ) -> Result<(), RuntimeError> {
         let img = resolve(&self.engine, &config.spec.image).await?;
         ensure_unpacked(&self.engine, &self.cfg.snapshotter, &img).await?;
-        let net = TaskNet::for_token(token);
-        net.setup(&self.cfg.bridge, ip).await?;
-        ports::publish(&self.cfg.bridge.name, token, ip, host_ports).await?;
+        // The state directory comes first: its existence marks the task's
+        // host-side pieces, so `remove_orphans` finds them after a crash.
         let dir = self.dir(id);
         let io = |e: std::io::Error| engine_err(format!("preparing {}: {e}", dir.display()));
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        let net = TaskNet::for_token(token);
+        net.setup(&self.cfg.bridge, ip).await?;
+        ports::publish(&self.cfg.bridge.name, token, ip, host_ports).await?;
         for s in ["stdout", "stderr"] {
             tokio::fs::write(self.log_path(id, s), b"").await.map_err(io)?;
         }
@@ -477,6 +479,35 @@ impl ContainerdRuntime {
         let list = r.map_err(|s| status_err(&format!("tasks.metrics {id}"), id, s))?.into_inner().metrics;
         let Some(data) = list.into_iter().find(|m| m.id == id).and_then(|m| m.data) else { return Ok(None) };
         metrics::decode(&data.type_url, &data.value).map(Some)
+    }
+
+    /// Removes the host-side pieces (network namespace, veth, port rules,
+    /// secret tmpfs, state directory) and any snapshot of tasks whose
+    /// containerd container is gone, e.g. after containerd lost its state
+    /// or an agent died in the middle of a create. Returns the ids cleaned.
+    /// Call it when the agent starts, before it creates tasks (a create in
+    /// progress looks like an orphan).
+    pub async fn remove_orphans(&self) -> Result<Vec<String>, RuntimeError> {
+        let root = self.cfg.state_dir.join("containers");
+        let mut rd =
+            tokio::fs::read_dir(&root).await.map_err(|e| engine_err(format!("reading {}: {e}", root.display())))?;
+        let mut cleaned = Vec::new();
+        while let Some(entry) =
+            rd.next_entry().await.map_err(|e| engine_err(format!("reading {}: {e}", root.display())))?
+        {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            match self.get_container(&id).await {
+                Ok(_) => continue,
+                Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            // The token is the id's suffix (see `container_id`).
+            let token = id.rsplit('-').next().filter(|t| t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+            info!(id, "removing the leftovers of a task whose container is gone");
+            self.teardown(&id, token, None, true).await?;
+            cleaned.push(id);
+        }
+        Ok(cleaned)
     }
 
     /// Exits of this namespace's tasks as containerd's events service

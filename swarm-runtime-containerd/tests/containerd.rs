@@ -17,7 +17,7 @@ use swarm_core::model::{Labels, Mount, MountKind, PortConfig, PublishMode};
 use swarm_core::runtime::*;
 use swarm_runtime_containerd::fixture::{INDEX_HTML, import_busybox, remove_image};
 use swarm_runtime_containerd::{BridgeConfig, ContainerdConfig, ContainerdRuntime};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, RwLock};
 
 const NS: &str = "swarm-rs-ctd-test";
 const IMAGE: &str = "swarm-ctd-test/busybox:1";
@@ -31,6 +31,10 @@ fn test_config(namespace: &str) -> ContainerdConfig {
 }
 
 static IMPORTED: OnceCell<()> = OnceCell::const_new();
+
+/// Tests run in parallel (read) except those that look at host-wide state
+/// (write).
+static GATE: RwLock<()> = RwLock::const_new(());
 
 /// The runtime, or `None` (after a loud SKIPPED) when containerd is not
 /// reachable; panics instead under CI=true.
@@ -181,36 +185,42 @@ fn labelled(mut c: ContainerConfig, run: &str, name: &str) -> ContainerConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_create_and_health() {
     let Some(fx) = fixture().await else { return };
+    let _gate = GATE.read().await;
     swarm_conformance::create_and_health(&fx, "ctd-health").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_crash_and_replace() {
     let Some(fx) = fixture().await else { return };
+    let _gate = GATE.read().await;
     swarm_conformance::crash_and_replace(&fx, "ctd-crash").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_stop_grace() {
     let Some(fx) = fixture().await else { return };
+    let _gate = GATE.read().await;
     swarm_conformance::stop_grace(&fx, "ctd-grace").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_secrets() {
     let Some(fx) = fixture().await else { return };
+    let _gate = GATE.read().await;
     swarm_conformance::secrets(&fx, "ctd-secrets").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_cleanup() {
     let Some(fx) = fixture().await else { return };
+    let _gate = GATE.read().await;
     swarm_conformance::cleanup(&fx, "ctd-cleanup").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_adoption() {
     let Some(fx) = fixture().await else { return };
+    let _gate = GATE.read().await;
     swarm_conformance::adoption(&fx, "ctd-adopt").await.unwrap();
 }
 
@@ -219,6 +229,7 @@ async fn conformance_adoption() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_fields_limits_logs_and_stats() {
     let Some(rt) = runtime().await else { return };
+    let _gate = GATE.read().await;
     with_sweep(Arc::new(rt), "ctd-spec", |rt| async move {
         let mut c = labelled(
             cfg_with(&[
@@ -295,6 +306,7 @@ async fn http_get(addr: std::net::SocketAddr) -> std::io::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_events_come_from_the_events_service() {
     let Some(rt) = runtime().await else { return };
+    let _gate = GATE.read().await;
     with_sweep(Arc::new(rt), "ctd-events", |rt| async move {
         let mut events = Box::pin(rt.exit_events().await.unwrap());
         let c = labelled(cfg_with(&["sh", "-c", "sleep 1; exit 5"]), "ctd-events", "ev");
@@ -321,6 +333,8 @@ async fn exit_events_come_from_the_events_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_creates_change_nothing() {
     let Some(rt) = runtime().await else { return };
+    // Alone: it counts the host's network namespaces.
+    let _gate = GATE.write().await;
     with_sweep(Arc::new(rt), "ctd-reject", |rt| async move {
         let mut sel = Labels::new();
         sel.insert(RUN_LABEL.into(), "ctd-reject".into());
@@ -352,6 +366,7 @@ async fn rejected_creates_change_nothing() {
 async fn runtime_unpacks_an_image_imported_packed() {
     const UNPACK_NS: &str = "swarm-rs-ctd-test-unpack";
     let Some(rt) = connect(UNPACK_NS).await else { return };
+    let _gate = GATE.read().await;
     let addr = rt.config().address.clone();
     remove_image(&addr, UNPACK_NS, IMAGE).await.unwrap();
     // Drop the layer snapshots a previous run may have left.
@@ -389,6 +404,7 @@ async fn runtime_unpacks_an_image_imported_packed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_mode_ports_are_published() {
     let Some(rt) = runtime().await else { return };
+    let _gate = GATE.read().await;
     with_sweep(Arc::new(rt), "ctd-ports", |rt| async move {
         let mut c = labelled(cfg_with(&server_cmd()), "ctd-ports", "published");
         let port = PortConfig {
@@ -431,6 +447,101 @@ async fn host_mode_ports_are_published() {
         let left = leftovers_of(&rt, &id).await;
         assert!(left.is_empty(), "{left:?}");
         assert!(http_get(std::net::SocketAddr::new(host, 18089)).await.is_err(), "the port still answers");
+    })
+    .await;
+}
+
+/// An agent that died mid-way or a containerd that lost its containers
+/// leaves host-side pieces; `remove_orphans` finds them by the state
+/// directory and removes them, and leaves live tasks alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_removed() {
+    let Some(rt) = runtime().await else { return };
+    // Alone: in-flight creates of other tests would look like orphans.
+    let _gate = GATE.write().await;
+    with_sweep(Arc::new(rt), "ctd-orphans", |rt| async move {
+        let live = rt.create(&labelled(cfg_with(&server_cmd()), "ctd-orphans", "live")).await.unwrap();
+        let mut c = labelled(cfg_with(&server_cmd()), "ctd-orphans", "orphan");
+        c.secrets = vec![FileMaterial {
+            name: "s".into(),
+            path: "/run/secrets/s".into(),
+            data: swarm_core::model::SecretBytes(b"x".to_vec()),
+            ..Default::default()
+        }];
+        c.host_ports = vec![PortConfig { target_port: 8080, publish_mode: PublishMode::Host, ..Default::default() }];
+        let orphan = rt.create(&c).await.unwrap();
+        rt.start(&orphan).await.unwrap();
+        // containerd forgets the container behind the runtime's back.
+        let ctr = |args: &[&str]| {
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(&rt.config().address)
+                .args(["-n", NS])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        ctr(&["tasks", "kill", "-s", "SIGKILL", &orphan]);
+        for _ in 0..50 {
+            if ctr(&["tasks", "rm", &orphan]).status.success() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ctr(&["containers", "rm", &orphan]).status.success());
+        assert!(!leftovers_of(&rt, &orphan).await.is_empty(), "the simulated crash left nothing to clean");
+        let cleaned = rt.remove_orphans().await.unwrap();
+        assert_eq!(cleaned, vec![orphan.clone()]);
+        let left = leftovers_of(&rt, &orphan).await;
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(rt.inspect(&live).await.unwrap().state, ContainerState::Created);
+        rt.remove(&live).await.unwrap();
+    })
+    .await;
+}
+
+/// Named volumes outlive their tasks and are shared; bind mounts show the
+/// host directory; exec honours its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_binds_and_exec_timeout() {
+    let Some(rt) = runtime().await else { return };
+    let _gate = GATE.read().await;
+    with_sweep(Arc::new(rt), "ctd-volumes", |rt| async move {
+        let vol = "swarm-ctd-test-vol";
+        let host_dir = std::env::temp_dir().join(format!("swarm-ctd-test-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::write(host_dir.join("from-host"), "bound\n").unwrap();
+        let mounts = vec![
+            Mount { kind: MountKind::Volume, source: vol.into(), target: "/data".into(), ..Default::default() },
+            Mount {
+                kind: MountKind::Bind,
+                source: host_dir.display().to_string(),
+                target: "/host".into(),
+                read_only: true,
+                ..Default::default()
+            },
+        ];
+        let mut w = labelled(cfg_with(&["sh", "-c", "cat /host/from-host > /data/note"]), "ctd-volumes", "writer");
+        w.spec.mounts = mounts.clone();
+        rt.prepare(&w).await.unwrap();
+        let id = rt.create(&w).await.unwrap();
+        rt.start(&id).await.unwrap();
+        assert_eq!(rt.wait(&id).await.unwrap().code, 0);
+        rt.remove(&id).await.unwrap();
+        let mut r = labelled(cfg_with(&["sleep", "3600"]), "ctd-volumes", "reader");
+        r.spec.mounts = mounts;
+        let id = rt.create(&r).await.unwrap();
+        rt.start(&id).await.unwrap();
+        let out = rt.exec(&id, &["cat".into(), "/data/note".into()], Duration::from_secs(10)).await.unwrap();
+        assert_eq!(out.output, "bound\n");
+        let ro = rt.exec(&id, &["sh".into(), "-c".into(), "echo x > /host/new".into()], Duration::from_secs(10)).await;
+        assert_ne!(ro.unwrap().exit_code, 0, "a read-only bind was writable");
+        let slow = rt.exec(&id, &["sleep".into(), "30".into()], Duration::from_millis(500)).await;
+        assert!(matches!(slow, Err(RuntimeError::Timeout { .. })), "{slow:?}");
+        rt.remove(&id).await.unwrap();
+        rt.remove_volume(vol).await.unwrap();
+        assert!(!rt.config().state_dir.join("volumes").join(vol).exists());
+        std::fs::remove_dir_all(&host_dir).unwrap();
     })
     .await;
 }
