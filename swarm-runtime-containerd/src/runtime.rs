@@ -583,7 +583,15 @@ impl Runtime for ContainerdRuntime {
         match r {
             Ok(_) => Ok(()),
             Err(s) if is_not_found(&s) => Err(RuntimeError::NotFound(id.into())),
-            Err(s) => Err(RuntimeError::StartFailed { id: id.into(), reason: s.message().to_string() }),
+            Err(s) => {
+                // Starting a running task is not an error (as on the sim).
+                if let Ok(Some(p)) = self.get_task(id).await {
+                    if map_status(p.status) == ContainerState::Running {
+                        return Ok(());
+                    }
+                }
+                Err(RuntimeError::StartFailed { id: id.into(), reason: s.message().to_string() })
+            }
         }
     }
 

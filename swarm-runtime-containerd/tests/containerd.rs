@@ -255,6 +255,7 @@ async fn spec_fields_limits_logs_and_stats() {
         rt.prepare(&c).await.unwrap();
         let id = rt.create(&c).await.unwrap();
         rt.start(&id).await.unwrap();
+        rt.start(&id).await.expect("starting a running task again is a no-op");
         let addr = rt.inspect(&id).await.unwrap().addresses[0];
         // The page, straight from the task's address.
         let mut body = String::new();
