@@ -34,6 +34,17 @@ impl Default for BridgeConfig {
 }
 
 impl BridgeConfig {
+    /// The bridge of node number `index` (0..512) in a cluster: its own /22
+    /// of 10.200.0.0/13, so task addresses are unique cluster-wide (the
+    /// routing mesh and discovery need that across nodes).
+    pub fn for_node(index: u16) -> Result<Self, RuntimeError> {
+        if index >= 512 {
+            return Err(RuntimeError::InvalidConfig(format!("node index {index} must be below 512")));
+        }
+        let base = u32::from(Ipv4Addr::new(10, 200, 0, 0)) + (u32::from(index) << 10);
+        Ok(BridgeConfig { subnet: Ipv4Addr::from(base), prefix: 22, ..Default::default() })
+    }
+
     /// Checks the names and the subnet.
     pub fn validate(&self) -> Result<(), RuntimeError> {
         if self.name.is_empty()
@@ -240,6 +251,20 @@ mod tests {
         assert!(b.validate().is_err());
         let b = BridgeConfig { subnet: Ipv4Addr::new(10, 0, 0, 1), ..Default::default() };
         assert!(b.validate().unwrap_err().to_string().contains("host bits"));
+    }
+
+    #[test]
+    fn node_bridges_do_not_overlap() {
+        let a = BridgeConfig::for_node(0).unwrap();
+        let b = BridgeConfig::for_node(1).unwrap();
+        let last = BridgeConfig::for_node(511).unwrap();
+        assert_eq!(a.subnet, Ipv4Addr::new(10, 200, 0, 0));
+        assert_eq!(b.subnet, Ipv4Addr::new(10, 200, 4, 0));
+        assert_eq!(last.subnet, Ipv4Addr::new(10, 207, 252, 0));
+        for x in [a, b, last] {
+            x.validate().unwrap();
+        }
+        assert!(BridgeConfig::for_node(512).is_err());
     }
 
     #[test]
