@@ -3,6 +3,7 @@
 #   protoc          (protobuf-compiler): containerd-client's build script
 #   busybox-static  the containerd runtime's test and benchmark image
 #   iproute2        `ip`, for the containerd runtime's task networking
+#   iptables        the containerd runtime's host-mode published ports
 # Idempotent and non-interactive; needs root (or sudo) only when something
 # is missing. Debian/Ubuntu (apt-get).
 set -eu
@@ -12,6 +13,7 @@ command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && \
     ! ldd /bin/busybox >/dev/null 2>&1 || missing="$missing busybox-static"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
 
 if [ -z "$missing" ]; then
     echo "setup-deps: nothing to install"
