@@ -34,7 +34,7 @@ use prost::Message;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarm_core::model::{Labels, MountKind, NetworkSpec, PortConfig, VolumeSpec};
 use swarm_core::runtime::*;
@@ -126,13 +126,14 @@ pub struct ExitEvent {
     pub code: i32,
 }
 
-/// The containerd runtime. See the [module docs](self).
-#[derive(Debug)]
+/// The containerd runtime. See the [module docs](self). Cheap to clone
+/// (one gRPC channel, shared state).
+#[derive(Debug, Clone)]
 pub struct ContainerdRuntime {
     engine: Engine,
     cfg: ContainerdConfig,
     alloc: IpAllocator,
-    cpu: Mutex<HashMap<String, (u64, Instant)>>,
+    cpu: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
 }
 
 fn engine_err(what: impl std::fmt::Display) -> RuntimeError {
@@ -226,7 +227,7 @@ impl ContainerdRuntime {
             alloc: IpAllocator::new(cfg.bridge.clone()),
             engine,
             cfg,
-            cpu: Mutex::new(HashMap::new()),
+            cpu: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
