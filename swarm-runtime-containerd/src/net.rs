@@ -137,6 +137,34 @@ async fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Runs `ip <opts> -batch -` with `cmds` on stdin.
+async fn ip_batch(opts: &[&str], cmds: &str) -> Result<(), String> {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new("ip")
+        .args(opts)
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running `ip -batch`: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(cmds.as_bytes()).await.map_err(|e| format!("writing to `ip -batch`: {e}"))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| format!("waiting for `ip -batch`: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {} -batch` of {:?} failed: {}",
+            opts.join(" "),
+            cmds.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// Creates the bridge with its gateway address, up (idempotent).
 pub async fn ensure_bridge(b: &BridgeConfig) -> Result<(), RuntimeError> {
     b.validate()?;
@@ -191,26 +219,31 @@ impl TaskNet {
 
     async fn try_setup(&self, b: &BridgeConfig, addr: Ipv4Addr) -> Result<(), String> {
         let peer = self.host_if.replacen("swv", "swp", 1);
-        let peer = peer.as_str();
-        ip(&["netns", "add", &self.netns]).await?;
-        ip(&["link", "add", &self.host_if, "type", "veth", "peer", "name", peer]).await?;
-        ip(&["link", "set", peer, "netns", &self.netns]).await?;
-        ip(&["-n", &self.netns, "link", "set", peer, "name", "eth0"]).await?;
-        ip(&["-n", &self.netns, "addr", "add", &format!("{addr}/{}", b.prefix), "dev", "eth0"]).await?;
-        ip(&["-n", &self.netns, "link", "set", "eth0", "up"]).await?;
-        ip(&["-n", &self.netns, "link", "set", "lo", "up"]).await?;
-        ip(&["-n", &self.netns, "route", "add", "default", "via", &b.gateway().to_string()]).await?;
-        ip(&["link", "set", &self.host_if, "master", &b.name, "up"]).await?;
-        Ok(())
+        // Two `ip -batch` runs instead of nine `ip` processes: the host side,
+        // then the inside of the namespace.
+        let host = format!(
+            "netns add {ns}\nlink add {h} type veth peer name {p} netns {ns}\nlink set {h} master {br} up\n",
+            ns = self.netns,
+            h = self.host_if,
+            p = peer,
+            br = b.name
+        );
+        ip_batch(&[], &host).await?;
+        let inside = format!(
+            "link set {p} name eth0\naddr add {addr}/{prefix} dev eth0\nlink set eth0 up\nlink set lo up\n\
+             route add default via {gw}\n",
+            p = peer,
+            prefix = b.prefix,
+            gw = b.gateway()
+        );
+        ip_batch(&["-n", &self.netns], &inside).await
     }
 
     /// Removes the veth and the namespace (idempotent, best effort).
     pub async fn teardown(&self) {
-        if let Err(e) = ip(&["link", "del", &self.host_if]).await {
-            debug!(error = %e, "veth already gone");
-        }
-        if let Err(e) = ip(&["netns", "del", &self.netns]).await {
-            debug!(error = %e, "netns already gone");
+        let cmds = format!("link del {}\nnetns del {}\n", self.host_if, self.netns);
+        if let Err(e) = ip_batch(&["-force"], &cmds).await {
+            debug!(error = %e, "some network pieces were already gone");
         }
     }
 
