@@ -293,7 +293,27 @@ impl ContainerdRuntime {
         let req = WaitRequest { container_id: id.into(), exec_id: String::new() };
         let r = self.engine.tasks().wait(self.engine.req(req)).await;
         let w = r.map_err(|s| status_err(&format!("tasks.wait {id}"), id, s))?.into_inner();
-        Ok(ExitStatus { code: w.exit_status as i32, error: None })
+        let code = w.exit_status as i32;
+        Ok(ExitStatus { code, error: self.exit_error(id, code) })
+    }
+
+    /// The task's cgroup path relative to a hierarchy root.
+    fn cgroup_path(&self, id: &str) -> String {
+        format!("/swarm-rs-containerd/{}/{id}", self.cfg.namespace)
+    }
+
+    /// "OOM killed" when the task's memory cgroup (still there until the
+    /// task is deleted) counted an OOM kill.
+    fn exit_error(&self, id: &str, code: i32) -> Option<String> {
+        if code != 137 {
+            return None;
+        }
+        let rel = self.cgroup_path(id);
+        let v1 = std::fs::read_to_string(format!("/sys/fs/cgroup/memory{rel}/memory.oom_control"));
+        let v2 = || std::fs::read_to_string(format!("/sys/fs/cgroup{rel}/memory.events"));
+        let text = v1.or_else(|_| v2()).ok()?;
+        let kills = text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse::<u64>().ok());
+        (kills.unwrap_or(0) > 0).then(|| "OOM killed (memory limit reached)".to_string())
     }
 
     /// Addresses recorded in the labels of this namespace's containers.
@@ -407,7 +427,7 @@ impl ContainerdRuntime {
         let ctx = SpecContext {
             id: id.into(),
             netns_path: Some(net.netns_path()),
-            cgroups_path: format!("/swarm-rs-containerd/{}/{id}", self.cfg.namespace),
+            cgroups_path: self.cgroup_path(id),
             volume_sources,
             files: file_mounts,
             hosts_file: Some(hosts.display().to_string()),
@@ -651,7 +671,8 @@ impl Runtime for ContainerdRuntime {
         let (state, exit_code, error) = match &task {
             Some(p) => {
                 let st = map_status(p.status);
-                (st, (st == ContainerState::Exited).then_some(p.exit_status as i32), None)
+                let code = (st == ContainerState::Exited).then_some(p.exit_status as i32);
+                (st, code, code.and_then(|c| self.exit_error(id, c)))
             }
             None => (ContainerState::Unknown, None, Some("the container has no task (containerd restarted?)".into())),
         };

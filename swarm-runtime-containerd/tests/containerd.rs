@@ -547,6 +547,27 @@ async fn volumes_binds_and_exec_timeout() {
     .await;
 }
 
+/// A task over its memory limit is OOM-killed: 137 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kills_are_reported() {
+    let Some(rt) = runtime().await else { return };
+    let _gate = GATE.read().await;
+    with_sweep(Arc::new(rt), "ctd-oom", |rt| async move {
+        // dd's 256 MiB buffer does not fit in 16 MiB.
+        let mut c = labelled(cfg_with(&["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"]), "ctd-oom", "hog");
+        c.resources.limits.memory_bytes = 16 << 20;
+        let id = rt.create(&c).await.unwrap();
+        rt.start(&id).await.unwrap();
+        let exit = rt.wait(&id).await.unwrap();
+        assert_eq!(exit.code, 137, "{exit:?}");
+        assert!(exit.error.as_deref().is_some_and(|e| e.contains("OOM")), "{exit:?}");
+        let s = rt.inspect(&id).await.unwrap();
+        assert!(s.error.as_deref().is_some_and(|e| e.contains("OOM")), "{s:?}");
+        rt.remove(&id).await.unwrap();
+    })
+    .await;
+}
+
 /// A socket that does not exist is `Unavailable`, at once.
 #[tokio::test]
 async fn unreachable_socket_is_unavailable() {
