@@ -17,7 +17,9 @@ use crate::engine::{Engine, is_not_found, status_err};
 use crate::image::{ensure_unpacked, resolve};
 use crate::metrics::{self, Sample};
 use crate::net::{BridgeConfig, IpAllocator, TaskNet, ensure_bridge};
-use crate::spec::{PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecContext, build_spec, parse_signal};
+use crate::spec::{
+    Accounts, PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecContext, build_spec, parse_signal, user_needs_accounts, user_string,
+};
 use crate::{files, ports, token};
 use async_trait::async_trait;
 use containerd_client::events::TaskExit;
@@ -177,6 +179,46 @@ async fn install_logger(path: &Path) -> Result<(), RuntimeError> {
         tokio::fs::rename(&tmp, path).await.map_err(io)?;
     }
     Ok(())
+}
+
+/// The directories of a rootfs's mounts, topmost first: an overlay's
+/// upperdir then lowerdirs, or a bind mount's source.
+fn rootfs_dirs(mounts: &[containerd_client::types::Mount]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for m in mounts {
+        match m.r#type.as_str() {
+            "overlay" => {
+                let opt = |k: &str| m.options.iter().find_map(|o| o.strip_prefix(k)).map(str::to_string);
+                if let Some(u) = opt("upperdir=") {
+                    dirs.push(PathBuf::from(u));
+                }
+                if let Some(l) = opt("lowerdir=") {
+                    dirs.extend(l.split(':').map(PathBuf::from));
+                }
+            }
+            "bind" | "rbind" => dirs.push(PathBuf::from(&m.source)),
+            _ => {}
+        }
+    }
+    dirs
+}
+
+/// `/etc/passwd` and `/etc/group` as the rootfs shows them (the topmost
+/// layer that has each file).
+async fn read_accounts(mounts: &[containerd_client::types::Mount]) -> Accounts {
+    let dirs = rootfs_dirs(mounts);
+    let find = |rel: &'static str| {
+        let dirs = dirs.clone();
+        async move {
+            for d in dirs {
+                if let Ok(text) = tokio::fs::read_to_string(d.join(rel)).await {
+                    return Some(text);
+                }
+            }
+            None
+        }
+    };
+    Accounts { passwd: find("etc/passwd").await, group: find("etc/group").await }
 }
 
 fn map_status(s: i32) -> ContainerState {
@@ -424,6 +466,29 @@ impl ContainerdRuntime {
         tokio::fs::write(&hosts, format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{ip}\t{host}\n"))
             .await
             .map_err(io)?;
+        // The rootfs snapshot, labelled as a GC root so the collector
+        // cannot take it before the container record references it (an
+        // earlier order lost it to a collection in between). It is removed
+        // by key with the task, orphans included.
+        let prep = PrepareSnapshotRequest {
+            snapshotter: self.cfg.snapshotter.clone(),
+            key: id.into(),
+            parent: img.top_chain_id().into(),
+            labels: [("containerd.io/gc.root".to_string(), "swarm-rs".to_string())].into_iter().collect(),
+        };
+        let mounts = self
+            .engine
+            .snapshots()
+            .prepare(self.engine.req(prep))
+            .await
+            .map_err(|s| status_err(&format!("snapshots.prepare {id}"), "", s))?
+            .into_inner()
+            .mounts;
+        let accounts = if user_needs_accounts(user_string(config, &img.defaults)) {
+            read_accounts(&mounts).await
+        } else {
+            Accounts::default()
+        };
         let ctx = SpecContext {
             id: id.into(),
             netns_path: Some(net.netns_path()),
@@ -432,6 +497,7 @@ impl ContainerdRuntime {
             files: file_mounts,
             hosts_file: Some(hosts.display().to_string()),
             nofile: self.cfg.nofile,
+            accounts,
         };
         let spec = build_spec(config, &img.defaults, &ctx)?;
         let spec_bytes =
@@ -460,23 +526,6 @@ impl ContainerdRuntime {
             .create(self.engine.req(CreateContainerRequest { container: Some(container) }))
             .await
             .map_err(|s| status_err(&format!("containers.create {id}"), "", s))?;
-        // The snapshot is prepared once the container record references
-        // it, so the garbage collector never sees it unreferenced.
-        let prep = PrepareSnapshotRequest {
-            snapshotter: self.cfg.snapshotter.clone(),
-            key: id.into(),
-            parent: img.top_chain_id().into(),
-            ..Default::default()
-        };
-        let mounts = self
-            .engine
-            .snapshots()
-            .prepare(self.engine.req(prep))
-            .await
-            .map_err(|s| status_err(&format!("snapshots.prepare {id}"), "", s))?
-            .into_inner()
-            .mounts;
-
         // The shim starts the logger with the task's stdout and stderr
         // pipes; it appends them to the two log files.
         let logger = format!("binary://{}?d={}", self.logger_path().display(), dir.display());

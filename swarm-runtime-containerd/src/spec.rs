@@ -96,6 +96,8 @@ pub struct SpecContext {
     pub hosts_file: Option<String>,
     /// RLIMIT_NOFILE (soft and hard) of the process; 0 = [`NOFILE_LIMIT`].
     pub nofile: u64,
+    /// The image's account files, for users given by name.
+    pub accounts: Accounts,
 }
 
 /// The process arguments, Docker's way: `command` replaces the entrypoint,
@@ -136,29 +138,86 @@ pub fn process_env(config: &ContainerConfig, image: &ImageDefaults, hostname: &s
     out
 }
 
-/// The numeric user: `uid[:gid]` from the spec, else from the image; empty
-/// and `root` are 0:0. Names other than root need the image's
-/// `/etc/passwd`, which this runtime does not read (documented gap).
-pub fn process_user(config: &ContainerConfig, image: &ImageDefaults) -> Result<(u32, u32), RuntimeError> {
-    let raw = config.spec.user.as_deref().filter(|u| !u.is_empty()).unwrap_or(&image.user);
-    if raw.is_empty() || raw == "root" || raw == "root:root" {
+/// The image's account files (`/etc/passwd`, `/etc/group`), read from its
+/// rootfs when the user is given by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Accounts {
+    /// `/etc/passwd`, if the image has one.
+    pub passwd: Option<String>,
+    /// `/etc/group`, if the image has one.
+    pub group: Option<String>,
+}
+
+/// The user string in force: the spec's, else the image's.
+pub fn user_string<'a>(config: &'a ContainerConfig, image: &'a ImageDefaults) -> &'a str {
+    config.spec.user.as_deref().filter(|u| !u.is_empty()).unwrap_or(&image.user)
+}
+
+/// True when the user names an account (not just numbers), so the image's
+/// account files are needed.
+pub fn user_needs_accounts(user: &str) -> bool {
+    user.split(':').any(|p| !p.is_empty() && p.parse::<u32>().is_err())
+}
+
+/// Field `n` (0-based) of the line of a `name:x:...` file whose first field
+/// is `name`.
+fn lookup<'a>(file: Option<&'a str>, name: &str, n: usize) -> Option<&'a str> {
+    file?.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.first() == Some(&name))?.get(n).copied()
+}
+
+/// The user and group ids, Docker's way: `user[:group]` from the spec, else
+/// the image's; each part a number or a name looked up in the image's
+/// `/etc/passwd` / `/etc/group`; without a group, the user's primary group
+/// from `/etc/passwd` (0 when the uid has no entry). Empty means root.
+pub fn process_user(
+    config: &ContainerConfig,
+    image: &ImageDefaults,
+    accounts: &Accounts,
+) -> Result<(u32, u32), RuntimeError> {
+    let raw = user_string(config, image);
+    if raw.is_empty() {
         return Ok((0, 0));
     }
     let (u, g) = match raw.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (raw, None),
     };
-    let bad = || {
+    let missing = |what: &str, name: &str, file: &str| {
         RuntimeError::InvalidConfig(format!(
-            "task {}: user {raw:?}: only numeric uid[:gid] (or root) is supported by the containerd runtime",
+            "task {}: user {raw:?}: {what} {name:?} not found in the image's {file}",
             config.name
         ))
     };
-    let uid = if u == "root" { 0 } else { u.parse::<u32>().map_err(|_| bad())? };
+    let passwd = accounts.passwd.as_deref();
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(uid) => {
+            // The primary group of the first entry with this uid, if any.
+            let gid = passwd.and_then(|p| {
+                p.lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.get(2) == Some(&u))
+                    .and_then(|f| f.get(3).and_then(|g| g.parse::<u32>().ok()))
+            });
+            (uid, gid.unwrap_or(0))
+        }
+        Err(_) if u == "root" && passwd.is_none() => (0, 0),
+        Err(_) => {
+            let uid = lookup(passwd, u, 2)
+                .and_then(|x| x.parse::<u32>().ok())
+                .ok_or_else(|| missing("user", u, "/etc/passwd"))?;
+            let gid = lookup(passwd, u, 3).and_then(|x| x.parse::<u32>().ok()).unwrap_or(0);
+            (uid, gid)
+        }
+    };
     let gid = match g {
-        None => uid,
-        Some("root") => 0,
-        Some(g) => g.parse::<u32>().map_err(|_| bad())?,
+        None | Some("") => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) if g == "root" && accounts.group.is_none() => 0,
+            Err(_) => lookup(accounts.group.as_deref(), g, 2)
+                .and_then(|x| x.parse::<u32>().ok())
+                .ok_or_else(|| missing("group", g, "/etc/group"))?,
+        },
     };
     Ok((uid, gid))
 }
@@ -176,7 +235,7 @@ pub fn build_spec(config: &ContainerConfig, image: &ImageDefaults, ctx: &SpecCon
     let args = process_args(config, image)?;
     let host = hostname(config, &ctx.id);
     let env = process_env(config, image, &host);
-    let (uid, gid) = process_user(config, image)?;
+    let (uid, gid) = process_user(config, image, &ctx.accounts)?;
     let cwd = match config.spec.workdir.as_deref() {
         Some(w) if !w.is_empty() => w.to_string(),
         _ if !image.workdir.is_empty() => image.workdir.clone(),
@@ -375,16 +434,35 @@ mod tests {
     }
 
     #[test]
-    fn users_are_numeric_or_root() {
+    fn users_resolve_docker_style() {
         let mut c = cfg();
-        assert_eq!(process_user(&c, &img()).unwrap(), (0, 0));
+        let none = Accounts::default();
+        assert_eq!(process_user(&c, &img(), &none).unwrap(), (0, 0));
         c.spec.user = Some("1000".into());
-        assert_eq!(process_user(&c, &img()).unwrap(), (1000, 1000));
+        assert_eq!(process_user(&c, &img(), &none).unwrap(), (1000, 0));
         c.spec.user = Some("1000:50".into());
-        assert_eq!(process_user(&c, &img()).unwrap(), (1000, 50));
+        assert_eq!(process_user(&c, &img(), &none).unwrap(), (1000, 50));
+        c.spec.user = Some("root".into());
+        assert_eq!(process_user(&c, &img(), &none).unwrap(), (0, 0));
         c.spec.user = Some("www-data".into());
-        let err = process_user(&c, &img()).unwrap_err();
-        assert!(err.to_string().contains("www-data"), "{err}");
+        let err = process_user(&c, &img(), &none).unwrap_err();
+        assert!(err.to_string().contains("www-data") && err.to_string().contains("/etc/passwd"), "{err}");
+        let acc = Accounts {
+            passwd: Some(
+                "root:x:0:0::/root:/bin/sh\nwww-data:x:33:34::/var/www:/bin/false\napp:x:1000:1000::/:/bin/sh\n".into(),
+            ),
+            group: Some("root:x:0:\nstaff:x:50:\n".into()),
+        };
+        c.spec.user = Some("www-data".into());
+        assert_eq!(process_user(&c, &img(), &acc).unwrap(), (33, 34));
+        c.spec.user = Some("www-data:staff".into());
+        assert_eq!(process_user(&c, &img(), &acc).unwrap(), (33, 50));
+        c.spec.user = Some("1000".into());
+        assert_eq!(process_user(&c, &img(), &acc).unwrap(), (1000, 1000));
+        c.spec.user = Some("app:nogroup".into());
+        assert!(process_user(&c, &img(), &acc).unwrap_err().to_string().contains("group \"nogroup\""));
+        assert!(user_needs_accounts("app") && user_needs_accounts("1:staff") && !user_needs_accounts("1:2"));
+        assert!(!user_needs_accounts(""));
     }
 
     #[test]
@@ -417,6 +495,7 @@ mod tests {
             files: vec![FileMount { source: "/run/s/f0".into(), target: "/run/secrets/db".into() }],
             hosts_file: None,
             nofile: 4096,
+            accounts: Accounts::default(),
         };
         let s = build_spec(&c, &img(), &ctx).unwrap();
         assert_eq!(s["linux"]["resources"]["cpu"]["quota"], 50_000);

@@ -290,6 +290,15 @@ async fn spec_fields_limits_logs_and_stats() {
         assert!(stats.memory_bytes > 0, "{stats:?}");
         assert!(stats.cpu_percent >= 0.0 && stats.cpu_percent < 400.0, "{stats:?}");
         rt.remove(&id).await.unwrap();
+        // Users by name come from the image's /etc/passwd and /etc/group.
+        let mut named = labelled(cfg_with(&["sh", "-c", "echo $(id -u):$(id -g)"]), "ctd-spec", "named");
+        named.spec.user = Some("nobody".into());
+        let id = rt.create(&named).await.unwrap();
+        rt.start(&id).await.unwrap();
+        assert_eq!(rt.wait(&id).await.unwrap().code, 0);
+        let logs = rt.logs(&id, None).await.unwrap();
+        assert_eq!(logs, vec![LogLine { stream: "stdout", line: "65534:65534".into() }]);
+        rt.remove(&id).await.unwrap();
     })
     .await;
 }
