@@ -37,6 +37,20 @@ fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) of this process so far, in seconds.
+fn cpu_s() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let utime: f64 = after.get(11)?.parse().ok()?;
+            let stime: f64 = after.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn running(state: &State, avoid: &[NodeId]) -> usize {
     state
         .tasks()
@@ -104,16 +118,19 @@ fn main() {
         let mut spec = ServiceSpec::replicated("web", "nginx:1.27", replicas as u64);
         spec.task_template.resources.reservations = Resources::new(10_000_000, 16 << 20);
         let t0 = Instant::now();
+        let c0 = cpu_s();
         let v0 = tokio::time::Instant::now();
         cluster.create_service(spec).await.expect("create");
         wait(&store, "all replicas running", |s| running(s, &[]) == replicas).await;
         let converge_s = t0.elapsed().as_secs_f64();
+        let converge_cpu_s = cpu_s() - c0;
         let converge_virtual_s = v0.elapsed().as_secs_f64();
 
         // 10% of the nodes fail at once.
         let failed: Vec<NodeId> = (0..nodes / 10).map(|i| format!("node-{i:05}").into()).collect();
         let lost = store.state().tasks().filter(|t| t.node_id.as_ref().is_some_and(|n| failed.contains(n))).count();
         let t1 = Instant::now();
+        let c1 = cpu_s();
         let v1 = tokio::time::Instant::now();
         for i in 0..nodes / 10 {
             sims[i].fail();
@@ -121,6 +138,7 @@ fn main() {
         }
         wait(&store, "healed", |s| running(s, &failed) == replicas).await;
         let heal_s = t1.elapsed().as_secs_f64();
+        let heal_cpu_s = cpu_s() - c1;
         let heal_virtual_s = v1.elapsed().as_secs_f64();
         manager.stop();
         for a in agents {
@@ -130,7 +148,7 @@ fn main() {
             "nodes={nodes} replicas={replicas} converge={converge_s:.2}s heal={heal_s:.2}s (lost {lost} tasks; simulated heal {heal_virtual_s:.1}s)"
         );
         println!(
-            "{{\"nodes\":{nodes},\"replicas\":{replicas},\"converge_s\":{converge_s:.3},\"converge_virtual_s\":{converge_virtual_s:.3},\"heal_s\":{heal_s:.3},\"heal_virtual_s\":{heal_virtual_s:.3},\"lost_tasks\":{lost},\"peak_rss_bytes\":{}}}",
+            "{{\"nodes\":{nodes},\"replicas\":{replicas},\"converge_s\":{converge_s:.3},\"converge_virtual_s\":{converge_virtual_s:.3},\"converge_cpu_s\":{converge_cpu_s:.2},\"heal_s\":{heal_s:.3},\"heal_cpu_s\":{heal_cpu_s:.2},\"heal_virtual_s\":{heal_virtual_s:.3},\"lost_tasks\":{lost},\"peak_rss_bytes\":{}}}",
             peak_rss_bytes()
         );
     });
