@@ -398,7 +398,15 @@ fn descriptor_value<'a>(node: &'a Node, descriptor: &str) -> Option<&'a str> {
 
 impl Tree {
     /// `levels`: the per-node value ids of each preference, in order.
-    fn build(entries: Vec<Entry>, levels: &[&LabelIds], nodes: &[NodeInfo], service: &ServiceId) -> Tree {
+    /// `touched`: the nodes that may run tasks of `service` (the others
+    /// count 0 without a lookup).
+    fn build(
+        entries: Vec<Entry>,
+        levels: &[&LabelIds],
+        nodes: &[NodeInfo],
+        touched: &NodeSet,
+        service: &ServiceId,
+    ) -> Tree {
         let Some((first, rest)) = levels.split_first() else {
             return Tree::Leaf(BinaryHeap::from(entries));
         };
@@ -410,9 +418,13 @@ impl Tree {
             .into_iter()
             .filter(|b| !b.is_empty())
             .map(|es| Branch {
-                count: es.iter().map(|e| u64::from(nodes[e.idx].service_tasks(service))).sum(),
+                count: es
+                    .iter()
+                    .filter(|e| touched.contains(e.idx))
+                    .map(|e| u64::from(nodes[e.idx].service_tasks(service)))
+                    .sum(),
                 done: false,
-                tree: Tree::build(es, rest, nodes, service),
+                tree: Tree::build(es, rest, nodes, touched, service),
             })
             .collect();
         Tree::Split(branches)
@@ -555,7 +567,7 @@ impl Pipeline {
                 ),
             }
         }
-        let mut tree = Tree::build(entries, &levels, &call.work, &rep.service_id);
+        let mut tree = Tree::build(entries, &levels, &call.work, &touched, &rep.service_id);
         let (work, version, service_nodes, log) =
             (&mut call.work, &mut call.version, &mut call.service_nodes, &mut call.log);
         let mut placed = 0;
@@ -620,14 +632,21 @@ impl Pipeline {
         let key = ShapeKey::of(rep);
         let Some(Some(mut shared)) = call.shared.remove(&key) else { return 0 };
         // Sync: fresh entries for the nodes changed since the last use, or
-        // a rebuild when that is cheaper or stale entries pile up.
-        let mut changed = call.log[shared.synced..].to_vec();
+        // a rebuild when that is cheaper or stale entries pile up. Scores
+        // that never rise need no sync: a stale entry overestimates, so it
+        // is re-scored when it surfaces.
+        let lazy = self.scorer.never_rises();
+        let mut changed = if lazy { Vec::new() } else { call.log[shared.synced..].to_vec() };
         let (work, version) = (&call.work, &call.version);
         let entry = |i: usize| {
             (dyn_check(dynamic, &work[i], &shared.neutral).is_ok())
                 .then(|| Entry::new(self.scorer.score(&work[i], &shared.neutral), i, version[i]))
         };
-        if changed.len() >= shared.alive_count || shared.heap.len() + changed.len() > 2 * shared.alive_count + 1024 {
+        if lazy {
+            // nothing to sync
+        } else if changed.len() >= shared.alive_count
+            || shared.heap.len() + changed.len() > 2 * shared.alive_count + 1024
+        {
             shared.heap = shared.alive.iter().filter_map(entry).collect();
         } else {
             changed.sort_unstable();
@@ -655,7 +674,12 @@ impl Pipeline {
                 let Some(&top) = heap.peek() else { break None };
                 let info = &call.work[top.idx];
                 if call.version[top.idx] != top.version {
-                    heap.pop(); // stale: the sync pushed (or will push) a fresh one
+                    heap.pop();
+                    if lazy && dyn_check(dynamic, info, &shared.neutral).is_ok() {
+                        // Its only entry: re-score (never higher than before).
+                        let score = self.scorer.score(info, &shared.neutral);
+                        heap.push(Entry::new(score, top.idx, call.version[top.idx]));
+                    } // else the sync pushed (or will push) a fresh one
                 } else if touches(info, service) {
                     // Its score for this service differs: the local heap
                     // has it; back in the shared heap after the group.
