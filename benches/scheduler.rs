@@ -1,8 +1,9 @@
 //! Criterion bench of the scheduler hot path: one `schedule` call of a
 //! whole batch (index build, static filters per group, heap selection per
 //! task) for Spread and BinPack, on the headline size (10,000 nodes,
-//! 100,000 tasks with constraints and reservations) and on a zoned
-//! workload with hierarchical spread preferences.
+//! 100,000 tasks with constraints and reservations), on many small services
+//! (the shared-heap path) and on a zoned workload with hierarchical spread
+//! preferences.
 //!
 //! ```text
 //! cargo bench --bench scheduler
@@ -16,7 +17,11 @@ use swarm::sched::workload::{Workload, WorkloadKind};
 use swarm::scheduler::Scheduler;
 
 fn bench(c: &mut Criterion) {
-    let cases = [(WorkloadKind::Uniform, 10_000, 100_000), (WorkloadKind::Zoned, 1_000, 10_000)];
+    let cases = [
+        (WorkloadKind::Uniform, 10_000, 100_000),
+        (WorkloadKind::ManySmall, 2_000, 20_000),
+        (WorkloadKind::Zoned, 1_000, 10_000),
+    ];
     for (kind, nodes, tasks) in cases {
         let w = Workload::generate(kind, nodes, tasks, 1);
         let mut g = c.benchmark_group(format!("schedule/{kind}/{nodes}n_{tasks}t"));

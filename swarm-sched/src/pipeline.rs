@@ -600,7 +600,8 @@ impl Pipeline {
             Some(None) => {}
         }
         let count = alive.count();
-        if call.shared_entries + count > SHARED_ENTRY_BUDGET {
+        // A heap holds at most about twice its candidates (see the sync).
+        if call.shared_entries + 2 * count > SHARED_ENTRY_BUDGET {
             return false;
         }
         let neutral = TaskRequest { service_id: ServiceId::default(), ..rep.clone() };
@@ -609,7 +610,7 @@ impl Pipeline {
             .filter(|&i| dyn_check(dynamic, &call.work[i], &neutral).is_ok())
             .map(|i| Entry::new(self.scorer.score(&call.work[i], &neutral), i, call.version[i]))
             .collect();
-        call.shared_entries += count;
+        call.shared_entries += 2 * count;
         let shared = SharedHeap { heap, neutral, alive: alive.clone(), alive_count: count, synced: call.log.len() };
         call.shared.insert(key, Some(shared));
         true
