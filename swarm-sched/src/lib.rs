@@ -32,5 +32,5 @@ pub mod score;
 pub mod workload;
 
 pub use filter::{Filter, standard_filters};
-pub use pipeline::{Pipeline, PipelineError};
+pub use pipeline::{GroupOrder, Pipeline, PipelineError};
 pub use score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};

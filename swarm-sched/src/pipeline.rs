@@ -90,6 +90,21 @@ pub struct Pipeline {
     name: String,
     filters: Vec<Box<dyn Filter>>,
     scorer: Box<dyn Scorer>,
+    order: GroupOrder,
+}
+
+/// In which order the groups of a batch are scheduled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GroupOrder {
+    /// The order of each group's first task in the batch (Swarm's).
+    #[default]
+    Batch,
+    /// Groups with the fewest eligible nodes (after the static filters)
+    /// first, ties in batch order: scarce nodes go to the tasks that can
+    /// only run there before looser tasks fill them. The default of the
+    /// bin-packing schedulers, which otherwise fill the first nodes
+    /// whatever their labels.
+    MostConstrainedFirst,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -98,6 +113,7 @@ impl std::fmt::Debug for Pipeline {
             .field("name", &self.name)
             .field("filters", &self.filters.iter().map(|x| x.name()).collect::<Vec<_>>())
             .field("scorer", &self.scorer.name())
+            .field("order", &self.order)
             .finish()
     }
 }
@@ -108,7 +124,7 @@ impl Pipeline {
 
     /// The standard filters and `scorer`, called `name`.
     pub fn new(name: impl Into<String>, scorer: impl Scorer + 'static) -> Self {
-        Pipeline { name: name.into(), filters: standard_filters(), scorer: Box::new(scorer) }
+        Pipeline { name: name.into(), filters: standard_filters(), scorer: Box::new(scorer), order: GroupOrder::Batch }
     }
 
     /// Swarm's spread ([`Spread`]).
@@ -116,14 +132,22 @@ impl Pipeline {
         Self::new("spread", Spread::default())
     }
 
-    /// Bin packing with Nomad's BestFit v3 ([`BestFit`]).
+    /// Bin packing with Nomad's BestFit v3 ([`BestFit`]), most
+    /// constrained groups first.
     pub fn binpack() -> Self {
-        Self::new("binpack", BestFit)
+        Self::new("binpack", BestFit).with_order(GroupOrder::MostConstrainedFirst)
     }
 
-    /// Bin packing with Kubernetes' MostAllocated ([`MostAllocated`]).
+    /// Bin packing with Kubernetes' MostAllocated ([`MostAllocated`]), most
+    /// constrained groups first.
     pub fn most_allocated() -> Self {
-        Self::new("most-allocated", MostAllocated)
+        Self::new("most-allocated", MostAllocated).with_order(GroupOrder::MostConstrainedFirst)
+    }
+
+    /// Sets the order in which a batch's groups are scheduled.
+    pub fn with_order(mut self, order: GroupOrder) -> Self {
+        self.order = order;
+        self
     }
 
     /// Kubernetes' LeastAllocated ([`LeastAllocated`]).
@@ -174,7 +198,20 @@ impl Scheduler for Pipeline {
     fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
         let mut call = Call::new(view);
         let mut out = vec![Decision::Unschedulable(Explanation::new(view.nodes.len())); batch.len()];
-        let groups = group_batch(batch);
+        let mut groups = group_batch(batch);
+        if self.order == GroupOrder::MostConstrainedFirst {
+            // Fewest eligible nodes first (fixed-node tasks: one); stable.
+            let mut keyed: Vec<(usize, Vec<usize>)> = groups
+                .into_iter()
+                .map(|g| {
+                    let rep = &batch[g[0]];
+                    let eligible = if rep.node_id.is_some() { 1 } else { self.static_pass(&call, rep).0.count() };
+                    (eligible, g)
+                })
+                .collect();
+            keyed.sort_by_key(|(eligible, _)| *eligible);
+            groups = keyed.into_iter().map(|(_, g)| g).collect();
+        }
         let mut placed = 0usize;
         for group in &groups {
             placed += self.schedule_group(&mut call, batch, group, &mut out);
@@ -466,28 +503,35 @@ fn dyn_check(dynamic: &[&dyn Filter], info: &NodeInfo, req: &TaskRequest) -> Res
 }
 
 impl Pipeline {
+    /// The nodes that pass the static filters for `rep`, and why the others
+    /// do not.
+    fn static_pass(&self, call: &Call, rep: &TaskRequest) -> (NodeSet, Explanation) {
+        let n = call.work.len();
+        let mut why = Explanation::new(n);
+        let mut alive = NodeSet::full(n);
+        for f in self.filters.iter().filter(|f| f.is_static() && f.relevant(rep)) {
+            if !f.check_indexed(call.view, &call.index, rep, &mut alive, &mut why) {
+                for i in alive.clone().iter() {
+                    if let Err(e) = f.check(&call.work[i], rep) {
+                        alive.remove(i);
+                        why.add(&e);
+                    }
+                }
+            }
+        }
+        (alive, why)
+    }
+
     /// Schedules one group; returns how many tasks were placed.
     fn schedule_group(&self, call: &mut Call, batch: &[TaskRequest], group: &[usize], out: &mut [Decision]) -> usize {
         let Some(&first) = group.first() else { return 0 };
         let rep = &batch[first];
-        let n = call.work.len();
         if rep.node_id.is_some() {
             return group.iter().filter(|&&t| self.schedule_fixed(call, &batch[t], &mut out[t])).count();
         }
 
         // 1. Static filters, once for the group.
-        let mut why_static = Explanation::new(n);
-        let mut alive = NodeSet::full(n);
-        for f in self.filters.iter().filter(|f| f.is_static() && f.relevant(rep)) {
-            if !f.check_indexed(call.view, &call.index, rep, &mut alive, &mut why_static) {
-                for i in alive.clone().iter() {
-                    if let Err(e) = f.check(&call.work[i], rep) {
-                        alive.remove(i);
-                        why_static.add(&e);
-                    }
-                }
-            }
-        }
+        let (alive, why_static) = self.static_pass(call, rep);
         let relevant: Vec<&dyn Filter> = self.filters.iter().filter(|f| f.relevant(rep)).map(|f| f.as_ref()).collect();
         let dynamic: Vec<&dyn Filter> = relevant.iter().copied().filter(|f| !f.is_static()).collect();
 
@@ -916,6 +960,25 @@ mod tests {
         );
         let Decision::Unschedulable(why) = &d[3] else { panic!() };
         assert_eq!(why.to_string(), "no suitable node (3 nodes are not the task's node)");
+    }
+
+    #[test]
+    fn binpack_serves_the_most_constrained_groups_first() {
+        // n00 is the only SSD node; 8 GiB per node.
+        let mut v = view(&["", "", ""]);
+        Arc::make_mut(&mut v.nodes[0].node).spec.labels.insert("disk".into(), "ssd".into());
+        let mut batch = tasks("web", 8, |_| {});
+        batch.extend(tasks("db", 4, |t| t.constraints = vec!["node.labels.disk==ssd".parse().unwrap()]));
+        // In batch order, web fills n00 and db finds no room.
+        let d = Pipeline::new("b", BestFit).schedule(&v, &batch);
+        assert!(d[..8].iter().all(|x| *x == Decision::Assign("n00".into())));
+        assert!(matches!(d[8], Decision::Unschedulable(_)));
+        // Most constrained first: db takes half of n00, web the rest and n01.
+        let d = Pipeline::binpack().schedule(&v, &batch);
+        assert!(d[8..].iter().all(|x| *x == Decision::Assign("n00".into())), "{d:?}");
+        let c = counts(&d);
+        assert_eq!((c["n00"], c["n01"]), (8, 4), "{c:?}");
+        assert_eq!(d.iter().filter(|x| matches!(x, Decision::Unschedulable(_))).count(), 0);
     }
 
     #[test]
