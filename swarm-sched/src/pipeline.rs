@@ -69,6 +69,7 @@ use crate::filter::{Filter, first_failure, standard_filters};
 use crate::index::{NodeIndex, NodeSet};
 use crate::score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};
 use std::cmp::Ordering;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, HashMap};
 use swarm_core::constraint::Constraint;
 use swarm_core::id::ServiceId;
@@ -380,13 +381,19 @@ fn touches(info: &NodeInfo, service: &ServiceId) -> bool {
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     score: f64,
-    idx: usize,
+    node: u32,
     version: u32,
 }
 
 impl Entry {
     fn new(score: f64, idx: usize, version: u32) -> Self {
-        Entry { score: if score.is_nan() { f64::NEG_INFINITY } else { score }, idx, version }
+        // Node positions fit in u32 (a view of 4 billion nodes would not fit
+        // in memory anyway); 16-byte entries keep the heaps cache-friendly.
+        Entry { score: if score.is_nan() { f64::NEG_INFINITY } else { score }, node: idx as u32, version }
+    }
+
+    fn idx(&self) -> usize {
+        self.node as usize
     }
 }
 
@@ -403,7 +410,7 @@ impl PartialOrd for Entry {
 }
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then(other.idx.cmp(&self.idx))
+        self.score.total_cmp(&other.score).then(other.node.cmp(&self.node))
     }
 }
 
@@ -449,7 +456,7 @@ impl Tree {
         };
         let mut buckets: Vec<Vec<Entry>> = (0..first.values).map(|_| Vec::new()).collect();
         for e in entries {
-            buckets[first.ids[e.idx] as usize].push(e);
+            buckets[first.ids[e.idx()] as usize].push(e);
         }
         let branches = buckets
             .into_iter()
@@ -457,8 +464,8 @@ impl Tree {
             .map(|es| Branch {
                 count: es
                     .iter()
-                    .filter(|e| touched.contains(e.idx))
-                    .map(|e| u64::from(nodes[e.idx].service_tasks(service)))
+                    .filter(|e| touched.contains(e.idx()))
+                    .map(|e| u64::from(nodes[e.idx()].service_tasks(service)))
                     .sum(),
                 done: false,
                 tree: Tree::build(es, rest, nodes, touched, service),
@@ -472,10 +479,17 @@ impl Tree {
     fn pick(&mut self, take: &mut dyn FnMut(usize) -> Option<f64>) -> Option<usize> {
         match self {
             Tree::Leaf(heap) => {
-                while let Some(e) = heap.pop() {
-                    if let Some(score) = take(e.idx) {
-                        heap.push(Entry::new(score, e.idx, 0));
-                        return Some(e.idx);
+                while let Some(mut top) = heap.peek_mut() {
+                    let i = top.idx();
+                    match take(i) {
+                        Some(score) => {
+                            // Re-scored in place: one sift down.
+                            *top = Entry::new(score, i, 0);
+                            return Some(i);
+                        }
+                        None => {
+                            PeekMut::pop(top);
+                        }
                     }
                 }
                 None
@@ -717,14 +731,21 @@ impl Pipeline {
             let req = &batch[t];
             let shared_best = loop {
                 let Some(&top) = heap.peek() else { break None };
-                let info = &call.work[top.idx];
-                if call.version[top.idx] != top.version {
-                    heap.pop();
-                    if lazy && dyn_check(dynamic, info, &shared.neutral).is_ok() {
-                        // Its only entry: re-score (never higher than before).
-                        let score = self.scorer.score(info, &shared.neutral);
-                        heap.push(Entry::new(score, top.idx, call.version[top.idx]));
-                    } // else the sync pushed (or will push) a fresh one
+                let info = &call.work[top.idx()];
+                if call.version[top.idx()] != top.version {
+                    let fresh = (lazy && dyn_check(dynamic, info, &shared.neutral).is_ok()).then(|| {
+                        Entry::new(self.scorer.score(info, &shared.neutral), top.idx(), call.version[top.idx()])
+                    });
+                    match (fresh, heap.peek_mut()) {
+                        // Its only entry: re-scored (never higher than
+                        // before) in place, one sift down.
+                        (Some(fresh), Some(mut slot)) => *slot = fresh,
+                        // Else the sync pushed (or will push) a fresh one.
+                        (_, Some(slot)) => {
+                            PeekMut::pop(slot);
+                        }
+                        (_, None) => {}
+                    }
                 } else if touches(info, service) {
                     // Its score for this service differs: the local heap
                     // has it; back in the shared heap after the group.
@@ -737,7 +758,7 @@ impl Pipeline {
             };
             let local_best = loop {
                 let Some(&top) = local.peek() else { break None };
-                if dyn_check(dynamic, &call.work[top.idx], req).is_err() {
+                if dyn_check(dynamic, &call.work[top.idx()], req).is_err() {
                     local.pop();
                 } else {
                     break Some(top);
@@ -754,7 +775,7 @@ impl Pipeline {
             if !take_local {
                 set_aside.push(e);
             }
-            let i = e.idx;
+            let i = e.idx();
             call.place(i, req);
             local.push(Entry::new(self.scorer.score(&call.work[i], req), i, 0));
             out[t] = Decision::Assign(call.work[i].node.id.clone());
