@@ -69,6 +69,7 @@ use crate::filter::{Filter, first_failure, standard_filters};
 use crate::index::{NodeIndex, NodeSet};
 use crate::score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};
 use std::cmp::Ordering;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, HashMap};
 use swarm_core::constraint::Constraint;
 use swarm_core::id::ServiceId;
@@ -90,6 +91,21 @@ pub struct Pipeline {
     name: String,
     filters: Vec<Box<dyn Filter>>,
     scorer: Box<dyn Scorer>,
+    order: GroupOrder,
+}
+
+/// In which order the groups of a batch are scheduled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GroupOrder {
+    /// The order of each group's first task in the batch (Swarm's).
+    #[default]
+    Batch,
+    /// Groups with the fewest eligible nodes (after the static filters)
+    /// first, ties in batch order: scarce nodes go to the tasks that can
+    /// only run there before looser tasks fill them. The default of the
+    /// bin-packing schedulers, which otherwise fill the first nodes
+    /// whatever their labels.
+    MostConstrainedFirst,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -98,6 +114,7 @@ impl std::fmt::Debug for Pipeline {
             .field("name", &self.name)
             .field("filters", &self.filters.iter().map(|x| x.name()).collect::<Vec<_>>())
             .field("scorer", &self.scorer.name())
+            .field("order", &self.order)
             .finish()
     }
 }
@@ -108,7 +125,7 @@ impl Pipeline {
 
     /// The standard filters and `scorer`, called `name`.
     pub fn new(name: impl Into<String>, scorer: impl Scorer + 'static) -> Self {
-        Pipeline { name: name.into(), filters: standard_filters(), scorer: Box::new(scorer) }
+        Pipeline { name: name.into(), filters: standard_filters(), scorer: Box::new(scorer), order: GroupOrder::Batch }
     }
 
     /// Swarm's spread ([`Spread`]).
@@ -116,14 +133,22 @@ impl Pipeline {
         Self::new("spread", Spread::default())
     }
 
-    /// Bin packing with Nomad's BestFit v3 ([`BestFit`]).
+    /// Bin packing with Nomad's BestFit v3 ([`BestFit`]), most
+    /// constrained groups first.
     pub fn binpack() -> Self {
-        Self::new("binpack", BestFit)
+        Self::new("binpack", BestFit).with_order(GroupOrder::MostConstrainedFirst)
     }
 
-    /// Bin packing with Kubernetes' MostAllocated ([`MostAllocated`]).
+    /// Bin packing with Kubernetes' MostAllocated ([`MostAllocated`]), most
+    /// constrained groups first.
     pub fn most_allocated() -> Self {
-        Self::new("most-allocated", MostAllocated)
+        Self::new("most-allocated", MostAllocated).with_order(GroupOrder::MostConstrainedFirst)
+    }
+
+    /// Sets the order in which a batch's groups are scheduled.
+    pub fn with_order(mut self, order: GroupOrder) -> Self {
+        self.order = order;
+        self
     }
 
     /// Kubernetes' LeastAllocated ([`LeastAllocated`]).
@@ -174,7 +199,20 @@ impl Scheduler for Pipeline {
     fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
         let mut call = Call::new(view);
         let mut out = vec![Decision::Unschedulable(Explanation::new(view.nodes.len())); batch.len()];
-        let groups = group_batch(batch);
+        let mut groups = group_batch(batch);
+        if self.order == GroupOrder::MostConstrainedFirst {
+            // Fewest eligible nodes first (fixed-node tasks: one); stable.
+            let mut keyed: Vec<(usize, Vec<usize>)> = groups
+                .into_iter()
+                .map(|g| {
+                    let rep = &batch[g[0]];
+                    let eligible = if rep.node_id.is_some() { 1 } else { self.static_pass(&call, rep).0.count() };
+                    (eligible, g)
+                })
+                .collect();
+            keyed.sort_by_key(|(eligible, _)| *eligible);
+            groups = keyed.into_iter().map(|(_, g)| g).collect();
+        }
         let mut placed = 0usize;
         for group in &groups {
             placed += self.schedule_group(&mut call, batch, group, &mut out);
@@ -343,13 +381,19 @@ fn touches(info: &NodeInfo, service: &ServiceId) -> bool {
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     score: f64,
-    idx: usize,
+    node: u32,
     version: u32,
 }
 
 impl Entry {
     fn new(score: f64, idx: usize, version: u32) -> Self {
-        Entry { score: if score.is_nan() { f64::NEG_INFINITY } else { score }, idx, version }
+        // Node positions fit in u32 (a view of 4 billion nodes would not fit
+        // in memory anyway); 16-byte entries keep the heaps cache-friendly.
+        Entry { score: if score.is_nan() { f64::NEG_INFINITY } else { score }, node: idx as u32, version }
+    }
+
+    fn idx(&self) -> usize {
+        self.node as usize
     }
 }
 
@@ -366,7 +410,7 @@ impl PartialOrd for Entry {
 }
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then(other.idx.cmp(&self.idx))
+        self.score.total_cmp(&other.score).then(other.node.cmp(&self.node))
     }
 }
 
@@ -398,21 +442,33 @@ fn descriptor_value<'a>(node: &'a Node, descriptor: &str) -> Option<&'a str> {
 
 impl Tree {
     /// `levels`: the per-node value ids of each preference, in order.
-    fn build(entries: Vec<Entry>, levels: &[&LabelIds], nodes: &[NodeInfo], service: &ServiceId) -> Tree {
+    /// `touched`: the nodes that may run tasks of `service` (the others
+    /// count 0 without a lookup).
+    fn build(
+        entries: Vec<Entry>,
+        levels: &[&LabelIds],
+        nodes: &[NodeInfo],
+        touched: &NodeSet,
+        service: &ServiceId,
+    ) -> Tree {
         let Some((first, rest)) = levels.split_first() else {
             return Tree::Leaf(BinaryHeap::from(entries));
         };
         let mut buckets: Vec<Vec<Entry>> = (0..first.values).map(|_| Vec::new()).collect();
         for e in entries {
-            buckets[first.ids[e.idx] as usize].push(e);
+            buckets[first.ids[e.idx()] as usize].push(e);
         }
         let branches = buckets
             .into_iter()
             .filter(|b| !b.is_empty())
             .map(|es| Branch {
-                count: es.iter().map(|e| u64::from(nodes[e.idx].service_tasks(service))).sum(),
+                count: es
+                    .iter()
+                    .filter(|e| touched.contains(e.idx()))
+                    .map(|e| u64::from(nodes[e.idx()].service_tasks(service)))
+                    .sum(),
                 done: false,
-                tree: Tree::build(es, rest, nodes, service),
+                tree: Tree::build(es, rest, nodes, touched, service),
             })
             .collect();
         Tree::Split(branches)
@@ -423,10 +479,17 @@ impl Tree {
     fn pick(&mut self, take: &mut dyn FnMut(usize) -> Option<f64>) -> Option<usize> {
         match self {
             Tree::Leaf(heap) => {
-                while let Some(e) = heap.pop() {
-                    if let Some(score) = take(e.idx) {
-                        heap.push(Entry::new(score, e.idx, 0));
-                        return Some(e.idx);
+                while let Some(mut top) = heap.peek_mut() {
+                    let i = top.idx();
+                    match take(i) {
+                        Some(score) => {
+                            // Re-scored in place: one sift down.
+                            *top = Entry::new(score, i, 0);
+                            return Some(i);
+                        }
+                        None => {
+                            PeekMut::pop(top);
+                        }
                     }
                 }
                 None
@@ -454,28 +517,35 @@ fn dyn_check(dynamic: &[&dyn Filter], info: &NodeInfo, req: &TaskRequest) -> Res
 }
 
 impl Pipeline {
+    /// The nodes that pass the static filters for `rep`, and why the others
+    /// do not.
+    fn static_pass(&self, call: &Call, rep: &TaskRequest) -> (NodeSet, Explanation) {
+        let n = call.work.len();
+        let mut why = Explanation::new(n);
+        let mut alive = NodeSet::full(n);
+        for f in self.filters.iter().filter(|f| f.is_static() && f.relevant(rep)) {
+            if !f.check_indexed(call.view, &call.index, rep, &mut alive, &mut why) {
+                for i in alive.clone().iter() {
+                    if let Err(e) = f.check(&call.work[i], rep) {
+                        alive.remove(i);
+                        why.add(&e);
+                    }
+                }
+            }
+        }
+        (alive, why)
+    }
+
     /// Schedules one group; returns how many tasks were placed.
     fn schedule_group(&self, call: &mut Call, batch: &[TaskRequest], group: &[usize], out: &mut [Decision]) -> usize {
         let Some(&first) = group.first() else { return 0 };
         let rep = &batch[first];
-        let n = call.work.len();
         if rep.node_id.is_some() {
             return group.iter().filter(|&&t| self.schedule_fixed(call, &batch[t], &mut out[t])).count();
         }
 
         // 1. Static filters, once for the group.
-        let mut why_static = Explanation::new(n);
-        let mut alive = NodeSet::full(n);
-        for f in self.filters.iter().filter(|f| f.is_static() && f.relevant(rep)) {
-            if !f.check_indexed(call.view, &call.index, rep, &mut alive, &mut why_static) {
-                for i in alive.clone().iter() {
-                    if let Err(e) = f.check(&call.work[i], rep) {
-                        alive.remove(i);
-                        why_static.add(&e);
-                    }
-                }
-            }
-        }
+        let (alive, why_static) = self.static_pass(call, rep);
         let relevant: Vec<&dyn Filter> = self.filters.iter().filter(|f| f.relevant(rep)).map(|f| f.as_ref()).collect();
         let dynamic: Vec<&dyn Filter> = relevant.iter().copied().filter(|f| !f.is_static()).collect();
 
@@ -555,7 +625,7 @@ impl Pipeline {
                 ),
             }
         }
-        let mut tree = Tree::build(entries, &levels, &call.work, &rep.service_id);
+        let mut tree = Tree::build(entries, &levels, &call.work, &touched, &rep.service_id);
         let (work, version, service_nodes, log) =
             (&mut call.work, &mut call.version, &mut call.service_nodes, &mut call.log);
         let mut placed = 0;
@@ -588,7 +658,8 @@ impl Pipeline {
             Some(None) => {}
         }
         let count = alive.count();
-        if call.shared_entries + count > SHARED_ENTRY_BUDGET {
+        // A heap holds at most about twice its candidates (see the sync).
+        if call.shared_entries + 2 * count > SHARED_ENTRY_BUDGET {
             return false;
         }
         let neutral = TaskRequest { service_id: ServiceId::default(), ..rep.clone() };
@@ -597,7 +668,7 @@ impl Pipeline {
             .filter(|&i| dyn_check(dynamic, &call.work[i], &neutral).is_ok())
             .map(|i| Entry::new(self.scorer.score(&call.work[i], &neutral), i, call.version[i]))
             .collect();
-        call.shared_entries += count;
+        call.shared_entries += 2 * count;
         let shared = SharedHeap { heap, neutral, alive: alive.clone(), alive_count: count, synced: call.log.len() };
         call.shared.insert(key, Some(shared));
         true
@@ -620,14 +691,21 @@ impl Pipeline {
         let key = ShapeKey::of(rep);
         let Some(Some(mut shared)) = call.shared.remove(&key) else { return 0 };
         // Sync: fresh entries for the nodes changed since the last use, or
-        // a rebuild when that is cheaper or stale entries pile up.
-        let mut changed = call.log[shared.synced..].to_vec();
+        // a rebuild when that is cheaper or stale entries pile up. Scores
+        // that never rise need no sync: a stale entry overestimates, so it
+        // is re-scored when it surfaces.
+        let lazy = self.scorer.never_rises();
+        let mut changed = if lazy { Vec::new() } else { call.log[shared.synced..].to_vec() };
         let (work, version) = (&call.work, &call.version);
         let entry = |i: usize| {
             (dyn_check(dynamic, &work[i], &shared.neutral).is_ok())
                 .then(|| Entry::new(self.scorer.score(&work[i], &shared.neutral), i, version[i]))
         };
-        if changed.len() >= shared.alive_count || shared.heap.len() + changed.len() > 2 * shared.alive_count + 1024 {
+        if lazy {
+            // nothing to sync
+        } else if changed.len() >= shared.alive_count
+            || shared.heap.len() + changed.len() > 2 * shared.alive_count + 1024
+        {
             shared.heap = shared.alive.iter().filter_map(entry).collect();
         } else {
             changed.sort_unstable();
@@ -653,9 +731,21 @@ impl Pipeline {
             let req = &batch[t];
             let shared_best = loop {
                 let Some(&top) = heap.peek() else { break None };
-                let info = &call.work[top.idx];
-                if call.version[top.idx] != top.version {
-                    heap.pop(); // stale: the sync pushed (or will push) a fresh one
+                let info = &call.work[top.idx()];
+                if call.version[top.idx()] != top.version {
+                    let fresh = (lazy && dyn_check(dynamic, info, &shared.neutral).is_ok()).then(|| {
+                        Entry::new(self.scorer.score(info, &shared.neutral), top.idx(), call.version[top.idx()])
+                    });
+                    match (fresh, heap.peek_mut()) {
+                        // Its only entry: re-scored (never higher than
+                        // before) in place, one sift down.
+                        (Some(fresh), Some(mut slot)) => *slot = fresh,
+                        // Else the sync pushed (or will push) a fresh one.
+                        (_, Some(slot)) => {
+                            PeekMut::pop(slot);
+                        }
+                        (_, None) => {}
+                    }
                 } else if touches(info, service) {
                     // Its score for this service differs: the local heap
                     // has it; back in the shared heap after the group.
@@ -668,7 +758,7 @@ impl Pipeline {
             };
             let local_best = loop {
                 let Some(&top) = local.peek() else { break None };
-                if dyn_check(dynamic, &call.work[top.idx], req).is_err() {
+                if dyn_check(dynamic, &call.work[top.idx()], req).is_err() {
                     local.pop();
                 } else {
                     break Some(top);
@@ -685,7 +775,7 @@ impl Pipeline {
             if !take_local {
                 set_aside.push(e);
             }
-            let i = e.idx;
+            let i = e.idx();
             call.place(i, req);
             local.push(Entry::new(self.scorer.score(&call.work[i], req), i, 0));
             out[t] = Decision::Assign(call.work[i].node.id.clone());
@@ -891,6 +981,25 @@ mod tests {
         );
         let Decision::Unschedulable(why) = &d[3] else { panic!() };
         assert_eq!(why.to_string(), "no suitable node (3 nodes are not the task's node)");
+    }
+
+    #[test]
+    fn binpack_serves_the_most_constrained_groups_first() {
+        // n00 is the only SSD node; 8 GiB per node.
+        let mut v = view(&["", "", ""]);
+        Arc::make_mut(&mut v.nodes[0].node).spec.labels.insert("disk".into(), "ssd".into());
+        let mut batch = tasks("web", 8, |_| {});
+        batch.extend(tasks("db", 4, |t| t.constraints = vec!["node.labels.disk==ssd".parse().unwrap()]));
+        // In batch order, web fills n00 and db finds no room.
+        let d = Pipeline::new("b", BestFit).schedule(&v, &batch);
+        assert!(d[..8].iter().all(|x| *x == Decision::Assign("n00".into())));
+        assert!(matches!(d[8], Decision::Unschedulable(_)));
+        // Most constrained first: db takes half of n00, web the rest and n01.
+        let d = Pipeline::binpack().schedule(&v, &batch);
+        assert!(d[8..].iter().all(|x| *x == Decision::Assign("n00".into())), "{d:?}");
+        let c = counts(&d);
+        assert_eq!((c["n00"], c["n01"]), (8, 4), "{c:?}");
+        assert_eq!(d.iter().filter(|x| matches!(x, Decision::Unschedulable(_))).count(), 0);
     }
 
     #[test]

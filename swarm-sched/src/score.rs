@@ -63,6 +63,14 @@ pub trait Scorer: Send + Sync {
     fn shareable(&self) -> bool {
         false
     }
+
+    /// True when placing a task on a node never raises the node's score
+    /// for any request (Spread, LeastAllocated: a fuller node is never
+    /// better). Shared heaps then refresh lazily instead of re-scoring
+    /// every changed node for every shape. Defaults to false.
+    fn never_rises(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Scorer + ?Sized> Scorer for Box<S> {
@@ -74,6 +82,9 @@ impl<S: Scorer + ?Sized> Scorer for Box<S> {
     }
     fn shareable(&self) -> bool {
         (**self).shareable()
+    }
+    fn never_rises(&self) -> bool {
+        (**self).never_rises()
     }
 }
 
@@ -101,6 +112,9 @@ impl Scorer for Spread {
         "spread"
     }
     fn shareable(&self) -> bool {
+        true
+    }
+    fn never_rises(&self) -> bool {
         true
     }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
@@ -182,6 +196,9 @@ impl Scorer for LeastAllocated {
         "least-allocated"
     }
     fn shareable(&self) -> bool {
+        true
+    }
+    fn never_rises(&self) -> bool {
         true
     }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {

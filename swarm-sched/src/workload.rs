@@ -507,7 +507,12 @@ pub fn measure(view: &ClusterView, tasks: &[TaskRequest], decisions: &[Decision]
     // Skew.
     let statics: Vec<Box<dyn Filter>> = standard_filters().into_iter().filter(|f| f.is_static()).collect();
     let zones: Vec<Option<&str>> = nodes.iter().map(|n| n.node.spec.labels.get("zone").map(String::as_str)).collect();
-    let any_zone = zones.iter().any(Option::is_some);
+    let mut zone_sets: BTreeMap<&str, NodeSet> = BTreeMap::new();
+    for (i, z) in zones.iter().enumerate() {
+        if let Some(z) = z {
+            zone_sets.entry(z).or_insert_with(|| NodeSet::empty(nodes.len())).insert(i);
+        }
+    }
     let (mut skew_node, mut skew_zone) = (0u64, 0u64);
     for (svc, req) in &rep {
         let mut alive = NodeSet::full(nodes.len());
@@ -521,25 +526,37 @@ pub fn measure(view: &ClusterView, tasks: &[TaskRequest], decisions: &[Decision]
                 }
             }
         }
-        let counts = per_service.get(svc);
-        let count = |i: usize| counts.and_then(|c| c.get(&i)).copied().unwrap_or(0);
-        let (mut lo, mut hi) = (u64::MAX, 0);
-        let mut by_zone: BTreeMap<&str, u64> = BTreeMap::new();
-        for i in alive.iter() {
-            let c = count(i);
-            lo = lo.min(c);
-            hi = hi.max(c);
-            if let Some(z) = zones[i] {
-                *by_zone.entry(z).or_insert(0) += c;
-            }
+        let eligible = alive.count();
+        if eligible == 0 {
+            continue;
         }
-        if lo != u64::MAX {
-            skew_node = skew_node.max(hi - lo);
+        // Only the nodes the service got tasks on need a look: every other
+        // eligible node counts 0.
+        let placed_on: Vec<(usize, u64)> = per_service
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter(|(i, _)| alive.contains(**i))
+            .map(|(i, c)| (*i, *c))
+            .collect();
+        let hi = placed_on.iter().map(|(_, c)| *c).max().unwrap_or(0);
+        let lo = if placed_on.len() < eligible { 0 } else { placed_on.iter().map(|(_, c)| *c).min().unwrap_or(0) };
+        skew_node = skew_node.max(hi - lo);
+        let mut by_zone: BTreeMap<&str, u64> = zone_sets
+            .iter()
+            .filter(|(_, set)| alive.count_minus(&set.complement()) > 0)
+            .map(|(z, _)| (*z, 0))
+            .collect();
+        for (i, c) in &placed_on {
+            if let Some(total) = zones[*i].and_then(|z| by_zone.get_mut(z)) {
+                *total += c;
+            }
         }
         if let (Some(zlo), Some(zhi)) = (by_zone.values().min(), by_zone.values().max()) {
             skew_zone = skew_zone.max(zhi - zlo);
         }
     }
+    let any_zone = !zone_sets.is_empty();
 
     // Fragmentation.
     let median = |mut v: Vec<u64>| -> u64 {
