@@ -82,14 +82,20 @@ pub(crate) fn map_event(ev: EventMessage) -> Option<ContainerEvent> {
     })
 }
 
-/// The filtered stream (see [`crate::DockerRuntime::events`]).
+/// The filtered stream (see [`crate::DockerRuntime::events`]): events from
+/// the moment of this call on.
 pub(crate) fn event_stream(
     docker: &Docker,
 ) -> impl Stream<Item = Result<ContainerEvent, RuntimeError>> + Send + 'static {
     let mut filters: HashMap<String, Vec<String>> = HashMap::new();
     filters.insert("type".into(), vec!["container".into()]);
     filters.insert("label".into(), vec![format!("{}=true", labels::MANAGED)]);
-    let opts = EventsOptionsBuilder::new().filters(&filters).build();
+    // The request goes out on the stream's first poll; `since` = now makes
+    // the engine replay what happened between this call and that poll.
+    // (Host clock vs engine clock: the same machine for a node agent.)
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let since = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
+    let opts = EventsOptionsBuilder::new().since(&since).filters(&filters).build();
     docker.events(Some(opts)).filter_map(|r| async move {
         match r {
             Ok(ev) => map_event(ev).map(Ok),
