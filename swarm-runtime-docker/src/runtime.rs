@@ -202,17 +202,16 @@ impl Runtime for DockerRuntime {
 
     async fn prepare(&self, cfg: &ContainerConfig) -> Result<(), RuntimeError> {
         self.ensure_image(&cfg.spec.image).await?;
+        // A network the agent has not made yet (with its spec, through
+        // ensure_network) is made here as a node-local bridge.
         for att in &cfg.networks {
-            match self.docker.inspect_network(&att.target, None).await {
-                Ok(_) => {}
-                Err(e) if status_of(&e) == Some(404) => {
-                    return Err(RuntimeError::InvalidConfig(format!(
-                        "container {:?}: network {:?} does not exist (create it with ensure_network first)",
-                        cfg.name, att.target
-                    )));
-                }
-                Err(e) => return Err(map_err("inspect network", &att.target, e)),
+            if att.target.is_empty() {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "container {:?}: a network target is empty",
+                    cfg.name
+                )));
             }
+            self.ensure_network(&NetworkSpec { name: att.target.clone(), ..Default::default() }).await?;
         }
         for m in &cfg.spec.mounts {
             if m.kind == MountKind::Volume && !m.source.is_empty() {

@@ -385,9 +385,15 @@ async fn two_services_on_a_shared_network_reach_each_other_by_name() {
         }
         s.rt.remove_network(&net).await.unwrap();
         s.rt.remove_network(&net).await.unwrap();
-        // prepare rejects a missing network with a clear error
-        let e = s.rt.prepare(&api).await.unwrap_err();
-        assert!(matches!(&e, RuntimeError::InvalidConfig(m) if m.contains("does not exist")), "{e}");
+        // prepare makes a missing network (a bridge), as it makes volumes
+        let mut other = s.workload("other", 1);
+        let other_net = format!("{}-made-by-prepare", s.prefix);
+        other.networks = vec![NetworkAttachmentConfig { target: other_net.clone(), aliases: vec![] }];
+        s.rt.prepare(&other).await.unwrap();
+        let n = s.rt.client().inspect_network(&other_net, None).await.unwrap();
+        assert_eq!(n.driver.as_deref(), Some("bridge"));
+        assert_eq!(n.labels.unwrap_or_default().get(labels::MANAGED).map(String::as_str), Some("true"));
+        s.rt.remove_network(&other_net).await.unwrap();
     })
     .await;
 }
