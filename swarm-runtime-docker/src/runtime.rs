@@ -188,6 +188,26 @@ impl DockerRuntime {
         }
     }
 
+    /// Deletes the secret and config files of containers that no longer
+    /// exist (removed behind the runtime's back, e.g. `docker rm`); returns
+    /// the container names whose files went. An agent calls it after
+    /// adopting its containers.
+    pub async fn prune_secret_files(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut pruned = Vec::new();
+        for name in self.secrets.container_dirs()? {
+            match self.docker.inspect_container(&name, None).await {
+                Ok(_) => {}
+                Err(e) if status_of(&e) == Some(404) => {
+                    self.secrets.remove(&name)?;
+                    info!(container = %name, "deleted the secret files of a container that is gone");
+                    pruned.push(name);
+                }
+                Err(e) => return Err(map_err("inspect", &name, e)),
+            }
+        }
+        Ok(pruned)
+    }
+
     async fn name_of(&self, id: &str) -> Result<String, RuntimeError> {
         let r = self.docker.inspect_container(id, None).await.map_err(|e| container_err("inspect", id, e))?;
         Ok(r.name.unwrap_or_default().trim_start_matches('/').to_string())
@@ -520,5 +540,24 @@ impl Runtime for DockerRuntime {
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             Err(e) => Err(map_err("remove volume", name, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_runtime_errors() {
+        let e = BollardError::DockerResponseServerError { status_code: 404, message: "No such container: x".into() };
+        assert_eq!(container_err("inspect", "x", e), RuntimeError::NotFound("x".into()));
+        let e = BollardError::DockerResponseServerError { status_code: 500, message: "boom\n".into() };
+        assert_eq!(map_err("start", "c1", e), RuntimeError::Engine("start c1: engine answered 500: boom".into()));
+        let e = BollardError::SocketNotFoundError("/nope.sock".into());
+        assert!(matches!(map_err("ping", "engine", e), RuntimeError::Unavailable(m) if m.contains("/nope.sock")));
+        assert!(matches!(
+            map_err("stop", "c", BollardError::RequestTimeoutError),
+            RuntimeError::Timeout { op: "stop", .. }
+        ));
     }
 }

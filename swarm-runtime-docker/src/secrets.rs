@@ -179,6 +179,24 @@ impl SecretStore {
         Ok(mounts)
     }
 
+    /// The container names that have a directory of files.
+    pub(crate) fn container_dirs(&self) -> Result<Vec<String>, RuntimeError> {
+        let rd = match std::fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(err(format!("read {}: {e}", self.root.display()))),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| err(format!("read {}: {e}", self.root.display())))?;
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Deletes a container's files (idempotent).
     pub(crate) fn remove(&self, container_name: &str) -> Result<(), RuntimeError> {
         let dir = self.dir_of(container_name);

@@ -343,6 +343,15 @@ async fn secrets_are_files_on_tmpfs_and_absent_from_inspect() {
         s.rt.remove(&id).await.unwrap();
         let left: Vec<_> = std::fs::read_dir(&d2).unwrap().collect();
         assert!(left.is_empty(), "secret files left after remove: {left:?}");
+        // Removed behind the runtime's back: the files stay until pruned.
+        let mut other = s.workload("db", 2);
+        other.secrets = cfg.secrets.clone();
+        let other_id = s.rt.create(&other).await.unwrap();
+        assert_eq!(std::fs::read_dir(&d2).unwrap().count(), 1);
+        let rm = RemoveContainerOptionsBuilder::new().force(true).build();
+        s.rt.client().remove_container(&other_id, Some(rm)).await.unwrap();
+        assert_eq!(s.rt.prune_secret_files().await.unwrap(), vec![other.name.clone()]);
+        assert_eq!(std::fs::read_dir(&d2).unwrap().count(), 0);
     })
     .await;
     // Unmount the tmpfs the runtime mounted for this test.
@@ -357,6 +366,13 @@ async fn two_services_on_a_shared_network_reach_each_other_by_name() {
         let spec = NetworkSpec { name: net.clone(), ..Default::default() };
         s.rt.ensure_network(&spec).await.unwrap();
         s.rt.ensure_network(&spec).await.unwrap(); // idempotent
+        for bad in [
+            NetworkSpec { name: format!("{}-ovl", s.prefix), driver: "overlay".into(), ..Default::default() },
+            NetworkSpec { name: format!("{}-ing", s.prefix), ingress: true, ..Default::default() },
+        ] {
+            let e = s.rt.ensure_network(&bad).await.unwrap_err();
+            assert!(matches!(e, RuntimeError::Unsupported { op: "ensure_network", .. }), "{e}");
+        }
         let attach =
             vec![NetworkAttachmentConfig { target: net.clone(), aliases: vec![format!("{}-alias", s.prefix)] }];
         let mut api = s.workload("api", 1);
