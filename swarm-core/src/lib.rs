@@ -12,11 +12,17 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod cluster;
 pub mod constraint;
 pub mod discovery;
+pub mod dispatcher;
+pub mod harness;
 pub mod id;
 pub mod image;
+pub mod manager;
 pub mod model;
+pub mod orchestrator;
 pub mod runtime;
 pub mod scheduler;
 pub mod sim;

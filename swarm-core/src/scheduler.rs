@@ -173,8 +173,10 @@ pub struct TaskRequest {
 }
 
 impl TaskRequest {
-    /// Builds a request from a task and its service's endpoint spec.
-    pub fn from_task(task: &Task, endpoint: &EndpointSpec) -> Result<TaskRequest, ConstraintError> {
+    /// Builds a request from a task (its placement, reservations and the
+    /// host ports of its endpoint spec).
+    pub fn from_task(task: &Task) -> Result<TaskRequest, ConstraintError> {
+        let endpoint = &task.endpoint;
         let p = &task.spec.placement;
         Ok(TaskRequest {
             task_id: task.id.clone(),

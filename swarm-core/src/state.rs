@@ -420,7 +420,7 @@ impl State {
                 }
                 self.check(obj, None)?;
                 let mut obj = obj.clone();
-                *obj.meta_mut() = Meta { version, created_at: ts, updated_at: ts };
+                *obj.meta_mut() = Meta { version, created_revision: version.0, created_at: ts, updated_at: ts };
                 self.put(obj.clone());
                 Ok(Event { action: Action::Create, object: obj, old: None })
             }
@@ -434,7 +434,12 @@ impl State {
                 }
                 self.check(obj, Some(&old))?;
                 let mut obj = obj.clone();
-                *obj.meta_mut() = Meta { version, created_at: old.meta().created_at, updated_at: ts };
+                *obj.meta_mut() = Meta {
+                    version,
+                    created_revision: old.meta().created_revision,
+                    created_at: old.meta().created_at,
+                    updated_at: ts,
+                };
                 self.remove(&old);
                 self.put(obj.clone());
                 Ok(Event { action: Action::Update, object: obj, old: Some(old) })

@@ -43,6 +43,9 @@ pub struct Version(pub u64);
 pub struct Meta {
     /// Revision of the last write; set by the store.
     pub version: Version,
+    /// Revision of the create; set by the store. Orders objects by age even
+    /// when their timestamps are equal (as under a paused clock).
+    pub created_revision: Revision,
     /// When the object was created; set by the store.
     pub created_at: Timestamp,
     /// When the object was last written; set by the store.

@@ -29,6 +29,8 @@ pub struct Task {
     pub spec_version: u64,
     /// For jobs: which run of the job this task belongs to.
     pub job_iteration: u64,
+    /// The service's endpoint spec at creation (ports to publish).
+    pub endpoint: super::EndpointSpec,
     /// What the managers want the task to reach.
     pub desired_state: TaskState,
     /// What was last observed.
@@ -187,6 +189,9 @@ pub struct TaskStatus {
     pub health: Option<HealthState>,
     /// Host-mode ports actually published.
     pub published_ports: Vec<super::PortConfig>,
+    /// When the task reached RUNNING (kept through later states, so a
+    /// failure can be dated relative to the start).
+    pub started_at: Option<Timestamp>,
 }
 
 /// A task's addresses on one network.

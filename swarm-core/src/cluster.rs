@@ -1,0 +1,591 @@
+//! [`Cluster`]: the embedding API, the calls `docker service|node|secret`
+//! make, on any [`Store`].
+//!
+//! Every call validates first (so a bad spec gets a precise error and
+//! changes nothing), then commits one transaction, retrying on version
+//! conflicts. Services and nodes are found by name or id.
+//!
+//! Updating a service bumps its spec version, and so rolls its tasks, only
+//! when something the tasks run changed (the task template, networks or
+//! ports); a label or the replica count does not restart anything.
+
+use crate::id::{ConfigId, IdGen, NetworkId, NodeId, SecretId, ServiceId, TaskId, VolumeId};
+use crate::model::*;
+use crate::state::{Action, State, Transaction};
+use crate::store::{Store, StoreError, Watch, update_with_retry};
+use crate::time::{self, Timestamp};
+use crate::validate::{self, ValidationError};
+use std::sync::{Arc, Mutex};
+
+/// Why a cluster call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// No such object.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// Kind.
+        kind: ObjectKind,
+        /// Name or id asked for.
+        name: String,
+    },
+    /// The spec is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    /// The node still runs tasks.
+    #[error("node {node} still runs {tasks} task(s): drain it first or force the removal")]
+    NodeHasTasks {
+        /// The node.
+        node: String,
+        /// Tasks not yet stopped.
+        tasks: usize,
+    },
+    /// No previous spec to roll back to.
+    #[error("service {0:?} has no previous spec to roll back to")]
+    NoPreviousSpec(String),
+    /// The operation does not apply to this service.
+    #[error("service {service:?}: {reason}")]
+    NotApplicable {
+        /// The service.
+        service: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which tasks [`Cluster::list_tasks`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// Only this service (name or id).
+    pub service: Option<String>,
+    /// Only this node (id or hostname).
+    pub node: Option<String>,
+    /// Only tasks the managers still want running (desired <= RUNNING).
+    pub live_only: bool,
+}
+
+/// Something that happened in the cluster, like a line of `docker events`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterEvent {
+    /// Store revision.
+    pub revision: Revision,
+    /// When.
+    pub timestamp: Timestamp,
+    /// Object kind.
+    pub kind: ObjectKind,
+    /// Create, update or delete.
+    pub action: Action,
+    /// Object id.
+    pub id: String,
+    /// Object name.
+    pub name: String,
+    /// What changed, e.g. "RUNNING -> FAILED: task: non-zero exit (1)".
+    pub detail: String,
+}
+
+/// A stream of [`ClusterEvent`]s.
+pub struct EventStream {
+    watch: Watch,
+    buffered: std::collections::VecDeque<ClusterEvent>,
+}
+
+impl EventStream {
+    /// The next event.
+    pub async fn next(&mut self) -> Result<ClusterEvent, StoreError> {
+        loop {
+            if let Some(e) = self.buffered.pop_front() {
+                return Ok(e);
+            }
+            let change = self.watch.next().await?;
+            for ev in &change.events {
+                self.buffered.push_back(ClusterEvent {
+                    revision: change.revision,
+                    timestamp: change.timestamp,
+                    kind: ev.object.kind(),
+                    action: ev.action,
+                    id: ev.object.id().to_string(),
+                    name: ev.object.name(),
+                    detail: describe(&ev.object, ev.old.as_ref()),
+                });
+            }
+        }
+    }
+}
+
+fn describe(new: &Object, old: Option<&Object>) -> String {
+    match (new, old) {
+        (Object::Task(t), Some(Object::Task(o))) if t.status.state != o.status.state => {
+            let why = t.status.err.clone().unwrap_or_else(|| t.status.message.clone());
+            let node = t.node_id.as_ref().map(|n| format!(" on {n}")).unwrap_or_default();
+            format!("{} -> {}{node}: {why}", o.status.state, t.status.state)
+        }
+        (Object::Task(t), Some(Object::Task(o))) if t.desired_state != o.desired_state => {
+            format!("desired {} -> {}", o.desired_state, t.desired_state)
+        }
+        (Object::Task(t), _) => format!("{}: {}", t.status.state, t.status.message),
+        (Object::Node(n), Some(Object::Node(o))) if n.status.state != o.status.state => {
+            format!("{:?} -> {:?} {}", o.status.state, n.status.state, n.status.message)
+        }
+        (Object::Node(n), Some(Object::Node(o))) if n.spec.availability != o.spec.availability => {
+            format!("availability {:?} -> {:?}", o.spec.availability, n.spec.availability)
+        }
+        (Object::Service(s), _) => match &s.update_status {
+            Some(u) => format!("{:?}: {}", u.state, u.message),
+            None => String::new(),
+        },
+        _ => String::new(),
+    }
+}
+
+/// The embedding API. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    store: Arc<dyn Store>,
+    ids: Arc<Mutex<IdGen>>,
+}
+
+fn task_affecting(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    a.task_template != b.task_template || a.networks != b.networks || a.endpoint_spec != b.endpoint_spec
+}
+
+impl Cluster {
+    /// A cluster handle over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Cluster { store, ids: Arc::new(Mutex::new(IdGen::from_entropy())) }
+    }
+
+    /// Like [`Cluster::new`] with reproducible ids.
+    pub fn with_seed(store: Arc<dyn Store>, seed: u64) -> Self {
+        Cluster { store, ids: Arc::new(Mutex::new(IdGen::seeded(seed))) }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn next_id<T: From<String>>(&self) -> T {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).next_id()
+    }
+
+    async fn state(&self) -> Result<Arc<State>, ClusterError> {
+        Ok(self.store.snapshot().await?)
+    }
+
+    fn find_service(state: &State, name: &str) -> Result<Service, ClusterError> {
+        state
+            .service_by_name(name)
+            .or_else(|| state.service(&ServiceId::new(name)))
+            .map(|s| s.as_ref().clone())
+            .ok_or_else(|| ClusterError::NotFound { kind: ObjectKind::Service, name: name.to_string() })
+    }
+
+    fn find_node(state: &State, name: &str) -> Result<Node, ClusterError> {
+        state
+            .node(&NodeId::new(name))
+            .or_else(|| state.nodes().find(|n| n.description.hostname == name))
+            .map(|n| n.as_ref().clone())
+            .ok_or_else(|| ClusterError::NotFound { kind: ObjectKind::Node, name: name.to_string() })
+    }
+
+    /// Creates the cluster settings object (or replaces its spec).
+    pub async fn set_cluster_spec(&self, spec: ClusterSpec) -> Result<(), ClusterError> {
+        validate::validate_cluster_spec(&spec)?;
+        let id: crate::id::ClusterId = self.next_id();
+        update_with_retry(self.store.as_ref(), 10, |state| match state.cluster() {
+            Some(c) => {
+                let mut c = c.as_ref().clone();
+                c.spec = spec.clone();
+                Some(Transaction::new().update(c))
+            }
+            None => {
+                Some(Transaction::new().create(Cluster_ { id: id.clone(), meta: Meta::default(), spec: spec.clone() }))
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Creates a service; returns its id.
+    pub async fn create_service(&self, spec: ServiceSpec) -> Result<ServiceId, ClusterError> {
+        validate::validate_service_spec(&spec)?;
+        let id: ServiceId = self.next_id();
+        let svc = Service { id: id.clone(), spec, spec_version: 1, job_iteration: 1, ..Default::default() };
+        self.store.commit(Transaction::new().create(svc)).await?;
+        tracing::info!(service = %id, "service created");
+        Ok(id)
+    }
+
+    /// Replaces a service's spec. Tasks are rolled (spec version bumped, a
+    /// rolling update started) only if the task template, networks or
+    /// ports changed; a job runs again.
+    pub async fn update_service(&self, name: &str, spec: ServiceSpec) -> Result<(), ClusterError> {
+        validate::validate_service_spec(&spec)?;
+        let now = time::now();
+        let mut missing = None;
+        update_with_retry(self.store.as_ref(), 10, |state| {
+            let mut svc = match Self::find_service(state, name) {
+                Ok(s) => s,
+                Err(e) => {
+                    missing = Some(e);
+                    return None;
+                }
+            };
+            if task_affecting(&svc.spec, &spec) {
+                svc.previous_spec = Some(svc.spec.clone());
+                svc.spec_version += 1;
+                if spec.mode.is_job() {
+                    svc.job_iteration += 1;
+                }
+                svc.update_status = Some(UpdateStatus {
+                    state: UpdateState::Updating,
+                    started_at: Some(now),
+                    completed_at: None,
+                    message: "update in progress".into(),
+                });
+            }
+            svc.spec = spec.clone();
+            Some(Transaction::new().update(svc))
+        })
+        .await?;
+        missing.map_or(Ok(()), Err)
+    }
+
+    /// Reads a service's spec, lets `f` change it, and updates the service.
+    pub async fn modify_service(&self, name: &str, f: impl FnOnce(&mut ServiceSpec)) -> Result<(), ClusterError> {
+        let mut spec = self.inspect_service(name).await?.spec;
+        f(&mut spec);
+        self.update_service(name, spec).await
+    }
+
+    /// Forces a rolling restart with an unchanged spec.
+    pub async fn force_update(&self, name: &str) -> Result<(), ClusterError> {
+        self.modify_service(name, |s| s.task_template.force_update += 1).await
+    }
+
+    /// Sets the replica count of a replicated service.
+    pub async fn scale(&self, name: &str, replicas: u64) -> Result<(), ClusterError> {
+        let svc = self.inspect_service(name).await?;
+        if svc.spec.mode.kind != ModeKind::Replicated {
+            return Err(ClusterError::NotApplicable {
+                service: svc.spec.name,
+                reason: "only replicated services can be scaled".into(),
+            });
+        }
+        self.modify_service(name, |s| s.mode.replicas = Some(replicas)).await
+    }
+
+    /// Rolls a service back to its previous spec by hand.
+    pub async fn rollback_service(&self, name: &str) -> Result<(), ClusterError> {
+        let now = time::now();
+        let mut err = None;
+        update_with_retry(self.store.as_ref(), 10, |state| {
+            let mut svc = match Self::find_service(state, name) {
+                Ok(s) => s,
+                Err(e) => {
+                    err = Some(e);
+                    return None;
+                }
+            };
+            let Some(prev) = svc.previous_spec.take() else {
+                err = Some(ClusterError::NoPreviousSpec(name.to_string()));
+                return None;
+            };
+            let cur = std::mem::replace(&mut svc.spec, prev);
+            svc.previous_spec = Some(cur);
+            svc.spec_version += 1;
+            svc.update_status = Some(UpdateStatus {
+                state: UpdateState::RollbackStarted,
+                started_at: Some(now),
+                completed_at: None,
+                message: "manually requested rollback".into(),
+            });
+            Some(Transaction::new().update(svc))
+        })
+        .await?;
+        err.map_or(Ok(()), Err)
+    }
+
+    async fn set_update_state(
+        &self,
+        name: &str,
+        from: &[UpdateState],
+        to: UpdateState,
+        msg: &str,
+    ) -> Result<(), ClusterError> {
+        let mut err = None;
+        update_with_retry(self.store.as_ref(), 10, |state| {
+            let mut svc = match Self::find_service(state, name) {
+                Ok(s) => s,
+                Err(e) => {
+                    err = Some(e);
+                    return None;
+                }
+            };
+            let Some(st) = svc.update_status.as_mut().filter(|u| from.contains(&u.state)) else {
+                err = Some(ClusterError::NotApplicable {
+                    service: name.to_string(),
+                    reason: format!("its update is not in state {from:?}"),
+                });
+                return None;
+            };
+            st.state = to;
+            st.message = msg.to_string();
+            Some(Transaction::new().update(svc))
+        })
+        .await?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Pauses a rolling update (or rollback).
+    pub async fn pause_update(&self, name: &str) -> Result<(), ClusterError> {
+        match self.set_update_state(name, &[UpdateState::Updating], UpdateState::Paused, "update paused by hand").await
+        {
+            Err(ClusterError::NotApplicable { .. }) => {
+                self.set_update_state(
+                    name,
+                    &[UpdateState::RollbackStarted],
+                    UpdateState::RollbackPaused,
+                    "rollback paused by hand",
+                )
+                .await
+            }
+            r => r,
+        }
+    }
+
+    /// Resumes a paused update (or rollback).
+    pub async fn resume_update(&self, name: &str) -> Result<(), ClusterError> {
+        match self.set_update_state(name, &[UpdateState::Paused], UpdateState::Updating, "update resumed").await {
+            Err(ClusterError::NotApplicable { .. }) => {
+                self.set_update_state(
+                    name,
+                    &[UpdateState::RollbackPaused],
+                    UpdateState::RollbackStarted,
+                    "rollback resumed",
+                )
+                .await
+            }
+            r => r,
+        }
+    }
+
+    /// Removes a service; its tasks are stopped and removed.
+    pub async fn remove_service(&self, name: &str) -> Result<(), ClusterError> {
+        let mut err = None;
+        update_with_retry(self.store.as_ref(), 10, |state| {
+            let svc = match Self::find_service(state, name) {
+                Ok(s) => s,
+                Err(e) => {
+                    err = Some(e);
+                    return None;
+                }
+            };
+            let mut tx = Transaction::new().delete(ObjectKind::Service, svc.id.to_string(), svc.meta.version);
+            for t in state.tasks_of_service(&svc.id) {
+                if t.desired_state < TaskState::Remove {
+                    let mut t = t.as_ref().clone();
+                    t.desired_state = TaskState::Remove;
+                    tx = tx.update(t);
+                }
+            }
+            Some(tx)
+        })
+        .await?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// A service by name or id.
+    pub async fn inspect_service(&self, name: &str) -> Result<Service, ClusterError> {
+        Self::find_service(&*self.state().await?, name)
+    }
+
+    /// Every service.
+    pub async fn list_services(&self) -> Result<Vec<Service>, ClusterError> {
+        Ok(self.state().await?.services().map(|s| s.as_ref().clone()).collect())
+    }
+
+    /// Tasks, filtered.
+    pub async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>, ClusterError> {
+        let state = self.state().await?;
+        let svc = match &filter.service {
+            Some(n) => Some(Self::find_service(&state, n)?.id),
+            None => None,
+        };
+        let node = match &filter.node {
+            Some(n) => Some(Self::find_node(&state, n)?.id),
+            None => None,
+        };
+        let mut out: Vec<Task> = state
+            .tasks()
+            .filter(|t| svc.as_ref().is_none_or(|s| &t.service_id == s))
+            .filter(|t| node.as_ref().is_none_or(|n| t.node_id.as_ref() == Some(n)))
+            .filter(|t| !filter.live_only || t.desired_state <= TaskState::Running)
+            .map(|t| t.as_ref().clone())
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.service_name, a.slot, a.meta.created_revision).cmp(&(&b.service_name, b.slot, b.meta.created_revision))
+        });
+        Ok(out)
+    }
+
+    /// One task.
+    pub async fn inspect_task(&self, id: &str) -> Result<Task, ClusterError> {
+        self.state()
+            .await?
+            .task(&TaskId::new(id))
+            .map(|t| t.as_ref().clone())
+            .ok_or_else(|| ClusterError::NotFound { kind: ObjectKind::Task, name: id.to_string() })
+    }
+
+    /// Every node.
+    pub async fn list_nodes(&self) -> Result<Vec<Node>, ClusterError> {
+        Ok(self.state().await?.nodes().map(|n| n.as_ref().clone()).collect())
+    }
+
+    /// A node by id or hostname.
+    pub async fn inspect_node(&self, name: &str) -> Result<Node, ClusterError> {
+        Self::find_node(&*self.state().await?, name)
+    }
+
+    async fn modify_node(&self, name: &str, f: impl Fn(&mut Node) + Send + Sync) -> Result<(), ClusterError> {
+        let mut err = None;
+        update_with_retry(self.store.as_ref(), 10, |state| match Self::find_node(state, name) {
+            Ok(mut n) => {
+                f(&mut n);
+                Some(Transaction::new().update(n))
+            }
+            Err(e) => {
+                err = Some(e);
+                None
+            }
+        })
+        .await?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Sets a node's availability: active, pause or drain.
+    pub async fn set_node_availability(&self, name: &str, availability: Availability) -> Result<(), ClusterError> {
+        self.modify_node(name, |n| n.spec.availability = availability).await
+    }
+
+    /// Sets (or with `None` removes) a node label.
+    pub async fn set_node_label(&self, name: &str, key: &str, value: Option<&str>) -> Result<(), ClusterError> {
+        self.modify_node(name, |n| match value {
+            Some(v) => {
+                n.spec.labels.insert(key.to_string(), v.to_string());
+            }
+            None => {
+                n.spec.labels.remove(key);
+            }
+        })
+        .await
+    }
+
+    /// Sets a node's role.
+    pub async fn set_node_role(&self, name: &str, role: NodeRole) -> Result<(), ClusterError> {
+        self.modify_node(name, |n| n.spec.role = role).await
+    }
+
+    /// Removes a node. Refused while it still runs tasks (not yet in a
+    /// terminal state) unless `force`; with `force`, its tasks are orphaned
+    /// and replaced elsewhere.
+    pub async fn remove_node(&self, name: &str, force: bool) -> Result<(), ClusterError> {
+        let mut err = None;
+        let now = time::now();
+        update_with_retry(self.store.as_ref(), 10, |state| {
+            let node = match Self::find_node(state, name) {
+                Ok(n) => n,
+                Err(e) => {
+                    err = Some(e);
+                    return None;
+                }
+            };
+            let running: Vec<&Arc<Task>> =
+                state.tasks_on_node(&node.id).filter(|t| !t.status.state.is_terminal()).collect();
+            if !running.is_empty() && !force {
+                err = Some(ClusterError::NodeHasTasks { node: node.id.to_string(), tasks: running.len() });
+                return None;
+            }
+            let mut tx = Transaction::new();
+            for t in running {
+                let mut t = t.as_ref().clone();
+                t.status.state = TaskState::Orphaned;
+                t.status.message = "node removed".into();
+                t.status.timestamp = now;
+                if t.desired_state < TaskState::Shutdown {
+                    t.desired_state = TaskState::Shutdown;
+                }
+                tx = tx.update(t);
+            }
+            Some(tx.delete(ObjectKind::Node, node.id.to_string(), node.meta.version))
+        })
+        .await?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Creates a secret.
+    pub async fn create_secret(&self, name: &str, data: Vec<u8>) -> Result<SecretId, ClusterError> {
+        let spec = SecretSpec { name: name.into(), data: SecretBytes(data), ..Default::default() };
+        validate::validate_secret_spec(&spec)?;
+        let id: SecretId = self.next_id();
+        self.store.commit(Transaction::new().create(Secret { id: id.clone(), spec, ..Default::default() })).await?;
+        Ok(id)
+    }
+
+    /// Creates a config.
+    pub async fn create_config(&self, name: &str, data: Vec<u8>) -> Result<ConfigId, ClusterError> {
+        let spec = ConfigSpec { name: name.into(), data, ..Default::default() };
+        validate::validate_config_spec(&spec)?;
+        let id: ConfigId = self.next_id();
+        self.store.commit(Transaction::new().create(Config { id: id.clone(), spec, ..Default::default() })).await?;
+        Ok(id)
+    }
+
+    /// Creates a network.
+    pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkId, ClusterError> {
+        validate::validate_network_spec(&spec)?;
+        let id: NetworkId = self.next_id();
+        self.store.commit(Transaction::new().create(Network { id: id.clone(), spec, ..Default::default() })).await?;
+        Ok(id)
+    }
+
+    /// Creates a volume.
+    pub async fn create_volume(&self, spec: VolumeSpec) -> Result<VolumeId, ClusterError> {
+        validate::validate_volume_spec(&spec)?;
+        let id: VolumeId = self.next_id();
+        self.store.commit(Transaction::new().create(Volume { id: id.clone(), spec, ..Default::default() })).await?;
+        Ok(id)
+    }
+
+    /// Removes a secret, config, network or volume by name (refused while a
+    /// service uses it).
+    pub async fn remove_object(&self, kind: ObjectKind, name: &str) -> Result<(), ClusterError> {
+        let state = self.state().await?;
+        let found = match kind {
+            ObjectKind::Secret => state.secret_by_name(name).map(|o| (o.id.to_string(), o.meta.version)),
+            ObjectKind::Config => state.config_by_name(name).map(|o| (o.id.to_string(), o.meta.version)),
+            ObjectKind::Network => state.network_by_name(name).map(|o| (o.id.to_string(), o.meta.version)),
+            ObjectKind::Volume => state.volume_by_name(name).map(|o| (o.id.to_string(), o.meta.version)),
+            _ => None,
+        };
+        let (id, version) = found.ok_or_else(|| ClusterError::NotFound { kind, name: name.to_string() })?;
+        self.store.commit(Transaction::new().delete(kind, id, version)).await?;
+        Ok(())
+    }
+
+    /// Events from now on.
+    pub async fn events(&self) -> Result<EventStream, ClusterError> {
+        let rev = self.state().await?.revision();
+        self.events_since(rev).await
+    }
+
+    /// Events after revision `from`.
+    pub async fn events_since(&self, from: Revision) -> Result<EventStream, ClusterError> {
+        Ok(EventStream { watch: self.store.watch(from).await?, buffered: Default::default() })
+    }
+}
+
+use crate::model::Cluster as Cluster_;

@@ -1,0 +1,503 @@
+//! The agent <-> manager session: the [`Dispatcher`] trait and
+//! [`LocalDispatcher`], its in-process implementation.
+//!
+//! A worker opens a session ([`Dispatcher::open_session`]), then heartbeats
+//! at the period the manager gives, streams its node's [`Assignments`] and
+//! sends [`TaskStatusUpdate`]s. Every request and response is a plain serde
+//! type, so a network transport (gRPC or framed TCP over mutual TLS) can
+//! carry the same messages later; nothing here relies on shared memory.
+//!
+//! The dispatcher also keeps node health: a node whose heartbeats stop for
+//! `heartbeat_period * grace_periods` (Swarm: 5 s * 3) is marked DOWN in the
+//! store, which makes the orchestrators replace its tasks. Heartbeats are
+//! kept in the leader's memory, not written to the store, as in SwarmKit.
+//!
+//! Secrets and configs travel with the assignments, and only to the node
+//! whose tasks reference them.
+
+use crate::id::{IdGen, NodeId, TaskId};
+use crate::model::*;
+use crate::state::{Action, Change, State, Transaction};
+use crate::store::{Store, StoreError};
+use crate::time::{self, Timestamp};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// A worker asks for a session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// What the node reports about itself.
+    pub description: NodeDescription,
+    /// The address others reach it at.
+    pub addr: String,
+}
+
+/// The manager's answer to [`SessionRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Identifies the session in later calls.
+    pub session_id: String,
+    /// How often to heartbeat.
+    pub heartbeat_period: Duration,
+}
+
+/// Answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// How often to heartbeat from now on.
+    pub heartbeat_period: Duration,
+}
+
+/// A task's observed status, as the worker reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatusUpdate {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its new status.
+    pub status: TaskStatus,
+    /// Its network addresses, when known.
+    pub networks: Option<Vec<NetworkAttachment>>,
+}
+
+/// What the manager wants a node to run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// True when `tasks` is the node's whole set (first message after
+    /// subscribing): tasks not in it are not the node's any more.
+    pub full: bool,
+    /// Tasks created or changed (status ASSIGNED or later).
+    pub tasks: Vec<Task>,
+    /// Tasks deleted from the store: remove their containers.
+    pub removed: Vec<TaskId>,
+    /// Secrets the tasks above reference.
+    pub secrets: Vec<Secret>,
+    /// Configs the tasks above reference.
+    pub configs: Vec<Config>,
+}
+
+/// Why a session call failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DispatchError {
+    /// The session is unknown or expired: open a new one.
+    #[error("session {0} is unknown or expired")]
+    InvalidSession(String),
+    /// The node may not run tasks (it was removed).
+    #[error("node {0} is not a member of the cluster")]
+    NodeRemoved(String),
+    /// The manager's store failed.
+    #[error("store error: {0}")]
+    Store(String),
+    /// The manager is gone.
+    #[error("dispatcher unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for DispatchError {
+    fn from(e: StoreError) -> Self {
+        DispatchError::Store(e.to_string())
+    }
+}
+
+/// A stream of [`Assignments`].
+pub struct AssignmentStream {
+    rx: mpsc::UnboundedReceiver<Assignments>,
+}
+
+impl AssignmentStream {
+    /// Wraps a receiver (for dispatcher implementations).
+    pub fn new(rx: mpsc::UnboundedReceiver<Assignments>) -> Self {
+        AssignmentStream { rx }
+    }
+    /// The next message; `None` when the session ended.
+    pub async fn next(&mut self) -> Option<Assignments> {
+        self.rx.recv().await
+    }
+}
+
+/// The manager side of a worker's session. See the [module docs](self).
+#[async_trait]
+pub trait Dispatcher: Send + Sync + 'static {
+    /// Registers the node (creating or refreshing its Node object, marking
+    /// it READY) and opens a session.
+    async fn open_session(&self, req: SessionRequest) -> Result<SessionInfo, DispatchError>;
+    /// Keeps the session (and the node) alive.
+    async fn heartbeat(&self, session_id: &str) -> Result<HeartbeatResponse, DispatchError>;
+    /// Applies the worker's task status reports. Reports that would move a
+    /// task backwards, or about tasks not on the session's node, are
+    /// ignored.
+    async fn update_task_status(&self, session_id: &str, updates: Vec<TaskStatusUpdate>) -> Result<(), DispatchError>;
+    /// The node's assignments: first the whole set, then changes.
+    async fn assignments(&self, session_id: &str) -> Result<AssignmentStream, DispatchError>;
+}
+
+struct Session {
+    node_id: NodeId,
+    last_seen: Instant,
+    sender: Option<mpsc::UnboundedSender<Assignments>>,
+}
+
+struct Inner {
+    sessions: HashMap<String, Session>,
+    by_node: HashMap<NodeId, String>,
+    /// Nodes believed up without a session yet (after a manager start).
+    grace_until: HashMap<NodeId, Instant>,
+    ids: IdGen,
+}
+
+type Subscribe = (String, mpsc::UnboundedSender<Assignments>);
+
+/// The in-process dispatcher. Run [`LocalDispatcher::run`] to route
+/// assignments and watch heartbeats.
+#[derive(Clone)]
+pub struct LocalDispatcher {
+    store: Arc<dyn Store>,
+    inner: Arc<Mutex<Inner>>,
+    subscribe_tx: mpsc::UnboundedSender<Subscribe>,
+    subscribe_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Subscribe>>>,
+}
+
+fn is_assigned(t: &Task) -> bool {
+    t.node_id.is_some() && t.status.state >= TaskState::Assigned
+}
+
+impl LocalDispatcher {
+    /// A dispatcher over `store`; `seed` makes session ids reproducible.
+    pub fn new(store: Arc<dyn Store>, seed: u64) -> Self {
+        let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
+        LocalDispatcher {
+            store,
+            subscribe_tx,
+            subscribe_rx: Arc::new(tokio::sync::Mutex::new(subscribe_rx)),
+            inner: Arc::new(Mutex::new(Inner {
+                sessions: HashMap::new(),
+                by_node: HashMap::new(),
+                grace_until: HashMap::new(),
+                ids: IdGen::seeded(seed ^ 0xD15A_7C4E),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node_of(&self, session_id: &str) -> Result<NodeId, DispatchError> {
+        self.lock()
+            .sessions
+            .get(session_id)
+            .map(|s| s.node_id.clone())
+            .ok_or_else(|| DispatchError::InvalidSession(session_id.to_string()))
+    }
+
+    /// Nodes with an open session.
+    pub fn connected_nodes(&self) -> Vec<NodeId> {
+        self.lock().by_node.keys().cloned().collect()
+    }
+
+    /// Ends a node's session (as if its connection dropped).
+    pub fn drop_session(&self, node: &NodeId) {
+        let mut g = self.lock();
+        if let Some(sid) = g.by_node.remove(node) {
+            g.sessions.remove(&sid);
+        }
+    }
+
+    async fn heartbeat_config(&self) -> DispatcherConfig {
+        match self.store.snapshot().await {
+            Ok(s) => s.cluster_spec().dispatcher,
+            Err(_) => DispatcherConfig::default(),
+        }
+    }
+
+    /// Routes assignments and marks silent nodes down, until the store
+    /// fails. Run it in its own task (one at a time: a second call waits).
+    pub async fn run(&self) -> Result<(), StoreError> {
+        let mut subscriptions = self.subscribe_rx.lock().await;
+        let start = Instant::now();
+        {
+            let state = self.store.snapshot().await?;
+            let grace = state.cluster_spec().dispatcher.grace();
+            let mut g = self.lock();
+            for n in state.nodes().filter(|n| n.status.state == NodeState::Ready) {
+                g.grace_until.insert(n.id.clone(), start + grace);
+            }
+        }
+        loop {
+            let state = self.store.snapshot().await?;
+            let mut watch = self.store.watch(state.revision()).await?;
+            let mut check = tokio::time::interval(state.cluster_spec().dispatcher.heartbeat_period.to_std() / 2);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    change = watch.next() => match change {
+                        Ok(change) => self.route(&change).await,
+                        Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => {
+                            self.resend_full().await;
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                    _ = check.tick() => self.check_heartbeats().await,
+                    Some((session_id, sender)) = subscriptions.recv() => self.subscribe(session_id, sender).await,
+                }
+            }
+        }
+    }
+
+    async fn route(&self, change: &Change) {
+        let mut per_node: BTreeMap<NodeId, Assignments> = BTreeMap::new();
+        for ev in &change.events {
+            let Some(task) = ev.object.as_task() else { continue };
+            let Some(node) = &task.node_id else { continue };
+            let msg = per_node.entry(node.clone()).or_default();
+            match ev.action {
+                Action::Delete => msg.removed.push(task.id.clone()),
+                _ if is_assigned(task) => msg.tasks.push(task.clone()),
+                _ => {}
+            }
+        }
+        if per_node.is_empty() {
+            return;
+        }
+        let needs_refs = per_node.values().any(|m| m.tasks.iter().any(has_refs));
+        let state = if needs_refs { self.store.snapshot().await.ok() } else { None };
+        let g = self.lock();
+        for (node, mut msg) in per_node {
+            if msg.tasks.is_empty() && msg.removed.is_empty() {
+                continue;
+            }
+            if let Some(state) = &state {
+                attach_refs(state, &mut msg);
+            }
+            if let Some(sender) =
+                g.by_node.get(&node).and_then(|sid| g.sessions.get(sid)).and_then(|s| s.sender.as_ref())
+            {
+                let _ = sender.send(msg);
+            }
+        }
+    }
+
+    /// Sends the full set, then attaches the sender for deltas. Done by the
+    /// router task so no delta can overtake the full set.
+    async fn subscribe(&self, session_id: String, sender: mpsc::UnboundedSender<Assignments>) {
+        let Ok(state) = self.store.snapshot().await else { return };
+        let mut g = self.lock();
+        let Some(s) = g.sessions.get_mut(&session_id) else { return };
+        let _ = sender.send(full_set(&state, &s.node_id));
+        s.sender = Some(sender);
+    }
+
+    async fn resend_full(&self) {
+        let Ok(state) = self.store.snapshot().await else { return };
+        let g = self.lock();
+        for s in g.sessions.values() {
+            if let Some(sender) = &s.sender {
+                let _ = sender.send(full_set(&state, &s.node_id));
+            }
+        }
+    }
+
+    async fn check_heartbeats(&self) {
+        let cfg = self.heartbeat_config().await;
+        let grace = cfg.grace();
+        let now = Instant::now();
+        let silent: Vec<NodeId> = {
+            let mut g = self.lock();
+            let mut out: Vec<NodeId> = g
+                .sessions
+                .values()
+                .filter(|s| now.duration_since(s.last_seen) > grace)
+                .map(|s| s.node_id.clone())
+                .collect();
+            let expired: Vec<NodeId> =
+                g.grace_until.iter().filter(|(_, until)| now > **until).map(|(n, _)| n.clone()).collect();
+            for n in expired {
+                g.grace_until.remove(&n);
+                if !g.by_node.contains_key(&n) {
+                    out.push(n);
+                }
+            }
+            for n in &out {
+                if let Some(sid) = g.by_node.remove(n) {
+                    g.sessions.remove(&sid);
+                }
+            }
+            out
+        };
+        for node in silent {
+            let msg = format!("heartbeat failure: no heartbeat for more than {grace:?}");
+            tracing::warn!(node = %node, "{msg}");
+            let res = crate::store::update_with_retry(self.store.as_ref(), 5, |state| {
+                let n = state.node(&node)?;
+                if n.status.state == NodeState::Down {
+                    return None;
+                }
+                let mut n = n.as_ref().clone();
+                n.status.state = NodeState::Down;
+                n.status.message = msg.clone();
+                Some(Transaction::new().update(n))
+            })
+            .await;
+            if let Err(e) = res {
+                tracing::error!(node = %node, error = %e, "could not mark node down");
+            }
+        }
+    }
+}
+
+fn has_refs(t: &Task) -> bool {
+    !t.spec.container.secrets.is_empty() || !t.spec.container.configs.is_empty()
+}
+
+fn attach_refs(state: &State, msg: &mut Assignments) {
+    let mut secrets = BTreeSet::new();
+    let mut configs = BTreeSet::new();
+    for t in &msg.tasks {
+        if t.status.state.is_terminal() {
+            continue;
+        }
+        for r in &t.spec.container.secrets {
+            secrets.insert(r.secret_name.clone());
+        }
+        for r in &t.spec.container.configs {
+            configs.insert(r.config_name.clone());
+        }
+    }
+    msg.secrets = secrets.iter().filter_map(|n| state.secret_by_name(n)).map(|s| s.as_ref().clone()).collect();
+    msg.configs = configs.iter().filter_map(|n| state.config_by_name(n)).map(|c| c.as_ref().clone()).collect();
+}
+
+/// The whole assignment set of a node.
+pub fn full_set(state: &State, node: &NodeId) -> Assignments {
+    let mut msg = Assignments {
+        full: true,
+        tasks: state.tasks_on_node(node).filter(|t| is_assigned(t)).map(|t| t.as_ref().clone()).collect(),
+        ..Default::default()
+    };
+    attach_refs(state, &mut msg);
+    msg
+}
+
+#[async_trait]
+impl Dispatcher for LocalDispatcher {
+    async fn open_session(&self, req: SessionRequest) -> Result<SessionInfo, DispatchError> {
+        let now = time::now();
+        let node_id = req.node_id.clone();
+        let res = crate::store::update_with_retry(self.store.as_ref(), 10, |state| {
+            let node = match state.node(&node_id) {
+                Some(n) => {
+                    let mut n = n.as_ref().clone();
+                    n.description = req.description.clone();
+                    n.status = ready_status(&req.addr, now);
+                    return Some(Transaction::new().update(n));
+                }
+                None => Node {
+                    id: node_id.clone(),
+                    description: req.description.clone(),
+                    status: ready_status(&req.addr, now),
+                    ..Default::default()
+                },
+            };
+            Some(Transaction::new().create(node))
+        })
+        .await?;
+        let _ = res;
+        let period = self.heartbeat_config().await.heartbeat_period.to_std();
+        let mut g = self.lock();
+        let session_id: String = g.ids.next_id();
+        if let Some(old) = g.by_node.insert(node_id.clone(), session_id.clone()) {
+            g.sessions.remove(&old);
+        }
+        g.grace_until.remove(&node_id);
+        g.sessions.insert(session_id.clone(), Session { node_id, last_seen: Instant::now(), sender: None });
+        Ok(SessionInfo { session_id, heartbeat_period: period })
+    }
+
+    async fn heartbeat(&self, session_id: &str) -> Result<HeartbeatResponse, DispatchError> {
+        let node = {
+            let mut g = self.lock();
+            let s =
+                g.sessions.get_mut(session_id).ok_or_else(|| DispatchError::InvalidSession(session_id.to_string()))?;
+            s.last_seen = Instant::now();
+            s.node_id.clone()
+        };
+        // A node that was marked down but heartbeats again is back.
+        let state = self.store.snapshot().await?;
+        match state.node(&node) {
+            None => return Err(DispatchError::NodeRemoved(node.to_string())),
+            Some(n) if n.status.state != NodeState::Ready => {
+                let now = time::now();
+                crate::store::update_with_retry(self.store.as_ref(), 5, |state| {
+                    let n = state.node(&node)?;
+                    if n.status.state == NodeState::Ready {
+                        return None;
+                    }
+                    let mut n = n.as_ref().clone();
+                    n.status = ready_status(&n.status.addr, now);
+                    Some(Transaction::new().update(n))
+                })
+                .await?;
+            }
+            Some(_) => {}
+        }
+        Ok(HeartbeatResponse { heartbeat_period: state.cluster_spec().dispatcher.heartbeat_period.to_std() })
+    }
+
+    async fn update_task_status(&self, session_id: &str, updates: Vec<TaskStatusUpdate>) -> Result<(), DispatchError> {
+        let node = self.node_of(session_id)?;
+        if updates.is_empty() {
+            return Ok(());
+        }
+        crate::store::update_with_retry(self.store.as_ref(), 10, |state| {
+            let mut latest: BTreeMap<&TaskId, &TaskStatusUpdate> = BTreeMap::new();
+            for u in &updates {
+                latest.insert(&u.task_id, u);
+            }
+            let mut tx = Transaction::new();
+            for (id, u) in latest {
+                let Some(t) = state.task(id) else { continue };
+                if t.node_id.as_ref() != Some(&node) {
+                    tracing::warn!(task = %id, node = %node, "status update for a task of another node ignored");
+                    continue;
+                }
+                if !t.status.state.can_move_to(u.status.state) {
+                    tracing::debug!(task = %id, from = %t.status.state, to = %u.status.state, "stale status ignored");
+                    continue;
+                }
+                let networks = u.networks.as_ref();
+                if t.status == u.status && networks.is_none_or(|n| *n == t.networks) {
+                    continue;
+                }
+                let mut t = t.as_ref().clone();
+                t.status = u.status.clone();
+                if let Some(n) = networks {
+                    t.networks = n.clone();
+                }
+                tx = tx.update(t);
+            }
+            if tx.is_empty() { None } else { Some(tx) }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn assignments(&self, session_id: &str) -> Result<AssignmentStream, DispatchError> {
+        self.node_of(session_id)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribe_tx
+            .send((session_id.to_string(), tx))
+            .map_err(|_| DispatchError::Unavailable("the dispatcher is not running".into()))?;
+        Ok(AssignmentStream::new(rx))
+    }
+}
+
+fn ready_status(addr: &str, now: Timestamp) -> NodeStatus {
+    NodeStatus { state: NodeState::Ready, message: String::new(), addr: addr.to_string(), last_heartbeat: Some(now) }
+}
