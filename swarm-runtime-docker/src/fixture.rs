@@ -3,7 +3,8 @@
 //! The workload (`fixture/workload.rs`, also the crate's
 //! `swarm-test-workload` binary) is a std-only HTTP server: `/health`,
 //! `/id` (its `$TASK_ID`), `/unhealthy`, `/crash?code=N`, `/file?path=P`,
-//! `/fetch?host=H&port=N&path=P`, and `workload probe PORT PATH` as a
+//! `/fetch?host=H&port=N&path=P`, `$DRAIN_MS` (serve on after SIGTERM),
+//! and `workload probe PORT PATH` as a
 //! health command. [`ensure_test_image`] compiles it with the local
 //! `rustc` as one static binary (`-C target-feature=+crt-static`, glibc's
 //! static libc; checked to have no ELF interpreter), packs it as the only

@@ -22,8 +22,8 @@ use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptions,
-    StatsOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptions, StatsOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use std::collections::HashMap;
@@ -39,6 +39,8 @@ use tracing::{debug, info, warn};
 
 /// How long the long-call client waits for an answer's headers.
 const LONG_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Serialises network creation in this process (see `ensure_network`).
+static NETWORK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Most bytes of exec output kept.
 const EXEC_OUTPUT_LIMIT: usize = 64 * 1024;
 
@@ -206,6 +208,31 @@ impl DockerRuntime {
             }
         }
         Ok(pruned)
+    }
+
+    /// Ids of the networks named exactly `name`, lowest first.
+    async fn networks_named(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let mut filters: HashMap<String, Vec<String>> = HashMap::new();
+        filters.insert("name".into(), vec![name.to_string()]);
+        let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let list = self.docker.list_networks(Some(opts)).await.map_err(|e| map_err("list networks", name, e))?;
+        // The engine's name filter matches substrings.
+        let mut ids: Vec<String> =
+            list.into_iter().filter(|n| n.name.as_deref() == Some(name)).filter_map(|n| n.id).collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Leaves one network named `name`: the one with the lowest id.
+    async fn dedupe_network(&self, name: &str) -> Result<(), RuntimeError> {
+        let ids = self.networks_named(name).await?;
+        for id in ids.iter().skip(1) {
+            warn!(network = name, %id, "removing a duplicate network");
+            if let Err(e) = self.docker.remove_network(id).await {
+                warn!(network = name, %id, error = %e, "cannot remove a duplicate network");
+            }
+        }
+        Ok(())
     }
 
     async fn name_of(&self, id: &str) -> Result<String, RuntimeError> {
@@ -478,11 +505,13 @@ impl Runtime for DockerRuntime {
                 ),
             });
         }
-        match self.docker.inspect_network(&spec.name, None).await {
-            Ok(n) if n.name.as_deref() == Some(spec.name.as_str()) => return Ok(()),
-            Ok(_) => {} // a prefix match on another network's id: create ours
-            Err(e) if status_of(&e) == Some(404) => {}
-            Err(e) => return Err(map_err("inspect network", &spec.name, e)),
+        // The Engine allows two bridge networks with one name (and then
+        // refuses to attach by that name as "ambiguous"), so creations are
+        // serialised in this process, and a duplicate made by another
+        // process is resolved the same way by everyone: the lowest id stays.
+        let _guard = NETWORK_LOCK.lock().await;
+        if !self.networks_named(&spec.name).await?.is_empty() {
+            return self.dedupe_network(&spec.name).await;
         }
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         labels.insert(labels::MANAGED.into(), "true".into());
@@ -499,21 +528,23 @@ impl Runtime for DockerRuntime {
             ..Default::default()
         };
         match self.docker.create_network(req).await {
-            Ok(_) => {
-                info!(network = %spec.name, driver, "created network");
-                Ok(())
-            }
-            Err(e) if status_of(&e) == Some(409) => Ok(()), // created concurrently
-            Err(e) => Err(map_err("create network", &spec.name, e)),
+            Ok(_) => info!(network = %spec.name, driver, "created network"),
+            Err(e) if status_of(&e) == Some(409) => {} // created concurrently
+            Err(e) => return Err(map_err("create network", &spec.name, e)),
         }
+        self.dedupe_network(&spec.name).await
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(map_err("remove network", name, e)),
+        // By id: a name shared by duplicates would be "ambiguous".
+        for id in self.networks_named(name).await? {
+            match self.docker.remove_network(&id).await {
+                Ok(()) => {}
+                Err(e) if status_of(&e) == Some(404) => {}
+                Err(e) => return Err(map_err("remove network", name, e)),
+            }
         }
+        Ok(())
     }
 
     async fn ensure_volume(&self, spec: &VolumeSpec) -> Result<(), RuntimeError> {

@@ -22,7 +22,8 @@ use swarm_core::model::{
 use swarm_core::runtime::{ContainerConfig, ContainerState, FileMaterial, ProbeResult, Runtime, RuntimeError, labels};
 use swarm_runtime_docker::{ContainerEventKind, DockerRuntime, DockerRuntimeOptions, fixture};
 
-const TEST_LABEL: &str = "io.swarm-rs.test-run";
+mod common;
+use common::{TEST_LABEL, engine_runtime};
 
 /// One test's world: its runtime, image and name prefix.
 #[derive(Clone)]
@@ -66,28 +67,6 @@ async fn get_ok(addr: SocketAddr, path: &str, within: Duration) -> String {
             Ok((200, body)) => return body,
             other if start.elapsed() > within => panic!("GET {path} on {addr}: {other:?} after {within:?}"),
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-async fn engine_runtime(opts: DockerRuntimeOptions) -> Option<DockerRuntime> {
-    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
-    let rt = match DockerRuntime::connect(opts) {
-        Ok(rt) => rt,
-        Err(e) if ci => panic!("CI=true and no docker engine: {e}"),
-        Err(e) => {
-            eprintln!(
-                "\n!!!!! SKIPPED: no docker engine ({e}); these tests need one (they fail under CI=true) !!!!!\n"
-            );
-            return None;
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(5), rt.ping()).await {
-        Ok(Ok(_)) => Some(rt),
-        res if ci => panic!("CI=true and the docker engine does not answer: {res:?}"),
-        res => {
-            eprintln!("\n!!!!! SKIPPED: the docker engine does not answer ({res:?}); these tests need one !!!!!\n");
-            None
         }
     }
 }
@@ -366,6 +345,15 @@ async fn two_services_on_a_shared_network_reach_each_other_by_name() {
         let spec = NetworkSpec { name: net.clone(), ..Default::default() };
         s.rt.ensure_network(&spec).await.unwrap();
         s.rt.ensure_network(&spec).await.unwrap(); // idempotent
+        // Concurrent ensures from two runtimes (two agents on one engine) make one network.
+        let race = NetworkSpec { name: format!("{}-race", s.prefix), ..Default::default() };
+        let rt2 = DockerRuntime::connect(DockerRuntimeOptions::default()).unwrap();
+        let (a, b, c) = tokio::join!(s.rt.ensure_network(&race), rt2.ensure_network(&race), s.rt.ensure_network(&race));
+        for r in [a, b, c] {
+            r.unwrap();
+        }
+        let nets = s.rt.client().list_networks(None::<bollard::query_parameters::ListNetworksOptions>).await.unwrap();
+        assert_eq!(nets.iter().filter(|n| n.name.as_deref() == Some(race.name.as_str())).count(), 1);
         for bad in [
             NetworkSpec { name: format!("{}-ovl", s.prefix), driver: "overlay".into(), ..Default::default() },
             NetworkSpec { name: format!("{}-ing", s.prefix), ingress: true, ..Default::default() },
