@@ -63,7 +63,6 @@ struct World {
     image: String,
     prefix: String,
     nodes: Vec<String>,
-    _manager: Manager,
 }
 
 impl World {
@@ -171,8 +170,9 @@ where
         aborts.lock().unwrap().push(h.abort_handle());
         nodes.push(node);
     }
-    let world = Arc::new(World { rt: rt.clone(), cluster, image, prefix: prefix.clone(), nodes, _manager: manager });
+    let world = Arc::new(World { rt: rt.clone(), cluster, image, prefix: prefix.clone(), nodes });
     let result = tokio::spawn(body(world.clone())).await;
+    manager.stop();
     for a in aborts.lock().unwrap().drain(..) {
         a.abort();
     }
