@@ -84,6 +84,14 @@ pub(crate) fn create_body(
     docker_healthcheck: bool,
 ) -> Result<CreatePlan, RuntimeError> {
     let spec = &cfg.spec;
+    let name_ok = cfg.name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && cfg.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !name_ok {
+        return Err(invalid(format!(
+            "container name {:?} is not valid for docker: [a-zA-Z0-9][a-zA-Z0-9_.-]*",
+            cfg.name
+        )));
+    }
     if spec.image.is_empty() {
         return Err(invalid(format!("container {:?}: the image is empty", cfg.name)));
     }
@@ -444,6 +452,12 @@ mod tests {
         let mut c = cfg();
         c.spec.image.clear();
         assert!(matches!(create_body(&c, vec![], false), Err(RuntimeError::InvalidConfig(_))));
+        for bad in ["", "-x", "a/b", "a b"] {
+            let mut c = cfg();
+            c.name = bad.into();
+            let e = create_body(&c, vec![], false).unwrap_err().to_string();
+            assert!(e.contains("not valid for docker"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub struct DockerRuntime {
 /// client's timeout is `Timeout`, the rest is `Engine` with what failed.
 pub(crate) fn map_err(op: &'static str, what: &str, e: BollardError) -> RuntimeError {
     match e {
+        // bollard's default request timeout, which `DockerRuntime::connect` uses.
         BollardError::RequestTimeoutError => RuntimeError::Timeout { op, after: Duration::from_secs(120) },
         BollardError::HyperResponseError { .. }
         | BollardError::HyperLegacyError { .. }
@@ -275,6 +276,21 @@ impl Runtime for DockerRuntime {
         // Validate everything before writing a single secret.
         let mut plan = create_body(cfg, Vec::new(), self.opts.docker_healthcheck)?;
         let files: Vec<&FileMaterial> = cfg.secrets.iter().chain(cfg.configs.iter()).collect();
+        // The secret directory is keyed by the name: never touch the one of
+        // an existing container with this name.
+        if !files.is_empty() {
+            match self.docker.inspect_container(&cfg.name, None).await {
+                Ok(c) if c.name.as_deref().map(|n| n.trim_start_matches('/')) == Some(cfg.name.as_str()) => {
+                    return Err(RuntimeError::InvalidConfig(format!(
+                        "container name {:?} is already in use",
+                        cfg.name
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if status_of(&e) == Some(404) => {}
+                Err(e) => return Err(map_err("inspect", &cfg.name, e)),
+            }
+        }
         let file_mounts = self.secrets.materialise(&cfg.name, &files)?;
         if !file_mounts.is_empty()
             && let Some(h) = plan.body.host_config.as_mut()

@@ -318,6 +318,11 @@ async fn secrets_are_files_on_tmpfs_and_absent_from_inspect() {
         // In memory on the host: the directory is a tmpfs.
         let out = std::process::Command::new("stat").args(["-f", "-c", "%T"]).arg(&d2).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tmpfs");
+        // A second create with the same name is refused and leaves the first one's files alone.
+        let e = s.rt.create(&cfg).await.unwrap_err();
+        assert!(matches!(&e, RuntimeError::InvalidConfig(m) if m.contains("already in use")), "{e}");
+        assert_eq!(get_ok(addr, "/file?path=/run/secrets/db_password", Duration::from_secs(5)).await, secret);
+        assert_eq!(std::fs::read_dir(&d2).unwrap().count(), 1);
         s.rt.stop(&id, Duration::from_secs(5)).await.unwrap();
         s.rt.remove(&id).await.unwrap();
         let left: Vec<_> = std::fs::read_dir(&d2).unwrap().collect();
