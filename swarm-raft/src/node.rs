@@ -254,6 +254,9 @@ pub(crate) struct Driver {
     transfers: Vec<Transfer>,
     last_heard: HashMap<u64, Instant>,
     removed: bool,
+    /// Take a snapshot at the next opportunity (membership changed: a new
+    /// member only accepts a snapshot whose membership includes it).
+    snapshot_now: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -298,6 +301,7 @@ impl Driver {
             transfers: Vec::new(),
             last_heard: HashMap::new(),
             removed: false,
+            snapshot_now: false,
         }
     }
 
@@ -413,6 +417,37 @@ impl Driver {
                     return;
                 }
                 self.last_heard.insert(msg.from, now);
+                let mut msg = msg;
+                let last = self.raw.raft.raft_log.last_index();
+                if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {
+                    // Only after a damaged log tail was cut: the leader still
+                    // believes this manager holds entries it lost. Commit only
+                    // what is here; the next append is rejected and the leader
+                    // sends the missing entries again (instead of raft-rs
+                    // panicking on "to_commit out of range").
+                    tracing::warn!(
+                        id = self.id,
+                        commit = msg.commit,
+                        last,
+                        "leader's commit is past this log (tail was cut); catching up"
+                    );
+                    msg.commit = last;
+                    // The leader's progress for this manager is in replicate
+                    // state with a match index this log no longer reaches,
+                    // and raft-rs ignores ordinary rejections at or below it.
+                    // A rejection above any possible match index moves the
+                    // progress back to probing, which then finds the real end
+                    // of this log (reject hint) and resends from there.
+                    let mut nudge = Message::default();
+                    nudge.set_msg_type(MessageType::MsgAppendResponse);
+                    nudge.to = msg.from;
+                    nudge.from = self.id;
+                    nudge.term = msg.term;
+                    nudge.reject = true;
+                    nudge.index = u64::MAX / 2;
+                    nudge.reject_hint = last;
+                    self.send(vec![nudge]);
+                }
                 if let Err(e) = self.raw.step(msg) {
                     tracing::trace!(id = self.id, error = %e, "raft refused a message");
                 }
@@ -771,6 +806,7 @@ impl Driver {
             Ok(cs) => {
                 tracing::info!(id = self.id, index = e.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
                 self.update_removed(&cs);
+                self.snapshot_now = true;
                 Ok(cs.voters.clone())
             }
             Err(err) => {
@@ -829,9 +865,11 @@ impl Driver {
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
         let last_snap = self.storage.latest_snapshot().get_metadata().index;
-        if self.applied < last_snap + self.cfg.snapshot_interval.max(1) {
+        let due = self.applied >= last_snap + self.cfg.snapshot_interval.max(1);
+        if !(due || self.snapshot_now && self.applied > last_snap) {
             return Ok(());
         }
+        self.snapshot_now = false;
         let index = self.applied;
         let term = self.raw.store().term(index).map_err(|e| format!("term of applied index {index}: {e}"))?;
         let state = lock(&self.replica).state();

@@ -83,7 +83,18 @@ impl DiskStorage {
             target_file_size: raft_engine::ReadableSize::mb(32),
             ..Default::default()
         };
-        let engine = Engine::open(cfg).map_err(|e| engine_err(dir, e))?;
+        // Open strictly first, to notice damage; then, if allowed, cut the
+        // damaged tail (raft-engine's tail-tolerant recovery).
+        let strict =
+            raft_engine::Config { recovery_mode: raft_engine::RecoveryMode::AbsoluteConsistency, ..cfg.clone() };
+        let engine = match Engine::open(strict) {
+            Ok(engine) => engine,
+            Err(e) if recovery == Recovery::TolerateTornTail => {
+                tracing::warn!(dir = %dir.display(), error = %e, "raft log is damaged; cutting the damaged tail at the last intact record");
+                Engine::open(cfg).map_err(|e| engine_err(dir, e))?
+            }
+            Err(e) => return Err(engine_err(dir, e)),
+        };
         let hard_state: HardState =
             engine.get_message(GROUP, KEY_HARD_STATE).map_err(|e| engine_err(dir, e))?.unwrap_or_default();
         let snapshot: Snapshot =
