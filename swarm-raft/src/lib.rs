@@ -218,7 +218,11 @@ impl RaftStore {
         };
         raft_cfg.validate()?;
         let logger = logger::raft_logger(cfg.id);
-        let raw = raft::RawNode::new(&raft_cfg, storage.clone(), &logger)?;
+        let mut raw = raft::RawNode::new(&raft_cfg, storage.clone(), &logger)?;
+        if raw.raft.prs().conf().to_conf_state().voters == [cfg.id] {
+            // The only voter: no one to wait for, lead at once.
+            raw.campaign()?;
+        }
         let election = cfg.election();
         let dcfg = DriverConfig {
             tick: cfg.tick(),
@@ -232,6 +236,7 @@ impl RaftStore {
         let status = Arc::new(Mutex::new(NodeStatus { id: cfg.id, ..Default::default() }));
         let mut driver = Driver::new(cfg.id, raw, storage, replica.clone(), status.clone(), transport, dcfg, applied);
         driver.dedupe = dedupe;
+        driver.publish(false);
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))

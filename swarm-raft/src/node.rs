@@ -314,19 +314,35 @@ impl Driver {
     pub fn run(mut self, rx: Receiver<Input>) {
         let mut next_tick = Instant::now() + self.cfg.tick;
         self.publish(false);
+        let mut batch: Vec<Input> = Vec::new();
         'outer: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Ok(input) => self.handle(input),
+                Ok(input) => batch.push(input),
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            for _ in 0..4096 {
+            let mut stop = false;
+            while batch.len() < 4096 {
                 match rx.try_recv() {
-                    Ok(Input::Stop) => break 'outer,
-                    Ok(input) => self.handle(input),
+                    Ok(Input::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    Ok(input) => batch.push(input),
                     Err(_) => break,
                 }
+            }
+            // Messages from peers first: requests in the same batch then see
+            // the freshest view of who is reachable (after a stall of this
+            // thread, e.g. a slow fsync, peers' heartbeats wait in the queue).
+            let (frames, requests): (Vec<Input>, Vec<Input>) =
+                batch.drain(..).partition(|i| matches!(i, Input::Frame(_)));
+            for input in frames.into_iter().chain(requests) {
+                self.handle(input);
+            }
+            if stop {
+                break 'outer;
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -376,7 +392,7 @@ impl Driver {
         }
     }
 
-    fn publish(&self, stopped: bool) {
+    pub fn publish(&self, stopped: bool) {
         let r = &self.raw.raft;
         let conf = r.prs().conf().to_conf_state();
         let (first, _) = self.storage.bounds();
@@ -519,9 +535,13 @@ impl Driver {
             return;
         }
         if leader == self.id && !self.quorum_active() {
-            req.fail(self.no_quorum(
-                "this leader has not heard from a quorum of voters within the election timeout; nothing was written",
-            ));
+            let now = Instant::now();
+            let mut heard: Vec<(u64, Duration)> =
+                self.last_heard.iter().map(|(id, t)| (*id, now.duration_since(*t))).collect();
+            heard.sort();
+            req.fail(self.no_quorum(&format!(
+                "this leader has not heard from a quorum of voters within the election timeout (last heard: {heard:?}); nothing was written"
+            )));
             return;
         }
         let id = self.next_id();

@@ -70,7 +70,7 @@ async fn quorum_table_holds_on_live_clusters() {
         commit_retry(c.any(), node_tx("back"), Duration::from_secs(5)).await.expect("write after recovery");
         c.converge(Duration::from_secs(5)).await;
         for s in c.stores.values() {
-            let st = s.snapshot().await.expect("linearizable read");
+            let st = read_retry(s, Duration::from_secs(5)).await;
             assert!(st.node(&"back".into()).is_some());
             assert!(st.node(&"no-quorum".into()).is_none());
             // The racing write was never committed by a quorum; whether the
@@ -118,7 +118,7 @@ async fn reads_are_linearizable_on_followers_and_watch_resumes() {
     for i in 0..5 {
         commit_retry(c.store(leader), node_tx(&format!("w{i}")), Duration::from_secs(5)).await.expect("write");
         // Read-your-writes on a follower through ReadIndex.
-        let st = c.store(follower).snapshot().await.expect("read");
+        let st = read_retry(c.store(follower), Duration::from_secs(5)).await;
         assert!(st.node(&format!("w{i}").into()).is_some());
     }
     for rev in 1..=5 {

@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use swarm_core::store::Store;
 use swarm_raft::{InProcNetwork, RaftStore, RaftStoreConfig, Recovery};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +30,7 @@ async fn whole_cluster_restart_keeps_every_committed_write() {
     }
     c.leader(Duration::from_secs(5)).await;
     for s in c.stores.values() {
-        let st = s.snapshot().await.expect("linearizable read after restart");
+        let st = read_retry(s, Duration::from_secs(5)).await;
         for name in &acked {
             assert!(st.node(&name.as_str().into()).is_some(), "{name} lost on manager {}", s.id());
         }
@@ -88,7 +87,7 @@ async fn corrupted_tail_is_detected_and_never_applied() {
     // The default cuts the damaged tail: the state is an intact prefix of
     // the writes, the garbled record is not applied.
     let s = RaftStore::open_async(cfg, net.transport(1)).await.expect("tolerant open");
-    let st = s.snapshot().await.expect("read");
+    let st = read_retry(&s, Duration::from_secs(5)).await;
     let rev = st.revision();
     assert!(rev < 20, "the damaged last write was cut (revision {rev})");
     for i in 0..20u64 {
@@ -111,7 +110,7 @@ async fn a_manager_with_a_damaged_tail_catches_up_from_the_cluster() {
     garble_tail(&c.dir(3), 600);
     c.restart(3).await;
     c.converge(Duration::from_secs(5)).await;
-    let st = c.store(3).snapshot().await.expect("read");
+    let st = read_retry(c.store(3), Duration::from_secs(5)).await;
     assert_eq!(st.revision(), 20);
     c.shutdown().await;
 }
@@ -132,6 +131,6 @@ async fn a_lagging_follower_catches_up_by_snapshot() {
     c.converge(Duration::from_secs(5)).await;
     let st3 = c.store(3).status();
     assert!(st3.snapshot_index >= 10, "manager 3 installed a snapshot: {st3:?}");
-    assert_eq!(c.store(3).snapshot().await.expect("read").revision(), 51);
+    assert_eq!(read_retry(c.store(3), Duration::from_secs(5)).await.revision(), 51);
     c.shutdown().await;
 }

@@ -109,7 +109,7 @@ async fn force_new_cluster_recovers_from_one_survivor() {
     c.ids = vec![1];
     let s = c.restart(1).await;
     assert_eq!(s.status().voters, vec![1]);
-    let st = s.snapshot().await.expect("read on the forced cluster");
+    let st = read_retry(&s, Duration::from_secs(5)).await;
     assert_eq!(st.revision(), 20);
     commit_retry(&s, node_tx("after"), Duration::from_secs(5)).await.expect("write on the forced cluster");
     // Rebuild: a new manager joins with an empty directory.

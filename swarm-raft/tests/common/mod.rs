@@ -148,3 +148,17 @@ pub async fn commit_retry(store: &RaftStore, tx: Transaction, within: Duration) 
         }
     }
 }
+
+/// A linearizable read, retrying while the cluster elects a leader.
+pub async fn read_retry(store: &RaftStore, within: Duration) -> Arc<swarm_core::state::State> {
+    let deadline = Instant::now() + within;
+    loop {
+        match store.snapshot().await {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no linearizable read within {within:?}: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
