@@ -1,0 +1,170 @@
+//! Benchmark of the raft store: committed transactions per second, commit
+//! latency (p50/p99) and failover time after killing the leader.
+//!
+//! `cargo run --release --features raft --example raft_bench -- --managers 3 --clients 64 --seconds 10`
+//!
+//! Managers run in this process, talk over TCP on loopback and keep their
+//! logs on disk (fsync per batch) in a temporary directory. Each client
+//! commits one small transaction (create a node) at a time, round-robin over
+//! the managers (followers forward to the leader). After the measured load
+//! the leader is stopped and the time until a survivor commits again is the
+//! failover time (default timing: 100 ms ticks, 1 s election timeout).
+//! Prints one JSON object as the last line.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use swarm::model::{Node, Resources};
+use swarm::raft::{RaftStore, RaftStoreConfig, Role, TcpTransport, TcpTransportConfig};
+use swarm::state::Transaction;
+use swarm::store::{Store, StoreError};
+use tokio::net::TcpListener;
+
+struct Args {
+    managers: u64,
+    clients: usize,
+    seconds: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args { managers: 3, clients: 64, seconds: 10 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = |e: std::num::ParseIntError| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--managers" => a.managers = value.parse().map_err(bad)?,
+            "--clients" => a.clients = value.parse().map_err(bad)?,
+            "--seconds" => a.seconds = value.parse().map_err(bad)?,
+            other => return Err(format!("unknown flag {other} (use --managers, --clients, --seconds)")),
+        }
+    }
+    if !(1..=7).contains(&a.managers) || a.clients == 0 || a.seconds == 0 {
+        return Err("--managers must be 1..7, --clients and --seconds positive".into());
+    }
+    Ok(a)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn tx(name: String) -> Transaction {
+    Transaction::new().create(Node::ready(name.as_str(), "bench-host", Resources::default()))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    let dir = std::env::temp_dir().join(format!("swarm-raft-bench-{}", std::process::id()));
+    let ids: Vec<u64> = (1..=args.managers).collect();
+    let mut listeners = Vec::new();
+    let mut addrs = HashMap::new();
+    for &id in &ids {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        addrs.insert(id, l.local_addr()?);
+        listeners.push(l);
+    }
+    let mut stores = Vec::new();
+    let mut servers = Vec::new();
+    for (&id, listener) in ids.iter().zip(listeners) {
+        let transport = TcpTransport::new(TcpTransportConfig::new(id, addrs.clone()))?;
+        let cfg = RaftStoreConfig::new(id, dir.join(format!("m{id}")), ids.clone());
+        let store = RaftStore::open_async(cfg, transport).await?;
+        servers.push(tokio::spawn(TcpTransport::serve(listener, store.inbox())));
+        stores.push(store);
+    }
+    // Wait for a leader and one committed write.
+    let warm = Instant::now();
+    loop {
+        match stores[0].commit(tx("warmup".into())).await {
+            Ok(_) => break,
+            Err(e) if warm.elapsed() < Duration::from_secs(30) => {
+                eprintln!("waiting for a leader: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let stores = Arc::new(stores);
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let stores = stores.clone();
+        tasks.push(tokio::spawn(async move {
+            let store = &stores[c % stores.len()];
+            let (mut lat, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match store.commit(tx(format!("c{c}-{i}"))).await {
+                    Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("client {c}: {e}");
+                        }
+                        errors += 1
+                    }
+                }
+                i += 1;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let committed = lat.len();
+
+    // Failover: stop the leader, time until a survivor commits.
+    let failover_ms = if args.managers >= 3 {
+        let leader = stores.iter().position(|s| s.status().role == Role::Leader).ok_or("no leader after the load")?;
+        stores[leader].shutdown().await;
+        servers[leader].abort();
+        let survivor = &stores[(leader + 1) % stores.len()];
+        let t = Instant::now();
+        loop {
+            match survivor.commit(tx("after-failover".into())).await {
+                Ok(_) => break Some(t.elapsed().as_secs_f64() * 1000.0),
+                Err(StoreError::NoQuorum(_) | StoreError::Indeterminate(_))
+                    if t.elapsed() < Duration::from_secs(30) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    } else {
+        None
+    };
+    for s in stores.iter() {
+        s.shutdown().await;
+    }
+    for s in servers {
+        s.abort();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = serde_json::json!({
+        "bench": "raft_bench",
+        "managers": args.managers,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "committed": committed,
+        "errors": errors,
+        "tx_per_sec": committed as f64 / elapsed,
+        "p50_ms": percentile(&lat, 0.50),
+        "p99_ms": percentile(&lat, 0.99),
+        "max_ms": lat.last().copied().unwrap_or(f64::NAN),
+        "failover_ms": failover_ms,
+        "transport": "tcp-loopback",
+        "log": "raft-engine on disk, fsync per batch",
+    });
+    println!("{out}");
+    Ok(())
+}

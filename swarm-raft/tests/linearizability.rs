@@ -1,0 +1,432 @@
+//! Seeded fault runs checked for linearizability.
+//!
+//! Each run starts a cluster on the in-process network, lets concurrent
+//! clients write (unique node ids) and read (linearizable snapshots) through
+//! random managers while a nemesis, chosen by the seed, crashes the leader,
+//! partitions a minority or the leader's side, loses/duplicates/reorders
+//! messages, restarts the whole cluster, or changes membership during a
+//! partition. The recorded history is checked by a Wing-Gong-Lowe search (as
+//! in Porcupine / Knossos) against a grow-only-set model: no acknowledged
+//! write is lost, no read is stale, writes refused for sure never appear;
+//! and no term ever has two leaders.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use swarm_core::store::{Store, StoreError};
+use swarm_raft::{Faults, RaftStore, Role, SeededRng};
+
+// ---------------------------------------------------------------------------
+// The checker.
+
+/// One operation of the history. `ret` is `None` when the outcome is unknown
+/// (the operation may take effect at any time after its call, or never).
+#[derive(Clone, Debug)]
+struct Op {
+    call: u64,
+    ret: Option<u64>,
+    kind: OpKind,
+}
+
+#[derive(Clone, Debug)]
+enum OpKind {
+    /// Adds element `bit` to the set.
+    Add(u32),
+    /// Read the whole set.
+    Read(u128),
+}
+
+/// The grow-only set model: the state is a bit set of elements.
+fn step(state: u128, kind: &OpKind) -> Option<u128> {
+    match kind {
+        OpKind::Add(bit) => Some(state | (1u128 << bit)),
+        OpKind::Read(seen) => (*seen == state).then_some(state),
+    }
+}
+
+/// Wing & Gong's search with Lowe's memoization: is there a total order of
+/// the operations, consistent with real time, that the model accepts?
+fn linearizable(ops: &[Op]) -> bool {
+    // Events: (time, is_return, op). Calls sort before returns at equal times.
+    let mut events: Vec<(u64, bool, usize)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        events.push((op.call, false, i));
+        events.push((op.ret.unwrap_or(u64::MAX), true, i));
+    }
+    events.sort();
+    let n = events.len();
+    // Doubly linked list over event slots 1..=n, 0 is the head sentinel.
+    let mut next: Vec<usize> = (1..=n + 1).collect();
+    let mut prev: Vec<usize> = (0..=n).map(|i| i.saturating_sub(1)).collect();
+    let end = n + 1;
+    let mut ret_slot = vec![0usize; ops.len()];
+    let mut call_slot = vec![0usize; ops.len()];
+    for (i, e) in events.iter().enumerate() {
+        if e.1 {
+            ret_slot[e.2] = i + 1;
+        } else {
+            call_slot[e.2] = i + 1;
+        }
+    }
+    let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, s: usize| {
+        let (p, nx) = (prev[s], next[s]);
+        next[p] = nx;
+        if nx != end {
+            prev[nx] = p;
+        }
+    };
+    let relink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, s: usize| {
+        let (p, nx) = (prev[s], next[s]);
+        next[p] = s;
+        if nx != end {
+            prev[nx] = s;
+        }
+    };
+    let words = ops.len().div_ceil(64);
+    let mut linearized = vec![0u64; words];
+    let mut cache: HashSet<(Vec<u64>, u128)> = HashSet::new();
+    let mut stack: Vec<(usize, u128)> = Vec::new();
+    let mut state: u128 = 0;
+    let mut entry = next[0];
+    while next[0] != end {
+        if entry == end {
+            // Every remaining call was tried: backtrack.
+            let Some((op, st)) = stack.pop() else { return false };
+            state = st;
+            linearized[op / 64] &= !(1 << (op % 64));
+            relink(&mut next, &mut prev, ret_slot[op]);
+            relink(&mut next, &mut prev, call_slot[op]);
+            entry = next[call_slot[op]];
+            continue;
+        }
+        let (_, is_ret, op) = events[entry - 1];
+        if !is_ret {
+            if let Some(new_state) = step(state, &ops[op].kind) {
+                let mut lin = linearized.clone();
+                lin[op / 64] |= 1 << (op % 64);
+                if cache.insert((lin.clone(), new_state)) {
+                    stack.push((op, state));
+                    state = new_state;
+                    linearized = lin;
+                    unlink(&mut next, &mut prev, call_slot[op]);
+                    unlink(&mut next, &mut prev, ret_slot[op]);
+                    entry = next[0];
+                    continue;
+                }
+            }
+            entry = next[entry];
+        } else {
+            // A return whose call is not linearized yet: backtrack.
+            let Some((op, st)) = stack.pop() else { return false };
+            state = st;
+            linearized[op / 64] &= !(1 << (op % 64));
+            relink(&mut next, &mut prev, ret_slot[op]);
+            relink(&mut next, &mut prev, call_slot[op]);
+            entry = next[call_slot[op]];
+        }
+    }
+    true
+}
+
+#[test]
+fn checker_accepts_and_rejects_known_histories() {
+    let add = |b, call, ret| Op { call, ret, kind: OpKind::Add(b) };
+    let read = |s, call, ret| Op { call, ret: Some(ret), kind: OpKind::Read(s) };
+    // Concurrent add and read: both outcomes are fine.
+    assert!(linearizable(&[add(0, 0, Some(10)), read(0b1, 5, 6)]));
+    assert!(linearizable(&[add(0, 0, Some(10)), read(0b0, 5, 6)]));
+    // A read after an acknowledged add must see it (stale read).
+    assert!(!linearizable(&[add(0, 0, Some(1)), read(0b0, 5, 6)]));
+    // Reads may not go back in time.
+    assert!(!linearizable(&[add(0, 0, Some(100)), read(0b1, 5, 6), read(0b0, 7, 8)]));
+    // An unknown add may show up late, or never.
+    assert!(linearizable(&[add(0, 0, None), read(0b0, 5, 6), read(0b1, 7, 8)]));
+    assert!(linearizable(&[add(0, 0, None), read(0b0, 5, 6)]));
+    // But once seen it cannot disappear.
+    assert!(!linearizable(&[add(0, 0, None), read(0b1, 5, 6), read(0b0, 7, 8)]));
+    // Real-time order between adds: y acked before x called, a read sees x
+    // but not y.
+    assert!(!linearizable(&[add(0, 0, Some(1)), add(1, 2, Some(3)), read(0b10, 2, 9)]));
+    // An element never added cannot be read.
+    assert!(!linearizable(&[read(0b100, 0, 1)]));
+}
+
+// ---------------------------------------------------------------------------
+// The runs.
+
+#[derive(Default)]
+struct History {
+    ops: Vec<Op>,
+    /// Writes refused for sure (must never appear).
+    refused: Vec<u32>,
+    ok_writes: usize,
+    ok_reads: usize,
+}
+
+type Stores = Arc<Mutex<BTreeMap<u64, RaftStore>>>;
+
+fn pick(stores: &Stores, r: u64) -> Option<RaftStore> {
+    let s = stores.lock().unwrap();
+    let v: Vec<&RaftStore> = s.values().collect();
+    (!v.is_empty()).then(|| v[(r % v.len() as u64) as usize].clone())
+}
+
+fn key(bit: u32) -> String {
+    format!("k{bit}")
+}
+
+fn bits_of(state: &swarm_core::state::State, max: u32) -> Result<u128, String> {
+    let mut bits = 0u128;
+    for n in state.nodes() {
+        let id = n.id.to_string();
+        let Some(b) = id.strip_prefix('k').and_then(|b| b.parse::<u32>().ok()) else { continue };
+        if b >= max {
+            return Err(format!("read an element never written: {id}"));
+        }
+        bits |= 1 << b;
+    }
+    Ok(bits)
+}
+
+const MAX_WRITES: u32 = 120;
+
+async fn client(
+    id: u64,
+    seed: u64,
+    stores: Stores,
+    t0: Instant,
+    until: Instant,
+    next_bit: Arc<Mutex<u32>>,
+    hist: Arc<Mutex<History>>,
+) {
+    let mut rng = SeededRng::new(seed ^ (id << 32));
+    let now = |t0: Instant| t0.elapsed().as_micros() as u64;
+    while Instant::now() < until {
+        let Some(store) = pick(&stores, rng.next_u64()) else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        if rng.below(2) == 0 {
+            let bit = {
+                let mut b = next_bit.lock().unwrap();
+                if *b >= MAX_WRITES {
+                    return;
+                }
+                *b += 1;
+                *b - 1
+            };
+            let call = now(t0);
+            let res = store.commit(node_tx(&key(bit))).await;
+            let ret = now(t0);
+            let mut h = hist.lock().unwrap();
+            match res {
+                Ok(_) => {
+                    h.ok_writes += 1;
+                    h.ops.push(Op { call, ret: Some(ret), kind: OpKind::Add(bit) });
+                }
+                Err(StoreError::Indeterminate(_)) => h.ops.push(Op { call, ret: None, kind: OpKind::Add(bit) }),
+                Err(StoreError::NoQuorum(_) | StoreError::Unavailable(_) | StoreError::Rejected(_)) => {
+                    h.refused.push(bit)
+                }
+                Err(e) => panic!("unexpected write error: {e}"),
+            }
+        } else {
+            let call = now(t0);
+            let res = store.snapshot().await;
+            let ret = now(t0);
+            if let Ok(state) = res {
+                let bits = bits_of(&state, MAX_WRITES).expect("phantom element");
+                let mut h = hist.lock().unwrap();
+                h.ok_reads += 1;
+                h.ops.push(Op { call, ret: Some(ret), kind: OpKind::Read(bits) });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(4))).await;
+    }
+}
+
+fn sync_stores(c: &Cluster, shared: &Stores) {
+    *shared.lock().unwrap() = c.stores.clone();
+}
+
+async fn leader_of(c: &Cluster) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Some(s) = c.stores.values().find(|s| s.status().role == Role::Leader) {
+            return Some(s.id());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+/// One seeded run; returns (history, scenario name, leaders per term).
+async fn run(seed: u64) -> (History, &'static str, usize) {
+    let mut rng = SeededRng::new(seed);
+    let scenario = rng.below(6);
+    let n = if rng.below(3) == 0 { 5 } else { 3 };
+    let mut c = Cluster::start_with(n, seed, |mut cfg| {
+        cfg.commit_timeout = Some(Duration::from_millis(600));
+        cfg.with_snapshot_interval(16, 4)
+    })
+    .await;
+    let shared: Stores = Arc::new(Mutex::new(BTreeMap::new()));
+    sync_stores(&c, &shared);
+    let hist = Arc::new(Mutex::new(History::default()));
+    let next_bit = Arc::new(Mutex::new(0u32));
+    let terms: Arc<Mutex<HashMap<u64, HashSet<u64>>>> = Arc::default();
+    let stop_monitor = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (shared, terms, stop) = (shared.clone(), terms.clone(), stop_monitor.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let stores: Vec<RaftStore> = shared.lock().unwrap().values().cloned().collect();
+                for s in stores {
+                    let st = s.status();
+                    if st.role == Role::Leader {
+                        terms.lock().unwrap().entry(st.term).or_default().insert(st.id);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_millis(450);
+    let clients: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(client(i, seed, shared.clone(), t0, until, next_bit.clone(), hist.clone())))
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(80 + rng.below(60))).await;
+    let name = match scenario {
+        0 => {
+            if let Some(l) = leader_of(&c).await {
+                c.stop(l).await;
+                sync_stores(&c, &shared);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                c.restart(l).await;
+                sync_stores(&c, &shared);
+            }
+            "leader crash and restart"
+        }
+        1 => {
+            let victim = 1 + rng.below(n);
+            c.net.isolate(victim, &c.ids);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.net.heal();
+            "minority partition"
+        }
+        2 => {
+            // The leader ends up on the minority side.
+            if let Some(l) = leader_of(&c).await {
+                let minority: Vec<u64> = std::iter::once(l)
+                    .chain(c.ids.iter().copied().filter(|&i| i != l).take(((n - 1) / 2 - 1) as usize))
+                    .collect();
+                let majority: Vec<u64> = c.ids.iter().copied().filter(|i| !minority.contains(i)).collect();
+                c.net.partition(&minority, &majority);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                c.net.heal();
+            }
+            "majority partition away from the leader"
+        }
+        3 => {
+            c.net.set_faults(Faults { drop: 0.1, duplicate: 0.1, max_delay: Duration::from_millis(4) });
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            c.net.set_faults(Faults::default());
+            "message loss, duplication and reordering"
+        }
+        4 => {
+            for id in c.ids.clone() {
+                c.stop(id).await;
+            }
+            sync_stores(&c, &shared);
+            for id in c.ids.clone() {
+                c.restart(id).await;
+            }
+            sync_stores(&c, &shared);
+            "whole-cluster restart"
+        }
+        _ => {
+            // Membership change during a partition: cut one manager off, add
+            // and promote a new one through the majority, then heal.
+            let victim = 1 + rng.below(n);
+            c.net.isolate(victim, &c.ids);
+            let new_id = n + 1;
+            let newcomer = c.open(new_id, vec![]).await;
+            let asker = c.stores.values().find(|s| s.id() != victim && s.id() != new_id).cloned();
+            if let Some(a) = asker {
+                let _ = a.add_learner(new_id).await;
+                let _ = a.add_voter(new_id).await;
+            }
+            let _ = newcomer;
+            sync_stores(&c, &shared);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.net.heal();
+            "membership change during a partition"
+        }
+    };
+    for cl in clients {
+        cl.await.expect("client task");
+    }
+    // Final linearizable reads on every manager, after healing.
+    c.net.heal();
+    c.net.set_faults(Faults::default());
+    for s in c.stores.values() {
+        let call = t0.elapsed().as_micros() as u64;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let state = loop {
+            match s.snapshot().await {
+                Ok(st) => break st,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "seed {seed}: manager {} unreadable after healing: {e}", s.id());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let ret = t0.elapsed().as_micros() as u64;
+        let bits = bits_of(&state, MAX_WRITES).expect("phantom element");
+        hist.lock().unwrap().ops.push(Op { call, ret: Some(ret), kind: OpKind::Read(bits) });
+    }
+    stop_monitor.store(true, std::sync::atomic::Ordering::Relaxed);
+    monitor.await.expect("monitor");
+    let terms = std::mem::take(&mut *terms.lock().unwrap());
+    for (term, leaders) in terms.iter() {
+        assert!(leaders.len() <= 1, "seed {seed}: term {term} had leaders {leaders:?}");
+    }
+    let nterms = terms.len();
+    c.shutdown().await;
+    let h = std::mem::take(&mut *hist.lock().unwrap());
+    (h, name, nterms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_fault_runs_are_linearizable() {
+    let runs: u64 = std::env::var("SWARM_RAFT_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let first: u64 = std::env::var("SWARM_RAFT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let (mut writes, mut reads, mut unknown) = (0, 0, 0);
+    for seed in first..first + runs {
+        let (h, name, _terms) = run(seed).await;
+        for bit in &h.refused {
+            for op in &h.ops {
+                if let OpKind::Read(bits) = op.kind {
+                    assert!(bits & (1 << bit) == 0, "seed {seed} ({name}): refused write k{bit} was applied");
+                }
+            }
+        }
+        assert!(
+            linearizable(&h.ops),
+            "seed {seed} ({name}): history is not linearizable (rerun with SWARM_RAFT_SEED={seed} SWARM_RAFT_RUNS=1)\n{:#?}",
+            h.ops
+        );
+        writes += h.ok_writes;
+        reads += h.ok_reads;
+        unknown += h.ops.iter().filter(|o| o.ret.is_none()).count();
+    }
+    eprintln!("{runs} runs: {writes} acknowledged writes, {reads} reads, {unknown} unknown outcomes");
+    // The runs exercised the system (not only failures).
+    assert!(writes as u64 > runs * 5, "too few acknowledged writes: {writes}");
+    assert!(reads as u64 > runs * 5, "too few reads: {reads}");
+}
