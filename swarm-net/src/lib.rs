@@ -13,3 +13,6 @@
 
 pub mod alloc;
 pub mod dns;
+pub mod mesh;
+#[cfg(target_os = "linux")]
+pub mod splice;

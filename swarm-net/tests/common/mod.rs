@@ -101,3 +101,85 @@ pub async fn node_down(store: &MemStore, node: &str) {
     n.status.state = NodeState::Down;
     store.commit(Transaction::new().update(n)).await.expect("update node");
 }
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// A real TCP backend on loopback: on each connection it sends its id
+/// (one byte), then echoes until the client closes. Stopping it closes the
+/// listener and every open connection (a container being killed).
+pub struct TcpBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl TcpBackend {
+    /// Starts one on `ip:port` with `id`.
+    pub async fn start(ip: &str, port: u16, id: u8) -> TcpBackend {
+        let listener = tokio::net::TcpListener::bind(format!("{ip}:{port}")).await.expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = watch::channel(false);
+        let mut rx1 = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = listener.accept() => {
+                        let Ok((mut s, _)) = r else { continue };
+                        let mut rx = rx.clone();
+                        tokio::spawn(async move {
+                            let _ = s.set_nodelay(true);
+                            let echo = async {
+                                s.write_all(&[id]).await?;
+                                let mut buf = vec![0u8; 64 * 1024];
+                                loop {
+                                    let n = s.read(&mut buf).await?;
+                                    if n == 0 { return Ok::<_, std::io::Error>(()); }
+                                    s.write_all(&buf[..n]).await?;
+                                }
+                            };
+                            tokio::select! { _ = echo => {}, _ = rx.wait_for(|s| *s) => {} }
+                        });
+                    }
+                    _ = rx1.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        TcpBackend { addr, stop }
+    }
+
+    /// Kills it: listener and connections closed.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// One request through `addr`: connect, read the backend id, echo 4
+/// bytes, close. Returns the backend id.
+pub async fn ping(addr: SocketAddr) -> std::io::Result<u8> {
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let mut id = [0u8; 1];
+        s.read_exact(&mut id).await?;
+        s.write_all(b"ping").await?;
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).await?;
+        if &back != b"ping" {
+            return Err(std::io::Error::other("bad echo"));
+        }
+        Ok(id[0])
+    };
+    tokio::time::timeout(Duration::from_secs(5), work).await.map_err(|_| std::io::Error::other("timed out"))?
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes.
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
