@@ -10,6 +10,7 @@
 //! | `raft`       | `raft`        | `swarm-raft`               |
 //! | `docker`     | `docker`      | `swarm-runtime-docker`     |
 //! | `containerd` | `containerd`  | `swarm-runtime-containerd` |
+//! | `net`        | `net`         | `swarm-net`                |
 
 pub use swarm_core::*;
 
@@ -24,3 +25,6 @@ pub use swarm_runtime_docker as docker;
 
 #[cfg(feature = "containerd")]
 pub use swarm_runtime_containerd as containerd;
+
+#[cfg(feature = "net")]
+pub use swarm_net as net;

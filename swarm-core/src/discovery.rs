@@ -44,6 +44,10 @@ pub struct ServiceEndpoints {
     pub ports: Vec<PortConfig>,
     /// Running and healthy tasks, ordered by slot then id.
     pub endpoints: Vec<Endpoint>,
+    /// How long a task told to stop keeps running before it is killed
+    /// (the task template's stop grace period): how long a load balancer
+    /// may let its open connections drain.
+    pub stop_grace_period: std::time::Duration,
     /// Store revision this was computed at.
     pub revision: Revision,
 }
@@ -88,6 +92,7 @@ pub fn service_endpoints(state: &State, service: &Service) -> ServiceEndpoints {
             service.endpoint.ports.clone()
         },
         endpoints,
+        stop_grace_period: service.spec.task_template.container.effective_stop_grace(),
         revision: state.revision(),
     }
 }

@@ -1,0 +1,568 @@
+//! VIP, subnet and published-port allocation.
+//!
+//! [`plan`] is a pure function over a [`State`]: it gives every network a
+//! subnet (a /24 slice of the pool, unless the operator asked for one),
+//! every VIP-mode service one virtual IP per attached network, and every
+//! ingress port without a number one from 30000-32767, like Swarm. It keeps
+//! what the store already holds whenever that is still valid, so a restarted
+//! allocator (or a new leader) reproduces the same allocations, and an
+//! existing allocation is never taken away by a newer object. Objects are
+//! processed oldest first (`meta.created_revision`, then id), so the outcome
+//! does not depend on map order. A removed service simply stops holding its
+//! addresses and ports: they are free for the next plan.
+//!
+//! [`Allocator`] is the controller: it lists, plans, commits the endpoint
+//! and subnet changes through the [`Store`] (optimistic versions, retried on
+//! conflicts), then re-plans on every service or network change.
+//!
+//! A service that publishes an ingress port another service already holds
+//! keeps the rest of its endpoint but not that port, and the conflict is
+//! reported ([`Allocator::errors`], a `tracing` warning). To reject such a
+//! service before it is created, call [`check_ports`] (or
+//! [`create_service_checked`]) instead of `Cluster::create_service`.
+//!
+//! Services with no network attachment are on the implicit network
+//! [`DEFAULT_NETWORK`] (the agent reports their addresses under that name),
+//! which always gets the first slice of the pool.
+
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use swarm_core::cluster::{Cluster, ClusterError};
+use swarm_core::id::{NetworkId, ServiceId};
+use swarm_core::model::*;
+use swarm_core::state::{State, Transaction};
+use swarm_core::store::{Store, StoreError};
+use tokio::sync::watch;
+
+/// The network of services that attach to none.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// Where addresses and ports come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocatorConfig {
+    /// The address pool networks get their subnets from (default 10.0.0.0/8).
+    pub pool: Ipv4Net,
+    /// Prefix length of each network's slice of the pool (default 24).
+    pub slice_prefix: u8,
+    /// Ports given to ingress ports published without a number
+    /// (default 30000-32767).
+    pub ingress_ports: RangeInclusive<u32>,
+}
+
+impl Default for AllocatorConfig {
+    fn default() -> Self {
+        AllocatorConfig {
+            // 10.0.0.0/8 is a valid network: provably infallible.
+            pool: Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default(),
+            slice_prefix: 24,
+            ingress_ports: 30000..=32767,
+        }
+    }
+}
+
+impl AllocatorConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), AllocError> {
+        if self.slice_prefix < self.pool.prefix_len() || self.slice_prefix > 30 {
+            return Err(AllocError::InvalidConfig(format!(
+                "slice_prefix /{} must be between the pool's /{} and /30",
+                self.slice_prefix,
+                self.pool.prefix_len()
+            )));
+        }
+        if self.ingress_ports.is_empty() || *self.ingress_ports.start() == 0 || *self.ingress_ports.end() > 65535 {
+            return Err(AllocError::InvalidConfig(format!(
+                "ingress port range {}-{} must be a non-empty part of 1-65535",
+                self.ingress_ports.start(),
+                self.ingress_ports.end()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why something could not be allocated.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// The published port is held by another service.
+    #[error("service {service:?}: published port {port}/{protocol} is already in use by service {owner:?}")]
+    PortInUse {
+        /// The service asking.
+        service: String,
+        /// The port.
+        port: u32,
+        /// "tcp" or "udp".
+        protocol: &'static str,
+        /// The service holding it.
+        owner: String,
+    },
+    /// Every port of the ingress range is taken.
+    #[error("service {service:?}: no free {protocol} port left in the ingress range {range}")]
+    PortRangeExhausted {
+        /// The service asking.
+        service: String,
+        /// "tcp" or "udp".
+        protocol: &'static str,
+        /// The range, as "30000-32767".
+        range: String,
+    },
+    /// Every slice of the pool is taken.
+    #[error("network {network:?}: no free /{prefix} left in the address pool {pool}")]
+    PoolExhausted {
+        /// The network asking.
+        network: String,
+        /// The pool.
+        pool: Ipv4Net,
+        /// Slice size.
+        prefix: u8,
+    },
+    /// Every address of the network's subnet is taken.
+    #[error("service {service:?}: no free virtual IP left in subnet {subnet} of network {network:?}")]
+    SubnetExhausted {
+        /// The service asking.
+        service: String,
+        /// The network.
+        network: String,
+        /// Its subnet.
+        subnet: Ipv4Net,
+    },
+    /// The service attaches to a network that does not exist.
+    #[error("service {service:?}: network {network:?} does not exist")]
+    UnknownNetwork {
+        /// The service.
+        service: String,
+        /// The target it names.
+        network: String,
+    },
+    /// A requested subnet is not an IPv4 CIDR or overlaps another network's.
+    #[error("network {network:?}: subnet {subnet:?} {reason}")]
+    BadSubnet {
+        /// The network.
+        network: String,
+        /// What it asked for.
+        subnet: String,
+        /// Why it cannot have it.
+        reason: String,
+    },
+    /// The allocator settings are wrong.
+    #[error("allocator settings: {0}")]
+    InvalidConfig(String),
+}
+
+/// What [`plan`] decided: the writes to make and the errors found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Subnet of every network (including [`DEFAULT_NETWORK`]), by name.
+    pub subnets: BTreeMap<String, Ipv4Net>,
+    /// Networks whose stored `subnet` must change: id and new CIDR.
+    pub network_updates: Vec<(NetworkId, String)>,
+    /// Services whose stored endpoint must change.
+    pub service_updates: Vec<(ServiceId, Endpoint)>,
+    /// What could not be allocated.
+    pub errors: Vec<AllocError>,
+}
+
+impl Plan {
+    /// True when nothing needs writing.
+    pub fn is_empty(&self) -> bool {
+        self.network_updates.is_empty() && self.service_updates.is_empty()
+    }
+
+    /// The transaction carrying the writes, against `state`'s versions.
+    pub fn transaction(&self, state: &State) -> Option<Transaction> {
+        let mut tx = Transaction::new();
+        for (id, subnet) in &self.network_updates {
+            if let Some(n) = state.network(id) {
+                let mut n = n.as_ref().clone();
+                n.subnet = Some(subnet.clone());
+                tx = tx.update(n);
+            }
+        }
+        for (id, ep) in &self.service_updates {
+            if let Some(s) = state.service(id) {
+                let mut s = s.as_ref().clone();
+                s.endpoint = ep.clone();
+                tx = tx.update(s);
+            }
+        }
+        (!tx.is_empty()).then_some(tx)
+    }
+}
+
+fn by_age<T>(items: impl Iterator<Item = T>, key: impl Fn(&T) -> (Revision, String)) -> Vec<T> {
+    let mut v: Vec<T> = items.collect();
+    v.sort_by_key(|x| key(x));
+    v
+}
+
+/// The names of the networks `spec` attaches to (resolving ids), or the
+/// error for a target that does not exist.
+pub fn service_networks(state: &State, spec: &ServiceSpec) -> Result<Vec<String>, AllocError> {
+    if spec.networks.is_empty() {
+        return Ok(vec![DEFAULT_NETWORK.to_string()]);
+    }
+    spec.networks
+        .iter()
+        .map(|n| {
+            if n.target == DEFAULT_NETWORK {
+                return Ok(DEFAULT_NETWORK.to_string());
+            }
+            state
+                .network_by_name(&n.target)
+                .or_else(|| state.network(&NetworkId::new(n.target.clone())))
+                .map(|net| net.spec.name.clone())
+                .ok_or_else(|| AllocError::UnknownNetwork { service: spec.name.clone(), network: n.target.clone() })
+        })
+        .collect()
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Decides subnets, VIPs and published ports for everything in `state`.
+/// See the [module docs](self).
+pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
+    let mut out = Plan::default();
+    if let Err(e) = cfg.validate() {
+        out.errors.push(e);
+        return out;
+    }
+    let networks = by_age(state.networks(), |n| (n.meta.created_revision, n.id.to_string()));
+
+    // Subnets: requested ones first, then kept ones, then new slices.
+    let mut slices = cfg.pool.subnets(cfg.slice_prefix).into_iter().flatten();
+    let default_slice = slices.next();
+    let mut taken: Vec<Ipv4Net> = default_slice.into_iter().collect();
+    if let Some(d) = default_slice {
+        out.subnets.insert(DEFAULT_NETWORK.to_string(), d);
+    }
+    let mut chosen: BTreeMap<NetworkId, Ipv4Net> = BTreeMap::new();
+    for n in &networks {
+        if n.spec.subnet.is_empty() {
+            continue;
+        }
+        match n.spec.subnet.parse::<Ipv4Net>() {
+            Ok(net) if taken.iter().any(|t| overlaps(t, &net)) => out.errors.push(AllocError::BadSubnet {
+                network: n.spec.name.clone(),
+                subnet: n.spec.subnet.clone(),
+                reason: "overlaps another network's subnet".into(),
+            }),
+            Ok(net) => {
+                taken.push(net.trunc());
+                chosen.insert(n.id.clone(), net.trunc());
+            }
+            Err(e) => out.errors.push(AllocError::BadSubnet {
+                network: n.spec.name.clone(),
+                subnet: n.spec.subnet.clone(),
+                reason: format!("is not an IPv4 CIDR ({e})"),
+            }),
+        }
+    }
+    for n in &networks {
+        if !n.spec.subnet.is_empty() {
+            continue;
+        }
+        let kept = n.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok()).filter(|net| {
+            net.prefix_len() == cfg.slice_prefix
+                && cfg.pool.contains(net)
+                && *net == net.trunc()
+                && !taken.iter().any(|t| overlaps(t, net))
+        });
+        if let Some(net) = kept {
+            taken.push(net);
+            chosen.insert(n.id.clone(), net);
+        }
+    }
+    for n in &networks {
+        if chosen.contains_key(&n.id) || !n.spec.subnet.is_empty() {
+            continue;
+        }
+        match slices.find(|s| !taken.iter().any(|t| overlaps(t, s))) {
+            Some(net) => {
+                taken.push(net);
+                chosen.insert(n.id.clone(), net);
+            }
+            None => out.errors.push(AllocError::PoolExhausted {
+                network: n.spec.name.clone(),
+                pool: cfg.pool,
+                prefix: cfg.slice_prefix,
+            }),
+        }
+    }
+    for n in &networks {
+        if let Some(net) = chosen.get(&n.id) {
+            out.subnets.insert(n.spec.name.clone(), *net);
+            if n.subnet.as_deref() != Some(net.to_string().as_str()) {
+                out.network_updates.push((n.id.clone(), net.to_string()));
+            }
+        }
+    }
+
+    let services = by_age(state.services(), |s| (s.meta.created_revision, s.id.to_string()));
+    let attached: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            service_networks(state, &s.spec).unwrap_or_else(|e| {
+                out.errors.push(e);
+                Vec::new()
+            })
+        })
+        .collect();
+
+    // VIPs: keep valid stored ones, then give the lowest free address.
+    let mut used_ips: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    let mut vips: Vec<BTreeMap<String, IpAddr>> = vec![BTreeMap::new(); services.len()];
+    for (i, s) in services.iter().enumerate() {
+        if s.spec.endpoint_spec.mode != EndpointMode::Vip {
+            continue;
+        }
+        for net_name in &attached[i] {
+            let Some(subnet) = out.subnets.get(net_name) else { continue };
+            let stored = s.endpoint.virtual_ips.iter().find(|v| &v.network == net_name);
+            if let Some(VirtualIp { addr: IpAddr::V4(a), .. }) = stored {
+                let used = used_ips.entry(net_name.clone()).or_default();
+                if usable_host(subnet, *a) && used.insert(*a) {
+                    vips[i].insert(net_name.clone(), IpAddr::V4(*a));
+                }
+            }
+        }
+    }
+    for (i, s) in services.iter().enumerate() {
+        if s.spec.endpoint_spec.mode != EndpointMode::Vip {
+            continue;
+        }
+        for net_name in &attached[i] {
+            let Some(subnet) = out.subnets.get(net_name) else { continue };
+            if vips[i].contains_key(net_name) {
+                continue;
+            }
+            let used = used_ips.entry(net_name.clone()).or_default();
+            match subnet.hosts().find(|a| usable_host(subnet, *a) && !used.contains(a)) {
+                Some(a) => {
+                    used.insert(a);
+                    vips[i].insert(net_name.clone(), IpAddr::V4(a));
+                }
+                None => out.errors.push(AllocError::SubnetExhausted {
+                    service: s.spec.name.clone(),
+                    network: net_name.clone(),
+                    subnet: *subnet,
+                }),
+            }
+        }
+    }
+
+    // Ports: explicit ingress ports first (oldest service wins), then kept
+    // automatic ones, then new automatic ones.
+    let mut owners: BTreeMap<(Protocol, u32), String> = BTreeMap::new();
+    let mut resolved: Vec<Vec<Option<PortConfig>>> =
+        services.iter().map(|s| vec![None; s.spec.endpoint_spec.ports.len()]).collect();
+    for (i, s) in services.iter().enumerate() {
+        for (j, p) in s.spec.endpoint_spec.ports.iter().enumerate() {
+            match (p.publish_mode, p.published_port) {
+                (PublishMode::Host, _) => resolved[i][j] = Some(p.clone()),
+                (PublishMode::Ingress, Some(port)) => match owners.get(&(p.protocol, port)) {
+                    Some(owner) => out.errors.push(AllocError::PortInUse {
+                        service: s.spec.name.clone(),
+                        port,
+                        protocol: p.protocol.as_str(),
+                        owner: owner.clone(),
+                    }),
+                    None => {
+                        owners.insert((p.protocol, port), s.spec.name.clone());
+                        resolved[i][j] = Some(p.clone());
+                    }
+                },
+                (PublishMode::Ingress, None) => {}
+            }
+        }
+    }
+    for (i, s) in services.iter().enumerate() {
+        for (j, p) in s.spec.endpoint_spec.ports.iter().enumerate() {
+            if resolved[i][j].is_some() || p.publish_mode != PublishMode::Ingress || p.published_port.is_some() {
+                continue;
+            }
+            let stored = s.endpoint.ports.iter().find(|q| {
+                q.publish_mode == PublishMode::Ingress
+                    && q.protocol == p.protocol
+                    && q.target_port == p.target_port
+                    && q.name == p.name
+            });
+            if let Some(port) = stored.and_then(|q| q.published_port)
+                && cfg.ingress_ports.contains(&port)
+                && !owners.contains_key(&(p.protocol, port))
+            {
+                owners.insert((p.protocol, port), s.spec.name.clone());
+                resolved[i][j] = Some(PortConfig { published_port: Some(port), ..p.clone() });
+            }
+        }
+    }
+    for (i, s) in services.iter().enumerate() {
+        for (j, p) in s.spec.endpoint_spec.ports.iter().enumerate() {
+            if resolved[i][j].is_some() || p.publish_mode != PublishMode::Ingress || p.published_port.is_some() {
+                continue;
+            }
+            match cfg.ingress_ports.clone().find(|port| !owners.contains_key(&(p.protocol, *port))) {
+                Some(port) => {
+                    owners.insert((p.protocol, port), s.spec.name.clone());
+                    resolved[i][j] = Some(PortConfig { published_port: Some(port), ..p.clone() });
+                }
+                None => out.errors.push(AllocError::PortRangeExhausted {
+                    service: s.spec.name.clone(),
+                    protocol: p.protocol.as_str(),
+                    range: format!("{}-{}", cfg.ingress_ports.start(), cfg.ingress_ports.end()),
+                }),
+            }
+        }
+    }
+
+    for (i, s) in services.iter().enumerate() {
+        let endpoint = Endpoint {
+            ports: resolved[i].iter().flatten().cloned().collect(),
+            virtual_ips: attached[i]
+                .iter()
+                .filter_map(|n| vips[i].get(n).map(|a| VirtualIp { network: n.clone(), addr: *a }))
+                .collect(),
+        };
+        if endpoint != s.endpoint {
+            out.service_updates.push((s.id.clone(), endpoint));
+        }
+    }
+    out
+}
+
+/// Not the subnet's network or broadcast address, nor its first host (the
+/// gateway, as in Swarm).
+fn usable_host(subnet: &Ipv4Net, a: Ipv4Addr) -> bool {
+    let gateway = Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1));
+    subnet.contains(&a) && a != subnet.network() && a != subnet.broadcast() && a != gateway
+}
+
+/// Checks that `spec`'s explicitly published ingress ports are free in
+/// `state` (ignoring the service named like `spec`, for updates).
+pub fn check_ports(state: &State, spec: &ServiceSpec) -> Result<(), AllocError> {
+    for p in &spec.endpoint_spec.ports {
+        let (PublishMode::Ingress, Some(port)) = (p.publish_mode, p.published_port) else { continue };
+        for other in state.services().filter(|s| s.spec.name != spec.name) {
+            let held = other.spec.endpoint_spec.ports.iter().chain(other.endpoint.ports.iter()).any(|q| {
+                q.publish_mode == PublishMode::Ingress && q.protocol == p.protocol && q.published_port == Some(port)
+            });
+            if held {
+                return Err(AllocError::PortInUse {
+                    service: spec.name.clone(),
+                    port,
+                    protocol: p.protocol.as_str(),
+                    owner: other.spec.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why [`create_service_checked`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// A port is taken.
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// The cluster refused.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// [`Cluster::create_service`] after [`check_ports`]: a service whose
+/// published port is taken is rejected and nothing is written. (Two
+/// concurrent creates may still both pass the check; the allocator then
+/// gives the port to the older service and reports the other.)
+pub async fn create_service_checked(cluster: &Cluster, spec: ServiceSpec) -> Result<ServiceId, CreateError> {
+    let state = cluster.store().snapshot().await.map_err(ClusterError::from)?;
+    check_ports(&state, &spec)?;
+    Ok(cluster.create_service(spec).await?)
+}
+
+/// The allocation controller. See the [module docs](self).
+pub struct Allocator {
+    store: Arc<dyn Store>,
+    config: AllocatorConfig,
+    errors: watch::Sender<Vec<AllocError>>,
+}
+
+impl Allocator {
+    /// An allocator writing to `store`.
+    pub fn new(store: Arc<dyn Store>, config: AllocatorConfig) -> Result<Self, AllocError> {
+        config.validate()?;
+        Ok(Allocator { store, config, errors: watch::channel(Vec::new()).0 })
+    }
+
+    /// The errors of the latest plan (empty when everything is allocated).
+    pub fn errors(&self) -> watch::Receiver<Vec<AllocError>> {
+        self.errors.subscribe()
+    }
+
+    /// Plans once and commits the result, retrying on version conflicts.
+    /// Returns the plan that was committed (or found empty).
+    pub async fn reconcile(&self) -> Result<Plan, StoreError> {
+        let mut attempts = 0;
+        loop {
+            let state = self.store.snapshot().await?;
+            let p = plan(&state, &self.config);
+            self.report(&p.errors);
+            let Some(tx) = p.transaction(&state) else { return Ok(p) };
+            match self.store.commit(tx).await {
+                Ok(change) => {
+                    tracing::debug!(
+                        revision = change.revision,
+                        services = p.service_updates.len(),
+                        networks = p.network_updates.len(),
+                        "allocated endpoints"
+                    );
+                    return Ok(p);
+                }
+                Err(e) if e.is_conflict() && attempts < 100 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn report(&self, errors: &[AllocError]) {
+        self.errors.send_if_modified(|old| {
+            if old.as_slice() == errors {
+                return false;
+            }
+            for e in errors.iter().filter(|e| !old.contains(e)) {
+                tracing::warn!(error = %e, "allocation failed");
+            }
+            *old = errors.to_vec();
+            true
+        });
+    }
+
+    /// Runs until the store fails: reconcile, then again after every change
+    /// to a service or a network.
+    pub async fn run(&self) -> Result<(), StoreError> {
+        loop {
+            let from = self.store.snapshot().await?.revision();
+            self.reconcile().await?;
+            let mut watch = self.store.watch(from).await?;
+            loop {
+                match watch.next().await {
+                    Ok(change) => {
+                        let relevant = change
+                            .events
+                            .iter()
+                            .any(|e| matches!(e.object.kind(), ObjectKind::Service | ObjectKind::Network));
+                        if relevant {
+                            self.reconcile().await?;
+                        }
+                    }
+                    Err(StoreError::Lagged { .. }) | Err(StoreError::Compacted { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}

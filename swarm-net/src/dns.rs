@@ -1,0 +1,319 @@
+//! The embedded DNS server: answers `<service>`, `tasks.<service>` and the
+//! aliases of a service's network attachments, like Swarm's resolver inside
+//! each container, on [hickory-server](https://docs.rs/hickory-server).
+//!
+//! - `<service>` (or an alias): the service's virtual IP on the network the
+//!   name is asked from (VIP mode), or the addresses of its endpoints (DNS
+//!   round-robin mode).
+//! - `tasks.<service>`: the addresses of every endpoint (a task RUNNING,
+//!   healthy when checked, still wanted, on a node not down).
+//! - Only A records: an AAAA (or other type) query for a known name gets an
+//!   empty NOERROR answer; anything else gets NXDOMAIN (Swarm would forward
+//!   it to the host's resolvers; we do not forward).
+//!
+//! Names are scoped by network, as in Swarm: the server looks up the asking
+//! address among the task addresses and answers only for services attached
+//! to a network that task is on, with addresses on those networks. A client
+//! that is no task (the host, a test) gets [`DnsConfig::unknown_clients`]:
+//! every network, or REFUSED.
+//!
+//! [`DnsTable`] is the pure part (built from a [`State`]); [`DnsServer`]
+//! serves a table that [`DnsServer::follow`] keeps in step with a store.
+
+use crate::alloc::service_networks;
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Metadata, ResponseCode};
+use hickory_server::proto::rr::rdata::A;
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use swarm_core::discovery::is_endpoint;
+use swarm_core::model::*;
+use swarm_core::state::State;
+use swarm_core::store::{Store, StoreError};
+
+/// What to answer a client that is not a known task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnknownClients {
+    /// Answer as if it were on every network (an embedder on the host).
+    #[default]
+    AllNetworks,
+    /// Answer REFUSED.
+    Refuse,
+}
+
+/// DNS server settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// TTL of virtual IP answers (default 600 s, like Docker).
+    pub vip_ttl: u32,
+    /// TTL of task address answers (default 0: they change).
+    pub task_ttl: u32,
+    /// Clients that are no task.
+    pub unknown_clients: UnknownClients,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { vip_ttl: 600, task_ttl: 0, unknown_clients: UnknownClients::AllNetworks }
+    }
+}
+
+/// One name on one network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct NameEntry {
+    vip: Option<Ipv4Addr>,
+    tasks: Vec<Ipv4Addr>,
+}
+
+/// The answers, by network then name; and which networks each task
+/// address is on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsTable {
+    names: BTreeMap<String, BTreeMap<String, NameEntry>>,
+    clients: BTreeMap<IpAddr, BTreeSet<String>>,
+}
+
+/// An answer from a [`DnsTable`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// These addresses (possibly none: the name exists but has no endpoint
+    /// right now), with this TTL.
+    Addrs(Vec<Ipv4Addr>, u32),
+    /// No such name for this client.
+    NxDomain,
+    /// The client may not ask.
+    Refused,
+}
+
+impl DnsTable {
+    /// Builds the table from `state`.
+    pub fn from_state(state: &State) -> DnsTable {
+        let mut t = DnsTable::default();
+        // Any address of a task stands for the whole task: all its networks.
+        for task in state.tasks().filter(|t| t.status.state <= TaskState::Running) {
+            let nets: BTreeSet<String> = task.networks.iter().map(|n| n.network.clone()).collect();
+            for n in &task.networks {
+                for a in n.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                    t.clients.entry(a).or_default().extend(nets.iter().cloned());
+                }
+            }
+        }
+        for svc in state.services() {
+            let Ok(networks) = service_networks(state, &svc.spec) else { continue };
+            let endpoints: Vec<&Arc<Task>> =
+                state.tasks_of_service(&svc.id).filter(|t| is_endpoint(t, state)).collect();
+            for net in &networks {
+                let tasks: Vec<Ipv4Addr> = endpoints
+                    .iter()
+                    .flat_map(|t| t.networks.iter().filter(|n| &n.network == net))
+                    .flat_map(|n| n.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()))
+                    .collect();
+                let vip = svc.endpoint.virtual_ips.iter().find(|v| &v.network == net).and_then(|v| match v.addr {
+                    IpAddr::V4(a) if svc.spec.endpoint_spec.mode == EndpointMode::Vip => Some(a),
+                    _ => None,
+                });
+                let entry = NameEntry { vip, tasks };
+                let names = t.names.entry(net.clone()).or_default();
+                let aliases = svc
+                    .spec
+                    .networks
+                    .iter()
+                    .filter(|a| {
+                        a.target == *net || state.network_by_name(net).is_some_and(|n| n.id.as_str() == a.target)
+                    })
+                    .flat_map(|a| a.aliases.iter());
+                for name in std::iter::once(&svc.spec.name).chain(aliases) {
+                    names.insert(name.to_ascii_lowercase(), entry.clone());
+                }
+                names.insert(format!("tasks.{}", svc.spec.name.to_ascii_lowercase()), entry.clone());
+            }
+        }
+        t
+    }
+
+    /// The A records for `name` (no trailing dot needed, any case) asked
+    /// from `client`.
+    pub fn lookup(&self, name: &str, client: IpAddr, config: &DnsConfig) -> Answer {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let networks: Vec<&String> = match self.clients.get(&client) {
+            Some(nets) => nets.iter().collect(),
+            None if config.unknown_clients == UnknownClients::AllNetworks => self.names.keys().collect(),
+            None => return Answer::Refused,
+        };
+        let mut found = false;
+        let mut addrs = Vec::new();
+        let mut ttl = config.task_ttl;
+        let is_tasks = name.starts_with("tasks.");
+        for net in networks {
+            let Some(e) = self.names.get(net).and_then(|m| m.get(&name)) else { continue };
+            found = true;
+            match e.vip {
+                Some(vip) if !is_tasks => {
+                    ttl = config.vip_ttl;
+                    addrs.push(vip);
+                }
+                _ => addrs.extend(e.tasks.iter().copied()),
+            }
+        }
+        if !found {
+            return Answer::NxDomain;
+        }
+        let mut seen = BTreeSet::new();
+        addrs.retain(|a| seen.insert(*a));
+        Answer::Addrs(addrs, ttl)
+    }
+}
+
+/// The request handler: answers from the shared table.
+#[derive(Clone)]
+pub struct DnsHandler {
+    table: Arc<RwLock<DnsTable>>,
+    config: DnsConfig,
+}
+
+impl DnsHandler {
+    /// A handler with an empty table.
+    pub fn new(config: DnsConfig) -> Self {
+        DnsHandler { table: Arc::default(), config }
+    }
+
+    /// Replaces the table with what `state` says.
+    pub fn sync(&self, state: &State) {
+        let fresh = DnsTable::from_state(state);
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    /// Follows `store` until it fails, re-syncing on every change touching
+    /// tasks, services, networks or nodes.
+    pub async fn follow<S: Store + ?Sized>(&self, store: &S) -> Result<(), StoreError> {
+        loop {
+            let state = store.snapshot().await?;
+            self.sync(&state);
+            let mut watch = store.watch(state.revision()).await?;
+            loop {
+                match watch.next().await {
+                    Ok(change) => {
+                        let relevant = change.events.iter().any(|e| {
+                            matches!(
+                                e.object.kind(),
+                                ObjectKind::Task | ObjectKind::Service | ObjectKind::Node | ObjectKind::Network
+                            )
+                        });
+                        if relevant {
+                            let state = store.snapshot().await?;
+                            self.sync(&state);
+                        }
+                    }
+                    Err(StoreError::Lagged { .. }) | Err(StoreError::Compacted { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// The answer for `name` asked from `client`.
+    pub fn lookup(&self, name: &str, client: IpAddr) -> Answer {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).lookup(name, client, &self.config)
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.authoritative = true;
+        meta.recursion_available = false;
+        let (code, records) = match request.request_info() {
+            Err(e) => {
+                tracing::debug!(error = %e, "dns: bad request");
+                (ResponseCode::FormErr, Vec::new())
+            }
+            Ok(info) => {
+                let qname = info.query.name().to_string();
+                let qtype = info.query.query_type();
+                match self.lookup(&qname, info.src.ip()) {
+                    Answer::NxDomain => (ResponseCode::NXDomain, Vec::new()),
+                    Answer::Refused => (ResponseCode::Refused, Vec::new()),
+                    Answer::Addrs(addrs, ttl) => {
+                        let records = if matches!(qtype, RecordType::A | RecordType::ANY) {
+                            let name = Name::from(info.query.name().clone());
+                            addrs.iter().map(|a| Record::from_rdata(name.clone(), ttl, RData::A(A(*a)))).collect()
+                        } else {
+                            Vec::new()
+                        };
+                        (ResponseCode::NoError, records)
+                    }
+                }
+            }
+        };
+        meta.response_code = code;
+        let msg = builder.build(meta, records.iter(), [], [], []);
+        match response.send_response(msg).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(error = %e, "dns: sending the response failed");
+                let mut meta = Metadata::response_from_request(&request.metadata);
+                meta.response_code = ResponseCode::ServFail;
+                hickory_server::proto::op::Header { metadata: meta, counts: Default::default() }.into()
+            }
+        }
+    }
+}
+
+/// Why the DNS server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// Binding a socket failed.
+    #[error("dns: cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running DNS server (UDP and TCP on one address).
+pub struct DnsServer {
+    server: hickory_server::Server<DnsHandler>,
+    handler: DnsHandler,
+    addr: SocketAddr,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `addr` (port 0: any free port, the same for
+    /// both when possible) and serves `handler`'s table.
+    pub async fn bind(addr: SocketAddr, handler: DnsHandler) -> Result<DnsServer, DnsError> {
+        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
+        let addr = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
+        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
+        let mut server = hickory_server::Server::new(handler.clone());
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+        tracing::info!(%addr, "dns: serving");
+        Ok(DnsServer { server, handler, addr })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The handler (to sync or follow a store).
+    pub fn handler(&self) -> &DnsHandler {
+        &self.handler
+    }
+
+    /// Stops serving.
+    pub async fn shutdown(mut self) {
+        if let Err(e) = self.server.shutdown_gracefully().await {
+            tracing::debug!(error = %e, "dns: shutdown");
+        }
+    }
+}
