@@ -431,9 +431,14 @@ struct Branch {
 /// `node.labels.X` / `engine.labels.X` (a node without the label goes to
 /// the "" branch, like Swarm), `None` for descriptors we do not know.
 fn descriptor_value<'a>(node: &'a Node, descriptor: &str) -> Option<&'a str> {
-    if let Some(k) = descriptor.strip_prefix("node.labels.") {
+    // The prefix compares case-insensitively, as in SwarmKit.
+    let strip = |prefix: &str| {
+        let head = descriptor.get(..prefix.len())?;
+        (head.eq_ignore_ascii_case(prefix) && descriptor.len() > prefix.len()).then(|| &descriptor[prefix.len()..])
+    };
+    if let Some(k) = strip("node.labels.") {
         Some(node.spec.labels.get(k).map(String::as_str).unwrap_or(""))
-    } else if let Some(k) = descriptor.strip_prefix("engine.labels.") {
+    } else if let Some(k) = strip("engine.labels.") {
         Some(node.description.engine_labels.get(k).map(String::as_str).unwrap_or(""))
     } else {
         None
@@ -915,7 +920,7 @@ mod tests {
     fn spread_preferences_split_evenly_over_label_values() {
         // 4 nodes in eu, 1 in us, 1 without a zone: 6 tasks -> 2 per value.
         let v = view(&["eu", "eu", "eu", "eu", "us", ""]);
-        let d = Pipeline::spread().schedule(&v, &tasks("web", 6, |t| t.preferences = vec!["node.labels.zone".into()]));
+        let d = Pipeline::spread().schedule(&v, &tasks("web", 6, |t| t.preferences = vec!["Node.Labels.zone".into()]));
         let c = counts(&d);
         assert_eq!(c["n04"], 2, "{c:?}");
         assert_eq!(c["n05"], 2, "{c:?}");
@@ -932,6 +937,21 @@ mod tests {
         assert_eq!(c.get("n03"), Some(&2), "{c:?}");
         assert_eq!(c.get("n02"), Some(&1), "{c:?}");
         assert_eq!(c.get("n00"), Some(&1), "{c:?}");
+    }
+
+    #[test]
+    fn engine_label_preferences_split_and_unknown_ones_are_ignored() {
+        let mut v = view(&["", "", ""]);
+        for (i, disk) in ["ssd", "ssd", "hdd"].iter().enumerate() {
+            Arc::make_mut(&mut v.nodes[i].node).description.engine_labels.insert("disk".into(), disk.to_string());
+        }
+        let d =
+            Pipeline::binpack().schedule(&v, &tasks("web", 4, |t| t.preferences = vec!["engine.labels.disk".into()]));
+        let c = counts(&d);
+        assert_eq!((c.get("n00"), c.get("n02")), (Some(&2), Some(&2)), "{c:?}");
+        // An unknown descriptor does not split: plain bin packing.
+        let d = Pipeline::binpack().schedule(&v, &tasks("web", 4, |t| t.preferences = vec!["node.hostname".into()]));
+        assert_eq!(counts(&d).get("n00"), Some(&4));
     }
 
     #[test]
