@@ -31,8 +31,11 @@
 //! of the two tops. Every placement bumps the node's version and is
 //! logged; before a group uses a shared heap, the nodes changed since its
 //! last use get fresh entries (or the heap is rebuilt when that is
-//! cheaper), and stale entries are dropped when they surface. Tests check
-//! that both paths make identical decisions.
+//! cheaper), and stale entries are dropped when they surface. Scorers whose
+//! score never rises with placements ([`Scorer::never_rises`]: Spread,
+//! LeastAllocated) skip the sync: a stale entry overestimates, so it is
+//! re-scored when it surfaces. Tests check that both paths make identical
+//! decisions.
 //!
 //! When no node is left, the task (and the rest of its group) gets an
 //! [`Explanation`] counting, per filter, the nodes it ruled out.
@@ -231,7 +234,7 @@ impl Scheduler for Pipeline {
 }
 
 /// Most heap entries kept in heaps shared between groups, per call
-/// (24 bytes each: 2^21 entries is 48 MiB).
+/// (16 bytes each: 2^21 entries is 32 MiB).
 const SHARED_ENTRY_BUDGET: usize = 1 << 21;
 
 /// Per-node values of one preference descriptor: a dense id per node, ids
@@ -271,8 +274,9 @@ impl ShapeKey {
 /// The candidates of one shape, shared by the groups of that shape.
 struct SharedHeap {
     /// Entries scored for no service in particular. A node may have stale
-    /// entries (older version): they are dropped when they surface, since
-    /// every change is re-pushed by [`Pipeline::pick_shared`]'s sync.
+    /// entries (older version): when one surfaces it is dropped (the sync in
+    /// [`Pipeline::pick_shared`] re-pushes every changed node) or, for
+    /// scores that never rise, re-scored in place (no sync then).
     heap: BinaryHeap<Entry>,
     /// The shape's request with an empty service id.
     neutral: TaskRequest,
