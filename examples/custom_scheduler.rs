@@ -120,10 +120,7 @@ pub fn schedule_pending(state: &State, scheduler: &mut dyn Scheduler) -> Vec<(St
     let pending: Vec<&Task> = state.tasks().filter(|t| t.status.state == TaskState::Pending).map(|t| &**t).collect();
     let batch: Vec<TaskRequest> = pending
         .iter()
-        .map(|t| {
-            let endpoint = state.service(&t.service_id).map(|s| s.spec.endpoint_spec.clone()).unwrap_or_default();
-            TaskRequest::from_task(t, &endpoint).expect("the demo constraints parse")
-        })
+        .map(|t| TaskRequest::from_task(t).expect("the demo constraints parse"))
         .collect();
     let decisions = scheduler.schedule(&view, &batch);
     pending.iter().map(|t| t.id.to_string()).zip(decisions).collect()

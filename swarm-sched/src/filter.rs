@@ -63,12 +63,14 @@ pub trait Filter: Send + Sync {
         true
     }
 
-    /// True when, on a node that runs no task of the request's service, the
-    /// verdict does not depend on which service asks, and (for dynamic
-    /// filters) a node that fails keeps failing as tasks are added. Lets
-    /// the pipeline share candidate heaps between services with the same
-    /// placement needs (see [`Scorer::shareable`](crate::Scorer::shareable)).
-    /// Defaults to false; every standard filter is shareable.
+    /// True when the verdict depends only on the node and the request's
+    /// placement needs (constraints, platforms, reservations, host ports,
+    /// max replicas), except on nodes that run tasks of the request's
+    /// service or failed it recently; and (for dynamic filters) a node that
+    /// fails keeps failing as tasks are added. Lets the pipeline share
+    /// candidate heaps between services with the same placement needs (see
+    /// [`Scorer::shareable`](crate::Scorer::shareable)). Defaults to false;
+    /// every standard filter is shareable.
     fn shareable(&self) -> bool {
         false
     }

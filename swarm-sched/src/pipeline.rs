@@ -31,8 +31,11 @@
 //! of the two tops. Every placement bumps the node's version and is
 //! logged; before a group uses a shared heap, the nodes changed since its
 //! last use get fresh entries (or the heap is rebuilt when that is
-//! cheaper), and stale entries are dropped when they surface. Tests check
-//! that both paths make identical decisions.
+//! cheaper), and stale entries are dropped when they surface. Scorers whose
+//! score never rises with placements ([`Scorer::never_rises`]: Spread,
+//! LeastAllocated) skip the sync: a stale entry overestimates, so it is
+//! re-scored when it surfaces. Tests check that both paths make identical
+//! decisions.
 //!
 //! When no node is left, the task (and the rest of its group) gets an
 //! [`Explanation`] counting, per filter, the nodes it ruled out.
@@ -231,7 +234,7 @@ impl Scheduler for Pipeline {
 }
 
 /// Most heap entries kept in heaps shared between groups, per call
-/// (24 bytes each: 2^21 entries is 48 MiB).
+/// (16 bytes each: 2^21 entries is 32 MiB).
 const SHARED_ENTRY_BUDGET: usize = 1 << 21;
 
 /// Per-node values of one preference descriptor: a dense id per node, ids
@@ -271,8 +274,9 @@ impl ShapeKey {
 /// The candidates of one shape, shared by the groups of that shape.
 struct SharedHeap {
     /// Entries scored for no service in particular. A node may have stale
-    /// entries (older version): they are dropped when they surface, since
-    /// every change is re-pushed by [`Pipeline::pick_shared`]'s sync.
+    /// entries (older version): when one surfaces it is dropped (the sync in
+    /// [`Pipeline::pick_shared`] re-pushes every changed node) or, for
+    /// scores that never rise, re-scored in place (no sync then).
     heap: BinaryHeap<Entry>,
     /// The shape's request with an empty service id.
     neutral: TaskRequest,
@@ -431,9 +435,14 @@ struct Branch {
 /// `node.labels.X` / `engine.labels.X` (a node without the label goes to
 /// the "" branch, like Swarm), `None` for descriptors we do not know.
 fn descriptor_value<'a>(node: &'a Node, descriptor: &str) -> Option<&'a str> {
-    if let Some(k) = descriptor.strip_prefix("node.labels.") {
+    // The prefix compares case-insensitively, as in SwarmKit.
+    let strip = |prefix: &str| {
+        let head = descriptor.get(..prefix.len())?;
+        (head.eq_ignore_ascii_case(prefix) && descriptor.len() > prefix.len()).then(|| &descriptor[prefix.len()..])
+    };
+    if let Some(k) = strip("node.labels.") {
         Some(node.spec.labels.get(k).map(String::as_str).unwrap_or(""))
-    } else if let Some(k) = descriptor.strip_prefix("engine.labels.") {
+    } else if let Some(k) = strip("engine.labels.") {
         Some(node.description.engine_labels.get(k).map(String::as_str).unwrap_or(""))
     } else {
         None
@@ -915,7 +924,7 @@ mod tests {
     fn spread_preferences_split_evenly_over_label_values() {
         // 4 nodes in eu, 1 in us, 1 without a zone: 6 tasks -> 2 per value.
         let v = view(&["eu", "eu", "eu", "eu", "us", ""]);
-        let d = Pipeline::spread().schedule(&v, &tasks("web", 6, |t| t.preferences = vec!["node.labels.zone".into()]));
+        let d = Pipeline::spread().schedule(&v, &tasks("web", 6, |t| t.preferences = vec!["Node.Labels.zone".into()]));
         let c = counts(&d);
         assert_eq!(c["n04"], 2, "{c:?}");
         assert_eq!(c["n05"], 2, "{c:?}");
@@ -932,6 +941,21 @@ mod tests {
         assert_eq!(c.get("n03"), Some(&2), "{c:?}");
         assert_eq!(c.get("n02"), Some(&1), "{c:?}");
         assert_eq!(c.get("n00"), Some(&1), "{c:?}");
+    }
+
+    #[test]
+    fn engine_label_preferences_split_and_unknown_ones_are_ignored() {
+        let mut v = view(&["", "", ""]);
+        for (i, disk) in ["ssd", "ssd", "hdd"].iter().enumerate() {
+            Arc::make_mut(&mut v.nodes[i].node).description.engine_labels.insert("disk".into(), disk.to_string());
+        }
+        let d =
+            Pipeline::binpack().schedule(&v, &tasks("web", 4, |t| t.preferences = vec!["engine.labels.disk".into()]));
+        let c = counts(&d);
+        assert_eq!((c.get("n00"), c.get("n02")), (Some(&2), Some(&2)), "{c:?}");
+        // An unknown descriptor does not split: plain bin packing.
+        let d = Pipeline::binpack().schedule(&v, &tasks("web", 4, |t| t.preferences = vec!["node.hostname".into()]));
+        assert_eq!(counts(&d).get("n00"), Some(&4));
     }
 
     #[test]

@@ -51,11 +51,12 @@ pub trait Scorer: Send + Sync {
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64;
 
     /// True when, on a node that runs no task of the request's service and
-    /// has no recent failure of it, the score does not depend on which
-    /// service asks. Then the pipeline keeps one scored heap per placement
-    /// shape (constraints, platforms, reservations, ports, max replicas)
-    /// shared by every service of that shape, instead of scoring every
-    /// candidate for every group: many small services stay cheap.
+    /// has no recent failure of it, the score depends only on the node and
+    /// the request's placement needs (constraints, platforms, reservations,
+    /// host ports, max replicas), not on which service or task asks. Then
+    /// the pipeline keeps one scored heap per placement shape shared by
+    /// every service of that shape, instead of scoring every candidate for
+    /// every group: many small services stay cheap.
     /// Defaults to false (always correct, slower with many services). All
     /// the built-in scorers are shareable. The pipeline scores for "no
     /// service in particular" with an empty service id (never a real
