@@ -118,10 +118,8 @@ pub async fn demo_store() -> MemStore {
 pub fn schedule_pending(state: &State, scheduler: &mut dyn Scheduler) -> Vec<(String, Decision)> {
     let view = ClusterView::from_state(state, swarm::time::now());
     let pending: Vec<&Task> = state.tasks().filter(|t| t.status.state == TaskState::Pending).map(|t| &**t).collect();
-    let batch: Vec<TaskRequest> = pending
-        .iter()
-        .map(|t| TaskRequest::from_task(t).expect("the demo constraints parse"))
-        .collect();
+    let batch: Vec<TaskRequest> =
+        pending.iter().map(|t| TaskRequest::from_task(t).expect("the demo constraints parse")).collect();
     let decisions = scheduler.schedule(&view, &batch);
     pending.iter().map(|t| t.id.to_string()).zip(decisions).collect()
 }

@@ -49,7 +49,9 @@ fn start_agent(i: usize, runtime: Arc<dyn Runtime>, dispatcher: Arc<dyn Dispatch
 async fn wait_running(cluster: &Cluster, service: &str, n: usize, limit: Duration) -> Result<Vec<Task>, Error> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let tasks = cluster.list_tasks(TaskFilter { service: Some(service.into()), live_only: true, ..Default::default() }).await?;
+        let tasks = cluster
+            .list_tasks(TaskFilter { service: Some(service.into()), live_only: true, ..Default::default() })
+            .await?;
         let running: Vec<Task> = tasks.into_iter().filter(|t| t.is_running_and_healthy()).collect();
         if running.len() == n {
             return Ok(running);
@@ -120,7 +122,8 @@ async fn main() -> Result<(), Error> {
 
     // 2. A container crashes: the task fails and is replaced.
     let victim = &tasks[0];
-    let node = nodes.iter().find(|n| Some(n.id.as_str()) == victim.node_id.as_ref().map(|n| n.as_str())).ok_or("no node")?;
+    let node =
+        nodes.iter().find(|n| Some(n.id.as_str()) == victim.node_id.as_ref().map(|n| n.as_str())).ok_or("no node")?;
     let container = victim.status.container_id.clone().ok_or("no container")?;
     println!("\n2. kill container of {} on {} from outside (exit 137)", victim.name(), node.id);
     node.sim.kill_from_outside(&container, 137);

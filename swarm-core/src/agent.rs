@@ -22,7 +22,9 @@
 use crate::dispatcher::{Assignments, DispatchError, Dispatcher, SessionInfo, SessionRequest, TaskStatusUpdate};
 use crate::id::{NodeId, TaskId};
 use crate::model::*;
-use crate::runtime::{ContainerConfig, ContainerState, FileMaterial, ProbeResult, Runtime, labels};
+use crate::runtime::{
+    ContainerConfig, ContainerState, ExitStatus, FileMaterial, ProbeResult, Runtime, RuntimeError, labels,
+};
 use crate::time;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -533,6 +535,35 @@ async fn start_task(ctx: &mut WorkerCtx, task: &Task, rx: &watch::Receiver<Arc<T
     Some(id)
 }
 
+/// Reports how a container ended.
+fn report_exit(ctx: &mut WorkerCtx, task: &Task, desired: TaskState, exit: Result<ExitStatus, RuntimeError>) {
+    match exit {
+        Ok(e) if desired > TaskState::Running => ctx.report(task, |s| {
+            s.state = TaskState::Shutdown;
+            s.message = "shutdown".into();
+            s.exit_code = Some(e.code);
+        }),
+        Ok(e) if e.code == 0 => ctx.report(task, |s| {
+            s.state = TaskState::Complete;
+            s.message = "finished".into();
+            s.exit_code = Some(0);
+        }),
+        Ok(e) => ctx.report(task, |s| {
+            s.state = TaskState::Failed;
+            s.message = "started".into();
+            s.exit_code = Some(e.code);
+            s.err = Some(match e.error {
+                Some(err) => format!("task: non-zero exit ({}): {err}", e.code),
+                None => format!("task: non-zero exit ({})", e.code),
+            });
+        }),
+        Err(err) => ctx.report(task, |s| {
+            s.state = TaskState::Failed;
+            s.err = Some(format!("lost the container: {err}"));
+        }),
+    }
+}
+
 /// Watches a running container until its task ends.
 async fn monitor(ctx: &mut WorkerCtx, rx: &mut watch::Receiver<Arc<Task>>, id: &str) {
     let task = rx.borrow().clone();
@@ -577,31 +608,7 @@ async fn monitor(ctx: &mut WorkerCtx, rx: &mut watch::Receiver<Arc<Task>>, id: &
         tokio::select! {
             exit = &mut wait => {
                 let desired = rx.borrow().desired_state;
-                match exit {
-                    Ok(e) if desired > TaskState::Running => ctx.report(&task, |s| {
-                        s.state = TaskState::Shutdown;
-                        s.message = "shutdown".into();
-                        s.exit_code = Some(e.code);
-                    }),
-                    Ok(e) if e.code == 0 => ctx.report(&task, |s| {
-                        s.state = TaskState::Complete;
-                        s.message = "finished".into();
-                        s.exit_code = Some(0);
-                    }),
-                    Ok(e) => ctx.report(&task, |s| {
-                        s.state = TaskState::Failed;
-                        s.message = "started".into();
-                        s.exit_code = Some(e.code);
-                        s.err = Some(match e.error {
-                            Some(err) => format!("task: non-zero exit ({}): {err}", e.code),
-                            None => format!("task: non-zero exit ({})", e.code),
-                        });
-                    }),
-                    Err(err) => ctx.report(&task, |s| {
-                        s.state = TaskState::Failed;
-                        s.err = Some(format!("lost the container: {err}"));
-                    }),
-                }
+                report_exit(ctx, &task, desired, exit);
                 return;
             }
             changed = rx.changed() => {
@@ -638,6 +645,16 @@ async fn monitor(ctx: &mut WorkerCtx, rx: &mut watch::Receiver<Arc<Task>>, id: &
                         }
                         failures += 1;
                         if failures >= check.retries.max(1) {
+                            // A probe fails when the container has just
+                            // exited: that is an exit, not ill health.
+                            if let Ok(st) = ctx.runtime.inspect(id).await {
+                                if st.state != ContainerState::Running {
+                                    let desired = rx.borrow().desired_state;
+                                    let exit = ExitStatus { code: st.exit_code.unwrap_or(-1), error: st.error };
+                                    report_exit(ctx, &task, desired, Ok(exit));
+                                    return;
+                                }
+                            }
                             tracing::info!(task = %task.id, reason = %why, "container unhealthy; stopping it");
                             ctx.report(&task, |s| s.health = Some(HealthState::Unhealthy));
                             let _ = ctx.runtime.stop(id, grace).await;

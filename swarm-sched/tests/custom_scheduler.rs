@@ -70,3 +70,33 @@ fn maintenance_beats_ssd_and_ssd_beats_order() {
     let Decision::Unschedulable(why) = &d[2] else { panic!("{d:?}") };
     assert_eq!(why.to_string(), "no suitable node (insufficient cpu on 2 nodes; 1 node: in maintenance)");
 }
+
+/// The example's scheduler plugged into a running cluster: the harness's
+/// manager, agents and SimRuntime nodes.
+#[tokio::test(start_paused = true)]
+async fn the_example_scheduler_runs_a_cluster() {
+    use std::time::Duration;
+    use swarm_core::harness::Harness;
+    use swarm_core::model::{ServiceSpec, TaskState};
+    let h = Harness::builder()
+        .nodes(3)
+        .boxed_scheduler(Box::new(example::ssd_first()))
+        .node_label(1, "disk", "ssd")
+        .node_label(2, "maintenance", "true")
+        .seed(3)
+        .build()
+        .await
+        .unwrap();
+    h.cluster().create_service(ServiceSpec::replicated("web", "nginx:1.27", 4)).await.unwrap();
+    let s = h.wait_running("web", 4, Duration::from_secs(60)).await.unwrap();
+    let svc = s.service_by_name("web").unwrap();
+    let on = |i: usize| {
+        s.tasks_of_service(&svc.id)
+            .filter(|t| t.status.state == TaskState::Running && t.node_id == Some(h.node_id(i)))
+            .count()
+    };
+    // Capacity is not the limit (4 CPUs, 8 GiB, nothing reserved): every
+    // task goes to the SSD node; none to the node in maintenance.
+    assert_eq!((on(0), on(1), on(2)), (0, 4, 0));
+    h.shutdown();
+}
