@@ -296,7 +296,9 @@ async fn report_loop(
             Err(e) => {
                 tracing::warn!(error = %e, "status report failed; will retry");
                 tokio::select! {
-                    _ = session.changed() => {}
+                    changed = session.changed() => if changed.is_err() {
+                        return; // the agent is gone
+                    },
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
