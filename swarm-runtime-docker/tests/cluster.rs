@@ -103,6 +103,7 @@ impl World {
             addr: "127.0.0.1".into(),
         };
         let dispatcher = Arc::new(self.dispatcher.clone()) as Arc<dyn Dispatcher>;
+        let prefix = self.prefix.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             // One thread: once block_on returns, none of the agent's tasks
@@ -110,7 +111,7 @@ impl World {
             // process exit would (no worker gets to stop its container).
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let _guard = rt.enter();
-            let runtime = Arc::new(DockerRuntime::connect(DockerRuntimeOptions::default()).unwrap());
+            let runtime = Arc::new(DockerRuntime::connect(secrets_on_shm(&prefix)).unwrap());
             let agent = Agent::new(config, runtime, dispatcher);
             rt.spawn(async move {
                 let _ = agent.run().await;
@@ -185,6 +186,12 @@ impl World {
     }
 }
 
+/// Runtime options keeping secret files in /dev/shm (already a tmpfs), in
+/// a directory of the test's own, removed afterwards.
+fn secrets_on_shm(prefix: &str) -> DockerRuntimeOptions {
+    DockerRuntimeOptions { secrets_dir: format!("/dev/shm/{prefix}-secrets").into(), ..Default::default() }
+}
+
 /// The address the agent reported for a task.
 fn addr(t: &Task) -> SocketAddr {
     let a: IpAddr = t.networks[0].addresses[0].parse().unwrap();
@@ -233,6 +240,7 @@ where
         let _ = rt.remove_network(&n).await;
     }
     drop(world);
+    let _ = std::fs::remove_dir_all(secrets_on_shm(&prefix).secrets_dir);
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
