@@ -77,7 +77,14 @@ impl Default for DockerRuntimeOptions {
     }
 }
 
-/// The [`Runtime`] on a Docker Engine. See the [module docs](self).
+/// The [`Runtime`] on a Docker Engine.
+///
+/// One `DockerRuntime` talks to one Engine (the node's); clones share the
+/// connection. A missing container is [`RuntimeError::NotFound`], a missing
+/// image that cannot be pulled [`RuntimeError::ImageNotFound`], an
+/// unreachable Engine [`RuntimeError::Unavailable`]. `wait`, `stop` and
+/// [`DockerRuntime::events`] use a client without request timeout, since
+/// the Engine answers them only when the container has stopped.
 #[derive(Clone, Debug)]
 pub struct DockerRuntime {
     docker: Docker,

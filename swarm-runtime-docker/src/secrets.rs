@@ -149,6 +149,8 @@ impl SecretStore {
             std::fs::remove_dir_all(&dir).map_err(|e| err(format!("clear {}: {e}", dir.display())))?;
         }
         std::fs::create_dir(&dir).map_err(|e| err(format!("create {}: {e}", dir.display())))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err(format!("chmod {}: {e}", dir.display())))?;
         let result = self.write_files(&dir, files);
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&dir);

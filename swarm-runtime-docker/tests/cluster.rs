@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarm_core::agent::{Agent, AgentConfig};
 use swarm_core::cluster::{Cluster, TaskFilter};
-use swarm_core::dispatcher::Dispatcher;
+use swarm_core::dispatcher::{Dispatcher, LocalDispatcher};
 use swarm_core::id::{NodeId, TaskId};
 use swarm_core::manager::{Manager, ManagerConfig};
 use swarm_core::model::*;
@@ -26,7 +26,6 @@ use swarm_core::scheduler::{ClusterView, Decision, Explanation, Scheduler, TaskR
 use swarm_core::store::{MemStore, Store};
 use swarm_core::time::SpecDuration;
 use swarm_runtime_docker::{DockerRuntime, DockerRuntimeOptions, fixture};
-use tokio::task::AbortHandle;
 
 /// Spread: the node with the fewest tasks of the service that fits.
 struct Spread;
@@ -63,9 +62,74 @@ struct World {
     image: String,
     prefix: String,
     nodes: Vec<String>,
+    dispatcher: LocalDispatcher,
+    agents: Mutex<Vec<Option<AgentProcess>>>,
+}
+
+/// A node agent in its own thread and tokio runtime, so that stopping it
+/// ends every task it spawned, as a process exit does.
+struct AgentProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl AgentProcess {
+    fn kill(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 impl World {
+    /// Starts node `i`'s agent (0-based) on a fresh `DockerRuntime`,
+    /// stopping the one running there first (an agent process restart).
+    fn start_agent(&self, i: usize) {
+        let mut agents = self.agents.lock().unwrap();
+        if agents.len() <= i {
+            agents.resize_with(i + 1, || None);
+        }
+        if let Some(a) = agents[i].take() {
+            a.kill();
+            self.dispatcher.drop_session(&NodeId::new(&self.nodes[i]));
+        }
+        let config = AgentConfig {
+            node_id: NodeId::new(&self.nodes[i]),
+            description: NodeDescription {
+                hostname: format!("{}-host{i}", self.prefix),
+                platform: Platform::new("linux", "amd64"),
+                resources: Resources::new(4_000_000_000, 8 << 30),
+                engine_labels: Labels::new(),
+            },
+            addr: "127.0.0.1".into(),
+        };
+        let dispatcher = Arc::new(self.dispatcher.clone()) as Arc<dyn Dispatcher>;
+        let prefix = self.prefix.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // One thread: once block_on returns, none of the agent's tasks
+            // is polled again; dropping the runtime drops them all, as a
+            // process exit would (no worker gets to stop its container).
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _guard = rt.enter();
+            let runtime = Arc::new(DockerRuntime::connect(secrets_on_shm(&prefix)).unwrap());
+            let agent = Agent::new(config, runtime, dispatcher);
+            rt.spawn(async move {
+                let _ = agent.run().await;
+            });
+            let _ = rt.block_on(stopped);
+            drop(_guard);
+            drop(rt);
+        });
+        agents[i] = Some(AgentProcess { stop, thread });
+    }
+
+    fn stop_agents(&self) {
+        let procs: Vec<_> = self.agents.lock().unwrap().iter_mut().filter_map(Option::take).collect();
+        for p in procs {
+            p.kill();
+        }
+    }
+
     fn service(&self, name: &str, replicas: u64) -> ServiceSpec {
         let mut s = ServiceSpec::replicated(format!("{}{name}", self.prefix), &self.image, replicas);
         let c = &mut s.task_template.container;
@@ -122,6 +186,12 @@ impl World {
     }
 }
 
+/// Runtime options keeping secret files in /dev/shm (already a tmpfs), in
+/// a directory of the test's own, removed afterwards.
+fn secrets_on_shm(prefix: &str) -> DockerRuntimeOptions {
+    DockerRuntimeOptions { secrets_dir: format!("/dev/shm/{prefix}-secrets").into(), ..Default::default() }
+}
+
 /// The address the agent reported for a task.
 fn addr(t: &Task) -> SocketAddr {
     let a: IpAddr = t.networks[0].addresses[0].parse().unwrap();
@@ -142,40 +212,23 @@ where
     let prefix = format!("swc{}{test}", std::process::id());
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let cluster = Cluster::with_seed(store.clone(), 11);
-    let mut spec = ClusterSpec::default();
-    spec.dispatcher.heartbeat_period = SpecDuration::from_secs(1);
-    cluster.set_cluster_spec(spec).await.unwrap();
+    cluster.set_cluster_spec(ClusterSpec::default()).await.unwrap();
     let manager = Manager::start(store, Box::new(Spread), ManagerConfig { seed: Some(11), ..Default::default() });
-    let aborts: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-    let mut nodes = Vec::new();
-    for i in 1..=2 {
-        let node = format!("{prefix}-node{i}");
-        let agent = Agent::new(
-            AgentConfig {
-                node_id: NodeId::new(&node),
-                description: NodeDescription {
-                    hostname: format!("{prefix}-host{i}"),
-                    platform: Platform::new("linux", "amd64"),
-                    resources: Resources::new(4_000_000_000, 8 << 30),
-                    engine_labels: Labels::new(),
-                },
-                addr: "127.0.0.1".into(),
-            },
-            Arc::new(DockerRuntime::connect(DockerRuntimeOptions::default()).unwrap()),
-            Arc::new(manager.dispatcher()) as Arc<dyn Dispatcher>,
-        );
-        let h = tokio::spawn(async move {
-            let _ = agent.run().await;
-        });
-        aborts.lock().unwrap().push(h.abort_handle());
-        nodes.push(node);
-    }
-    let world = Arc::new(World { rt: rt.clone(), cluster, image, prefix: prefix.clone(), nodes });
+    let nodes = (1..=2).map(|i| format!("{prefix}-node{i}")).collect();
+    let world = Arc::new(World {
+        rt: rt.clone(),
+        cluster,
+        image,
+        prefix: prefix.clone(),
+        nodes,
+        dispatcher: manager.dispatcher(),
+        agents: Mutex::new(Vec::new()),
+    });
+    world.start_agent(0);
+    world.start_agent(1);
     let result = tokio::spawn(body(world.clone())).await;
     manager.stop();
-    for a in aborts.lock().unwrap().drain(..) {
-        a.abort();
-    }
+    world.stop_agents();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut sel = Labels::new();
     sel.insert(TEST_LABEL.into(), prefix.clone());
@@ -187,6 +240,7 @@ where
         let _ = rt.remove_network(&n).await;
     }
     drop(world);
+    let _ = std::fs::remove_dir_all(secrets_on_shm(&prefix).secrets_dir);
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -213,8 +267,13 @@ async fn replicated_service_answers_heals_drains_and_cleans_up() {
         w.rt.client().kill_container(&cid, None::<bollard::query_parameters::KillContainerOptions>).await.unwrap();
         w.wait_serving(&svc, 3, |s| s.iter().all(|t| t.id != victim.id), Duration::from_secs(60)).await;
         let dead = w.tasks(&svc).await.into_iter().find(|t| t.id == victim.id).unwrap();
+        // FAILED either way; whether the agent saw the exit (137) or its
+        // health probe of the dead container first depends on timing.
         assert_eq!(dead.status.state, TaskState::Failed, "{dead:?}");
-        assert_eq!(dead.status.exit_code, Some(137));
+        match dead.status.exit_code {
+            Some(code) => assert_eq!(code, 137, "{:?}", dead.status),
+            None => assert!(dead.status.err.as_deref().is_some_and(|e| e.contains("unhealthy")), "{:?}", dead.status),
+        }
 
         // A failing health check: the task is stopped and replaced.
         let sick = w.serving(&svc).await[0].clone();
@@ -339,6 +398,52 @@ async fn services_share_a_network_by_name_and_read_their_secret() {
             let raw = w.rt.client().inspect_container(t.status.container_id.as_deref().unwrap(), None).await.unwrap();
             assert!(!serde_json::to_string(&raw).unwrap().contains("hunter2-cluster"));
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_readopts_its_running_containers() {
+    scoped("adopt", |w| async move {
+        let spec = w.service("keep", 2);
+        let svc = spec.name.clone();
+        w.cluster.create_service(spec).await.unwrap();
+        let before = w.wait_serving(&svc, 2, |_| true, Duration::from_secs(60)).await;
+        let containers: Vec<_> = before.iter().map(|t| t.status.container_id.clone().unwrap()).collect();
+        // Restart both agents, each on a new DockerRuntime that knows nothing.
+        w.start_agent(0);
+        w.start_agent(1);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = w.wait_serving(&svc, 2, |_| true, Duration::from_secs(30)).await;
+        // Same tasks, same containers: adopted, not replaced.
+        let mut ids: Vec<_> = after.iter().map(|t| (t.id.clone(), t.status.container_id.clone().unwrap())).collect();
+        let mut want: Vec<_> = before.iter().map(|t| t.id.clone()).zip(containers).collect();
+        ids.sort();
+        want.sort();
+        let all: Vec<_> = w
+            .tasks(&svc)
+            .await
+            .iter()
+            .map(|t| {
+                (
+                    t.name(),
+                    t.desired_state,
+                    t.status.state,
+                    t.status.message.clone(),
+                    t.status.err.clone(),
+                    t.status.exit_code,
+                )
+            })
+            .collect();
+        assert_eq!(ids, want, "{all:#?}");
+        for t in &after {
+            let (code, _) = fixture::http_get(addr(t), "/health", Duration::from_secs(2)).await.unwrap();
+            assert_eq!(code, 200);
+        }
+        // The adopted containers are still watched: a kill is noticed and replaced.
+        let victim = after[0].clone();
+        w.rt.kill(victim.status.container_id.as_deref().unwrap()).await.unwrap();
+        w.wait_serving(&svc, 2, |s| s.iter().all(|t| t.id != victim.id), Duration::from_secs(60)).await;
     })
     .await;
 }
