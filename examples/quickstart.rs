@@ -1,8 +1,14 @@
 //! Quickstart: an in-process cluster of three nodes converges a service,
 //! replaces a crashed container and heals a node failure.
 //!
-//! Runs on `SimRuntime` (simulated containers). Run it with
-//! `cargo run --example quickstart`.
+//! With the `docker` feature (on by default) and a reachable Docker Engine,
+//! the three nodes run real containers on that engine (a small static HTTP
+//! server built on the spot and imported as an image: no registry needed),
+//! and the quickstart asks every replica for its task id over HTTP.
+//! Otherwise it runs on `SimRuntime` (simulated containers).
+//! `SWARM_QUICKSTART=sim` forces the simulation.
+//!
+//! `cargo run --example quickstart`
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +28,116 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 struct Node {
     id: String,
     runtime: Arc<dyn Runtime>,
-    sim: SimRuntime,
     agent: tokio::task::JoinHandle<()>,
+}
+
+/// Where the containers run.
+enum Backend {
+    Sim(Vec<SimRuntime>),
+    #[cfg(feature = "docker")]
+    Docker { rt: swarm::docker::DockerRuntime, image: String },
+}
+
+impl Backend {
+    async fn pick() -> Backend {
+        if std::env::var("SWARM_QUICKSTART").as_deref() != Ok("sim") {
+            #[cfg(feature = "docker")]
+            match docker_backend().await {
+                Ok(b) => return b,
+                Err(e) => println!("(no usable Docker Engine: {e}; running on SimRuntime)\n"),
+            }
+        }
+        Backend::Sim((1..=3).map(|i| SimRuntime::with_index(format!("node-{i}"), i as u32)).collect())
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sim(_) => "SimRuntime (simulated containers)",
+            #[cfg(feature = "docker")]
+            Backend::Docker { .. } => "the Docker Engine (real containers)",
+        }
+    }
+
+    fn runtime(&self, i: usize) -> Arc<dyn Runtime> {
+        match self {
+            Backend::Sim(s) => Arc::new(s[i - 1].clone()),
+            #[cfg(feature = "docker")]
+            Backend::Docker { rt, .. } => Arc::new(rt.clone()),
+        }
+    }
+
+    fn image(&self) -> String {
+        match self {
+            Backend::Sim(_) => "nginx:1.27".into(),
+            #[cfg(feature = "docker")]
+            Backend::Docker { image, .. } => image.clone(),
+        }
+    }
+
+    /// Kills a container from outside the cluster (`docker kill`).
+    async fn kill(&self, node: usize, container: &str) -> Result<(), Error> {
+        match self {
+            Backend::Sim(s) => {
+                s[node - 1].kill_from_outside(container, 137);
+                Ok(())
+            }
+            #[cfg(feature = "docker")]
+            Backend::Docker { rt, .. } => {
+                // SIGKILL through the Engine, as `docker kill` does.
+                rt.kill(container).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The node's engine fails: all its containers die.
+    async fn fail_node(&self, node: usize, node_id: &str) -> Result<(), Error> {
+        match self {
+            Backend::Sim(s) => {
+                s[node - 1].fail();
+                Ok(())
+            }
+            #[cfg(feature = "docker")]
+            Backend::Docker { rt, .. } => {
+                let mut sel = Labels::new();
+                sel.insert(swarm::runtime::labels::NODE_ID.into(), node_id.to_string());
+                for c in rt.list(&sel).await? {
+                    let _ = rt.kill(&c.id).await;
+                    let _ = rt.remove(&c.id).await;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(feature = "docker")]
+async fn docker_backend() -> Result<Backend, Error> {
+    use swarm::docker::{DockerRuntime, DockerRuntimeOptions, fixture};
+    let rt = DockerRuntime::connect(DockerRuntimeOptions::default())?;
+    let version = tokio::time::timeout(Duration::from_secs(3), rt.ping()).await.map_err(|_| "ping timed out")??;
+    println!("Docker Engine {version} reachable: building and importing the test workload image...");
+    let image = fixture::ensure_test_image(rt.client()).await?;
+    println!("image {image} ready\n");
+    Ok(Backend::Docker { rt, image })
+}
+
+/// Asks each replica for its task id over HTTP (real containers only).
+async fn ask_replicas(backend: &Backend, tasks: &[Task]) {
+    #[cfg(feature = "docker")]
+    if let Backend::Docker { .. } = backend {
+        for t in tasks {
+            let Some(addr) = t.networks.first().and_then(|n| n.addresses.first()).and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            let sock = std::net::SocketAddr::new(addr, swarm::docker::fixture::PORT);
+            match swarm::docker::fixture::http_get(sock, "/id", Duration::from_secs(2)).await {
+                Ok((code, body)) => println!("  GET http://{sock}/id -> {code} {}", body.trim()),
+                Err(e) => println!("  GET http://{sock}/id failed: {e}"),
+            }
+        }
+    }
+    let _ = (backend, tasks);
 }
 
 fn start_agent(i: usize, runtime: Arc<dyn Runtime>, dispatcher: Arc<dyn Dispatcher>) -> tokio::task::JoinHandle<()> {
@@ -80,7 +194,8 @@ fn print_tasks(title: &str, tasks: &[Task]) {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into())).init();
-    println!("swarm quickstart: 3 nodes on SimRuntime, a manager with the spread scheduler\n");
+    let backend = Backend::pick().await;
+    println!("swarm quickstart: 3 nodes on {}, a manager with the spread scheduler\n", backend.name());
 
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let cluster = Cluster::new(store.clone());
@@ -93,10 +208,9 @@ async fn main() -> Result<(), Error> {
 
     let mut nodes = Vec::new();
     for i in 1..=3 {
-        let sim = SimRuntime::with_index(format!("node-{i}"), i as u32);
-        let runtime: Arc<dyn Runtime> = Arc::new(sim.clone());
+        let runtime = backend.runtime(i);
         let agent = start_agent(i, runtime.clone(), dispatcher.clone());
-        nodes.push(Node { id: format!("node-{i}"), runtime, sim, agent });
+        nodes.push(Node { id: format!("node-{i}"), runtime, agent });
     }
 
     // Print what happens, like `docker events`.
@@ -112,13 +226,22 @@ async fn main() -> Result<(), Error> {
     });
 
     // 1. Deploy a service and watch it converge.
-    let mut spec = ServiceSpec::replicated("web", "nginx:1.27", 6);
+    let mut spec = ServiceSpec::replicated("web", backend.image(), 6);
     spec.task_template.restart_policy.delay = SpecDuration::from_secs(1);
     spec.task_template.resources.reservations = Resources::new(100_000_000, 64 << 20);
+    spec.task_template.container.stop_grace_period = SpecDuration::from_secs(2);
+    spec.task_template.container.health_check = Some(HealthCheck {
+        probe: HealthProbe::Http { port: 8080, path: "/health".into() },
+        interval: SpecDuration::from_millis(500),
+        timeout: SpecDuration::from_secs(1),
+        retries: 2,
+        start_period: SpecDuration::ZERO,
+    });
     println!("1. create service web with 6 replicas");
     cluster.create_service(spec).await?;
-    let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(30)).await?;
-    print_tasks("service web converged:", &tasks);
+    let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(60)).await?;
+    print_tasks("service web converged (running and healthy):", &tasks);
+    ask_replicas(&backend, &tasks).await;
 
     // 2. A container crashes: the task fails and is replaced.
     let victim = &tasks[0];
@@ -128,7 +251,7 @@ async fn main() -> Result<(), Error> {
     println!("\n2. kill container of {} on {} from outside (exit 137)", victim.name(), node.id);
     node.sim.kill_from_outside(&container, 137);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(30)).await?;
+    let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(60)).await?;
     print_tasks("the crashed replica was replaced:", &tasks);
 
     // 3. A whole node fails: its tasks are rescheduled on the others.
@@ -136,11 +259,11 @@ async fn main() -> Result<(), Error> {
     println!("\n3. node {} fails (engine gone, no more heartbeats)", lost.id);
     lost.agent.abort();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    lost.sim.fail();
+    backend.fail_node(3, &lost.id).await?;
     drop(lost.runtime);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let healed = loop {
-        let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(30)).await?;
+        let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(60)).await?;
         if tasks.iter().all(|t| t.node_id.as_ref().map(|n| n.as_str()) != Some(lost.id.as_str())) {
             break tasks;
         }
@@ -150,6 +273,20 @@ async fn main() -> Result<(), Error> {
     for n in cluster.list_nodes().await? {
         println!("  node {:<8} {:?} {}", n.id, n.status.state, n.status.message);
     }
+    ask_replicas(&backend, &healed).await;
+
+    // 4. Clean up: removing the service stops and removes its containers.
+    println!("\n4. remove service web");
+    cluster.remove_service("web").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cluster.list_tasks(TaskFilter::default()).await?.iter().any(|t| t.service_name == "web") {
+        if tokio::time::Instant::now() > deadline {
+            return Err("tasks of web still present after 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give the agents a moment to remove the containers of deleted tasks.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     manager.stop();
     for n in nodes {
         n.agent.abort();
