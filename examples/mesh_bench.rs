@@ -12,7 +12,8 @@
 //! prints progress on stderr and ONE JSON object as the last stdout line:
 //! direct_mbps, mesh_mbps, throughput_ratio, conn_per_sec_ratio,
 //! added_p50_us, added_p99_us, plus the same for the userspace copy and the
-//! raw figures. MB/s are 10^6 bytes per second; medians of the repeats.
+//! raw figures. MB/s are 10^6 bytes per second; medians of the repeats,
+//! the three targets interleaved within each repeat.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,23 +138,36 @@ struct Figures {
     p99_us: f64,
 }
 
-async fn measure(name: &str, sink: SocketAddr, echo: SocketAddr, quick: bool) -> std::io::Result<Figures> {
-    let (bytes, reps, pings, conns) = if quick { (256 << 20, 3, 5_000, 2_000) } else { (1 << 30, 5, 20_000, 6_000) };
-    let mut mbps = Vec::new();
+/// Measures every target, interleaved: each repeat runs every target in
+/// turn, so load drift on a shared machine hits them alike. Returns one
+/// `Figures` per target: medians over the repeats (throughput, connection
+/// rate) and percentiles over all pings of a target.
+async fn measure(targets: &[(&str, SocketAddr, SocketAddr)], quick: bool) -> std::io::Result<Vec<Figures>> {
+    let (bytes, reps, pings, conns) = if quick { (256 << 20, 3, 5_000, 2_000) } else { (512 << 20, 7, 21_000, 7_000) };
+    let k = targets.len();
+    let (mut mbps, mut rates, mut rtt) = (vec![Vec::new(); k], vec![Vec::new(); k], vec![Vec::new(); k]);
     for _ in 0..reps {
-        mbps.push(throughput(sink, bytes).await?);
+        for (i, (_, sink, echo)) in targets.iter().enumerate() {
+            mbps[i].push(throughput(*sink, bytes).await?);
+            rates[i].push(conn_rate(*echo, conns / reps, 4).await?);
+            rtt[i].extend(rtts(*echo, pings / reps).await?);
+        }
     }
-    let mut rates = Vec::new();
-    for _ in 0..reps {
-        rates.push(conn_rate(echo, conns / reps, 4).await?);
+    let mut out = Vec::new();
+    for (i, (name, _, _)) in targets.iter().enumerate() {
+        let f = Figures {
+            mbps: median(mbps[i].clone()),
+            conn_per_sec: median(rates[i].clone()),
+            p50_us: pct(&rtt[i], 0.5),
+            p99_us: pct(&rtt[i], 0.99),
+        };
+        eprintln!(
+            "{name:>10}: {:>8.0} MB/s  {:>7.0} conn/s  rtt p50 {:>6.1} µs  p99 {:>6.1} µs",
+            f.mbps, f.conn_per_sec, f.p50_us, f.p99_us
+        );
+        out.push(f);
     }
-    let r = rtts(echo, pings).await?;
-    let f = Figures { mbps: median(mbps), conn_per_sec: median(rates), p50_us: pct(&r, 0.5), p99_us: pct(&r, 0.99) };
-    eprintln!(
-        "{name:>10}: {:>8.0} MB/s  {:>7.0} conn/s  rtt p50 {:>6.1} µs  p99 {:>6.1} µs",
-        f.mbps, f.conn_per_sec, f.p50_us, f.p99_us
-    );
-    Ok(f)
+    Ok(out)
 }
 
 async fn mesh_on(store: &Arc<MemStore>, ip: [u8; 4], copy: CopyMode) -> Result<Mesh, Box<dyn std::error::Error>> {
@@ -205,10 +219,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let user = mesh_on(&store, [127, 0, 0, 3], CopyMode::Userspace { buffer: 256 * 1024 }).await?;
     let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
 
-    let direct = measure("direct", at([127, 0, 0, 2], SINK), at([127, 0, 0, 2], ECHO), quick).await?;
-    let mesh = measure("mesh", at([127, 0, 0, 1], SINK + 1000), at([127, 0, 0, 1], ECHO + 1000), quick).await?;
-    let userspace =
-        measure("userspace", at([127, 0, 0, 3], SINK + 1000), at([127, 0, 0, 3], ECHO + 1000), quick).await?;
+    let figures = measure(
+        &[
+            ("direct", at([127, 0, 0, 2], SINK), at([127, 0, 0, 2], ECHO)),
+            ("mesh", at([127, 0, 0, 1], SINK + 1000), at([127, 0, 0, 1], ECHO + 1000)),
+            ("userspace", at([127, 0, 0, 3], SINK + 1000), at([127, 0, 0, 3], ECHO + 1000)),
+        ],
+        quick,
+    )
+    .await?;
+    let (direct, mesh, userspace) = (&figures[0], &figures[1], &figures[2]);
     splice.stop();
     user.stop();
 
