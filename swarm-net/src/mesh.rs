@@ -82,6 +82,27 @@ pub struct MeshConfig {
     pub connect_attempts: usize,
     /// A UDP flow with no packet either way for this long is forgotten.
     pub udp_flow_idle: Duration,
+    /// Maps a task address to the address the node reaches it at (for
+    /// runtimes whose task addresses are not routable from the node, such
+    /// as a simulated one); `None`: the task address itself.
+    pub translate: Option<AddrMap>,
+}
+
+/// A task address -> reachable address function (see
+/// [`MeshConfig::translate`]).
+#[derive(Clone)]
+pub struct AddrMap(pub Arc<dyn Fn(IpAddr) -> IpAddr + Send + Sync>);
+
+impl std::fmt::Debug for AddrMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AddrMap(..)")
+    }
+}
+
+impl MeshConfig {
+    fn reach(&self, addr: IpAddr) -> IpAddr {
+        self.translate.as_ref().map_or(addr, |m| (m.0)(addr))
+    }
 }
 
 impl Default for MeshConfig {
@@ -93,6 +114,7 @@ impl Default for MeshConfig {
             connect_timeout: Duration::from_secs(1),
             connect_attempts: 3,
             udp_flow_idle: Duration::from_secs(30),
+            translate: None,
         }
     }
 }
@@ -490,7 +512,7 @@ async fn forward_tcp(shared: Arc<Shared>, pool: Arc<Pool>, client: TcpStream, ta
             tried.push(b);
             continue;
         }
-        let to = SocketAddr::new(b.addr, target_port as u16);
+        let to = SocketAddr::new(cfg.reach(b.addr), target_port as u16);
         match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(to)).await {
             Ok(Ok(up)) => {
                 let _ = up.set_nodelay(true);
@@ -577,7 +599,7 @@ async fn open_flow(
         tracing::debug!(%client, "mesh: udp packet dropped, no endpoint");
         return None;
     };
-    let to = SocketAddr::new(b.addr, target_port as u16);
+    let to = SocketAddr::new(shared.config.reach(b.addr), target_port as u16);
     let local: SocketAddr = if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let up = match UdpSocket::bind(local).await {
         Ok(s) => s,
