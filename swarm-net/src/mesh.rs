@@ -258,7 +258,7 @@ impl Mesh {
             let mut rx = d.subscribe();
             loop {
                 let revision = *rx.borrow_and_update();
-                sync(&s, d.as_ref()).await;
+                sync(&s, d.as_ref());
                 s.synced.send_replace(revision);
                 if rx.changed().await.is_err() {
                     return;
@@ -339,7 +339,7 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// Applies discovery to pools and listeners.
-async fn sync(shared: &Arc<Shared>, discovery: &dyn Discovery) {
+fn sync(shared: &Arc<Shared>, discovery: &dyn Discovery) {
     let services: Vec<ServiceEndpoints> = discovery.services().iter().filter_map(|n| discovery.resolve(n)).collect();
     let mut wanted: BTreeMap<(Protocol, u32), (String, u32)> = BTreeMap::new();
     for se in &services {
@@ -536,7 +536,9 @@ async fn forward_tcp(shared: Arc<Shared>, pool: Arc<Pool>, client: TcpStream, ta
         drop(guard);
         tried.push(b);
     }
-    tracing::warn!(tried = tried.len(), "mesh: no backend accepted the connection");
+    // Per client connection, so not louder than debug (a service with no
+    // endpoint would flood the log).
+    tracing::debug!(tried = tried.len(), "mesh: no backend accepted the connection; client closed");
 }
 
 async fn copy(mode: CopyMode, mut client: TcpStream, mut up: TcpStream) -> std::io::Result<()> {
