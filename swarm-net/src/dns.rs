@@ -290,9 +290,25 @@ impl DnsServer {
     /// Binds UDP and TCP on `addr` (port 0: any free port, the same for
     /// both when possible) and serves `handler`'s table.
     pub async fn bind(addr: SocketAddr, handler: DnsHandler) -> Result<DnsServer, DnsError> {
-        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
-        let addr = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
-        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
+        // With port 0 the UDP port is picked first; the same TCP port may be
+        // taken by someone else, then pick again (a few times).
+        let attempts = if addr.port() == 0 { 16 } else { 1 };
+        let mut last = None;
+        let mut pair = None;
+        for _ in 0..attempts {
+            let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, source })?;
+            let at = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
+            match tokio::net::TcpListener::bind(at).await {
+                Ok(tcp) => {
+                    pair = Some((udp, tcp, at));
+                    break;
+                }
+                Err(source) => last = Some(DnsError::Bind { addr: at, source }),
+            }
+        }
+        let Some((udp, tcp, addr)) = pair else {
+            return Err(last.unwrap_or_else(|| DnsError::Bind { addr, source: std::io::ErrorKind::AddrInUse.into() }));
+        };
         let mut server = hickory_server::Server::new(handler.clone());
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);

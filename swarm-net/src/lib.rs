@@ -8,6 +8,25 @@
 //!   and forwards TCP and UDP to a healthy endpoint anywhere.
 //!
 //! See docs/swarm-net.md for the design and how it differs from Swarm.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::sync::Arc;
+//! use swarm_core::cluster::Cluster;
+//! use swarm_core::model::{PortConfig, ServiceSpec};
+//! use swarm_core::store::{MemStore, Store};
+//! use swarm_net::alloc::{plan, AllocatorConfig};
+//! let store = Arc::new(MemStore::new());
+//! let cluster = Cluster::new(store.clone() as Arc<dyn Store>);
+//! let mut spec = ServiceSpec::replicated("web", "nginx:1.27", 2);
+//! spec.endpoint_spec.ports = vec![PortConfig { target_port: 80, ..Default::default() }];
+//! cluster.create_service(spec).await.unwrap();
+//! let p = plan(&store.state(), &AllocatorConfig::default());
+//! let (_, endpoint) = &p.service_updates[0];
+//! assert_eq!(endpoint.virtual_ips[0].addr.to_string(), "10.0.0.2");
+//! assert_eq!(endpoint.ports[0].published_port, Some(30000));
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 

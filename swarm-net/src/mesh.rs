@@ -82,6 +82,27 @@ pub struct MeshConfig {
     pub connect_attempts: usize,
     /// A UDP flow with no packet either way for this long is forgotten.
     pub udp_flow_idle: Duration,
+    /// Maps a task address to the address the node reaches it at (for
+    /// runtimes whose task addresses are not routable from the node, such
+    /// as a simulated one); `None`: the task address itself.
+    pub translate: Option<AddrMap>,
+}
+
+/// A task address -> reachable address function (see
+/// [`MeshConfig::translate`]).
+#[derive(Clone)]
+pub struct AddrMap(pub Arc<dyn Fn(IpAddr) -> IpAddr + Send + Sync>);
+
+impl std::fmt::Debug for AddrMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AddrMap(..)")
+    }
+}
+
+impl MeshConfig {
+    fn reach(&self, addr: IpAddr) -> IpAddr {
+        self.translate.as_ref().map_or(addr, |m| (m.0)(addr))
+    }
 }
 
 impl Default for MeshConfig {
@@ -93,6 +114,7 @@ impl Default for MeshConfig {
             connect_timeout: Duration::from_secs(1),
             connect_attempts: 3,
             udp_flow_idle: Duration::from_secs(30),
+            translate: None,
         }
     }
 }
@@ -236,7 +258,7 @@ impl Mesh {
             let mut rx = d.subscribe();
             loop {
                 let revision = *rx.borrow_and_update();
-                sync(&s, d.as_ref()).await;
+                sync(&s, d.as_ref());
                 s.synced.send_replace(revision);
                 if rx.changed().await.is_err() {
                     return;
@@ -317,7 +339,7 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// Applies discovery to pools and listeners.
-async fn sync(shared: &Arc<Shared>, discovery: &dyn Discovery) {
+fn sync(shared: &Arc<Shared>, discovery: &dyn Discovery) {
     let services: Vec<ServiceEndpoints> = discovery.services().iter().filter_map(|n| discovery.resolve(n)).collect();
     let mut wanted: BTreeMap<(Protocol, u32), (String, u32)> = BTreeMap::new();
     for se in &services {
@@ -490,7 +512,7 @@ async fn forward_tcp(shared: Arc<Shared>, pool: Arc<Pool>, client: TcpStream, ta
             tried.push(b);
             continue;
         }
-        let to = SocketAddr::new(b.addr, target_port as u16);
+        let to = SocketAddr::new(cfg.reach(b.addr), target_port as u16);
         match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(to)).await {
             Ok(Ok(up)) => {
                 let _ = up.set_nodelay(true);
@@ -514,7 +536,9 @@ async fn forward_tcp(shared: Arc<Shared>, pool: Arc<Pool>, client: TcpStream, ta
         drop(guard);
         tried.push(b);
     }
-    tracing::warn!(tried = tried.len(), "mesh: no backend accepted the connection");
+    // Per client connection, so not louder than debug (a service with no
+    // endpoint would flood the log).
+    tracing::debug!(tried = tried.len(), "mesh: no backend accepted the connection; client closed");
 }
 
 async fn copy(mode: CopyMode, mut client: TcpStream, mut up: TcpStream) -> std::io::Result<()> {
@@ -577,7 +601,7 @@ async fn open_flow(
         tracing::debug!(%client, "mesh: udp packet dropped, no endpoint");
         return None;
     };
-    let to = SocketAddr::new(b.addr, target_port as u16);
+    let to = SocketAddr::new(shared.config.reach(b.addr), target_port as u16);
     let local: SocketAddr = if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let up = match UdpSocket::bind(local).await {
         Ok(s) => s,

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Bytes moved per `splice` call at most (and the pipe size asked for).
+/// The pipe size asked for once a transfer turns out to be bulk.
 const PIPE_SIZE: usize = 1 << 20;
 
 struct Pipe {
@@ -31,12 +31,22 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // A bigger pipe moves more per call; refused above pipe-max-size,
-        // in which case the default (64 KiB) stays.
-        // SAFETY: F_SETPIPE_SZ on an open pipe fd; no memory is passed.
-        let set = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
-        let size = if set > 0 { set as usize } else { 64 * 1024 };
+        // Start with the default size (64 KiB): a big pipe costs memory
+        // and time per connection; `grow` enlarges it for bulk transfers.
+        let size = 64 * 1024;
         Ok(Pipe { read, write, size })
+    }
+}
+
+impl Pipe {
+    /// Asks for a [`PIPE_SIZE`] pipe (refused above pipe-max-size: then the
+    /// size stays).
+    fn grow(&mut self) {
+        // SAFETY: F_SETPIPE_SZ on an open pipe fd; no memory is passed.
+        let set = unsafe { libc::fcntl(self.write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        if set > 0 {
+            self.size = set as usize;
+        }
     }
 }
 
@@ -58,8 +68,9 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 }
 
 async fn one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
-    let pipe = Pipe::new()?;
+    let mut pipe = Pipe::new()?;
     let mut total = 0u64;
+    let mut grown = false;
     loop {
         let n = loop {
             src.readable().await?;
@@ -84,6 +95,11 @@ async fn one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
             }
         }
         total += n as u64;
+        // Past 256 KiB this is a bulk transfer: move more per call.
+        if !grown && total >= 256 * 1024 {
+            pipe.grow();
+            grown = true;
+        }
     }
 }
 

@@ -163,7 +163,7 @@ async fn least_connections_avoids_the_busy_backend() {
 }
 
 /// A client loop through every node's mesh (in turn) records each
-/// connection's outcome and time.
+/// connection's start time and outcome.
 fn client_loop(
     addrs: Vec<SocketAddr>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -172,8 +172,9 @@ fn client_loop(
         let mut out = Vec::new();
         let mut i = 0;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let started = Instant::now();
             let r = ping(addrs[i % addrs.len()]).await.map_err(|e| e.to_string());
-            out.push((Instant::now(), r));
+            out.push((started, r));
             i += 1;
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -240,6 +241,15 @@ async fn rolling_update_sees_no_failed_connection_and_drains() {
         new_backends.push(TcpBackend::start(&ip, TARGET, 10 + slot as u8).await);
         add_task(&s.store, "web", &format!("node-{}", slot % 3 + 1), slot as u64 + 1, &[("default", &ip)]).await;
         set_desired(&s.store, &s.tasks[slot], TaskState::Shutdown).await;
+        // From the moment every node's mesh has applied the change.
+        let old_task = s.tasks[slot].clone();
+        wait_until("old task out of discovery", Duration::from_secs(5), || {
+            s.discovery.resolve("web").is_some_and(|e| e.endpoints.iter().all(|e| e.task_id != old_task))
+        })
+        .await;
+        for m in &s.meshes {
+            assert!(m.synced(Duration::from_secs(5)).await);
+        }
         let told = Instant::now();
         drained_at.insert(slot, told);
         if slot == long_backend {
@@ -261,13 +271,10 @@ async fn rolling_update_sees_no_failed_connection_and_drains() {
     assert!(log.len() > 100, "the client kept going ({})", log.len());
     let failed: Vec<_> = log.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(failed.is_empty(), "failed connections during the rolling update: {failed:?}");
-    // No new connection reached an old task after it was told to stop
-    // (allowing the mesh 50 ms to hear of it).
+    // No connection started after the meshes applied the stop reached the
+    // old task.
     for (slot, told) in &drained_at {
-        let late = log
-            .iter()
-            .filter(|(t, r)| *t > *told + Duration::from_millis(50) && r.as_ref().ok() == Some(&(*slot as u8)))
-            .count();
+        let late = log.iter().filter(|(t, r)| *t > *told && r.as_ref().ok() == Some(&(*slot as u8))).count();
         assert_eq!(late, 0, "old slot {slot} got {late} new connections after it was told to stop");
     }
     let tail: Vec<u8> = log.iter().rev().take(30).map(|(_, r)| *r.as_ref().unwrap()).collect();

@@ -1,0 +1,258 @@
+//! Routing mesh vs a direct connection, on loopback, in one run.
+//!
+//! A backend on 127.0.0.2 serves three things: a sink (throughput: the
+//! client streams bytes, the backend counts them and acks at the end), a
+//! one-byte echo (latency, on one kept connection), and a connect-echo-close
+//! (connections per second). Each is run directly against the backend and
+//! through a [`swarm::net::mesh::Mesh`] on 127.0.0.1 (splice(2) and
+//! userspace copy), the mesh following a `MemDiscovery` of a store holding
+//! one task at the backend's address.
+//!
+//! `cargo run --release --features net --example mesh_bench [-- --quick]`
+//! prints progress on stderr and ONE JSON object as the last stdout line:
+//! direct_mbps, mesh_mbps, throughput_ratio, conn_per_sec_ratio,
+//! added_p50_us, added_p99_us, plus the same for the userspace copy and the
+//! raw figures. MB/s are 10^6 bytes per second; medians of the repeats,
+//! the three targets interleaved within each repeat.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use swarm::cluster::Cluster;
+use swarm::discovery::MemDiscovery;
+use swarm::model::*;
+use swarm::net::mesh::{CopyMode, Mesh, MeshConfig};
+use swarm::state::Transaction;
+use swarm::store::{MemStore, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SINK: u16 = 19001;
+const ECHO: u16 = 19002;
+
+async fn backend() -> std::io::Result<()> {
+    let sink = tokio::net::TcpListener::bind(("127.0.0.2", SINK)).await?;
+    let echo = tokio::net::TcpListener::bind(("127.0.0.2", ECHO)).await?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = sink.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut total = 0u64;
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                let _ = s.write_all(&total.to_be_bytes()).await;
+            });
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// MB/s streaming `bytes` one way, ack included.
+async fn throughput(addr: SocketAddr, bytes: u64) -> std::io::Result<f64> {
+    let mut s = TcpStream::connect(addr).await?;
+    let chunk = vec![7u8; 1 << 20];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        s.write_all(&chunk).await?;
+        sent += chunk.len() as u64;
+    }
+    s.shutdown().await?;
+    let got = s.read_u64().await?;
+    let secs = start.elapsed().as_secs_f64();
+    if got != sent {
+        return Err(std::io::Error::other(format!("sink got {got} of {sent} bytes")));
+    }
+    Ok(sent as f64 / secs / 1e6)
+}
+
+/// Round-trip times (µs) of `n` one-byte pings on one connection.
+async fn rtts(addr: SocketAddr, n: usize) -> std::io::Result<Vec<f64>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut out = Vec::with_capacity(n);
+    let mut b = [0u8; 1];
+    for _ in 0..n + 200 {
+        let t = Instant::now();
+        s.write_all(b"x").await?;
+        s.read_exact(&mut b).await?;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out.split_off(200)) // drop the warm-up
+}
+
+/// Connections per second: connect, one echo, close; `conc` clients.
+async fn conn_rate(addr: SocketAddr, total: usize, conc: usize) -> std::io::Result<f64> {
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..conc {
+        set.spawn(async move {
+            for _ in 0..total / conc {
+                let mut s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                s.write_all(b"x").await?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.map_err(std::io::Error::other)??;
+    }
+    Ok((total / conc * conc) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Figures {
+    mbps: f64,
+    conn_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Measures every target, interleaved: each repeat runs every target in
+/// turn, so load drift on a shared machine hits them alike. Returns one
+/// `Figures` per target: medians over the repeats (throughput, connection
+/// rate) and percentiles over all pings of a target.
+async fn measure(targets: &[(&str, SocketAddr, SocketAddr)], quick: bool) -> std::io::Result<Vec<Figures>> {
+    let (bytes, reps, pings, conns) = if quick { (256 << 20, 3, 5_000, 2_000) } else { (512 << 20, 7, 21_000, 7_000) };
+    let k = targets.len();
+    let (mut mbps, mut rates, mut rtt) = (vec![Vec::new(); k], vec![Vec::new(); k], vec![Vec::new(); k]);
+    for _ in 0..reps {
+        for (i, (_, sink, echo)) in targets.iter().enumerate() {
+            mbps[i].push(throughput(*sink, bytes).await?);
+            rates[i].push(conn_rate(*echo, conns / reps, 4).await?);
+            rtt[i].extend(rtts(*echo, pings / reps).await?);
+        }
+    }
+    let mut out = Vec::new();
+    for (i, (name, _, _)) in targets.iter().enumerate() {
+        let f = Figures {
+            mbps: median(mbps[i].clone()),
+            conn_per_sec: median(rates[i].clone()),
+            p50_us: pct(&rtt[i], 0.5),
+            p99_us: pct(&rtt[i], 0.99),
+        };
+        eprintln!(
+            "{name:>10}: {:>8.0} MB/s  {:>7.0} conn/s  rtt p50 {:>6.1} µs  p99 {:>6.1} µs",
+            f.mbps, f.conn_per_sec, f.p50_us, f.p99_us
+        );
+        out.push(f);
+    }
+    Ok(out)
+}
+
+async fn mesh_on(store: &Arc<MemStore>, ip: [u8; 4], copy: CopyMode) -> Result<Mesh, Box<dyn std::error::Error>> {
+    let discovery = MemDiscovery::new();
+    let (d, s) = (discovery.clone(), store.clone());
+    tokio::spawn(async move { d.follow(s.as_ref()).await });
+    let mesh = Mesh::start(Arc::new(discovery), MeshConfig { listen_ip: ip.into(), copy, ..Default::default() });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mesh.listening().len() < 2 {
+        if Instant::now() > deadline {
+            return Err(format!("mesh did not open its ports: {:?}", mesh.errors()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(mesh)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    backend().await?;
+
+    // One service publishing both backend ports, one task at 127.0.0.2.
+    let store = Arc::new(MemStore::new());
+    let cluster = Cluster::new(store.clone() as Arc<dyn Store>);
+    store.commit(Transaction::new().create(Node::ready("node-1", "host-1", Resources::default()))).await?;
+    let mut spec = ServiceSpec::replicated("bench", "bench:1", 1);
+    spec.endpoint_spec.ports = [SINK, ECHO]
+        .iter()
+        .map(|p| PortConfig { target_port: *p as u32, published_port: Some(*p as u32 + 1000), ..Default::default() })
+        .collect();
+    let svc = cluster.create_service(spec).await?;
+    let state = store.state();
+    let task = Task {
+        id: "bench-1".into(),
+        service_id: svc.clone(),
+        service_name: "bench".into(),
+        slot: Some(1),
+        node_id: Some("node-1".into()),
+        spec: state.service(&svc).map(|s| s.spec.task_template.clone()).unwrap_or_default(),
+        desired_state: TaskState::Running,
+        status: TaskStatus { state: TaskState::Running, ..Default::default() },
+        networks: vec![NetworkAttachment { network: "default".into(), addresses: vec!["127.0.0.2".into()] }],
+        ..Default::default()
+    };
+    store.commit(Transaction::new().create(task)).await?;
+
+    let splice = mesh_on(&store, [127, 0, 0, 1], CopyMode::Splice).await?;
+    let user = mesh_on(&store, [127, 0, 0, 3], CopyMode::Userspace { buffer: 256 * 1024 }).await?;
+    let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+
+    let figures = measure(
+        &[
+            ("direct", at([127, 0, 0, 2], SINK), at([127, 0, 0, 2], ECHO)),
+            ("mesh", at([127, 0, 0, 1], SINK + 1000), at([127, 0, 0, 1], ECHO + 1000)),
+            ("userspace", at([127, 0, 0, 3], SINK + 1000), at([127, 0, 0, 3], ECHO + 1000)),
+        ],
+        quick,
+    )
+    .await?;
+    let (direct, mesh, userspace) = (&figures[0], &figures[1], &figures[2]);
+    splice.stop();
+    user.stop();
+
+    let json = serde_json::json!({
+        "direct_mbps": direct.mbps.round(),
+        "mesh_mbps": mesh.mbps.round(),
+        "throughput_ratio": (mesh.mbps / direct.mbps * 1000.0).round() / 1000.0,
+        "conn_per_sec_ratio": (mesh.conn_per_sec / direct.conn_per_sec * 1000.0).round() / 1000.0,
+        "added_p50_us": ((mesh.p50_us - direct.p50_us) * 10.0).round() / 10.0,
+        "added_p99_us": ((mesh.p99_us - direct.p99_us) * 10.0).round() / 10.0,
+        "mesh_copy": "splice",
+        "direct_conn_per_sec": direct.conn_per_sec.round(),
+        "mesh_conn_per_sec": mesh.conn_per_sec.round(),
+        "direct_rtt_p50_us": direct.p50_us,
+        "direct_rtt_p99_us": direct.p99_us,
+        "mesh_rtt_p50_us": mesh.p50_us,
+        "mesh_rtt_p99_us": mesh.p99_us,
+        "userspace_mbps": userspace.mbps.round(),
+        "userspace_throughput_ratio": (userspace.mbps / direct.mbps * 1000.0).round() / 1000.0,
+        "userspace_conn_per_sec_ratio": (userspace.conn_per_sec / direct.conn_per_sec * 1000.0).round() / 1000.0,
+        "userspace_added_p50_us": ((userspace.p50_us - direct.p50_us) * 10.0).round() / 10.0,
+        "userspace_added_p99_us": ((userspace.p99_us - direct.p99_us) * 10.0).round() / 10.0,
+        "quick": quick,
+    });
+    println!("{json}");
+    Ok(())
+}
