@@ -35,7 +35,10 @@ struct Node {
 enum Backend {
     Sim(Vec<SimRuntime>),
     #[cfg(feature = "docker")]
-    Docker { rt: swarm::docker::DockerRuntime, image: String },
+    Docker {
+        rt: swarm::docker::DockerRuntime,
+        image: String,
+    },
 }
 
 impl Backend {
@@ -217,7 +220,7 @@ async fn main() -> Result<(), Error> {
     let mut events = cluster.events().await?;
     tokio::spawn(async move {
         while let Ok(e) = events.next().await {
-            if e.kind == ObjectKind::Task && !e.detail.is_empty() {
+            if e.kind == ObjectKind::Task && (e.detail.contains("->") || e.detail.starts_with("PENDING")) {
                 println!("  event  task {:<22} {}", e.name.chars().take(22).collect::<String>(), e.detail);
             } else if e.kind == ObjectKind::Node && !e.detail.is_empty() {
                 println!("  event  node {:<22} {}", e.name, e.detail);
@@ -230,6 +233,8 @@ async fn main() -> Result<(), Error> {
     spec.task_template.restart_policy.delay = SpecDuration::from_secs(1);
     spec.task_template.resources.reservations = Resources::new(100_000_000, 64 << 20);
     spec.task_template.container.stop_grace_period = SpecDuration::from_secs(2);
+    // Swarm's templates: each container learns its own task id.
+    spec.task_template.container.env.push("TASK_ID={{.Task.Name}}".into());
     spec.task_template.container.health_check = Some(HealthCheck {
         probe: HealthProbe::Http { port: 8080, path: "/health".into() },
         interval: SpecDuration::from_millis(500),
@@ -245,11 +250,13 @@ async fn main() -> Result<(), Error> {
 
     // 2. A container crashes: the task fails and is replaced.
     let victim = &tasks[0];
-    let node =
-        nodes.iter().find(|n| Some(n.id.as_str()) == victim.node_id.as_ref().map(|n| n.as_str())).ok_or("no node")?;
+    let node = nodes
+        .iter()
+        .position(|n| Some(n.id.as_str()) == victim.node_id.as_ref().map(|n| n.as_str()))
+        .ok_or("no node")?;
     let container = victim.status.container_id.clone().ok_or("no container")?;
-    println!("\n2. kill container of {} on {} from outside (exit 137)", victim.name(), node.id);
-    node.sim.kill_from_outside(&container, 137);
+    println!("\n2. kill container of {} on {} from outside (exit 137)", victim.name(), nodes[node].id);
+    backend.kill(node + 1, &container).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(60)).await?;
     print_tasks("the crashed replica was replaced:", &tasks);

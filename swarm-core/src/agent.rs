@@ -398,6 +398,10 @@ impl WorkerCtx {
         }
         let mut l = c.labels.clone();
         l.extend(ContainerConfig::task_labels(task, &self.node));
+        let mut spec = c.clone();
+        for v in spec.env.iter_mut().chain(spec.hostname.iter_mut()) {
+            *v = expand_template(v, task, &self.node);
+        }
         Ok(ContainerConfig {
             name: task.name(),
             task_id: task.id.clone(),
@@ -405,7 +409,7 @@ impl WorkerCtx {
             service_name: task.service_name.clone(),
             slot: task.slot,
             node_id: self.node.clone(),
-            spec: c.clone(),
+            spec,
             resources: task.spec.resources.clone(),
             networks: task
                 .networks
@@ -421,6 +425,26 @@ impl WorkerCtx {
             labels: l,
         })
     }
+}
+
+/// Expands Swarm's service templates in `s`: `{{.Task.ID}}`,
+/// `{{.Task.Name}}`, `{{.Task.Slot}}`, `{{.Service.ID}}`,
+/// `{{.Service.Name}}`, `{{.Node.ID}}`. Anything else is left as written.
+pub fn expand_template(s: &str, task: &Task, node: &NodeId) -> String {
+    if !s.contains("{{") {
+        return s.to_string();
+    }
+    let slot = task.slot.map(|n| n.to_string()).unwrap_or_default();
+    [
+        ("{{.Task.ID}}", task.id.as_str()),
+        ("{{.Task.Name}}", &task.name()),
+        ("{{.Task.Slot}}", &slot),
+        ("{{.Service.ID}}", task.service_id.as_str()),
+        ("{{.Service.Name}}", &task.service_name),
+        ("{{.Node.ID}}", node.as_str()),
+    ]
+    .iter()
+    .fold(s.to_string(), |acc, (k, v)| acc.replace(k, v))
 }
 
 /// Waits until the task is deleted (sender dropped) or marked for
@@ -671,5 +695,28 @@ async fn monitor(ctx: &mut WorkerCtx, rx: &mut watch::Receiver<Arc<Task>>, id: &
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_expand_like_swarms() {
+        let task = Task {
+            id: "abc123".into(),
+            service_id: "svc1".into(),
+            service_name: "web".into(),
+            slot: Some(3),
+            ..Default::default()
+        };
+        let node = NodeId::new("node-7");
+        assert_eq!(
+            expand_template("TASK={{.Task.ID}} slot={{.Task.Slot}} on {{.Node.ID}} of {{.Service.Name}}", &task, &node),
+            "TASK=abc123 slot=3 on node-7 of web"
+        );
+        assert_eq!(expand_template("{{.Task.Name}}", &task, &node), "web.3.abc123");
+        assert_eq!(expand_template("{{.Unknown}} stays", &task, &node), "{{.Unknown}} stays");
     }
 }
