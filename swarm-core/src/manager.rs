@@ -154,7 +154,11 @@ fn touched_services(change: &Change) -> Option<BTreeSet<ServiceId>> {
 }
 
 async fn orchestrate(store: Arc<dyn Store>, seed: u64, config: ManagerConfig) -> Result<(), StoreError> {
-    let mut ids = IdGen::seeded(seed);
+    // Mix the starting revision into the seed: a manager started again (a
+    // new leader, a restarted loop) with the same seed must not produce the
+    // ids it produced before. Still reproducible for a given history.
+    let start = store.snapshot().await?.revision();
+    let mut ids = IdGen::seeded(seed ^ start.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     loop {
         let mut state = store.snapshot().await?;
         let mut watch = store.watch(state.revision()).await?;
@@ -468,6 +472,52 @@ async fn reap_loop(store: Arc<dyn Store>, config: ManagerConfig) -> Result<(), S
                     return Err(e);
                 }
             }
+        }
+    }
+}
+
+/// Runs the manager's loops only while this process leads.
+///
+/// With a replicated store every manager holds the state, but only the
+/// leader may run the control loops (two orchestrators would fight).
+/// `leadership` says whether this process is the leader now (for the raft
+/// store: its status' leader is itself); `start` builds a fresh [`Manager`]
+/// each time leadership is gained (a new scheduler, a new dispatcher); it is
+/// stopped as soon as leadership is lost. The loops are level-triggered, so
+/// a new leader simply picks up where the state stands.
+///
+/// Returns when the `leadership` sender is dropped. `on_change` is told of
+/// each start (`Some(manager)`) and stop (`None`), e.g. to point agents at
+/// the new dispatcher.
+pub async fn run_while_leader<F, C>(mut leadership: tokio::sync::watch::Receiver<bool>, mut start: F, mut on_change: C)
+where
+    F: FnMut() -> Manager,
+    C: FnMut(Option<&Manager>),
+{
+    let mut running: Option<Manager> = None;
+    loop {
+        let leader = *leadership.borrow_and_update();
+        match (leader, running.is_some()) {
+            (true, false) => {
+                tracing::info!("gained leadership: starting the control loops");
+                let m = start();
+                on_change(Some(&m));
+                running = Some(m);
+            }
+            (false, true) => {
+                tracing::info!("lost leadership: stopping the control loops");
+                if let Some(m) = running.take() {
+                    m.stop();
+                }
+                on_change(None);
+            }
+            _ => {}
+        }
+        if leadership.changed().await.is_err() {
+            if let Some(m) = running.take() {
+                m.stop();
+            }
+            return;
         }
     }
 }
