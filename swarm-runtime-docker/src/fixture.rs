@@ -120,14 +120,16 @@ pub fn build_workload() -> Result<Vec<u8>, FixtureError> {
     result
 }
 
-/// The rootfs tarball: `/workload`, and empty `/etc`, `/tmp`, `/run`.
+/// The rootfs tarball: `/workload`, `/bin/cat` (the same binary, which
+/// prints files when called as `cat`), and empty `/etc`, `/tmp`, `/run`.
 pub fn rootfs_tarball(binary: &[u8]) -> Vec<u8> {
     let mut t = TarBuilder::new();
     // Fixed, short, relative paths: these cannot fail.
-    for (d, mode) in [("etc", 0o755), ("tmp", 0o1777), ("run", 0o755)] {
+    for (d, mode) in [("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("run", 0o755)] {
         let _ = t.dir(d, mode);
     }
     let _ = t.file("workload", 0o755, binary);
+    let _ = t.file("bin/cat", 0o755, binary);
     t.finish()
 }
 

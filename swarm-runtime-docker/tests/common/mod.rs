@@ -1,5 +1,6 @@
 //! Shared by the engine and cluster tests: finding the engine (or saying
 //! loudly that the tests are skipped).
+#![allow(dead_code)]
 
 use std::time::Duration;
 use swarm_runtime_docker::{DockerRuntime, DockerRuntimeOptions};
