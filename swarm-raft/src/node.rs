@@ -407,7 +407,7 @@ impl Driver {
             },
             commit: r.raft_log.committed,
             applied: self.applied,
-            snapshot_index: self.storage.latest_snapshot().get_metadata().index,
+            snapshot_index: self.storage.snapshot_index(),
             first_index: first,
             voters: conf.voters.clone(),
             learners: conf.learners.clone(),
@@ -741,7 +741,7 @@ impl Driver {
             let mut hs: HardState = self.storage.hard_state();
             if commit > hs.commit {
                 hs.commit = commit;
-                self.storage.put_hard_state(&hs).map_err(|e| e.to_string())?;
+                self.storage.note_commit(&hs).map_err(|e| e.to_string())?;
             }
         }
         self.send(light.take_messages());
@@ -884,7 +884,7 @@ impl Driver {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
-        let last_snap = self.storage.latest_snapshot().get_metadata().index;
+        let last_snap = self.storage.snapshot_index();
         let due = self.applied >= last_snap + self.cfg.snapshot_interval.max(1);
         if !(due || self.snapshot_now && self.applied > last_snap) {
             return Ok(());

@@ -194,9 +194,25 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Persists only a hard state.
+    /// Persists only a hard state, fsynced.
     pub fn put_hard_state(&self, hs: &HardState) -> Result<(), RaftError> {
         self.append(&[], Some(hs))
+    }
+
+    /// Records a higher commit index without fsync: the commit index can
+    /// always be learned again from the leader, so losing this write only
+    /// costs replay work (and `open` lowers a commit index past the log).
+    pub fn note_commit(&self, hs: &HardState) -> Result<(), RaftError> {
+        let mut batch = LogBatch::default();
+        batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs).map_err(|e| engine_err(&self.dir, e))?;
+        self.engine.write(&mut batch, false).map_err(|e| engine_err(&self.dir, e))?;
+        self.write_cache().hard_state = hs.clone();
+        Ok(())
+    }
+
+    /// Index of the latest snapshot (without cloning its data).
+    pub fn snapshot_index(&self) -> u64 {
+        self.read().snapshot.get_metadata().index
     }
 
     /// Installs a snapshot received from the leader: the whole log is

@@ -132,5 +132,16 @@ async fn a_lagging_follower_catches_up_by_snapshot() {
     let st3 = c.store(3).status();
     assert!(st3.snapshot_index >= 10, "manager 3 installed a snapshot: {st3:?}");
     assert_eq!(read_retry(c.store(3), Duration::from_secs(5)).await.revision(), 51);
+    // The installed snapshot is durable: restart manager 3 alone on its
+    // disk state (cut off from the others) and read it locally.
+    c.stop(3).await;
+    c.net.isolate(3, &c.ids);
+    let s3 = c.restart(3).await;
+    let st = s3.stale_snapshot();
+    assert!(st.revision() >= 10 && st.node(&"first".into()).is_some(), "revision {}", st.revision());
+    assert!(s3.status().snapshot_index >= 10);
+    c.net.heal();
+    c.converge(Duration::from_secs(5)).await;
+    assert_eq!(read_retry(c.store(3), Duration::from_secs(5)).await.revision(), 51);
     c.shutdown().await;
 }
