@@ -68,6 +68,8 @@ pub struct NodeStatus {
     pub removed: bool,
     /// True when the driver stopped.
     pub stopped: bool,
+    /// Proposals proposed again since start (lost forward or leader change).
+    pub reproposals: u64,
 }
 
 /// One membership change.
@@ -257,6 +259,7 @@ pub(crate) struct Driver {
     /// Take a snapshot at the next opportunity (membership changed: a new
     /// member only accepts a snapshot whose membership includes it).
     snapshot_now: bool,
+    reproposals: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -302,6 +305,7 @@ impl Driver {
             last_heard: HashMap::new(),
             removed: false,
             snapshot_now: false,
+            reproposals: 0,
         }
     }
 
@@ -413,6 +417,7 @@ impl Driver {
             learners: conf.learners.clone(),
             removed: self.removed,
             stopped,
+            reproposals: self.reproposals,
         };
         *lock(&self.status) = s;
     }
@@ -655,6 +660,7 @@ impl Driver {
                 p.last_sent = now;
                 p.leader = leader;
                 let (ctx, data) = (p.ctx.clone(), p.data.clone());
+                self.reproposals += 1;
                 if let Err(e) = self.raw.propose(ctx, data) {
                     tracing::trace!(id = self.id, error = %e, "re-proposing failed; will retry");
                 }
