@@ -332,3 +332,79 @@ impl Storage for DiskStorage {
         Ok(snap)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8].into();
+        e
+    }
+
+    #[test]
+    fn entries_hard_state_and_snapshots_survive_reopening() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict).unwrap();
+        assert!(s.is_blank());
+        s.bootstrap(&[1, 2, 3]).unwrap();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.vote = 2;
+        hs.commit = 8;
+        s.append(&ents, Some(&hs)).unwrap();
+        assert_eq!(s.bounds(), (1, 10));
+        assert_eq!(s.term(5).unwrap(), 1);
+        assert!(matches!(s.term(11), Err(raft::Error::Store(StorageError::Unavailable))));
+        // A local snapshot at 8 keeping 3 entries before it.
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 8;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s.save_snapshot(&snap, 6).unwrap();
+        assert_eq!(s.bounds(), (6, 10));
+        assert!(matches!(s.term(5), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(
+            s.entries(4, 7, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict).unwrap();
+        assert_eq!(s.bounds(), (6, 10));
+        assert_eq!(s.hard_state(), hs);
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        let got = s.entries(6, 11, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn installing_a_snapshot_replaces_the_log_durably() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict).unwrap();
+        s.bootstrap(&[1]).unwrap();
+        s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 20;
+        snap.mut_metadata().term = 3;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 4];
+        snap.data = b"image".to_vec().into();
+        let mut hs = HardState::default();
+        hs.term = 3;
+        hs.commit = 20;
+        s.install_snapshot(&snap, &hs).unwrap();
+        assert_eq!(s.bounds(), (21, 20));
+        // New entries continue right after the snapshot.
+        s.append(&[entry(21, 3)], None).unwrap();
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict).unwrap();
+        assert_eq!(s.bounds(), (21, 21));
+        assert_eq!(s.term(20).unwrap(), 3);
+        assert_eq!(s.latest_snapshot().data.as_ref(), b"image");
+        assert_eq!(s.hard_state().commit, 20);
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 4]);
+    }
+}
