@@ -191,7 +191,7 @@ impl RaftStore {
     /// to [`RaftStore::inbox`].
     pub fn open(cfg: RaftStoreConfig, transport: Arc<dyn Transport>) -> Result<RaftStore, RaftError> {
         cfg.validate()?;
-        let storage = DiskStorage::open(&cfg.dir, cfg.recovery)?;
+        let storage = DiskStorage::open(&cfg.dir, cfg.recovery, cfg.id)?;
         if storage.is_blank() {
             if cfg.initial_voters.is_empty() {
                 tracing::info!(id = cfg.id, "empty log and no initial voters: waiting to be added to a cluster");
@@ -399,7 +399,7 @@ impl RaftStore {
     /// other managers can be added again with empty directories.
     pub fn force_new_cluster(dir: &Path, id: u64) -> Result<u64, RaftError> {
         use protobuf::Message as _;
-        let storage = DiskStorage::open(dir, Recovery::TolerateTornTail)?;
+        let storage = DiskStorage::open(dir, Recovery::TolerateTornTail, id)?;
         let snap = storage.latest_snapshot();
         let (mut state, mut dedupe) = node::decode_snapshot(&snap.data).map_err(RaftError::Corrupt)?;
         let hs = storage.hard_state();
