@@ -238,6 +238,7 @@ impl RaftStore {
         driver.dedupe = dedupe;
         driver.publish(false);
         let (tx, rx) = mpsc::channel();
+        driver.self_tx = Some(tx.clone());
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
             .spawn(move || driver.run(rx))

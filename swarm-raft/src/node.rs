@@ -93,6 +93,7 @@ pub(crate) enum Input {
     Conf { changes: Vec<MemberChange>, reply: Reply<Vec<u64>> },
     Transfer { to: u64, reply: Reply<()> },
     Campaign,
+    SnapshotBuilt { result: Result<Box<Snapshot>, String>, compact_to: u64 },
     Stop,
 }
 
@@ -259,7 +260,10 @@ pub(crate) struct Driver {
     /// Take a snapshot at the next opportunity (membership changed: a new
     /// member only accepts a snapshot whose membership includes it).
     snapshot_now: bool,
+    snapshot_building: bool,
     reproposals: u64,
+    /// This driver's own input channel (snapshot threads report back on it).
+    pub self_tx: Option<std::sync::mpsc::Sender<Input>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -305,7 +309,9 @@ impl Driver {
             last_heard: HashMap::new(),
             removed: false,
             snapshot_now: false,
+            snapshot_building: false,
             reproposals: 0,
+            self_tx: None,
         }
     }
 
@@ -489,6 +495,7 @@ impl Driver {
                     tracing::debug!(id = self.id, error = %e, "campaign refused");
                 }
             }
+            Input::SnapshotBuilt { result, compact_to } => self.on_snapshot_built(result, compact_to),
             Input::Stop => {}
         }
     }
@@ -890,6 +897,9 @@ impl Driver {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
+        if self.snapshot_building {
+            return Ok(());
+        }
         let last_snap = self.storage.snapshot_index();
         let due = self.applied >= last_snap + self.cfg.snapshot_interval.max(1);
         if !(due || self.snapshot_now && self.applied > last_snap) {
@@ -898,19 +908,54 @@ impl Driver {
         self.snapshot_now = false;
         let index = self.applied;
         let term = self.raw.store().term(index).map_err(|e| format!("term of applied index {index}: {e}"))?;
-        let state = lock(&self.replica).state();
-        let data = serde_json::to_vec(&SnapshotData { image: state.to_image(), applied_ids: self.dedupe.ids() })
-            .map_err(|e| format!("encoding the snapshot: {e}"))?;
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
-        let meta = snap.mut_metadata();
+        let mut meta = raft::prelude::SnapshotMetadata::default();
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
         let compact_to = (index + 1).saturating_sub(self.cfg.keep_entries);
-        self.storage.save_snapshot(&snap, compact_to).map_err(|e| e.to_string())?;
-        tracing::debug!(id = self.id, index, term, compact_to, "snapshot taken, log compacted");
+        // The state is persistent (cloning the Arc is O(1)): encode it on a
+        // helper thread so a large state does not stall heartbeats; the
+        // driver writes the result when it comes back.
+        let state = lock(&self.replica).state();
+        let applied_ids = self.dedupe.ids();
+        let Some(back) = self.self_tx.clone() else { return Ok(()) };
+        let id = self.id;
+        let spawned = std::thread::Builder::new().name(format!("raft-{id}-snapshot")).spawn(move || {
+            let result = serde_json::to_vec(&SnapshotData { image: state.to_image(), applied_ids })
+                .map(|data| {
+                    let mut snap = Snapshot::default();
+                    snap.data = data.into();
+                    snap.set_metadata(meta);
+                    Box::new(snap)
+                })
+                .map_err(|e| format!("encoding the snapshot at index {index}: {e}"));
+            let _ = back.send(Input::SnapshotBuilt { result, compact_to });
+        });
+        match spawned {
+            Ok(_) => self.snapshot_building = true,
+            Err(e) => tracing::warn!(id, error = %e, "cannot start the snapshot thread; will retry"),
+        }
         Ok(())
+    }
+
+    fn on_snapshot_built(&mut self, result: Result<Box<Snapshot>, String>, compact_to: u64) {
+        self.snapshot_building = false;
+        let snap = match result {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(id = self.id, error = %e, "building a snapshot failed; the log is kept");
+                return;
+            }
+        };
+        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        if index <= self.storage.snapshot_index() {
+            // A newer snapshot was installed from the leader meanwhile.
+            return;
+        }
+        match self.storage.save_snapshot(&snap, compact_to) {
+            Ok(()) => tracing::debug!(id = self.id, index, term, compact_to, "snapshot taken, log compacted"),
+            Err(e) => tracing::error!(id = self.id, index, error = %e, "saving a snapshot failed; the log is kept"),
+        }
     }
 }
 
