@@ -468,3 +468,35 @@ impl Store for RaftStore {
         lock(&self.inner.replica).watch(from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_etcd_like() {
+        let cfg = RaftStoreConfig::new(1, "/tmp/unused", vec![1, 2, 3]);
+        assert_eq!(cfg.tick(), Duration::from_millis(100));
+        assert_eq!(cfg.raft.heartbeat_tick, 1);
+        assert_eq!(cfg.election(), Duration::from_secs(1));
+        assert!(cfg.pre_vote && cfg.check_quorum);
+        assert_eq!(cfg.raft.snapshot_interval, 10_000);
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn invalid_configurations_are_refused_with_the_field_named() {
+        let ok = RaftStoreConfig::new(1, "/tmp/unused", vec![1, 2, 3]);
+        let mut c = ok.clone();
+        c.id = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("id: 0 is reserved"));
+        let mut c = ok.clone();
+        c.raft.election_tick = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("raft.election_tick (1)"));
+        let mut c = ok.clone();
+        c.initial_voters = vec![2, 3];
+        assert!(c.validate().unwrap_err().to_string().contains("must contain this manager's id 1"));
+        let c = ok.with_tick(Duration::ZERO);
+        assert!(c.validate().unwrap_err().to_string().contains("raft.tick"));
+    }
+}
