@@ -70,8 +70,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut stores = Vec::new();
     let mut servers = Vec::new();
+    let mut transports = Vec::new();
     for (&id, listener) in ids.iter().zip(listeners) {
         let transport = TcpTransport::new(TcpTransportConfig::new(id, addrs.clone()))?;
+        transports.push(transport.clone());
         let cfg = RaftStoreConfig::new(id, dir.join(format!("m{id}")), ids.clone());
         let store = RaftStore::open_async(cfg, transport).await?;
         servers.push(tokio::spawn(TcpTransport::serve(listener, store.inbox())));
@@ -125,6 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     lat.sort_by(|a, b| a.total_cmp(b));
     let committed = lat.len();
 
+    let reproposals: u64 = stores.iter().map(|s| s.status().reproposals).sum();
     // Failover: stop the leader, time until a survivor commits.
     let failover_ms = if args.managers >= 3 {
         let leader = stores.iter().position(|s| s.status().role == Role::Leader).ok_or("no leader after the load")?;
@@ -162,6 +165,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "p99_ms": percentile(&lat, 0.99),
         "max_ms": lat.last().copied().unwrap_or(f64::NAN),
         "failover_ms": failover_ms,
+        "reproposals": reproposals,
+        "dropped_frames": transports.iter().map(|t| t.dropped_frames()).sum::<u64>(),
         "transport": "tcp-loopback",
         "log": "raft-engine on disk, fsync per batch",
     });

@@ -191,7 +191,7 @@ impl RaftStore {
     /// to [`RaftStore::inbox`].
     pub fn open(cfg: RaftStoreConfig, transport: Arc<dyn Transport>) -> Result<RaftStore, RaftError> {
         cfg.validate()?;
-        let storage = DiskStorage::open(&cfg.dir, cfg.recovery)?;
+        let storage = DiskStorage::open(&cfg.dir, cfg.recovery, cfg.id)?;
         if storage.is_blank() {
             if cfg.initial_voters.is_empty() {
                 tracing::info!(id = cfg.id, "empty log and no initial voters: waiting to be added to a cluster");
@@ -238,6 +238,7 @@ impl RaftStore {
         driver.dedupe = dedupe;
         driver.publish(false);
         let (tx, rx) = mpsc::channel();
+        driver.self_tx = Some(tx.clone());
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
             .spawn(move || driver.run(rx))
@@ -399,7 +400,7 @@ impl RaftStore {
     /// other managers can be added again with empty directories.
     pub fn force_new_cluster(dir: &Path, id: u64) -> Result<u64, RaftError> {
         use protobuf::Message as _;
-        let storage = DiskStorage::open(dir, Recovery::TolerateTornTail)?;
+        let storage = DiskStorage::open(dir, Recovery::TolerateTornTail, id)?;
         let snap = storage.latest_snapshot();
         let (mut state, mut dedupe) = node::decode_snapshot(&snap.data).map_err(RaftError::Corrupt)?;
         let hs = storage.hard_state();
@@ -465,5 +466,37 @@ impl Store for RaftStore {
 
     async fn watch(&self, from: Revision) -> Result<Watch, StoreError> {
         lock(&self.inner.replica).watch(from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_etcd_like() {
+        let cfg = RaftStoreConfig::new(1, "/tmp/unused", vec![1, 2, 3]);
+        assert_eq!(cfg.tick(), Duration::from_millis(100));
+        assert_eq!(cfg.raft.heartbeat_tick, 1);
+        assert_eq!(cfg.election(), Duration::from_secs(1));
+        assert!(cfg.pre_vote && cfg.check_quorum);
+        assert_eq!(cfg.raft.snapshot_interval, 10_000);
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn invalid_configurations_are_refused_with_the_field_named() {
+        let ok = RaftStoreConfig::new(1, "/tmp/unused", vec![1, 2, 3]);
+        let mut c = ok.clone();
+        c.id = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("id: 0 is reserved"));
+        let mut c = ok.clone();
+        c.raft.election_tick = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("raft.election_tick (1)"));
+        let mut c = ok.clone();
+        c.initial_voters = vec![2, 3];
+        assert!(c.validate().unwrap_err().to_string().contains("must contain this manager's id 1"));
+        let c = ok.with_tick(Duration::ZERO);
+        assert!(c.validate().unwrap_err().to_string().contains("raft.tick"));
     }
 }

@@ -68,6 +68,8 @@ pub struct NodeStatus {
     pub removed: bool,
     /// True when the driver stopped.
     pub stopped: bool,
+    /// Proposals proposed again since start (lost forward or leader change).
+    pub reproposals: u64,
 }
 
 /// One membership change.
@@ -91,6 +93,7 @@ pub(crate) enum Input {
     Conf { changes: Vec<MemberChange>, reply: Reply<Vec<u64>> },
     Transfer { to: u64, reply: Reply<()> },
     Campaign,
+    SnapshotBuilt { result: Result<Box<Snapshot>, String>, compact_to: u64 },
     Stop,
 }
 
@@ -257,6 +260,10 @@ pub(crate) struct Driver {
     /// Take a snapshot at the next opportunity (membership changed: a new
     /// member only accepts a snapshot whose membership includes it).
     snapshot_now: bool,
+    snapshot_building: bool,
+    reproposals: u64,
+    /// This driver's own input channel (snapshot threads report back on it).
+    pub self_tx: Option<std::sync::mpsc::Sender<Input>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -302,6 +309,9 @@ impl Driver {
             last_heard: HashMap::new(),
             removed: false,
             snapshot_now: false,
+            snapshot_building: false,
+            reproposals: 0,
+            self_tx: None,
         }
     }
 
@@ -407,12 +417,13 @@ impl Driver {
             },
             commit: r.raft_log.committed,
             applied: self.applied,
-            snapshot_index: self.storage.latest_snapshot().get_metadata().index,
+            snapshot_index: self.storage.snapshot_index(),
             first_index: first,
             voters: conf.voters.clone(),
             learners: conf.learners.clone(),
             removed: self.removed,
             stopped,
+            reproposals: self.reproposals,
         };
         *lock(&self.status) = s;
     }
@@ -484,6 +495,7 @@ impl Driver {
                     tracing::debug!(id = self.id, error = %e, "campaign refused");
                 }
             }
+            Input::SnapshotBuilt { result, compact_to } => self.on_snapshot_built(result, compact_to),
             Input::Stop => {}
         }
     }
@@ -655,6 +667,7 @@ impl Driver {
                 p.last_sent = now;
                 p.leader = leader;
                 let (ctx, data) = (p.ctx.clone(), p.data.clone());
+                self.reproposals += 1;
                 if let Err(e) = self.raw.propose(ctx, data) {
                     tracing::trace!(id = self.id, error = %e, "re-proposing failed; will retry");
                 }
@@ -741,7 +754,7 @@ impl Driver {
             let mut hs: HardState = self.storage.hard_state();
             if commit > hs.commit {
                 hs.commit = commit;
-                self.storage.put_hard_state(&hs).map_err(|e| e.to_string())?;
+                self.storage.note_commit(&hs).map_err(|e| e.to_string())?;
             }
         }
         self.send(light.take_messages());
@@ -884,7 +897,10 @@ impl Driver {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
-        let last_snap = self.storage.latest_snapshot().get_metadata().index;
+        if self.snapshot_building {
+            return Ok(());
+        }
+        let last_snap = self.storage.snapshot_index();
         let due = self.applied >= last_snap + self.cfg.snapshot_interval.max(1);
         if !(due || self.snapshot_now && self.applied > last_snap) {
             return Ok(());
@@ -892,19 +908,54 @@ impl Driver {
         self.snapshot_now = false;
         let index = self.applied;
         let term = self.raw.store().term(index).map_err(|e| format!("term of applied index {index}: {e}"))?;
-        let state = lock(&self.replica).state();
-        let data = serde_json::to_vec(&SnapshotData { image: state.to_image(), applied_ids: self.dedupe.ids() })
-            .map_err(|e| format!("encoding the snapshot: {e}"))?;
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
-        let meta = snap.mut_metadata();
+        let mut meta = raft::prelude::SnapshotMetadata::default();
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
         let compact_to = (index + 1).saturating_sub(self.cfg.keep_entries);
-        self.storage.save_snapshot(&snap, compact_to).map_err(|e| e.to_string())?;
-        tracing::debug!(id = self.id, index, term, compact_to, "snapshot taken, log compacted");
+        // The state is persistent (cloning the Arc is O(1)): encode it on a
+        // helper thread so a large state does not stall heartbeats; the
+        // driver writes the result when it comes back.
+        let state = lock(&self.replica).state();
+        let applied_ids = self.dedupe.ids();
+        let Some(back) = self.self_tx.clone() else { return Ok(()) };
+        let id = self.id;
+        let spawned = std::thread::Builder::new().name(format!("raft-{id}-snapshot")).spawn(move || {
+            let result = serde_json::to_vec(&SnapshotData { image: state.to_image(), applied_ids })
+                .map(|data| {
+                    let mut snap = Snapshot::default();
+                    snap.data = data.into();
+                    snap.set_metadata(meta);
+                    Box::new(snap)
+                })
+                .map_err(|e| format!("encoding the snapshot at index {index}: {e}"));
+            let _ = back.send(Input::SnapshotBuilt { result, compact_to });
+        });
+        match spawned {
+            Ok(_) => self.snapshot_building = true,
+            Err(e) => tracing::warn!(id, error = %e, "cannot start the snapshot thread; will retry"),
+        }
         Ok(())
+    }
+
+    fn on_snapshot_built(&mut self, result: Result<Box<Snapshot>, String>, compact_to: u64) {
+        self.snapshot_building = false;
+        let snap = match result {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(id = self.id, error = %e, "building a snapshot failed; the log is kept");
+                return;
+            }
+        };
+        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        if index <= self.storage.snapshot_index() {
+            // A newer snapshot was installed from the leader meanwhile.
+            return;
+        }
+        match self.storage.save_snapshot(&snap, compact_to) {
+            Ok(()) => tracing::debug!(id = self.id, index, term, compact_to, "snapshot taken, log compacted"),
+            Err(e) => tracing::error!(id = self.id, index, error = %e, "saving a snapshot failed; the log is kept"),
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use std::sync::{Arc, RwLock};
 const GROUP: u64 = 1;
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const KEY_MANAGER_ID: &[u8] = b"manager_id";
 
 /// How to treat a damaged log tail when opening.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -57,6 +58,7 @@ struct Cached {
 #[derive(Clone)]
 pub struct DiskStorage {
     engine: Arc<Engine>,
+    id: u64,
     dir: PathBuf,
     cached: Arc<RwLock<Cached>>,
 }
@@ -70,8 +72,9 @@ fn store_err(e: raft_engine::Error) -> raft::Error {
 }
 
 impl DiskStorage {
-    /// Opens (or creates) the log in `dir`.
-    pub fn open(dir: &Path, recovery: Recovery) -> Result<DiskStorage, RaftError> {
+    /// Opens (or creates) the log of manager `id` in `dir`. Refuses a
+    /// directory that holds another manager's log.
+    pub fn open(dir: &Path, recovery: Recovery, id: u64) -> Result<DiskStorage, RaftError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RaftError::Io { what: format!("creating {}", dir.display()), source: e })?;
         let cfg = raft_engine::Config {
@@ -99,8 +102,24 @@ impl DiskStorage {
             engine.get_message(GROUP, KEY_HARD_STATE).map_err(|e| engine_err(dir, e))?.unwrap_or_default();
         let snapshot: Snapshot =
             engine.get_message(GROUP, KEY_SNAPSHOT).map_err(|e| engine_err(dir, e))?.unwrap_or_default();
+        match engine.get(GROUP, KEY_MANAGER_ID) {
+            Some(v) if v.as_slice() != id.to_be_bytes().as_slice() => {
+                let other = <[u8; 8]>::try_from(v.as_slice()).map(u64::from_be_bytes).unwrap_or(0);
+                return Err(RaftError::Config(format!(
+                    "{} holds the raft log of manager {other}, not of manager {id}",
+                    dir.display()
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let mut batch = LogBatch::default();
+                batch.put(GROUP, KEY_MANAGER_ID.to_vec(), id.to_be_bytes().to_vec()).map_err(|e| engine_err(dir, e))?;
+                engine.write(&mut batch, true).map_err(|e| engine_err(dir, e))?;
+            }
+        }
         let storage = DiskStorage {
             engine: Arc::new(engine),
+            id,
             dir: dir.to_path_buf(),
             cached: Arc::new(RwLock::new(Cached { hard_state, snapshot })),
         };
@@ -194,9 +213,25 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Persists only a hard state.
+    /// Persists only a hard state, fsynced.
     pub fn put_hard_state(&self, hs: &HardState) -> Result<(), RaftError> {
         self.append(&[], Some(hs))
+    }
+
+    /// Records a higher commit index without fsync: the commit index can
+    /// always be learned again from the leader, so losing this write only
+    /// costs replay work (and `open` lowers a commit index past the log).
+    pub fn note_commit(&self, hs: &HardState) -> Result<(), RaftError> {
+        let mut batch = LogBatch::default();
+        batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs).map_err(|e| engine_err(&self.dir, e))?;
+        self.engine.write(&mut batch, false).map_err(|e| engine_err(&self.dir, e))?;
+        self.write_cache().hard_state = hs.clone();
+        Ok(())
+    }
+
+    /// Index of the latest snapshot (without cloning its data).
+    pub fn snapshot_index(&self) -> u64 {
+        self.read().snapshot.get_metadata().index
     }
 
     /// Installs a snapshot received from the leader: the whole log is
@@ -204,6 +239,9 @@ impl DiskStorage {
     pub fn install_snapshot(&self, snap: &Snapshot, hs: &HardState) -> Result<(), RaftError> {
         let mut batch = LogBatch::default();
         batch.add_command(GROUP, raft_engine::Command::Clean);
+        batch
+            .put(GROUP, KEY_MANAGER_ID.to_vec(), self.id.to_be_bytes().to_vec())
+            .map_err(|e| engine_err(&self.dir, e))?;
         batch.put_message(GROUP, KEY_SNAPSHOT.to_vec(), snap).map_err(|e| engine_err(&self.dir, e))?;
         batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs).map_err(|e| engine_err(&self.dir, e))?;
         self.engine.write(&mut batch, true).map_err(|e| engine_err(&self.dir, e))?;
@@ -314,5 +352,85 @@ impl Storage for DiskStorage {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8].into();
+        e
+    }
+
+    #[test]
+    fn entries_hard_state_and_snapshots_survive_reopening() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert!(s.is_blank());
+        s.bootstrap(&[1, 2, 3]).unwrap();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.vote = 2;
+        hs.commit = 8;
+        s.append(&ents, Some(&hs)).unwrap();
+        assert_eq!(s.bounds(), (1, 10));
+        assert_eq!(s.term(5).unwrap(), 1);
+        assert!(matches!(s.term(11), Err(raft::Error::Store(StorageError::Unavailable))));
+        // A local snapshot at 8 keeping 3 entries before it.
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 8;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s.save_snapshot(&snap, 6).unwrap();
+        assert_eq!(s.bounds(), (6, 10));
+        assert!(matches!(s.term(5), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(
+            s.entries(4, 7, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert_eq!(s.bounds(), (6, 10));
+        assert_eq!(s.hard_state(), hs);
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        let got = s.entries(6, 11, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn installing_a_snapshot_replaces_the_log_durably() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        s.bootstrap(&[1]).unwrap();
+        s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 20;
+        snap.mut_metadata().term = 3;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 4];
+        snap.data = b"image".to_vec().into();
+        let mut hs = HardState::default();
+        hs.term = 3;
+        hs.commit = 20;
+        s.install_snapshot(&snap, &hs).unwrap();
+        assert_eq!(s.bounds(), (21, 20));
+        // New entries continue right after the snapshot.
+        s.append(&[entry(21, 3)], None).unwrap();
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert_eq!(s.bounds(), (21, 21));
+        assert_eq!(s.term(20).unwrap(), 3);
+        assert_eq!(s.latest_snapshot().data.as_ref(), b"image");
+        assert_eq!(s.hard_state().commit, 20);
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 4]);
+        drop(s);
+        // The directory still says whose log it is.
+        let err = DiskStorage::open(tmp.path(), Recovery::Strict, 2).err().unwrap();
+        assert!(err.to_string().contains("holds the raft log of manager 1, not of manager 2"), "{err}");
     }
 }

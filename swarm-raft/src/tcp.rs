@@ -48,6 +48,7 @@ pub struct TcpTransport {
     cfg: TcpTransportConfig,
     peers: Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>,
     runtime: tokio::runtime::Handle,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl TcpTransport {
@@ -55,7 +56,12 @@ impl TcpTransport {
     /// Must be called within a tokio runtime (its tasks run there).
     pub fn new(cfg: TcpTransportConfig) -> std::io::Result<Arc<TcpTransport>> {
         let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
-        Ok(Arc::new(TcpTransport { cfg, peers: Mutex::new(HashMap::new()), runtime }))
+        Ok(Arc::new(TcpTransport { cfg, peers: Mutex::new(HashMap::new()), runtime, dropped: Default::default() }))
+    }
+
+    /// Frames dropped so far because a peer's queue was full or closed.
+    pub fn dropped_frames(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Adds or changes a peer's address (membership changes).
@@ -109,6 +115,7 @@ impl Transport for TcpTransport {
         if let Some(q) = peers.get(&to)
             && q.try_send(frame).is_err()
         {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::trace!(to, "raft send queue full or closed; frame dropped");
         }
     }

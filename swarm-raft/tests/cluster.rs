@@ -132,3 +132,18 @@ async fn reads_are_linearizable_on_followers_and_watch_resumes() {
     assert!(matches!(c.store(other).watch(99).await, Err(StoreError::FutureRevision { .. })));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_watch_continues_across_a_leader_crash() {
+    let mut c = Cluster::start(3, 13).await;
+    let leader = c.leader(Duration::from_secs(5)).await;
+    let follower = *c.ids.iter().find(|&&i| i != leader).expect("a follower");
+    let mut watch = c.store(follower).watch(0).await.expect("watch");
+    commit_retry(c.store(follower), node_tx("before"), Duration::from_secs(5)).await.expect("write");
+    c.stop(leader).await;
+    commit_retry(c.store(follower), node_tx("after"), Duration::from_secs(5)).await.expect("write after failover");
+    let a = watch.next().await.expect("first change");
+    let b = watch.next().await.expect("second change");
+    assert_eq!((a.revision, b.revision), (1, 2));
+    c.shutdown().await;
+}

@@ -99,6 +99,34 @@ async fn corrupted_tail_is_detected_and_never_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_at_the_last_whole_record() {
+    init_tracing();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("solo");
+    let net = InProcNetwork::new(6);
+    let cfg = RaftStoreConfig::new(1, &dir, vec![1]).with_tick(TICK);
+    let s = RaftStore::open_async(cfg.clone(), net.transport(1)).await.expect("open");
+    for i in 0..20 {
+        commit_retry(&s, node_tx(&format!("c{i}")), Duration::from_secs(5)).await.expect("write");
+    }
+    s.shutdown().await;
+    // A crash in the middle of a write: the file ends inside a record.
+    let path = newest_log_file(&dir);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open log file");
+    let len = f.metadata().expect("metadata").len();
+    f.set_len(len - 300).expect("truncate");
+    drop(f);
+    let s = RaftStore::open_async(cfg, net.transport(1)).await.expect("open after a torn write");
+    let st = read_retry(&s, Duration::from_secs(5)).await;
+    let rev = st.revision();
+    assert!(rev < 20, "the torn records were cut (revision {rev})");
+    for i in 0..20u64 {
+        assert_eq!(st.node(&format!("c{i}").into()).is_some(), i < rev, "c{i} at revision {rev}");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_with_a_damaged_tail_catches_up_from_the_cluster() {
     let mut c = Cluster::start(3, 22).await;
     c.leader(Duration::from_secs(5)).await;
@@ -131,6 +159,17 @@ async fn a_lagging_follower_catches_up_by_snapshot() {
     c.converge(Duration::from_secs(5)).await;
     let st3 = c.store(3).status();
     assert!(st3.snapshot_index >= 10, "manager 3 installed a snapshot: {st3:?}");
+    assert_eq!(read_retry(c.store(3), Duration::from_secs(5)).await.revision(), 51);
+    // The installed snapshot is durable: restart manager 3 alone on its
+    // disk state (cut off from the others) and read it locally.
+    c.stop(3).await;
+    c.net.isolate(3, &c.ids);
+    let s3 = c.restart(3).await;
+    let st = s3.stale_snapshot();
+    assert!(st.revision() >= 10 && st.node(&"first".into()).is_some(), "revision {}", st.revision());
+    assert!(s3.status().snapshot_index >= 10);
+    c.net.heal();
+    c.converge(Duration::from_secs(5)).await;
     assert_eq!(read_retry(c.store(3), Duration::from_secs(5)).await.revision(), 51);
     c.shutdown().await;
 }

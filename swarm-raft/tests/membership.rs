@@ -81,7 +81,7 @@ async fn leadership_transfer() {
     // Asked on a follower that is not the target: forwarded to the leader.
     let asker = *c.ids.iter().find(|&&i| i != leader && i != target).expect("a third manager");
     c.store(asker).transfer_leadership(target).await.expect("transfer");
-    assert_eq!(c.store(target).status().role, Role::Leader);
+    wait_for("the target to lead", Duration::from_secs(1), || c.store(target).status().role == Role::Leader).await;
     commit_retry(c.store(leader), node_tx("x"), Duration::from_secs(5)).await.expect("write via the old leader");
     c.shutdown().await;
 }
