@@ -36,7 +36,7 @@ enum Backend {
     Sim(Vec<SimRuntime>),
     #[cfg(feature = "docker")]
     Docker {
-        rt: swarm::docker::DockerRuntime,
+        rt: Box<swarm::docker::DockerRuntime>,
         image: String,
     },
 }
@@ -65,7 +65,7 @@ impl Backend {
         match self {
             Backend::Sim(s) => Arc::new(s[i - 1].clone()),
             #[cfg(feature = "docker")]
-            Backend::Docker { rt, .. } => Arc::new(rt.clone()),
+            Backend::Docker { rt, .. } => Arc::new(rt.as_ref().clone()),
         }
     }
 
@@ -122,7 +122,7 @@ async fn docker_backend() -> Result<Backend, Error> {
     println!("Docker Engine {version} reachable: building and importing the test workload image...");
     let image = fixture::ensure_test_image(rt.client()).await?;
     println!("image {image} ready\n");
-    Ok(Backend::Docker { rt, image })
+    Ok(Backend::Docker { rt: Box::new(rt), image })
 }
 
 /// Asks each replica for its task id over HTTP (real containers only).
