@@ -201,6 +201,7 @@ pub struct VipProxy {
     inner: Arc<Inner>,
     supervisor: JoinHandle<()>,
     discovery: Arc<dyn Discovery>,
+    quit: watch::Sender<bool>,
 }
 
 impl VipProxy {
@@ -216,18 +217,22 @@ impl VipProxy {
             synced: watch::channel(0).0,
         });
         let (i, d) = (inner.clone(), discovery.clone());
+        let (quit, mut quit_rx) = watch::channel(false);
+        // A sync is never cut in the middle (a binder call could add an
+        // address nobody would remove): stop() asks and waits.
         let supervisor = tokio::spawn(async move {
             let mut rx = d.subscribe();
             loop {
                 let revision = *rx.borrow_and_update();
                 sync(&i, d.as_ref()).await;
                 i.synced.send_replace(revision);
-                if rx.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = quit_rx.wait_for(|q| *q) => return,
                 }
             }
         });
-        VipProxy { inner, supervisor, discovery }
+        VipProxy { inner, supervisor, discovery, quit }
     }
 
     /// The `<vip>:<port>` served now.
@@ -264,8 +269,10 @@ impl VipProxy {
     /// the binder added. Dropping a `VipProxy` without calling this leaves
     /// it running.
     pub async fn stop(self) {
-        self.supervisor.abort();
-        let _ = self.supervisor.await;
+        self.quit.send_replace(true);
+        if let Err(e) = self.supervisor.await {
+            tracing::warn!(error = %e, "vip: supervisor ended abnormally");
+        }
         let entries = std::mem::take(&mut *lock(&self.inner.listeners));
         for (_, e) in entries {
             e.task.abort();
