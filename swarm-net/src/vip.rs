@@ -18,6 +18,22 @@
 //! for VIPs that are local already, such as a pool inside 127.0.0.0/8, or
 //! VIPs mapped there by [`VipConfig::translate_vip`] (always local on Linux,
 //! no root needed).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::sync::Arc;
+//! use swarm_core::discovery::MemDiscovery;
+//! use swarm_core::model::Protocol;
+//! use swarm_net::vip::{AlreadyLocal, VipConfig, VipProxy};
+//! // In a node: `discovery.follow(store)` keeps it in step with the store,
+//! // and the allocator's pool is e.g. 127.64.0.0/16 (or use IpAddrBinder).
+//! let discovery = MemDiscovery::new();
+//! let config = VipConfig { default_ports: vec![(Protocol::Tcp, 8080)], ..Default::default() };
+//! let proxy = VipProxy::start(Arc::new(discovery), Arc::new(AlreadyLocal), config);
+//! assert!(proxy.listening().is_empty(), "no service yet");
+//! proxy.stop().await;
+//! # }
+//! ```
 
 use crate::mesh::{
     AddrMap, BackendStats, MeshConfig, Shared, bind_tcp, bind_udp, lock, read, serve_tcp, serve_udp, update_pools,
