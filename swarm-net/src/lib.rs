@@ -6,6 +6,9 @@
 //!   and `tasks.<service>` on the networks of the asking task.
 //! - [`mesh`]: the routing mesh: every node listens on every ingress port
 //!   and forwards TCP and UDP to a healthy endpoint anywhere.
+//! - [`vip`]: the VIP data path: each node serves every service VIP on the
+//!   service's target ports with the mesh's proxy (the userspace
+//!   equivalent of Swarm's IPVS VIP).
 //!
 //! See docs/swarm-net.md for the design and how it differs from Swarm.
 //!
@@ -35,3 +38,4 @@ pub mod dns;
 pub mod mesh;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod vip;

@@ -100,7 +100,7 @@ impl std::fmt::Debug for AddrMap {
 }
 
 impl MeshConfig {
-    fn reach(&self, addr: IpAddr) -> IpAddr {
+    pub(crate) fn reach(&self, addr: IpAddr) -> IpAddr {
         self.translate.as_ref().map_or(addr, |m| (m.0)(addr))
     }
 }
@@ -119,7 +119,7 @@ impl Default for MeshConfig {
     }
 }
 
-struct Backend {
+pub(crate) struct Backend {
     task_id: TaskId,
     addr: IpAddr,
     active: AtomicUsize,
@@ -157,7 +157,7 @@ impl Drop for ActiveGuard {
 }
 
 #[derive(Default)]
-struct Pool {
+pub(crate) struct Pool {
     backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
     grace: Mutex<Duration>,
@@ -226,13 +226,56 @@ struct ListenerEntry {
     task: JoinHandle<()>,
 }
 
-struct Shared {
-    config: MeshConfig,
-    pools: RwLock<HashMap<String, Arc<Pool>>>,
-    draining: Mutex<HashMap<(String, TaskId), Draining>>,
+pub(crate) struct Shared {
+    pub(crate) config: MeshConfig,
+    pub(crate) pools: RwLock<HashMap<String, Arc<Pool>>>,
+    pub(crate) draining: Mutex<HashMap<(String, TaskId), Draining>>,
     listeners: Mutex<BTreeMap<(Protocol, u32), ListenerEntry>>,
     errors: Mutex<BTreeMap<(Protocol, u32), String>>,
     synced: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: MeshConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            config,
+            pools: RwLock::default(),
+            draining: Mutex::default(),
+            listeners: Mutex::default(),
+            errors: Mutex::default(),
+            synced: watch::channel(0).0,
+        })
+    }
+
+    /// The backends of `service` (in the set, then draining).
+    pub(crate) fn backends(&self, service: &str) -> Vec<BackendStats> {
+        let stats = |b: &Arc<Backend>, draining| BackendStats {
+            task_id: b.task_id.clone(),
+            addr: b.addr,
+            active: b.active.load(Ordering::SeqCst),
+            total: b.total.load(Ordering::SeqCst),
+            draining,
+        };
+        let mut out: Vec<BackendStats> = read(&self.pools)
+            .get(service)
+            .map(|p| read(&p.backends).iter().map(|b| stats(b, false)).collect())
+            .unwrap_or_default();
+        out.extend(lock(&self.draining).iter().filter(|((s, _), _)| s == service).map(|(_, (b, _))| stats(b, true)));
+        out
+    }
+
+    /// Closes every connection now (pools and drains).
+    pub(crate) fn close_all(&self) {
+        for (_, pool) in std::mem::take(&mut *write(&self.pools)) {
+            for b in read(&pool.backends).iter() {
+                b.close.send_replace(true);
+            }
+        }
+        for (_, (b, t)) in std::mem::take(&mut *lock(&self.draining)) {
+            t.abort();
+            b.close.send_replace(true);
+        }
+    }
 }
 
 /// A node's routing mesh. See the [module docs](self).
@@ -245,14 +288,7 @@ pub struct Mesh {
 impl Mesh {
     /// Starts following `discovery`.
     pub fn start(discovery: Arc<dyn Discovery>, config: MeshConfig) -> Mesh {
-        let shared = Arc::new(Shared {
-            config,
-            pools: RwLock::default(),
-            draining: Mutex::default(),
-            listeners: Mutex::default(),
-            errors: Mutex::default(),
-            synced: watch::channel(0).0,
-        });
+        let shared = Shared::new(config);
         let (s, d) = (shared.clone(), discovery.clone());
         let supervisor = tokio::spawn(async move {
             let mut rx = d.subscribe();
@@ -280,21 +316,7 @@ impl Mesh {
 
     /// The backends of `service` (in the set, then draining).
     pub fn backends(&self, service: &str) -> Vec<BackendStats> {
-        let stats = |b: &Arc<Backend>, draining| BackendStats {
-            task_id: b.task_id.clone(),
-            addr: b.addr,
-            active: b.active.load(Ordering::SeqCst),
-            total: b.total.load(Ordering::SeqCst),
-            draining,
-        };
-        let mut out: Vec<BackendStats> = read(&self.shared.pools)
-            .get(service)
-            .map(|p| read(&p.backends).iter().map(|b| stats(b, false)).collect())
-            .unwrap_or_default();
-        out.extend(
-            lock(&self.shared.draining).iter().filter(|((s, _), _)| s == service).map(|(_, (b, _))| stats(b, true)),
-        );
-        out
+        self.shared.backends(service)
     }
 
     /// Waits until the mesh has applied the discovery state current at the
@@ -316,25 +338,17 @@ impl Mesh {
         for (_, l) in std::mem::take(&mut *lock(&self.shared.listeners)) {
             l.task.abort();
         }
-        for (_, pool) in std::mem::take(&mut *write(&self.shared.pools)) {
-            for b in read(&pool.backends).iter() {
-                b.close.send_replace(true);
-            }
-        }
-        for (_, (b, t)) in std::mem::take(&mut *lock(&self.shared.draining)) {
-            t.abort();
-            b.close.send_replace(true);
-        }
+        self.shared.close_all();
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|p| p.into_inner())
 }
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -348,21 +362,8 @@ fn sync(shared: &Arc<Shared>, discovery: &dyn Discovery) {
                 wanted.insert((p.protocol, port), (se.name.clone(), p.target_port));
             }
         }
-        update_pool(shared, se);
     }
-    // Services gone: drain everything they had.
-    let gone: Vec<(String, Arc<Pool>)> = {
-        let mut pools = write(&shared.pools);
-        let names: Vec<String> = pools.keys().filter(|k| !services.iter().any(|s| &s.name == *k)).cloned().collect();
-        names.into_iter().filter_map(|n| pools.remove(&n).map(|p| (n, p))).collect()
-    };
-    for (name, pool) in gone {
-        let grace = *lock(&pool.grace);
-        let old = std::mem::take(&mut *write(&pool.backends));
-        for b in old {
-            start_drain(shared, &name, b, grace);
-        }
-    }
+    update_pools(shared, &services);
 
     // Listeners.
     let mut listeners = lock(&shared.listeners);
@@ -420,7 +421,27 @@ fn sync(shared: &Arc<Shared>, discovery: &dyn Discovery) {
     }
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Replaces each service's backend set; services not in `services` lose
+/// their pool and their backends drain.
+pub(crate) fn update_pools(shared: &Arc<Shared>, services: &[ServiceEndpoints]) {
+    for se in services {
+        update_pool(shared, se);
+    }
+    let gone: Vec<(String, Arc<Pool>)> = {
+        let mut pools = write(&shared.pools);
+        let names: Vec<String> = pools.keys().filter(|k| !services.iter().any(|s| &s.name == *k)).cloned().collect();
+        names.into_iter().filter_map(|n| pools.remove(&n).map(|p| (n, p))).collect()
+    };
+    for (name, pool) in gone {
+        let grace = *lock(&pool.grace);
+        let old = std::mem::take(&mut *write(&pool.backends));
+        for b in old {
+            start_drain(shared, &name, b, grace);
+        }
+    }
+}
+
+pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
@@ -429,7 +450,7 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let s = std::net::UdpSocket::bind(addr)?;
     s.set_nonblocking(true)?;
     UdpSocket::from_std(s)
@@ -485,7 +506,7 @@ fn start_drain(shared: &Arc<Shared>, service: &str, b: Arc<Backend>, grace: Dura
     }
 }
 
-async fn serve_tcp(shared: Arc<Shared>, pool: Arc<Pool>, listener: TcpListener, target_port: u32) {
+pub(crate) async fn serve_tcp(shared: Arc<Shared>, pool: Arc<Pool>, listener: TcpListener, target_port: u32) {
     loop {
         match listener.accept().await {
             Ok((client, _)) => {
@@ -560,7 +581,7 @@ struct Flow {
     last: Arc<Mutex<Instant>>,
 }
 
-async fn serve_udp(shared: Arc<Shared>, pool: Arc<Pool>, sock: UdpSocket, target_port: u32) {
+pub(crate) async fn serve_udp(shared: Arc<Shared>, pool: Arc<Pool>, sock: UdpSocket, target_port: u32) {
     let sock = Arc::new(sock);
     let flows: Arc<Mutex<HashMap<SocketAddr, Flow>>> = Arc::default();
     let mut buf = vec![0u8; 65536];
