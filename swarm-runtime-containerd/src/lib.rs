@@ -39,10 +39,13 @@ pub mod image;
 pub mod metrics;
 pub mod net;
 pub mod ports;
+pub mod pull;
 pub mod runtime;
 pub mod spec;
+mod tls;
 
 pub use net::BridgeConfig;
+pub use pull::{Credentials, RegistryCredentials};
 pub use runtime::{ContainerdConfig, ContainerdRuntime, ExitEvent};
 
 /// A short random-enough token (8 hex digits) naming one task's objects:

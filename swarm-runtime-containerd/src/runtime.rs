@@ -14,9 +14,10 @@
 //! remove its containers from [`Runtime::list`] alone.
 
 use crate::engine::{Engine, is_not_found, status_err};
-use crate::image::{ensure_unpacked, resolve};
+use crate::image::{ensure_unpacked, image_exists, resolve};
 use crate::metrics::{self, Sample};
 use crate::net::{BridgeConfig, IpAllocator, TaskNet, ensure_bridge};
+use crate::pull::{Credentials, pull};
 use crate::spec::{
     Accounts, PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecContext, build_spec, parse_signal, user_needs_accounts, user_string,
 };
@@ -82,6 +83,12 @@ pub struct ContainerdConfig {
     /// RLIMIT_NOFILE of task processes (default
     /// [`default_nofile`](crate::spec::default_nofile)).
     pub nofile: u64,
+    /// Pull images missing from the store from their registry
+    /// ([`pull`](crate::pull); default true).
+    pub pull: bool,
+    /// Credentials for pulls, by registry as references name it
+    /// (`docker.io`, `registry.example.com:5000`).
+    pub registry_credentials: Credentials,
 }
 
 impl ContainerdConfig {
@@ -98,6 +105,8 @@ impl ContainerdConfig {
             runtime: "io.containerd.runc.v2".into(),
             bridge: BridgeConfig::default(),
             nofile: crate::spec::default_nofile(),
+            pull: true,
+            registry_credentials: Credentials::new(),
         }
     }
 
@@ -613,7 +622,16 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn prepare(&self, config: &ContainerConfig) -> Result<(), RuntimeError> {
-        let img = resolve(&self.engine, &config.spec.image).await?;
+        // Not in the store: pull it (when pulls are on), then resolve again.
+        let img = match resolve(&self.engine, &config.spec.image).await {
+            Err(RuntimeError::ImageNotFound { .. })
+                if self.cfg.pull && !image_exists(&self.engine, &config.spec.image).await? =>
+            {
+                pull(&self.engine, &config.spec.image, &self.cfg.registry_credentials).await?;
+                resolve(&self.engine, &config.spec.image).await?
+            }
+            r => r?,
+        };
         ensure_unpacked(&self.engine, &self.cfg.snapshotter, &img).await?;
         for m in &config.spec.mounts {
             if m.kind == MountKind::Volume && !m.source.is_empty() {
