@@ -477,11 +477,16 @@ fn is_index_type(media_type: &str) -> bool {
         || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
-/// A blob to write, with the labels containerd's garbage collector follows.
-struct Blob {
-    desc: Descriptor,
-    data: Bytes,
-    labels: HashMap<String, String>,
+/// A downloaded (and verified) blob to write, with the labels containerd's
+/// garbage collector follows from it to its children.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    /// Its descriptor.
+    pub desc: Descriptor,
+    /// Its bytes.
+    pub data: Bytes,
+    /// `containerd.io/gc.ref.content.*` labels.
+    pub labels: HashMap<String, String>,
 }
 
 /// Why a pull failed: the image, the step, the detail.
@@ -744,6 +749,22 @@ pub async fn pull(engine: &Engine, image: &str, credentials: &Credentials) -> Re
         .or_else(|| if t.registry == "docker.io" { credentials.get("index.docker.io") } else { None });
     info!(image, name = %t.name, endpoint = %t.endpoint, repository = %t.repository, "pulling image");
     let (blobs, top) = download(image, &t, creds).await?;
+    store(engine, image, &t.name, &blobs, &top).await?;
+    info!(image, name = %t.name, digest = %top.digest, blobs = blobs.len(), "image pulled");
+    Ok(())
+}
+
+/// Writes `blobs` (children before parents) through the content service
+/// and creates the image record `name` targeting `top`, all under one
+/// lease. On failure the lease is deleted synchronously, so nothing
+/// written stays (an open ingest is aborted too).
+pub async fn store(
+    engine: &Engine,
+    image: &str,
+    name: &str,
+    blobs: &[Blob],
+    top: &Descriptor,
+) -> Result<(), RuntimeError> {
     let lease = format!("swarm-rs-pull-{}", crate::token());
     let mut lease_labels = HashMap::new();
     // Expire on its own should this process die before deleting it.
@@ -754,23 +775,20 @@ pub async fn pull(engine: &Engine, image: &str, credentials: &Credentials) -> Re
         .await
         .map_err(|s| status_err(&format!("pulling image {image}: leases.create"), "", s))?;
     let r = async {
-        for b in &blobs {
+        for b in blobs {
             write_blob(engine, &lease, b)
                 .await
                 .map_err(|e| pull_err(image, &format!("writing {} to the content store", b.desc.digest), e))?;
         }
-        let img = Image { name: t.name.clone(), target: Some(top.clone()), ..Default::default() };
-        match engine
-            .images()
-            .create(engine.req_leased(CreateImageRequest { image: Some(img), ..Default::default() }, &lease)?)
-            .await
-        {
+        let img = Image { name: name.to_string(), target: Some(top.clone()), ..Default::default() };
+        let req = engine.req_leased(CreateImageRequest { image: Some(img), ..Default::default() }, &lease)?;
+        match engine.images().create(req).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                warn!(image, name = %t.name, "image record appeared during the pull; keeping it");
+                warn!(image, name, "image record appeared during the pull; keeping it");
                 Ok(())
             }
-            Err(s) => Err(pull_err(image, &format!("images.create {}", t.name), s.message())),
+            Err(s) => Err(pull_err(image, &format!("images.create {name}"), s.message())),
         }
     }
     .await;
@@ -779,9 +797,6 @@ pub async fn pull(engine: &Engine, image: &str, credentials: &Credentials) -> Re
     let sync = r.is_err();
     if let Err(s) = engine.leases().delete(engine.req(LeaseDeleteRequest { id: lease.clone(), sync })).await {
         warn!(lease, error = %s.message(), "cannot delete the pull lease (it expires in an hour)");
-    }
-    if r.is_ok() {
-        info!(image, name = %t.name, digest = %top.digest, blobs = blobs.len(), "image pulled");
     }
     r
 }

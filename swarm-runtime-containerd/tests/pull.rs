@@ -18,8 +18,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use swarm_core::runtime::{ContainerConfig, Runtime, RuntimeError};
+use swarm_runtime_containerd::engine::Engine;
 use swarm_runtime_containerd::fixture::{busybox_image, remove_image};
 use swarm_runtime_containerd::image::oci_arch;
+use swarm_runtime_containerd::pull::{Blob, sha256_digest, store};
 use swarm_runtime_containerd::{BridgeConfig, ContainerdConfig, ContainerdRuntime, RegistryCredentials};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,6 +36,7 @@ fn sha256(data: &[u8]) -> String {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Auth {
+    Anonymous,
     Basic,
     Bearer,
 }
@@ -89,12 +92,13 @@ impl Registry {
             };
         }
         let authorized = match self.auth {
+            Auth::Anonymous => true,
             Auth::Basic => authz == basic(USER, PASSWORD),
             Auth::Bearer => authz == format!("Bearer {TOKEN}"),
         };
         if path.starts_with("/v2/") && !authorized {
             let challenge = match self.auth {
-                Auth::Basic => "Basic realm=\"test\"".to_string(),
+                Auth::Anonymous | Auth::Basic => "Basic realm=\"test\"".to_string(),
                 Auth::Bearer => format!(
                     "Bearer realm=\"http://{}/token\",service=\"test-registry\",scope=\"repository:{REPO}:pull\"",
                     self.addr
@@ -215,12 +219,15 @@ async fn start_registry(served: Served, auth: Auth) -> Arc<Registry> {
 
 /// The runtime on a fresh namespace (its image removed), or `None` after
 /// a loud SKIPPED when containerd is not reachable (a panic under CI=true).
-async fn runtime(namespace: &str, image: &str, password: &str) -> Option<ContainerdRuntime> {
+async fn runtime(namespace: &str, image: &str, password: Option<&str>) -> Option<ContainerdRuntime> {
     let mut cfg = ContainerdConfig::new(namespace);
     cfg.bridge = BridgeConfig { name: "swctdtest0".into(), subnet: "10.214.0.0".parse().unwrap(), prefix: 22 };
     cfg.state_dir = PathBuf::from("/var/lib/swarm-rs-containerd-test").join(namespace);
     let registry = image.split('/').next().unwrap().to_string();
-    cfg.registry_credentials.insert(registry, RegistryCredentials { username: USER.into(), password: password.into() });
+    if let Some(password) = password {
+        cfg.registry_credentials
+            .insert(registry, RegistryCredentials { username: USER.into(), password: password.into() });
+    }
     match ContainerdRuntime::connect(cfg).await {
         Ok(rt) => {
             remove_image(&rt.config().address, namespace, image).await.unwrap();
@@ -272,7 +279,7 @@ async fn run_from(rt: &ContainerdRuntime, image: &str) {
 async fn pulls_with_a_bearer_token_from_an_oci_index_and_runs_it() {
     let reg = start_registry(image_files(true, false).await, Auth::Bearer).await;
     let image = format!("{}/{REPO}:1", reg.addr);
-    let Some(rt) = runtime("swarm-rs-ctd-test-pull-bearer", &image, PASSWORD).await else { return };
+    let Some(rt) = runtime("swarm-rs-ctd-test-pull-bearer", &image, Some(PASSWORD)).await else { return };
     rt.prepare(&config(&image, &["true"])).await.unwrap();
     let log = reg.log.lock().unwrap().clone();
     assert!(log.iter().any(|p| p.starts_with("/token?")), "no token request: {log:?}");
@@ -291,7 +298,7 @@ async fn pulls_with_a_bearer_token_from_an_oci_index_and_runs_it() {
 async fn pulls_with_basic_auth_a_docker_schema2_manifest_and_runs_it() {
     let reg = start_registry(image_files(false, false).await, Auth::Basic).await;
     let image = format!("localhost:{}/{REPO}:1", reg.addr.port());
-    let Some(rt) = runtime("swarm-rs-ctd-test-pull-basic", &image, PASSWORD).await else { return };
+    let Some(rt) = runtime("swarm-rs-ctd-test-pull-basic", &image, Some(PASSWORD)).await else { return };
     rt.prepare(&config(&image, &["true"])).await.unwrap();
     assert!(!reg.log.lock().unwrap().iter().any(|p| p.starts_with("/token")));
     run_from(&rt, &image).await;
@@ -302,7 +309,7 @@ async fn pulls_with_basic_auth_a_docker_schema2_manifest_and_runs_it() {
 async fn a_layer_not_matching_its_digest_is_rejected_and_nothing_stays() {
     let reg = start_registry(image_files(true, true).await, Auth::Bearer).await;
     let image = format!("{}/{REPO}:1", reg.addr);
-    let Some(rt) = runtime("swarm-rs-ctd-test-pull-bad", &image, PASSWORD).await else { return };
+    let Some(rt) = runtime("swarm-rs-ctd-test-pull-bad", &image, Some(PASSWORD)).await else { return };
     let err = rt.prepare(&config(&image, &["true"])).await.unwrap_err().to_string();
     assert!(err.contains("digest mismatch") && err.contains(&image) && err.contains("layer"), "{err}");
     assert!(ctr(&rt, &["images", "ls", "-q"]).trim().is_empty(), "an image record was left");
@@ -314,12 +321,12 @@ async fn a_layer_not_matching_its_digest_is_rejected_and_nothing_stays() {
 async fn wrong_credentials_and_missing_tags_give_clear_errors() {
     let reg = start_registry(image_files(false, false).await, Auth::Bearer).await;
     let image = format!("{}/{REPO}:1", reg.addr);
-    let Some(rt) = runtime("swarm-rs-ctd-test-pull-denied", &image, "wrong").await else { return };
+    let Some(rt) = runtime("swarm-rs-ctd-test-pull-denied", &image, Some("wrong")).await else { return };
     let err = rt.prepare(&config(&image, &["true"])).await.unwrap_err().to_string();
     assert!(err.contains(&image) && err.contains("token request") && err.contains("401"), "{err}");
     assert!(ctr(&rt, &["images", "ls", "-q"]).trim().is_empty());
     let missing = format!("{}/{REPO}:2", reg.addr);
-    let rt = runtime("swarm-rs-ctd-test-pull-denied", &missing, PASSWORD).await.unwrap();
+    let rt = runtime("swarm-rs-ctd-test-pull-denied", &missing, Some(PASSWORD)).await.unwrap();
     match rt.prepare(&config(&missing, &["true"])).await {
         Err(RuntimeError::ImageNotFound { reason, .. }) => assert!(reason.contains("no manifest 2"), "{reason}"),
         other => panic!("expected ImageNotFound, got {other:?}"),
@@ -332,4 +339,47 @@ async fn wrong_credentials_and_missing_tags_give_clear_errors() {
         Err(RuntimeError::ImageNotFound { reason, .. }) => assert!(reason.contains("unreachable"), "{reason}"),
         other => panic!("expected ImageNotFound, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_anonymously() {
+    let reg = start_registry(image_files(true, false).await, Auth::Anonymous).await;
+    let image = format!("{}/{REPO}:1", reg.addr);
+    let Some(rt) = runtime("swarm-rs-ctd-test-pull-anon", &image, None).await else { return };
+    rt.prepare(&config(&image, &["true"])).await.unwrap();
+    assert!(ctr(&rt, &["images", "ls", "-q"]).lines().any(|l| l == image), "image record missing");
+    let log = reg.log.lock().unwrap().clone();
+    assert!(!log.iter().any(|p| p.starts_with("/token")), "{log:?}");
+    remove_image(&rt.config().address, rt.namespace(), &image).await.unwrap();
+}
+
+/// A write that fails half-way (the second blob's bytes do not match its
+/// descriptor, so containerd refuses the commit) leaves neither the first
+/// blob, nor an image record, nor the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failing_half_way_leaves_nothing() {
+    let ns = "swarm-rs-ctd-test-pull-half";
+    let image = "127.0.0.1:1/team/half:1";
+    let Some(rt) = runtime(ns, image, None).await else { return };
+    let engine = Engine::connect(&rt.config().address, ns).await.unwrap();
+    let good = bytes::Bytes::from(format!("first blob {}", std::process::id()));
+    let bad_claim = sha256_digest(b"something else entirely");
+    let blob = |data: bytes::Bytes, digest: String| Blob {
+        desc: containerd_client::types::Descriptor {
+            media_type: "application/octet-stream".into(),
+            size: data.len() as i64,
+            digest,
+            ..Default::default()
+        },
+        data,
+        labels: HashMap::new(),
+    };
+    let blobs = vec![blob(good.clone(), sha256_digest(&good)), blob(bytes::Bytes::from_static(b"other"), bad_claim)];
+    let top = blobs[0].desc.clone();
+    let err = store(&engine, image, "127.0.0.1:1/team/half:1", &blobs, &top).await.unwrap_err().to_string();
+    eprintln!("store error: {err}");
+    assert!(err.contains(image) && err.contains("writing"), "{err}");
+    assert!(ctr(&rt, &["images", "ls", "-q"]).trim().is_empty(), "an image record was left");
+    assert!(ctr(&rt, &["content", "ls", "-q"]).trim().is_empty(), "content was left");
+    assert!(!ctr(&rt, &["leases", "ls"]).contains("swarm-rs-pull"), "pull lease left behind");
 }
