@@ -12,7 +12,7 @@
 //! the credentials when there are any). Registries on `localhost` and
 //! `127.0.0.0/8`/`::1` are spoken to in plain HTTP (Docker's default
 //! insecure registries), every other one over HTTPS (rustls, Mozilla's
-//! roots from `webpki-roots`).
+//! roots from `webpki-roots` plus [`PullOptions::extra_roots_pem`]).
 //!
 //! Everything is written through containerd's content service under a
 //! lease, children first with the `containerd.io/gc.ref.content.*` labels
@@ -38,11 +38,13 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use swarm_core::image::ImageRef;
 use swarm_core::runtime::RuntimeError;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::ClientConfig;
 use tracing::{debug, info, warn};
 
 /// The manifest media types asked for, most wanted first.
@@ -250,7 +252,12 @@ where
 }
 
 /// One GET, no redirect handling.
-async fn get_once(uri: &Uri, headers: &[(http::HeaderName, String)], limit: usize) -> Result<Resp, String> {
+async fn get_once(
+    tls_config: &Arc<ClientConfig>,
+    uri: &Uri,
+    headers: &[(http::HeaderName, String)],
+    limit: usize,
+) -> Result<Resp, String> {
     let host = uri.host().ok_or_else(|| format!("{uri} has no host"))?;
     let tls = match uri.scheme_str() {
         Some("https") => true,
@@ -272,7 +279,7 @@ async fn get_once(uri: &Uri, headers: &[(http::HeaderName, String)], limit: usiz
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
     let fut = async {
         if tls {
-            let stream = crate::tls::connect(bare, tcp).await?;
+            let stream = crate::tls::connect(tls_config.clone(), bare, tcp).await?;
             exchange(stream, req, limit).await
         } else {
             exchange(tcp, req, limit).await
@@ -286,6 +293,7 @@ async fn get_once(uri: &Uri, headers: &[(http::HeaderName, String)], limit: usiz
 /// A pull's HTTP session with one registry: the endpoint, the
 /// credentials and the authorization obtained so far.
 struct Session<'a> {
+    tls: Arc<ClientConfig>,
     target: &'a PullTarget,
     creds: Option<&'a RegistryCredentials>,
     authorization: Option<String>,
@@ -333,7 +341,7 @@ impl Session<'_> {
             if let (Some(auth), true) = (&self.authorization, uri.authority() == own.authority()) {
                 headers.push((AUTHORIZATION, auth.clone()));
             }
-            let r = get_once(&uri, &headers, limit).await?;
+            let r = get_once(&self.tls, &uri, &headers, limit).await?;
             if !r.status.is_redirection() || r.status == StatusCode::NOT_MODIFIED {
                 return Ok(r);
             }
@@ -396,7 +404,9 @@ impl Session<'_> {
                 if let Some(b) = self.basic() {
                     headers.push((AUTHORIZATION, b));
                 }
-                let r = get_once(&uri, &headers, MAX_DOCUMENT).await.map_err(|e| format!("token request: {e}"))?;
+                let r = get_once(&self.tls, &uri, &headers, MAX_DOCUMENT)
+                    .await
+                    .map_err(|e| format!("token request: {e}"))?;
                 if !r.status.is_success() {
                     return Err(format!(
                         "token request to {realm} answered {}: {}",
@@ -501,8 +511,9 @@ async fn download(
     image: &str,
     t: &PullTarget,
     creds: Option<&RegistryCredentials>,
+    tls: Arc<ClientConfig>,
 ) -> Result<(Vec<Blob>, Descriptor), RuntimeError> {
-    let mut s = Session { target: t, creds, authorization: None };
+    let mut s = Session { tls, target: t, creds, authorization: None };
     let repo = &t.repository;
     let step = format!("GET manifest {} from {}", t.reference, t.endpoint);
     let r = s.manifest(&t.reference).await.map_err(|e| {
@@ -740,15 +751,28 @@ async fn write_blob(engine: &Engine, lease: &str, blob: &Blob) -> Result<(), Str
     r
 }
 
+/// How pulls authenticate and whom they trust.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PullOptions {
+    /// Credentials by registry.
+    pub credentials: Credentials,
+    /// Extra root certificates (PEM texts) trusted for HTTPS registries,
+    /// next to Mozilla's (`webpki-roots`): a private registry's CA.
+    pub extra_roots_pem: Vec<String>,
+}
+
 /// Pulls `image` from its registry into the engine's namespace (content
 /// and image record; unpacking is the caller's). See the module docs.
-pub async fn pull(engine: &Engine, image: &str, credentials: &Credentials) -> Result<(), RuntimeError> {
+pub async fn pull(engine: &Engine, image: &str, options: &PullOptions) -> Result<(), RuntimeError> {
     let t = target(image)?;
+    let credentials = &options.credentials;
+    let tls = crate::tls::client_config(&options.extra_roots_pem)
+        .map_err(|e| RuntimeError::InvalidConfig(format!("pulling image {image}: {e}")))?;
     let creds = credentials
         .get(&t.registry)
         .or_else(|| if t.registry == "docker.io" { credentials.get("index.docker.io") } else { None });
     info!(image, name = %t.name, endpoint = %t.endpoint, repository = %t.repository, "pulling image");
-    let (blobs, top) = download(image, &t, creds).await?;
+    let (blobs, top) = download(image, &t, creds, tls).await?;
     store(engine, image, &t.name, &blobs, &top).await?;
     info!(image, name = %t.name, digest = %top.digest, blobs = blobs.len(), "image pulled");
     Ok(())

@@ -17,7 +17,7 @@ use crate::engine::{Engine, is_not_found, status_err};
 use crate::image::{ensure_unpacked, image_exists, resolve};
 use crate::metrics::{self, Sample};
 use crate::net::{BridgeConfig, IpAllocator, TaskNet, ensure_bridge};
-use crate::pull::{Credentials, pull};
+use crate::pull::{PullOptions, pull};
 use crate::spec::{
     Accounts, PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecContext, build_spec, parse_signal, user_needs_accounts, user_string,
 };
@@ -86,9 +86,9 @@ pub struct ContainerdConfig {
     /// Pull images missing from the store from their registry
     /// ([`pull`](crate::pull); default true).
     pub pull: bool,
-    /// Credentials for pulls, by registry as references name it
-    /// (`docker.io`, `registry.example.com:5000`).
-    pub registry_credentials: Credentials,
+    /// Credentials for pulls (by registry as references name it:
+    /// `docker.io`, `registry.example.com:5000`) and extra TLS roots.
+    pub registry: PullOptions,
 }
 
 impl ContainerdConfig {
@@ -106,7 +106,7 @@ impl ContainerdConfig {
             bridge: BridgeConfig::default(),
             nofile: crate::spec::default_nofile(),
             pull: true,
-            registry_credentials: Credentials::new(),
+            registry: PullOptions::default(),
         }
     }
 
@@ -627,7 +627,7 @@ impl Runtime for ContainerdRuntime {
             Err(RuntimeError::ImageNotFound { .. })
                 if self.cfg.pull && !image_exists(&self.engine, &config.spec.image).await? =>
             {
-                pull(&self.engine, &config.spec.image, &self.cfg.registry_credentials).await?;
+                pull(&self.engine, &config.spec.image, &self.cfg.registry).await?;
                 resolve(&self.engine, &config.spec.image).await?
             }
             r => r?,

@@ -24,6 +24,10 @@ use swarm_runtime_containerd::image::oci_arch;
 use swarm_runtime_containerd::pull::{Blob, sha256_digest, store};
 use swarm_runtime_containerd::{BridgeConfig, ContainerdConfig, ContainerdRuntime, RegistryCredentials};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const USER: &str = "puller";
 const PASSWORD: &str = "s3cret";
@@ -47,6 +51,7 @@ struct Registry {
     files: HashMap<String, (String, Vec<u8>)>,
     auth: Auth,
     addr: SocketAddr,
+    scheme: &'static str,
     log: Mutex<Vec<String>>,
 }
 
@@ -100,8 +105,8 @@ impl Registry {
             let challenge = match self.auth {
                 Auth::Anonymous | Auth::Basic => "Basic realm=\"test\"".to_string(),
                 Auth::Bearer => format!(
-                    "Bearer realm=\"http://{}/token\",service=\"test-registry\",scope=\"repository:{REPO}:pull\"",
-                    self.addr
+                    "Bearer realm=\"{}://{}/token\",service=\"test-registry\",scope=\"repository:{REPO}:pull\"",
+                    self.scheme, self.addr
                 ),
             };
             return response("401 Unauthorized", &[("WWW-Authenticate", challenge)], b"{\"errors\":[]}");
@@ -123,7 +128,7 @@ impl Registry {
     }
 }
 
-async fn serve_one(reg: Arc<Registry>, mut conn: tokio::net::TcpStream) {
+async fn serve_one<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(reg: Arc<Registry>, mut conn: IO) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -205,27 +210,105 @@ async fn image_files(oci: bool, corrupt: bool) -> Served {
 }
 
 async fn start_registry(served: Served, auth: Auth) -> Arc<Registry> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_registry_on(served, auth, "127.0.0.1", None).await
+}
+
+/// The registry on `ip`, in HTTPS when `tls` is given.
+async fn start_registry_on(served: Served, auth: Auth, ip: &str, tls: Option<TlsAcceptor>) -> Arc<Registry> {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let reg = Arc::new(Registry { files: served.files, auth, addr, log: Mutex::new(Vec::new()) });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let reg = Arc::new(Registry { files: served.files, auth, addr, scheme, log: Mutex::new(Vec::new()) });
     let r = reg.clone();
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(serve_one(r.clone(), conn));
+            let r = r.clone();
+            match tls.clone() {
+                None => drop(tokio::spawn(serve_one(r, conn))),
+                Some(acceptor) => drop(tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(conn).await {
+                        serve_one(r, stream).await;
+                    }
+                })),
+            }
         }
     });
     reg
 }
 
+/// A CA and a server certificate for `ip` signed by it (openssl CLI):
+/// the CA's PEM and the server's acceptor.
+fn test_pki(ip: &str) -> (String, TlsAcceptor) {
+    let dir = std::env::temp_dir().join(format!("swarm-ctd-pki-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").current_dir(&dir).args(args).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    sh(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=swarm test ca", "-days", "2"],
+    ]
+    .concat());
+    sh(&[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", &format!("/CN={ip}")]].concat());
+    std::fs::write(
+        dir.join("ext"),
+        format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let leaf = CertificateDer::from_pem_file(dir.join("leaf.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf], key)
+        .unwrap();
+    (ca, TlsAcceptor::from(Arc::new(cfg)))
+}
+
 /// The runtime on a fresh namespace (its image removed), or `None` after
 /// a loud SKIPPED when containerd is not reachable (a panic under CI=true).
 async fn runtime(namespace: &str, image: &str, password: Option<&str>) -> Option<ContainerdRuntime> {
+    runtime_with(namespace, image, password, Vec::new()).await
+}
+
+async fn runtime_with(
+    namespace: &str,
+    image: &str,
+    password: Option<&str>,
+    roots: Vec<String>,
+) -> Option<ContainerdRuntime> {
     let mut cfg = ContainerdConfig::new(namespace);
+    cfg.registry.extra_roots_pem = roots;
     cfg.bridge = BridgeConfig { name: "swctdtest0".into(), subnet: "10.214.0.0".parse().unwrap(), prefix: 22 };
     cfg.state_dir = PathBuf::from("/var/lib/swarm-rs-containerd-test").join(namespace);
     let registry = image.split('/').next().unwrap().to_string();
     if let Some(password) = password {
-        cfg.registry_credentials
+        cfg.registry
+            .credentials
             .insert(registry, RegistryCredentials { username: USER.into(), password: password.into() });
     }
     match ContainerdRuntime::connect(cfg).await {
@@ -382,4 +465,29 @@ async fn a_store_failing_half_way_leaves_nothing() {
     assert!(ctr(&rt, &["images", "ls", "-q"]).trim().is_empty(), "an image record was left");
     assert!(ctr(&rt, &["content", "ls", "-q"]).trim().is_empty(), "content was left");
     assert!(!ctr(&rt, &["leases", "ls"]).contains("swarm-rs-pull"), "pull lease left behind");
+}
+
+/// A registry that is not on loopback is spoken to in HTTPS: the test's
+/// registry on the test bridge's gateway address with a certificate from a
+/// CA of the test's own. Trusted through `extra_roots_pem` the pull works
+/// (Bearer flow, index) and a task runs; without it the handshake fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_over_https_from_a_registry_off_loopback() {
+    const GATEWAY: &str = "10.214.0.1";
+    let ns = "swarm-rs-ctd-test-pull-https";
+    // Connecting creates the test bridge (and its address) first.
+    let probe = format!("{GATEWAY}:1/{REPO}:1");
+    let Some(_) = runtime(ns, &probe, None).await else { return };
+    let (ca, acceptor) = test_pki(GATEWAY);
+    let reg = start_registry_on(image_files(true, false).await, Auth::Bearer, GATEWAY, Some(acceptor)).await;
+    let image = format!("{}/{REPO}:1", reg.addr);
+    let untrusted = runtime(ns, &image, Some(PASSWORD)).await.unwrap();
+    let err = untrusted.prepare(&config(&image, &["true"])).await.unwrap_err().to_string();
+    assert!(err.contains("tls handshake") && err.contains(&image), "{err}");
+    let rt = runtime_with(ns, &image, Some(PASSWORD), vec![ca]).await.unwrap();
+    rt.prepare(&config(&image, &["true"])).await.unwrap();
+    let log = reg.log.lock().unwrap().clone();
+    assert!(log.iter().any(|p| p.starts_with("/token?")), "{log:?}");
+    run_from(&rt, &image).await;
+    remove_image(&rt.config().address, rt.namespace(), &image).await.unwrap();
 }
