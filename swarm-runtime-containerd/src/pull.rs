@@ -437,8 +437,6 @@ impl Session<'_> {
 
 #[derive(Deserialize)]
 struct IndexJson {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
     #[serde(default)]
     manifests: Vec<EntryJson>,
 }
@@ -466,8 +464,6 @@ struct PlatformJson {
 struct ManifestJson {
     #[serde(rename = "schemaVersion", default)]
     schema_version: u32,
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
     config: BlobJson,
     #[serde(default)]
     layers: Vec<BlobJson>,
@@ -535,14 +531,13 @@ async fn download(
     if !r.status.is_success() {
         return Err(pull_err(image, &step, format!("status {}", r.status)));
     }
-    let mut top = manifest_desc(image, &step, &r, &t.reference)?;
+    let top = manifest_desc(image, &step, &r, &t.reference)?;
     let mut blobs = Vec::new();
     let mut manifest_bytes = r.body.clone();
-    let mut manifest_desc_ = top.clone();
+    let mut chosen = top.clone();
     if is_index_type(&top.media_type) {
         let idx: IndexJson = serde_json::from_slice(&r.body)
             .map_err(|e| pull_err(image, &step, format!("cannot parse the index: {e}")))?;
-        let _ = &idx.media_type;
         let arch = oci_arch();
         let pick = idx
             .manifests
@@ -560,7 +555,7 @@ async fn download(
         }
         verify(&format!("manifest {}", pick.digest), &r2.body, &pick.digest, pick.size)
             .map_err(|e| pull_err(image, &step2, e))?;
-        manifest_desc_ = Descriptor {
+        chosen = Descriptor {
             media_type: if pick.media_type.is_empty() { content_type(&r2) } else { pick.media_type.clone() },
             digest: pick.digest.clone(),
             size: r2.body.len() as i64,
@@ -575,11 +570,9 @@ async fn download(
             .map(|(i, m)| (format!("containerd.io/gc.ref.content.m.{i}"), m.digest.clone()))
             .collect();
         blobs.push(Blob { desc: top.clone(), data: r.body.clone(), labels });
-    } else {
-        top.media_type = manifest_desc_.media_type.clone();
     }
     let m: ManifestJson = serde_json::from_slice(&manifest_bytes).map_err(|e| {
-        pull_err(image, "parsing the manifest", format!("{} is not an image manifest: {e}", manifest_desc_.digest))
+        pull_err(image, "parsing the manifest", format!("{} is not an image manifest: {e}", chosen.digest))
     })?;
     if m.schema_version != 2 {
         return Err(pull_err(
@@ -588,7 +581,6 @@ async fn download(
             format!("schema version {} is not supported", m.schema_version),
         ));
     }
-    let _ = &m.media_type;
     let mut labels = HashMap::new();
     labels.insert("containerd.io/gc.ref.content.config".to_string(), m.config.digest.clone());
     let mut children = Vec::new();
@@ -618,13 +610,15 @@ async fn download(
     // Write order: children, manifest, index (the index is already in `blobs`).
     let index = blobs.pop();
     blobs.extend(children);
-    blobs.push(Blob { desc: manifest_desc_, data: manifest_bytes, labels });
+    blobs.push(Blob { desc: chosen, data: manifest_bytes, labels });
     blobs.extend(index);
     Ok((blobs, top))
 }
 
 fn content_type(r: &Resp) -> String {
-    r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_string()
+    // Without parameters (`; charset=...`).
+    let v = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    v.split(';').next().unwrap_or("").trim().to_string()
 }
 
 /// The descriptor of a fetched manifest or index: its digest checked
