@@ -145,6 +145,9 @@ pub struct ContainerdRuntime {
     cfg: ContainerdConfig,
     alloc: IpAllocator,
     cpu: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
+    /// One gate per image being pulled, so concurrent prepares of the
+    /// same image (a service's replicas) pull it once.
+    pulls: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 fn engine_err(what: impl std::fmt::Display) -> RuntimeError {
@@ -279,6 +282,7 @@ impl ContainerdRuntime {
             engine,
             cfg,
             cpu: Arc::new(Mutex::new(HashMap::new())),
+            pulls: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -615,6 +619,31 @@ impl ContainerdRuntime {
     }
 }
 
+impl ContainerdRuntime {
+    /// Pulls `image` unless another call is pulling it (then waits for
+    /// that one and pulls only if it failed).
+    async fn pull_once(&self, image: &str) -> Result<(), RuntimeError> {
+        let name = crate::image::normalize(image)?;
+        let gate = self.pulls.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default().clone();
+        let r = {
+            let _held = gate.lock().await;
+            if image_exists(&self.engine, image).await? {
+                debug!(image, "pulled meanwhile by another prepare");
+                Ok(())
+            } else {
+                pull(&self.engine, image, &self.cfg.registry).await
+            }
+        };
+        let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this call hold it: nobody waits, forget it
+        // (clones are only taken under this lock).
+        if Arc::strong_count(&gate) <= 2 {
+            pulls.remove(&name);
+        }
+        r
+    }
+}
+
 #[async_trait]
 impl Runtime for ContainerdRuntime {
     fn name(&self) -> &str {
@@ -627,7 +656,7 @@ impl Runtime for ContainerdRuntime {
             Err(RuntimeError::ImageNotFound { .. })
                 if self.cfg.pull && !image_exists(&self.engine, &config.spec.image).await? =>
             {
-                pull(&self.engine, &config.spec.image, &self.cfg.registry).await?;
+                self.pull_once(&config.spec.image).await?;
                 resolve(&self.engine, &config.spec.image).await?
             }
             r => r?,

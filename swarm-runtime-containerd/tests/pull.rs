@@ -370,6 +370,15 @@ async fn pulls_with_a_bearer_token_from_an_oci_index_and_runs_it() {
     assert!(ctr(&rt, &["images", "ls", "-q"]).lines().any(|l| l == image), "image record missing");
     assert!(!ctr(&rt, &["leases", "ls"]).contains("swarm-rs-pull"), "pull lease left behind");
     run_from(&rt, &image).await;
+    // Concurrent prepares of the same image (replicas) pull it once.
+    remove_image(&rt.config().address, rt.namespace(), &image).await.unwrap();
+    let tag_fetches = || reg.log.lock().unwrap().iter().filter(|p| p.ends_with("/manifests/1")).count();
+    let before = tag_fetches();
+    let c = config(&image, &["true"]);
+    let all = futures_util::future::join_all((0..4).map(|_| rt.prepare(&c))).await;
+    assert!(all.iter().all(|r| r.is_ok()), "{all:?}");
+    // The tag is fetched twice by one pull: anonymously (401), then with the token.
+    assert_eq!(tag_fetches() - before, 2, "{:?}", reg.log.lock().unwrap());
     // A second prepare finds it in the store: no registry traffic.
     let before = reg.log.lock().unwrap().len();
     rt.prepare(&config(&image, &["true"])).await.unwrap();
