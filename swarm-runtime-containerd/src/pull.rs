@@ -55,12 +55,14 @@ application/vnd.docker.distribution.manifest.v2+json";
 
 /// Longest a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest one request (headers and body) may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest a small document (manifest, index, config, token) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for response headers or for the next piece of a body.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest manifest, index or token response accepted.
 const MAX_DOCUMENT: usize = 4 << 20;
-/// Largest blob accepted (blobs are held in memory while verified).
-const MAX_BLOB: usize = 2 << 30;
+/// Largest image config accepted (held in memory; layers are streamed).
+const MAX_CONFIG: usize = 16 << 20;
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
 /// Bytes per content-service write message.
@@ -225,39 +227,31 @@ struct Resp {
     body: Bytes,
 }
 
-async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>, limit: usize) -> Result<Resp, String>
+/// A response whose body is still to be read. Its connection is driven
+/// by a task of its own, which ends with the connection (body read or
+/// dropped).
+type Open = http::Response<hyper::body::Incoming>;
+
+async fn send<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Open, String>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| format!("http handshake: {e}"))?;
-    let driver = tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!(error = %e, "registry connection ended with an error");
         }
     });
-    let r = async {
-        let resp = sender.send_request(req).await.map_err(|e| format!("sending the request: {e}"))?;
-        let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the response body: {e}"))?
-            .to_bytes();
-        Ok(Resp { status: parts.status, headers: parts.headers, body })
-    }
-    .await;
-    driver.abort();
-    r
+    sender.send_request(req).await.map_err(|e| format!("sending the request: {e}"))
 }
 
-/// One GET, no redirect handling.
-async fn get_once(
+/// One GET up to the response headers, no redirect handling.
+async fn open_once(
     tls_config: &Arc<ClientConfig>,
     uri: &Uri,
     headers: &[(http::HeaderName, String)],
-    limit: usize,
-) -> Result<Resp, String> {
+) -> Result<Open, String> {
     let host = uri.host().ok_or_else(|| format!("{uri} has no host"))?;
     let tls = match uri.scheme_str() {
         Some("https") => true,
@@ -280,14 +274,35 @@ async fn get_once(
     let fut = async {
         if tls {
             let stream = crate::tls::connect(tls_config.clone(), bare, tcp).await?;
-            exchange(stream, req, limit).await
+            send(stream, req).await
         } else {
-            exchange(tcp, req, limit).await
+            send(tcp, req).await
         }
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+    tokio::time::timeout(IDLE_TIMEOUT, fut)
         .await
-        .map_err(|_| format!("GET {uri} timed out after {REQUEST_TIMEOUT:?}"))?
+        .map_err(|_| format!("GET {uri}: no answer within {IDLE_TIMEOUT:?}"))?
+}
+
+/// Reads a whole (small) response body, at most `limit` bytes.
+async fn read_all(resp: Open, limit: usize) -> Result<Resp, String> {
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| format!("reading the response body timed out after {REQUEST_TIMEOUT:?}"))?
+        .map_err(|e| format!("reading the response body: {e}"))?
+        .to_bytes();
+    Ok(Resp { status: parts.status, headers: parts.headers, body })
+}
+
+/// One GET with its body read whole, no redirect handling.
+async fn get_once(
+    tls_config: &Arc<ClientConfig>,
+    uri: &Uri,
+    headers: &[(http::HeaderName, String)],
+    limit: usize,
+) -> Result<Resp, String> {
+    read_all(open_once(tls_config, uri, headers).await?, limit).await
 }
 
 /// A pull's HTTP session with one registry: the endpoint, the
@@ -303,19 +318,25 @@ impl Session<'_> {
     /// GET `path` on the registry (following redirects; the authorization
     /// goes only to the registry's own host), authenticating on a 401.
     async fn get(&mut self, path: &str, accept: Option<&str>, limit: usize) -> Result<Resp, String> {
-        let r = self.get_following(path, accept, limit).await?;
-        if r.status != StatusCode::UNAUTHORIZED {
+        read_all(self.open(path, accept).await?, limit).await
+    }
+
+    /// Like [`Session::get`], the body left to read.
+    async fn open(&mut self, path: &str, accept: Option<&str>) -> Result<Open, String> {
+        let r = self.open_following(path, accept).await?;
+        if r.status() != StatusCode::UNAUTHORIZED {
             return Ok(r);
         }
         let challenge = r
-            .headers
+            .headers()
             .get(WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .ok_or("the registry answered 401 without a WWW-Authenticate challenge")?
             .to_string();
+        drop(r);
         self.authenticate(&challenge).await?;
-        let r = self.get_following(path, accept, limit).await?;
-        if r.status == StatusCode::UNAUTHORIZED {
+        let r = self.open_following(path, accept).await?;
+        if r.status() == StatusCode::UNAUTHORIZED {
             return Err(format!(
                 "the registry refused the {} (401 after authenticating)",
                 if self.creds.is_some() { "configured credentials" } else { "anonymous token" }
@@ -330,7 +351,7 @@ impl Session<'_> {
         self.get(&path, Some(ACCEPT_MANIFESTS), MAX_DOCUMENT).await
     }
 
-    async fn get_following(&self, path: &str, accept: Option<&str>, limit: usize) -> Result<Resp, String> {
+    async fn open_following(&self, path: &str, accept: Option<&str>) -> Result<Open, String> {
         let own: Uri = format!("{}{path}", self.target.endpoint).parse().map_err(|e| format!("bad url {path}: {e}"))?;
         let mut uri = own.clone();
         for _ in 0..=MAX_REDIRECTS {
@@ -341,15 +362,16 @@ impl Session<'_> {
             if let (Some(auth), true) = (&self.authorization, uri.authority() == own.authority()) {
                 headers.push((AUTHORIZATION, auth.clone()));
             }
-            let r = get_once(&self.tls, &uri, &headers, limit).await?;
-            if !r.status.is_redirection() || r.status == StatusCode::NOT_MODIFIED {
+            let r = open_once(&self.tls, &uri, &headers).await?;
+            if !r.status().is_redirection() || r.status() == StatusCode::NOT_MODIFIED {
                 return Ok(r);
             }
             let loc = r
-                .headers
+                .headers()
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| format!("redirect {} without a Location", r.status))?;
+                .ok_or_else(|| format!("redirect {} without a Location", r.status()))?
+                .to_string();
             uri = if loc.starts_with('/') {
                 let scheme = uri.scheme_str().unwrap_or("https");
                 let auth = uri.authority().map(|a| a.as_str()).unwrap_or("");
@@ -500,15 +522,14 @@ fn pull_err(image: &str, step: &str, detail: impl fmt::Display) -> RuntimeError 
     RuntimeError::Engine(format!("pulling image {image}: {step}: {detail}"))
 }
 
-/// Downloads and verifies everything of `image`: the blobs in write order
-/// (layers and config, then the manifest, then the index if any) and the
-/// descriptor of the image's target.
-async fn download(
+/// Fetches and verifies the manifest (through the index if any) and the
+/// config of `image`.
+async fn download<'a>(
     image: &str,
-    t: &PullTarget,
-    creds: Option<&RegistryCredentials>,
+    t: &'a PullTarget,
+    creds: Option<&'a RegistryCredentials>,
     tls: Arc<ClientConfig>,
-) -> Result<(Vec<Blob>, Descriptor), RuntimeError> {
+) -> Result<Downloaded<'a>, RuntimeError> {
     let mut s = Session { tls, target: t, creds, authorization: None };
     let repo = &t.repository;
     let step = format!("GET manifest {} from {}", t.reference, t.endpoint);
@@ -532,7 +553,7 @@ async fn download(
         return Err(pull_err(image, &step, format!("status {}", r.status)));
     }
     let top = manifest_desc(image, &step, &r, &t.reference)?;
-    let mut blobs = Vec::new();
+    let mut docs = Vec::new();
     let mut manifest_bytes = r.body.clone();
     let mut chosen = top.clone();
     if is_index_type(&top.media_type) {
@@ -569,7 +590,7 @@ async fn download(
             .filter(|(_, m)| m.digest == pick.digest)
             .map(|(i, m)| (format!("containerd.io/gc.ref.content.m.{i}"), m.digest.clone()))
             .collect();
-        blobs.push(Blob { desc: top.clone(), data: r.body.clone(), labels });
+        docs.push(Blob { desc: top.clone(), data: r.body.clone(), labels });
     }
     let m: ManifestJson = serde_json::from_slice(&manifest_bytes).map_err(|e| {
         pull_err(image, "parsing the manifest", format!("{} is not an image manifest: {e}", chosen.digest))
@@ -583,36 +604,55 @@ async fn download(
     }
     let mut labels = HashMap::new();
     labels.insert("containerd.io/gc.ref.content.config".to_string(), m.config.digest.clone());
-    let mut children = Vec::new();
     for (i, l) in m.layers.iter().enumerate() {
         labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
     }
-    for (what, b) in std::iter::once(("config", &m.config)).chain(m.layers.iter().map(|l| ("layer", l))) {
-        let step = format!("GET {what} blob {}", b.digest);
-        let path = format!("/v2/{repo}/blobs/{}", b.digest);
-        let r = s.get(&path, None, MAX_BLOB).await.map_err(|e| pull_err(image, &step, e))?;
-        if !r.status.is_success() {
-            return Err(pull_err(image, &step, format!("status {}", r.status)));
-        }
-        verify(&format!("{what} {}", b.digest), &r.body, &b.digest, b.size).map_err(|e| pull_err(image, &step, e))?;
-        debug!(image, digest = %b.digest, bytes = r.body.len(), "blob verified");
-        children.push(Blob {
-            desc: Descriptor {
-                media_type: b.media_type.clone(),
-                digest: b.digest.clone(),
-                size: r.body.len() as i64,
-                ..Default::default()
-            },
-            data: r.body,
-            labels: HashMap::new(),
-        });
+    let b = &m.config;
+    let step = format!("GET config blob {}", b.digest);
+    let r = s
+        .get(&format!("/v2/{repo}/blobs/{}", b.digest), None, MAX_CONFIG)
+        .await
+        .map_err(|e| pull_err(image, &step, e))?;
+    if !r.status.is_success() {
+        return Err(pull_err(image, &step, format!("status {}", r.status)));
     }
-    // Write order: children, manifest, index (the index is already in `blobs`).
-    let index = blobs.pop();
-    blobs.extend(children);
-    blobs.push(Blob { desc: chosen, data: manifest_bytes, labels });
-    blobs.extend(index);
-    Ok((blobs, top))
+    verify(&format!("config {}", b.digest), &r.body, &b.digest, b.size).map_err(|e| pull_err(image, &step, e))?;
+    let config = Blob {
+        desc: Descriptor {
+            media_type: b.media_type.clone(),
+            digest: b.digest.clone(),
+            size: r.body.len() as i64,
+            ..Default::default()
+        },
+        data: r.body,
+        labels: HashMap::new(),
+    };
+    let layers = m
+        .layers
+        .iter()
+        .map(|l| Descriptor {
+            media_type: l.media_type.clone(),
+            digest: l.digest.clone(),
+            size: l.size,
+            ..Default::default()
+        })
+        .collect();
+    // Write order: config, manifest, index (the index is already in `docs`).
+    let index = docs.pop();
+    docs.push(config);
+    docs.push(Blob { desc: chosen, data: manifest_bytes, labels });
+    docs.extend(index);
+    Ok(Downloaded { docs, layers, top, session: s })
+}
+
+/// What [`download`] fetched: the small documents (config, manifest, index
+/// if any, verified, in write order), the layers still to stream, the
+/// image's target, and the session (its authorization) to stream them.
+struct Downloaded<'a> {
+    docs: Vec<Blob>,
+    layers: Vec<Descriptor>,
+    top: Descriptor,
+    session: Session<'a>,
 }
 
 fn content_type(r: &Resp) -> String {
@@ -766,10 +806,58 @@ pub async fn pull(engine: &Engine, image: &str, options: &PullOptions) -> Result
         .get(&t.registry)
         .or_else(|| if t.registry == "docker.io" { credentials.get("index.docker.io") } else { None });
     info!(image, name = %t.name, endpoint = %t.endpoint, repository = %t.repository, "pulling image");
-    let (blobs, top) = download(image, &t, creds, tls).await?;
-    store(engine, image, &t.name, &blobs, &top).await?;
-    info!(image, name = %t.name, digest = %top.digest, blobs = blobs.len(), "image pulled");
+    let mut d = download(image, &t, creds, tls).await?;
+    let lease = lease_create(engine, image).await?;
+    let r = async {
+        for l in &d.layers {
+            if blob_exists(engine, &l.digest).await.map_err(|s| status_err("content.info", &l.digest, s))? {
+                debug!(image, digest = %l.digest, "layer already in the content store");
+                continue;
+            }
+            let step = format!("GET layer blob {}", l.digest);
+            let resp = d
+                .session
+                .open(&format!("/v2/{}/blobs/{}", t.repository, l.digest), None)
+                .await
+                .map_err(|e| pull_err(image, &step, e))?;
+            if !resp.status().is_success() {
+                return Err(pull_err(image, &step, format!("status {}", resp.status())));
+            }
+            write_stream(engine, &lease, l, resp)
+                .await
+                .map_err(|e| pull_err(image, &format!("streaming layer {} into the content store", l.digest), e))?;
+            debug!(image, digest = %l.digest, bytes = l.size, "layer written and verified");
+        }
+        store_under(engine, &lease, image, &t.name, &d.docs, &d.top).await
+    }
+    .await;
+    lease_end(engine, &lease, r.is_err()).await;
+    r?;
+    info!(image, name = %t.name, digest = %d.top.digest, layers = d.layers.len(), "image pulled");
     Ok(())
+}
+
+/// Creates the lease a pull or store writes under.
+async fn lease_create(engine: &Engine, image: &str) -> Result<String, RuntimeError> {
+    let lease = format!("swarm-rs-pull-{}", crate::token());
+    let mut lease_labels = HashMap::new();
+    // Expire on its own should this process die before deleting it.
+    lease_labels.insert("containerd.io/gc.expire".to_string(), expire_in(Duration::from_secs(3600)));
+    engine
+        .leases()
+        .create(engine.req(LeaseCreateRequest { id: lease.clone(), labels: lease_labels }))
+        .await
+        .map_err(|s| status_err(&format!("pulling image {image}: leases.create"), "", s))?;
+    Ok(lease)
+}
+
+/// Deletes the lease: on success the image record holds everything; on
+/// failure (`failed`) synchronously, so the collector takes what was written.
+async fn lease_end(engine: &Engine, lease: &str, failed: bool) {
+    let req = LeaseDeleteRequest { id: lease.to_string(), sync: failed };
+    if let Err(s) = engine.leases().delete(engine.req(req)).await {
+        warn!(lease, error = %s.message(), "cannot delete the pull lease (it expires in an hour)");
+    }
 }
 
 /// Writes `blobs` (children before parents) through the content service
@@ -783,38 +871,121 @@ pub async fn store(
     blobs: &[Blob],
     top: &Descriptor,
 ) -> Result<(), RuntimeError> {
-    let lease = format!("swarm-rs-pull-{}", crate::token());
-    let mut lease_labels = HashMap::new();
-    // Expire on its own should this process die before deleting it.
-    lease_labels.insert("containerd.io/gc.expire".to_string(), expire_in(Duration::from_secs(3600)));
-    engine
-        .leases()
-        .create(engine.req(LeaseCreateRequest { id: lease.clone(), labels: lease_labels }))
-        .await
-        .map_err(|s| status_err(&format!("pulling image {image}: leases.create"), "", s))?;
-    let r = async {
-        for b in blobs {
-            write_blob(engine, &lease, b)
-                .await
-                .map_err(|e| pull_err(image, &format!("writing {} to the content store", b.desc.digest), e))?;
-        }
-        let img = Image { name: name.to_string(), target: Some(top.clone()), ..Default::default() };
-        let req = engine.req_leased(CreateImageRequest { image: Some(img), ..Default::default() }, &lease)?;
-        match engine.images().create(req).await {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                warn!(image, name, "image record appeared during the pull; keeping it");
-                Ok(())
-            }
-            Err(s) => Err(pull_err(image, &format!("images.create {name}"), s.message())),
-        }
+    let lease = lease_create(engine, image).await?;
+    let r = store_under(engine, &lease, image, name, blobs, top).await;
+    lease_end(engine, &lease, r.is_err()).await;
+    r
+}
+
+async fn store_under(
+    engine: &Engine,
+    lease: &str,
+    image: &str,
+    name: &str,
+    blobs: &[Blob],
+    top: &Descriptor,
+) -> Result<(), RuntimeError> {
+    for b in blobs {
+        write_blob(engine, lease, b)
+            .await
+            .map_err(|e| pull_err(image, &format!("writing {} to the content store", b.desc.digest), e))?;
     }
-    .await;
-    // On success the image record holds everything; on failure a
-    // synchronous delete lets the collector take what was written.
-    let sync = r.is_err();
-    if let Err(s) = engine.leases().delete(engine.req(LeaseDeleteRequest { id: lease.clone(), sync })).await {
-        warn!(lease, error = %s.message(), "cannot delete the pull lease (it expires in an hour)");
+    let img = Image { name: name.to_string(), target: Some(top.clone()), ..Default::default() };
+    let req = engine.req_leased(CreateImageRequest { image: Some(img), ..Default::default() }, lease)?;
+    match engine.images().create(req).await {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            warn!(image, name, "image record appeared during the pull; keeping it");
+            Ok(())
+        }
+        Err(s) => Err(pull_err(image, &format!("images.create {name}"), s.message())),
+    }
+}
+
+/// Streams one layer from the registry's response into the content store
+/// (1 MiB messages), hashing it on the way: the commit is sent only when
+/// the size and sha256 match the descriptor (containerd checks the digest
+/// again); otherwise the ingest is aborted.
+async fn write_stream(engine: &Engine, lease: &str, desc: &Descriptor, resp: Open) -> Result<(), String> {
+    if !desc.digest.starts_with("sha256:") {
+        return Err(format!("digest {} is not sha256 (the only algorithm supported)", desc.digest));
+    }
+    let reference = format!("swarm-rs-pull-{}-{}", crate::token(), desc.digest);
+    let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(2);
+    let outgoing = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let req = engine.req_leased(outgoing, lease).map_err(|e| e.to_string())?;
+    let mut client = engine.content();
+    let receive = async {
+        let mut answers = client.write(req).await.map_err(|s| format!("content.write: {}", s.message()))?.into_inner();
+        let mut committed = false;
+        while let Some(m) = answers.next().await {
+            let m = m.map_err(|s| format!("content.write: {}", s.message()))?;
+            if m.action == WriteAction::Commit as i32 {
+                if !m.digest.is_empty() && m.digest != desc.digest {
+                    return Err(format!("content.write committed {} instead of {}", m.digest, desc.digest));
+                }
+                committed = true;
+            }
+        }
+        Ok::<bool, String>(committed)
+    };
+    let msg = |action: WriteAction, offset: u64, data: Vec<u8>| WriteContentRequest {
+        action: action as i32,
+        r#ref: reference.clone(),
+        total: desc.size,
+        expected: desc.digest.clone(),
+        offset: offset as i64,
+        data,
+        labels: HashMap::new(),
+    };
+    let feed = async move {
+        let closed = |_| "the content service closed the write".to_string();
+        let mut body = resp.into_body();
+        let mut hasher = Sha256::new();
+        let mut offset = 0u64;
+        let mut buf = Vec::with_capacity(WRITE_CHUNK);
+        loop {
+            let frame = tokio::time::timeout(IDLE_TIMEOUT, body.frame())
+                .await
+                .map_err(|_| format!("the registry sent nothing for {IDLE_TIMEOUT:?}"))?;
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| format!("reading the blob: {e}"))?;
+            let Ok(data) = frame.into_data() else { continue };
+            hasher.update(&data);
+            buf.extend_from_slice(&data);
+            if desc.size > 0 && offset + buf.len() as u64 > desc.size as u64 {
+                return Err(format!("the registry sent more than the descriptor's {} bytes", desc.size));
+            }
+            if buf.len() >= WRITE_CHUNK {
+                let n = buf.len() as u64;
+                tx.send(msg(WriteAction::Write, offset, std::mem::take(&mut buf))).await.map_err(closed)?;
+                offset += n;
+            }
+        }
+        if !buf.is_empty() {
+            let n = buf.len() as u64;
+            tx.send(msg(WriteAction::Write, offset, buf)).await.map_err(closed)?;
+            offset += n;
+        }
+        if desc.size > 0 && offset != desc.size as u64 {
+            return Err(format!("got {offset} bytes, the descriptor says {}", desc.size));
+        }
+        let got = format!("sha256:{}", hex(&hasher.finalize()));
+        if got != desc.digest {
+            return Err(format!("digest mismatch: expected {}, got {got}", desc.digest));
+        }
+        tx.send(msg(WriteAction::Commit, offset, Vec::new())).await.map_err(closed)?;
+        Ok(())
+    };
+    let (fed, received) = tokio::join!(feed, receive);
+    let r = match (fed, received) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(false)) => Err("content.write ended without confirming the commit".to_string()),
+        (Ok(()), Ok(true)) => Ok(()),
+    };
+    if r.is_err() {
+        let _ = engine.content().abort(engine.req(AbortRequest { r#ref: reference })).await;
     }
     r
 }

@@ -403,6 +403,7 @@ async fn a_layer_not_matching_its_digest_is_rejected_and_nothing_stays() {
     let image = format!("{}/{REPO}:1", reg.addr);
     let Some(rt) = runtime("swarm-rs-ctd-test-pull-bad", &image, Some(PASSWORD)).await else { return };
     let err = rt.prepare(&config(&image, &["true"])).await.unwrap_err().to_string();
+    eprintln!("pull error: {err}");
     assert!(err.contains("digest mismatch") && err.contains(&image) && err.contains("layer"), "{err}");
     assert!(ctr(&rt, &["images", "ls", "-q"]).trim().is_empty(), "an image record was left");
     assert!(ctr(&rt, &["content", "ls", "-q"]).trim().is_empty(), "content was left");
