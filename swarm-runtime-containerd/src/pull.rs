@@ -4,9 +4,10 @@
 //! The reference is resolved the way Docker does (`docker.io` is served by
 //! `registry-1.docker.io`, single-component names get `library/`). The
 //! manifest is fetched with an `Accept` of the OCI and Docker schema2
-//! manifest and index types; an index picks `linux/<this arch>`. Every blob
-//! (index, manifest, config, layers) is checked against its sha256 digest
-//! and size before anything is written. Authentication: anonymous first;
+//! manifest and index types; an index picks `linux/<this arch>`. The
+//! index, manifest and config are checked against their sha256 digest and
+//! size before anything is written; layers are streamed into the content
+//! store, hashed on the way, and committed only when they match. Authentication: anonymous first;
 //! on a 401 the `WWW-Authenticate` challenge says how: `Basic` (the
 //! configured credentials) or `Bearer` (a token from the realm, asked with
 //! the credentials when there are any). Registries on `localhost` and
