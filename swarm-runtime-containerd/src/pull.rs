@@ -425,6 +425,10 @@ impl Session<'_> {
                 let uri: Uri = url.parse().map_err(|e| format!("bad token realm {realm:?}: {e}"))?;
                 let mut headers = Vec::new();
                 if let Some(b) = self.basic() {
+                    let plain = uri.scheme_str() == Some("http");
+                    if plain && !uri.authority().is_some_and(|a| is_insecure(a.as_str())) {
+                        return Err(format!("refusing to send credentials in plain HTTP to the token realm {realm}"));
+                    }
                     headers.push((AUTHORIZATION, b));
                 }
                 let r = get_once(&self.tls, &uri, &headers, MAX_DOCUMENT)
