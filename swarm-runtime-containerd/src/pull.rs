@@ -1002,6 +1002,11 @@ fn expire_in(d: Duration) -> String {
         .map(|n| n.as_secs())
         .unwrap_or(0)
         .saturating_add(d.as_secs());
+    rfc3339(secs)
+}
+
+/// RFC 3339 UTC time of `secs` since the Unix epoch.
+fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -1076,5 +1081,8 @@ mod tests {
         let e = expire_in(Duration::ZERO);
         assert_eq!(e.len(), 20, "{e}");
         assert!(e.starts_with("20") && e.ends_with('Z') && e.as_bytes()[10] == b'T', "{e}");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }
