@@ -4,6 +4,7 @@
 #   busybox-static  the containerd runtime's test and benchmark image
 #   iproute2        `ip`, for the containerd runtime's task networking
 #   iptables        the containerd runtime's host-mode published ports
+#   openssl         the containerd runtime's HTTPS pull test (a test CA)
 # Idempotent and non-interactive; needs root (or sudo) only when something
 # is missing. Debian/Ubuntu (apt-get).
 set -eu
@@ -14,6 +15,7 @@ command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
     ! ldd /bin/busybox >/dev/null 2>&1 || missing="$missing busybox-static"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 
 if [ -z "$missing" ]; then
     echo "setup-deps: nothing to install"

@@ -48,19 +48,38 @@ async fn run(step: &str, cmd: &mut Command) -> Result<String, FixtureError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Writes the image tar (docker save format) for `image` to `out`.
-pub async fn build_busybox_tar(image: &str, out: &Path) -> Result<(), FixtureError> {
-    let name = normalize(image).map_err(|e| ferr("naming the image", e))?;
+/// The busybox image's two blobs: an uncompressed layer tar and the
+/// image config (for a registry of the tests' own, or an image tar).
+#[derive(Clone, Debug)]
+pub struct ImageParts {
+    /// The layer (an uncompressed tar).
+    pub layer: Vec<u8>,
+    /// The image config JSON.
+    pub config: Vec<u8>,
+}
+
+/// Builds the busybox image's layer and config.
+pub async fn busybox_image() -> Result<ImageParts, FixtureError> {
     if !Path::new(BUSYBOX).exists() {
         return Err(ferr("finding busybox", format!("{BUSYBOX} is missing: run scripts/setup-deps.sh")));
     }
     let work: PathBuf = std::env::temp_dir().join(format!("swarm-ctd-fixture-{}", crate::token()));
-    let r = build_in(&work, &name, out).await;
+    let r = parts_in(&work).await;
     let _ = tokio::fs::remove_dir_all(&work).await;
     r
 }
 
-async fn build_in(work: &Path, name: &str, out: &Path) -> Result<(), FixtureError> {
+/// Writes the image tar (docker save format) for `image` to `out`.
+pub async fn build_busybox_tar(image: &str, out: &Path) -> Result<(), FixtureError> {
+    let name = normalize(image).map_err(|e| ferr("naming the image", e))?;
+    let parts = busybox_image().await?;
+    let work: PathBuf = std::env::temp_dir().join(format!("swarm-ctd-fixture-{}", crate::token()));
+    let r = pack_in(&work, &name, &parts, out).await;
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    r
+}
+
+async fn parts_in(work: &Path) -> Result<ImageParts, FixtureError> {
     let io = |step: &'static str| move |e: std::io::Error| ferr(step, e);
     let root = work.join("rootfs");
     for d in ["bin", "etc", "www", "tmp", "proc", "sys", "dev", "run", "root"] {
@@ -100,12 +119,17 @@ async fn build_in(work: &Path, name: &str, out: &Path) -> Result<(), FixtureErro
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     let config_bytes = serde_json::to_vec(&config).map_err(|e| ferr("encoding the config", e))?;
-    let config_name = format!("{}.json", hex(&Sha256::digest(&config_bytes)));
-    let layer_dir = hex(&Sha256::digest(&layer_bytes));
+    Ok(ImageParts { layer: layer_bytes, config: config_bytes })
+}
+
+async fn pack_in(work: &Path, name: &str, parts: &ImageParts, out: &Path) -> Result<(), FixtureError> {
+    let io = |step: &'static str| move |e: std::io::Error| ferr(step, e);
+    let config_name = format!("{}.json", hex(&Sha256::digest(&parts.config)));
+    let layer_dir = hex(&Sha256::digest(&parts.layer));
     let pack = work.join("image");
     tokio::fs::create_dir_all(pack.join(&layer_dir)).await.map_err(io("creating the image dir"))?;
-    tokio::fs::rename(&layer, pack.join(&layer_dir).join("layer.tar")).await.map_err(io("moving the layer"))?;
-    tokio::fs::write(pack.join(&config_name), &config_bytes).await.map_err(io("writing the config"))?;
+    tokio::fs::write(pack.join(&layer_dir).join("layer.tar"), &parts.layer).await.map_err(io("writing the layer"))?;
+    tokio::fs::write(pack.join(&config_name), &parts.config).await.map_err(io("writing the config"))?;
     let manifest = serde_json::json!([{
         "Config": config_name,
         "RepoTags": [name],

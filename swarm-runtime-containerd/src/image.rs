@@ -210,10 +210,7 @@ pub async fn resolve(engine: &Engine, image: &str) -> Result<ResolvedImage, Runt
     let Some(target) = img.and_then(|i| i.target) else {
         return Err(RuntimeError::ImageNotFound {
             image: image.to_string(),
-            reason: format!(
-                "{name} is not in containerd's store (namespace {}); this runtime does not pull from registries yet",
-                engine.namespace()
-            ),
+            reason: format!("{name} is not in containerd's store (namespace {})", engine.namespace()),
         });
     };
     let mut digest = target.digest.clone();
@@ -267,6 +264,17 @@ pub async fn resolve(engine: &Engine, image: &str) -> Result<ResolvedImage, Runt
             .collect(),
         config_digest: manifest.config.digest,
     })
+}
+
+/// Whether the store of the engine's namespace has an image record for
+/// `image` (its normalized name).
+pub async fn image_exists(engine: &Engine, image: &str) -> Result<bool, RuntimeError> {
+    let name = normalize(image)?;
+    match engine.images().get(engine.req(GetImageRequest { name: name.clone() })).await {
+        Ok(r) => Ok(r.into_inner().image.is_some()),
+        Err(s) if is_not_found(&s) => Ok(false),
+        Err(s) => Err(status_err(&format!("images.get {name}"), "", s)),
+    }
 }
 
 async fn snapshot_exists(engine: &Engine, snapshotter: &str, key: &str) -> Result<bool, RuntimeError> {

@@ -8,6 +8,9 @@
 //!   ([`net`]), host-mode published ports as DNAT rules ([`ports`]),
 //!   secrets and configs on a tmpfs ([`files`]), stats from the
 //!   task's cgroup metrics ([`metrics`]).
+//! - [`pull`]: images missing from the store are pulled from their
+//!   registry (Registry HTTP API v2; anonymous, basic or Bearer token
+//!   auth; digests verified) into the content store, then unpacked.
 //! - [`fixture`]: builds a tiny image (Debian's static busybox) and imports
 //!   it with `ctr`, for tests and benchmarks without a registry.
 //!
@@ -39,10 +42,13 @@ pub mod image;
 pub mod metrics;
 pub mod net;
 pub mod ports;
+pub mod pull;
 pub mod runtime;
 pub mod spec;
+mod tls;
 
 pub use net::BridgeConfig;
+pub use pull::{Credentials, PullOptions, RegistryCredentials};
 pub use runtime::{ContainerdConfig, ContainerdRuntime, ExitEvent};
 
 /// A short random-enough token (8 hex digits) naming one task's objects:

@@ -14,9 +14,10 @@
 //! remove its containers from [`Runtime::list`] alone.
 
 use crate::engine::{Engine, is_not_found, status_err};
-use crate::image::{ensure_unpacked, resolve};
+use crate::image::{ensure_unpacked, image_exists, resolve};
 use crate::metrics::{self, Sample};
 use crate::net::{BridgeConfig, IpAllocator, TaskNet, ensure_bridge};
+use crate::pull::{PullOptions, pull};
 use crate::spec::{
     Accounts, PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecContext, build_spec, parse_signal, user_needs_accounts, user_string,
 };
@@ -82,6 +83,12 @@ pub struct ContainerdConfig {
     /// RLIMIT_NOFILE of task processes (default
     /// [`default_nofile`](crate::spec::default_nofile)).
     pub nofile: u64,
+    /// Pull images missing from the store from their registry
+    /// ([`pull`](crate::pull); default true).
+    pub pull: bool,
+    /// Credentials for pulls (by registry as references name it:
+    /// `docker.io`, `registry.example.com:5000`) and extra TLS roots.
+    pub registry: PullOptions,
 }
 
 impl ContainerdConfig {
@@ -98,6 +105,8 @@ impl ContainerdConfig {
             runtime: "io.containerd.runc.v2".into(),
             bridge: BridgeConfig::default(),
             nofile: crate::spec::default_nofile(),
+            pull: true,
+            registry: PullOptions::default(),
         }
     }
 
@@ -136,6 +145,9 @@ pub struct ContainerdRuntime {
     cfg: ContainerdConfig,
     alloc: IpAllocator,
     cpu: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
+    /// One gate per image being pulled, so concurrent prepares of the
+    /// same image (a service's replicas) pull it once.
+    pulls: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 fn engine_err(what: impl std::fmt::Display) -> RuntimeError {
@@ -270,6 +282,7 @@ impl ContainerdRuntime {
             engine,
             cfg,
             cpu: Arc::new(Mutex::new(HashMap::new())),
+            pulls: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -606,6 +619,31 @@ impl ContainerdRuntime {
     }
 }
 
+impl ContainerdRuntime {
+    /// Pulls `image` unless another call is pulling it (then waits for
+    /// that one and pulls only if it failed).
+    async fn pull_once(&self, image: &str) -> Result<(), RuntimeError> {
+        let name = crate::image::normalize(image)?;
+        let gate = self.pulls.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default().clone();
+        let r = {
+            let _held = gate.lock().await;
+            if image_exists(&self.engine, image).await? {
+                debug!(image, "pulled meanwhile by another prepare");
+                Ok(())
+            } else {
+                pull(&self.engine, image, &self.cfg.registry).await
+            }
+        };
+        let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this call hold it: nobody waits, forget it
+        // (clones are only taken under this lock).
+        if Arc::strong_count(&gate) <= 2 {
+            pulls.remove(&name);
+        }
+        r
+    }
+}
+
 #[async_trait]
 impl Runtime for ContainerdRuntime {
     fn name(&self) -> &str {
@@ -613,7 +651,16 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn prepare(&self, config: &ContainerConfig) -> Result<(), RuntimeError> {
-        let img = resolve(&self.engine, &config.spec.image).await?;
+        // Not in the store: pull it (when pulls are on), then resolve again.
+        let img = match resolve(&self.engine, &config.spec.image).await {
+            Err(RuntimeError::ImageNotFound { .. })
+                if self.cfg.pull && !image_exists(&self.engine, &config.spec.image).await? =>
+            {
+                self.pull_once(&config.spec.image).await?;
+                resolve(&self.engine, &config.spec.image).await?
+            }
+            r => r?,
+        };
         ensure_unpacked(&self.engine, &self.cfg.snapshotter, &img).await?;
         for m in &config.spec.mounts {
             if m.kind == MountKind::Volume && !m.source.is_empty() {
