@@ -30,40 +30,11 @@ use swarm_core::id::NodeId;
 use swarm_core::manager::{Manager, ManagerConfig};
 use swarm_core::model::{ClusterSpec, Labels, NodeDescription, Platform, Resources, ServiceSpec, TaskState};
 use swarm_core::runtime::{ContainerState, Runtime, labels};
-use swarm_core::scheduler::{ClusterView, Decision, Explanation, Scheduler, TaskRequest, check_node};
 use swarm_core::store::{MemStore, Store};
 use swarm_core::time::SpecDuration;
 use swarm_runtime_docker::{DockerRuntime, DockerRuntimeOptions, fixture};
 
 const BENCH_LABEL: &str = "io.swarm-rs.bench-run";
-
-/// Spread: the node with the fewest tasks of the service that fits.
-struct Spread;
-impl Scheduler for Spread {
-    fn name(&self) -> &str {
-        "spread"
-    }
-    fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
-        let mut view = view.clone();
-        batch
-            .iter()
-            .map(|req| {
-                let mut why = Explanation::new(view.nodes.len());
-                view.nodes.sort_by_key(|n| (n.service_tasks(&req.service_id), n.node.id.clone()));
-                for n in view.nodes.iter_mut() {
-                    match check_node(n, req) {
-                        Ok(()) => {
-                            n.reserve(req);
-                            return Decision::Assign(n.node.id.clone());
-                        }
-                        Err(f) => why.add(&f),
-                    }
-                }
-                Decision::Unschedulable(why)
-            })
-            .collect()
-    }
-}
 
 /// A one-node in-process cluster whose agent runs on the engine.
 struct Bench {
@@ -79,7 +50,11 @@ async fn start_cluster(prefix: &str) -> Bench {
     let mut spec = ClusterSpec::default();
     spec.dispatcher.heartbeat_period = SpecDuration::from_secs(1);
     cluster.set_cluster_spec(spec).await.expect("cluster spec");
-    let manager = Manager::start(store, Box::new(Spread), ManagerConfig { seed: Some(5), ..Default::default() });
+    let manager = Manager::start(
+        store,
+        Box::new(swarm::sched::Pipeline::spread()),
+        ManagerConfig { seed: Some(5), ..Default::default() },
+    );
     let node = format!("{prefix}-node1");
     let agent = Agent::new(
         AgentConfig {

@@ -144,26 +144,12 @@ impl MemDiscovery {
     /// change touching tasks, services or nodes. Re-lists after a lagged
     /// watch.
     pub async fn follow<S: Store + ?Sized>(&self, store: &S) -> Result<(), StoreError> {
-        loop {
-            let state = store.snapshot().await?;
-            self.sync(&state);
-            let mut watch = store.watch(state.revision()).await?;
-            loop {
-                match watch.next().await {
-                    Ok(change) => {
-                        let relevant = change.events.iter().any(|e| {
-                            matches!(e.object.kind(), ObjectKind::Task | ObjectKind::Service | ObjectKind::Node)
-                        });
-                        if relevant {
-                            let state = store.snapshot().await?;
-                            self.sync(&state);
-                        }
-                    }
-                    Err(StoreError::Lagged { .. }) | Err(StoreError::Compacted { .. }) => break,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        let relevant = |c: &crate::state::Change| {
+            c.events
+                .iter()
+                .any(|e| matches!(e.object.kind(), ObjectKind::Task | ObjectKind::Service | ObjectKind::Node))
+        };
+        crate::store::follow_state(store, relevant, |state| self.sync(state)).await
     }
 }
 

@@ -319,3 +319,57 @@ where
     }
     Err(last.unwrap_or_else(|| StoreError::Unavailable("no attempt made".into())))
 }
+
+/// List-then-watch, the way every follower of the store needs it: calls
+/// `on_state` with a snapshot, then with a fresh snapshot after every change
+/// for which `relevant` says yes (a burst of changes gives one call). A
+/// watch that lagged or was compacted re-lists. Returns only when the store
+/// fails otherwise.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::sync::{Arc, Mutex};
+/// use swarm_core::model::{Node, ObjectKind, Resources};
+/// use swarm_core::state::Transaction;
+/// use swarm_core::store::{MemStore, Store, follow_state};
+/// let store = MemStore::new();
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let (s, out) = (store.clone(), seen.clone());
+/// tokio::spawn(async move {
+///     let touches_nodes = |c: &swarm_core::state::Change| c.events.iter().any(|e| e.object.kind() == ObjectKind::Node);
+///     follow_state(&s, touches_nodes, |state| out.lock().unwrap().push(state.nodes().count())).await
+/// });
+/// tokio::task::yield_now().await;
+/// store.commit(Transaction::new().create(Node::ready("n1", "h1", Resources::default()))).await.unwrap();
+/// for _ in 0..10 { tokio::task::yield_now().await; }
+/// assert_eq!(*seen.lock().unwrap(), vec![0, 1]);
+/// # }
+/// ```
+pub async fn follow_state<S, P, F>(store: &S, mut relevant: P, mut on_state: F) -> Result<(), StoreError>
+where
+    S: Store + ?Sized,
+    P: FnMut(&Change) -> bool,
+    F: FnMut(&State),
+{
+    loop {
+        let state = store.snapshot().await?;
+        on_state(&state);
+        let mut watch = store.watch(state.revision()).await?;
+        'watching: loop {
+            let mut wanted = false;
+            let first = watch.next().await;
+            let mut next = Some(first);
+            while let Some(r) = next.take() {
+                match r {
+                    Ok(change) => wanted |= relevant(&change),
+                    Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => break 'watching,
+                    Err(e) => return Err(e),
+                }
+                next = watch.try_next();
+            }
+            if wanted {
+                on_state(&*store.snapshot().await?);
+            }
+        }
+    }
+}

@@ -191,29 +191,15 @@ impl DnsHandler {
     /// Follows `store` until it fails, re-syncing on every change touching
     /// tasks, services, networks or nodes.
     pub async fn follow<S: Store + ?Sized>(&self, store: &S) -> Result<(), StoreError> {
-        loop {
-            let state = store.snapshot().await?;
-            self.sync(&state);
-            let mut watch = store.watch(state.revision()).await?;
-            loop {
-                match watch.next().await {
-                    Ok(change) => {
-                        let relevant = change.events.iter().any(|e| {
-                            matches!(
-                                e.object.kind(),
-                                ObjectKind::Task | ObjectKind::Service | ObjectKind::Node | ObjectKind::Network
-                            )
-                        });
-                        if relevant {
-                            let state = store.snapshot().await?;
-                            self.sync(&state);
-                        }
-                    }
-                    Err(StoreError::Lagged { .. }) | Err(StoreError::Compacted { .. }) => break,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        let relevant = |c: &swarm_core::state::Change| {
+            c.events.iter().any(|e| {
+                matches!(
+                    e.object.kind(),
+                    ObjectKind::Task | ObjectKind::Service | ObjectKind::Node | ObjectKind::Network
+                )
+            })
+        };
+        swarm_core::store::follow_state(store, relevant, |state| self.sync(state)).await
     }
 
     /// The answer for `name` asked from `client`.

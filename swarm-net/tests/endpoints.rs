@@ -49,7 +49,13 @@ fn gone(log: &Log, t: &TaskId) -> Option<Instant> {
 }
 
 async fn start(nodes: usize) -> (Harness, MemDiscovery, Log) {
-    let h = Harness::builder().nodes(nodes).scheduler(common::LeastLoaded).seed(3).build().await.expect("harness");
+    let h = Harness::builder()
+        .nodes(nodes)
+        .scheduler(swarm_sched::Pipeline::spread())
+        .seed(3)
+        .build()
+        .await
+        .expect("harness");
     let store: Arc<dyn Store> = h.store().clone();
     let alloc = Allocator::new(store.clone(), AllocatorConfig::default()).expect("config");
     tokio::spawn(async move { alloc.run().await });

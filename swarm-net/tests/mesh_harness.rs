@@ -93,7 +93,7 @@ fn client_loop(addrs: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> tokio::task::Jo
 async fn client_through_the_mesh_survives_node_loss_and_rolling_update() {
     let mut h = Harness::builder()
         .nodes(3)
-        .scheduler(LeastLoaded)
+        .scheduler(swarm_sched::Pipeline::spread())
         .heartbeat(Duration::from_millis(200))
         .seed(9)
         .build()

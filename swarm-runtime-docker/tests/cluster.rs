@@ -22,38 +22,9 @@ use swarm_core::id::{NodeId, TaskId};
 use swarm_core::manager::{Manager, ManagerConfig};
 use swarm_core::model::*;
 use swarm_core::runtime::{ContainerState, Runtime, labels};
-use swarm_core::scheduler::{ClusterView, Decision, Explanation, Scheduler, TaskRequest, check_node};
 use swarm_core::store::{MemStore, Store};
 use swarm_core::time::SpecDuration;
 use swarm_runtime_docker::{DockerRuntime, DockerRuntimeOptions, fixture};
-
-/// Spread: the node with the fewest tasks of the service that fits.
-struct Spread;
-impl Scheduler for Spread {
-    fn name(&self) -> &str {
-        "spread"
-    }
-    fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
-        let mut view = view.clone();
-        batch
-            .iter()
-            .map(|req| {
-                let mut why = Explanation::new(view.nodes.len());
-                view.nodes.sort_by_key(|n| (n.service_tasks(&req.service_id), n.node.id.clone()));
-                for n in view.nodes.iter_mut() {
-                    match check_node(n, req) {
-                        Ok(()) => {
-                            n.reserve(req);
-                            return Decision::Assign(n.node.id.clone());
-                        }
-                        Err(f) => why.add(&f),
-                    }
-                }
-                Decision::Unschedulable(why)
-            })
-            .collect()
-    }
-}
 
 /// A running two-node cluster on the engine.
 struct World {
@@ -213,7 +184,11 @@ where
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let cluster = Cluster::with_seed(store.clone(), 11);
     cluster.set_cluster_spec(ClusterSpec::default()).await.unwrap();
-    let manager = Manager::start(store, Box::new(Spread), ManagerConfig { seed: Some(11), ..Default::default() });
+    let manager = Manager::start(
+        store,
+        Box::new(swarm_sched::Pipeline::spread()),
+        ManagerConfig { seed: Some(11), ..Default::default() },
+    );
     let nodes = (1..=2).map(|i| format!("{prefix}-node{i}")).collect();
     let world = Arc::new(World {
         rt: rt.clone(),
