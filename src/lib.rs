@@ -28,3 +28,8 @@ pub use swarm_runtime_containerd as containerd;
 
 #[cfg(feature = "net")]
 pub use swarm_net as net;
+
+/// The README's code, compiled by `cargo test --doc` so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
