@@ -97,43 +97,54 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+// The OCI / Docker image JSON documents, shared with the registry pull.
+
+/// An image index (OCI) or manifest list (Docker).
 #[derive(Deserialize)]
-struct Index {
+pub(crate) struct Index {
     #[serde(default)]
-    manifests: Vec<IndexEntry>,
+    pub(crate) manifests: Vec<IndexEntry>,
 }
 
+/// One manifest of an index.
 #[derive(Deserialize)]
-struct IndexEntry {
+pub(crate) struct IndexEntry {
     #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
     #[serde(default)]
-    platform: Option<PlatformJson>,
+    pub(crate) size: i64,
+    #[serde(default)]
+    pub(crate) platform: Option<PlatformJson>,
 }
 
+/// The platform of an index entry.
 #[derive(Deserialize)]
-struct PlatformJson {
+pub(crate) struct PlatformJson {
     #[serde(default)]
-    os: String,
+    pub(crate) os: String,
     #[serde(default)]
-    architecture: String,
+    pub(crate) architecture: String,
 }
 
+/// An image manifest: its config and layers.
 #[derive(Deserialize)]
-struct Manifest {
-    config: DescJson,
+pub(crate) struct Manifest {
+    #[serde(rename = "schemaVersion", default)]
+    pub(crate) schema_version: u32,
+    pub(crate) config: DescJson,
     #[serde(default)]
-    layers: Vec<DescJson>,
+    pub(crate) layers: Vec<DescJson>,
 }
 
+/// A content descriptor.
 #[derive(Deserialize)]
-struct DescJson {
+pub(crate) struct DescJson {
     #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
     #[serde(default)]
-    size: i64,
+    pub(crate) size: i64,
 }
 
 #[derive(Deserialize, Default)]

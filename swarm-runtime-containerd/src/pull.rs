@@ -22,7 +22,7 @@
 //! whatever it wrote is garbage collected, and aborts an open ingest.
 
 use crate::engine::{Engine, is_not_found, status_err};
-use crate::image::{hex, normalize, oci_arch};
+use crate::image::{Index, Manifest, hex, normalize, oci_arch};
 use base64::Engine as _;
 use bytes::Bytes;
 use containerd_client::services::v1::{
@@ -462,49 +462,6 @@ impl Session<'_> {
     }
 }
 
-#[derive(Deserialize)]
-struct IndexJson {
-    #[serde(default)]
-    manifests: Vec<EntryJson>,
-}
-
-#[derive(Deserialize)]
-struct EntryJson {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    size: i64,
-    #[serde(default)]
-    platform: Option<PlatformJson>,
-}
-
-#[derive(Deserialize)]
-struct PlatformJson {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-}
-
-#[derive(Deserialize)]
-struct ManifestJson {
-    #[serde(rename = "schemaVersion", default)]
-    schema_version: u32,
-    config: BlobJson,
-    #[serde(default)]
-    layers: Vec<BlobJson>,
-}
-
-#[derive(Deserialize)]
-struct BlobJson {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    size: i64,
-}
-
 fn is_index_type(media_type: &str) -> bool {
     media_type == "application/vnd.oci.image.index.v1+json"
         || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -562,7 +519,7 @@ async fn download<'a>(
     let mut manifest_bytes = r.body.clone();
     let mut chosen = top.clone();
     if is_index_type(&top.media_type) {
-        let idx: IndexJson = serde_json::from_slice(&r.body)
+        let idx: Index = serde_json::from_slice(&r.body)
             .map_err(|e| pull_err(image, &step, format!("cannot parse the index: {e}")))?;
         let arch = oci_arch();
         let pick = idx
@@ -597,7 +554,7 @@ async fn download<'a>(
             .collect();
         docs.push(Blob { desc: top.clone(), data: r.body.clone(), labels });
     }
-    let m: ManifestJson = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+    let m: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
         pull_err(image, "parsing the manifest", format!("{} is not an image manifest: {e}", chosen.digest))
     })?;
     if m.schema_version != 2 {
