@@ -174,6 +174,25 @@ impl Cluster {
         Ok(self.store.snapshot().await?)
     }
 
+    /// Reads a snapshot, lets `build` make a transaction (or refuse with an
+    /// error, or find nothing to do) and commits it, again from a fresh
+    /// snapshot on a version conflict.
+    async fn write<F>(&self, mut build: F) -> Result<(), ClusterError>
+    where
+        F: FnMut(&State) -> Result<Option<Transaction>, ClusterError> + Send,
+    {
+        let mut refused = None;
+        update_with_retry(self.store.as_ref(), 10, |state| match build(state) {
+            Ok(tx) => tx,
+            Err(e) => {
+                refused = Some(e);
+                None
+            }
+        })
+        .await?;
+        refused.map_or(Ok(()), Err)
+    }
+
     fn find_service(state: &State, name: &str) -> Result<Service, ClusterError> {
         state
             .service_by_name(name)
@@ -224,15 +243,8 @@ impl Cluster {
     pub async fn update_service(&self, name: &str, spec: ServiceSpec) -> Result<(), ClusterError> {
         validate::validate_service_spec(&spec)?;
         let now = time::now();
-        let mut missing = None;
-        update_with_retry(self.store.as_ref(), 10, |state| {
-            let mut svc = match Self::find_service(state, name) {
-                Ok(s) => s,
-                Err(e) => {
-                    missing = Some(e);
-                    return None;
-                }
-            };
+        self.write(|state| {
+            let mut svc = Self::find_service(state, name)?;
             if task_affecting(&svc.spec, &spec) {
                 svc.previous_spec = Some(svc.spec.clone());
                 svc.spec_version += 1;
@@ -247,10 +259,9 @@ impl Cluster {
                 });
             }
             svc.spec = spec.clone();
-            Some(Transaction::new().update(svc))
+            Ok(Some(Transaction::new().update(svc)))
         })
-        .await?;
-        missing.map_or(Ok(()), Err)
+        .await
     }
 
     /// Reads a service's spec, lets `f` change it, and updates the service.
@@ -280,19 +291,9 @@ impl Cluster {
     /// Rolls a service back to its previous spec by hand.
     pub async fn rollback_service(&self, name: &str) -> Result<(), ClusterError> {
         let now = time::now();
-        let mut err = None;
-        update_with_retry(self.store.as_ref(), 10, |state| {
-            let mut svc = match Self::find_service(state, name) {
-                Ok(s) => s,
-                Err(e) => {
-                    err = Some(e);
-                    return None;
-                }
-            };
-            let Some(prev) = svc.previous_spec.take() else {
-                err = Some(ClusterError::NoPreviousSpec(name.to_string()));
-                return None;
-            };
+        self.write(|state| {
+            let mut svc = Self::find_service(state, name)?;
+            let prev = svc.previous_spec.take().ok_or_else(|| ClusterError::NoPreviousSpec(name.to_string()))?;
             let cur = std::mem::replace(&mut svc.spec, prev);
             svc.previous_spec = Some(cur);
             svc.spec_version += 1;
@@ -302,87 +303,61 @@ impl Cluster {
                 completed_at: None,
                 message: "manually requested rollback".into(),
             });
-            Some(Transaction::new().update(svc))
+            Ok(Some(Transaction::new().update(svc)))
         })
-        .await?;
-        err.map_or(Ok(()), Err)
+        .await
     }
 
-    async fn set_update_state(
-        &self,
-        name: &str,
-        from: &[UpdateState],
-        to: UpdateState,
-        msg: &str,
-    ) -> Result<(), ClusterError> {
-        let mut err = None;
-        update_with_retry(self.store.as_ref(), 10, |state| {
-            let mut svc = match Self::find_service(state, name) {
-                Ok(s) => s,
-                Err(e) => {
-                    err = Some(e);
-                    return None;
-                }
-            };
-            let Some(st) = svc.update_status.as_mut().filter(|u| from.contains(&u.state)) else {
-                err = Some(ClusterError::NotApplicable {
+    /// Moves a service's update status along the first of `moves` whose
+    /// `from` state it is in.
+    async fn move_update(&self, name: &str, moves: &[(UpdateState, UpdateState, &str)]) -> Result<(), ClusterError> {
+        self.write(|state| {
+            let mut svc = Self::find_service(state, name)?;
+            let current = svc.update_status.as_ref().map(|u| u.state);
+            let Some((_, to, msg)) = moves.iter().find(|(from, _, _)| Some(*from) == current) else {
+                let wanted: Vec<UpdateState> = moves.iter().map(|m| m.0).collect();
+                return Err(ClusterError::NotApplicable {
                     service: name.to_string(),
-                    reason: format!("its update is not in state {from:?}"),
+                    reason: format!("its update is in state {current:?}, not one of {wanted:?}"),
                 });
-                return None;
             };
-            st.state = to;
-            st.message = msg.to_string();
-            Some(Transaction::new().update(svc))
+            if let Some(st) = svc.update_status.as_mut() {
+                st.state = *to;
+                st.message = msg.to_string();
+            }
+            Ok(Some(Transaction::new().update(svc)))
         })
-        .await?;
-        err.map_or(Ok(()), Err)
+        .await
     }
 
     /// Pauses a rolling update (or rollback).
     pub async fn pause_update(&self, name: &str) -> Result<(), ClusterError> {
-        match self.set_update_state(name, &[UpdateState::Updating], UpdateState::Paused, "update paused by hand").await
-        {
-            Err(ClusterError::NotApplicable { .. }) => {
-                self.set_update_state(
-                    name,
-                    &[UpdateState::RollbackStarted],
-                    UpdateState::RollbackPaused,
-                    "rollback paused by hand",
-                )
-                .await
-            }
-            r => r,
-        }
+        self.move_update(
+            name,
+            &[
+                (UpdateState::Updating, UpdateState::Paused, "update paused by hand"),
+                (UpdateState::RollbackStarted, UpdateState::RollbackPaused, "rollback paused by hand"),
+            ],
+        )
+        .await
     }
 
     /// Resumes a paused update (or rollback).
     pub async fn resume_update(&self, name: &str) -> Result<(), ClusterError> {
-        match self.set_update_state(name, &[UpdateState::Paused], UpdateState::Updating, "update resumed").await {
-            Err(ClusterError::NotApplicable { .. }) => {
-                self.set_update_state(
-                    name,
-                    &[UpdateState::RollbackPaused],
-                    UpdateState::RollbackStarted,
-                    "rollback resumed",
-                )
-                .await
-            }
-            r => r,
-        }
+        self.move_update(
+            name,
+            &[
+                (UpdateState::Paused, UpdateState::Updating, "update resumed"),
+                (UpdateState::RollbackPaused, UpdateState::RollbackStarted, "rollback resumed"),
+            ],
+        )
+        .await
     }
 
     /// Removes a service; its tasks are stopped and removed.
     pub async fn remove_service(&self, name: &str) -> Result<(), ClusterError> {
-        let mut err = None;
-        update_with_retry(self.store.as_ref(), 10, |state| {
-            let svc = match Self::find_service(state, name) {
-                Ok(s) => s,
-                Err(e) => {
-                    err = Some(e);
-                    return None;
-                }
-            };
+        self.write(|state| {
+            let svc = Self::find_service(state, name)?;
             let mut tx = Transaction::new().delete(ObjectKind::Service, svc.id.to_string(), svc.meta.version);
             for t in state.tasks_of_service(&svc.id) {
                 if t.desired_state < TaskState::Remove {
@@ -391,10 +366,9 @@ impl Cluster {
                     tx = tx.update(t);
                 }
             }
-            Some(tx)
+            Ok(Some(tx))
         })
-        .await?;
-        err.map_or(Ok(()), Err)
+        .await
     }
 
     /// A service by name or id.
@@ -451,19 +425,12 @@ impl Cluster {
     }
 
     async fn modify_node(&self, name: &str, f: impl Fn(&mut Node) + Send + Sync) -> Result<(), ClusterError> {
-        let mut err = None;
-        update_with_retry(self.store.as_ref(), 10, |state| match Self::find_node(state, name) {
-            Ok(mut n) => {
-                f(&mut n);
-                Some(Transaction::new().update(n))
-            }
-            Err(e) => {
-                err = Some(e);
-                None
-            }
+        self.write(|state| {
+            let mut n = Self::find_node(state, name)?;
+            f(&mut n);
+            Ok(Some(Transaction::new().update(n)))
         })
-        .await?;
-        err.map_or(Ok(()), Err)
+        .await
     }
 
     /// Sets a node's availability: active, pause or drain.
@@ -493,21 +460,13 @@ impl Cluster {
     /// terminal state) unless `force`; with `force`, its tasks are orphaned
     /// and replaced elsewhere.
     pub async fn remove_node(&self, name: &str, force: bool) -> Result<(), ClusterError> {
-        let mut err = None;
         let now = time::now();
-        update_with_retry(self.store.as_ref(), 10, |state| {
-            let node = match Self::find_node(state, name) {
-                Ok(n) => n,
-                Err(e) => {
-                    err = Some(e);
-                    return None;
-                }
-            };
+        self.write(|state| {
+            let node = Self::find_node(state, name)?;
             let running: Vec<&Arc<Task>> =
                 state.tasks_on_node(&node.id).filter(|t| !t.status.state.is_terminal()).collect();
             if !running.is_empty() && !force {
-                err = Some(ClusterError::NodeHasTasks { node: node.id.to_string(), tasks: running.len() });
-                return None;
+                return Err(ClusterError::NodeHasTasks { node: node.id.to_string(), tasks: running.len() });
             }
             let mut tx = Transaction::new();
             for t in running {
@@ -520,10 +479,9 @@ impl Cluster {
                 }
                 tx = tx.update(t);
             }
-            Some(tx.delete(ObjectKind::Node, node.id.to_string(), node.meta.version))
+            Ok(Some(tx.delete(ObjectKind::Node, node.id.to_string(), node.meta.version)))
         })
-        .await?;
-        err.map_or(Ok(()), Err)
+        .await
     }
 
     /// Creates a secret.
