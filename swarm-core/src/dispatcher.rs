@@ -148,6 +148,11 @@ struct Inner {
     /// When each node believed up was last heard from (a heartbeat, a new
     /// session, or this manager's start for nodes ready before it).
     last_seen: HashMap<NodeId, Instant>,
+    /// Every node's state as the router last saw it in the store, so that a
+    /// heartbeat (the hottest call) needs no store read.
+    node_states: HashMap<NodeId, NodeState>,
+    /// The cluster's heartbeat settings, kept current by the router.
+    config: DispatcherConfig,
     ids: IdGen,
 }
 
@@ -179,6 +184,8 @@ impl LocalDispatcher {
                 sessions: HashMap::new(),
                 by_node: HashMap::new(),
                 last_seen: HashMap::new(),
+                node_states: HashMap::new(),
+                config: DispatcherConfig::default(),
                 ids: IdGen::seeded(seed ^ 0xD15A_7C4E),
             })),
         }
@@ -210,10 +217,32 @@ impl LocalDispatcher {
         }
     }
 
-    async fn heartbeat_config(&self) -> DispatcherConfig {
-        match self.store.snapshot().await {
-            Ok(s) => s.cluster_spec().dispatcher,
-            Err(_) => DispatcherConfig::default(),
+    fn heartbeat_config(&self) -> DispatcherConfig {
+        self.lock().config
+    }
+
+    /// Takes node states and heartbeat settings from a whole snapshot.
+    fn refresh(&self, state: &State) {
+        let mut g = self.lock();
+        g.node_states = state.nodes().map(|n| (n.id.clone(), n.status.state)).collect();
+        g.config = state.cluster_spec().dispatcher;
+    }
+
+    /// Keeps node states and heartbeat settings in step with a change.
+    fn observe(&self, change: &Change) {
+        let mut g = self.lock();
+        for ev in &change.events {
+            match (&ev.object, ev.action) {
+                (Object::Node(n), Action::Delete) => {
+                    g.node_states.remove(&n.id);
+                }
+                (Object::Node(n), _) => {
+                    g.node_states.insert(n.id.clone(), n.status.state);
+                }
+                (Object::Cluster(_), Action::Delete) => g.config = DispatcherConfig::default(),
+                (Object::Cluster(c), _) => g.config = c.spec.dispatcher,
+                _ => {}
+            }
         }
     }
 
@@ -231,13 +260,17 @@ impl LocalDispatcher {
         }
         loop {
             let state = self.store.snapshot().await?;
+            self.refresh(&state);
             let mut watch = self.store.watch(state.revision()).await?;
             let mut check = tokio::time::interval(state.cluster_spec().dispatcher.heartbeat_period.to_std() / 2);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     change = watch.next() => match change {
-                        Ok(change) => self.route(&change).await,
+                        Ok(change) => {
+                            self.observe(&change);
+                            self.route(&change).await;
+                        }
                         Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => {
                             self.resend_full().await;
                             break;
@@ -305,7 +338,7 @@ impl LocalDispatcher {
     }
 
     async fn check_heartbeats(&self) {
-        let cfg = self.heartbeat_config().await;
+        let cfg = self.heartbeat_config();
         let grace = cfg.grace();
         let now = Instant::now();
         let silent: Vec<NodeId> = {
@@ -410,8 +443,9 @@ impl Dispatcher for LocalDispatcher {
         })
         .await?;
         let _ = res;
-        let period = self.heartbeat_config().await.heartbeat_period.to_std();
+        let period = self.heartbeat_config().heartbeat_period.to_std();
         let mut g = self.lock();
+        g.node_states.insert(node_id.clone(), NodeState::Ready);
         let session_id: String = g.ids.next_id();
         if let Some(old) = g.by_node.insert(node_id.clone(), session_id.clone()) {
             g.sessions.remove(&old);
@@ -432,11 +466,16 @@ impl Dispatcher for LocalDispatcher {
             g.last_seen.insert(node.clone(), Instant::now());
             node
         };
-        // A node that was marked down but heartbeats again is back.
-        let state = self.store.snapshot().await?;
-        match state.node(&node) {
+        // A node that was marked down but heartbeats again is back. The
+        // router keeps node states current: no store read per heartbeat.
+        let (known, config) = {
+            let g = self.lock();
+            (g.node_states.get(&node).copied(), g.config)
+        };
+        match known {
             None => return Err(DispatchError::NodeRemoved(node.to_string())),
-            Some(n) if n.status.state != NodeState::Ready => {
+            Some(NodeState::Ready) => {}
+            Some(_) => {
                 let now = time::now();
                 crate::store::update_with_retry(self.store.as_ref(), 5, |state| {
                     let n = state.node(&node)?;
@@ -448,10 +487,10 @@ impl Dispatcher for LocalDispatcher {
                     Some(Transaction::new().update(n))
                 })
                 .await?;
+                self.lock().node_states.insert(node.clone(), NodeState::Ready);
             }
-            Some(_) => {}
         }
-        Ok(HeartbeatResponse { heartbeat_period: state.cluster_spec().dispatcher.heartbeat_period.to_std() })
+        Ok(HeartbeatResponse { heartbeat_period: config.heartbeat_period.to_std() })
     }
 
     async fn update_task_status(&self, session_id: &str, updates: Vec<TaskStatusUpdate>) -> Result<(), DispatchError> {
