@@ -205,20 +205,21 @@ async fn orchestrate(store: Arc<dyn Store>, seed: u64, config: ManagerConfig) ->
                     while let Some(c) = watch.try_next() {
                         changes.push(c);
                     }
+                    let mut all = false;
                     for c in changes {
                         match c {
                             Ok(c) => match touched_services(&c) {
                                 Some(s) => dirty.extend(s),
-                                None => {
-                                    state = store.snapshot().await?;
-                                    dirty.extend(state.services().map(|s| s.id.clone()));
-                                }
+                                None => all = true,
                             },
                             Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => break 'watching,
                             Err(e) => return Err(e),
                         }
                     }
                     state = store.snapshot().await?;
+                    if all {
+                        dirty.extend(state.services().map(|s| s.id.clone()));
+                    }
                 }
                 _ = sleep => {
                     let now = time::now();
