@@ -27,7 +27,6 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 struct Node {
     id: String,
-    runtime: Arc<dyn Runtime>,
     agent: tokio::task::JoinHandle<()>,
 }
 
@@ -211,9 +210,8 @@ async fn main() -> Result<(), Error> {
 
     let mut nodes = Vec::new();
     for i in 1..=3 {
-        let runtime = backend.runtime(i);
-        let agent = start_agent(i, runtime.clone(), dispatcher.clone());
-        nodes.push(Node { id: format!("node-{i}"), runtime, agent });
+        let agent = start_agent(i, backend.runtime(i), dispatcher.clone());
+        nodes.push(Node { id: format!("node-{i}"), agent });
     }
 
     // Print what happens, like `docker events`.
@@ -267,7 +265,6 @@ async fn main() -> Result<(), Error> {
     lost.agent.abort();
     tokio::time::sleep(Duration::from_millis(10)).await;
     backend.fail_node(3, &lost.id).await?;
-    drop(lost.runtime);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let healed = loop {
         let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(60)).await?;
