@@ -242,9 +242,38 @@ impl Cluster {
     /// ports changed; a job runs again.
     pub async fn update_service(&self, name: &str, spec: ServiceSpec) -> Result<(), ClusterError> {
         validate::validate_service_spec(&spec)?;
+        self.change_spec(name, |_| Ok(spec.clone())).await
+    }
+
+    /// Lets `f` change a service's current spec and stores the result, as
+    /// [`Cluster::update_service`] does. `f` works on the spec read in the
+    /// same transaction (it runs again if a concurrent write wins), so no
+    /// other change to the service is lost.
+    pub async fn modify_service(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&mut ServiceSpec) + Send,
+    ) -> Result<(), ClusterError> {
+        self.change_spec(name, |svc| {
+            let mut spec = svc.spec.clone();
+            f(&mut spec);
+            Ok(spec)
+        })
+        .await
+    }
+
+    /// The one place a service's spec changes: `next` derives the new spec
+    /// from the stored service; the spec version and update status follow.
+    async fn change_spec(
+        &self,
+        name: &str,
+        mut next: impl FnMut(&Service) -> Result<ServiceSpec, ClusterError> + Send,
+    ) -> Result<(), ClusterError> {
         let now = time::now();
         self.write(|state| {
             let mut svc = Self::find_service(state, name)?;
+            let spec = next(&svc)?;
+            validate::validate_service_spec(&spec)?;
             if task_affecting(&svc.spec, &spec) {
                 svc.previous_spec = Some(svc.spec.clone());
                 svc.spec_version += 1;
@@ -258,17 +287,10 @@ impl Cluster {
                     message: "update in progress".into(),
                 });
             }
-            svc.spec = spec.clone();
+            svc.spec = spec;
             Ok(Some(Transaction::new().update(svc)))
         })
         .await
-    }
-
-    /// Reads a service's spec, lets `f` change it, and updates the service.
-    pub async fn modify_service(&self, name: &str, f: impl FnOnce(&mut ServiceSpec)) -> Result<(), ClusterError> {
-        let mut spec = self.inspect_service(name).await?.spec;
-        f(&mut spec);
-        self.update_service(name, spec).await
     }
 
     /// Forces a rolling restart with an unchanged spec.
@@ -278,14 +300,18 @@ impl Cluster {
 
     /// Sets the replica count of a replicated service.
     pub async fn scale(&self, name: &str, replicas: u64) -> Result<(), ClusterError> {
-        let svc = self.inspect_service(name).await?;
-        if svc.spec.mode.kind != ModeKind::Replicated {
-            return Err(ClusterError::NotApplicable {
-                service: svc.spec.name,
-                reason: "only replicated services can be scaled".into(),
-            });
-        }
-        self.modify_service(name, |s| s.mode.replicas = Some(replicas)).await
+        self.change_spec(name, |svc| {
+            if svc.spec.mode.kind != ModeKind::Replicated {
+                return Err(ClusterError::NotApplicable {
+                    service: svc.spec.name.clone(),
+                    reason: "only replicated services can be scaled".into(),
+                });
+            }
+            let mut spec = svc.spec.clone();
+            spec.mode.replicas = Some(replicas);
+            Ok(spec)
+        })
+        .await
     }
 
     /// Rolls a service back to its previous spec by hand.
