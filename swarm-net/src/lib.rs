@@ -6,6 +6,9 @@
 //!   and `tasks.<service>` on the networks of the asking task.
 //! - [`mesh`]: the routing mesh: every node listens on every ingress port
 //!   and forwards TCP and UDP to a healthy endpoint anywhere.
+//! - [`kernel`] (Linux): the same two data paths as iptables NAT rules
+//!   (kube-proxy's iptables mode; Swarm uses IPVS): no userspace hop.
+//! - [`netns`] (Linux): network namespaces for tests and benchmarks.
 //! - [`vip`]: the VIP data path: each node serves every service VIP on the
 //!   service's target ports with the mesh's proxy (the userspace
 //!   equivalent of Swarm's IPVS VIP).
@@ -35,7 +38,11 @@
 
 pub mod alloc;
 pub mod dns;
+#[cfg(target_os = "linux")]
+pub mod kernel;
 pub mod mesh;
+#[cfg(target_os = "linux")]
+pub mod netns;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod vip;

@@ -1,0 +1,380 @@
+//! The kernel data path (iptables NAT) for real, in network namespaces the
+//! tests create, so the machine's own rules are never touched: one
+//! namespace for the single-host tests; three "nodes" and a client on a
+//! bridge for the cluster test. Needs root, iproute2 and iptables: skipped
+//! loudly without them, and failing under CI=true.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use swarm_core::discovery::{Discovery, MemDiscovery};
+use swarm_core::model::*;
+use swarm_core::store::{MemStore, Store};
+use swarm_net::alloc::{Allocator, AllocatorConfig};
+use swarm_net::kernel::{KernelConfig, KernelMesh};
+use swarm_net::netns::{self, NetNs};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// None (and a loud SKIPPED line) when namespaces and iptables cannot be
+/// used here; panics instead under CI=true.
+fn can_run(test: &str) -> bool {
+    match netns::available() {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: needs root, iproute2 and iptables under CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: needs root, iproute2 and iptables ({why})");
+            false
+        }
+    }
+}
+
+fn ns_name(test: &str) -> String {
+    format!("swk{}-{test}", std::process::id())
+}
+
+/// Runs the chains' state through iptables-save in the calling thread's
+/// namespace.
+fn saved() -> String {
+    let out = std::process::Command::new("iptables-save").output().expect("iptables-save");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn follow(store: &Arc<MemStore>) -> MemDiscovery {
+    let discovery = MemDiscovery::new();
+    let (d, s) = (discovery.clone(), store.clone());
+    tokio::spawn(async move { d.follow(s.as_ref()).await });
+    discovery
+}
+
+/// Service "web" publishing `target` as `published` (ingress), VIP from
+/// 10.0.0.0/8.
+async fn web(store: &Arc<MemStore>, cluster: &swarm_core::cluster::Cluster, target: u32, published: u32) {
+    let mut spec = ServiceSpec::replicated("web", "web:1", 3);
+    spec.endpoint_spec.ports =
+        vec![PortConfig { target_port: target, published_port: Some(published), ..Default::default() }];
+    cluster.create_service(spec).await.unwrap();
+    let allocator = Allocator::new(store.clone() as Arc<dyn Store>, AllocatorConfig::default()).unwrap();
+    allocator.reconcile().await.unwrap();
+}
+
+fn vip_of(store: &MemStore) -> std::net::IpAddr {
+    store.state().service_by_name("web").unwrap().endpoint.virtual_ips[0].addr
+}
+
+fn tally(ids: impl IntoIterator<Item = u8>) -> BTreeMap<u8, usize> {
+    let mut m = BTreeMap::new();
+    for id in ids {
+        *m.entry(id).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn ingress_port_and_vip_rotate_connections_over_the_endpoints_in_the_kernel() {
+    const TEST: &str = "rotate";
+    if !can_run(TEST) {
+        return;
+    }
+    let ns = NetNs::create(ns_name(TEST)).unwrap();
+    ns.enter_current_thread().unwrap();
+    // A route for the VIP pool (a node has one: its default route).
+    ns.ip(&["link", "add", "swk0", "type", "veth", "peer", "name", "swk1"]).unwrap();
+    ns.ip(&["addr", "add", "10.0.0.1/8", "dev", "swk0"]).unwrap();
+    ns.ip(&["link", "set", "swk0", "up"]).unwrap();
+    ns.ip(&["link", "set", "swk1", "up"]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (store, cluster) = fake_cluster(3).await;
+        web(&store, &cluster, 8080, 30080).await;
+        let mut backends = Vec::new();
+        for i in 0..3u8 {
+            let ip = format!("127.0.0.{}", 2 + i);
+            backends.push(TcpBackend::start(&ip, 8080, i).await);
+            add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await;
+        }
+        let discovery = follow(&store).await;
+        wait_until("3 endpoints", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 3)
+        })
+        .await;
+        let mesh = KernelMesh::start(Arc::new(discovery.clone()), KernelConfig::default()).await.unwrap();
+        assert!(mesh.synced(Duration::from_secs(5)).await, "{:?}", mesh.errors());
+        assert!(mesh.errors().is_empty(), "{:?}", mesh.errors());
+        let rules = saved();
+        assert!(rules.contains("-A PREROUTING -j SWARM-MESH") && rules.contains("-A OUTPUT -j SWARM-MESH"), "{rules}");
+        assert!(rules.contains("-j SWARM-IT30080"), "{rules}");
+
+        // 10,000 connections to the published port on a node address:
+        // every one lands on an endpoint, in exact rotation.
+        let mut ids = Vec::new();
+        for _ in 0..10_000 {
+            ids.push(ping("127.0.0.1:30080".parse().unwrap()).await.expect("through the kernel mesh"));
+        }
+        let counts = tally(ids);
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        for (id, n) in &counts {
+            assert!((3_000..=3_667).contains(n), "backend {id} got {n} of 10,000: {counts:?}");
+        }
+        // The VIP, on the target port (no listener on it anywhere).
+        let vip = vip_of(&store);
+        assert_eq!(vip.to_string(), "10.0.0.2");
+        let ids: Vec<u8> = {
+            let mut v = Vec::new();
+            for _ in 0..300 {
+                v.push(ping(SocketAddr::new(vip, 8080)).await.expect("through the VIP"));
+            }
+            v
+        };
+        assert_eq!(tally(ids).values().copied().collect::<Vec<_>>(), [100, 100, 100]);
+
+        mesh.stop().await.unwrap();
+        let rules = saved();
+        assert!(!rules.contains("SWARM"), "stop left rules behind:\n{rules}");
+        let refused = tokio::net::TcpStream::connect("127.0.0.1:30080").await;
+        assert!(refused.is_err(), "nothing serves the port once the mesh stopped");
+    });
+}
+
+#[test]
+fn a_stopping_endpoint_drains_and_a_service_without_endpoints_is_refused_at_once() {
+    const TEST: &str = "drain";
+    if !can_run(TEST) {
+        return;
+    }
+    let ns = NetNs::create(ns_name(TEST)).unwrap();
+    ns.enter_current_thread().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (store, cluster) = fake_cluster(2).await;
+        web(&store, &cluster, 8081, 30081).await;
+        let mut tasks = Vec::new();
+        let mut backends = Vec::new();
+        for i in 0..2u8 {
+            let ip = format!("127.0.1.{}", 2 + i);
+            backends.push(TcpBackend::start(&ip, 8081, i).await);
+            tasks.push(add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await);
+        }
+        let discovery = follow(&store).await;
+        wait_until("2 endpoints", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 2)
+        })
+        .await;
+        let mesh = KernelMesh::start(Arc::new(discovery.clone()), KernelConfig::default()).await.unwrap();
+        assert!(mesh.synced(Duration::from_secs(5)).await, "{:?}", mesh.errors());
+
+        // The first new connection goes to the first endpoint (slot 1).
+        let addr: SocketAddr = "127.0.0.1:30081".parse().unwrap();
+        let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut id = [0u8; 1];
+        open.read_exact(&mut id).await.unwrap();
+        assert_eq!(id[0], 0);
+
+        // Its task is told to stop: no new connection reaches it, the open
+        // one keeps flowing (the task serves it until it is killed).
+        set_desired(&store, &tasks[0], TaskState::Shutdown).await;
+        wait_until("1 endpoint", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 1)
+        })
+        .await;
+        assert!(mesh.synced(Duration::from_secs(5)).await);
+        for _ in 0..50 {
+            assert_eq!(ping(addr).await.unwrap(), 1, "a new connection reached the stopping task");
+        }
+        for _ in 0..3 {
+            open.write_all(b"drain").await.unwrap();
+            let mut back = [0u8; 5];
+            open.read_exact(&mut back).await.unwrap();
+            assert_eq!(&back, b"drain");
+        }
+
+        // No endpoint left: refused at once (TCP reset), not a hang.
+        set_desired(&store, &tasks[1], TaskState::Shutdown).await;
+        wait_until("0 endpoints", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.is_empty())
+        })
+        .await;
+        assert!(mesh.synced(Duration::from_secs(5)).await);
+        let t = tokio::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await;
+        assert!(matches!(r, Ok(Err(_))), "expected a refused connection, got {r:?}");
+        assert!(t.elapsed() < Duration::from_secs(1));
+        let vip = SocketAddr::new(vip_of(&store), 8081);
+        let r = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(vip)).await;
+        assert!(matches!(r, Ok(Err(_))), "expected the VIP to refuse, got {r:?}");
+
+        // A bad setting is named; a failing command is reported and nothing
+        // is left behind.
+        let bad = KernelConfig { chain_prefix: "no spaces".into(), ..Default::default() };
+        let e = KernelMesh::start(Arc::new(discovery.clone()), bad).await.err().unwrap();
+        assert!(e.to_string().contains("chain_prefix"), "{e}");
+        let missing = KernelConfig {
+            chain_prefix: "SWX".into(),
+            iptables_restore: "/nonexistent/iptables-restore".into(),
+            ..Default::default()
+        };
+        let e = KernelMesh::start(Arc::new(discovery.clone()), missing).await.err().unwrap();
+        assert!(e.to_string().contains("/nonexistent/iptables-restore"), "{e}");
+        assert!(!saved().contains("SWX"));
+        mesh.stop().await.unwrap();
+        for b in &backends {
+            b.stop();
+        }
+    });
+}
+
+/// Three nodes and a client on one bridge (10.77.0.0/24); node i has the
+/// address .i and runs one task at .(10 + i), served by a real backend in
+/// its namespace, and its own kernel mesh. Connections to any node reach
+/// tasks on every node (forwarded and masqueraded). Node 3 is then cut off
+/// and marked down: once the meshes have dropped its endpoint, a client
+/// loop through nodes 1 and 2 sees no failed connection. Then task 2 is told
+/// to stop while the loop runs (a rolling update step): no failure at all.
+#[test]
+fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
+    const TEST: &str = "cluster";
+    if !can_run(TEST) {
+        return;
+    }
+    let p = std::process::id();
+    let lan = NetNs::create(format!("swk{p}-lan")).unwrap();
+    lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    lan.ip(&["link", "set", "br0", "up"]).unwrap();
+    let mut hosts = Vec::new();
+    for (i, h) in ["n1", "n2", "n3", "cl"].iter().enumerate() {
+        let host = NetNs::create(format!("swk{p}-{h}")).unwrap();
+        let (inner, outer) = (format!("{h}e"), format!("swk{p}{h}"));
+        netns::ip(&[
+            "link",
+            "add",
+            &inner,
+            "netns",
+            host.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outer,
+            "netns",
+            lan.name(),
+        ])
+        .unwrap();
+        lan.ip(&["link", "set", &outer, "master", "br0", "up"]).unwrap();
+        let last = if *h == "cl" { 100 } else { i + 1 };
+        host.ip(&["addr", "add", &format!("10.77.0.{last}/24"), "dev", &inner]).unwrap();
+        if *h != "cl" {
+            host.ip(&["addr", "add", &format!("10.77.0.{}/24", 10 + i + 1), "dev", &inner]).unwrap();
+        }
+        host.ip(&["link", "set", &inner, "up"]).unwrap();
+        hosts.push(host);
+    }
+    let rts: Vec<tokio::runtime::Runtime> = hosts.iter().map(|h| h.runtime().unwrap()).collect();
+
+    let main = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    main.block_on(async {
+        let (store, cluster) = fake_cluster(3).await;
+        web(&store, &cluster, 8082, 30082).await;
+        let mut tasks = Vec::new();
+        let mut backends = Vec::new();
+        for (i, rt) in rts[..3].iter().enumerate() {
+            let ip = format!("10.77.0.{}", 11 + i);
+            let ip2 = ip.clone();
+            backends.push(rt.spawn(async move { TcpBackend::start(&ip2, 8082, i as u8).await }).await.unwrap());
+            tasks.push(add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await);
+        }
+        let discovery = follow(&store).await;
+        wait_until("3 endpoints", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 3)
+        })
+        .await;
+        let mut meshes = Vec::new();
+        for rt in &rts[..3] {
+            let d: Arc<dyn Discovery> = Arc::new(discovery.clone());
+            let mesh = rt.spawn(async move { KernelMesh::start(d, KernelConfig::default()).await }).await.unwrap();
+            let mesh = mesh.expect("kernel mesh on a node");
+            assert!(mesh.synced(Duration::from_secs(5)).await);
+            meshes.push(mesh);
+        }
+        let client = &rts[3];
+
+        // Through each node, 30 connections: 10 per task, wherever it runs.
+        for node in 1..=3 {
+            let addr: SocketAddr = format!("10.77.0.{node}:30082").parse().unwrap();
+            let ids = client
+                .spawn(async move {
+                    let mut v = Vec::new();
+                    for _ in 0..30 {
+                        v.push(ping(addr).await.expect("through a node"));
+                    }
+                    v
+                })
+                .await
+                .unwrap();
+            assert_eq!(tally(ids).values().copied().collect::<Vec<_>>(), [10, 10, 10], "through node {node}");
+        }
+
+        // A client loop through nodes 1 and 2, recording (start, outcome).
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let looping = client.spawn(async move {
+            let mut log = Vec::new();
+            let mut n = 0usize;
+            while !*stop_rx.borrow() {
+                let addr: SocketAddr = format!("10.77.0.{}:30082", 1 + n % 2).parse().unwrap();
+                let started = tokio::time::Instant::now();
+                let r = tokio::time::timeout(Duration::from_millis(500), ping(addr)).await;
+                log.push((started, matches!(r, Ok(Ok(_)))));
+                n += 1;
+            }
+            log
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // Node 3 is lost: cut off, then marked down by the managers.
+        hosts[2].ip(&["link", "set", "n3e", "down"]).unwrap();
+        node_down(&store, "node-3").await;
+        wait_until("node 3's endpoint gone", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 2)
+        })
+        .await;
+        for m in &meshes[..2] {
+            assert!(m.synced(Duration::from_secs(5)).await);
+        }
+        let healed = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+
+        // A rolling-update step: task 2 told to stop, served until killed.
+        set_desired(&store, &tasks[1], TaskState::Shutdown).await;
+        wait_until("task 2's endpoint gone", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 1)
+        })
+        .await;
+        for m in &meshes[..2] {
+            assert!(m.synced(Duration::from_secs(5)).await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        backends[1].stop(); // killed at the end of its grace period
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop_tx.send_replace(true);
+        let log = looping.await.unwrap();
+        let after: Vec<bool> = log.iter().filter(|(t, _)| *t > healed).map(|(_, ok)| *ok).collect();
+        assert!(after.len() > 50, "the loop ran: {} connections after the failover", after.len());
+        let failed = after.iter().filter(|ok| !**ok).count();
+        assert_eq!(failed, 0, "{failed} of {} connections failed after the failover window", after.len());
+
+        for (m, rt) in meshes.into_iter().zip(&rts) {
+            rt.spawn(async move { m.stop().await }).await.unwrap().unwrap();
+        }
+        for b in &backends {
+            b.stop();
+        }
+    });
+    for rt in rts {
+        rt.shutdown_background();
+    }
+}
