@@ -4,24 +4,32 @@
 //! client streams bytes, the backend counts them and acks at the end), a
 //! one-byte echo (latency, on one kept connection), and a connect-echo-close
 //! (connections per second). Each is run directly against the backend and
-//! through a [`swarm::net::mesh::Mesh`] on 127.0.0.1 (splice(2) and
-//! userspace copy), the mesh following a `MemDiscovery` of a store holding
-//! one task at the backend's address.
+//! through the routing mesh in each of its data paths: the userspace
+//! [`swarm::net::mesh::Mesh`] on 127.0.0.1 (splice(2)) and 127.0.0.3
+//! (userspace copy), and, when run as root with iptables, the kernel
+//! [`swarm::net::kernel::KernelMesh`] (iptables DNAT) reached at 127.0.0.4.
+//! Every mesh follows a `MemDiscovery` of a store holding one task at the
+//! backend's address. As root the whole bench runs in a private network
+//! namespace (its own loopback and iptables), so the machine's rules are
+//! untouched.
 //!
 //! `cargo run --release --features net --example mesh_bench [-- --quick]`
 //! prints progress on stderr and ONE JSON object as the last stdout line:
+//! mesh_mode (the headline mode: iptables when it could run, else splice),
 //! direct_mbps, mesh_mbps, throughput_ratio, conn_per_sec_ratio,
-//! added_p50_us, added_p99_us, plus the same for the userspace copy and the
-//! raw figures. MB/s are 10^6 bytes per second; medians of the repeats,
-//! the three targets interleaved within each repeat.
+//! added_p50_us, added_p99_us for that mode, and `modes` with the same
+//! figures for every mode measured. MB/s are 10^6 bytes per second; medians
+//! of the repeats, the targets interleaved within each repeat.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::cluster::Cluster;
-use swarm::discovery::MemDiscovery;
+use swarm::discovery::{Discovery, MemDiscovery};
 use swarm::model::*;
+use swarm::net::kernel::{KernelConfig, KernelMesh};
 use swarm::net::mesh::{CopyMode, Mesh, MeshConfig};
+use swarm::net::netns;
 use swarm::state::Transaction;
 use swarm::store::{MemStore, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -171,10 +179,7 @@ async fn measure(targets: &[(&str, SocketAddr, SocketAddr)], quick: bool) -> std
 }
 
 async fn mesh_on(store: &Arc<MemStore>, ip: [u8; 4], copy: CopyMode) -> Result<Mesh, Box<dyn std::error::Error>> {
-    let discovery = MemDiscovery::new();
-    let (d, s) = (discovery.clone(), store.clone());
-    tokio::spawn(async move { d.follow(s.as_ref()).await });
-    let mesh = Mesh::start(Arc::new(discovery), MeshConfig { listen_ip: ip.into(), copy, ..Default::default() });
+    let mesh = Mesh::start(follow(store), MeshConfig { listen_ip: ip.into(), copy, ..Default::default() });
     let deadline = Instant::now() + Duration::from_secs(5);
     while mesh.listening().len() < 2 {
         if Instant::now() > deadline {
@@ -185,26 +190,28 @@ async fn mesh_on(store: &Arc<MemStore>, ip: [u8; 4], copy: CopyMode) -> Result<M
     Ok(mesh)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let quick = std::env::args().any(|a| a == "--quick");
-    backend().await?;
+fn follow(store: &Arc<MemStore>) -> Arc<dyn Discovery> {
+    let discovery = MemDiscovery::new();
+    let (d, s) = (discovery.clone(), store.clone());
+    tokio::spawn(async move { d.follow(s.as_ref()).await });
+    Arc::new(discovery)
+}
 
-    // One service publishing both backend ports, one task at 127.0.0.2.
-    let store = Arc::new(MemStore::new());
+/// One service publishing the backend's ports as `offset + port`, one
+/// task at 127.0.0.2.
+async fn service(store: &Arc<MemStore>, name: &str, offset: u16) -> Result<(), Box<dyn std::error::Error>> {
     let cluster = Cluster::new(store.clone() as Arc<dyn Store>);
-    store.commit(Transaction::new().create(Node::ready("node-1", "host-1", Resources::default()))).await?;
-    let mut spec = ServiceSpec::replicated("bench", "bench:1", 1);
+    let mut spec = ServiceSpec::replicated(name, "bench:1", 1);
     spec.endpoint_spec.ports = [SINK, ECHO]
         .iter()
-        .map(|p| PortConfig { target_port: *p as u32, published_port: Some(*p as u32 + 1000), ..Default::default() })
+        .map(|p| PortConfig { target_port: *p as u32, published_port: Some((*p + offset) as u32), ..Default::default() })
         .collect();
     let svc = cluster.create_service(spec).await?;
     let state = store.state();
     let task = Task {
-        id: "bench-1".into(),
+        id: format!("{name}-1").into(),
         service_id: svc.clone(),
-        service_name: "bench".into(),
+        service_name: name.into(),
         slot: Some(1),
         node_id: Some("node-1".into()),
         spec: state.service(&svc).map(|s| s.spec.task_template.clone()).unwrap_or_default(),
@@ -214,43 +221,97 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     store.commit(Transaction::new().create(task)).await?;
+    Ok(())
+}
+
+fn ratios(f: &Figures, direct: &Figures) -> serde_json::Value {
+    serde_json::json!({
+        "mbps": f.mbps.round(),
+        "throughput_ratio": (f.mbps / direct.mbps * 1000.0).round() / 1000.0,
+        "conn_per_sec": f.conn_per_sec.round(),
+        "conn_per_sec_ratio": (f.conn_per_sec / direct.conn_per_sec * 1000.0).round() / 1000.0,
+        "rtt_p50_us": (f.p50_us * 10.0).round() / 10.0,
+        "rtt_p99_us": (f.p99_us * 10.0).round() / 10.0,
+        "added_p50_us": ((f.p50_us - direct.p50_us) * 10.0).round() / 10.0,
+        "added_p99_us": ((f.p99_us - direct.p99_us) * 10.0).round() / 10.0,
+    })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    // The kernel mesh needs iptables: run the whole bench (every target,
+    // so they stay comparable) in a private network namespace, leaving the
+    // machine's own rules alone. Without root, the userspace modes only.
+    let kernel = netns::available().and_then(|()| netns::unshare_current_thread().map_err(|e| e.to_string()));
+    if let Err(why) = &kernel {
+        eprintln!("kernel mesh not measured: {why}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run(quick, kernel))
+}
+
+async fn run(quick: bool, kernel: Result<(), String>) -> Result<(), Box<dyn std::error::Error>> {
+    backend().await?;
+    // Two stores: "bench" for the userspace meshes (ports +1000), "kbench"
+    // for the kernel one (+2000). The kernel mesh programs every ingress
+    // port it is told of on every local address, so it must not see the
+    // userspace meshes' service (it would take their connections).
+    let store = Arc::new(MemStore::new());
+    let kstore = Arc::new(MemStore::new());
+    for s in [&store, &kstore] {
+        s.commit(Transaction::new().create(Node::ready("node-1", "host-1", Resources::default()))).await?;
+    }
+    service(&store, "bench", 1000).await?;
+    service(&kstore, "kbench", 2000).await?;
 
     let splice = mesh_on(&store, [127, 0, 0, 1], CopyMode::Splice).await?;
     let user = mesh_on(&store, [127, 0, 0, 3], CopyMode::Userspace { buffer: 256 * 1024 }).await?;
     let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+    let mut targets = vec![
+        ("direct", at([127, 0, 0, 2], SINK), at([127, 0, 0, 2], ECHO)),
+        ("splice", at([127, 0, 0, 1], SINK + 1000), at([127, 0, 0, 1], ECHO + 1000)),
+        ("userspace", at([127, 0, 0, 3], SINK + 1000), at([127, 0, 0, 3], ECHO + 1000)),
+    ];
+    let kmesh = match kernel {
+        Ok(()) => {
+            let config = KernelConfig { vips: false, enable_forwarding: false, ..Default::default() };
+            let m = KernelMesh::start(follow(&kstore), config).await?;
+            if !m.synced(Duration::from_secs(5)).await {
+                return Err(format!("kernel mesh did not sync: {:?}", m.errors()).into());
+            }
+            targets.push(("iptables", at([127, 0, 0, 4], SINK + 2000), at([127, 0, 0, 4], ECHO + 2000)));
+            Some(m)
+        }
+        Err(_) => None,
+    };
 
-    let figures = measure(
-        &[
-            ("direct", at([127, 0, 0, 2], SINK), at([127, 0, 0, 2], ECHO)),
-            ("mesh", at([127, 0, 0, 1], SINK + 1000), at([127, 0, 0, 1], ECHO + 1000)),
-            ("userspace", at([127, 0, 0, 3], SINK + 1000), at([127, 0, 0, 3], ECHO + 1000)),
-        ],
-        quick,
-    )
-    .await?;
-    let (direct, mesh, userspace) = (&figures[0], &figures[1], &figures[2]);
+    let figures = measure(&targets, quick).await?;
     splice.stop();
     user.stop();
-
+    if let Some(m) = kmesh {
+        m.stop().await?;
+    }
+    let direct = &figures[0];
+    let mut modes = serde_json::Map::new();
+    for ((name, _, _), f) in targets.iter().zip(&figures).skip(1) {
+        modes.insert(name.to_string(), ratios(f, direct));
+    }
+    // The headline is the mode a node would use: the kernel data path when
+    // it could run, else splice.
+    let head_name = if modes.contains_key("iptables") { "iptables" } else { "splice" };
+    let head = &modes[head_name];
     let json = serde_json::json!({
+        "mesh_mode": head_name,
         "direct_mbps": direct.mbps.round(),
-        "mesh_mbps": mesh.mbps.round(),
-        "throughput_ratio": (mesh.mbps / direct.mbps * 1000.0).round() / 1000.0,
-        "conn_per_sec_ratio": (mesh.conn_per_sec / direct.conn_per_sec * 1000.0).round() / 1000.0,
-        "added_p50_us": ((mesh.p50_us - direct.p50_us) * 10.0).round() / 10.0,
-        "added_p99_us": ((mesh.p99_us - direct.p99_us) * 10.0).round() / 10.0,
-        "mesh_copy": "splice",
+        "mesh_mbps": head["mbps"],
+        "throughput_ratio": head["throughput_ratio"],
+        "conn_per_sec_ratio": head["conn_per_sec_ratio"],
+        "added_p50_us": head["added_p50_us"],
+        "added_p99_us": head["added_p99_us"],
         "direct_conn_per_sec": direct.conn_per_sec.round(),
-        "mesh_conn_per_sec": mesh.conn_per_sec.round(),
-        "direct_rtt_p50_us": direct.p50_us,
-        "direct_rtt_p99_us": direct.p99_us,
-        "mesh_rtt_p50_us": mesh.p50_us,
-        "mesh_rtt_p99_us": mesh.p99_us,
-        "userspace_mbps": userspace.mbps.round(),
-        "userspace_throughput_ratio": (userspace.mbps / direct.mbps * 1000.0).round() / 1000.0,
-        "userspace_conn_per_sec_ratio": (userspace.conn_per_sec / direct.conn_per_sec * 1000.0).round() / 1000.0,
-        "userspace_added_p50_us": ((userspace.p50_us - direct.p50_us) * 10.0).round() / 10.0,
-        "userspace_added_p99_us": ((userspace.p99_us - direct.p99_us) * 10.0).round() / 10.0,
+        "direct_rtt_p50_us": (direct.p50_us * 10.0).round() / 10.0,
+        "direct_rtt_p99_us": (direct.p99_us * 10.0).round() / 10.0,
+        "modes": modes,
         "quick": quick,
     });
     println!("{json}");
