@@ -204,7 +204,11 @@ async fn service(store: &Arc<MemStore>, name: &str, offset: u16) -> Result<(), B
     let mut spec = ServiceSpec::replicated(name, "bench:1", 1);
     spec.endpoint_spec.ports = [SINK, ECHO]
         .iter()
-        .map(|p| PortConfig { target_port: *p as u32, published_port: Some((*p + offset) as u32), ..Default::default() })
+        .map(|p| PortConfig {
+            target_port: *p as u32,
+            published_port: Some((*p + offset) as u32),
+            ..Default::default()
+        })
         .collect();
     let svc = cluster.create_service(spec).await?;
     let state = store.state();

@@ -9,6 +9,8 @@
 //! - [`kernel`] (Linux): the same two data paths as iptables NAT rules
 //!   (kube-proxy's iptables mode; Swarm uses IPVS): no userspace hop.
 //! - [`netns`] (Linux): network namespaces for tests and benchmarks.
+//! - [`node`]: one node's plane in one call: discovery, DNS and the data
+//!   path (userspace or kernel).
 //! - [`vip`]: the VIP data path: each node serves every service VIP on the
 //!   service's target ports with the mesh's proxy (the userspace
 //!   equivalent of Swarm's IPVS VIP).
@@ -43,6 +45,7 @@ pub mod kernel;
 pub mod mesh;
 #[cfg(target_os = "linux")]
 pub mod netns;
+pub mod node;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod vip;

@@ -20,7 +20,7 @@ use swarm_net::kernel::{KernelConfig, KernelMesh};
 use swarm_net::netns::{self, NetNs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// None (and a loud SKIPPED line) when namespaces and iptables cannot be
+/// False (and a loud SKIPPED line) when namespaces and iptables cannot be
 /// used here; panics instead under CI=true.
 fn can_run(test: &str) -> bool {
     match netns::available() {
@@ -377,4 +377,64 @@ fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
     for rt in rts {
         rt.shutdown_background();
     }
+}
+
+/// `NodeNetwork` with `DataPath::auto()` picks the kernel path as root:
+/// DNS answers the VIP, the VIP and the published port reach the tasks
+/// through the rules, and `stop` removes them.
+#[test]
+fn node_network_auto_picks_the_kernel_path_and_serves_dns_vip_and_port() {
+    use swarm_net::node::{DataPath, NodeNetwork, NodeNetworkConfig};
+    const TEST: &str = "node";
+    if !can_run(TEST) {
+        return;
+    }
+    let ns = NetNs::create(ns_name(TEST)).unwrap();
+    ns.enter_current_thread().unwrap();
+    ns.ip(&["link", "add", "swk0", "type", "veth", "peer", "name", "swk1"]).unwrap();
+    ns.ip(&["addr", "add", "10.0.0.1/8", "dev", "swk0"]).unwrap();
+    ns.ip(&["link", "set", "swk0", "up"]).unwrap();
+    ns.ip(&["link", "set", "swk1", "up"]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (store, cluster) = fake_cluster(2).await;
+        web(&store, &cluster, 8083, 30083).await;
+        let mut backends = Vec::new();
+        for i in 0..2u8 {
+            let ip = format!("127.0.2.{}", 2 + i);
+            backends.push(TcpBackend::start(&ip, 8083, i).await);
+            add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await;
+        }
+        let data_path = DataPath::auto();
+        assert!(format!("{data_path:?}").starts_with("Kernel"), "{data_path:?}");
+        let config = NodeNetworkConfig { dns: Some(("127.0.0.1:0".parse().unwrap(), Default::default())), data_path };
+        let net = NodeNetwork::start(store.clone() as Arc<dyn Store>, config).await.unwrap();
+        wait_until("endpoints", Duration::from_secs(5), || {
+            net.discovery().resolve("web").is_some_and(|s| s.endpoints.len() == 2)
+        })
+        .await;
+        assert!(net.synced(Duration::from_secs(5)).await, "{:?}", net.errors());
+        let dns = net.dns_addr().unwrap();
+        let mut vips = Vec::new();
+        for _ in 0..100 {
+            vips = resolve(dns, "web.").await;
+            if !vips.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(vips, vec![std::net::Ipv4Addr::new(10, 0, 0, 2)]);
+        let mut seen = [0usize; 2];
+        for addr in [SocketAddr::new(vips[0].into(), 8083), "127.0.0.1:30083".parse().unwrap()] {
+            for _ in 0..10 {
+                seen[ping(addr).await.unwrap_or_else(|e| panic!("through {addr}: {e}")) as usize] += 1;
+            }
+        }
+        assert_eq!(seen, [10, 10]);
+        net.stop().await.unwrap();
+        assert!(!saved().contains("SWARM"), "rules left after stop");
+        for b in &backends {
+            b.stop();
+        }
+    });
 }

@@ -7,8 +7,6 @@
 mod common;
 
 use common::*;
-use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,29 +227,6 @@ async fn a_removed_service_is_refused_and_dnsrr_or_portless_services_follow_the_
     s.proxy.stop().await;
     let e = tokio::net::TcpStream::connect(SocketAddr::new(bare_vip, 18214)).await.expect_err("stopped proxy");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
-}
-
-/// The A records for `name`; empty while the server does not know it yet
-/// (NXDOMAIN before its first sync).
-async fn resolve(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut q = Message::query();
-    q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    sock.send_to(&q.to_vec().unwrap(), server).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await.unwrap().unwrap();
-    let m = Message::from_vec(&buf[..n]).unwrap();
-    if m.metadata.response_code == ResponseCode::NXDomain {
-        return Vec::new();
-    }
-    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

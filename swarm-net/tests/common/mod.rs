@@ -143,3 +143,29 @@ pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() ->
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The A records for `name`; empty while the server does not know it yet
+/// (NXDOMAIN before its first sync).
+pub async fn resolve(server: SocketAddr, name: &str) -> Vec<std::net::Ipv4Addr> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut q = hickory_proto::op::Message::query();
+    q.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii(name).unwrap(),
+        hickory_proto::rr::RecordType::A,
+    ));
+    sock.send_to(&q.to_vec().unwrap(), server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await.unwrap().unwrap();
+    let m = hickory_proto::op::Message::from_vec(&buf[..n]).unwrap();
+    if m.metadata.response_code == hickory_proto::op::ResponseCode::NXDomain {
+        return Vec::new();
+    }
+    assert_eq!(m.metadata.response_code, hickory_proto::op::ResponseCode::NoError);
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
