@@ -151,7 +151,7 @@ struct Figures {
 /// `Figures` per target: medians over the repeats (throughput, connection
 /// rate) and percentiles over all pings of a target.
 async fn measure(targets: &[(&str, SocketAddr, SocketAddr)], quick: bool) -> std::io::Result<Vec<Figures>> {
-    let (bytes, reps, pings, conns) = if quick { (256 << 20, 3, 5_000, 2_000) } else { (512 << 20, 7, 21_000, 7_000) };
+    let (bytes, reps, pings, conns) = if quick { (256 << 20, 3, 5_000, 2_000) } else { (512 << 20, 15, 30_000, 15_000) };
     let k = targets.len();
     let (mut mbps, mut rates, mut rtt) = (vec![Vec::new(); k], vec![Vec::new(); k], vec![Vec::new(); k]);
     for _ in 0..reps {
