@@ -11,7 +11,8 @@
 //! Every mesh follows a `MemDiscovery` of a store holding one task at the
 //! backend's address. As root the whole bench runs in a private network
 //! namespace (its own loopback and iptables), so the machine's rules are
-//! untouched.
+//! untouched, and a second part measures across hosts: client, node and
+//! backend in three namespaces on a bridge (`remote` in the JSON).
 //!
 //! `cargo run --release --features net --example mesh_bench [-- --quick]`
 //! prints progress on stderr and ONE JSON object as the last stdout line:
@@ -29,7 +30,7 @@ use swarm::discovery::{Discovery, MemDiscovery};
 use swarm::model::*;
 use swarm::net::kernel::{KernelConfig, KernelMesh};
 use swarm::net::mesh::{CopyMode, Mesh, MeshConfig};
-use swarm::net::netns;
+use swarm::net::netns::{self, NetNs};
 use swarm::state::Transaction;
 use swarm::store::{MemStore, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,9 +39,9 @@ use tokio::net::TcpStream;
 const SINK: u16 = 19001;
 const ECHO: u16 = 19002;
 
-async fn backend() -> std::io::Result<()> {
-    let sink = tokio::net::TcpListener::bind(("127.0.0.2", SINK)).await?;
-    let echo = tokio::net::TcpListener::bind(("127.0.0.2", ECHO)).await?;
+async fn backend(ip: &str) -> std::io::Result<()> {
+    let sink = tokio::net::TcpListener::bind((ip, SINK)).await?;
+    let echo = tokio::net::TcpListener::bind((ip, ECHO)).await?;
     tokio::spawn(async move {
         while let Ok((mut s, _)) = sink.accept().await {
             tokio::spawn(async move {
@@ -151,7 +152,8 @@ struct Figures {
 /// `Figures` per target: medians over the repeats (throughput, connection
 /// rate) and percentiles over all pings of a target.
 async fn measure(targets: &[(&str, SocketAddr, SocketAddr)], quick: bool) -> std::io::Result<Vec<Figures>> {
-    let (bytes, reps, pings, conns) = if quick { (256 << 20, 3, 5_000, 2_000) } else { (512 << 20, 15, 30_000, 15_000) };
+    let (bytes, reps, pings, conns) =
+        if quick { (256 << 20, 3, 5_000, 2_000) } else { (512 << 20, 15, 30_000, 15_000) };
     let k = targets.len();
     let (mut mbps, mut rates, mut rtt) = (vec![Vec::new(); k], vec![Vec::new(); k], vec![Vec::new(); k]);
     for _ in 0..reps {
@@ -198,8 +200,13 @@ fn follow(store: &Arc<MemStore>) -> Arc<dyn Discovery> {
 }
 
 /// One service publishing the backend's ports as `offset + port`, one
-/// task at 127.0.0.2.
-async fn service(store: &Arc<MemStore>, name: &str, offset: u16) -> Result<(), Box<dyn std::error::Error>> {
+/// task at `task_ip`.
+async fn service(
+    store: &Arc<MemStore>,
+    name: &str,
+    offset: u16,
+    task_ip: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     let cluster = Cluster::new(store.clone() as Arc<dyn Store>);
     let mut spec = ServiceSpec::replicated(name, "bench:1", 1);
     spec.endpoint_spec.ports = [SINK, ECHO]
@@ -221,11 +228,24 @@ async fn service(store: &Arc<MemStore>, name: &str, offset: u16) -> Result<(), B
         spec: state.service(&svc).map(|s| s.spec.task_template.clone()).unwrap_or_default(),
         desired_state: TaskState::Running,
         status: TaskStatus { state: TaskState::Running, ..Default::default() },
-        networks: vec![NetworkAttachment { network: "default".into(), addresses: vec!["127.0.0.2".into()] }],
+        networks: vec![NetworkAttachment { network: "default".into(), addresses: vec![task_ip.into()] }],
         ..Default::default()
     };
     store.commit(Transaction::new().create(task)).await?;
     Ok(())
+}
+
+/// Two stores: "bench" for the userspace meshes (ports +1000), "kbench"
+/// for the kernel one (+2000), each with one task at `task_ip`.
+async fn stores(task_ip: &str) -> Result<(Arc<MemStore>, Arc<MemStore>), Box<dyn std::error::Error>> {
+    let store = Arc::new(MemStore::new());
+    let kstore = Arc::new(MemStore::new());
+    for s in [&store, &kstore] {
+        s.commit(Transaction::new().create(Node::ready("node-1", "host-1", Resources::default()))).await?;
+    }
+    service(&store, "bench", 1000, task_ip).await?;
+    service(&kstore, "kbench", 2000, task_ip).await?;
+    Ok((store, kstore))
 }
 
 fn ratios(f: &Figures, direct: &Figures) -> serde_json::Value {
@@ -251,22 +271,121 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("kernel mesh not measured: {why}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(run(quick, kernel))
+    let remote = match &kernel {
+        Ok(()) => Some(rt.block_on(remote(quick))?),
+        Err(_) => None,
+    };
+    rt.block_on(run(quick, kernel, remote))
 }
 
-async fn run(quick: bool, kernel: Result<(), String>) -> Result<(), Box<dyn std::error::Error>> {
-    backend().await?;
+/// Across hosts: a client, a node and a backend in three network
+/// namespaces on one bridge (veth pairs), so the mesh's traffic is
+/// forwarded and masqueraded as between machines. Direct: client ->
+/// backend (one hop); mesh: client -> node -> backend (two hops).
+async fn remote(quick: bool) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let p = std::process::id();
+    let lan = NetNs::create(format!("mb{p}-lan"))?;
+    lan.ip(&["link", "add", "br0", "type", "bridge"])?;
+    lan.ip(&["link", "set", "br0", "up"])?;
+    let mut hosts = Vec::new();
+    for (h, addrs) in
+        [("c", &["10.78.0.1"][..]), ("n", &["10.78.0.2", "10.78.0.4", "10.78.0.5"]), ("b", &["10.78.0.3"])]
+    {
+        let host = NetNs::create(format!("mb{p}-{h}"))?;
+        let (inner, outer) = (format!("{h}e"), format!("mb{p}{h}"));
+        netns::ip(&[
+            "link",
+            "add",
+            &inner,
+            "netns",
+            host.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outer,
+            "netns",
+            lan.name(),
+        ])?;
+        lan.ip(&["link", "set", &outer, "master", "br0", "up"])?;
+        for a in addrs {
+            host.ip(&["addr", "add", &format!("{a}/24"), "dev", &inner])?;
+        }
+        host.ip(&["link", "set", &inner, "up"])?;
+        hosts.push(host);
+    }
+    let rts = hosts.iter().map(|h| h.runtime()).collect::<Result<Vec<_>, _>>()?;
+    let (client, node, back) = (&rts[0], &rts[1], &rts[2]);
+    back.spawn(backend("10.78.0.3")).await??;
+    let (store, kstore) = stores("10.78.0.3").await?;
+    let result = async {
+        let (s1, s2) = (store.clone(), store.clone());
+        // The userspace meshes listen on the node's second and third
+        // addresses; the kernel one answers on its first.
+        let splice = node
+            .spawn(async move { mesh_on(&s1, [10, 78, 0, 4], CopyMode::Splice).await.map_err(|e| e.to_string()) })
+            .await??;
+        let user = node
+            .spawn(async move {
+                mesh_on(&s2, [10, 78, 0, 5], CopyMode::Userspace { buffer: 256 * 1024 })
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await??;
+        let k = kstore.clone();
+        let kmesh = node
+            .spawn(async move {
+                let m = KernelMesh::start(follow(&k), KernelConfig { vips: false, ..Default::default() }).await?;
+                let synced = m.synced(Duration::from_secs(5)).await;
+                Ok::<_, swarm::net::kernel::KernelError>((m, synced))
+            })
+            .await??;
+        if !kmesh.1 {
+            return Err(format!("kernel mesh did not sync: {:?}", kmesh.0.errors()).into());
+        }
+        let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+        let targets = vec![
+            ("remote direct", at([10, 78, 0, 3], SINK), at([10, 78, 0, 3], ECHO)),
+            ("remote splice", at([10, 78, 0, 4], SINK + 1000), at([10, 78, 0, 4], ECHO + 1000)),
+            ("remote userspace", at([10, 78, 0, 5], SINK + 1000), at([10, 78, 0, 5], ECHO + 1000)),
+            ("remote iptables", at([10, 78, 0, 2], SINK + 2000), at([10, 78, 0, 2], ECHO + 2000)),
+        ];
+        let t = targets.clone();
+        let figures = client.spawn(async move { measure(&t, quick).await.map_err(|e| e.to_string()) }).await??;
+        splice.stop();
+        user.stop();
+        node.spawn(kmesh.0.stop()).await??;
+        let direct = &figures[0];
+        let mut modes = serde_json::Map::new();
+        for ((name, _, _), f) in targets.iter().zip(&figures).skip(1) {
+            modes.insert(name.trim_start_matches("remote ").to_string(), ratios(f, direct));
+        }
+        Ok::<_, Box<dyn std::error::Error>>(serde_json::json!({
+            "direct_mbps": direct.mbps.round(),
+            "direct_conn_per_sec": direct.conn_per_sec.round(),
+            "direct_rtt_p50_us": (direct.p50_us * 10.0).round() / 10.0,
+            "direct_rtt_p99_us": (direct.p99_us * 10.0).round() / 10.0,
+            "modes": modes,
+        }))
+    }
+    .await;
+    for rt in rts {
+        rt.shutdown_background();
+    }
+    result
+}
+
+async fn run(
+    quick: bool,
+    kernel: Result<(), String>,
+    remote: Option<serde_json::Value>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    backend("127.0.0.2").await?;
     // Two stores: "bench" for the userspace meshes (ports +1000), "kbench"
     // for the kernel one (+2000). The kernel mesh programs every ingress
     // port it is told of on every local address, so it must not see the
     // userspace meshes' service (it would take their connections).
-    let store = Arc::new(MemStore::new());
-    let kstore = Arc::new(MemStore::new());
-    for s in [&store, &kstore] {
-        s.commit(Transaction::new().create(Node::ready("node-1", "host-1", Resources::default()))).await?;
-    }
-    service(&store, "bench", 1000).await?;
-    service(&kstore, "kbench", 2000).await?;
+    let (store, kstore) = stores("127.0.0.2").await?;
 
     let splice = mesh_on(&store, [127, 0, 0, 1], CopyMode::Splice).await?;
     let user = mesh_on(&store, [127, 0, 0, 3], CopyMode::Userspace { buffer: 256 * 1024 }).await?;
@@ -316,6 +435,7 @@ async fn run(quick: bool, kernel: Result<(), String>) -> Result<(), Box<dyn std:
         "direct_rtt_p50_us": (direct.p50_us * 10.0).round() / 10.0,
         "direct_rtt_p99_us": (direct.p99_us * 10.0).round() / 10.0,
         "modes": modes,
+        "remote": remote,
         "quick": quick,
     });
     println!("{json}");
