@@ -157,10 +157,14 @@ async fn measure(targets: &[(&str, SocketAddr, SocketAddr)], quick: bool) -> std
     let k = targets.len();
     let (mut mbps, mut rates, mut rtt) = (vec![Vec::new(); k], vec![Vec::new(); k], vec![Vec::new(); k]);
     for _ in 0..reps {
-        for (i, (_, sink, echo)) in targets.iter().enumerate() {
-            mbps[i].push(throughput(*sink, bytes).await?);
-            rates[i].push(conn_rate(*echo, conns / reps, 4).await?);
-            rtt[i].extend(rtts(*echo, pings / reps).await?);
+        for (i, (name, sink, echo)) in targets.iter().enumerate() {
+            let ctx = |phase: &str| {
+                let phase = phase.to_string();
+                move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{name} {phase}: {e}"))
+            };
+            mbps[i].push(throughput(*sink, bytes).await.map_err(ctx("throughput"))?);
+            rates[i].push(conn_rate(*echo, conns / reps, 4).await.map_err(ctx("connection rate"))?);
+            rtt[i].extend(rtts(*echo, pings / reps).await.map_err(ctx("latency"))?);
         }
     }
     let mut out = Vec::new();
@@ -314,6 +318,12 @@ async fn remote(quick: bool) -> Result<serde_json::Value, Box<dyn std::error::Er
         host.ip(&["link", "set", &inner, "up"])?;
         hosts.push(host);
     }
+    // The userspace meshes open one upstream connection per client
+    // connection, and close it first (TIME_WAIT on the node): tens of
+    // thousands of short connections to one backend exhaust the node's
+    // ephemeral ports unless TIME_WAIT ports may be reused, which Linux
+    // allows by default on loopback only. A proxy node is tuned so.
+    hosts[1].exec("sysctl", &["-q", "-w", "net.ipv4.tcp_tw_reuse=1"])?;
     let rts = hosts.iter().map(|h| h.runtime()).collect::<Result<Vec<_>, _>>()?;
     let (client, node, back) = (&rts[0], &rts[1], &rts[2]);
     back.spawn(backend("10.78.0.3")).await??;

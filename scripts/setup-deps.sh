@@ -5,6 +5,7 @@
 #   iproute2        `ip`, for the containerd runtime's task networking
 #   iptables        the containerd runtime's host-mode published ports
 #   openssl         the containerd runtime's HTTPS pull test (a test CA)
+#   conntrack       the kernel mesh ends a drained endpoint's connections
 # Idempotent and non-interactive; needs root (or sudo) only when something
 # is missing. Debian/Ubuntu (apt-get).
 set -eu
@@ -16,6 +17,7 @@ command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v conntrack >/dev/null 2>&1 || missing="$missing conntrack"
 
 if [ -z "$missing" ]; then
     echo "setup-deps: nothing to install"

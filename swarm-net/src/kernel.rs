@@ -24,9 +24,11 @@
 //! Each change is one `iptables-restore --noflush` transaction per table
 //! (atomic: a packet sees the old rules or the new ones), rewriting only
 //! this mesh's chains (named `<prefix>-...`). Removing an endpoint's rule
-//! leaves the connections already tracked to it alone: they drain for as
-//! long as the task serves them (it is killed at the end of its stop grace
-//! period), and new ones go elsewhere.
+//! leaves the connections already tracked to it alone: new ones go
+//! elsewhere at once, open ones (UDP: flows) drain for the service's stop
+//! grace period; then the mesh ends their conntrack entries (`conntrack
+//! -D`), so a UDP flow moves to another endpoint and a TCP connection gets
+//! a reset instead of hanging on a task that is gone.
 //!
 //! What the userspace mesh has and this has not: least-connections (iptables
 //! cannot count connections; IPVS could), connect retry on a dead endpoint
@@ -38,7 +40,7 @@
 //! mesh's task (see [`crate::netns`] for tests). See docs/swarm-net.md.
 
 use crate::mesh::AddrMap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -48,6 +50,7 @@ use swarm_core::discovery::{Discovery, ServiceEndpoints};
 use swarm_core::model::{EndpointMode, Protocol, PublishMode};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Settings of a [`KernelMesh`].
 #[derive(Clone, Debug)]
@@ -78,6 +81,11 @@ pub struct KernelConfig {
     /// How long to wait before retrying a failed update when nothing
     /// changes meanwhile.
     pub retry: Duration,
+    /// The `conntrack` command (conntrack-tools), used to end the mesh's
+    /// tracked connections to an endpoint once it has been out of the
+    /// rules for its service's stop grace period; `None`: never (they then
+    /// live until conntrack forgets them: UDP 30-120 s, TCP when closed).
+    pub conntrack: Option<PathBuf>,
 }
 
 impl Default for KernelConfig {
@@ -93,6 +101,7 @@ impl Default for KernelConfig {
             iptables: "iptables".into(),
             iptables_restore: "iptables-restore".into(),
             retry: Duration::from_secs(1),
+            conntrack: Some("conntrack".into()),
         }
     }
 }
@@ -314,7 +323,83 @@ struct Shared {
     config: KernelConfig,
     applied: Mutex<Rules>,
     errors: Mutex<Vec<String>>,
+    /// The last failure to end a drained endpoint's connections.
+    drain_error: Mutex<Option<String>>,
     synced: watch::Sender<u64>,
+}
+
+/// The endpoint addresses the rules send traffic to, with the longest stop
+/// grace period among the services they serve.
+fn endpoint_addrs(services: &[ServiceEndpoints], config: &KernelConfig) -> BTreeMap<Ipv4Addr, Duration> {
+    let mut out: BTreeMap<Ipv4Addr, Duration> = BTreeMap::new();
+    for se in services {
+        let vip = config.vips && se.mode == EndpointMode::Vip && !se.virtual_ips.is_empty();
+        let ingress = config.ingress
+            && se.ports.iter().any(|p| p.publish_mode == PublishMode::Ingress && p.published_port.is_some());
+        if !vip && !ingress {
+            continue;
+        }
+        for e in &se.endpoints {
+            if let IpAddr::V4(a) = config.translate.as_ref().map_or(e.addr, |m| (m.0)(e.addr)) {
+                let g = out.entry(a).or_default();
+                *g = (*g).max(se.stop_grace_period);
+            }
+        }
+    }
+    out
+}
+
+/// Endpoints that left the rules, and when their drain ends.
+#[derive(Debug, Default)]
+struct Drains {
+    live: BTreeMap<Ipv4Addr, Duration>,
+    due: BTreeMap<Ipv4Addr, Instant>,
+}
+
+impl Drains {
+    /// The rules now send traffic to `live`: an address that left starts
+    /// draining for its grace period; one that came back stops draining.
+    fn update(&mut self, live: BTreeMap<Ipv4Addr, Duration>, now: Instant) {
+        for (a, grace) in &self.live {
+            if !live.contains_key(a) {
+                self.due.entry(*a).or_insert(now + *grace);
+            }
+        }
+        self.due.retain(|a, _| !live.contains_key(a));
+        self.live = live;
+    }
+
+    /// Removes and returns the addresses whose drain is over.
+    fn take_due(&mut self, now: Instant) -> Vec<Ipv4Addr> {
+        let over: Vec<Ipv4Addr> = self.due.iter().filter(|(_, t)| **t <= now).map(|(a, _)| *a).collect();
+        for a in &over {
+            self.due.remove(a);
+        }
+        over
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.due.values().min().copied()
+    }
+}
+
+/// Ends the mesh's tracked connections to `addr` (those carrying the
+/// connmark, whose reply comes from `addr`).
+async fn end_connections(shared: &Shared, addr: Ipv4Addr) {
+    let Some(cmd) = &shared.config.conntrack else { return };
+    let (a, mark) = (addr.to_string(), format!("0x{:x}/0x{:x}", shared.config.mark, shared.config.mark));
+    let result = run(cmd, &["-D", "--mark", &mark, "-r", &a], None).await;
+    let error = match result {
+        Ok(()) => None,
+        // Exit status 1 with nothing deleted: there was nothing to end.
+        Err(KernelError::Command { ref detail, .. }) if detail.contains("0 flow entries") => None,
+        Err(e) => Some(e.to_string()),
+    };
+    match &error {
+        None => tracing::debug!(%addr, "kernel mesh: drain over, tracked connections ended"),
+        Some(e) => tracing::warn!(%addr, error = %e, "kernel mesh: cannot end a drained endpoint's connections"),
+    }
+    *crate::mesh::lock(&shared.drain_error) = error;
 }
 
 /// A node's kernel routing mesh and VIPs. See the [module docs](self).
@@ -339,6 +424,7 @@ impl KernelMesh {
             config,
             applied: Mutex::new(Rules::default()),
             errors: Mutex::new(Vec::new()),
+            drain_error: Mutex::new(None),
             synced: watch::channel(0).0,
         });
         let base = render(&[], &shared.config);
@@ -354,17 +440,24 @@ impl KernelMesh {
         let (s, d) = (shared.clone(), discovery.clone());
         let supervisor = tokio::spawn(async move {
             let mut rx = d.subscribe();
+            let mut drains = Drains::default();
             loop {
                 let revision = *rx.borrow_and_update();
                 let services: Vec<ServiceEndpoints> = d.services().iter().filter_map(|n| d.resolve(n)).collect();
                 let ok = sync(&s, &services).await;
                 if ok {
                     s.synced.send_replace(revision);
+                    drains.update(endpoint_addrs(&services, &s.config), Instant::now());
                 }
+                for addr in drains.take_due(Instant::now()) {
+                    end_connections(&s, addr).await;
+                }
+                let next = drains.next();
                 tokio::select! {
                     _ = &mut stop_rx => return,
                     changed = rx.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(s.config.retry), if !ok => {}
+                    _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
                 }
             }
         });
@@ -376,9 +469,13 @@ impl KernelMesh {
         crate::mesh::lock(&self.shared.applied).clone()
     }
 
-    /// What the last update could not do (failed command, skipped targets).
+    /// What the last update could not do (failed command, skipped
+    /// targets), and the last failure to end a drained endpoint's
+    /// connections.
     pub fn errors(&self) -> Vec<String> {
-        crate::mesh::lock(&self.shared.errors).clone()
+        let mut e = crate::mesh::lock(&self.shared.errors).clone();
+        e.extend(crate::mesh::lock(&self.shared.drain_error).clone());
+        e
     }
 
     /// Waits until the rules match the discovery state current at the call
@@ -613,6 +710,44 @@ mod tests {
              *filter\n:SWARM-FORWARD - [0:0]\n:SWARM-REJECT - [0:0]\n\
              -A SWARM-FORWARD -m connmark --mark 0x200000/0x200000 -j ACCEPT\nCOMMIT\n"
         );
+    }
+
+    #[test]
+    fn an_endpoint_that_leaves_drains_for_its_grace_and_one_that_returns_does_not() {
+        let t0 = Instant::now();
+        let a: Ipv4Addr = "10.0.1.2".parse().unwrap();
+        let b: Ipv4Addr = "10.0.1.3".parse().unwrap();
+        let mut d = Drains::default();
+        d.update([(a, Duration::from_secs(10)), (b, Duration::from_secs(2))].into(), t0);
+        assert_eq!(d.next(), None);
+        d.update([(a, Duration::from_secs(10))].into(), t0 + Duration::from_secs(1));
+        assert_eq!(d.next(), Some(t0 + Duration::from_secs(3)));
+        assert!(d.take_due(t0 + Duration::from_secs(2)).is_empty());
+        // b comes back before the end of its drain: nothing to end.
+        d.update([(a, Duration::from_secs(10)), (b, Duration::from_secs(2))].into(), t0 + Duration::from_secs(2));
+        assert_eq!(d.next(), None);
+        // Both leave; b's drain ends first, a's later; a second update
+        // does not restart a running drain.
+        d.update(BTreeMap::new(), t0 + Duration::from_secs(4));
+        d.update(BTreeMap::new(), t0 + Duration::from_secs(5));
+        assert_eq!(d.take_due(t0 + Duration::from_secs(6)), vec![b]);
+        assert_eq!(d.take_due(t0 + Duration::from_secs(14)), vec![a]);
+        assert_eq!(d.next(), None);
+    }
+
+    #[test]
+    fn endpoint_addrs_keep_the_longest_grace_and_skip_unserved_services() {
+        let mut a = svc("a", &["10.0.1.2"], Some("10.0.0.2"), &[]);
+        a.stop_grace_period = Duration::from_secs(30);
+        let b = svc("b", &["10.0.1.2", "10.0.1.3"], None, &[(Protocol::Tcp, 80, 30000)]);
+        let idle = svc("idle", &["10.0.1.9"], None, &[]);
+        let m = endpoint_addrs(&[a, b, idle], &KernelConfig::default());
+        let want: BTreeMap<Ipv4Addr, Duration> = [
+            ("10.0.1.2".parse().unwrap(), Duration::from_secs(30)),
+            ("10.0.1.3".parse().unwrap(), Duration::from_secs(10)),
+        ]
+        .into();
+        assert_eq!(m, want);
     }
 
     #[test]

@@ -438,3 +438,106 @@ fn node_network_auto_picks_the_kernel_path_and_serves_dns_vip_and_port() {
         }
     });
 }
+
+/// UDP echo backend answering with its id then the payload.
+async fn udp_backend(ip: &str, port: u16, id: u8) {
+    let sock = tokio::net::UdpSocket::bind((ip, port)).await.expect("bind udp backend");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let mut out = vec![id];
+            out.extend_from_slice(&buf[..n]);
+            let _ = sock.send_to(&out, from).await;
+        }
+    });
+}
+
+/// Sends on `sock` (one flow) and returns the id of the backend answering.
+async fn udp_ask(sock: &tokio::net::UdpSocket, to: SocketAddr) -> u8 {
+    sock.send_to(b"hi", to).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) =
+        tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await.expect("udp answer").unwrap();
+    assert_eq!(&buf[1..n], b"hi");
+    buf[0]
+}
+
+/// An endpoint leaving keeps its UDP flow and its open TCP connection for
+/// the stop grace period (1 s here); then the mesh ends them: the same UDP
+/// flow moves to the other endpoint, the TCP connection gets a reset.
+#[test]
+fn a_drained_endpoints_flows_end_with_its_grace_period() {
+    const TEST: &str = "grace";
+    if !can_run(TEST) {
+        return;
+    }
+    let ns = NetNs::create(ns_name(TEST)).unwrap();
+    ns.enter_current_thread().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (store, cluster) = fake_cluster(2).await;
+        let mut spec = ServiceSpec::replicated("web", "web:1", 2);
+        spec.endpoint_spec.ports = vec![
+            PortConfig { target_port: 8084, published_port: Some(30084), ..Default::default() },
+            PortConfig {
+                protocol: Protocol::Udp,
+                target_port: 8084,
+                published_port: Some(30084),
+                ..Default::default()
+            },
+        ];
+        spec.task_template.container.stop_grace_period = Duration::from_secs(1).into();
+        cluster.create_service(spec).await.unwrap();
+        let mut tasks = Vec::new();
+        let mut backends = Vec::new();
+        for i in 0..2u8 {
+            let ip = format!("127.0.4.{}", 2 + i);
+            backends.push(TcpBackend::start(&ip, 8084, i).await);
+            udp_backend(&ip, 8084, i).await;
+            tasks.push(add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await);
+        }
+        let discovery = follow(&store).await;
+        wait_until("2 endpoints", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 2)
+        })
+        .await;
+        let mesh = KernelMesh::start(Arc::new(discovery.clone()), KernelConfig::default()).await.unwrap();
+        assert!(mesh.synced(Duration::from_secs(5)).await, "{:?}", mesh.errors());
+
+        let addr: SocketAddr = "127.0.0.1:30084".parse().unwrap();
+        let flow = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(udp_ask(&flow, addr).await, 0, "the first flow goes to slot 1");
+        let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut id = [0u8; 1];
+        open.read_exact(&mut id).await.unwrap();
+        assert_eq!(id[0], 0, "the first connection goes to slot 1");
+
+        set_desired(&store, &tasks[0], TaskState::Shutdown).await;
+        let left = tokio::time::Instant::now();
+        wait_until("1 endpoint", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 1)
+        })
+        .await;
+        assert!(mesh.synced(Duration::from_secs(5)).await);
+        // Within the grace period: the flow and the connection stay.
+        assert_eq!(udp_ask(&flow, addr).await, 0, "the flow keeps its endpoint while it drains");
+        open.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        open.read_exact(&mut b).await.unwrap();
+        assert!(left.elapsed() < Duration::from_millis(900), "too slow to check the drain: {:?}", left.elapsed());
+
+        // After it: the flow is answered by the other endpoint, the
+        // connection is reset.
+        tokio::time::sleep_until(left + Duration::from_millis(1500)).await;
+        assert!(mesh.errors().is_empty(), "{:?}", mesh.errors());
+        assert_eq!(udp_ask(&flow, addr).await, 1, "the same flow moved to the remaining endpoint");
+        let _ = open.write_all(b"x").await;
+        let r = tokio::time::timeout(Duration::from_secs(2), open.read(&mut b)).await.expect("an answer, not a hang");
+        assert!(matches!(r, Err(_) | Ok(0)), "the drained connection ended, got {r:?}");
+
+        mesh.stop().await.unwrap();
+        for b in &backends {
+            b.stop();
+        }
+    });
+}
