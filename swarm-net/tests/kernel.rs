@@ -327,8 +327,16 @@ fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
             while !*stop_rx.borrow() {
                 let addr: SocketAddr = format!("10.77.0.{}:30082", 1 + n % 2).parse().unwrap();
                 let started = tokio::time::Instant::now();
-                let r = tokio::time::timeout(Duration::from_millis(500), ping(addr)).await;
-                log.push((started, matches!(r, Ok(Ok(_)))));
+                // Before the failover a connection to the lost node hangs:
+                // give up on it after 2 s (slow, not failed, on a loaded
+                // machine otherwise).
+                let r = tokio::time::timeout(Duration::from_secs(2), ping(addr)).await;
+                let outcome = match r {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("{addr}: {e}")),
+                    Err(_) => Err(format!("{addr}: no answer in 2 s")),
+                };
+                log.push((started, outcome));
                 n += 1;
             }
             log
@@ -357,15 +365,23 @@ fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
         for m in &meshes[..2] {
             assert!(m.synced(Duration::from_secs(5)).await);
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        backends[1].stop(); // killed at the end of its grace period
+        // Killed at the end of its grace period (1 s here, 10 s by default):
+        // connections it accepted before leaving the rules have finished.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        backends[1].stop();
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop_tx.send_replace(true);
         let log = looping.await.unwrap();
-        let after: Vec<bool> = log.iter().filter(|(t, _)| *t > healed).map(|(_, ok)| *ok).collect();
+        let after: Vec<(Duration, &Result<(), String>)> =
+            log.iter().filter(|(t, _)| *t > healed).map(|(t, r)| (*t - healed, r)).collect();
         assert!(after.len() > 50, "the loop ran: {} connections after the failover", after.len());
-        let failed = after.iter().filter(|ok| !**ok).count();
-        assert_eq!(failed, 0, "{failed} of {} connections failed after the failover window", after.len());
+        let failed: Vec<_> = after.iter().filter(|(_, r)| r.is_err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} connections failed after the failover window (started at, error): {failed:?}",
+            failed.len(),
+            after.len()
+        );
 
         for (m, rt) in meshes.into_iter().zip(&rts) {
             rt.spawn(async move { m.stop().await }).await.unwrap().unwrap();
@@ -463,7 +479,7 @@ async fn udp_ask(sock: &tokio::net::UdpSocket, to: SocketAddr) -> u8 {
 }
 
 /// An endpoint leaving keeps its UDP flow and its open TCP connection for
-/// the stop grace period (1 s here); then the mesh ends them: the same UDP
+/// the stop grace period (2 s here); then the mesh ends them: the same UDP
 /// flow moves to the other endpoint, the TCP connection gets a reset.
 #[test]
 fn a_drained_endpoints_flows_end_with_its_grace_period() {
@@ -486,7 +502,7 @@ fn a_drained_endpoints_flows_end_with_its_grace_period() {
                 ..Default::default()
             },
         ];
-        spec.task_template.container.stop_grace_period = Duration::from_secs(1).into();
+        spec.task_template.container.stop_grace_period = Duration::from_secs(2).into();
         cluster.create_service(spec).await.unwrap();
         let mut tasks = Vec::new();
         let mut backends = Vec::new();
@@ -524,11 +540,11 @@ fn a_drained_endpoints_flows_end_with_its_grace_period() {
         open.write_all(b"x").await.unwrap();
         let mut b = [0u8; 1];
         open.read_exact(&mut b).await.unwrap();
-        assert!(left.elapsed() < Duration::from_millis(900), "too slow to check the drain: {:?}", left.elapsed());
+        assert!(left.elapsed() < Duration::from_millis(1800), "too slow to check the drain: {:?}", left.elapsed());
 
         // After it: the flow is answered by the other endpoint, the
         // connection is reset.
-        tokio::time::sleep_until(left + Duration::from_millis(1500)).await;
+        tokio::time::sleep_until(left + Duration::from_millis(2600)).await;
         assert!(mesh.errors().is_empty(), "{:?}", mesh.errors());
         assert_eq!(udp_ask(&flow, addr).await, 1, "the same flow moved to the remaining endpoint");
         let _ = open.write_all(b"x").await;
