@@ -171,7 +171,10 @@ pub fn container_id(name: &str, token: &str) -> String {
 
 /// The log driver the shim runs per task (containerd's `binary://` I/O):
 /// fd 3 is the task's stdout, fd 4 its stderr, closing fd 5 tells the shim
-/// the logger is ready; the arguments are `d <task state dir>`.
+/// the logger is ready; the arguments are `d <task state dir>`. Once both
+/// streams are at their end (every writer gone) and copied, it creates
+/// `logs.done`, which `wait` waits for so that the logs are whole when it
+/// returns (the exit event does not wait for the logger).
 const LOGGER_SCRIPT: &str = "#!/bin/sh
 # swarm-runtime-containerd log driver (written by the runtime).
 dir=\"$2\"
@@ -179,7 +182,12 @@ cat <&3 >>\"$dir/stdout.log\" 5>&- &
 cat <&4 >>\"$dir/stderr.log\" 5>&- &
 exec 3<&- 4<&- 5>&-
 wait
+: >\"$dir/logs.done\"
 ";
+
+/// How long `wait` waits for the logger to copy the last output of a task
+/// that exited (its streams end when the task's last process is gone).
+const LOGS_DRAIN: Duration = Duration::from_secs(2);
 
 async fn install_logger(path: &Path) -> Result<(), RuntimeError> {
     use std::os::unix::fs::PermissionsExt;
@@ -349,7 +357,23 @@ impl ContainerdRuntime {
         let r = self.engine.tasks().wait(self.engine.req(req)).await;
         let w = r.map_err(|s| status_err(&format!("tasks.wait {id}"), id, s))?.into_inner();
         let code = w.exit_status as i32;
+        self.logs_drained(id).await;
         Ok(ExitStatus { code, error: self.exit_error(id, code) })
+    }
+
+    /// Waits (at most [`LOGS_DRAIN`]) until the logger of an exited task
+    /// has copied everything; past that, logs may miss the last lines
+    /// (said in the log, not an error: the exit status is what was asked).
+    async fn logs_drained(&self, id: &str) {
+        let done = self.dir(id).join("logs.done");
+        let deadline = Instant::now() + LOGS_DRAIN;
+        while !tokio::fs::try_exists(&done).await.unwrap_or(true) {
+            if Instant::now() >= deadline {
+                warn!(id, "the log driver has not finished {LOGS_DRAIN:?} after the exit; logs may be incomplete");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The task's cgroup path relative to a hierarchy root.
@@ -461,6 +485,10 @@ impl ContainerdRuntime {
         ports::publish(&self.cfg.bridge.name, token, ip, host_ports).await?;
         for s in ["stdout", "stderr"] {
             tokio::fs::write(self.log_path(id, s), b"").await.map_err(io)?;
+        }
+        match tokio::fs::remove_file(dir.join("logs.done")).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
         }
         let materials: Vec<&FileMaterial> = config.secrets.iter().chain(config.configs.iter()).collect();
         let file_mounts = files::materialize(&dir.join("files"), &materials).await?;
