@@ -237,6 +237,15 @@ pub fn render(services: &[ServiceEndpoints], config: &KernelConfig) -> Rules {
             for p in se.ports.iter().filter(|p| p.publish_mode == PublishMode::Ingress) {
                 let Some(published) = p.published_port else { continue };
                 let pr = proto(p.protocol);
+                // Validation keeps these in range; one bad line would fail
+                // the whole transaction, so never emit one.
+                if !(1..=65535).contains(&published) || !(1..=65535).contains(&p.target_port) {
+                    r.skipped.push(format!(
+                        "service {:?}: port {published}->{}/{pr} is not a port pair (1-65535)",
+                        se.name, p.target_port
+                    ));
+                    continue;
+                }
                 if endpoints.is_empty() {
                     let with = if p.protocol == Protocol::Tcp { " --reject-with tcp-reset" } else { "" };
                     r.filter.push(format!(
@@ -694,6 +703,10 @@ mod tests {
         assert_eq!(r.skipped.len(), 3, "{:?}", r.skipped);
         assert!(r.skipped[0].contains("fd00::2") && r.skipped[1].contains("VIP fd00::1"));
         assert!(r.skipped[2].contains("service \"b\": port 30000/tcp"));
+        let bad = svc("bad", &["10.0.1.4"], None, &[(Protocol::Tcp, 80, 70000)]);
+        let r = render(&[bad], &KernelConfig::default());
+        assert!(r.skipped[0].contains("70000->80/tcp is not a port pair"), "{:?}", r.skipped);
+        assert!(!r.nat.iter().any(|l| l.contains("70000")));
         assert!(r.nat.contains(&"-A SWARM-IT30000 -p tcp -j DNAT --to-destination 10.0.1.2:80".to_string()));
     }
 
