@@ -704,9 +704,9 @@ mod tests {
         assert!(r.skipped[0].contains("fd00::2") && r.skipped[1].contains("VIP fd00::1"));
         assert!(r.skipped[2].contains("service \"b\": port 30000/tcp"));
         let bad = svc("bad", &["10.0.1.4"], None, &[(Protocol::Tcp, 80, 70000)]);
-        let r = render(&[bad], &KernelConfig::default());
-        assert!(r.skipped[0].contains("70000->80/tcp is not a port pair"), "{:?}", r.skipped);
-        assert!(!r.nat.iter().any(|l| l.contains("70000")));
+        let out_of_range = render(&[bad], &KernelConfig::default());
+        assert!(out_of_range.skipped[0].contains("70000->80/tcp is not a port pair"), "{:?}", out_of_range.skipped);
+        assert!(!out_of_range.nat.iter().any(|l| l.contains("70000")));
         assert!(r.nat.contains(&"-A SWARM-IT30000 -p tcp -j DNAT --to-destination 10.0.1.2:80".to_string()));
     }
 
