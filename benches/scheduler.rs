@@ -14,69 +14,15 @@
 //! cargo bench --bench scheduler
 //! ```
 
-use criterion::measurement::{Measurement, ValueFormatter};
+mod common;
+
+use common::ThreadCpu;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use swarm::sched::Pipeline;
 use swarm::sched::workload::{Workload, WorkloadKind};
 use swarm::scheduler::Scheduler;
-
-/// CPU time of the current thread, or wall time where it is unavailable.
-struct ThreadCpu;
-
-fn now() -> Duration {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .map(Duration::from_nanos)
-        .unwrap_or_else(|| START.get_or_init(Instant::now).elapsed())
-}
-
-impl Measurement for ThreadCpu {
-    type Intermediate = Duration;
-    type Value = Duration;
-    fn start(&self) -> Duration {
-        now()
-    }
-    fn end(&self, start: Duration) -> Duration {
-        now().saturating_sub(start)
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, v: &Duration) -> f64 {
-        v.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &CpuFormatter
-    }
-}
-
-/// Nanoseconds shown as ms; throughput as elements per CPU second.
-struct CpuFormatter;
-
-impl ValueFormatter for CpuFormatter {
-    fn scale_values(&self, _typical: f64, values: &mut [f64]) -> &'static str {
-        values.iter_mut().for_each(|v| *v /= 1e6);
-        "ms (cpu)"
-    }
-    fn scale_throughputs(&self, _typical: f64, t: &Throughput, values: &mut [f64]) -> &'static str {
-        let n = match t {
-            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) | Throughput::Bits(n) => *n,
-            Throughput::ElementsAndBytes { elements, .. } => *elements,
-        } as f64;
-        values.iter_mut().for_each(|v| *v = n * 1e9 / *v / 1e3);
-        "Kelem/cpu-s"
-    }
-    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
-        "ns"
-    }
-}
 
 fn bench(c: &mut Criterion<ThreadCpu>) {
     let cases = [
