@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(SERVICES as u64));
     g.bench_function("render", |b| b.iter(|| black_box(render(black_box(&after), &config))));
-    g.bench_function("restore_input", |b| b.iter(|| black_box(restore_input(black_box(&old), black_box(&new)))));
+    g.bench_function("restore_input", |b| b.iter(|| black_box(restore_input(black_box(&old), black_box(&new), false))));
     g.finish();
 }
 

@@ -304,21 +304,32 @@ fn balance(
     }
 }
 
-/// The `iptables-restore --noflush` input that replaces `old` by `new`:
-/// every chain of `new` is (created and) flushed then filled, every chain
-/// only in `old` is flushed and deleted.
-pub fn restore_input(old: &Rules, new: &Rules) -> String {
+/// The `iptables-restore --noflush` input that replaces `old` (the rules in
+/// force) by `new`. Only what changed is written: a chain of `new` is
+/// declared (which creates or flushes it) and filled only when it is new or
+/// its lines differ from `old`'s, or always with `full`; a chain only in
+/// `old` is flushed and deleted. Unchanged chains are not touched, so an
+/// endpoint change in a large cluster rewrites a few chains, not all of
+/// them (and the other chains keep their rotation counters).
+pub fn restore_input(old: &Rules, new: &Rules, full: bool) -> String {
     let mut s = String::new();
-    for (table, old_chains, new_chains, rules) in [
-        ("nat", &old.nat_chains, &new.nat_chains, &new.nat),
-        ("filter", &old.filter_chains, &new.filter_chains, &new.filter),
+    for (table, old_chains, new_chains, old_rules, new_rules) in [
+        ("nat", &old.nat_chains, &new.nat_chains, &old.nat, &new.nat),
+        ("filter", &old.filter_chains, &new.filter_chains, &old.filter, &new.filter),
     ] {
+        let (before, after) = (by_chain(old_rules), by_chain(new_rules));
+        let changed: Vec<&String> = new_chains
+            .iter()
+            .filter(|c| full || !old_chains.contains(*c) || before.get(c.as_str()) != after.get(c.as_str()))
+            .collect();
         let _ = writeln!(s, "*{table}");
-        for c in new_chains.iter().chain(old_chains.difference(new_chains)) {
+        for c in changed.iter().copied().chain(old_chains.difference(new_chains)) {
             let _ = writeln!(s, ":{c} - [0:0]");
         }
-        for rule in rules {
-            let _ = writeln!(s, "{rule}");
+        for c in &changed {
+            for rule in after.get(c.as_str()).into_iter().flatten() {
+                let _ = writeln!(s, "{rule}");
+            }
         }
         for c in old_chains.difference(new_chains) {
             let _ = writeln!(s, "-X {c}");
@@ -328,12 +339,25 @@ pub fn restore_input(old: &Rules, new: &Rules) -> String {
     s
 }
 
+/// `-A <chain> ...` lines grouped by chain, in order.
+fn by_chain(rules: &[String]) -> BTreeMap<&str, Vec<&str>> {
+    let mut m: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in rules {
+        let chain = r.split_whitespace().nth(1).unwrap_or_default();
+        m.entry(chain).or_default().push(r);
+    }
+    m
+}
+
 struct Shared {
     config: KernelConfig,
     applied: Mutex<Rules>,
     errors: Mutex<Vec<String>>,
     /// The last failure to end a drained endpoint's connections.
     drain_error: Mutex<Option<String>>,
+    /// Rewrite every chain on the next update (after a failure: what is in
+    /// force may not be what `applied` says).
+    full: std::sync::atomic::AtomicBool,
     synced: watch::Sender<u64>,
 }
 
@@ -434,6 +458,7 @@ impl KernelMesh {
             applied: Mutex::new(Rules::default()),
             errors: Mutex::new(Vec::new()),
             drain_error: Mutex::new(None),
+            full: std::sync::atomic::AtomicBool::new(true),
             synced: watch::channel(0).0,
         });
         let base = render(&[], &shared.config);
@@ -553,9 +578,15 @@ async fn sync(shared: &Shared, services: &[ServiceEndpoints]) -> bool {
 }
 
 async fn apply(shared: &Shared, rules: &Rules) -> Result<(), KernelError> {
+    use std::sync::atomic::Ordering;
     let old = crate::mesh::lock(&shared.applied).clone();
-    let input = restore_input(&old, rules);
-    run(&shared.config.iptables_restore, &["-w", "--noflush"], Some(input)).await?;
+    let full = shared.full.load(Ordering::SeqCst);
+    let input = restore_input(&old, rules, full);
+    if let Err(e) = run(&shared.config.iptables_restore, &["-w", "--noflush"], Some(input)).await {
+        shared.full.store(true, Ordering::SeqCst);
+        return Err(e);
+    }
+    shared.full.store(false, Ordering::SeqCst);
     *crate::mesh::lock(&shared.applied) = rules.clone();
     Ok(())
 }
@@ -585,7 +616,7 @@ async fn teardown(shared: &Shared) -> Result<(), KernelError> {
     let base = render(&[], config);
     old.nat_chains.extend(base.nat_chains);
     old.filter_chains.extend(base.filter_chains);
-    let input = restore_input(&old, &Rules::default());
+    let input = restore_input(&old, &Rules::default(), true);
     run(&config.iptables_restore, &["-w", "--noflush"], Some(input)).await?;
     *crate::mesh::lock(&shared.applied) = Rules::default();
     Ok(())
@@ -715,13 +746,34 @@ mod tests {
         let cfg = KernelConfig::default();
         let old = render(&[svc("a", &["10.0.1.2"], Some("10.0.0.2"), &[])], &cfg);
         let new = render(&[], &cfg);
-        let input = restore_input(&old, &new);
+        let input = restore_input(&old, &new, false);
         assert_eq!(
-            input,
+            input, "*nat\n:SWARM-MESH - [0:0]\n:SWARM-V0A000002 - [0:0]\n-X SWARM-V0A000002\nCOMMIT\n*filter\nCOMMIT\n",
+            "only the dispatch chain changed (it loses its jump) and the VIP chain goes"
+        );
+        let full = restore_input(&old, &new, true);
+        assert_eq!(
+            full,
             "*nat\n:SWARM-MESH - [0:0]\n:SWARM-POST - [0:0]\n:SWARM-V0A000002 - [0:0]\n\
              -A SWARM-POST -m connmark --mark 0x200000/0x200000 ! -o lo -j MASQUERADE\n-X SWARM-V0A000002\nCOMMIT\n\
              *filter\n:SWARM-FORWARD - [0:0]\n:SWARM-REJECT - [0:0]\n\
              -A SWARM-FORWARD -m connmark --mark 0x200000/0x200000 -j ACCEPT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_change_rewrites_only_its_service_chain() {
+        let cfg = KernelConfig::default();
+        let a = svc("a", &["10.0.1.2", "10.0.1.3"], Some("10.0.0.2"), &[(Protocol::Tcp, 80, 30000)]);
+        let b = svc("b", &["10.0.2.2"], Some("10.0.0.3"), &[]);
+        let mut b2 = b.clone();
+        b2.endpoints[0].addr = "10.0.2.9".parse().unwrap();
+        let (old, new) = (render(&[a.clone(), b], &cfg), render(&[a, b2], &cfg));
+        assert_eq!(
+            restore_input(&old, &new, false),
+            "*nat\n:SWARM-V0A000003 - [0:0]\n\
+             -A SWARM-V0A000003 -j CONNMARK --set-xmark 0x200000/0x200000\n\
+             -A SWARM-V0A000003 -j DNAT --to-destination 10.0.2.9\nCOMMIT\n*filter\nCOMMIT\n"
         );
     }
 
