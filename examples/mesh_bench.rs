@@ -12,7 +12,8 @@
 //! backend's address. As root the whole bench runs in a private network
 //! namespace (its own loopback and iptables), so the machine's rules are
 //! untouched, and a second part measures across hosts: client, node and
-//! backend in three namespaces on a bridge (`remote` in the JSON).
+//! backend in three namespaces on a bridge (`remote` in the JSON), and a
+//! third the cost of one rule update at scale (`rules`).
 //!
 //! `cargo run --release --features net --example mesh_bench [-- --quick]`
 //! prints progress on stderr and ONE JSON object as the last stdout line:
@@ -28,9 +29,10 @@ use std::time::{Duration, Instant};
 use swarm::cluster::Cluster;
 use swarm::discovery::{Discovery, MemDiscovery};
 use swarm::model::*;
-use swarm::net::kernel::{KernelConfig, KernelMesh};
+use swarm::net::kernel::{KernelConfig, KernelMesh, Rules, render, restore_input};
 use swarm::net::mesh::{CopyMode, Mesh, MeshConfig};
 use swarm::net::netns::{self, NetNs};
+use swarm::net::workload;
 use swarm::state::Transaction;
 use swarm::store::{MemStore, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -279,7 +281,79 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(()) => Some(rt.block_on(remote(quick))?),
         Err(_) => None,
     };
-    rt.block_on(run(quick, kernel, remote))
+    let rules = match &kernel {
+        Ok(()) => Some(rules_at_scale(quick)?),
+        Err(_) => None,
+    };
+    rt.block_on(run(quick, kernel, remote, rules))
+}
+
+/// Runs `iptables-restore --noflush` on `input`; its wall time in ms.
+fn restore(input: &str) -> Result<f64, Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let start = Instant::now();
+    let mut child = std::process::Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().ok_or("no stdin")?.write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+/// The cost of one kernel-mesh update at scale, in this private namespace:
+/// the rules of 1,000 services x 10 endpoints (200 with --quick) loaded
+/// from nothing, then a change of one endpoint of one service applied as
+/// the mesh does (only the changed chains) and as a full rewrite of every
+/// chain, alternately, 7 times each (medians). Render time (CPU) included.
+fn rules_at_scale(quick: bool) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let (n, reps) = if quick { (200, 3) } else { (1_000, 7) };
+    let config = KernelConfig { chain_prefix: "SCALE".into(), ..Default::default() };
+    let base = workload::services(n, 10, 0);
+    let mut one = base.clone();
+    if let Some(e) = one[0].endpoints.last_mut() {
+        e.addr = [10, 200, 0, 2].into();
+    }
+    let (a, b) = (render(&base, &config), render(&one, &config));
+    let empty = Rules::default();
+    let initial_ms = restore(&restore_input(&empty, &a, true))?;
+    let (mut incremental, mut full) = (Vec::new(), Vec::new());
+    // The two states, and which one is in force; each step moves to the
+    // other one.
+    let states = [(&base, &a), (&one, &b)];
+    let mut at = 0;
+    for _ in 0..reps {
+        for full_rewrite in [false, true] {
+            let to = 1 - at;
+            let t = Instant::now();
+            let input = restore_input(states[at].1, &render(states[to].0, &config), full_rewrite);
+            let ms = t.elapsed().as_secs_f64() * 1e3 + restore(&input)?;
+            if full_rewrite {
+                full.push(ms);
+            } else {
+                incremental.push(ms);
+            }
+            at = to;
+        }
+    }
+    restore(&restore_input(states[at].1, &empty, true))?;
+    let (inc, ful) = (median(incremental), median(full));
+    eprintln!(
+        "rules: {} nat lines for {n} services; load {initial_ms:.0} ms; one-endpoint update {inc:.1} ms (changed chains) vs {ful:.1} ms (every chain)",
+        a.nat.len()
+    );
+    Ok(serde_json::json!({
+        "services": n,
+        "endpoints_per_service": 10,
+        "nat_lines": a.nat.len(),
+        "initial_load_ms": (initial_ms * 10.0).round() / 10.0,
+        "one_endpoint_update_ms": (inc * 10.0).round() / 10.0,
+        "full_rewrite_update_ms": (ful * 10.0).round() / 10.0,
+    }))
 }
 
 /// Across hosts: a client, a node and a backend in three network
@@ -389,6 +463,7 @@ async fn run(
     quick: bool,
     kernel: Result<(), String>,
     remote: Option<serde_json::Value>,
+    rules: Option<serde_json::Value>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     backend("127.0.0.2").await?;
     // Two stores: "bench" for the userspace meshes (ports +1000), "kbench"
@@ -446,6 +521,7 @@ async fn run(
         "direct_rtt_p99_us": (direct.p99_us * 10.0).round() / 10.0,
         "modes": modes,
         "remote": remote,
+        "rules": rules,
         "quick": quick,
     });
     println!("{json}");

@@ -11,6 +11,7 @@
 //! - [`netns`] (Linux): network namespaces for tests and benchmarks.
 //! - [`node`]: one node's plane in one call: discovery, DNS and the data
 //!   path (userspace or kernel).
+//! - [`workload`]: synthetic discovery states for benchmarks.
 //! - [`vip`]: the VIP data path: each node serves every service VIP on the
 //!   service's target ports with the mesh's proxy (the userspace
 //!   equivalent of Swarm's IPVS VIP).
@@ -49,3 +50,4 @@ pub mod node;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod vip;
+pub mod workload;
