@@ -86,6 +86,10 @@ pub struct KernelConfig {
     /// rules for its service's stop grace period; `None`: never (they then
     /// live until conntrack forgets them: UDP 30-120 s, TCP when closed).
     pub conntrack: Option<PathBuf>,
+    /// Rewrite every chain and check the jumps this often even when nothing
+    /// changed, repairing rules someone else flushed or deleted (kube-proxy
+    /// does the same); `None`: never.
+    pub resync: Option<Duration>,
 }
 
 impl Default for KernelConfig {
@@ -102,6 +106,7 @@ impl Default for KernelConfig {
             iptables_restore: "iptables-restore".into(),
             retry: Duration::from_secs(1),
             conntrack: Some("conntrack".into()),
+            resync: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -475,10 +480,13 @@ impl KernelMesh {
         let supervisor = tokio::spawn(async move {
             let mut rx = d.subscribe();
             let mut drains = Drains::default();
+            let resync = s.config.resync;
+            let mut resync_at = resync.map(|p| Instant::now() + p);
+            let mut force = false;
             loop {
                 let revision = *rx.borrow_and_update();
                 let services: Vec<ServiceEndpoints> = d.services().iter().filter_map(|n| d.resolve(n)).collect();
-                let ok = sync(&s, &services).await;
+                let ok = sync(&s, &services, std::mem::take(&mut force)).await;
                 if ok {
                     s.synced.send_replace(revision);
                     drains.update(endpoint_addrs(&services, &s.config), Instant::now());
@@ -492,6 +500,10 @@ impl KernelMesh {
                     changed = rx.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(s.config.retry), if !ok => {}
                     _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
+                    _ = tokio::time::sleep_until(resync_at.unwrap_or_else(Instant::now)), if resync_at.is_some() => {
+                        force = true;
+                        resync_at = resync.map(|p| Instant::now() + p);
+                    }
                 }
             }
         });
@@ -543,10 +555,15 @@ impl Drop for KernelMesh {
 }
 
 /// Renders and applies `services`; records errors. True when applied.
-async fn sync(shared: &Shared, services: &[ServiceEndpoints]) -> bool {
+/// `force` (the periodic resync): rewrite every chain and check the jumps
+/// even if the rules did not change.
+async fn sync(shared: &Shared, services: &[ServiceEndpoints], force: bool) -> bool {
     let rules = render(services, &shared.config);
     let mut errors = rules.skipped.clone();
-    let same = *crate::mesh::lock(&shared.applied) == rules;
+    if force {
+        shared.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let same = !force && *crate::mesh::lock(&shared.applied) == rules;
     let ok = if same {
         true
     } else {
@@ -570,6 +587,12 @@ async fn sync(shared: &Shared, services: &[ServiceEndpoints]) -> bool {
             }
         }
     };
+    // After the rewrite, so that chains someone deleted exist again.
+    if force && ok {
+        if let Err(e) = ensure_jumps(&shared.config).await {
+            errors.push(e.to_string());
+        }
+    }
     for s in &rules.skipped {
         tracing::debug!(reason = %s, "kernel mesh: not programmed");
     }

@@ -557,3 +557,53 @@ fn a_drained_endpoints_flows_end_with_its_grace_period() {
         }
     });
 }
+
+/// Rules someone else removed (a flushed chain, a deleted jump) are put
+/// back by the periodic resync (300 ms here), without any service change.
+#[test]
+fn the_periodic_resync_repairs_rules_removed_by_hand() {
+    const TEST: &str = "resync";
+    if !can_run(TEST) {
+        return;
+    }
+    let ns = NetNs::create(ns_name(TEST)).unwrap();
+    ns.enter_current_thread().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (store, cluster) = fake_cluster(1).await;
+        web(&store, &cluster, 8085, 30085).await;
+        let backend = TcpBackend::start("127.0.5.2", 8085, 7).await;
+        add_task(&store, "web", "node-1", 1, &[("default", "127.0.5.2")]).await;
+        let discovery = follow(&store).await;
+        wait_until("1 endpoint", Duration::from_secs(5), || {
+            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 1)
+        })
+        .await;
+        let config = KernelConfig { resync: Some(Duration::from_millis(300)), ..Default::default() };
+        let mesh = KernelMesh::start(Arc::new(discovery.clone()), config).await.unwrap();
+        assert!(mesh.synced(Duration::from_secs(5)).await, "{:?}", mesh.errors());
+        let addr: SocketAddr = "127.0.0.1:30085".parse().unwrap();
+        assert_eq!(ping(addr).await.unwrap(), 7);
+
+        for (table, args) in [("nat", vec!["-F", "SWARM-IT30085"]), ("nat", vec!["-D", "OUTPUT", "-j", "SWARM-MESH"])] {
+            let mut cmd = std::process::Command::new("iptables");
+            cmd.args(["-w", "-t", table]).args(&args);
+            assert!(cmd.status().unwrap().success(), "iptables -t {table} {args:?}");
+        }
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the port is no longer translated");
+
+        let mut repaired = false;
+        for _ in 0..200 {
+            if let Ok(Ok(7)) = tokio::time::timeout(Duration::from_millis(200), ping(addr)).await {
+                repaired = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(repaired, "the resync put the rules back: {:?}\n{}", mesh.errors(), saved());
+        let rules = saved();
+        assert_eq!(rules.matches("-A OUTPUT -j SWARM-MESH").count(), 1, "one jump, not two:\n{rules}");
+        mesh.stop().await.unwrap();
+        backend.stop();
+    });
+}
