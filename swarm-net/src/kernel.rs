@@ -167,13 +167,6 @@ const JUMPS: [(&str, &str, &str); 7] = [
     ("filter", "OUTPUT", "REJECT"),
 ];
 
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
-}
-
 /// Checks a configuration.
 pub fn check_config(config: &KernelConfig) -> Result<(), KernelError> {
     let p = &config.chain_prefix;
@@ -241,7 +234,7 @@ pub fn render(services: &[ServiceEndpoints], config: &KernelConfig) -> Rules {
         if config.ingress {
             for p in se.ports.iter().filter(|p| p.publish_mode == PublishMode::Ingress) {
                 let Some(published) = p.published_port else { continue };
-                let pr = proto(p.protocol);
+                let pr = p.protocol.as_str();
                 // Validation keeps these in range; one bad line would fail
                 // the whole transaction, so never emit one.
                 if !(1..=65535).contains(&published) || !(1..=65535).contains(&p.target_port) {
