@@ -61,6 +61,11 @@ pub trait Discovery: Send + Sync + 'static {
     /// A receiver that changes (to the store revision) whenever any
     /// service's endpoints change.
     fn subscribe(&self) -> watch::Receiver<Revision>;
+    /// The endpoints of every known service (what a load balancer
+    /// programs on each change).
+    fn resolve_all(&self) -> Vec<ServiceEndpoints> {
+        self.services().iter().filter_map(|n| self.resolve(n)).collect()
+    }
 }
 
 /// True when `task` should receive traffic.

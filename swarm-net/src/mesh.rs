@@ -354,7 +354,7 @@ pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 /// Applies discovery to pools and listeners.
 fn sync(shared: &Arc<Shared>, discovery: &dyn Discovery) {
-    let services: Vec<ServiceEndpoints> = discovery.services().iter().filter_map(|n| discovery.resolve(n)).collect();
+    let services = discovery.resolve_all();
     let mut wanted: BTreeMap<(Protocol, u32), (String, u32)> = BTreeMap::new();
     for se in &services {
         for p in se.ports.iter().filter(|p| p.publish_mode == PublishMode::Ingress) {

@@ -336,9 +336,8 @@ fn wanted(config: &VipConfig, services: &[ServiceEndpoints]) -> BTreeMap<Key, (S
 
 async fn sync(inner: &Arc<Inner>, discovery: &dyn Discovery) {
     let services: Vec<ServiceEndpoints> = discovery
-        .services()
-        .iter()
-        .filter_map(|n| discovery.resolve(n))
+        .resolve_all()
+        .into_iter()
         .filter(|s| s.mode == EndpointMode::Vip && !s.virtual_ips.is_empty())
         .collect();
     update_pools(&inner.shared, &services);
