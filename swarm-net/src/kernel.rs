@@ -476,13 +476,18 @@ impl KernelMesh {
             let resync = s.config.resync;
             let mut resync_at = resync.map(|p| Instant::now() + p);
             let mut force = false;
+            // Render and apply only when discovery changed, an update
+            // failed or the resync is due: not when only a drain ends.
+            let (mut dirty, mut ok) = (true, true);
             loop {
-                let revision = *rx.borrow_and_update();
-                let services: Vec<ServiceEndpoints> = d.services().iter().filter_map(|n| d.resolve(n)).collect();
-                let ok = sync(&s, &services, std::mem::take(&mut force)).await;
-                if ok {
-                    s.synced.send_replace(revision);
-                    drains.update(endpoint_addrs(&services, &s.config), Instant::now());
+                if std::mem::take(&mut dirty) {
+                    let revision = *rx.borrow_and_update();
+                    let services = d.resolve_all();
+                    ok = sync(&s, &services, std::mem::take(&mut force)).await;
+                    if ok {
+                        s.synced.send_replace(revision);
+                        drains.update(endpoint_addrs(&services, &s.config), Instant::now());
+                    }
                 }
                 for addr in drains.take_due(Instant::now()) {
                     end_connections(&s, addr).await;
@@ -490,11 +495,17 @@ impl KernelMesh {
                 let next = drains.next();
                 tokio::select! {
                     _ = &mut stop_rx => return,
-                    changed = rx.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(s.config.retry), if !ok => {}
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        dirty = true;
+                    }
+                    _ = tokio::time::sleep(s.config.retry), if !ok => dirty = true,
                     _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
                     _ = tokio::time::sleep_until(resync_at.unwrap_or_else(Instant::now)), if resync_at.is_some() => {
                         force = true;
+                        dirty = true;
                         resync_at = resync.map(|p| Instant::now() + p);
                     }
                 }
