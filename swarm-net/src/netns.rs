@@ -48,9 +48,18 @@ pub enum NetnsError {
 
 /// Runs `ip <args>`.
 pub fn ip(args: &[&str]) -> Result<(), NetnsError> {
+    ip_output(args).map(drop)
+}
+
+/// Runs `ip <args>` and returns its stdout.
+fn ip_output(args: &[&str]) -> Result<String, NetnsError> {
     let fail = |detail: String| NetnsError::Ip { args: args.join(" "), detail };
     let out = Command::new("ip").args(args).output().map_err(|e| fail(e.to_string()))?;
-    if out.status.success() { Ok(()) } else { Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string())) }
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
 }
 
 /// True when this process may create namespaces and use iptables: root,
@@ -116,13 +125,7 @@ impl NetNs {
     pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String, NetnsError> {
         let mut all = vec!["netns", "exec", self.name.as_str(), cmd];
         all.extend_from_slice(args);
-        let fail = |detail: String| NetnsError::Ip { args: all.join(" "), detail };
-        let out = Command::new("ip").args(&all).output().map_err(|e| fail(e.to_string()))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()))
-        }
+        ip_output(&all)
     }
 
     /// Moves the calling thread into this namespace.
