@@ -31,7 +31,7 @@ use swarm::discovery::{Discovery, MemDiscovery};
 use swarm::model::*;
 use swarm::net::kernel::{KernelConfig, KernelMesh, Rules, render, restore_input};
 use swarm::net::mesh::{CopyMode, Mesh, MeshConfig};
-use swarm::net::netns::{self, NetNs};
+use swarm::net::netns::{self, Lan};
 use swarm::net::workload;
 use swarm::state::Transaction;
 use swarm::store::{MemStore, Store};
@@ -361,37 +361,12 @@ fn rules_at_scale(quick: bool) -> Result<serde_json::Value, Box<dyn std::error::
 /// forwarded and masqueraded as between machines. Direct: client ->
 /// backend (one hop); mesh: client -> node -> backend (two hops).
 async fn remote(quick: bool) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let p = std::process::id();
-    let lan = NetNs::create(format!("mb{p}-lan"))?;
-    lan.ip(&["link", "add", "br0", "type", "bridge"])?;
-    lan.ip(&["link", "set", "br0", "up"])?;
-    let mut hosts = Vec::new();
-    for (h, addrs) in
-        [("c", &["10.78.0.1"][..]), ("n", &["10.78.0.2", "10.78.0.4", "10.78.0.5"]), ("b", &["10.78.0.3"])]
-    {
-        let host = NetNs::create(format!("mb{p}-{h}"))?;
-        let (inner, outer) = (format!("{h}e"), format!("mb{p}{h}"));
-        netns::ip(&[
-            "link",
-            "add",
-            &inner,
-            "netns",
-            host.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &outer,
-            "netns",
-            lan.name(),
-        ])?;
-        lan.ip(&["link", "set", &outer, "master", "br0", "up"])?;
-        for a in addrs {
-            host.ip(&["addr", "add", &format!("{a}/24"), "dev", &inner])?;
-        }
-        host.ip(&["link", "set", &inner, "up"])?;
-        hosts.push(host);
-    }
+    let lan = Lan::create(format!("mb{}", std::process::id()))?;
+    let hosts = [
+        lan.host("c", &["10.78.0.1/24"])?,
+        lan.host("n", &["10.78.0.2/24", "10.78.0.4/24", "10.78.0.5/24"])?,
+        lan.host("b", &["10.78.0.3/24"])?,
+    ];
     // The userspace meshes open one upstream connection per client
     // connection, and close it first (TIME_WAIT on the node): tens of
     // thousands of short connections to one backend exhaust the node's

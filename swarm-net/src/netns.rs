@@ -186,3 +186,41 @@ impl Drop for NetNs {
         }
     }
 }
+
+/// Several "machines" on one Ethernet segment: a bridge in its own
+/// namespace (`<prefix>-lan`), and one namespace per host (`<prefix>-<name>`)
+/// plugged into it by a veth pair. Each host sees its end as `lan0`. The
+/// namespaces go when the `Lan` and the hosts are dropped.
+#[derive(Debug)]
+pub struct Lan {
+    bridge: NetNs,
+    prefix: String,
+}
+
+impl Lan {
+    /// The bridge `br0`, up, in the namespace `<prefix>-lan`.
+    pub fn create(prefix: impl Into<String>) -> Result<Lan, NetnsError> {
+        let prefix = prefix.into();
+        let bridge = NetNs::create(format!("{prefix}-lan"))?;
+        bridge.ip(&["link", "add", "br0", "type", "bridge"])?;
+        bridge.ip(&["link", "set", "br0", "up"])?;
+        Ok(Lan { bridge, prefix })
+    }
+
+    /// A new host namespace `<prefix>-<name>` whose `lan0` is plugged into
+    /// the bridge, has the addresses `addrs` (CIDR, e.g. `10.77.0.1/24`)
+    /// and is up. `<prefix><name>` names the bridge's end, so it must fit
+    /// in an interface name (15 bytes).
+    pub fn host(&self, name: &str, addrs: &[&str]) -> Result<NetNs, NetnsError> {
+        let host = NetNs::create(format!("{}-{name}", self.prefix))?;
+        let outer = format!("{}{name}", self.prefix);
+        let (host_ns, lan_ns) = (host.name(), self.bridge.name());
+        ip(&["link", "add", "lan0", "netns", host_ns, "type", "veth", "peer", "name", &outer, "netns", lan_ns])?;
+        self.bridge.ip(&["link", "set", &outer, "master", "br0", "up"])?;
+        for a in addrs {
+            host.ip(&["addr", "add", a, "dev", "lan0"])?;
+        }
+        host.ip(&["link", "set", "lan0", "up"])?;
+        Ok(host)
+    }
+}

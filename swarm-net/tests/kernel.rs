@@ -242,38 +242,13 @@ fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
     if !can_run(TEST) {
         return;
     }
-    let p = std::process::id();
-    let lan = NetNs::create(format!("swk{p}-lan")).unwrap();
-    lan.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
-    lan.ip(&["link", "set", "br0", "up"]).unwrap();
+    let lan = netns::Lan::create(format!("swk{}", std::process::id())).unwrap();
     let mut hosts = Vec::new();
-    for (i, h) in ["n1", "n2", "n3", "cl"].iter().enumerate() {
-        let host = NetNs::create(format!("swk{p}-{h}")).unwrap();
-        let (inner, outer) = (format!("{h}e"), format!("swk{p}{h}"));
-        netns::ip(&[
-            "link",
-            "add",
-            &inner,
-            "netns",
-            host.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &outer,
-            "netns",
-            lan.name(),
-        ])
-        .unwrap();
-        lan.ip(&["link", "set", &outer, "master", "br0", "up"]).unwrap();
-        let last = if *h == "cl" { 100 } else { i + 1 };
-        host.ip(&["addr", "add", &format!("10.77.0.{last}/24"), "dev", &inner]).unwrap();
-        if *h != "cl" {
-            host.ip(&["addr", "add", &format!("10.77.0.{}/24", 10 + i + 1), "dev", &inner]).unwrap();
-        }
-        host.ip(&["link", "set", &inner, "up"]).unwrap();
-        hosts.push(host);
+    for (i, h) in ["n1", "n2", "n3"].iter().enumerate() {
+        let (node, task) = (format!("10.77.0.{}/24", i + 1), format!("10.77.0.{}/24", 11 + i));
+        hosts.push(lan.host(h, &[&node, &task]).unwrap());
     }
+    hosts.push(lan.host("cl", &["10.77.0.100/24"]).unwrap());
     let rts: Vec<tokio::runtime::Runtime> = hosts.iter().map(|h| h.runtime().unwrap()).collect();
 
     let main = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -344,7 +319,7 @@ fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         // Node 3 is lost: cut off, then marked down by the managers.
-        hosts[2].ip(&["link", "set", "n3e", "down"]).unwrap();
+        hosts[2].ip(&["link", "set", "lan0", "down"]).unwrap();
         node_down(&store, "node-3").await;
         wait_until("node 3's endpoint gone", Duration::from_secs(5), || {
             discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 2)
