@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_core::discovery::{Discovery, MemDiscovery};
+use swarm_core::id::TaskId;
 use swarm_core::model::*;
 use swarm_core::store::{MemStore, Store};
 use swarm_net::alloc::{Allocator, AllocatorConfig};
@@ -76,36 +77,64 @@ fn tally(ids: impl IntoIterator<Item = u8>) -> BTreeMap<u8, usize> {
     m
 }
 
-#[test]
-fn ingress_port_and_vip_rotate_connections_over_the_endpoints_in_the_kernel() {
-    const TEST: &str = "rotate";
-    if !can_run(TEST) {
+/// Runs `body` on a current-thread runtime in a fresh network namespace
+/// this test thread enters, with a route for the VIP pool 10.0.0.0/8
+/// (through a veth, as a node's default route would give); unless the
+/// test cannot run here (see `can_run`).
+fn in_namespace<F: std::future::Future<Output = ()>>(test: &str, body: impl FnOnce() -> F) {
+    if !can_run(test) {
         return;
     }
-    let ns = NetNs::create(ns_name(TEST)).unwrap();
+    let ns = NetNs::create(ns_name(test)).unwrap();
     ns.enter_current_thread().unwrap();
-    // A route for the VIP pool (a node has one: its default route).
     ns.ip(&["link", "add", "swk0", "type", "veth", "peer", "name", "swk1"]).unwrap();
     ns.ip(&["addr", "add", "10.0.0.1/8", "dev", "swk0"]).unwrap();
     ns.ip(&["link", "set", "swk0", "up"]).unwrap();
     ns.ip(&["link", "set", "swk1", "up"]).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
+    rt.block_on(body());
+}
+
+/// `n` real backends of "web" on `127.0.<block>.(2 + i):<port>` (id `i`,
+/// TCP, and UDP too with `udp`), each with a RUNNING task on node-(i + 1).
+async fn serve(store: &MemStore, block: u8, port: u16, n: u8, udp: bool) -> (Vec<TcpBackend>, Vec<TaskId>) {
+    let (mut backends, mut tasks) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let ip = format!("127.0.{block}.{}", 2 + i);
+        backends.push(TcpBackend::start(&ip, port, i).await);
+        if udp {
+            udp_backend(&ip, port, i).await;
+        }
+        tasks.push(add_task(store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await);
+    }
+    (backends, tasks)
+}
+
+/// Waits until "web" has `n` endpoints in `discovery`.
+async fn until_endpoints(discovery: &dyn Discovery, n: usize) {
+    wait_until(&format!("{n} endpoints"), Duration::from_secs(5), || {
+        discovery.resolve("web").is_some_and(|s| s.endpoints.len() == n)
+    })
+    .await;
+}
+
+/// Discovery following `store` once "web" has `n` endpoints, and a kernel
+/// mesh on it that has applied them.
+async fn mesh_on(store: &Arc<MemStore>, n: usize, config: KernelConfig) -> (MemDiscovery, KernelMesh) {
+    let discovery = follow(store).await;
+    until_endpoints(&discovery, n).await;
+    let mesh = KernelMesh::start(Arc::new(discovery.clone()), config).await.unwrap();
+    assert!(mesh.synced(Duration::from_secs(5)).await, "{:?}", mesh.errors());
+    (discovery, mesh)
+}
+
+#[test]
+fn ingress_port_and_vip_rotate_connections_over_the_endpoints_in_the_kernel() {
+    in_namespace("rotate", || async {
         let (store, cluster) = fake_cluster(3).await;
         web(&store, &cluster, 8080, 30080).await;
-        let mut backends = Vec::new();
-        for i in 0..3u8 {
-            let ip = format!("127.0.0.{}", 2 + i);
-            backends.push(TcpBackend::start(&ip, 8080, i).await);
-            add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await;
-        }
-        let discovery = follow(&store).await;
-        wait_until("3 endpoints", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 3)
-        })
-        .await;
-        let mesh = KernelMesh::start(Arc::new(discovery.clone()), KernelConfig::default()).await.unwrap();
-        assert!(mesh.synced(Duration::from_secs(5)).await, "{:?}", mesh.errors());
+        let (_backends, _) = serve(&store, 0, 8080, 3, false).await;
+        let (_discovery, mesh) = mesh_on(&store, 3, KernelConfig::default()).await;
         assert!(mesh.errors().is_empty(), "{:?}", mesh.errors());
         let rules = saved();
         assert!(rules.contains("-A PREROUTING -j SWARM-MESH") && rules.contains("-A OUTPUT -j SWARM-MESH"), "{rules}");
@@ -144,30 +173,11 @@ fn ingress_port_and_vip_rotate_connections_over_the_endpoints_in_the_kernel() {
 
 #[test]
 fn a_stopping_endpoint_drains_and_a_service_without_endpoints_is_refused_at_once() {
-    const TEST: &str = "drain";
-    if !can_run(TEST) {
-        return;
-    }
-    let ns = NetNs::create(ns_name(TEST)).unwrap();
-    ns.enter_current_thread().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
+    in_namespace("drain", || async {
         let (store, cluster) = fake_cluster(2).await;
         web(&store, &cluster, 8081, 30081).await;
-        let mut tasks = Vec::new();
-        let mut backends = Vec::new();
-        for i in 0..2u8 {
-            let ip = format!("127.0.1.{}", 2 + i);
-            backends.push(TcpBackend::start(&ip, 8081, i).await);
-            tasks.push(add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await);
-        }
-        let discovery = follow(&store).await;
-        wait_until("2 endpoints", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 2)
-        })
-        .await;
-        let mesh = KernelMesh::start(Arc::new(discovery.clone()), KernelConfig::default()).await.unwrap();
-        assert!(mesh.synced(Duration::from_secs(5)).await, "{:?}", mesh.errors());
+        let (backends, tasks) = serve(&store, 1, 8081, 2, false).await;
+        let (discovery, mesh) = mesh_on(&store, 2, KernelConfig::default()).await;
 
         // The first new connection goes to the first endpoint (slot 1).
         let addr: SocketAddr = "127.0.0.1:30081".parse().unwrap();
@@ -179,10 +189,7 @@ fn a_stopping_endpoint_drains_and_a_service_without_endpoints_is_refused_at_once
         // Its task is told to stop: no new connection reaches it, the open
         // one keeps flowing (the task serves it until it is killed).
         set_desired(&store, &tasks[0], TaskState::Shutdown).await;
-        wait_until("1 endpoint", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 1)
-        })
-        .await;
+        until_endpoints(&discovery, 1).await;
         assert!(mesh.synced(Duration::from_secs(5)).await);
         for _ in 0..50 {
             assert_eq!(ping(addr).await.unwrap(), 1, "a new connection reached the stopping task");
@@ -196,10 +203,7 @@ fn a_stopping_endpoint_drains_and_a_service_without_endpoints_is_refused_at_once
 
         // No endpoint left: refused at once (TCP reset), not a hang.
         set_desired(&store, &tasks[1], TaskState::Shutdown).await;
-        wait_until("0 endpoints", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.is_empty())
-        })
-        .await;
+        until_endpoints(&discovery, 0).await;
         assert!(mesh.synced(Duration::from_secs(5)).await);
         let t = tokio::time::Instant::now();
         let r = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await;
@@ -264,10 +268,7 @@ fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
             tasks.push(add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await);
         }
         let discovery = follow(&store).await;
-        wait_until("3 endpoints", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 3)
-        })
-        .await;
+        until_endpoints(&discovery, 3).await;
         let mut meshes = Vec::new();
         for rt in &rts[..3] {
             let d: Arc<dyn Discovery> = Arc::new(discovery.clone());
@@ -321,10 +322,7 @@ fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
         // Node 3 is lost: cut off, then marked down by the managers.
         hosts[2].ip(&["link", "set", "lan0", "down"]).unwrap();
         node_down(&store, "node-3").await;
-        wait_until("node 3's endpoint gone", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 2)
-        })
-        .await;
+        until_endpoints(&discovery, 2).await; // node 3's is gone
         for m in &meshes[..2] {
             assert!(m.synced(Duration::from_secs(5)).await);
         }
@@ -333,10 +331,7 @@ fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
 
         // A rolling-update step: task 2 told to stop, served until killed.
         set_desired(&store, &tasks[1], TaskState::Shutdown).await;
-        wait_until("task 2's endpoint gone", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 1)
-        })
-        .await;
+        until_endpoints(&discovery, 1).await; // task 2's is gone
         for m in &meshes[..2] {
             assert!(m.synced(Duration::from_secs(5)).await);
         }
@@ -376,44 +371,18 @@ fn connections_to_any_node_reach_every_node_and_survive_a_node_loss() {
 #[test]
 fn node_network_auto_picks_the_kernel_path_and_serves_dns_vip_and_port() {
     use swarm_net::node::{DataPath, NodeNetwork, NodeNetworkConfig};
-    const TEST: &str = "node";
-    if !can_run(TEST) {
-        return;
-    }
-    let ns = NetNs::create(ns_name(TEST)).unwrap();
-    ns.enter_current_thread().unwrap();
-    ns.ip(&["link", "add", "swk0", "type", "veth", "peer", "name", "swk1"]).unwrap();
-    ns.ip(&["addr", "add", "10.0.0.1/8", "dev", "swk0"]).unwrap();
-    ns.ip(&["link", "set", "swk0", "up"]).unwrap();
-    ns.ip(&["link", "set", "swk1", "up"]).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
+    in_namespace("node", || async {
         let (store, cluster) = fake_cluster(2).await;
         web(&store, &cluster, 8083, 30083).await;
-        let mut backends = Vec::new();
-        for i in 0..2u8 {
-            let ip = format!("127.0.2.{}", 2 + i);
-            backends.push(TcpBackend::start(&ip, 8083, i).await);
-            add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await;
-        }
+        let (backends, _) = serve(&store, 2, 8083, 2, false).await;
         let data_path = DataPath::auto();
         assert!(format!("{data_path:?}").starts_with("Kernel"), "{data_path:?}");
         let config = NodeNetworkConfig { dns: Some(("127.0.0.1:0".parse().unwrap(), Default::default())), data_path };
         let net = NodeNetwork::start(store.clone() as Arc<dyn Store>, config).await.unwrap();
-        wait_until("endpoints", Duration::from_secs(5), || {
-            net.discovery().resolve("web").is_some_and(|s| s.endpoints.len() == 2)
-        })
-        .await;
+        until_endpoints(net.discovery(), 2).await;
         assert!(net.synced(Duration::from_secs(5)).await, "{:?}", net.errors());
         let dns = net.dns_addr().unwrap();
-        let mut vips = Vec::new();
-        for _ in 0..100 {
-            vips = resolve(dns, "web.").await;
-            if !vips.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let vips = resolve_eventually(dns, "web.").await;
         assert_eq!(vips, vec![std::net::Ipv4Addr::new(10, 0, 0, 2)]);
         let mut seen = [0usize; 2];
         for addr in [SocketAddr::new(vips[0].into(), 8083), "127.0.0.1:30083".parse().unwrap()] {
@@ -426,19 +395,6 @@ fn node_network_auto_picks_the_kernel_path_and_serves_dns_vip_and_port() {
         assert!(!saved().contains("SWARM"), "rules left after stop");
         for b in &backends {
             b.stop();
-        }
-    });
-}
-
-/// UDP echo backend answering with its id then the payload.
-async fn udp_backend(ip: &str, port: u16, id: u8) {
-    let sock = tokio::net::UdpSocket::bind((ip, port)).await.expect("bind udp backend");
-    tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-            let mut out = vec![id];
-            out.extend_from_slice(&buf[..n]);
-            let _ = sock.send_to(&out, from).await;
         }
     });
 }
@@ -459,19 +415,13 @@ async fn udp_ask(sock: &tokio::net::UdpSocket, to: SocketAddr) -> u8 {
 #[test]
 fn a_drained_endpoints_flows_end_with_its_grace_period() {
     const TEST: &str = "grace";
-    if !can_run(TEST) {
-        return;
-    }
     // Ending the drained flows needs conntrack-tools (scripts/setup-deps.sh).
     if !std::process::Command::new("conntrack").arg("--version").output().is_ok_and(|o| o.status.success()) {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{TEST}: needs the conntrack command under CI");
         eprintln!("SKIPPED {TEST}: needs the conntrack command (conntrack-tools)");
         return;
     }
-    let ns = NetNs::create(ns_name(TEST)).unwrap();
-    ns.enter_current_thread().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
+    in_namespace(TEST, || async {
         let (store, cluster) = fake_cluster(2).await;
         let mut spec = ServiceSpec::replicated("web", "web:1", 2);
         spec.endpoint_spec.ports = vec![
@@ -485,21 +435,8 @@ fn a_drained_endpoints_flows_end_with_its_grace_period() {
         ];
         spec.task_template.container.stop_grace_period = Duration::from_secs(2).into();
         cluster.create_service(spec).await.unwrap();
-        let mut tasks = Vec::new();
-        let mut backends = Vec::new();
-        for i in 0..2u8 {
-            let ip = format!("127.0.4.{}", 2 + i);
-            backends.push(TcpBackend::start(&ip, 8084, i).await);
-            udp_backend(&ip, 8084, i).await;
-            tasks.push(add_task(&store, "web", &format!("node-{}", i + 1), i as u64 + 1, &[("default", &ip)]).await);
-        }
-        let discovery = follow(&store).await;
-        wait_until("2 endpoints", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 2)
-        })
-        .await;
-        let mesh = KernelMesh::start(Arc::new(discovery.clone()), KernelConfig::default()).await.unwrap();
-        assert!(mesh.synced(Duration::from_secs(5)).await, "{:?}", mesh.errors());
+        let (backends, tasks) = serve(&store, 4, 8084, 2, true).await;
+        let (discovery, mesh) = mesh_on(&store, 2, KernelConfig::default()).await;
 
         let addr: SocketAddr = "127.0.0.1:30084".parse().unwrap();
         let flow = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -511,10 +448,7 @@ fn a_drained_endpoints_flows_end_with_its_grace_period() {
 
         set_desired(&store, &tasks[0], TaskState::Shutdown).await;
         let left = tokio::time::Instant::now();
-        wait_until("1 endpoint", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 1)
-        })
-        .await;
+        until_endpoints(&discovery, 1).await;
         assert!(mesh.synced(Duration::from_secs(5)).await);
         // Within the grace period: the flow and the connection stay.
         assert_eq!(udp_ask(&flow, addr).await, 0, "the flow keeps its endpoint while it drains");
@@ -543,26 +477,13 @@ fn a_drained_endpoints_flows_end_with_its_grace_period() {
 /// back by the periodic resync (300 ms here), without any service change.
 #[test]
 fn the_periodic_resync_repairs_rules_removed_by_hand() {
-    const TEST: &str = "resync";
-    if !can_run(TEST) {
-        return;
-    }
-    let ns = NetNs::create(ns_name(TEST)).unwrap();
-    ns.enter_current_thread().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
+    in_namespace("resync", || async {
         let (store, cluster) = fake_cluster(1).await;
         web(&store, &cluster, 8085, 30085).await;
         let backend = TcpBackend::start("127.0.5.2", 8085, 7).await;
         add_task(&store, "web", "node-1", 1, &[("default", "127.0.5.2")]).await;
-        let discovery = follow(&store).await;
-        wait_until("1 endpoint", Duration::from_secs(5), || {
-            discovery.resolve("web").is_some_and(|s| s.endpoints.len() == 1)
-        })
-        .await;
         let config = KernelConfig { resync: Some(Duration::from_millis(300)), ..Default::default() };
-        let mesh = KernelMesh::start(Arc::new(discovery.clone()), config).await.unwrap();
-        assert!(mesh.synced(Duration::from_secs(5)).await, "{:?}", mesh.errors());
+        let (_discovery, mesh) = mesh_on(&store, 1, config).await;
         let addr: SocketAddr = "127.0.0.1:30085".parse().unwrap();
         assert_eq!(ping(addr).await.unwrap(), 7);
 

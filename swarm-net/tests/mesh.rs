@@ -290,15 +290,7 @@ async fn udp_flows_are_forwarded_and_spread() {
     let s = setup(36, 3, 1, MeshConfig::default(), Duration::from_secs(1)).await;
     // UDP echo backends on the same addresses as the TCP ones.
     for i in 0..3u8 {
-        let sock = tokio::net::UdpSocket::bind(format!("127.0.36.{}:{TARGET}", 10 + i)).await.unwrap();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1500];
-            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-                let mut reply = vec![i];
-                reply.extend_from_slice(&buf[..n]);
-                let _ = sock.send_to(&reply, from).await;
-            }
-        });
+        udp_backend(&format!("127.0.36.{}", 10 + i), TARGET, i).await;
     }
     let mesh_addr = s.meshes[0].addr(Protocol::Udp, PUBLISHED).expect("udp port served");
     let mut seen = BTreeMap::new();

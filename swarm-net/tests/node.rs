@@ -48,14 +48,7 @@ async fn dns_vip_and_published_port_from_one_start() {
     assert!(net.synced(Duration::from_secs(5)).await);
     assert!(net.errors().is_empty(), "{:?}", net.errors());
 
-    let mut vips = Vec::new();
-    for _ in 0..100 {
-        vips = resolve(dns, "api.").await;
-        if !vips.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let vips = resolve_eventually(dns, "api.").await;
     assert_eq!(vips.len(), 1, "one VIP for api: {vips:?}");
     let vip = SocketAddr::new(vips[0].into(), 18301);
     let published: SocketAddr = "127.0.51.1:18302".parse().unwrap();

@@ -238,14 +238,7 @@ async fn dns_answer_then_connect_to_the_vip_end_to_end() {
     let st = s.store.clone();
     tokio::spawn(async move { handler.follow(st.as_ref()).await });
     let dns = server.local_addr();
-    let mut answer = Vec::new();
-    for _ in 0..100 {
-        answer = resolve(dns, "web.").await;
-        if !answer.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let answer = resolve_eventually(dns, "web.").await;
     assert_eq!(answer, vec![Ipv4Addr::new(127, 64, 0, 2)], "the vip");
     let addr = SocketAddr::new(IpAddr::V4(answer[0]), port);
     let counts = spread(addr, 2, 20).await;

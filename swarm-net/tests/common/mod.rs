@@ -169,3 +169,30 @@ pub async fn resolve(server: SocketAddr, name: &str) -> Vec<std::net::Ipv4Addr> 
         })
         .collect()
 }
+
+/// A real UDP backend on `ip:port`: answers each datagram with its `id`
+/// then the datagram.
+pub async fn udp_backend(ip: &str, port: u16, id: u8) {
+    let sock = tokio::net::UdpSocket::bind((ip, port)).await.expect("bind udp backend");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let mut reply = vec![id];
+            reply.extend_from_slice(&buf[..n]);
+            let _ = sock.send_to(&reply, from).await;
+        }
+    });
+}
+
+/// The A records for `name`, asked again every 10 ms (for up to 2 s) while
+/// the server does not know it yet.
+pub async fn resolve_eventually(server: SocketAddr, name: &str) -> Vec<std::net::Ipv4Addr> {
+    for _ in 0..200 {
+        let answer = resolve(server, name).await;
+        if !answer.is_empty() {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Vec::new()
+}
