@@ -13,10 +13,11 @@
 //! cargo bench --features net --bench mesh
 //! ```
 
+#[macro_use]
 mod common;
 
 use common::ThreadCpu;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
 use swarm::net::kernel::{KernelConfig, render, restore_input};
@@ -39,9 +40,4 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     g.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().with_measurement(ThreadCpu);
-    targets = bench
-}
-criterion_main!(benches);
+cpu_criterion_main!(bench);

@@ -14,10 +14,11 @@
 //! cargo bench --bench reconcile
 //! ```
 
+#[macro_use]
 mod common;
 
 use common::ThreadCpu;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
 use swarm::id::IdGen;
@@ -105,9 +106,4 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     g.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().with_measurement(ThreadCpu);
-    targets = bench
-}
-criterion_main!(benches);
+cpu_criterion_main!(bench);

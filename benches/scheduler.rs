@@ -14,10 +14,11 @@
 //! cargo bench --bench scheduler
 //! ```
 
+#[macro_use]
 mod common;
 
 use common::ThreadCpu;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
 use swarm::sched::Pipeline;
@@ -43,9 +44,4 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
     }
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().with_measurement(ThreadCpu);
-    targets = bench
-}
-criterion_main!(benches);
+cpu_criterion_main!(bench);

@@ -62,3 +62,16 @@ impl ValueFormatter for CpuFormatter {
         "ns"
     }
 }
+
+/// `criterion_main!` for a bench function measured in [`ThreadCpu`]:
+/// `cpu_criterion_main!(bench);` (with `#[macro_use] mod common;`).
+macro_rules! cpu_criterion_main {
+    ($bench:path) => {
+        criterion::criterion_group! {
+            name = benches;
+            config = criterion::Criterion::default().with_measurement($crate::common::ThreadCpu);
+            targets = $bench
+        }
+        criterion::criterion_main!(benches);
+    };
+}
