@@ -167,6 +167,26 @@ const JUMPS: [(&str, &str, &str); 7] = [
     ("filter", "OUTPUT", "REJECT"),
 ];
 
+/// Ok when this process can run a kernel mesh with `config`'s commands:
+/// root, and `iptables` and `iptables-restore` that run. Otherwise why not.
+pub fn available(config: &KernelConfig) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root".into());
+    }
+    answers(&config.iptables, "--version")?;
+    answers(&config.iptables_restore, "--version")
+}
+
+/// Ok when `cmd arg` runs and succeeds.
+pub(crate) fn answers(cmd: &std::path::Path, arg: &str) -> Result<(), String> {
+    match std::process::Command::new(cmd).arg(arg).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("`{} {arg}` failed: {}", cmd.display(), String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("`{}` cannot run: {e}", cmd.display())),
+    }
+}
+
 /// Checks a configuration.
 pub fn check_config(config: &KernelConfig) -> Result<(), KernelError> {
     let p = &config.chain_prefix;

@@ -62,21 +62,11 @@ fn ip_output(args: &[&str]) -> Result<String, NetnsError> {
     }
 }
 
-/// True when this process may create namespaces and use iptables: root,
-/// with `ip`, `iptables` and `iptables-restore` on the PATH.
+/// Ok when this process may create namespaces and run a kernel mesh in
+/// them: [`crate::kernel::available`] with the default commands, and `ip`.
 pub fn available() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("not root".into());
-    }
-    for (cmd, arg) in [("ip", "-V"), ("iptables", "--version"), ("iptables-restore", "--version")] {
-        match Command::new(cmd).arg(arg).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => return Err(format!("`{cmd} {arg}` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
-            Err(e) => return Err(format!("`{cmd}` cannot run: {e}")),
-        }
-    }
-    Ok(())
+    crate::kernel::available(&crate::kernel::KernelConfig::default())?;
+    crate::kernel::answers(std::path::Path::new("ip"), "-V")
 }
 
 /// Moves the calling thread into a new, empty network namespace with `lo`

@@ -60,12 +60,16 @@ impl std::fmt::Debug for DataPath {
 }
 
 impl DataPath {
-    /// The kernel path where it can run (Linux, root, iptables present),
-    /// else the userspace proxies with VIPs taken as already local.
+    /// The kernel path where it can run (Linux, root, `iptables` and
+    /// `iptables-restore` present), else the userspace proxies with VIPs
+    /// taken as already local.
     pub fn auto() -> DataPath {
         #[cfg(target_os = "linux")]
-        if crate::netns::available().is_ok() {
-            return DataPath::Kernel(Default::default());
+        {
+            let config = crate::kernel::KernelConfig::default();
+            if crate::kernel::available(&config).is_ok() {
+                return DataPath::Kernel(config);
+            }
         }
         DataPath::userspace()
     }
