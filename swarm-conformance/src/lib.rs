@@ -20,6 +20,8 @@
 
 #![warn(missing_docs)]
 
+pub mod skip;
+
 use async_trait::async_trait;
 use std::fmt;
 use std::time::Duration;

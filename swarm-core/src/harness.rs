@@ -394,3 +394,55 @@ pub fn summary(state: &State) -> String {
     }
     parts.join("; ")
 }
+
+/// Environment variable that fixes [`test_seed`]'s value, to replay a run.
+pub const TEST_SEED_ENV: &str = "SWARM_TEST_SEED";
+
+/// A seed for one randomized test run: the value of `SWARM_TEST_SEED`
+/// (decimal or `0x` hex) when set, else a fresh one from the OS random
+/// source. Either way it is printed with `name`, so a failing run's output
+/// (cargo shows a failed test's output) says how to replay it:
+/// `SWARM_TEST_SEED=0x... cargo test ...`. Randomized tests run their fixed
+/// seeds and then this one, so every run also explores a new case.
+///
+/// # Panics
+/// When `SWARM_TEST_SEED` is set but is not a number (a test helper: a
+/// typo must not silently run another seed), or when the OS random source
+/// fails.
+pub fn test_seed(name: &str) -> u64 {
+    let seed = match std::env::var(TEST_SEED_ENV) {
+        Ok(v) => parse_seed(&v).unwrap_or_else(|| panic!("{TEST_SEED_ENV}={v:?} is not a decimal or 0x-hex u64")),
+        Err(_) => {
+            let mut b = [0u8; 8];
+            if let Err(e) = getrandom::getrandom(&mut b) {
+                panic!("the OS random source failed: {e}");
+            }
+            u64::from_le_bytes(b)
+        }
+    };
+    eprintln!("{name}: seed {seed:#x} (replay with {TEST_SEED_ENV}={seed:#x})");
+    seed
+}
+
+fn parse_seed(v: &str) -> Option<u64> {
+    let v = v.trim();
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::parse_seed;
+
+    #[test]
+    fn seeds_parse_in_decimal_and_hex() {
+        assert_eq!(parse_seed("42"), Some(42));
+        assert_eq!(parse_seed("0x2a"), Some(42));
+        assert_eq!(parse_seed(" 0XFF\n"), Some(255));
+        assert_eq!(parse_seed("0xffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(parse_seed("forty-two"), None);
+        assert_eq!(parse_seed(""), None);
+    }
+}

@@ -288,9 +288,7 @@ async fn ip_addr_binder_adds_the_vip_to_lo_and_removes_it() {
     let root = unsafe { libc::geteuid() } == 0;
     let has_ip = std::process::Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
     if !root || !has_ip {
-        eprintln!(
-            "SKIPPED ip_addr_binder_adds_the_vip_to_lo_and_removes_it: needs root and iproute2 (root: {root}, ip: {has_ip})"
-        );
+        swarm_conformance::skip::skip(&format!("needs root and iproute2 (root: {root}, ip: {has_ip})"));
         return;
     }
     const VIP: &str = "10.213.0.2";

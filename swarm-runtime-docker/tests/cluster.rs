@@ -6,7 +6,7 @@
 //! Names: every service, network and node id starts with the test's
 //! prefix (`swc<pid><test>`), containers carry the test label; everything is
 //! removed afterwards, also on failure (agents are stopped first). Without
-//! an engine: a loud SKIPPED, or a failure under `CI=true`.
+//! an engine: a recorded skip, or a failure under CI.
 
 mod common;
 

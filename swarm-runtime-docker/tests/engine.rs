@@ -4,8 +4,8 @@
 //! Every test names its containers, networks and volumes with its own
 //! prefix (`swt-<pid>-<test>`) and labels its containers with it, and cleans
 //! all of them up afterwards, also when it fails. Without a reachable
-//! engine each test prints a loud SKIPPED line and passes, except with
-//! `CI=true`, where it fails.
+//! engine each test records a skip (listed at the end of
+//! `scripts/test.sh`), except under CI, where it fails.
 
 use bollard::query_parameters::{
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
