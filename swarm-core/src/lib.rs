@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod constraint;
+pub mod controller;
 pub mod discovery;
 pub mod dispatcher;
 pub mod harness;
