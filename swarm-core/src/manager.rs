@@ -27,12 +27,13 @@
 //! # }
 //! ```
 
+use crate::controller::{self, Context, Controller, Debounce, Interest, Plan, RuntimeConfig};
 use crate::dispatcher::LocalDispatcher;
 use crate::id::{IdGen, ServiceId, TaskId};
 use crate::model::*;
 use crate::orchestrator::reconcile_service;
 use crate::scheduler::{ClusterView, Decision, Scheduler, TaskRequest};
-use crate::state::{Action, Change, Op, State, Transaction};
+use crate::state::{Action, Change, Op, State};
 use crate::store::{Store, StoreError};
 use crate::time::{self, Timestamp};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -77,20 +78,16 @@ impl Manager {
     pub fn start(store: Arc<dyn Store>, scheduler: Box<dyn Scheduler>, config: ManagerConfig) -> Manager {
         let seed = config.seed.unwrap_or_else(|| IdGen::from_entropy().next_u64());
         let dispatcher = LocalDispatcher::new(store.clone(), seed);
-        let mut handles = Vec::new();
-        let (s, c) = (store.clone(), config.clone());
-        handles.push(tokio::spawn(async move {
-            supervise("orchestrator", || orchestrate(s.clone(), seed, c.clone())).await
-        }));
-        let (s, c) = (store.clone(), config.clone());
-        let sched = Arc::new(tokio::sync::Mutex::new(scheduler));
-        handles.push(tokio::spawn(async move {
-            supervise("scheduler", || schedule_loop(s.clone(), sched.clone(), c.clone())).await
-        }));
-        let (s, c) = (store.clone(), config.clone());
-        handles.push(tokio::spawn(async move { supervise("reaper", || reap_loop(s.clone(), c.clone())).await }));
-        let d = dispatcher.clone();
-        handles.push(tokio::spawn(async move { supervise("dispatcher", || d.run()).await }));
+        let runtime = RuntimeConfig { max_tx_ops: config.max_tx_ops, seed: Some(seed), ..RuntimeConfig::default() };
+        let handles = vec![
+            tokio::spawn(controller::run(store.clone(), Orchestrator, runtime.clone())),
+            tokio::spawn(controller::run(store.clone(), SchedulerLoop::new(scheduler, &config), runtime.clone())),
+            tokio::spawn(controller::run(store.clone(), Reaper, runtime)),
+            {
+                let d = dispatcher.clone();
+                tokio::spawn(async move { supervise("dispatcher", || d.run()).await })
+            },
+        ];
         Manager { dispatcher, handles }
     }
 
@@ -124,17 +121,6 @@ where
     }
 }
 
-/// Commits `ops` in transactions of at most `max` operations.
-async fn commit_chunks(store: &dyn Store, ops: Vec<Op>, max: usize) -> Result<(), StoreError> {
-    let mut ops = ops;
-    while !ops.is_empty() {
-        let rest = if ops.len() > max { ops.split_off(max) } else { Vec::new() };
-        store.commit(Transaction { ops, timestamp: None }).await?;
-        ops = rest;
-    }
-    Ok(())
-}
-
 /// Services a change may concern (`None` = all of them).
 fn touched_services(change: &Change) -> Option<BTreeSet<ServiceId>> {
     let mut out = BTreeSet::new();
@@ -151,89 +137,6 @@ fn touched_services(change: &Change) -> Option<BTreeSet<ServiceId>> {
         }
     }
     Some(out)
-}
-
-async fn orchestrate(store: Arc<dyn Store>, seed: u64, config: ManagerConfig) -> Result<(), StoreError> {
-    // Mix the starting revision into the seed: a manager started again (a
-    // new leader, a restarted loop) with the same seed must not produce the
-    // ids it produced before. Still reproducible for a given history.
-    let start = store.snapshot().await?.revision();
-    let mut ids = IdGen::seeded(seed ^ start.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    loop {
-        let mut state = store.snapshot().await?;
-        let mut watch = store.watch(state.revision()).await?;
-        let mut dirty: BTreeSet<ServiceId> = state.services().map(|s| s.id.clone()).collect();
-        let mut wakeups: BTreeMap<Timestamp, BTreeSet<ServiceId>> = BTreeMap::new();
-        'watching: loop {
-            let mut conflict = false;
-            for id in std::mem::take(&mut dirty) {
-                let Some(svc) = state.service(&id) else { continue };
-                let plan = reconcile_service(&state, svc, time::now(), &mut ids);
-                if let Some(at) = plan.wake_at {
-                    wakeups.entry(at).or_default().insert(id.clone());
-                }
-                if plan.ops.is_empty() {
-                    continue;
-                }
-                tracing::debug!(service = %svc.spec.name, ops = plan.ops.len(), "orchestrator commits");
-                match commit_chunks(store.as_ref(), plan.ops, config.max_tx_ops).await {
-                    Ok(()) => {}
-                    Err(e) if e.is_conflict() => {
-                        conflict = true;
-                        dirty.insert(id);
-                    }
-                    Err(StoreError::Rejected(e)) => {
-                        tracing::error!(service = %svc.spec.name, error = %e, "orchestrator transaction rejected");
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if conflict {
-                state = store.snapshot().await?;
-                continue;
-            }
-            let next_wake = wakeups.keys().next().copied();
-            let sleep = async {
-                match next_wake {
-                    Some(at) => tokio::time::sleep(at.since(time::now())).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                change = watch.next() => {
-                    let mut changes = vec![change];
-                    while let Some(c) = watch.try_next() {
-                        changes.push(c);
-                    }
-                    let mut all = false;
-                    for c in changes {
-                        match c {
-                            Ok(c) => match touched_services(&c) {
-                                Some(s) => dirty.extend(s),
-                                None => all = true,
-                            },
-                            Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => break 'watching,
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    state = store.snapshot().await?;
-                    if all {
-                        dirty.extend(state.services().map(|s| s.id.clone()));
-                    }
-                }
-                _ = sleep => {
-                    let now = time::now();
-                    let due: Vec<Timestamp> = wakeups.range(..=now).map(|(k, _)| *k).collect();
-                    for k in due {
-                        if let Some(s) = wakeups.remove(&k) {
-                            dirty.extend(s);
-                        }
-                    }
-                    state = store.snapshot().await?;
-                }
-            }
-        }
-    }
 }
 
 /// True when a change can make a pending task placeable (or creates one).
@@ -273,23 +176,21 @@ pub struct PassOutcome {
     pub conflicted: bool,
 }
 
-/// One scheduling pass over every pending task.
-pub async fn schedule_pass(
-    store: &dyn Store,
-    scheduler: &mut dyn Scheduler,
-    max_tx_ops: usize,
-) -> Result<PassOutcome, StoreError> {
-    let state = store.snapshot().await?;
-    let mut pending = pending_tasks(&state);
+/// A scheduling pass's decisions as store operations: every pending task
+/// is offered to `scheduler` (batched by service and spec version, in slot
+/// order); placed tasks become ASSIGNED, unplaceable ones keep PENDING with
+/// the scheduler's explanation (written only when it changed). Pure: the
+/// same state, scheduler and time give the same operations.
+pub fn plan_schedule(state: &State, scheduler: &mut dyn Scheduler, now: Timestamp) -> (Vec<Op>, PassOutcome) {
+    let mut pending = pending_tasks(state);
     if pending.is_empty() {
-        return Ok(PassOutcome::default());
+        return (Vec::new(), PassOutcome::default());
     }
     // Batches: tasks of one service and spec version together, in order.
     pending.sort_by(|a, b| {
         (&a.service_id, a.spec_version, a.slot, &a.id).cmp(&(&b.service_id, b.spec_version, b.slot, &b.id))
     });
-    let now = time::now();
-    let view = ClusterView::from_state(&state, now);
+    let view = ClusterView::from_state(state, now);
     let mut requests = Vec::with_capacity(pending.len());
     let mut tasks = Vec::with_capacity(pending.len());
     let mut ops = Vec::new();
@@ -311,7 +212,7 @@ pub async fn schedule_pass(
         }
     }
     let decisions = scheduler.schedule(&view, &requests);
-    let (mut placed, mut unplaced) = (0, 0);
+    let mut out = PassOutcome::default();
     for (t, d) in tasks.iter().zip(decisions) {
         let mut t = t.as_ref().clone();
         match d {
@@ -324,10 +225,10 @@ pub async fn schedule_pass(
                 t.status.state = TaskState::Assigned;
                 t.status.message = "scheduler assigned task to node".into();
                 t.status.timestamp = now;
-                placed += 1;
+                out.placed += 1;
             }
             Decision::Unschedulable(why) => {
-                unplaced += 1;
+                out.unplaced += 1;
                 let msg = why.to_string();
                 if t.status.message == msg {
                     continue;
@@ -338,55 +239,116 @@ pub async fn schedule_pass(
         }
         ops.push(Op::Update(Object::Task(t)));
     }
-    match commit_chunks(store, ops, max_tx_ops).await {
-        Ok(()) => Ok(PassOutcome { placed, unplaced, conflicted: false }),
-        Err(e) if e.is_conflict() => Ok(PassOutcome { placed: 0, unplaced: pending.len(), conflicted: true }),
+    (ops, out)
+}
+
+/// One scheduling pass over every pending task: [`plan_schedule`] on a
+/// fresh snapshot, then the commit.
+pub async fn schedule_pass(
+    store: &dyn Store,
+    scheduler: &mut dyn Scheduler,
+    max_tx_ops: usize,
+) -> Result<PassOutcome, StoreError> {
+    let state = store.snapshot().await?;
+    let (ops, out) = plan_schedule(&state, scheduler, time::now());
+    match controller::commit_chunks(store, ops, max_tx_ops).await {
+        Ok(()) => Ok(out),
+        Err(e) if e.is_conflict() => {
+            Ok(PassOutcome { placed: 0, unplaced: out.placed + out.unplaced, conflicted: true })
+        }
         Err(e) => Err(e),
     }
 }
 
-async fn schedule_loop(
-    store: Arc<dyn Store>,
-    scheduler: Arc<tokio::sync::Mutex<Box<dyn Scheduler>>>,
-    config: ManagerConfig,
-) -> Result<(), StoreError> {
-    let mut sched = scheduler.lock().await;
-    loop {
-        let state = store.snapshot().await?;
-        let mut watch = store.watch(state.revision()).await?;
-        let mut due = !pending_tasks(&state).is_empty();
-        loop {
-            if due {
-                // Swarm's batching: wait for a quiet 50 ms, at most 1 s.
-                let first = tokio::time::Instant::now();
-                loop {
-                    let quiet = tokio::time::sleep(config.schedule_debounce);
-                    let cap = tokio::time::sleep_until(first + config.schedule_max_delay);
-                    tokio::select! {
-                        c = watch.next() => { c?; }
-                        _ = quiet => break,
-                        _ = cap => break,
-                    }
-                }
-                let out = schedule_pass(store.as_ref(), sched.as_mut(), config.max_tx_ops).await?;
-                tracing::debug!(
-                    placed = out.placed,
-                    unplaced = out.unplaced,
-                    conflicted = out.conflicted,
-                    "scheduling pass"
-                );
-                // A conflicted pass wrote nothing: go again.
-                due = out.conflicted;
-                if due {
-                    continue;
-                }
-            }
-            match watch.next().await {
-                Ok(c) => due = scheduling_relevant(&c),
-                Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => break,
-                Err(e) => return Err(e),
-            }
+/// The orchestrator on the controller runtime: one key per service,
+/// reconciled by [`reconcile_service`]; node and cluster changes concern
+/// every service.
+pub struct Orchestrator;
+
+impl Controller for Orchestrator {
+    type Key = ServiceId;
+    fn name(&self) -> &str {
+        "orchestrator"
+    }
+    fn keys(&self, state: &State) -> Vec<ServiceId> {
+        state.services().map(|s| s.id.clone()).collect()
+    }
+    fn interest(&self, change: &Change) -> Interest<ServiceId> {
+        match touched_services(change) {
+            Some(ids) => Interest::Keys(ids.into_iter().collect()),
+            None => Interest::Everything,
         }
+    }
+    fn reconcile(&mut self, cx: &mut Context<'_>, id: &ServiceId) -> Plan {
+        match cx.state.service(id) {
+            Some(svc) => reconcile_service(cx.state, svc, cx.now, cx.ids),
+            None => Plan::default(),
+        }
+    }
+}
+
+/// The scheduler loop on the controller runtime: one pass over every
+/// pending task after changes that can make one placeable, batched as
+/// Swarm does (a quiet period, capped).
+pub struct SchedulerLoop {
+    scheduler: Box<dyn Scheduler>,
+    debounce: Debounce,
+}
+
+impl SchedulerLoop {
+    /// Runs `scheduler` with the batching of `config`.
+    pub fn new(scheduler: Box<dyn Scheduler>, config: &ManagerConfig) -> Self {
+        SchedulerLoop {
+            scheduler,
+            debounce: Debounce { quiet: config.schedule_debounce, max_delay: config.schedule_max_delay },
+        }
+    }
+}
+
+impl Controller for SchedulerLoop {
+    type Key = ();
+    fn name(&self) -> &str {
+        "scheduler"
+    }
+    fn keys(&self, _: &State) -> Vec<()> {
+        vec![()]
+    }
+    fn interest(&self, change: &Change) -> Interest<()> {
+        if scheduling_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
+    }
+    fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
+        let (ops, out) = plan_schedule(cx.state, self.scheduler.as_mut(), cx.now);
+        if out.placed + out.unplaced > 0 {
+            tracing::debug!(placed = out.placed, unplaced = out.unplaced, "scheduling pass");
+        }
+        Plan { ops, wake_at: None }
+    }
+    fn debounce(&self) -> Option<Debounce> {
+        Some(self.debounce)
+    }
+}
+
+/// The task reaper on the controller runtime: [`reap`] over the whole
+/// state, at most every 100 ms (it is not urgent).
+pub struct Reaper;
+
+impl Controller for Reaper {
+    type Key = ();
+    fn name(&self) -> &str {
+        "reaper"
+    }
+    fn keys(&self, _: &State) -> Vec<()> {
+        vec![()]
+    }
+    fn interest(&self, _: &Change) -> Interest<()> {
+        Interest::Keys(vec![()])
+    }
+    fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
+        Plan { ops: reap(cx.state), wake_at: None }
+    }
+    fn debounce(&self) -> Option<Debounce> {
+        let d = Duration::from_millis(100);
+        Some(Debounce { quiet: d, max_delay: d })
     }
 }
 
@@ -442,39 +404,6 @@ pub fn reap(state: &State) -> Vec<Op> {
         }
     }
     ops
-}
-
-async fn reap_loop(store: Arc<dyn Store>, config: ManagerConfig) -> Result<(), StoreError> {
-    loop {
-        let state = store.snapshot().await?;
-        let mut watch = store.watch(state.revision()).await?;
-        loop {
-            let state = store.snapshot().await?;
-            let ops = reap(&state);
-            if !ops.is_empty() {
-                match commit_chunks(store.as_ref(), ops, config.max_tx_ops).await {
-                    Ok(()) => {}
-                    Err(e) if e.is_conflict() => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            // Debounce: the reaper is not urgent.
-            match watch.next().await {
-                Ok(_) => {}
-                Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => break,
-                Err(e) => return Err(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            while let Some(c) = watch.try_next() {
-                if let Err(e) = c {
-                    if matches!(e, StoreError::Lagged { .. } | StoreError::Compacted { .. }) {
-                        break;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
 }
 
 /// Runs the manager's loops only while this process leads.
