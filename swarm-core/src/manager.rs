@@ -39,7 +39,7 @@ use crate::time::{self, Timestamp};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// Manager settings.
 #[derive(Clone, Debug)]
@@ -66,29 +66,142 @@ impl Default for ManagerConfig {
     }
 }
 
-/// The running control loops. Dropping it does not stop them; call
-/// [`Manager::stop`].
+/// The running control loops: the built-in controllers (orchestrator,
+/// scheduler loop, reaper), the dispatcher's node-health loop, and any
+/// controller the embedder added, all run only while the store says this
+/// process leads ([`Store::leadership`]). Dropping it, or [`Manager::stop`],
+/// stops them all.
 pub struct Manager {
     dispatcher: LocalDispatcher,
-    handles: Vec<JoinHandle<()>>,
+    supervisor: JoinHandle<()>,
+}
+
+/// Starts one controller on the runtime: a fresh instance for each term of
+/// leadership.
+type Spawner = Box<dyn FnMut(&mut JoinSet<()>, Arc<dyn Store>, RuntimeConfig) + Send>;
+
+/// Builds a [`Manager`]: the store, the scheduler, settings, and extra
+/// controllers. See [`Manager::builder`].
+pub struct ManagerBuilder {
+    store: Arc<dyn Store>,
+    scheduler: Option<Box<dyn Scheduler>>,
+    config: ManagerConfig,
+    controllers: Vec<(String, Spawner)>,
+}
+
+impl ManagerBuilder {
+    /// The scheduler the scheduler loop calls (required).
+    pub fn scheduler(mut self, scheduler: Box<dyn Scheduler>) -> Self {
+        self.scheduler = Some(scheduler);
+        self
+    }
+
+    /// Settings (batching, transaction size, seed).
+    pub fn config(mut self, config: ManagerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adds a controller of the embedder's, run beside the built-in ones
+    /// while this manager leads. `make` builds a fresh one for each term of
+    /// leadership (a new leader starts from the store, not from memory).
+    pub fn controller<C, F>(mut self, mut make: F) -> Self
+    where
+        C: Controller,
+        F: FnMut() -> C + Send + 'static,
+    {
+        let name = make().name().to_string();
+        let spawn: Spawner = Box::new(move |set, store, runtime| {
+            set.spawn(controller::run(store, make(), runtime));
+        });
+        self.controllers.push((name, spawn));
+        self
+    }
+
+    /// Names of the controllers added with [`ManagerBuilder::controller`].
+    pub fn controller_names(&self) -> Vec<&str> {
+        self.controllers.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Starts the manager: its controllers run whenever the store says this
+    /// process leads, and stop as soon as it does not.
+    pub fn start(self) -> Result<Manager, ManagerError> {
+        let scheduler = self.scheduler.ok_or(ManagerError::NoScheduler)?;
+        Ok(launch(self.store, scheduler, self.config, self.controllers.into_iter().map(|(_, s)| s).collect()))
+    }
+}
+
+fn launch(store: Arc<dyn Store>, scheduler: Box<dyn Scheduler>, config: ManagerConfig, extra: Vec<Spawner>) -> Manager {
+    let seed = config.seed.unwrap_or_else(|| IdGen::from_entropy().next_u64());
+    let dispatcher = LocalDispatcher::new(store.clone(), seed);
+    let runtime = RuntimeConfig { max_tx_ops: config.max_tx_ops, seed: Some(seed), ..RuntimeConfig::default() };
+    let scheduler = Arc::new(std::sync::Mutex::new(scheduler));
+    let debounce = Debounce { quiet: config.schedule_debounce, max_delay: config.schedule_max_delay };
+    let d = dispatcher.clone();
+    let mut spawners: Vec<Spawner> = vec![
+        Box::new(|set, store, rt| {
+            set.spawn(controller::run(store, Orchestrator, rt));
+        }),
+        Box::new(move |set, store, rt| {
+            set.spawn(controller::run(store, SchedulerLoop { scheduler: scheduler.clone(), debounce }, rt));
+        }),
+        Box::new(|set, store, rt| {
+            set.spawn(controller::run(store, Reaper, rt));
+        }),
+        Box::new(move |set, _, _| {
+            let d = d.clone();
+            set.spawn(async move { supervise("dispatcher", || d.run()).await });
+        }),
+    ];
+    spawners.extend(extra);
+    let supervisor = tokio::spawn(lead(store, spawners, runtime));
+    Manager { dispatcher, supervisor }
+}
+
+/// Why a manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// [`ManagerBuilder::scheduler`] was not called.
+    #[error("no scheduler: call ManagerBuilder::scheduler before start")]
+    NoScheduler,
+}
+
+/// Runs every controller while the store says this process leads.
+async fn lead(store: Arc<dyn Store>, mut spawners: Vec<Spawner>, runtime: RuntimeConfig) {
+    let mut leadership = store.leadership();
+    // Dropping the set (the manager stopped) aborts every controller.
+    let mut term = JoinSet::new();
+    let mut leading = false;
+    loop {
+        let now = *leadership.borrow_and_update();
+        if now && !leading {
+            tracing::info!("leading: starting the controllers");
+            for spawn in &mut spawners {
+                spawn(&mut term, store.clone(), runtime.clone());
+            }
+        } else if !now && leading {
+            tracing::info!("no longer leading: stopping the controllers");
+            term.abort_all();
+            while term.join_next().await.is_some() {}
+        }
+        leading = now;
+        if leadership.changed().await.is_err() {
+            // The store will not change its mind again: keep what we have.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Manager {
-    /// Starts the orchestrator, scheduler, reaper and dispatcher loops.
+    /// A builder: `Manager::builder(store).scheduler(..).controller(..).start()`.
+    pub fn builder(store: Arc<dyn Store>) -> ManagerBuilder {
+        ManagerBuilder { store, scheduler: None, config: ManagerConfig::default(), controllers: Vec::new() }
+    }
+
+    /// Starts the orchestrator, scheduler, reaper and dispatcher loops (no
+    /// extra controllers): the builder's shortest form.
     pub fn start(store: Arc<dyn Store>, scheduler: Box<dyn Scheduler>, config: ManagerConfig) -> Manager {
-        let seed = config.seed.unwrap_or_else(|| IdGen::from_entropy().next_u64());
-        let dispatcher = LocalDispatcher::new(store.clone(), seed);
-        let runtime = RuntimeConfig { max_tx_ops: config.max_tx_ops, seed: Some(seed), ..RuntimeConfig::default() };
-        let handles = vec![
-            tokio::spawn(controller::run(store.clone(), Orchestrator, runtime.clone())),
-            tokio::spawn(controller::run(store.clone(), SchedulerLoop::new(scheduler, &config), runtime.clone())),
-            tokio::spawn(controller::run(store.clone(), Reaper, runtime)),
-            {
-                let d = dispatcher.clone();
-                tokio::spawn(async move { supervise("dispatcher", || d.run()).await })
-            },
-        ];
-        Manager { dispatcher, handles }
+        launch(store, scheduler, config, Vec::new())
     }
 
     /// The dispatcher agents open sessions with.
@@ -96,11 +209,13 @@ impl Manager {
         self.dispatcher.clone()
     }
 
-    /// Stops every loop.
-    pub fn stop(self) {
-        for h in self.handles {
-            h.abort();
-        }
+    /// Stops every loop (as dropping the manager does).
+    pub fn stop(self) {}
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.supervisor.abort();
     }
 }
 
@@ -291,7 +406,7 @@ impl Controller for Orchestrator {
 /// pending task after changes that can make one placeable, batched as
 /// Swarm does (a quiet period, capped).
 pub struct SchedulerLoop {
-    scheduler: Box<dyn Scheduler>,
+    scheduler: Arc<std::sync::Mutex<Box<dyn Scheduler>>>,
     debounce: Debounce,
 }
 
@@ -299,7 +414,7 @@ impl SchedulerLoop {
     /// Runs `scheduler` with the batching of `config`.
     pub fn new(scheduler: Box<dyn Scheduler>, config: &ManagerConfig) -> Self {
         SchedulerLoop {
-            scheduler,
+            scheduler: Arc::new(std::sync::Mutex::new(scheduler)),
             debounce: Debounce { quiet: config.schedule_debounce, max_delay: config.schedule_max_delay },
         }
     }
@@ -317,7 +432,10 @@ impl Controller for SchedulerLoop {
         if scheduling_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
     }
     fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
-        let (ops, out) = plan_schedule(cx.state, self.scheduler.as_mut(), cx.now);
+        // The lock is only ever taken here, by one controller at a time; a
+        // scheduler that panicked mid-pass left no state we rely on.
+        let mut scheduler = self.scheduler.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (ops, out) = plan_schedule(cx.state, scheduler.as_mut(), cx.now);
         if out.placed + out.unplaced > 0 {
             tracing::debug!(placed = out.placed, unplaced = out.unplaced, "scheduling pass");
         }

@@ -93,6 +93,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// The changes after `from` (exclusive), in order, then live ones.
     async fn watch(&self, from: Revision) -> Result<Watch, StoreError>;
+
+    /// Whether this process may run the leader-only control loops now,
+    /// and each change of that. The default (a store in one process, as
+    /// [`MemStore`]) always leads; a replicated store reports whether its
+    /// node is the leader. [`Manager`](crate::manager::Manager) runs its
+    /// controllers only while this is true.
+    fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        // The sender is dropped: the value stays true for good.
+        tokio::sync::watch::channel(true).1
+    }
 }
 
 /// A stream of committed changes. Obtain one with [`Store::watch`].

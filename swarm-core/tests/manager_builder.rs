@@ -1,0 +1,151 @@
+//! `Manager::builder`: built-in and embedder controllers run only while the
+//! store says this process leads, stop promptly when it does not, and stop
+//! when the manager is dropped.
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+use swarm_core::cluster::Cluster;
+use swarm_core::controller::{Context, Controller, Interest, Plan};
+use swarm_core::id::NodeId;
+use swarm_core::manager::{Manager, ManagerConfig, ManagerError};
+use swarm_core::model::{Node, Object, Resources, ServiceSpec, TaskState};
+use swarm_core::state::{Change, Op, State, Transaction};
+use swarm_core::store::{MemStore, Store, StoreError, Watch};
+
+mod common;
+
+/// MemStore whose leadership the test sets.
+struct Led {
+    inner: MemStore,
+    leader: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait]
+impl Store for Led {
+    async fn commit(&self, tx: Transaction) -> Result<Arc<Change>, StoreError> {
+        self.inner.commit(tx).await
+    }
+    async fn snapshot(&self) -> Result<Arc<State>, StoreError> {
+        self.inner.snapshot().await
+    }
+    async fn watch(&self, from: u64) -> Result<Watch, StoreError> {
+        self.inner.watch(from).await
+    }
+    fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leader.subscribe()
+    }
+}
+
+/// The embedder's controller: labels every node `seen=yes`.
+struct Labeler;
+
+impl Controller for Labeler {
+    type Key = NodeId;
+    fn name(&self) -> &str {
+        "labeler"
+    }
+    fn keys(&self, state: &State) -> Vec<NodeId> {
+        state.nodes().map(|n| n.id.clone()).collect()
+    }
+    fn interest(&self, change: &Change) -> Interest<NodeId> {
+        Interest::Keys(
+            change
+                .events
+                .iter()
+                .filter_map(|e| match &e.object {
+                    Object::Node(n) => Some(n.id.clone()),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+    fn reconcile(&mut self, cx: &mut Context<'_>, id: &NodeId) -> Plan {
+        let mut plan = Plan::default();
+        if let Some(n) = cx.state.node(id).filter(|n| !n.spec.labels.contains_key("seen")) {
+            let mut n = n.as_ref().clone();
+            n.spec.labels.insert("seen".into(), "yes".into());
+            plan.ops.push(Op::Update(Object::Node(n)));
+        }
+        plan
+    }
+}
+
+fn led(leading: bool) -> Arc<Led> {
+    Arc::new(Led { inner: MemStore::new(), leader: tokio::sync::watch::channel(leading).0 })
+}
+
+async fn add_node(store: &Led, i: usize) {
+    store
+        .inner
+        .commit(Transaction::new().create(Node::ready(format!("n{i}"), "h", Resources::default())))
+        .await
+        .unwrap();
+}
+
+fn seen(store: &Led) -> usize {
+    store.inner.state().nodes().filter(|n| n.spec.labels.contains_key("seen")).count()
+}
+
+fn live_tasks(store: &Led) -> usize {
+    store.inner.state().tasks().filter(|t| t.desired_state <= TaskState::Running).count()
+}
+
+fn manager(store: &Arc<Led>) -> Manager {
+    Manager::builder(store.clone())
+        .scheduler(Box::new(common::LeastLoaded))
+        .config(ManagerConfig { seed: Some(1), ..Default::default() })
+        .controller(|| Labeler)
+        .start()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn controllers_run_only_while_leading() {
+    let store = led(false);
+    let _m = manager(&store);
+    let cluster = Cluster::with_seed(store.clone(), 2);
+    add_node(&store, 0).await;
+    cluster.create_service(ServiceSpec::replicated("web", "nginx:1.27", 2)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!((seen(&store), live_tasks(&store)), (0, 0), "a follower runs no controller");
+
+    store.leader.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(seen(&store), 1, "the embedder's controller runs once leading");
+    assert_eq!(live_tasks(&store), 2, "and so does the orchestrator");
+
+    store.leader.send_replace(false);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    add_node(&store, 1).await;
+    cluster.scale("web", 4).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!((seen(&store), live_tasks(&store)), (1, 2), "stopped as soon as leadership was lost");
+
+    store.leader.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((seen(&store), live_tasks(&store)), (2, 4), "a new term starts from the store");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_manager_stops_its_controllers() {
+    let store = led(true);
+    let m = manager(&store);
+    add_node(&store, 0).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(seen(&store), 1);
+    drop(m);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    add_node(&store, 1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(seen(&store), 1, "nothing runs after the drop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_memstore_always_leads_and_a_builder_needs_a_scheduler() {
+    let store = Arc::new(MemStore::new());
+    assert!(*store.leadership().borrow());
+    let err = Manager::builder(store).start().err().expect("no scheduler");
+    assert!(matches!(err, ManagerError::NoScheduler));
+    assert!(err.to_string().contains("no scheduler"), "{err}");
+}
