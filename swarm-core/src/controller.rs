@@ -225,7 +225,7 @@ async fn run_listed<C: Controller>(
         Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let ids = ids.get_or_insert_with(|| IdGen::seeded(seed ^ state.revision().wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    let ids = ids.get_or_insert_with(|| IdGen::for_run(seed, state.revision()));
     let mut dirty: BTreeSet<C::Key> = controller.keys(&state).into_iter().collect();
     let mut wakeups: BTreeMap<Timestamp, BTreeSet<C::Key>> = BTreeMap::new();
     loop {

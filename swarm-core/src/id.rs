@@ -109,6 +109,18 @@ impl IdGen {
         Self { state: seed }
     }
 
+    /// A generator for one run of a loop that may run again (a restarted
+    /// controller, a new leader) with the same `seed`: `start` (the revision
+    /// it starts at) is hashed into the seed, so runs starting at different
+    /// revisions draw from unrelated parts of the sequence. (SplitMix64's
+    /// state is a counter: seeds that differ by a multiple of its step give
+    /// the same ids shifted, which a linear mix such as `seed ^ start * step`
+    /// does, and two terms of leadership then created clashing task ids.)
+    pub fn for_run(seed: u64, start: u64) -> Self {
+        let mut mix = IdGen::seeded(start);
+        Self { state: seed ^ mix.next_u64() }
+    }
+
     /// A generator seeded from the process' hasher randomness and the clock.
     pub fn from_entropy() -> Self {
         use std::collections::hash_map::RandomState;
@@ -155,6 +167,21 @@ impl Default for IdGen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_at_nearby_revisions_share_no_ids() {
+        // Two terms of leadership with the same seed, a few revisions apart:
+        // with the old linear mix the second run repeated the first's ids.
+        for seed in [0u64, 1, 7, u64::MAX] {
+            for (a, b) in [(10u64, 12u64), (11, 13), (0, 1), (100, 164)] {
+                let mut g1 = IdGen::for_run(seed, a);
+                let ids1: std::collections::HashSet<String> = (0..2000).map(|_| g1.next_id()).collect();
+                let mut g2 = IdGen::for_run(seed, b);
+                let shared = (0..2000).map(|_| g2.next_id::<String>()).filter(|id| ids1.contains(id)).count();
+                assert_eq!(shared, 0, "seed {seed}, revisions {a} and {b}");
+            }
+        }
+    }
 
     #[test]
     fn ids_are_25_alnum_and_distinct() {

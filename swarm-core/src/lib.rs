@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod allocator;
 pub mod cluster;
 pub mod constraint;
 pub mod controller;

@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+use crate::allocator::TaskAllocator;
 use crate::controller::{self, Context, Controller, Debounce, Interest, Plan, RuntimeConfig};
 use crate::dispatcher::LocalDispatcher;
 use crate::id::{IdGen, ServiceId, TaskId};
@@ -86,6 +87,7 @@ pub struct ManagerBuilder {
     store: Arc<dyn Store>,
     scheduler: Option<Box<dyn Scheduler>>,
     config: ManagerConfig,
+    allocator: Option<Spawner>,
     controllers: Vec<(String, Spawner)>,
 }
 
@@ -102,6 +104,19 @@ impl ManagerBuilder {
         self
     }
 
+    /// Replaces the default allocator ([`TaskAllocator`], which admits every
+    /// NEW task to scheduling at once) with one that allocates networks and
+    /// ports first, such as swarm-net's. `make` builds a fresh one for each
+    /// term of leadership.
+    pub fn allocator<C, F>(mut self, make: F) -> Self
+    where
+        C: Controller,
+        F: FnMut() -> C + Send + 'static,
+    {
+        self.allocator = Some(spawner(make));
+        self
+    }
+
     /// Adds a controller of the embedder's, run beside the built-in ones
     /// while this manager leads. `make` builds a fresh one for each term of
     /// leadership (a new leader starts from the store, not from memory).
@@ -111,10 +126,7 @@ impl ManagerBuilder {
         F: FnMut() -> C + Send + 'static,
     {
         let name = make().name().to_string();
-        let spawn: Spawner = Box::new(move |set, store, runtime| {
-            set.spawn(controller::run(store, make(), runtime));
-        });
-        self.controllers.push((name, spawn));
+        self.controllers.push((name, spawner(make)));
         self
     }
 
@@ -127,11 +139,28 @@ impl ManagerBuilder {
     /// process leads, and stop as soon as it does not.
     pub fn start(self) -> Result<Manager, ManagerError> {
         let scheduler = self.scheduler.ok_or(ManagerError::NoScheduler)?;
-        Ok(launch(self.store, scheduler, self.config, self.controllers.into_iter().map(|(_, s)| s).collect()))
+        let extra = self.controllers.into_iter().map(|(_, s)| s).collect();
+        Ok(launch(self.store, scheduler, self.config, self.allocator, extra))
     }
 }
 
-fn launch(store: Arc<dyn Store>, scheduler: Box<dyn Scheduler>, config: ManagerConfig, extra: Vec<Spawner>) -> Manager {
+fn spawner<C, F>(mut make: F) -> Spawner
+where
+    C: Controller,
+    F: FnMut() -> C + Send + 'static,
+{
+    Box::new(move |set, store, runtime| {
+        set.spawn(controller::run(store, make(), runtime));
+    })
+}
+
+fn launch(
+    store: Arc<dyn Store>,
+    scheduler: Box<dyn Scheduler>,
+    config: ManagerConfig,
+    allocator: Option<Spawner>,
+    extra: Vec<Spawner>,
+) -> Manager {
     let seed = config.seed.unwrap_or_else(|| IdGen::from_entropy().next_u64());
     let dispatcher = LocalDispatcher::new(store.clone(), seed);
     let runtime = RuntimeConfig { max_tx_ops: config.max_tx_ops, seed: Some(seed), ..RuntimeConfig::default() };
@@ -142,6 +171,7 @@ fn launch(store: Arc<dyn Store>, scheduler: Box<dyn Scheduler>, config: ManagerC
         Box::new(|set, store, rt| {
             set.spawn(controller::run(store, Orchestrator, rt));
         }),
+        allocator.unwrap_or_else(|| spawner(|| TaskAllocator)),
         Box::new(move |set, store, rt| {
             set.spawn(controller::run(store, SchedulerLoop { scheduler: scheduler.clone(), debounce }, rt));
         }),
@@ -195,13 +225,19 @@ async fn lead(store: Arc<dyn Store>, mut spawners: Vec<Spawner>, runtime: Runtim
 impl Manager {
     /// A builder: `Manager::builder(store).scheduler(..).controller(..).start()`.
     pub fn builder(store: Arc<dyn Store>) -> ManagerBuilder {
-        ManagerBuilder { store, scheduler: None, config: ManagerConfig::default(), controllers: Vec::new() }
+        ManagerBuilder {
+            store,
+            scheduler: None,
+            config: ManagerConfig::default(),
+            allocator: None,
+            controllers: Vec::new(),
+        }
     }
 
     /// Starts the orchestrator, scheduler, reaper and dispatcher loops (no
     /// extra controllers): the builder's shortest form.
     pub fn start(store: Arc<dyn Store>, scheduler: Box<dyn Scheduler>, config: ManagerConfig) -> Manager {
-        launch(store, scheduler, config, Vec::new())
+        launch(store, scheduler, config, None, Vec::new())
     }
 
     /// The dispatcher agents open sessions with.

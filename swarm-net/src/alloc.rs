@@ -11,9 +11,12 @@
 //! does not depend on map order. A removed service simply stops holding its
 //! addresses and ports: they are free for the next plan.
 //!
-//! [`Allocator`] is the controller: it lists, plans, commits the endpoint
-//! and subnet changes through the [`Store`] (optimistic versions, retried on
-//! conflicts), then re-plans on every service or network change.
+//! [`Allocator`] is the controller: on the controller runtime
+//! ([`Allocator::controller`], which a manager runs in place of its default
+//! allocator) it plans on every service, network or new-task change,
+//! commits the endpoint and subnet changes, and moves NEW tasks to PENDING
+//! (the scheduler's input) once their service is allocated; tasks of a
+//! service it cannot allocate stay NEW with the reason in their status.
 //!
 //! A service that publishes an ingress port another service already holds
 //! keeps the rest of its endpoint but not that port, and the conflict is
@@ -30,10 +33,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use swarm_core::allocator::{admit_new_tasks, allocation_relevant};
 use swarm_core::cluster::{Cluster, ClusterError};
+use swarm_core::controller::{self, Context, Controller, Interest, Plan as ControllerPlan, RuntimeConfig};
 use swarm_core::id::{NetworkId, ServiceId};
 use swarm_core::model::*;
-use swarm_core::state::{State, Transaction};
+use swarm_core::state::{Change, State, Transaction};
 use swarm_core::store::{Store, StoreError};
 use tokio::sync::watch;
 
@@ -488,19 +493,28 @@ pub async fn create_service_checked(cluster: &Cluster, spec: ServiceSpec) -> Res
 pub struct Allocator {
     store: Arc<dyn Store>,
     config: AllocatorConfig,
-    errors: watch::Sender<Vec<AllocError>>,
+    errors: Arc<watch::Sender<Vec<AllocError>>>,
 }
 
 impl Allocator {
     /// An allocator writing to `store`.
     pub fn new(store: Arc<dyn Store>, config: AllocatorConfig) -> Result<Self, AllocError> {
         config.validate()?;
-        Ok(Allocator { store, config, errors: watch::channel(Vec::new()).0 })
+        Ok(Allocator { store, config, errors: Arc::new(watch::channel(Vec::new()).0) })
     }
 
     /// The errors of the latest plan (empty when everything is allocated).
     pub fn errors(&self) -> watch::Receiver<Vec<AllocError>> {
         self.errors.subscribe()
+    }
+
+    /// The allocator as a controller for the manager
+    /// (`Manager::builder(..).allocator(move || allocator.controller())`):
+    /// it allocates, then admits NEW tasks to scheduling, except those of
+    /// services it could not allocate, which stay NEW with the reason.
+    /// Its errors are reported through [`Allocator::errors`].
+    pub fn controller(&self) -> AllocationController {
+        AllocationController { config: self.config.clone(), errors: self.errors.clone() }
     }
 
     /// Plans once and commits the result, retrying on version conflicts.
@@ -510,7 +524,7 @@ impl Allocator {
         loop {
             let state = self.store.snapshot().await?;
             let p = plan(&state, &self.config);
-            self.report(&p.errors);
+            report(&self.errors, &p.errors);
             let Some(tx) = p.transaction(&state) else { return Ok(p) };
             match self.store.commit(tx).await {
                 Ok(change) => {
@@ -528,41 +542,81 @@ impl Allocator {
         }
     }
 
-    fn report(&self, errors: &[AllocError]) {
-        self.errors.send_if_modified(|old| {
-            if old.as_slice() == errors {
-                return false;
-            }
-            for e in errors.iter().filter(|e| !old.contains(e)) {
-                tracing::warn!(error = %e, "allocation failed");
-            }
-            *old = errors.to_vec();
-            true
-        });
+    /// Runs the allocation controller on its own (without a manager) until
+    /// the task is aborted: allocate, then again after every change to a
+    /// service or a network, and admit NEW tasks.
+    pub async fn run(&self) {
+        controller::run(self.store.clone(), self.controller(), RuntimeConfig::default()).await
     }
+}
 
-    /// Runs until the store fails: reconcile, then again after every change
-    /// to a service or a network.
-    pub async fn run(&self) -> Result<(), StoreError> {
-        loop {
-            let from = self.store.snapshot().await?.revision();
-            self.reconcile().await?;
-            let mut watch = self.store.watch(from).await?;
-            loop {
-                match watch.next().await {
-                    Ok(change) => {
-                        let relevant = change
-                            .events
-                            .iter()
-                            .any(|e| matches!(e.object.kind(), ObjectKind::Service | ObjectKind::Network));
-                        if relevant {
-                            self.reconcile().await?;
-                        }
-                    }
-                    Err(StoreError::Lagged { .. }) | Err(StoreError::Compacted { .. }) => break,
-                    Err(e) => return Err(e),
+fn report(errors: &watch::Sender<Vec<AllocError>>, new: &[AllocError]) {
+    errors.send_if_modified(|old| {
+        if old.as_slice() == new {
+            return false;
+        }
+        for e in new.iter().filter(|e| !old.contains(e)) {
+            tracing::warn!(error = %e, "allocation failed");
+        }
+        *old = new.to_vec();
+        true
+    });
+}
+
+/// Services whose tasks must wait for an allocation: the service an error
+/// names, or every service attached to the network it names.
+pub fn blocked_services(state: &State, errors: &[AllocError]) -> BTreeMap<ServiceId, String> {
+    let mut out = BTreeMap::new();
+    for e in errors {
+        match e {
+            AllocError::PortInUse { service, .. }
+            | AllocError::PortRangeExhausted { service, .. }
+            | AllocError::SubnetExhausted { service, .. }
+            | AllocError::UnknownNetwork { service, .. } => {
+                if let Some(svc) = state.service_by_name(service) {
+                    out.entry(svc.id.clone()).or_insert_with(|| e.to_string());
                 }
             }
+            AllocError::PoolExhausted { network, .. } | AllocError::BadSubnet { network, .. } => {
+                let id = state.networks().find(|n| &n.spec.name == network).map(|n| n.id.to_string());
+                for svc in state.services() {
+                    let attached =
+                        svc.spec.networks.iter().any(|a| &a.target == network || Some(&a.target) == id.as_ref())
+                            || (svc.spec.networks.is_empty() && network == DEFAULT_NETWORK);
+                    if attached {
+                        out.entry(svc.id.clone()).or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            AllocError::InvalidConfig(_) => {}
         }
+    }
+    out
+}
+
+/// The allocator on the controller runtime; made by
+/// [`Allocator::controller`].
+pub struct AllocationController {
+    config: AllocatorConfig,
+    errors: Arc<watch::Sender<Vec<AllocError>>>,
+}
+
+impl Controller for AllocationController {
+    type Key = ();
+    fn name(&self) -> &str {
+        "allocator"
+    }
+    fn keys(&self, _: &State) -> Vec<()> {
+        vec![()]
+    }
+    fn interest(&self, change: &Change) -> Interest<()> {
+        if allocation_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
+    }
+    fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> ControllerPlan {
+        let p = plan(cx.state, &self.config);
+        report(&self.errors, &p.errors);
+        let mut ops = p.transaction(cx.state).map(|tx| tx.ops).unwrap_or_default();
+        ops.extend(admit_new_tasks(cx.state, &blocked_services(cx.state, &p.errors), cx.now));
+        ControllerPlan { ops, wake_at: None }
     }
 }

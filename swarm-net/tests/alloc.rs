@@ -179,3 +179,45 @@ async fn exhaustion_and_bad_settings_are_reported() {
     let err = Allocator::new(store.clone() as Arc<dyn Store>, bad).err().unwrap();
     assert_eq!(err.to_string(), "allocator settings: slice_prefix /4 must be between the pool's /8 and /30");
 }
+
+/// Run by a manager in place of its default allocator, the allocator moves
+/// NEW tasks to PENDING only once their service is allocated: a service
+/// whose published port is taken keeps its tasks NEW with the reason, and
+/// they are scheduled once the port is free.
+#[tokio::test(start_paused = true)]
+async fn tasks_wait_as_new_until_their_service_is_allocated() {
+    use std::time::Duration;
+    use swarm_core::manager::Manager;
+    let (store, cluster, alloc) = setup().await;
+    let mut errors = alloc.errors();
+    let _manager = Manager::builder(store.clone())
+        .scheduler(Box::new(swarm_sched::Pipeline::spread()))
+        .allocator(move || alloc.controller())
+        .start()
+        .unwrap();
+    cluster.create_service(web("a", vec![port(80, Some(8080))])).await.unwrap();
+    cluster.create_service(web("b", vec![port(80, Some(8080))])).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let states = |name: &str| -> Vec<(TaskState, String)> {
+        let s = store.state();
+        let id = s.service_by_name(name).unwrap().id.clone();
+        s.tasks_of_service(&id).map(|t| (t.status.state, t.status.message.clone())).collect()
+    };
+    // No node: a's task is admitted and waits for one; b's never got past NEW.
+    assert_eq!(states("a").len(), 1);
+    assert_eq!(states("a")[0].0, TaskState::Pending, "{:?}", states("a"));
+    let b = states("b");
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].0, TaskState::New);
+    assert!(
+        b[0].1.starts_with("allocation failed: ") && b[0].1.contains("8080") && b[0].1.contains("\"a\""),
+        "the reason names the port and its owner: {}",
+        b[0].1
+    );
+    assert_eq!(errors.borrow_and_update().len(), 1);
+
+    cluster.remove_service("a").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(states("b")[0].0, TaskState::Pending, "admitted once the port was free: {:?}", states("b"));
+    assert!(errors.borrow().is_empty());
+}

@@ -142,9 +142,9 @@ impl<'a> Ctx<'a> {
                 .collect(),
             desired_state: TaskState::Running,
             status: TaskStatus {
-                state: TaskState::Pending,
+                state: TaskState::New,
                 timestamp: self.now,
-                message: "pending task scheduling".into(),
+                message: "created".into(),
                 ..Default::default()
             },
             ..Default::default()

@@ -1,0 +1,140 @@
+//! The allocation step between the orchestrator and the scheduler, as in
+//! SwarmKit: the orchestrator creates tasks NEW; an allocator gives them
+//! what they need from the cluster (networks, addresses, published ports)
+//! and only then moves them to PENDING, where the scheduler sees them. A
+//! task whose service cannot be allocated stays NEW with the reason in its
+//! status message, and moves on once the allocation succeeds.
+//!
+//! The core knows nothing to allocate by itself: [`TaskAllocator`], the
+//! manager's default allocator, admits every NEW task at once. A network
+//! allocator (swarm-net's) replaces it and calls [`admit_new_tasks`] with
+//! the services it could not allocate.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use swarm_core::allocator::admit_new_tasks;
+//! use swarm_core::state::State;
+//! use swarm_core::time::Timestamp;
+//! // Nothing NEW in an empty state: nothing to do.
+//! assert!(admit_new_tasks(&State::default(), &BTreeMap::new(), Timestamp::EPOCH).is_empty());
+//! ```
+
+use crate::controller::{Context, Controller, Interest, Plan};
+use crate::id::ServiceId;
+use crate::model::{Object, TaskState};
+use crate::state::{Change, Op, State};
+use crate::time::Timestamp;
+use std::collections::BTreeMap;
+
+/// Status message of a task admitted to scheduling.
+pub const PENDING_MESSAGE: &str = "pending task scheduling";
+
+/// Operations moving every NEW task that is still wanted to PENDING,
+/// except tasks of the services in `blocked`, which stay NEW with the
+/// reason as their status message (written only when it changed).
+pub fn admit_new_tasks(state: &State, blocked: &BTreeMap<ServiceId, String>, now: Timestamp) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for t in state.tasks().filter(|t| t.status.state == TaskState::New && t.desired_state <= TaskState::Running) {
+        let mut t = t.as_ref().clone();
+        match blocked.get(&t.service_id) {
+            Some(why) => {
+                let msg = format!("allocation failed: {why}");
+                if t.status.message == msg {
+                    continue;
+                }
+                t.status.message = msg;
+            }
+            None => {
+                t.status.state = TaskState::Pending;
+                t.status.message = PENDING_MESSAGE.into();
+            }
+        }
+        t.status.timestamp = now;
+        ops.push(Op::Update(Object::Task(t)));
+    }
+    ops
+}
+
+/// True when a change creates a NEW task or changes a service (whose
+/// allocation may now succeed or fail).
+pub fn allocation_relevant(change: &Change) -> bool {
+    change.events.iter().any(|e| match &e.object {
+        Object::Task(t) => t.status.state == TaskState::New,
+        Object::Service(_) | Object::Network(_) => true,
+        _ => false,
+    })
+}
+
+/// The manager's default allocator: nothing to allocate, every NEW task is
+/// admitted to scheduling.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskAllocator;
+
+impl Controller for TaskAllocator {
+    type Key = ();
+    fn name(&self) -> &str {
+        "allocator"
+    }
+    fn keys(&self, _: &State) -> Vec<()> {
+        vec![()]
+    }
+    fn interest(&self, change: &Change) -> Interest<()> {
+        if allocation_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
+    }
+    fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
+        Plan { ops: admit_new_tasks(cx.state, &BTreeMap::new(), cx.now), wake_at: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Service, ServiceSpec, Task};
+    use crate::state::Transaction;
+
+    fn state_with(tasks: &[(&str, TaskState, TaskState)]) -> (State, ServiceId) {
+        let svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "nginx:1", 1), ..Default::default() };
+        let mut tx = Transaction::new().create(svc);
+        for (id, state, desired) in tasks {
+            let mut t = Task { id: (*id).into(), service_id: "s1".into(), slot: Some(1), ..Default::default() };
+            t.status.state = *state;
+            t.desired_state = *desired;
+            tx = tx.create(t);
+        }
+        (State::default().apply(&tx).unwrap().0, "s1".into())
+    }
+
+    fn updated(ops: &[Op]) -> Vec<(String, TaskState, String)> {
+        ops.iter()
+            .map(|op| match op {
+                Op::Update(Object::Task(t)) => (t.id.to_string(), t.status.state, t.status.message.clone()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_tasks_are_admitted_unless_their_service_is_blocked() {
+        let (state, svc) = state_with(&[
+            ("t1", TaskState::New, TaskState::Running),
+            ("t2", TaskState::Pending, TaskState::Running),
+            ("t3", TaskState::New, TaskState::Shutdown),
+        ]);
+        let now = Timestamp(5);
+        assert_eq!(
+            updated(&admit_new_tasks(&state, &BTreeMap::new(), now)),
+            vec![("t1".into(), TaskState::Pending, PENDING_MESSAGE.into())],
+            "only the wanted NEW task moves"
+        );
+        let blocked = BTreeMap::from([(svc, "port 80 in use".to_string())]);
+        let ops = admit_new_tasks(&state, &blocked, now);
+        assert_eq!(
+            updated(&ops),
+            vec![("t1".into(), TaskState::New, "allocation failed: port 80 in use".into())],
+            "a blocked service's task stays NEW with the reason"
+        );
+        // Once the reason is written, nothing more to do.
+        let (state, _) = state.apply(&Transaction { ops, timestamp: None }).unwrap();
+        assert!(admit_new_tasks(&state, &blocked, now).is_empty());
+    }
+}
