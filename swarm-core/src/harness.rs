@@ -11,25 +11,6 @@
 //! use swarm_core::model::{ServiceSpec, TaskState};
 //! use swarm_core::scheduler::*;
 //!
-//! /// Any scheduler will do; here, first fit.
-//! struct FirstFit;
-//! impl Scheduler for FirstFit {
-//!     fn name(&self) -> &str { "first-fit" }
-//!     fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
-//!         let mut view = view.clone();
-//!         batch.iter().map(|req| {
-//!             let mut why = Explanation::new(view.nodes.len());
-//!             for n in view.nodes.iter_mut() {
-//!                 match check_node(n, req) {
-//!                     Ok(()) => { n.reserve(req); return Decision::Assign(n.node.id.clone()); }
-//!                     Err(f) => why.add(&f),
-//!                 }
-//!             }
-//!             Decision::Unschedulable(why)
-//!         }).collect()
-//!     }
-//! }
-//!
 //! let h = Harness::builder().nodes(3).scheduler(FirstFit).seed(1).build().await.unwrap();
 //! h.cluster().create_service(ServiceSpec::replicated("web", "nginx:1.27", 3)).await.unwrap();
 //! h.wait_running("web", 3, Duration::from_secs(30)).await.unwrap();

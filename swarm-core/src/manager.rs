@@ -1,29 +1,33 @@
-//! The manager's control loops, run by the leader: the orchestrator, the
-//! scheduler loop, the task reaper and the dispatcher (sessions and node
-//! health).
+//! The manager: the leader-only controllers (orchestrator, allocator,
+//! scheduler loop, reaper), the dispatcher's node-health loop, and any
+//! controller the embedder adds, on one [controller runtime](crate::controller).
 //!
-//! Every loop is level-triggered: it takes a snapshot, watches from its
+//! Every controller is level-triggered: it lists, watches from the list's
 //! revision, and on each batch of changes looks at the whole state of what
-//! changed. A loop that is restarted, or a new leader, picks up where the
-//! state stands. A lagged watch re-lists.
+//! changed. They run only while [`Store::leadership`] says this process
+//! leads; a new leader simply picks up where the state stands.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! use std::sync::Arc;
+//! use swarm_core::cluster::Cluster;
 //! use swarm_core::manager::{Manager, ManagerConfig};
-//! use swarm_core::scheduler::*;
+//! use swarm_core::model::ServiceSpec;
+//! use swarm_core::scheduler::FirstFit;
 //! use swarm_core::store::MemStore;
-//! # struct Nowhere;
-//! # impl Scheduler for Nowhere {
-//! #     fn name(&self) -> &str { "nowhere" }
-//! #     fn schedule(&mut self, v: &ClusterView, b: &[TaskRequest]) -> Vec<Decision> {
-//! #         b.iter().map(|_| Decision::Unschedulable(Explanation::new(v.nodes.len()))).collect()
-//! #     }
-//! # }
+//!
 //! let store = Arc::new(MemStore::new());
-//! let manager = Manager::start(store.clone(), Box::new(Nowhere), ManagerConfig::default());
+//! let manager = Manager::builder(store.clone())
+//!     .scheduler(Box::new(FirstFit))
+//!     .config(ManagerConfig { seed: Some(1), ..Default::default() })
+//!     // .controller(|| MyController::new()) runs your own beside them
+//!     .start()
+//!     .unwrap();
+//! Cluster::new(store.clone()).create_service(ServiceSpec::replicated("web", "nginx:1.27", 2)).await.unwrap();
+//! tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+//! assert_eq!(store.state().tasks().count(), 2, "the orchestrator created the tasks");
 //! // ... agents connect through manager.dispatcher() ...
-//! manager.stop();
+//! drop(manager); // stops every controller
 //! # }
 //! ```
 

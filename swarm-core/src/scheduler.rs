@@ -9,30 +9,23 @@
 //! replace. Implementations live in `swarm-sched`; [`check_node`] gives the
 //! standard feasibility rules so every scheduler agrees on them.
 //!
+//! [`FirstFit`] is the smallest complete scheduler (read its source to
+//! write your own); tests and examples use it where the placement is not
+//! the point.
+//!
 //! ```
+//! use swarm_core::model::{Node, Resources, ServiceSpec, Task};
 //! use swarm_core::scheduler::*;
-//! /// Places every task on the first node that can take it.
-//! struct FirstFit;
-//! impl Scheduler for FirstFit {
-//!     fn name(&self) -> &str { "first-fit" }
-//!     fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
-//!         let mut view = view.clone();
-//!         batch.iter().map(|req| {
-//!             let mut why = Explanation::new(view.nodes.len());
-//!             for (i, node) in view.nodes.iter().enumerate() {
-//!                 match check_node(node, req) {
-//!                     Ok(()) => {
-//!                         let id = node.node.id.clone();
-//!                         view.nodes[i].reserve(req);
-//!                         return Decision::Assign(id);
-//!                     }
-//!                     Err(f) => why.add(&f),
-//!                 }
-//!             }
-//!             Decision::Unschedulable(why)
-//!         }).collect()
-//!     }
-//! }
+//! use swarm_core::state::{State, Transaction};
+//! use swarm_core::time::Timestamp;
+//! let node = Node::ready("n1", "host-1", Resources::new(1_000_000_000, 1 << 30));
+//! let (state, _) = State::default().apply(&Transaction::new().create(node)).unwrap();
+//! let view = ClusterView::from_state(&state, Timestamp::EPOCH);
+//! let mut task = Task { id: "t1".into(), service_id: "s1".into(), ..Default::default() };
+//! task.spec = ServiceSpec::replicated("web", "nginx:1.27", 1).task_template;
+//! let request = TaskRequest::from_task(&task).unwrap();
+//! let mut s: Box<dyn Scheduler> = Box::new(FirstFit);
+//! assert_eq!(s.schedule(&view, &[request]), vec![Decision::Assign("n1".into())]);
 //! ```
 
 use crate::constraint::{Constraint, ConstraintError, normalize_arch};
@@ -427,5 +420,38 @@ mod tests {
         assert_eq!(check_node(&busy, &port), Err(FilterFailure::HostPortInUse("80/tcp".into())));
         let maxr = TaskRequest { max_replicas: 1, ..Default::default() };
         assert_eq!(check_node(&busy, &maxr), Err(FilterFailure::MaxReplicas(1)));
+    }
+}
+
+/// Places every task on the first node (in the view's order) that passes
+/// [`check_node`], reserving as it goes; explains the tasks no node can
+/// take. The smallest complete [`Scheduler`]: for tests, examples, and as a
+/// template. swarm-sched has the real ones.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FirstFit;
+
+impl Scheduler for FirstFit {
+    fn name(&self) -> &str {
+        "first-fit"
+    }
+
+    fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
+        let mut nodes = view.nodes.clone();
+        batch
+            .iter()
+            .map(|req| {
+                let mut why = Explanation::new(nodes.len());
+                for node in nodes.iter_mut() {
+                    match check_node(node, req) {
+                        Ok(()) => {
+                            node.reserve(req);
+                            return Decision::Assign(node.node.id.clone());
+                        }
+                        Err(f) => why.add(&f),
+                    }
+                }
+                Decision::Unschedulable(why)
+            })
+            .collect()
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use swarm_core::model::*;
 use swarm_core::scheduler::{
-    ClusterView, Decision, Explanation, FAILURE_WINDOW, FilterFailure, NodeInfo, Scheduler, TaskRequest, check_node,
+    ClusterView, Decision, Explanation, FAILURE_WINDOW, FilterFailure, FirstFit, NodeInfo, Scheduler, TaskRequest,
+    check_node,
 };
 use swarm_core::state::{State, Transaction};
 use swarm_core::time::Timestamp;
@@ -154,34 +155,6 @@ fn check_node_reports_the_first_failing_rule() {
     assert_eq!(check_node(&n2, &label), Err(FilterFailure::Constraint("node.labels.zone==eu".into())));
     let plat = TaskRequest { platforms: vec![Platform::new("", "x86_64")], ..req };
     assert_eq!(check_node(&n2, &plat), Ok(()), "x86_64 is amd64; an empty os matches any");
-}
-
-/// A scheduler written against the trait, boxed like an embedder would.
-struct FirstFit;
-
-impl Scheduler for FirstFit {
-    fn name(&self) -> &str {
-        "first-fit"
-    }
-    fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
-        let mut view = view.clone();
-        batch
-            .iter()
-            .map(|req| {
-                let mut why = Explanation::new(view.nodes.len());
-                for i in 0..view.nodes.len() {
-                    match check_node(&view.nodes[i], req) {
-                        Ok(()) => {
-                            view.nodes[i].reserve(req);
-                            return Decision::Assign(view.nodes[i].node.id.clone());
-                        }
-                        Err(f) => why.add(&f),
-                    }
-                }
-                Decision::Unschedulable(why)
-            })
-            .collect()
-    }
 }
 
 #[test]

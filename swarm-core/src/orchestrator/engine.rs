@@ -208,12 +208,40 @@ pub(crate) fn group(ctx: &Ctx<'_>, key: impl Fn(&Task) -> Option<SlotKey>) -> BT
     slots
 }
 
+/// Why a task's node can no longer hold it, and so what becomes of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NodeProblem {
+    /// The node left the cluster: its tasks are orphaned (nobody will
+    /// report on them again).
+    Removed,
+    /// The node missed its heartbeats: orphaned too.
+    Down,
+    /// The operator drains the node: its tasks are shut down gracefully.
+    Drained,
+}
+
+impl NodeProblem {
+    /// The status message it gives the task.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            NodeProblem::Removed => "node removed",
+            NodeProblem::Down => "node is down",
+            NodeProblem::Drained => "node is drained",
+        }
+    }
+
+    /// True when the node's agent will never stop the task itself.
+    pub(crate) fn orphans(self) -> bool {
+        matches!(self, NodeProblem::Removed | NodeProblem::Down)
+    }
+}
+
 /// Why a node cannot hold a task of this service, if it cannot.
-fn node_problem(node: Option<&Arc<Node>>) -> Option<&'static str> {
+fn node_problem(node: Option<&Arc<Node>>) -> Option<NodeProblem> {
     match node {
-        None => Some("node removed"),
-        Some(n) if n.status.state == NodeState::Down => Some("node is down"),
-        Some(n) if n.spec.availability == Availability::Drain => Some("node is drained"),
+        None => Some(NodeProblem::Removed),
+        Some(n) if n.status.state == NodeState::Down => Some(NodeProblem::Down),
+        Some(n) if n.spec.availability == Availability::Drain => Some(NodeProblem::Drained),
         _ => None,
     }
 }
@@ -229,13 +257,13 @@ pub(crate) fn settle_slot(ctx: &mut Ctx<'_>, tasks: &[Arc<Task>], keep_on_node: 
         if let Some(node_id) = &t.node_id {
             let node = ctx.state.node(node_id);
             match node_problem(node) {
-                Some(why @ ("node removed" | "node is down")) => {
-                    ctx.orphan(t, why);
+                Some(p) if p.orphans() => {
+                    ctx.orphan(t, p.message());
                     vacancy = true;
                     continue;
                 }
-                Some(why) => {
-                    ctx.shutdown(t, why);
+                Some(p) => {
+                    ctx.shutdown(t, p.message());
                     vacancy = true;
                     continue;
                 }
@@ -284,8 +312,8 @@ pub(crate) fn settle_slot(ctx: &mut Ctx<'_>, tasks: &[Arc<Task>], keep_on_node: 
     let Some(latest) = tasks.last() else { return SlotState::Vacant };
     if !latest.status.state.is_terminal() && !ctx.current(latest).status.state.is_terminal() {
         let node = latest.node_id.as_ref().map(|n| ctx.state.node(n));
-        if let Some(why @ ("node removed" | "node is down")) = node.and_then(node_problem) {
-            ctx.orphan(latest, why);
+        if let Some(p) = node.and_then(node_problem).filter(|p| p.orphans()) {
+            ctx.orphan(latest, p.message());
             return SlotState::Vacant;
         }
         return SlotState::Stopping;
