@@ -348,7 +348,18 @@ pub async fn default_probe<R: Runtime + ?Sized>(
 }
 
 /// TCP connect to `addr`; with `path`, also an HTTP/1.0 GET that must answer
+/// 2xx or 3xx. Without the crate's `probes` feature (tokio's network
+/// features) every such probe is unhealthy and says why.
+#[cfg(not(feature = "probes"))]
+pub async fn probe_addr(addr: SocketAddr, _path: Option<&str>) -> ProbeResult {
+    ProbeResult::Unhealthy(format!(
+        "cannot probe {addr}: TCP and HTTP probes need swarm-core's \"probes\" feature (on by default)"
+    ))
+}
+
+/// TCP connect to `addr`; with `path`, also an HTTP/1.0 GET that must answer
 /// 2xx or 3xx.
+#[cfg(feature = "probes")]
 pub async fn probe_addr(addr: SocketAddr, path: Option<&str>) -> ProbeResult {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = match tokio::net::TcpStream::connect(addr).await {
@@ -378,7 +389,7 @@ pub async fn probe_addr(addr: SocketAddr, path: Option<&str>) -> ProbeResult {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "probes"))]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
