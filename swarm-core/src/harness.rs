@@ -4,6 +4,15 @@
 //! running in-process. Advance time (tokio's paused clock), inject faults,
 //! and assert on the store.
 //!
+//! Nodes are numbered from 0 everywhere: node `i` has the id `node-i`, the
+//! hostname `host-i`, and is `sim(i)`, `fail_node(i)`, `node_id(i)`.
+//! Extra controllers ([`HarnessBuilder::controller`]) run beside the
+//! manager's own, so a custom controller is tested in a whole cluster.
+//!
+//! Paused time needs tokio's `test-util` feature in your dev-dependencies:
+//! `tokio = { version = "1", features = ["macros", "rt", "test-util"] }`,
+//! then `#[tokio::test(start_paused = true)]`.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! use std::time::Duration;
@@ -24,9 +33,10 @@
 
 use crate::agent::{Agent, AgentConfig};
 use crate::cluster::Cluster;
+use crate::controller::Controller;
 use crate::dispatcher::{Dispatcher, LocalDispatcher};
 use crate::id::NodeId;
-use crate::manager::{Manager, ManagerConfig};
+use crate::manager::{Manager, ManagerBuilder, ManagerConfig};
 use crate::model::*;
 use crate::scheduler::Scheduler;
 use crate::sim::SimRuntime;
@@ -57,6 +67,9 @@ pub enum HarnessError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The manager could not start.
+    #[error(transparent)]
+    Manager(#[from] crate::manager::ManagerError),
     /// A cluster call failed.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
@@ -82,6 +95,8 @@ pub struct HarnessBuilder {
     cluster_spec: ClusterSpec,
     manager: ManagerConfig,
     labels: Vec<(usize, String, String)>,
+    sizes: Vec<(usize, Resources)>,
+    controllers: Vec<Box<dyn FnOnce(ManagerBuilder) -> ManagerBuilder + Send>>,
 }
 
 impl Default for HarnessBuilder {
@@ -94,6 +109,8 @@ impl Default for HarnessBuilder {
             cluster_spec: ClusterSpec::default(),
             manager: ManagerConfig::default(),
             labels: Vec::new(),
+            sizes: Vec::new(),
+            controllers: Vec::new(),
         }
     }
 }
@@ -107,6 +124,22 @@ impl HarnessBuilder {
     /// Capacity of each node (default 4 CPUs, 8 GiB).
     pub fn node_resources(mut self, r: Resources) -> Self {
         self.resources = r;
+        self
+    }
+    /// Capacity of node `index` (0-based), overriding
+    /// [`HarnessBuilder::node_resources`] for that node.
+    pub fn node_resources_at(mut self, index: usize, r: Resources) -> Self {
+        self.sizes.push((index, r));
+        self
+    }
+    /// Runs a controller of yours beside the manager's own
+    /// ([`ManagerBuilder::controller`]).
+    pub fn controller<C, F>(mut self, make: F) -> Self
+    where
+        C: Controller,
+        F: FnMut() -> C + Send + 'static,
+    {
+        self.controllers.push(Box::new(move |b: ManagerBuilder| b.controller(make)));
         self
     }
     /// The scheduler to test (required).
@@ -152,12 +185,26 @@ impl HarnessBuilder {
         let store = Arc::new(MemStore::new());
         let dyn_store: Arc<dyn Store> = store.clone();
         let cluster = Cluster::with_seed(dyn_store.clone(), self.seed ^ 0xC1A5);
+        let grace = self.cluster_spec.dispatcher.grace();
         cluster.set_cluster_spec(self.cluster_spec).await?;
-        let manager = Manager::start(dyn_store, scheduler, ManagerConfig { seed: Some(self.seed), ..self.manager });
-        let mut h =
-            Harness { store, cluster, dispatcher: manager.dispatcher(), manager: Some(manager), nodes: Vec::new() };
-        for _ in 0..self.nodes {
-            h.add_node_quiet(self.resources.clone());
+        let mut builder = Manager::builder(dyn_store)
+            .scheduler(scheduler)
+            .config(ManagerConfig { seed: Some(self.seed), ..self.manager });
+        for add in self.controllers {
+            builder = add(builder);
+        }
+        let manager = builder.start()?;
+        let mut h = Harness {
+            store,
+            cluster,
+            dispatcher: manager.dispatcher(),
+            manager: Some(manager),
+            nodes: Vec::new(),
+            grace,
+        };
+        for i in 0..self.nodes {
+            let size = self.sizes.iter().rev().find(|(at, _)| *at == i).map(|(_, r)| r.clone());
+            h.add_node_quiet(size.unwrap_or_else(|| self.resources.clone()));
         }
         for i in 0..h.nodes.len() {
             h.start_agent(i);
@@ -181,6 +228,7 @@ pub struct Harness {
     manager: Option<Manager>,
     dispatcher: LocalDispatcher,
     nodes: Vec<SimNode>,
+    grace: Duration,
 }
 
 impl Harness {
@@ -224,12 +272,24 @@ impl Harness {
         self.nodes.len()
     }
 
+    /// How long a silent node stays READY: the heartbeat period times the
+    /// grace periods of the cluster spec it was built with (Swarm: 15 s).
+    pub fn heartbeat_grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Tasks of service `name` running (and healthy, when checked) among
+    /// those the managers want running, now.
+    pub fn running_count(&self, name: &str) -> usize {
+        running_count(&self.state(), name)
+    }
+
     fn add_node_quiet(&mut self, resources: Resources) -> usize {
         let i = self.nodes.len();
-        let id = NodeId::new(format!("node-{}", i + 1));
+        let id = NodeId::new(format!("node-{i}"));
         let sim = SimRuntime::with_index(id.as_str(), i as u32);
         let description = NodeDescription {
-            hostname: format!("host-{}", i + 1),
+            hostname: format!("host-{i}"),
             platform: Platform::new("linux", "amd64"),
             resources,
             engine_labels: Labels::new(),

@@ -455,6 +455,7 @@ async fn events_stream_reports_what_changed() {
         seen.push(e);
     }
     assert!(seen.iter().any(|e| e.kind == ObjectKind::Service && e.action == swarm_core::state::Action::Create));
-    assert!(seen.iter().any(|e| e.kind == ObjectKind::Task && e.detail.contains("-> RUNNING on node-1")), "{seen:#?}");
+    let on = format!("-> RUNNING on {}", h.node_id(0));
+    assert!(seen.iter().any(|e| e.kind == ObjectKind::Task && e.detail.contains(&on)), "{seen:#?}");
     h.shutdown();
 }
