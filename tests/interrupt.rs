@@ -276,13 +276,22 @@ async fn signal_and_check<E: Engine>(
     let left = engine.containers(run).await?;
     let leftovers = engine.leftovers(run).await;
     let out = ex.output();
-    if status.code() != Some(want_status) || !left.is_empty() || !leftovers.is_empty() {
+    let mut wrong = Vec::new();
+    if status.code() != Some(want_status) {
+        wrong.push(format!("{}, want exit status {want_status}", describe(status)));
+    }
+    if !left.is_empty() {
+        wrong.push(format!("containers of the run left: {left:?}"));
+    }
+    if !leftovers.is_empty() {
+        wrong.push(format!("other leftovers: {leftovers:?}"));
+    }
+    if !wrong.is_empty() {
         return Err(format!(
-            "{} after signal {sig} with {} containers of the run on the engine ({seen:?}): {}, want exit status \
-             {want_status}; containers left: {left:?}; other leftovers: {leftovers:?}; output:\n{out}",
+            "{} signalled ({sig}) with {} containers of the run on the engine ({seen:?}): {}; output:\n{out}",
             ex.name,
             seen.len(),
-            describe(status)
+            wrong.join("; ")
         ));
     }
     // It says what it removed.
@@ -343,8 +352,14 @@ mod containerd {
             let list = self.rt.list(&selector(run)).await.map_err(|e| e.to_string())?;
             Ok(list.into_iter().map(|c| c.id).collect())
         }
+        /// Also what a create cut short left: the namespace is the
+        /// example's own and the example is gone, so no create in it is in
+        /// progress.
         async fn remove_run(&self, run: &str) {
             remove_all(&self.rt, run).await;
+            if let Err(e) = self.rt.remove_orphans().await {
+                eprintln!("removing the orphans in {NS}: {e}");
+            }
         }
         /// State directories and snapshots: the example names its tasks
         /// after the run, and containerd ids start with the name.
