@@ -134,7 +134,7 @@ impl Example {
             match self.child.try_wait() {
                 Ok(Some(st)) => return Ok(st),
                 Ok(None) if Instant::now() > deadline => {
-                    return Err(format!("{} still running {limit:?} after the signal", self.name));
+                    return Err(format!("{} still running after {limit:?}", self.name));
                 }
                 Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
                 Err(e) => return Err(format!("waiting for {}: {e}", self.name)),
@@ -218,6 +218,9 @@ struct When {
     after_output: &'static str,
     /// Then at least this many containers of the run exist.
     containers: usize,
+    /// Send the signal a second time as soon as the example says it is
+    /// cleaning up (a double press; `timeout` also signals twice).
+    twice: bool,
 }
 
 /// Runs `example`, signals it at `when`, and checks its exit status and
@@ -272,6 +275,12 @@ async fn signal_and_check<E: Engine>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     ex.signal(sig)?;
+    if when.twice {
+        ex.wait_output("removing the containers this run started", Duration::from_secs(10))
+            .await
+            .map_err(|e| with_output(e, ex))?;
+        ex.signal(sig)?;
+    }
     let status = ex.wait_exit(Duration::from_secs(60)).await.map_err(|e| with_output(e, ex))?;
     let left = engine.containers(run).await?;
     let leftovers = engine.leftovers(run).await;
@@ -306,22 +315,52 @@ async fn signal_and_check<E: Engine>(
 async fn quickstart_removes_its_containers_on_sigint_mid_deploy() {
     let Some(docker) = docker().await else { return };
     // Two of the six replicas exist: the others are on their way.
-    let when = When { after_output: "", containers: 2 };
+    let when = When { after_output: "", containers: 2, twice: false };
     interrupt(&docker, "quickstart", &[], when, libc::SIGINT, 130).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_removes_its_containers_on_sigterm_once_converged() {
     let Some(docker) = docker().await else { return };
-    let when = When { after_output: "service web converged", containers: 6 };
+    let when = When { after_output: "service web converged", containers: 6, twice: false };
     interrupt(&docker, "quickstart", &[], when, libc::SIGTERM, 143).await;
+}
+
+/// Without a signal: the run ends with status 0 and nothing of it is left
+/// (the quickstart removes its service; what the agents had no time to
+/// remove, the end of the run does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_run_to_the_end_leaves_nothing() {
+    let Some(docker) = docker().await else { return };
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut ex = Example::start("quickstart", &[]);
+    let run = match ex.run().await {
+        Ok(run) => run,
+        Err(e) => panic!("{e}; output:\n{}", ex.output()),
+    };
+    let status = ex.wait_exit(Duration::from_secs(300)).await;
+    let left = docker.containers(&run).await;
+    let out = ex.output();
+    drop(ex);
+    docker.remove_run(&run).await;
+    let status = status.unwrap_or_else(|e| panic!("{e}; output:\n{out}"));
+    assert_eq!(status.code(), Some(0), "{}; output:\n{out}", describe(status));
+    assert_eq!(left, Ok(vec![]), "containers of the run left; output:\n{out}");
+    assert!(out.contains("\ndone\n"), "the quickstart did not get to its end; output:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_finishes_its_cleanup_when_sigint_comes_twice() {
+    let Some(docker) = docker().await else { return };
+    let when = When { after_output: "service web converged", containers: 6, twice: true };
+    interrupt(&docker, "quickstart", &[], when, libc::SIGINT, 130).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_bench_removes_its_containers_on_sigint_in_the_service_phase() {
     let Some(docker) = docker().await else { return };
     // The first containers are those of the service (manager and agent).
-    let when = When { after_output: "", containers: 1 };
+    let when = When { after_output: "", containers: 1, twice: false };
     interrupt(&docker, "docker_bench", &[("BENCH_RUNS", "1")], when, libc::SIGINT, 130).await;
 }
 
@@ -330,7 +369,7 @@ async fn docker_bench_removes_its_containers_on_sigterm_in_the_runtime_phase() {
     let Some(docker) = docker().await else { return };
     // After the 1-replica service round, the runtime round creates its
     // container straight through the runtime.
-    let when = When { after_output: "service replicas=1 run=0", containers: 1 };
+    let when = When { after_output: "service replicas=1 run=0", containers: 1, twice: false };
     interrupt(&docker, "docker_bench", &[("BENCH_RUNS", "1")], when, libc::SIGTERM, 143).await;
 }
 
@@ -409,14 +448,14 @@ mod containerd {
         let Some(ctd) = containerd().await else { return };
         // Five tasks at once exist only in a round of ten or fifty, while
         // the others are being created.
-        let when = When { after_output: "", containers: 5 };
+        let when = When { after_output: "", containers: 5, twice: false };
         interrupt(&ctd, "containerd_bench", &[], when, libc::SIGINT, 130).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn containerd_bench_removes_its_tasks_on_sigterm() {
         let Some(ctd) = containerd().await else { return };
-        let when = When { after_output: "", containers: 1 };
+        let when = When { after_output: "", containers: 1, twice: false };
         interrupt(&ctd, "containerd_bench", &[], when, libc::SIGTERM, 143).await;
     }
 }

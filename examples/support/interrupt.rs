@@ -21,10 +21,10 @@
 //! waits (at most [`IN_FLIGHT_BUDGET`]) for the creates and removes already
 //! sent to an engine (see [`tracked`](super::tracked)); then it lists the
 //! run's containers on every tracked runtime and removes them, until none
-//! is listed or [`SWEEP_BUDGET`] has passed. A second signal during that
-//! ends the example at once, naming the label of what may be left. When
-//! the example ends by itself, the same cleanup runs and names whatever the
-//! run left behind (normally nothing).
+//! is listed or [`SWEEP_BUDGET`] has passed. Another signal during that,
+//! after [`REPEAT_WINDOW`], ends the example at once, naming the label of
+//! what may be left. When the example ends by itself, the same cleanup
+//! runs and names whatever the run left behind (normally nothing).
 
 use super::tracked::{InFlight, Tracked};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,6 +45,10 @@ pub const IN_FLIGHT_BUDGET: Duration = Duration::from_secs(15);
 
 /// How long listing and removing the run's containers may take.
 pub const SWEEP_BUDGET: Duration = Duration::from_secs(20);
+
+/// A signal this soon after the cleanup started repeats the first one; a
+/// later one abandons the cleanup.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(1);
 
 /// The signals that end an example.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,19 +187,30 @@ impl Interrupt {
     }
 
     /// The cleanup; a signal meanwhile exits at once (with the status of
-    /// `first`, the signal that started it, if any).
+    /// `first`, the signal that started it, if any), unless it comes within
+    /// [`REPEAT_WINDOW`] of the start: that is the same request delivered
+    /// twice (`timeout` signals its child and then its process group) or a
+    /// double press.
     async fn clean_up_or_exit(&self, listener: &mut Listener, first: Option<Signal>) -> Sweep {
-        tokio::select! {
-            sweep = self.clean_up() => sweep,
-            again = listener.next() => {
-                let status = first.unwrap_or(again).exit_status();
-                eprintln!(
-                    "\n{}: {} during the cleanup: exiting with status {status}; containers labelled {RUN_LABEL}={} may be left",
-                    self.example,
-                    again.name(),
-                    self.run
-                );
-                std::process::exit(status)
+        let started = Instant::now();
+        let cleanup = self.clean_up();
+        tokio::pin!(cleanup);
+        loop {
+            tokio::select! {
+                sweep = &mut cleanup => return sweep,
+                again = listener.next() => {
+                    if started.elapsed() < REPEAT_WINDOW {
+                        continue;
+                    }
+                    let status = first.unwrap_or(again).exit_status();
+                    eprintln!(
+                        "\n{}: {} during the cleanup: exiting with status {status}; containers labelled {RUN_LABEL}={} may be left",
+                        self.example,
+                        again.name(),
+                        self.run
+                    );
+                    std::process::exit(status)
+                }
             }
         }
     }
