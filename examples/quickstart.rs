@@ -120,7 +120,7 @@ impl Backend {
             Backend::Sim(s) => {
                 // A simulated node is this run's alone.
                 s[node - 1].inner().fail();
-                let _ = run_labels;
+                let _ = (node_id, run_labels);
                 Ok(())
             }
             #[cfg(feature = "docker")]
@@ -293,7 +293,7 @@ async fn run(interrupt: &Interrupt) -> Result<(), Error> {
     // 3. A whole node fails: its tasks are rescheduled on the others.
     let lost = nodes.pop().ok_or("no node")?;
     println!("\n3. node {} fails (engine gone, no more heartbeats)", lost.id);
-    drop(lost.agent);
+    drop(lost.agent); // aborts the node's agent
     tokio::time::sleep(Duration::from_millis(10)).await;
     backend.fail_node(3, &lost.id, interrupt.run_labels()).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -323,7 +323,7 @@ async fn run(interrupt: &Interrupt) -> Result<(), Error> {
     // Give the agents a moment to remove the containers of deleted tasks.
     tokio::time::sleep(Duration::from_millis(500)).await;
     manager.stop();
-    drop(nodes);
+    drop(nodes); // aborts the agents
     println!("\ndone");
     Ok(())
 }
