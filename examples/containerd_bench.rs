@@ -10,36 +10,54 @@
 //! `create_to_running_s` (medians) and `starts_per_sec` (arrays, one entry
 //! per size), plus every run's times and the median over runs of the mean
 //! per-task `create` and `start` latencies.
+//!
+//! Ctrl-C (or SIGTERM) removes the containers of the run and exits with
+//! 130 (143); see `support::interrupt`.
+
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::interrupt::Interrupt;
+use support::tracked::Tracked;
 use swarm_core::runtime::{ContainerConfig, ContainerState, Runtime, RuntimeError};
 use swarm_runtime_containerd::fixture::import_busybox;
 use swarm_runtime_containerd::{ContainerdConfig, ContainerdRuntime};
 use tokio::task::JoinSet;
+
+/// containerd, through the run's tracking (see `support::tracked`).
+type Engine = Tracked<ContainerdRuntime>;
 
 const NS: &str = "swarm-rs-bench";
 const IMAGE: &str = "swarm-ctd-bench/busybox:1";
 const SIZES: [usize; 3] = [1, 10, 50];
 const RUNS: usize = 3;
 
-fn config(i: usize) -> ContainerConfig {
-    let mut c = ContainerConfig { name: format!("bench.{i}"), ..Default::default() };
+/// Task `i` of the run (named after the run, so its container id, state
+/// directory and snapshot say which run they belong to).
+fn config(interrupt: &Interrupt, i: usize) -> ContainerConfig {
+    let mut c = ContainerConfig { name: format!("{}.{i}", interrupt.run()), ..Default::default() };
     c.spec.image = IMAGE.into();
     c.spec.command = ["httpd", "-f", "-p", "8080", "-h", "/www"].iter().map(|s| s.to_string()).collect();
     c.labels.insert("io.swarm-rs.bench".into(), "true".into());
+    c.labels.extend(interrupt.run_labels());
     c
 }
 
 /// One round: (wall time to all running, mean create time, mean start time).
-async fn one_round(rt: &Arc<ContainerdRuntime>, n: usize) -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
+async fn one_round(
+    rt: &Arc<Engine>,
+    interrupt: &Interrupt,
+    n: usize,
+) -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     for i in 0..n {
         let rt = rt.clone();
+        let config = config(interrupt, i);
         set.spawn(async move {
             let t = Instant::now();
-            let id = rt.create(&config(i)).await?;
+            let id = rt.create(&config).await?;
             let created = t.elapsed().as_secs_f64();
             rt.start(&id).await?;
             Ok::<(String, f64, f64), RuntimeError>((id, created, t.elapsed().as_secs_f64() - created))
@@ -82,18 +100,23 @@ fn median(v: &mut [f64]) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let interrupt = Interrupt::install("containerd_bench")?;
+    interrupt.guard(bench(&interrupt)).await
+}
+
+async fn bench(interrupt: &Interrupt) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = ContainerdConfig::new(NS);
-    let rt = Arc::new(ContainerdRuntime::connect(cfg.clone()).await?);
+    let rt = Arc::new(interrupt.track(ContainerdRuntime::connect(cfg.clone()).await?));
     import_busybox(&cfg.address, NS, IMAGE, true).await?;
     // Warm-up: the first task pays for one-off costs (bridge, logger, cgroup parents).
-    one_round(&rt, 1).await?;
+    one_round(&rt, interrupt, 1).await?;
     let mut medians = Vec::new();
     let mut per_run = Vec::new();
     let (mut create_means, mut start_means) = (Vec::new(), Vec::new());
     for n in SIZES {
         let (mut times, mut creates, mut starts) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..RUNS {
-            let (t, c, s) = one_round(&rt, n).await?;
+            let (t, c, s) = one_round(&rt, interrupt, n).await?;
             eprintln!("{n} tasks: {t:.3} s (mean create {c:.3} s, mean start {s:.3} s)");
             times.push(t);
             creates.push(c);

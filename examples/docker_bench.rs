@@ -19,10 +19,16 @@
 //!
 //! Run: `cargo run --release --features docker --example docker_bench`.
 //! The last stdout line is a JSON array, one object per replica count.
+//! Ctrl-C (or SIGTERM) removes the containers of the run and exits with
+//! 130 (143); see `support::interrupt`.
+
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::interrupt::Interrupt;
+use support::tracked::Tracked;
 use swarm_core::agent::{Agent, AgentConfig};
 use swarm_core::cluster::{Cluster, TaskFilter};
 use swarm_core::dispatcher::Dispatcher;
@@ -34,6 +40,9 @@ use swarm_core::store::{MemStore, Store};
 use swarm_core::time::SpecDuration;
 use swarm_runtime_docker::{DockerRuntime, DockerRuntimeOptions, fixture};
 
+/// The engine, through the run's tracking (see `support::tracked`).
+type Engine = Tracked<DockerRuntime>;
+
 const BENCH_LABEL: &str = "io.swarm-rs.bench-run";
 
 /// A one-node in-process cluster whose agent runs on the engine.
@@ -44,7 +53,7 @@ struct Bench {
     node: String,
 }
 
-async fn start_cluster(prefix: &str) -> Bench {
+async fn start_cluster(rt: &Engine, prefix: &str) -> Bench {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let cluster = Cluster::with_seed(store.clone(), 5);
     let mut spec = ClusterSpec::default();
@@ -67,7 +76,7 @@ async fn start_cluster(prefix: &str) -> Bench {
             },
             addr: "127.0.0.1".into(),
         },
-        Arc::new(DockerRuntime::connect(DockerRuntimeOptions::default()).expect("docker client")),
+        Arc::new(rt.clone()),
         Arc::new(manager.dispatcher()) as Arc<dyn Dispatcher>,
     );
     let agent = tokio::spawn(async move {
@@ -77,10 +86,18 @@ async fn start_cluster(prefix: &str) -> Bench {
 }
 
 /// Service create to N tasks RUNNING; then service removal to no containers.
-async fn service_run(b: &Bench, rt: &DockerRuntime, image: &str, prefix: &str, n: usize) -> Result<(f64, f64), String> {
+async fn service_run(
+    b: &Bench,
+    rt: &Engine,
+    run_labels: &Labels,
+    image: &str,
+    prefix: &str,
+    n: usize,
+) -> Result<(f64, f64), String> {
     let name = format!("{prefix}web");
     let mut spec = ServiceSpec::replicated(&name, image, n as u64);
     spec.task_template.container.labels.insert(BENCH_LABEL.into(), prefix.into());
+    spec.task_template.container.labels.extend(run_labels.clone());
     spec.task_template.container.stop_grace_period = SpecDuration::from_secs(2);
     let t0 = Instant::now();
     b.cluster.create_service(spec).await.map_err(|e| e.to_string())?;
@@ -116,7 +133,7 @@ struct Sample {
     remove: f64,
 }
 
-async fn one_run(rt: &DockerRuntime, image: &str, prefix: &str, n: usize) -> Result<Sample, String> {
+async fn one_run(rt: &Engine, run_labels: &Labels, image: &str, prefix: &str, n: usize) -> Result<Sample, String> {
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for i in 1..=n {
@@ -124,6 +141,7 @@ async fn one_run(rt: &DockerRuntime, image: &str, prefix: &str, n: usize) -> Res
         let mut cfg = fixture::workload_config(image, &format!("{prefix}-web.{i}"), &format!("{prefix}-task{i}"));
         cfg.slot = Some(i as u64);
         cfg.labels.insert(BENCH_LABEL.into(), prefix.into());
+        cfg.labels.extend(run_labels.clone());
         set.spawn(async move {
             rt.prepare(&cfg).await.map_err(|e| e.to_string())?;
             let id = rt.create(&cfg).await.map_err(|e| e.to_string())?;
@@ -180,7 +198,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
 }
 
-async fn cleanup(rt: &DockerRuntime, prefix: &str) {
+async fn cleanup(rt: &Engine, prefix: &str) {
     let mut sel = Labels::new();
     sel.insert(BENCH_LABEL.into(), prefix.into());
     for c in rt.list(&sel).await.unwrap_or_default() {
@@ -190,22 +208,30 @@ async fn cleanup(rt: &DockerRuntime, prefix: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let interrupt = Interrupt::install("docker_bench").expect("signal handlers");
+    let status = interrupt.guard(bench(&interrupt)).await;
+    std::process::exit(status)
+}
+
+/// The whole benchmark; returns the exit status.
+async fn bench(interrupt: &Interrupt) -> i32 {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
-    let rt = DockerRuntime::connect(DockerRuntimeOptions::default()).expect("docker client");
-    if let Err(e) = rt.ping().await {
+    let rt = interrupt.track(DockerRuntime::connect(DockerRuntimeOptions::default()).expect("docker client"));
+    if let Err(e) = rt.inner().ping().await {
         eprintln!("docker_bench needs a reachable docker engine: {e}");
-        std::process::exit(2);
+        return 2;
     }
-    let image = fixture::ensure_test_image(rt.client()).await.expect("test image");
+    let image = fixture::ensure_test_image(rt.inner().client()).await.expect("test image");
+    let run_labels = interrupt.run_labels();
     let pid = std::process::id();
-    let bench = start_cluster(&format!("swbench{pid}")).await;
+    let bench = start_cluster(&rt, &format!("swbench{pid}")).await;
     let mut out = Vec::new();
     let mut failed = false;
     for n in [1usize, 10, 50] {
         let (mut svc_running, mut svc_remove, mut samples) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let prefix = format!("swbench{pid}n{n}r{run}");
-            let r = service_run(&bench, &rt, &image, &prefix, n).await;
+            let r = service_run(&bench, &rt, &run_labels, &image, &prefix, n).await;
             cleanup(&rt, &prefix).await;
             match r {
                 Ok((up, down)) => {
@@ -220,7 +246,7 @@ async fn main() {
                 }
             }
             let prefix = format!("swbench-{pid}-{n}-{run}");
-            let r = one_run(&rt, &image, &prefix, n).await;
+            let r = one_run(&rt, &run_labels, &image, &prefix, n).await;
             cleanup(&rt, &prefix).await;
             match r {
                 Ok(s) => {
@@ -260,7 +286,8 @@ async fn main() {
     bench.manager.stop();
     bench.agent.abort();
     if failed {
-        std::process::exit(1);
+        return 1;
     }
     println!("{}", serde_json::Value::Array(out));
+    0
 }

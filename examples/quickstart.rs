@@ -8,10 +8,18 @@
 //! Otherwise it runs on `SimRuntime` (simulated containers).
 //! `SWARM_QUICKSTART=sim` forces the simulation.
 //!
+//! Ctrl-C (or SIGTERM) at any point removes the containers this run
+//! started, says which, and exits with 130 (143); see
+//! `support::interrupt`.
+//!
 //! `cargo run --example quickstart`
+
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
+use support::interrupt::Interrupt;
+use support::tracked::Tracked;
 use swarm::agent::{Agent, AgentConfig};
 use swarm::cluster::{Cluster, TaskFilter};
 use swarm::dispatcher::Dispatcher;
@@ -27,29 +35,42 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 struct Node {
     id: String,
-    agent: tokio::task::JoinHandle<()>,
+    agent: AbortOnDrop,
+}
+
+/// A spawned task that ends with its owner: on Ctrl-C the run is dropped,
+/// and its agents and event printer stop with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Where the containers run.
+///
+/// The runtimes are tracked by the run's [`Interrupt`]: what they create
+/// is removed on Ctrl-C.
 enum Backend {
-    Sim(Vec<SimRuntime>),
+    Sim(Vec<Tracked<SimRuntime>>),
     #[cfg(feature = "docker")]
     Docker {
-        rt: Box<swarm::docker::DockerRuntime>,
+        rt: Tracked<swarm::docker::DockerRuntime>,
         image: String,
     },
 }
 
 impl Backend {
-    async fn pick() -> Backend {
+    async fn pick(interrupt: &Interrupt) -> Backend {
         if std::env::var("SWARM_QUICKSTART").as_deref() != Ok("sim") {
             #[cfg(feature = "docker")]
-            match docker_backend().await {
+            match docker_backend(interrupt).await {
                 Ok(b) => return b,
                 Err(e) => println!("(no usable Docker Engine: {e}; running on SimRuntime)\n"),
             }
         }
-        Backend::Sim((1..=3).map(|i| SimRuntime::with_index(format!("node-{i}"), i as u32)).collect())
+        Backend::Sim((1..=3).map(|i| interrupt.track(SimRuntime::with_index(format!("node-{i}"), i as u32))).collect())
     }
 
     fn name(&self) -> &'static str {
@@ -64,7 +85,7 @@ impl Backend {
         match self {
             Backend::Sim(s) => Arc::new(s[i - 1].clone()),
             #[cfg(feature = "docker")]
-            Backend::Docker { rt, .. } => Arc::new(rt.as_ref().clone()),
+            Backend::Docker { rt, .. } => Arc::new(rt.clone()),
         }
     }
 
@@ -80,7 +101,7 @@ impl Backend {
     async fn kill(&self, node: usize, container: &str) -> Result<(), Error> {
         match self {
             Backend::Sim(s) => {
-                s[node - 1].kill_from_outside(container, 137);
+                s[node - 1].inner().kill_from_outside(container, 137);
                 Ok(())
             }
             #[cfg(feature = "docker")]
@@ -93,15 +114,18 @@ impl Backend {
     }
 
     /// The node's engine fails: all its containers die.
-    async fn fail_node(&self, node: usize, node_id: &str) -> Result<(), Error> {
+    /// (Only this run's containers: `run_labels` selects them.)
+    async fn fail_node(&self, node: usize, node_id: &str, run_labels: Labels) -> Result<(), Error> {
         match self {
             Backend::Sim(s) => {
-                s[node - 1].fail();
+                // A simulated node is this run's alone.
+                s[node - 1].inner().fail();
+                let _ = (node_id, run_labels);
                 Ok(())
             }
             #[cfg(feature = "docker")]
             Backend::Docker { rt, .. } => {
-                let mut sel = Labels::new();
+                let mut sel = run_labels;
                 sel.insert(swarm::runtime::labels::NODE_ID.into(), node_id.to_string());
                 for c in rt.list(&sel).await? {
                     let _ = rt.kill(&c.id).await;
@@ -114,14 +138,14 @@ impl Backend {
 }
 
 #[cfg(feature = "docker")]
-async fn docker_backend() -> Result<Backend, Error> {
+async fn docker_backend(interrupt: &Interrupt) -> Result<Backend, Error> {
     use swarm::docker::{DockerRuntime, DockerRuntimeOptions, fixture};
     let rt = DockerRuntime::connect(DockerRuntimeOptions::default())?;
     let version = tokio::time::timeout(Duration::from_secs(3), rt.ping()).await.map_err(|_| "ping timed out")??;
     println!("Docker Engine {version} reachable: building and importing the test workload image...");
     let image = fixture::ensure_test_image(rt.client()).await?;
     println!("image {image} ready\n");
-    Ok(Backend::Docker { rt: Box::new(rt), image })
+    Ok(Backend::Docker { rt: interrupt.track(rt), image })
 }
 
 /// Asks each replica for its task id over HTTP (real containers only).
@@ -142,7 +166,7 @@ async fn ask_replicas(backend: &Backend, tasks: &[Task]) {
     let _ = (backend, tasks);
 }
 
-fn start_agent(i: usize, runtime: Arc<dyn Runtime>, dispatcher: Arc<dyn Dispatcher>) -> tokio::task::JoinHandle<()> {
+fn start_agent(i: usize, runtime: Arc<dyn Runtime>, dispatcher: Arc<dyn Dispatcher>) -> AbortOnDrop {
     let agent = Agent::new(
         AgentConfig {
             node_id: format!("node-{i}").into(),
@@ -157,9 +181,9 @@ fn start_agent(i: usize, runtime: Arc<dyn Runtime>, dispatcher: Arc<dyn Dispatch
         runtime,
         dispatcher,
     );
-    tokio::spawn(async move {
+    AbortOnDrop(tokio::spawn(async move {
         let _ = agent.run().await;
-    })
+    }))
 }
 
 async fn wait_running(cluster: &Cluster, service: &str, n: usize, limit: Duration) -> Result<Vec<Task>, Error> {
@@ -196,7 +220,12 @@ fn print_tasks(title: &str, tasks: &[Task]) {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into())).init();
-    let backend = Backend::pick().await;
+    let interrupt = Interrupt::install("quickstart")?;
+    interrupt.guard(run(&interrupt)).await
+}
+
+async fn run(interrupt: &Interrupt) -> Result<(), Error> {
+    let backend = Backend::pick(interrupt).await;
     println!("swarm quickstart: 3 nodes on {}, a manager with the spread scheduler\n", backend.name());
 
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
@@ -216,7 +245,7 @@ async fn main() -> Result<(), Error> {
 
     // Print what happens, like `docker events`.
     let mut events = cluster.events().await?;
-    tokio::spawn(async move {
+    let _printer = AbortOnDrop(tokio::spawn(async move {
         while let Ok(e) = events.next().await {
             if e.kind == ObjectKind::Task && (e.detail.contains("->") || e.detail.starts_with("PENDING")) {
                 println!("  event  task {:<22} {}", e.name.chars().take(22).collect::<String>(), e.detail);
@@ -224,13 +253,15 @@ async fn main() -> Result<(), Error> {
                 println!("  event  node {:<22} {}", e.name, e.detail);
             }
         }
-    });
+    }));
 
     // 1. Deploy a service and watch it converge.
     let mut spec = ServiceSpec::replicated("web", backend.image(), 6);
     spec.task_template.restart_policy.delay = SpecDuration::from_secs(1);
     spec.task_template.resources.reservations = Resources::new(100_000_000, 64 << 20);
     spec.task_template.container.stop_grace_period = SpecDuration::from_secs(2);
+    // The run's label: Ctrl-C removes the containers that carry it.
+    spec.task_template.container.labels.extend(interrupt.run_labels());
     // Swarm's templates: each container learns its own task id.
     spec.task_template.container.env.push("TASK_ID={{.Task.Name}}".into());
     spec.task_template.container.health_check = Some(HealthCheck {
@@ -262,9 +293,9 @@ async fn main() -> Result<(), Error> {
     // 3. A whole node fails: its tasks are rescheduled on the others.
     let lost = nodes.pop().ok_or("no node")?;
     println!("\n3. node {} fails (engine gone, no more heartbeats)", lost.id);
-    lost.agent.abort();
+    drop(lost.agent); // aborts the node's agent
     tokio::time::sleep(Duration::from_millis(10)).await;
-    backend.fail_node(3, &lost.id).await?;
+    backend.fail_node(3, &lost.id, interrupt.run_labels()).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let healed = loop {
         let tasks = wait_running(&cluster, "web", 6, Duration::from_secs(60)).await?;
@@ -292,9 +323,7 @@ async fn main() -> Result<(), Error> {
     // Give the agents a moment to remove the containers of deleted tasks.
     tokio::time::sleep(Duration::from_millis(500)).await;
     manager.stop();
-    for n in nodes {
-        n.agent.abort();
-    }
+    drop(nodes); // aborts the agents
     println!("\ndone");
     Ok(())
 }
