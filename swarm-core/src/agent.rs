@@ -18,6 +18,38 @@
 //! After a restart the agent lists the containers labelled with its node id
 //! and re-adopts those whose task is still assigned to it; it removes the
 //! others.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use swarm_core::agent::{Agent, AgentConfig};
+//! use swarm_core::cluster::Cluster;
+//! use swarm_core::manager::Manager;
+//! use swarm_core::model::{NodeDescription, Resources, ServiceSpec, TaskState};
+//! use swarm_core::scheduler::FirstFit;
+//! use swarm_core::sim::SimRuntime;
+//! use swarm_core::store::MemStore;
+//!
+//! let store = Arc::new(MemStore::new());
+//! let manager = Manager::start(store.clone(), Box::new(FirstFit), Default::default());
+//! let sim = SimRuntime::new("node-1");
+//! let agent = Agent::new(
+//!     AgentConfig {
+//!         node_id: "node-1".into(),
+//!         description: NodeDescription { hostname: "host-1".into(), resources: Resources::new(2_000_000_000, 4 << 30), ..Default::default() },
+//!         addr: "10.0.0.1".into(),
+//!     },
+//!     Arc::new(sim.clone()),
+//!     Arc::new(manager.dispatcher()),
+//! );
+//! tokio::spawn(agent.run()); // registers the node, then runs what it is assigned
+//! Cluster::new(store.clone()).create_service(ServiceSpec::replicated("web", "nginx:1.27", 2)).await.unwrap();
+//! tokio::time::sleep(Duration::from_secs(5)).await;
+//! assert_eq!(store.state().tasks().filter(|t| t.status.state == TaskState::Running).count(), 2);
+//! assert_eq!(sim.running().len(), 2, "two containers on the node's runtime");
+//! # }
+//! ```
 
 use crate::dispatcher::{Assignments, DispatchError, Dispatcher, SessionInfo, SessionRequest, TaskStatusUpdate};
 use crate::id::{NodeId, TaskId};

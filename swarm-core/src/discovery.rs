@@ -6,6 +6,27 @@
 //! no new clients) and whose node is not down. [`endpoints_from_state`] is
 //! the pure rule; [`MemDiscovery::follow`] keeps a `MemDiscovery` in step
 //! with a store by watching it.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use swarm_core::discovery::{Discovery, MemDiscovery};
+//! use swarm_core::harness::Harness;
+//! use swarm_core::model::ServiceSpec;
+//! use swarm_core::scheduler::FirstFit;
+//!
+//! let h = Harness::builder().nodes(2).scheduler(FirstFit).build().await.unwrap();
+//! let discovery = MemDiscovery::new();
+//! let (d, store) = (discovery.clone(), h.store().clone());
+//! tokio::spawn(async move { d.follow(store.as_ref()).await });
+//! h.cluster().create_service(ServiceSpec::replicated("api", "api:1", 2)).await.unwrap();
+//! h.wait_running("api", 2, Duration::from_secs(30)).await.unwrap();
+//! tokio::time::sleep(Duration::from_millis(10)).await;
+//! let api = discovery.resolve("api").unwrap();
+//! assert_eq!(api.endpoints.len(), 2); // the tasks' addresses, by slot
+//! # }
+//! ```
 
 use crate::id::{NodeId, ServiceId, TaskId};
 use crate::model::*;

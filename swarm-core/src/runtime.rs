@@ -13,6 +13,28 @@
 //! again. Health checks are run by the agent through [`Runtime::probe`]: its
 //! default runs command probes with [`Runtime::exec`] and TCP/HTTP probes
 //! against the container's address; a runtime may override it.
+//!
+//! A task's life on any runtime, here [`SimRuntime`](crate::sim::SimRuntime):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::time::Duration;
+//! use swarm_core::runtime::{ContainerConfig, ContainerState, Runtime};
+//! use swarm_core::sim::SimRuntime;
+//!
+//! async fn run_once(rt: &dyn Runtime, cfg: &ContainerConfig) -> Result<(), swarm_core::runtime::RuntimeError> {
+//!     rt.prepare(cfg).await?;
+//!     let id = rt.create(cfg).await?;
+//!     rt.start(&id).await?;
+//!     assert_eq!(rt.inspect(&id).await?.state, ContainerState::Running);
+//!     rt.stop(&id, Duration::from_secs(10)).await?; // SIGTERM, SIGKILL after 10 s
+//!     rt.remove(&id).await
+//! }
+//! let mut cfg = ContainerConfig::default();
+//! cfg.spec.image = "nginx:1.27".into();
+//! run_once(&SimRuntime::new("node-1"), &cfg).await.unwrap();
+//! # }
+//! ```
 
 use crate::id::{NodeId, ServiceId, TaskId};
 use crate::model::*;

@@ -31,6 +31,26 @@
 //!    spec version are replaced, `parallelism` at a time, stop-first or
 //!    start-first, with the delay, the monitor window, the failure ratio and
 //!    the failure action.
+//!
+//! ```
+//! use swarm_core::id::IdGen;
+//! use swarm_core::model::{Node, Resources, Service, ServiceSpec, TaskState};
+//! use swarm_core::orchestrator::reconcile_service;
+//! use swarm_core::state::{Op, State, Transaction};
+//! use swarm_core::time::Timestamp;
+//!
+//! let svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "nginx:1.27", 3), ..Default::default() };
+//! let node = Node::ready("n1", "host-1", Resources::default());
+//! let (state, _) = State::default().apply(&Transaction::new().create(svc).create(node)).unwrap();
+//! let svc = state.service(&"s1".into()).unwrap();
+//! // A pure decision: three new tasks in slots 1..3, nothing written yet.
+//! let plan = reconcile_service(&state, svc, Timestamp::EPOCH, &mut IdGen::seeded(1));
+//! let slots: Vec<u64> = plan.ops.iter().filter_map(|op| match op {
+//!     Op::Create(swarm_core::model::Object::Task(t)) => { assert_eq!(t.status.state, TaskState::New); t.slot }
+//!     _ => None,
+//! }).collect();
+//! assert_eq!(slots, vec![1, 2, 3]);
+//! ```
 
 mod engine;
 mod jobs;
