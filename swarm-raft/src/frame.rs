@@ -228,4 +228,92 @@ mod tests {
         let err = read_frame(&mut r, 16).await.unwrap_err();
         assert_eq!(err.to_string(), "stream ended after 6 of 13 bytes of a frame");
     }
+
+    /// Feeds `wire` in pieces of the given sizes; returns the frames and
+    /// the first error. Checks on the way that memory follows the bytes.
+    fn feed_all(max: usize, wire: &[u8], cuts: &[usize]) -> (Vec<Vec<u8>>, Option<FrameError>) {
+        let mut d = FrameDecoder::new(max);
+        let (mut frames, mut at, mut cut) = (Vec::new(), 0, 0);
+        while at < wire.len() {
+            let n = cuts.get(cut).map_or(wire.len(), |c| 1 + c % 64).min(wire.len() - at);
+            cut += 1;
+            let mut piece = &wire[at..at + n];
+            at += n;
+            while !piece.is_empty() {
+                match d.feed(piece) {
+                    Ok((used, f)) => {
+                        assert!(used > 0 && used <= piece.len());
+                        frames.extend(f);
+                        piece = &piece[used..];
+                    }
+                    Err(e) => return (frames, Some(e)),
+                }
+                let body = d.pending().saturating_sub(HEADER);
+                assert!(d.allocated() <= 2 * body + 64, "{} bytes allocated for {body} received", d.allocated());
+            }
+        }
+        (frames, None)
+    }
+
+    fn fuzz_bytes(seed: u64) {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed, TestRunner};
+        let config =
+            Config { cases: 2000, rng_seed: RngSeed::Fixed(seed), failure_persistence: None, ..Config::default() };
+        let bytes = (proptest::collection::vec(any::<u8>(), 0..300), proptest::collection::vec(any::<usize>(), 0..40));
+        // Arbitrary bytes: frames or an error, never a panic, never memory
+        // beyond what arrived.
+        TestRunner::new(config.clone())
+            .run(&bytes, |(wire, cuts)| {
+                let (frames, err) = feed_all(100, &wire, &cuts);
+                assert!(frames.iter().all(|f| f.len() <= 100));
+                if let Some(e) = err {
+                    assert!(matches!(e, FrameError::TooLarge { max: 100, .. }), "{e}");
+                }
+                // The async reader agrees with the decoder.
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let mut r = tokio::io::BufReader::new(&wire[..]);
+                let mut read = Vec::new();
+                let end = rt.block_on(async {
+                    loop {
+                        match read_frame(&mut r, 100).await {
+                            Ok(f) => read.push(f),
+                            Err(e) => break e,
+                        }
+                    }
+                });
+                assert_eq!(read, frames);
+                assert!(matches!(end, FrameError::Closed | FrameError::Truncated { .. } | FrameError::TooLarge { .. }));
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
+        // Well-formed streams, cut anywhere, come back whole.
+        let frames = (
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 0..6),
+            proptest::collection::vec(any::<usize>(), 0..40),
+        );
+        TestRunner::new(config)
+            .run(&frames, |(frames, cuts)| {
+                let mut wire = Vec::new();
+                for f in &frames {
+                    wire.extend_from_slice(&(f.len() as u32).to_be_bytes());
+                    wire.extend_from_slice(f);
+                }
+                let (got, err) = feed_all(120, &wire, &cuts);
+                assert!(err.is_none());
+                assert_eq!(got, frames);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
+    }
+
+    #[test]
+    fn arbitrary_bytes_fixed_seed() {
+        fuzz_bytes(0xf4a3_0001);
+    }
+
+    #[test]
+    fn arbitrary_bytes_fresh_seed() {
+        fuzz_bytes(swarm_core::harness::test_seed("frame::tests::arbitrary_bytes_fresh_seed"));
+    }
 }

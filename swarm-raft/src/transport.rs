@@ -29,6 +29,12 @@ pub struct Inbox {
 }
 
 impl Inbox {
+    /// An inbox that hands each frame to `deliver` (which must not block);
+    /// [`crate::RaftStore::inbox`] is the one a manager uses.
+    pub fn new(deliver: impl Fn(Vec<u8>) + Send + Sync + 'static) -> Inbox {
+        Inbox { deliver: Arc::new(deliver) }
+    }
+
     /// Hands a received frame to the manager (never blocks).
     pub fn deliver(&self, frame: Vec<u8>) {
         (self.deliver)(frame)
