@@ -245,7 +245,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "reproposals": reproposals,
         "dropped_frames": transports.iter().map(|t| t.dropped_frames()).sum::<u64>(),
         "transport": "tcp-loopback",
-        "log": "raft-engine on disk, fsync per batch",
+        "log": "raft-engine, fsync per batch",
         "log_fs": log_fs,
     });
     println!("{out}");
