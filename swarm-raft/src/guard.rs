@@ -870,7 +870,6 @@ mod tests {
         nodes.get_mut(&2).unwrap().transfer_leader(3);
         pump(&mut nodes, &mut queue);
         assert_eq!(nodes[&3].raft.state, StateRole::Leader);
-        drop(pump);
         assert_eq!(reads.get(&3), Some(&1), "the forwarded read was answered");
         assert!(refused.is_empty(), "honest messages refused:\n{}", refused.join("\n"));
     }

@@ -3,6 +3,8 @@
 //! cluster still commits. Before the checks in front of raft-rs, the first
 //! two tests killed the manager (raft-rs panics on its driver thread).
 
+#![allow(clippy::field_reassign_with_default)] // protobuf messages are built field by field
+
 mod common;
 
 use common::*;
