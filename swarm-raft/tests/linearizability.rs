@@ -208,7 +208,11 @@ async fn client(
 ) {
     let mut rng = SeededRng::new(seed ^ (id << 32));
     let now = |t0: Instant| t0.elapsed().as_micros() as u64;
-    while Instant::now() < until {
+    // Past `until`, a client goes on (up to `HARD_STOP` more) while the run
+    // has fewer than `MIN_OPS_PER_RUN` acknowledged writes or reads, so a
+    // run slowed down by a loaded machine still gets a meaningful history.
+    let enough = |h: &History| h.ok_writes >= MIN_OPS_PER_RUN && h.ok_reads >= MIN_OPS_PER_RUN;
+    while Instant::now() < until || (Instant::now() < until + HARD_STOP && !enough(&hist.lock().unwrap())) {
         let Some(store) = pick(&stores, rng.next_u64()) else {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
@@ -448,6 +452,9 @@ async fn run(seed: u64) -> (History, &'static str, usize, Membership) {
 /// Least acknowledged writes and reads every run must have: the run
 /// exercised the system, not only its failures.
 const MIN_OPS_PER_RUN: usize = 8;
+
+/// How long clients may go on past the planned end to reach the minimum.
+const HARD_STOP: Duration = Duration::from_secs(2);
 
 /// Runs one seed and checks its history; returns (writes, reads, unknown).
 async fn check_run(seed: u64, replay: &str) -> (usize, usize, usize) {
