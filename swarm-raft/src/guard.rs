@@ -626,6 +626,41 @@ mod tests {
         assert!(stepped.is_err(), "raft-rs took a conflicting append without panicking");
     }
 
+    /// On swarm's own log (raft-engine) after a compaction that keeps
+    /// entries for slow followers, the term just before the first kept entry
+    /// is gone; an append whose log term is below the committed term sends
+    /// raft-rs' conflict search there, and it panics.
+    #[test]
+    fn a_log_term_below_the_committed_term_is_refused_and_would_panic_raft() {
+        use crate::storage::{DiskStorage, Recovery};
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        store.bootstrap(&[1, 2, 3]).unwrap();
+        let terms = [1, 1, 2, 2, 2, 3, 3, 3, 3, 3];
+        let ents: Vec<Entry> = terms.iter().enumerate().map(|(i, &t)| entry(1 + i as u64, t)).collect();
+        let mut hs = HardState::default();
+        hs.term = 3;
+        hs.commit = 8;
+        store.append(&ents, Some(&hs)).unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 8;
+        snap.mut_metadata().term = 3;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        store.save_snapshot(&snap, 6).unwrap();
+        assert_eq!(store.bounds(), (6, 10));
+        let mut m = msg(MessageType::MsgAppend, 2, 3);
+        m.index = 9;
+        m.log_term = 1;
+        let raw = RawNode::new(&config(1, 8), store.clone(), &logger()).unwrap();
+        assert_eq!(
+            check(&raw.raft, &m).unwrap_err().to_string(),
+            "MsgAppend: log term 1 at index 9 is below the term 3 of this manager's committed index 8"
+        );
+        let mut raw = RawNode::new(&config(1, 8), store, &logger()).unwrap();
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raw.step(m)));
+        assert!(stepped.is_err(), "raft-rs took the append without panicking");
+    }
+
     #[test]
     fn each_rule_names_what_is_wrong() {
         let f = node(Role::Follower);

@@ -274,7 +274,12 @@ fn fuzz_live(name: &str, seed: u64, cases: u32) {
         let seen: Arc<Mutex<VecDeque<Vec<u8>>>> = Arc::default();
         let mut stores = BTreeMap::new();
         for id in 1..=3u64 {
-            let cfg = RaftStoreConfig::new(id, tmp.path().join(format!("m{id}")), vec![1, 2, 3]).with_tick(TICK);
+            // Frequent snapshots and compaction: the log starts past index
+            // 1, and its first kept index is below the snapshot's (the
+            // corner where raft-rs cannot read the term before the log).
+            let cfg = RaftStoreConfig::new(id, tmp.path().join(format!("m{id}")), vec![1, 2, 3])
+                .with_tick(TICK)
+                .with_snapshot_interval(8, 3);
             let tap = Arc::new(Tap { inner: net.transport(id), seen: seen.clone() });
             let s = RaftStore::open_async(cfg, tap).await.expect("open");
             net.register(id, s.inbox());
