@@ -8,10 +8,17 @@
 //! commits one small transaction (create a node) at a time, round-robin over
 //! the managers (followers forward to the leader). After the measured load
 //! the leader is stopped and the time until a survivor commits again is the
-//! failover time (default timing: 100 ms ticks, 1 s election timeout).
+//! failover time, measured from the moment the leader is told to stop
+//! (default timing: 100 ms ticks, 1 s election timeout).
+//!
+//! fsync is the cost that matters, so the benchmark reports the file system
+//! of the log directory (`log_fs`, from `/proc/self/mounts`) and refuses
+//! tmpfs and ramfs, where fsync is free, unless `--allow-tmpfs` is given.
+//! `--dir PATH` puts the logs under PATH (default: the system temp dir).
 //! Prints one JSON object as the last line.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::model::{Node, Resources};
@@ -24,25 +31,76 @@ struct Args {
     managers: u64,
     clients: usize,
     seconds: u64,
+    dir: PathBuf,
+    allow_tmpfs: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { managers: 3, clients: 64, seconds: 10 };
+    let mut a = Args { managers: 3, clients: 64, seconds: 10, dir: std::env::temp_dir(), allow_tmpfs: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--allow-tmpfs" {
+            a.allow_tmpfs = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: std::num::ParseIntError| format!("{flag} {value}: {e}");
         match flag.as_str() {
             "--managers" => a.managers = value.parse().map_err(bad)?,
             "--clients" => a.clients = value.parse().map_err(bad)?,
             "--seconds" => a.seconds = value.parse().map_err(bad)?,
-            other => return Err(format!("unknown flag {other} (use --managers, --clients, --seconds)")),
+            "--dir" => a.dir = PathBuf::from(value),
+            other => {
+                return Err(format!(
+                    "unknown flag {other} (use --managers, --clients, --seconds, --dir, --allow-tmpfs)"
+                ));
+            }
         }
     }
     if !(1..=7).contains(&a.managers) || a.clients == 0 || a.seconds == 0 {
         return Err("--managers must be 1..7, --clients and --seconds positive".into());
     }
     Ok(a)
+}
+
+/// Decodes the octal escapes (`\040` for a space) of a /proc/mounts field.
+fn unescape_mount_field(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The file system type of the mount holding `dir` (the longest mount point
+/// that is a prefix of its canonical path), from `/proc/self/mounts`.
+fn filesystem_of(dir: &Path) -> Result<String, String> {
+    let path = dir.canonicalize().map_err(|e| format!("resolving {}: {e}", dir.display()))?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| format!("reading /proc/self/mounts: {e}"))?;
+    let mut best: Option<(usize, String)> = None;
+    for line in mounts.lines() {
+        let mut fields = line.split(' ');
+        let (Some(_source), Some(point), Some(fstype)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let point = PathBuf::from(unescape_mount_field(point));
+        if path.starts_with(&point) {
+            let depth = point.components().count();
+            // Later lines win at equal depth: they are mounted over earlier ones.
+            if best.as_ref().is_none_or(|(d, _)| depth >= *d) {
+                best = Some((depth, fstype.to_string()));
+            }
+        }
+    }
+    best.map(|(_, fs)| fs).ok_or_else(|| format!("no mount in /proc/self/mounts holds {}", path.display()))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -59,7 +117,24 @@ fn tx(name: String) -> Transaction {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
-    let dir = std::env::temp_dir().join(format!("swarm-raft-bench-{}", std::process::id()));
+    let dir = args.dir.join(format!("swarm-raft-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating the log directory {}: {e}", dir.display()))?;
+    let log_fs = match filesystem_of(&dir) {
+        Ok(fs) => fs,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+    };
+    if matches!(log_fs.as_str(), "tmpfs" | "ramfs") && !args.allow_tmpfs {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(format!(
+            "the log directory {} is on {log_fs}, where fsync costs nothing: the figures would not be \
+             comparable; use --dir on a disk-backed file system, or --allow-tmpfs to measure anyway",
+            args.dir.display()
+        )
+        .into());
+    }
     let ids: Vec<u64> = (1..=args.managers).collect();
     let mut listeners = Vec::new();
     let mut addrs = HashMap::new();
@@ -131,10 +206,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Failover: stop the leader, time until a survivor commits.
     let failover_ms = if args.managers >= 3 {
         let leader = stores.iter().position(|s| s.status().role == Role::Leader).ok_or("no leader after the load")?;
+        // The clock starts when the leader is told to stop, not once its
+        // shutdown finished: the outage begins with the stop request.
+        let t = Instant::now();
         stores[leader].shutdown().await;
         servers[leader].abort();
         let survivor = &stores[(leader + 1) % stores.len()];
-        let t = Instant::now();
         loop {
             match survivor.commit(tx("after-failover".into())).await {
                 Ok(_) => break Some(t.elapsed().as_secs_f64() * 1000.0),
@@ -168,7 +245,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "reproposals": reproposals,
         "dropped_frames": transports.iter().map(|t| t.dropped_frames()).sum::<u64>(),
         "transport": "tcp-loopback",
-        "log": "raft-engine on disk, fsync per batch",
+        "log": "raft-engine, fsync per batch",
+        "log_fs": log_fs,
     });
     println!("{out}");
     Ok(())

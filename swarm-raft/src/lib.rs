@@ -35,6 +35,8 @@
 #![allow(clippy::field_reassign_with_default)] // protobuf messages are built field by field
 
 mod error;
+pub mod frame;
+mod guard;
 mod logger;
 mod node;
 mod storage;
@@ -44,7 +46,7 @@ mod transport;
 pub use error::RaftError;
 pub use node::{MemberChange, NodeStatus, Role};
 pub use storage::Recovery;
-pub use tcp::{TcpTransport, TcpTransportConfig};
+pub use tcp::{InboundLimits, MAX_FRAME, TcpTransport, TcpTransportConfig};
 pub use transport::{Faults, InProcNetwork, Inbox, SeededRng, Transport};
 
 use async_trait::async_trait;
@@ -89,6 +91,13 @@ pub struct RaftStoreConfig {
     pub recovery: Recovery,
     /// Changes kept for watchers that resume (per manager).
     pub watch_history: usize,
+    /// Frames from other managers that may wait for the driver; more are
+    /// dropped (raft retransmits) and counted in
+    /// [`NodeStatus::inbox_dropped`]. Default 4,096.
+    pub inbox_frames: usize,
+    /// Bytes of such frames that may wait (one frame is always accepted
+    /// into an empty inbox). Default 128 MiB (twice the largest TCP frame).
+    pub inbox_bytes: usize,
 }
 
 impl RaftStoreConfig {
@@ -107,6 +116,8 @@ impl RaftStoreConfig {
             commit_timeout: None,
             recovery: Recovery::default(),
             watch_history: swarm_core::store::DEFAULT_HISTORY,
+            inbox_frames: 4096,
+            inbox_bytes: 2 * tcp::MAX_FRAME,
         }
     }
 
@@ -144,6 +155,12 @@ impl RaftStoreConfig {
                 self.raft.election_tick, self.raft.heartbeat_tick
             )));
         }
+        if self.inbox_frames == 0 || self.inbox_bytes == 0 {
+            return Err(RaftError::Config(format!(
+                "inbox_frames ({}) and inbox_bytes ({}) must be positive",
+                self.inbox_frames, self.inbox_bytes
+            )));
+        }
         if self.raft.snapshot_interval == 0 {
             return Err(RaftError::Config("raft.snapshot_interval: must be positive".into()));
         }
@@ -160,6 +177,7 @@ impl RaftStoreConfig {
 struct Inner {
     id: u64,
     input: mpsc::Sender<Input>,
+    inbox: Arc<node::InboxGauge>,
     replica: Arc<Mutex<Replica>>,
     status: Arc<Mutex<NodeStatus>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -236,6 +254,12 @@ impl RaftStore {
         let status = Arc::new(Mutex::new(NodeStatus { id: cfg.id, ..Default::default() }));
         let mut driver = Driver::new(cfg.id, raw, storage, replica.clone(), status.clone(), transport, dcfg, applied);
         driver.dedupe = dedupe;
+        let inbox = Arc::new(node::InboxGauge {
+            max_frames: cfg.inbox_frames,
+            max_bytes: cfg.inbox_bytes,
+            ..Default::default()
+        });
+        driver.inbox = inbox.clone();
         driver.publish(false);
         let (tx, rx) = mpsc::channel();
         driver.self_tx = Some(tx.clone());
@@ -248,6 +272,7 @@ impl RaftStore {
             inner: Arc::new(Inner {
                 id: cfg.id,
                 input: tx,
+                inbox,
                 replica,
                 status,
                 thread: Mutex::new(Some(thread)),
@@ -268,10 +293,38 @@ impl RaftStore {
         self.inner.id
     }
 
-    /// Where transports deliver frames for this manager.
+    /// Where transports deliver frames for this manager. Never blocks: when
+    /// [`RaftStoreConfig::inbox_frames`] frames or
+    /// [`RaftStoreConfig::inbox_bytes`] bytes already wait, the frame is
+    /// dropped, logged and counted ([`NodeStatus::inbox_dropped`]).
     pub fn inbox(&self) -> Inbox {
         let tx = Mutex::new(self.inner.input.clone());
-        Inbox { deliver: Arc::new(move |frame| drop(lock(&tx).send(Input::Frame(frame)))) }
+        let gauge = self.inner.inbox.clone();
+        let id = self.inner.id;
+        Inbox {
+            deliver: Arc::new(move |frame: Vec<u8>| {
+                let len = frame.len();
+                if !gauge.admit(len) {
+                    let n = gauge.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    // Every drop at debug, a warning at 1, 2, 4, 8... drops.
+                    if n.is_power_of_two() {
+                        tracing::warn!(
+                            id,
+                            dropped = n,
+                            bytes = len,
+                            "raft inbox full: dropping frames (raft retransmits)"
+                        );
+                    } else {
+                        tracing::debug!(id, dropped = n, bytes = len, "raft inbox full: frame dropped");
+                    }
+                    return;
+                }
+                if lock(&tx).send(Input::Frame(frame)).is_err() {
+                    // The driver stopped: nobody will take the frame.
+                    gauge.release(len);
+                }
+            }),
+        }
     }
 
     /// What this manager knows now (leader, term, membership, indexes).

@@ -15,6 +15,7 @@
 //! of its *own* apply. The state machine is deterministic, so a
 //! transaction rejected there is rejected identically everywhere.
 
+use crate::guard;
 use crate::storage::DiskStorage;
 use crate::transport::Transport;
 use protobuf::Message as PbMessage;
@@ -70,6 +71,11 @@ pub struct NodeStatus {
     pub stopped: bool,
     /// Proposals proposed again since start (lost forward or leader change).
     pub reproposals: u64,
+    /// Messages from other managers refused since start (undecodable, or
+    /// failing the checks in front of raft; each one is logged).
+    pub rejected_messages: u64,
+    /// Frames dropped since start because the inbox was full.
+    pub inbox_dropped: u64,
 }
 
 /// One membership change.
@@ -169,6 +175,11 @@ impl ReqId {
         };
         Some(ReqId { origin: u(0), incarnation: u(8), seq: u(16) })
     }
+
+    /// The manager that made the request.
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
 }
 
 /// The snapshot payload: the state machine image and the ids of the latest
@@ -262,8 +273,50 @@ pub(crate) struct Driver {
     snapshot_now: bool,
     snapshot_building: bool,
     reproposals: u64,
+    rejected: u64,
+    /// Frames queued in the input channel (shared with the [`crate::Inbox`]).
+    pub inbox: Arc<InboxGauge>,
     /// This driver's own input channel (snapshot threads report back on it).
     pub self_tx: Option<std::sync::mpsc::Sender<Input>>,
+}
+
+/// How many frames (and bytes) wait in a manager's input channel, and how
+/// many were dropped because it was full. The inbox adds, the driver
+/// subtracts when it takes a frame.
+#[derive(Debug, Default)]
+pub(crate) struct InboxGauge {
+    pub frames: std::sync::atomic::AtomicUsize,
+    pub bytes: std::sync::atomic::AtomicUsize,
+    pub dropped: std::sync::atomic::AtomicU64,
+    pub max_frames: usize,
+    pub max_bytes: usize,
+}
+
+impl InboxGauge {
+    /// Reserves room for a frame of `len` bytes; false when the inbox is full.
+    pub fn admit(&self, len: usize) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.frames.fetch_add(1, SeqCst) >= self.max_frames {
+            self.frames.fetch_sub(1, SeqCst);
+            return false;
+        }
+        let before = self.bytes.fetch_add(len, SeqCst);
+        // One frame always fits in an empty inbox (a frame is at most the
+        // transport's maximum, the byte budget at least that).
+        if before > 0 && before + len > self.max_bytes {
+            self.bytes.fetch_sub(len, SeqCst);
+            self.frames.fetch_sub(1, SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a frame's room (the driver took it).
+    pub fn release(&self, len: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.frames.fetch_sub(1, SeqCst);
+        self.bytes.fetch_sub(len, SeqCst);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -311,6 +364,8 @@ impl Driver {
             snapshot_now: false,
             snapshot_building: false,
             reproposals: 0,
+            rejected: 0,
+            inbox: Arc::default(),
             self_tx: None,
         }
     }
@@ -424,6 +479,8 @@ impl Driver {
             removed: self.removed,
             stopped,
             reproposals: self.reproposals,
+            rejected_messages: self.rejected,
+            inbox_dropped: self.inbox.dropped.load(std::sync::atomic::Ordering::Relaxed),
         };
         *lock(&self.status) = s;
     }
@@ -432,50 +489,31 @@ impl Driver {
         let now = Instant::now();
         match input {
             Input::Frame(frame) => {
+                self.inbox.release(frame.len());
                 let msg = match Message::parse_from_bytes(&frame) {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!(id = self.id, error = %e, "dropping an undecodable raft frame");
+                        self.rejected += 1;
+                        let why = guard::Rejection::Undecodable(e.to_string());
+                        tracing::warn!(id = self.id, bytes = frame.len(), reason = %why, "refused a raft frame");
                         return;
                     }
                 };
-                if msg.to != self.id {
-                    tracing::debug!(id = self.id, to = msg.to, "dropping a raft message addressed to another manager");
-                    return;
-                }
-                self.last_heard.insert(msg.from, now);
-                let mut msg = msg;
-                let last = self.raw.raft.raft_log.last_index();
-                if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {
-                    // Only after a damaged log tail was cut: the leader still
-                    // believes this manager holds entries it lost. Commit only
-                    // what is here; the next append is rejected and the leader
-                    // sends the missing entries again (instead of raft-rs
-                    // panicking on "to_commit out of range").
-                    tracing::warn!(
-                        id = self.id,
-                        commit = msg.commit,
-                        last,
-                        "leader's commit is past this log (tail was cut); catching up"
-                    );
-                    msg.commit = last;
-                    // The leader's progress for this manager is in replicate
-                    // state with a match index this log no longer reaches,
-                    // and raft-rs ignores ordinary rejections at or below it.
-                    // A rejection above any possible match index moves the
-                    // progress back to probing, which then finds the real end
-                    // of this log (reject hint) and resends from there.
-                    let mut nudge = Message::default();
-                    nudge.set_msg_type(MessageType::MsgAppendResponse);
-                    nudge.to = msg.from;
-                    nudge.from = self.id;
-                    nudge.term = msg.term;
-                    nudge.reject = true;
-                    nudge.index = u64::MAX / 2;
-                    nudge.reject_hint = last;
+                let from = msg.from;
+                let kind = msg.get_msg_type();
+                let admitted = match guard::admit(&self.raw.raft, msg) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        self.rejected += 1;
+                        tracing::warn!(id = self.id, peer = from, kind = ?kind, reason = %why, "refused a raft message");
+                        return;
+                    }
+                };
+                self.last_heard.insert(from, now);
+                if let Some(nudge) = admitted.nudge {
                     self.send(vec![nudge]);
                 }
-                if let Err(e) = self.raw.step(msg) {
+                if let Err(e) = self.raw.step(admitted.msg) {
                     tracing::trace!(id = self.id, error = %e, "raft refused a message");
                 }
             }

@@ -1,27 +1,63 @@
 //! TCP transport: raft frames between managers over tokio TCP streams.
 //!
 //! Each frame is a 4-byte big-endian length followed by the bytes (a
-//! protobuf raft message); frames over [`MAX_FRAME`] are refused. One
-//! outbound connection per peer, (re)connected lazily by a tokio task that
-//! drains a bounded queue: [`Transport::send`] only enqueues, so the
-//! manager's driver thread never blocks on the network. A full queue drops
-//! the frame (raft retransmits).
+//! protobuf raft message), read with [`crate::frame`]: memory grows with
+//! the bytes that arrive, and frames over the maximum
+//! ([`TcpTransportConfig::max_frame`], default [`MAX_FRAME`]) are refused
+//! and the connection closed. One outbound connection per peer,
+//! (re)connected lazily by a tokio task that drains a bounded queue:
+//! [`Transport::send`] only enqueues, so the manager's driver thread never
+//! blocks on the network. A full queue drops the frame (raft retransmits).
+//!
+//! Inbound, [`TcpTransport::serve_with`] bounds what others can hold open
+//! ([`InboundLimits`]): connections in total and per peer id (further ones
+//! are closed at once, with a warning), and the time a new connection may
+//! take to say who it is. What arrives goes to the manager's [`Inbox`],
+//! itself bounded, and each message is checked before raft sees it.
 //!
 //! Mutual TLS slots in later at two seams:
 //! connecting and accepting go through [`connect_stream`] and the accept
 //! loop, the only two places that see a raw `TcpStream`.
 
+use crate::frame::{FrameError, read_frame, write_frame};
 use crate::transport::{Inbox, Transport};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
-/// Largest frame accepted (64 MiB: snapshots travel as one frame).
+/// Default largest frame (64 MiB: snapshots travel as one frame).
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// What one listening manager lets others hold open.
+#[derive(Clone, Debug)]
+pub struct InboundLimits {
+    /// Open inbound connections at most; more are closed on accept.
+    pub max_connections: usize,
+    /// Open inbound connections per peer id (from its preamble) at most; a
+    /// peer reconnecting while its old connection is still open needs 2.
+    pub max_per_peer: usize,
+    /// Time a new connection has to send its preamble before it is closed.
+    pub hello_timeout: Duration,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+}
+
+impl Default for InboundLimits {
+    /// 64 connections, 4 per peer, 5 s for the preamble, [`MAX_FRAME`].
+    fn default() -> Self {
+        InboundLimits {
+            max_connections: 64,
+            max_per_peer: 4,
+            hello_timeout: Duration::from_secs(5),
+            max_frame: MAX_FRAME,
+        }
+    }
+}
 
 /// Settings of a [`TcpTransport`].
 #[derive(Clone, Debug)]
@@ -34,12 +70,16 @@ pub struct TcpTransportConfig {
     pub queue: usize,
     /// Wait between reconnection attempts.
     pub reconnect: Duration,
+    /// Largest frame sent; larger ones are dropped with a warning (the
+    /// receiving side refuses frames over its own maximum).
+    pub max_frame: usize,
 }
 
 impl TcpTransportConfig {
-    /// Defaults: queue 4,096 frames, reconnect every 100 ms.
+    /// Defaults: queue 4,096 frames, reconnect every 100 ms, frames up to
+    /// [`MAX_FRAME`].
     pub fn new(id: u64, peers: HashMap<u64, SocketAddr>) -> Self {
-        TcpTransportConfig { id, peers, queue: 4096, reconnect: Duration::from_millis(100) }
+        TcpTransportConfig { id, peers, queue: 4096, reconnect: Duration::from_millis(100), max_frame: MAX_FRAME }
     }
 }
 
@@ -48,7 +88,7 @@ pub struct TcpTransport {
     cfg: TcpTransportConfig,
     peers: Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>,
     runtime: tokio::runtime::Handle,
-    dropped: std::sync::atomic::AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl TcpTransport {
@@ -59,9 +99,20 @@ impl TcpTransport {
         Ok(Arc::new(TcpTransport { cfg, peers: Mutex::new(HashMap::new()), runtime, dropped: Default::default() }))
     }
 
-    /// Frames dropped so far because a peer's queue was full or closed.
+    /// Frames dropped so far because a peer's queue was full or closed, or
+    /// the frame was over the maximum.
     pub fn dropped_frames(&self) -> u64 {
-        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn count_drop(&self, to: u64, why: &str) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // Every drop at trace, a warning at 1, 2, 4, 8... drops.
+        if n.is_power_of_two() {
+            tracing::warn!(to, dropped = n, "raft frame dropped: {why} (raft retransmits)");
+        } else {
+            tracing::trace!(to, dropped = n, "raft frame dropped: {why}");
+        }
     }
 
     /// Adds or changes a peer's address (membership changes).
@@ -73,21 +124,44 @@ impl TcpTransport {
         // The sender task reads the address at spawn time; replacing the
         // queue restarts it with the new address.
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        self.runtime.spawn(sender_loop(cfg.id, id, addr, rx, cfg.reconnect));
+        self.runtime.spawn(sender_loop(cfg.id, id, addr, rx, cfg.reconnect, cfg.max_frame));
         peers.insert(id, tx);
     }
 
     /// Accepts connections on `listener` and hands received frames to
-    /// `inbox`, until the listener fails. Spawn it as a task.
+    /// `inbox`, with the default [`InboundLimits`], until the listener
+    /// fails. Spawn it as a task.
     pub async fn serve(listener: TcpListener, inbox: Inbox) {
+        Self::serve_with(listener, inbox, InboundLimits::default()).await
+    }
+
+    /// [`TcpTransport::serve`] with explicit limits.
+    pub async fn serve_with(listener: TcpListener, inbox: Inbox, limits: InboundLimits) {
+        let open = Arc::new(Semaphore::new(limits.max_connections));
+        let per_peer: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+        let limits = Arc::new(limits);
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
+                    let Ok(permit) = open.clone().try_acquire_owned() else {
+                        tracing::warn!(%addr, max = limits.max_connections, "refusing a raft connection: too many open");
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    let inbox = inbox.clone();
+                    let (inbox, limits, per_peer) = (inbox.clone(), limits.clone(), per_peer.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = receive_loop(stream, inbox).await {
-                            tracing::debug!(%addr, error = %e, "raft connection closed");
+                        let _permit = permit;
+                        match receive_loop(stream, inbox, &limits, &per_peer).await {
+                            Err(
+                                e @ (Refused::Hello(_)
+                                | Refused::PeerLimit { .. }
+                                | Refused::Frame(FrameError::TooLarge { .. })),
+                            ) => {
+                                tracing::warn!(%addr, reason = %e, "closed a raft connection");
+                            }
+                            Err(e) => tracing::debug!(%addr, reason = %e, "raft connection closed"),
+                            Ok(()) => {}
                         }
                     });
                 }
@@ -109,14 +183,19 @@ impl Transport for TcpTransport {
                 return;
             };
             let (tx, rx) = mpsc::channel(self.cfg.queue.max(1));
-            self.runtime.spawn(sender_loop(self.cfg.id, to, addr, rx, self.cfg.reconnect));
+            self.runtime.spawn(sender_loop(self.cfg.id, to, addr, rx, self.cfg.reconnect, self.cfg.max_frame));
             slot.insert(tx);
+        }
+        if frame.len() > self.cfg.max_frame {
+            drop(peers);
+            let why = format!("{} bytes exceed the maximum frame of {} bytes", frame.len(), self.cfg.max_frame);
+            return self.count_drop(to, &why);
         }
         if let Some(q) = peers.get(&to)
             && q.try_send(frame).is_err()
         {
-            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::trace!(to, "raft send queue full or closed; frame dropped");
+            drop(peers);
+            self.count_drop(to, "send queue full or closed");
         }
     }
 }
@@ -129,25 +208,14 @@ pub async fn connect_stream(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std::io::Result<()> {
-    if frame.len() > MAX_FRAME {
-        return Err(std::io::Error::other(format!("frame of {} bytes exceeds {MAX_FRAME}", frame.len())));
-    }
-    w.write_u32(frame.len() as u32).await?;
-    w.write_all(frame).await
-}
-
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
-    let len = r.read_u32().await? as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!("incoming frame of {len} bytes exceeds {MAX_FRAME}")));
-    }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
-async fn sender_loop(from: u64, to: u64, addr: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>, reconnect: Duration) {
+async fn sender_loop(
+    from: u64,
+    to: u64,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    reconnect: Duration,
+    max_frame: usize,
+) {
     let mut pending: Option<Vec<u8>> = None;
     loop {
         let mut stream = match connect_stream(addr).await {
@@ -163,7 +231,13 @@ async fn sender_loop(from: u64, to: u64, addr: SocketAddr, mut rx: mpsc::Receive
                 continue;
             }
         };
-        if write_frame(&mut stream, &from.to_be_bytes()).await.is_err() {
+        let hello = async {
+            write_frame(&mut stream, &from.to_be_bytes(), 8).await?;
+            stream.flush().await.map_err(FrameError::Io)
+        };
+        if let Err(e) = hello.await {
+            tracing::debug!(to, %addr, error = %e, "sending the raft preamble failed; reconnecting");
+            tokio::time::sleep(reconnect).await;
             continue;
         }
         loop {
@@ -174,16 +248,16 @@ async fn sender_loop(from: u64, to: u64, addr: SocketAddr, mut rx: mpsc::Receive
                     None => return,
                 },
             };
-            let mut res = write_frame(&mut stream, &frame).await;
+            let mut res = write_frame(&mut stream, &frame, max_frame).await;
             // Batch whatever else is queued before flushing.
             while res.is_ok() {
                 match rx.try_recv() {
-                    Ok(f) => res = write_frame(&mut stream, &f).await,
+                    Ok(f) => res = write_frame(&mut stream, &f, max_frame).await,
                     Err(_) => break,
                 }
             }
             if res.is_ok() {
-                res = stream.flush().await;
+                res = stream.flush().await.map_err(FrameError::Io);
             }
             if let Err(e) = res {
                 tracing::debug!(to, %addr, error = %e, "raft connection lost; reconnecting");
@@ -193,14 +267,66 @@ async fn sender_loop(from: u64, to: u64, addr: SocketAddr, mut rx: mpsc::Receive
     }
 }
 
-async fn receive_loop(stream: TcpStream, inbox: Inbox) -> std::io::Result<()> {
-    let mut r = tokio::io::BufReader::new(stream);
-    let hello = read_frame(&mut r).await?;
-    if hello.len() != 8 {
-        return Err(std::io::Error::other("bad raft connection preamble"));
+/// Why an inbound connection was closed.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("bad preamble: {0}")]
+    Hello(String),
+    #[error("manager {peer} already has {open} connections open (at most {max})")]
+    PeerLimit { peer: u64, open: usize, max: usize },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// One open inbound connection of a peer, counted while it lives.
+struct PeerSlot<'a> {
+    peer: u64,
+    counts: &'a Mutex<HashMap<u64, usize>>,
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.peer);
+            }
+        }
     }
+}
+
+async fn receive_loop(
+    stream: TcpStream,
+    inbox: Inbox,
+    limits: &InboundLimits,
+    per_peer: &Mutex<HashMap<u64, usize>>,
+) -> Result<(), Refused> {
+    let mut r = tokio::io::BufReader::new(stream);
+    let hello = match tokio::time::timeout(limits.hello_timeout, read_frame(&mut r, 8)).await {
+        Err(_) => return Err(Refused::Hello(format!("none within {:?}", limits.hello_timeout))),
+        Ok(Err(FrameError::TooLarge { len, .. })) => {
+            return Err(Refused::Hello(format!("{len} bytes, expected an 8-byte manager id")));
+        }
+        Ok(h) => h?,
+    };
+    let Ok(id) = <[u8; 8]>::try_from(hello.as_slice()).map(u64::from_be_bytes) else {
+        return Err(Refused::Hello(format!("{} bytes, expected an 8-byte manager id", hello.len())));
+    };
+    let _slot = {
+        let mut c = per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let open = c.entry(id).or_insert(0);
+        if *open >= limits.max_per_peer {
+            return Err(Refused::PeerLimit { peer: id, open: *open, max: limits.max_per_peer });
+        }
+        *open += 1;
+        PeerSlot { peer: id, counts: per_peer }
+    };
     loop {
-        let frame = read_frame(&mut r).await?;
-        inbox.deliver(frame);
+        match read_frame(&mut r, limits.max_frame).await {
+            Ok(frame) => inbox.deliver(frame),
+            Err(FrameError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
 }

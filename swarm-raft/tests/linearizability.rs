@@ -8,7 +8,11 @@
 //! partition. The recorded history is checked by a Wing-Gong-Lowe search (as
 //! in Porcupine / Knossos) against a grow-only-set model: no acknowledged
 //! write is lost, no read is stale, writes refused for sure never appear;
-//! and no term ever has two leaders.
+//! and no term ever has two leaders. Every run must acknowledge a minimum of
+//! writes and reads, and its membership changes must return the expected
+//! voters or one of the errors a partition explains. The fixed seeds
+//! (`SWARM_RAFT_SEED`, `SWARM_RAFT_RUNS`) run first, then one fresh seed,
+//! printed (`SWARM_TEST_SEED=0x...` replays it).
 
 mod common;
 
@@ -204,7 +208,11 @@ async fn client(
 ) {
     let mut rng = SeededRng::new(seed ^ (id << 32));
     let now = |t0: Instant| t0.elapsed().as_micros() as u64;
-    while Instant::now() < until {
+    // Past `until`, a client goes on (up to `HARD_STOP` more) while the run
+    // has fewer than `MIN_OPS_PER_RUN` acknowledged writes or reads, so a
+    // run slowed down by a loaded machine still gets a meaningful history.
+    let enough = |h: &History| h.ok_writes >= MIN_OPS_PER_RUN && h.ok_reads >= MIN_OPS_PER_RUN;
+    while Instant::now() < until || (Instant::now() < until + HARD_STOP && !enough(&hist.lock().unwrap())) {
         let Some(store) = pick(&stores, rng.next_u64()) else {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
@@ -263,9 +271,48 @@ async fn leader_of(c: &Cluster) -> Option<u64> {
     None
 }
 
-/// One seeded run; returns (history, scenario name, leaders per term).
-async fn run(seed: u64) -> (History, &'static str, usize) {
+/// What a membership change during the run returned, checked as it
+/// returns: `Ok` with the expected voters, or one of the two errors a
+/// change may meet during a partition:
+/// - `NoQuorum`: no leader within `leader_wait` (the isolated manager was
+///   the leader and the others are still electing); nothing was proposed.
+/// - `Indeterminate`: proposed but not applied within the commit timeout
+///   (a leader change lost it, or raft-rs refused it because the previous
+///   change was not applied yet); it may still apply.
+#[derive(Debug, Default)]
+struct Membership {
+    /// Outcomes in order: (change, "ok" or the expected error's kind).
+    outcomes: Vec<(&'static str, &'static str)>,
+}
+
+fn check_change(
+    seed: u64,
+    what: &'static str,
+    res: Result<Vec<u64>, StoreError>,
+    new_id: u64,
+    voter: bool,
+) -> &'static str {
+    match res {
+        Ok(voters) => {
+            assert_eq!(
+                voters.contains(&new_id),
+                voter,
+                "seed {seed}: {what} returned voters {voters:?} (manager {new_id} should {}be one)",
+                if voter { "" } else { "not " }
+            );
+            "ok"
+        }
+        Err(StoreError::NoQuorum(_)) => "no quorum",
+        Err(StoreError::Indeterminate(_)) => "indeterminate",
+        Err(e) => panic!("seed {seed}: {what} failed unexpectedly: {e}"),
+    }
+}
+
+/// One seeded run; returns (history, scenario name, leaders per term,
+/// membership change outcomes).
+async fn run(seed: u64) -> (History, &'static str, usize, Membership) {
     let mut rng = SeededRng::new(seed);
+    let mut membership = Membership::default();
     let scenario = rng.below(6);
     let n = if rng.below(3) == 0 { 5 } else { 3 };
     let mut c = Cluster::start_with(n, seed, |mut cfg| {
@@ -355,13 +402,13 @@ async fn run(seed: u64) -> (History, &'static str, usize) {
             let victim = 1 + rng.below(n);
             c.net.isolate(victim, &c.ids);
             let new_id = n + 1;
-            let newcomer = c.open(new_id, vec![]).await;
+            c.open(new_id, vec![]).await;
             let asker = c.stores.values().find(|s| s.id() != victim && s.id() != new_id).cloned();
-            if let Some(a) = asker {
-                let _ = a.add_learner(new_id).await;
-                let _ = a.add_voter(new_id).await;
-            }
-            let _ = newcomer;
+            let a = asker.expect("a manager on the majority side");
+            let res = a.add_learner(new_id).await;
+            membership.outcomes.push(("add learner", check_change(seed, "add_learner", res, new_id, false)));
+            let res = a.add_voter(new_id).await;
+            membership.outcomes.push(("add voter", check_change(seed, "add_voter", res, new_id, true)));
             sync_stores(&c, &shared);
             tokio::time::sleep(Duration::from_millis(100)).await;
             c.net.heal();
@@ -399,7 +446,40 @@ async fn run(seed: u64) -> (History, &'static str, usize) {
     let nterms = terms.len();
     c.shutdown().await;
     let h = std::mem::take(&mut *hist.lock().unwrap());
-    (h, name, nterms)
+    (h, name, nterms, membership)
+}
+
+/// Least acknowledged writes and reads every run must have: the run
+/// exercised the system, not only its failures.
+const MIN_OPS_PER_RUN: usize = 8;
+
+/// How long clients may go on past the planned end to reach the minimum.
+const HARD_STOP: Duration = Duration::from_secs(2);
+
+/// Runs one seed and checks its history; returns (writes, reads, unknown).
+async fn check_run(seed: u64, replay: &str) -> (usize, usize, usize) {
+    let (h, name, _terms, membership) = run(seed).await;
+    for bit in &h.refused {
+        for op in &h.ops {
+            if let OpKind::Read(bits) = op.kind {
+                assert!(bits & (1 << bit) == 0, "seed {seed} ({name}): refused write k{bit} was applied ({replay})");
+            }
+        }
+    }
+    assert!(linearizable(&h.ops), "seed {seed} ({name}): history is not linearizable ({replay})\n{:#?}", h.ops);
+    let unknown = h.ops.iter().filter(|o| o.ret.is_none()).count();
+    assert!(
+        h.ok_writes >= MIN_OPS_PER_RUN && h.ok_reads >= MIN_OPS_PER_RUN,
+        "seed {seed} ({name}): only {} acknowledged writes and {} reads ({unknown} unknown, {} refused); \
+         the run barely exercised the cluster ({replay})",
+        h.ok_writes,
+        h.ok_reads,
+        h.refused.len()
+    );
+    if !membership.outcomes.is_empty() {
+        eprintln!("seed {seed} ({name}): membership changes {:?}", membership.outcomes);
+    }
+    (h.ok_writes, h.ok_reads, unknown)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,26 +487,24 @@ async fn seeded_fault_runs_are_linearizable() {
     let runs: u64 = std::env::var("SWARM_RAFT_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let first: u64 = std::env::var("SWARM_RAFT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let (mut writes, mut reads, mut unknown) = (0, 0, 0);
+    let mut per_run = Vec::new();
     for seed in first..first + runs {
-        let (h, name, _terms) = run(seed).await;
-        for bit in &h.refused {
-            for op in &h.ops {
-                if let OpKind::Read(bits) = op.kind {
-                    assert!(bits & (1 << bit) == 0, "seed {seed} ({name}): refused write k{bit} was applied");
-                }
-            }
-        }
-        assert!(
-            linearizable(&h.ops),
-            "seed {seed} ({name}): history is not linearizable (rerun with SWARM_RAFT_SEED={seed} SWARM_RAFT_RUNS=1)\n{:#?}",
-            h.ops
-        );
-        writes += h.ok_writes;
-        reads += h.ok_reads;
-        unknown += h.ops.iter().filter(|o| o.ret.is_none()).count();
+        let replay = format!("rerun with SWARM_RAFT_SEED={seed} SWARM_RAFT_RUNS=1");
+        let (w, r, u) = check_run(seed, &replay).await;
+        per_run.push((w, r));
+        (writes, reads, unknown) = (writes + w, reads + r, unknown + u);
     }
-    eprintln!("{runs} runs: {writes} acknowledged writes, {reads} reads, {unknown} unknown outcomes");
-    // The runs exercised the system (not only failures).
-    assert!(writes as u64 > runs * 5, "too few acknowledged writes: {writes}");
-    assert!(reads as u64 > runs * 5, "too few reads: {reads}");
+    // One fresh seed each time, printed (replay: SWARM_TEST_SEED=...).
+    let fresh = swarm_core::harness::test_seed("seeded_fault_runs_are_linearizable");
+    let replay = format!("replay with SWARM_TEST_SEED={fresh:#x} SWARM_RAFT_RUNS=0");
+    let (w, r, u) = check_run(fresh, &replay).await;
+    per_run.push((w, r));
+    (writes, reads, unknown) = (writes + w, reads + r, unknown + u);
+    let least_writes = per_run.iter().map(|p| p.0).min().unwrap_or(0);
+    let least_reads = per_run.iter().map(|p| p.1).min().unwrap_or(0);
+    eprintln!(
+        "{} runs: {writes} acknowledged writes, {reads} reads, {unknown} unknown outcomes; \
+         per run at least {least_writes} writes and {least_reads} reads",
+        per_run.len()
+    );
 }
