@@ -324,7 +324,10 @@ mod tests {
     const CPU: u64 = 1_000_000_000;
     const GIB: u64 = 1 << 30;
 
-    fn view(nodes: &[(&str, u64, &[(&str, &str)])]) -> ClusterView {
+    /// A node: id, CPUs, labels.
+    type NodeSpec<'a> = (&'a str, u64, &'a [(&'a str, &'a str)]);
+
+    fn view(nodes: &[NodeSpec<'_>]) -> ClusterView {
         let nodes = nodes
             .iter()
             .map(|(id, cpus, labels)| {
