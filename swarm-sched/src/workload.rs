@@ -30,6 +30,7 @@ use swarm_core::constraint::Constraint;
 use swarm_core::id::{IdGen, ServiceId};
 use swarm_core::model::{Availability, Node, NodeRole, Protocol, Resources};
 use swarm_core::scheduler::{ClusterView, Decision, Explanation, NodeInfo, TaskRequest};
+use swarm_core::validate::validate_node;
 
 const CPU: u64 = 1_000_000_000;
 const MIB: u64 = 1 << 20;
@@ -333,7 +334,9 @@ fn parse_generic(v: &str) -> Result<BTreeMap<String, u64>, String> {
 /// `id`, `cpus` (decimal), `memory_mib` (integer) are required; optional
 /// `labels` (`zone=eu;disk=ssd`), `generic` (`gpu=2`), `role`
 /// (worker|manager), `availability` (active|pause|drain), `os`, `arch`.
-/// Nodes are ready and sorted by id, like a [`ClusterView`].
+/// Nodes are ready and sorted by id, like a [`ClusterView`]; a node a
+/// store would refuse (swarm-core's `validate_node`: label keys, say) is an
+/// error on its line.
 pub fn parse_nodes_csv(text: &str) -> Result<Vec<NodeInfo>, WorkloadError> {
     const FILE: &str = "nodes.csv";
     let known = ["id", "cpus", "memory_mib", "labels", "generic", "role", "availability", "os", "arch"];
@@ -370,6 +373,8 @@ pub fn parse_nodes_csv(text: &str) -> Result<Vec<NodeInfo>, WorkloadError> {
             if let Some(arch) = row.get("arch") {
                 n.description.platform.architecture = arch.to_string();
             }
+            // What a store would refuse (a label key with a space...).
+            validate_node(&n).map_err(|e| e.to_string())?;
             Ok(n)
         })();
         let n = parsed.map_err(|message| WorkloadError::Trace { file: FILE, line, message })?;
@@ -721,6 +726,8 @@ mod tests {
         .unwrap();
         assert_eq!(n[0].node.spec.availability, Availability::Drain);
         assert_eq!(n[0].node.description.resources.generic["gpu"], 2);
+        let e = parse_nodes_csv("id,cpus,memory_mib,labels\na,1,1,zone=eu\nb,1,1,bad key=x\n").unwrap_err();
+        assert!(e.to_string().starts_with("nodes.csv line 3: invalid node \"b\": spec.labels.bad key"), "{e}");
         let e = parse_nodes_csv("id,cpus,memory_mib\nx,1,1\ny,1,1\nx,1,1\n").unwrap_err();
         assert_eq!(e.to_string(), "nodes.csv line 4: node id x appears twice (first on line 2)");
     }
