@@ -9,6 +9,18 @@
 //! of the control plane itself. The JSON's `*_s` keys are wall-clock
 //! seconds; `heal_virtual_s` is the simulated time the heal took (dominated
 //! by the 15 s heartbeat grace).
+//!
+//! Convergence is when the store first shows N tasks RUNNING; then
+//! [`check_converged`] must hold, or the benchmark fails (exit 1, nothing
+//! reported): one running task per slot 1..=N (none twice, none missing),
+//! and every SimRuntime runs exactly the containers of the running tasks
+//! on its node (no more, no fewer). The same after the heal, on the nodes
+//! that did not fail (the failed ones run nothing). The checks are not
+//! timed.
+//!
+//! swarm-sched/tests/converge_bench.rs runs this file at a small size and
+//! shows the check catching a doubled slot, a missing slot, a stray
+//! container and a missing one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +33,74 @@ use swarm::sched::Pipeline;
 use swarm::sim::SimRuntime;
 use swarm::state::State;
 use swarm::store::{MemStore, Store};
+
+/// Where the service's running tasks and the runtimes disagree: one line
+/// per problem (empty: they agree).
+///
+/// `running_on[i]` lists the containers that node `node_ids[i]`'s runtime
+/// runs; nodes in `failed` are expected to run nothing, and their tasks are
+/// not counted.
+pub fn check_converged(
+    state: &State,
+    service: &str,
+    replicas: u64,
+    node_ids: &[NodeId],
+    running_on: &[Vec<String>],
+    failed: &HashSet<NodeId>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(svc) = state.services().find(|s| s.spec.name == service) else {
+        return vec![format!("no service {service:?}")];
+    };
+    let mut slots: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut want: BTreeMap<&NodeId, BTreeSet<String>> = BTreeMap::new();
+    for t in state.tasks().filter(|t| t.service_id == svc.id) {
+        let on_failed = t.node_id.as_ref().is_some_and(|n| failed.contains(n));
+        if t.status.state != TaskState::Running || t.desired_state > TaskState::Running || on_failed {
+            continue;
+        }
+        match t.slot {
+            Some(slot) => slots.entry(slot).or_default().push(t.id.to_string()),
+            None => problems.push(format!("running task {} has no slot", t.id)),
+        }
+        match (&t.node_id, &t.status.container_id) {
+            (Some(n), Some(c)) => {
+                want.entry(n).or_default().insert(c.clone());
+            }
+            _ => problems.push(format!("running task {} has no node or no container", t.id)),
+        }
+    }
+    for (slot, tasks) in &slots {
+        if tasks.len() > 1 {
+            problems.push(format!("slot {slot} runs {} tasks: {}", tasks.len(), tasks.join(", ")));
+        }
+        if *slot == 0 || *slot > replicas {
+            problems.push(format!("slot {slot} is outside 1..={replicas}"));
+        }
+    }
+    let missing: Vec<u64> = (1..=replicas).filter(|s| !slots.contains_key(s)).collect();
+    if !missing.is_empty() {
+        let shown: Vec<String> = missing.iter().take(10).map(u64::to_string).collect();
+        problems.push(format!("{} slots run no task: {}", missing.len(), shown.join(", ")));
+    }
+    for (i, id) in node_ids.iter().enumerate() {
+        let has: BTreeSet<String> = running_on.get(i).into_iter().flatten().cloned().collect();
+        // Tasks on failed nodes were skipped: those expect nothing.
+        let expected = want.remove(id).unwrap_or_default();
+        let extra: Vec<&String> = has.difference(&expected).collect();
+        let absent: Vec<&String> = expected.difference(&has).collect();
+        if !extra.is_empty() {
+            problems.push(format!("{id} runs {} containers of no running task: {extra:?}", extra.len()));
+        }
+        if !absent.is_empty() {
+            problems.push(format!("{id} does not run {} containers of running tasks: {absent:?}", absent.len()));
+        }
+    }
+    for (id, c) in want {
+        problems.push(format!("{} running tasks on {id}, a node without a runtime", c.len()));
+    }
+    problems
+}
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -59,7 +139,7 @@ fn running(state: &State, avoid: &HashSet<NodeId>) -> usize {
         .count()
 }
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use swarm::id::NodeId;
 
 async fn wait(store: &MemStore, what: &str, pred: impl Fn(&State) -> bool) {
@@ -86,10 +166,57 @@ async fn wait(store: &MemStore, what: &str, pred: impl Fn(&State) -> bool) {
     }
 }
 
-fn main() {
-    let nodes = arg("--nodes", 1000);
-    let replicas = arg("--replicas", 10_000);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
+/// What one run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Nodes.
+    pub nodes: usize,
+    /// Replicas of the service.
+    pub replicas: usize,
+    /// Wall seconds from the create to N tasks RUNNING.
+    pub converge_s: f64,
+    /// Simulated seconds of the same.
+    pub converge_virtual_s: f64,
+    /// CPU seconds of the same.
+    pub converge_cpu_s: f64,
+    /// Wall seconds from the failure of 10% of the nodes to N tasks
+    /// RUNNING on the others.
+    pub heal_s: f64,
+    /// CPU seconds of the same.
+    pub heal_cpu_s: f64,
+    /// Simulated seconds of the same.
+    pub heal_virtual_s: f64,
+    /// Tasks on the failed nodes.
+    pub lost_tasks: usize,
+}
+
+/// Fails with every problem [`check_converged`] finds (after `when`).
+fn verify(
+    when: &str,
+    state: &State,
+    replicas: usize,
+    ids: &[NodeId],
+    sims: &[SimRuntime],
+    failed: &HashSet<NodeId>,
+) -> Result<(), String> {
+    let running_on: Vec<Vec<String>> = sims.iter().map(SimRuntime::running).collect();
+    let problems = check_converged(state, "web", replicas as u64, ids, &running_on, failed);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{when}: {} problems:\n  {}", problems.len(), problems.join("\n  ")))
+    }
+}
+
+/// Runs the benchmark on a current-thread runtime with a paused clock:
+/// `nodes` agents, a service of `replicas`, then 10% of the nodes fail.
+/// Fails when the store and the runtimes disagree after either phase.
+pub fn run(nodes: usize, replicas: usize) -> Result<Report, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
     rt.block_on(async move {
         let store = Arc::new(MemStore::new());
         let dyn_store: Arc<dyn Store> = store.clone();
@@ -101,12 +228,13 @@ fn main() {
         let dispatcher: Arc<dyn Dispatcher> = Arc::new(manager.dispatcher());
         let mut sims = Vec::new();
         let mut agents = Vec::new();
-        for i in 0..nodes {
+        let ids: Vec<NodeId> = (0..nodes).map(|i| format!("node-{i:05}").into()).collect();
+        for (i, id) in ids.iter().enumerate() {
             let sim = SimRuntime::with_index(format!("n{i}"), i as u32);
             let runtime: Arc<dyn Runtime> = Arc::new(sim.clone());
             let agent = Agent::new(
                 AgentConfig {
-                    node_id: format!("node-{i:05}").into(),
+                    node_id: id.clone(),
                     description: NodeDescription {
                         hostname: format!("host-{i}"),
                         platform: Platform::new("linux", "amd64"),
@@ -123,7 +251,8 @@ fn main() {
             }));
             sims.push(sim);
         }
-        wait(&store, "nodes ready", |s| s.nodes().filter(|n| n.status.state == NodeState::Ready).count() == nodes).await;
+        wait(&store, "nodes ready", |s| s.nodes().filter(|n| n.status.state == NodeState::Ready).count() == nodes)
+            .await;
 
         let cluster = swarm::cluster::Cluster::with_seed(dyn_store.clone(), 2);
         let mut spec = ServiceSpec::replicated("web", "nginx:1.27", replicas as u64);
@@ -131,14 +260,15 @@ fn main() {
         let t0 = Instant::now();
         let c0 = cpu_s();
         let v0 = tokio::time::Instant::now();
-        cluster.create_service(spec).await.expect("create");
+        cluster.create_service(spec).await.map_err(|e| format!("create: {e}"))?;
         wait(&store, "all replicas running", |s| running(s, &HashSet::new()) == replicas).await;
         let converge_s = t0.elapsed().as_secs_f64();
         let converge_cpu_s = cpu_s() - c0;
         let converge_virtual_s = v0.elapsed().as_secs_f64();
+        verify("after converging", &store.state(), replicas, &ids, &sims, &HashSet::new())?;
 
         // 10% of the nodes fail at once.
-        let failed: HashSet<NodeId> = (0..nodes / 10).map(|i| format!("node-{i:05}").into()).collect();
+        let failed: HashSet<NodeId> = ids.iter().take(nodes / 10).cloned().collect();
         let lost = store.state().tasks().filter(|t| t.node_id.as_ref().is_some_and(|n| failed.contains(n))).count();
         let t1 = Instant::now();
         let c1 = cpu_s();
@@ -151,16 +281,49 @@ fn main() {
         let heal_s = t1.elapsed().as_secs_f64();
         let heal_cpu_s = cpu_s() - c1;
         let heal_virtual_s = v1.elapsed().as_secs_f64();
+        let healed = verify("after healing", &store.state(), replicas, &ids, &sims, &failed);
         manager.stop();
         for a in agents {
             a.abort();
         }
-        println!(
-            "nodes={nodes} replicas={replicas} converge={converge_s:.2}s heal={heal_s:.2}s (lost {lost} tasks; simulated heal {heal_virtual_s:.1}s)"
-        );
-        println!(
-            "{{\"nodes\":{nodes},\"replicas\":{replicas},\"converge_s\":{converge_s:.3},\"converge_virtual_s\":{converge_virtual_s:.3},\"converge_cpu_s\":{converge_cpu_s:.2},\"heal_s\":{heal_s:.3},\"heal_cpu_s\":{heal_cpu_s:.2},\"heal_virtual_s\":{heal_virtual_s:.3},\"lost_tasks\":{lost},\"peak_rss_bytes\":{}}}",
-            peak_rss_bytes()
-        );
-    });
+        healed?;
+        Ok(Report {
+            nodes,
+            replicas,
+            converge_s,
+            converge_virtual_s,
+            converge_cpu_s,
+            heal_s,
+            heal_cpu_s,
+            heal_virtual_s,
+            lost_tasks: lost,
+        })
+    })
+}
+
+fn main() {
+    let nodes = arg("--nodes", 1000);
+    let replicas = arg("--replicas", 10_000);
+    let r = match run(nodes, replicas) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("converge_bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "nodes={nodes} replicas={replicas} converge={:.2}s heal={:.2}s (lost {} tasks; simulated heal {:.1}s); checked: one running task per slot, runtimes run exactly those containers",
+        r.converge_s, r.heal_s, r.lost_tasks, r.heal_virtual_s
+    );
+    println!(
+        "{{\"nodes\":{nodes},\"replicas\":{replicas},\"converge_s\":{:.3},\"converge_virtual_s\":{:.3},\"converge_cpu_s\":{:.2},\"heal_s\":{:.3},\"heal_cpu_s\":{:.2},\"heal_virtual_s\":{:.3},\"lost_tasks\":{},\"peak_rss_bytes\":{}}}",
+        r.converge_s,
+        r.converge_virtual_s,
+        r.converge_cpu_s,
+        r.heal_s,
+        r.heal_cpu_s,
+        r.heal_virtual_s,
+        r.lost_tasks,
+        peak_rss_bytes()
+    );
 }

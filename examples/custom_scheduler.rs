@@ -13,8 +13,9 @@
 //! cargo run --example custom_scheduler
 //! ```
 //!
-//! swarm-sched/tests/custom_scheduler.rs runs this very file and asserts
-//! the decisions.
+//! swarm-sched/tests/custom_scheduler.rs compiles this very file and
+//! asserts what it prints ([`report`]), its decisions on the demo store and
+//! on hand-built views, and the scheduler driving a cluster.
 
 use swarm::id::{ServiceId, TaskId};
 use swarm::model::{Node, Resources, Service, ServiceSpec, Task, TaskState, TaskStatus};
@@ -124,16 +125,23 @@ pub fn schedule_pending(state: &State, scheduler: &mut dyn Scheduler) -> Vec<(St
     pending.iter().map(|t| t.id.to_string()).zip(decisions).collect()
 }
 
-#[tokio::main(flavor = "current_thread")]
-pub async fn main() {
+/// What `main` prints: the scheduler's name, then one line per pending
+/// task of the demo store, `task -> node` or `task -> why not`.
+pub async fn report() -> String {
     let store = demo_store().await;
     let state = store.snapshot().await.expect("a MemStore snapshot cannot fail");
     let mut scheduler = ssd_first();
-    println!("scheduler {}:", scheduler.name());
+    let mut out = format!("scheduler {}:\n", scheduler.name());
     for (task, decision) in schedule_pending(&state, &mut scheduler) {
         match decision {
-            Decision::Assign(node) => println!("  {task:<8} -> {node}"),
-            Decision::Unschedulable(why) => println!("  {task:<8} -> {why}"),
+            Decision::Assign(node) => out.push_str(&format!("  {task:<8} -> {node}\n")),
+            Decision::Unschedulable(why) => out.push_str(&format!("  {task:<8} -> {why}\n")),
         }
     }
+    out
+}
+
+#[tokio::main(flavor = "current_thread")]
+pub async fn main() {
+    print!("{}", report().await);
 }

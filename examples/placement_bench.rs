@@ -18,13 +18,34 @@
 //! Prints a table, then one JSON array as the last line: per scheduler
 //! `name`, `placements_per_sec` (tasks placed / wall seconds in
 //! `schedule`, median run), `cpu_ms` (this thread's CPU time in that run,
-//! Linux only: robust to a busy machine), `nodes_used`, `lower_bound`, `unschedulable`, `max_skew`
+//! Linux only: robust to a busy machine), `nodes_used`, `lower_bound`
+//! (over the tasks this scheduler placed) and `lower_bound_by` (which
+//! bound: `swarm_sched::bound`), `unschedulable`, `max_skew`
 //! (`{"node": .., "zone": ..}`), `fragmentation`, plus the inputs.
+//!
+//! Besides `schedule`, it times building the scheduler's input from a
+//! store snapshot, as the manager's scheduling pass does, in a `MemStore`
+//! holding the nodes, one service per service id and every task:
+//! `input_cpu_ms` / `input_elapsed_ms`, with every task pending:
+//! `ClusterView::from_state` plus a `TaskRequest::from_task` per pending
+//! task (the pass before `schedule`); `view_cpu_ms` / `view_elapsed_ms`,
+//! with this scheduler's placement committed (placed tasks running, the
+//! rest pending): `ClusterView::from_state` alone (the next pass's view,
+//! every task counted on its node). Medians of `--repeat` runs. Host
+//! ports are left out of the store; services are named `svc-<n>` (a trace's
+//! service ids need not be DNS labels). When the store refuses a trace's
+//! objects (a label it does not accept, say), these timings are skipped
+//! with a note on stderr and are `null` in the JSON.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use swarm::id::ServiceId;
+use swarm::model::{Placement, PlacementPreference, Service, ServiceSpec, Task, TaskState, TaskStatus};
 use swarm::sched::Pipeline;
 use swarm::sched::workload::{Workload, WorkloadKind, measure, parse_nodes_csv, parse_tasks_csv};
-use swarm::scheduler::{Scheduler, TaskRequest};
+use swarm::scheduler::{ClusterView, Decision, Scheduler, TaskRequest};
+use swarm::state::{State, Transaction};
+use swarm::store::{MemStore, Store};
 
 struct Args {
     nodes: usize,
@@ -91,7 +112,99 @@ fn thread_cpu() -> Option<Duration> {
     s.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
 }
 
+/// `f`'s result, and its wall and thread-CPU time in ms (medians of
+/// `repeat` runs, at least one).
+fn timed<T>(repeat: usize, mut f: impl FnMut() -> T) -> (T, f64, Option<f64>) {
+    let mut once = || {
+        let (start, cpu) = (Instant::now(), thread_cpu());
+        let out = f();
+        let cpu = cpu.zip(thread_cpu()).map(|(a, b)| b.saturating_sub(a));
+        (out, (start.elapsed(), cpu))
+    };
+    let (mut out, first) = once();
+    let mut times = vec![first];
+    for _ in 1..repeat {
+        let (o, t) = once();
+        out = o;
+        times.push(t);
+    }
+    let mut walls: Vec<Duration> = times.iter().map(|t| t.0).collect();
+    walls.sort();
+    let mut cpus: Vec<Duration> = times.iter().filter_map(|t| t.1).collect();
+    cpus.sort();
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    (out, walls.get(walls.len() / 2).map_or(0.0, ms), cpus.get(cpus.len() / 2).map(ms))
+}
+
+/// A store snapshot holding the workload: its nodes, one service per
+/// service id, and every task; with `placement`, placed tasks are running
+/// on their node and the others pending, else all are pending.
+fn snapshot_of(w: &Workload, placement: Option<&[Decision]>) -> Result<std::sync::Arc<State>, String> {
+    let mut counts: BTreeMap<&ServiceId, u64> = BTreeMap::new();
+    for t in &w.tasks {
+        *counts.entry(&t.service_id).or_insert(0) += 1;
+    }
+    let mut tx = Transaction::new();
+    for n in &w.view.nodes {
+        tx = tx.create(n.node.as_ref().clone());
+    }
+    let mut services: BTreeMap<&ServiceId, Service> = BTreeMap::new();
+    for (k, (id, count)) in counts.into_iter().enumerate() {
+        let s = Service {
+            id: id.clone(),
+            spec: ServiceSpec::replicated(format!("svc-{k}"), "nginx:1.27", count),
+            ..Default::default()
+        };
+        tx = tx.create(s.clone());
+        services.insert(id, s);
+    }
+    let mut slots: BTreeMap<&ServiceId, u64> = BTreeMap::new();
+    for (i, req) in w.tasks.iter().enumerate() {
+        let svc = &services[&req.service_id];
+        let slot = slots.entry(&req.service_id).or_insert(0);
+        *slot += 1;
+        let mut spec = svc.spec.task_template.clone();
+        spec.resources.reservations = req.reservations.clone();
+        spec.placement = Placement {
+            constraints: req.constraints.iter().map(|c| c.to_string()).collect(),
+            preferences: req.preferences.iter().map(|p| PlacementPreference { spread: p.clone() }).collect(),
+            max_replicas: req.max_replicas,
+            platforms: req.platforms.clone(),
+        };
+        let node = match placement.and_then(|p| p.get(i)) {
+            Some(Decision::Assign(n)) => Some(n.clone()),
+            _ => None,
+        };
+        let state = if node.is_some() { TaskState::Running } else { TaskState::Pending };
+        tx = tx.create(Task {
+            id: req.task_id.clone(),
+            service_id: req.service_id.clone(),
+            service_name: svc.spec.name.clone(),
+            slot: Some(*slot),
+            node_id: node,
+            spec,
+            spec_version: svc.spec_version,
+            desired_state: TaskState::Running,
+            status: TaskStatus { state, ..Default::default() },
+            ..Default::default()
+        });
+    }
+    let store = MemStore::new();
+    let rt = tokio::runtime::Builder::new_current_thread().build().map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async {
+        store.commit(tx).await.map_err(|e| format!("building the store: {e}"))?;
+        store.snapshot().await.map_err(|e| format!("store snapshot: {e}"))
+    })
+}
+
 fn main() {
+    if let Err(e) = run() {
+        eprintln!("placement_bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
     let (args, w) = match load() {
         Ok(x) => x,
         Err(e) => {
@@ -111,9 +224,51 @@ fn main() {
         ),
     };
     println!("workload {source}: {} nodes, {} tasks, seed {}", w.view.nodes.len(), w.tasks.len(), args.seed);
+    // The scheduling pass's input, every task pending: the view and one
+    // request per pending task, from a store snapshot.
+    let show = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.1}"));
+    let (mut input_wall, mut input_cpu) = (None, None);
+    match snapshot_of(&w, None) {
+        Err(e) => eprintln!("placement_bench: store timings skipped: {e}"),
+        Ok(pending) => {
+            let (requests, wall, cpu) = timed(args.repeat, || {
+                let view = ClusterView::from_state(&pending, swarm::time::now());
+                let requests: Result<Vec<TaskRequest>, _> = pending
+                    .tasks()
+                    .filter(|t| t.status.state == TaskState::Pending)
+                    .map(|t| TaskRequest::from_task(t))
+                    .collect();
+                requests.map(|r| (view.nodes.len(), r.len()))
+            });
+            let (nodes, n) = requests.map_err(|e| format!("a task's constraints do not parse back: {e}"))?;
+            if (nodes, n) != (w.view.nodes.len(), w.tasks.len()) {
+                return Err(format!(
+                    "the store's view has {nodes} nodes and {n} pending tasks, expected {} and {}",
+                    w.view.nodes.len(),
+                    w.tasks.len()
+                ));
+            }
+            println!(
+                "input from a store snapshot ({n} pending tasks: view + requests): {} ms cpu, {wall:.1} ms wall",
+                show(cpu)
+            );
+            (input_wall, input_cpu) = (Some(wall), cpu);
+        }
+    }
     println!(
-        "{:<16} {:>12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}",
-        "scheduler", "placed/s", "wall ms", "cpu ms", "used", "lower", "unsched", "skew/node", "skew/zone", "frag"
+        "{:<16} {:>12} {:>10} {:>10} {:>8} {:>8} {:<12} {:>8} {:>9} {:>9} {:>7} {:>9}",
+        "scheduler",
+        "placed/s",
+        "wall ms",
+        "cpu ms",
+        "used",
+        "lower",
+        "bound by",
+        "unsched",
+        "skew/node",
+        "skew/zone",
+        "frag",
+        "view ms"
     );
     let mut rows = Vec::new();
     for name in &args.schedulers {
@@ -133,20 +288,35 @@ fn main() {
         cpus.sort();
         let cpu_ms = cpus.get(cpus.len() / 2).map(|c| c.as_secs_f64() * 1e3);
         let m = measure(&w.view, &w.tasks, &decisions);
+        // The next pass's view: this placement committed, from a snapshot.
+        let (mut view_wall, mut view_cpu) = (None, None);
+        if let (Some(_), Ok(placed)) = (input_wall, snapshot_of(&w, Some(&decisions))) {
+            let (view, wall, cpu) = timed(args.repeat, || ClusterView::from_state(&placed, swarm::time::now()));
+            let counted: usize = view.nodes.iter().map(|n| n.total_tasks as usize).sum();
+            if counted != m.placed {
+                return Err(format!(
+                    "{name}: the store's view counts {counted} tasks on nodes, {} were placed",
+                    m.placed
+                ));
+            }
+            (view_wall, view_cpu) = (Some(wall), cpu);
+        }
         let per_sec = if elapsed > 0.0 { m.placed as f64 / elapsed } else { 0.0 };
         let zone = m.max_skew_zone.map_or("-".to_string(), |z| z.to_string());
         println!(
-            "{:<16} {:>12.0} {:>10.1} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7.3}",
+            "{:<16} {:>12.0} {:>10.1} {:>10} {:>8} {:>8} {:<12} {:>8} {:>9} {:>9} {:>7.3} {:>9}",
             name,
             per_sec,
             elapsed * 1e3,
-            cpu_ms.map_or("-".to_string(), |c| format!("{c:.1}")),
+            show(cpu_ms),
             m.nodes_used,
-            m.lower_bound,
+            m.lower_bound.nodes,
+            m.lower_bound.by.short(),
             m.unschedulable,
             m.max_skew_node,
             zone,
-            m.fragmentation
+            m.fragmentation,
+            show(view_cpu)
         );
         rows.push(serde_json::json!({
             "name": name,
@@ -159,11 +329,20 @@ fn main() {
             "placed": m.placed,
             "placements_per_sec": per_sec,
             "nodes_used": m.nodes_used,
-            "lower_bound": m.lower_bound,
+            "lower_bound": m.lower_bound.nodes,
+            "lower_bound_by": m.lower_bound.by.to_string(),
             "unschedulable": m.unschedulable,
             "max_skew": { "node": m.max_skew_node, "zone": m.max_skew_zone },
             "fragmentation": m.fragmentation,
+            "input_cpu_ms": input_cpu,
+            "input_elapsed_ms": input_wall,
+            "view_cpu_ms": view_cpu,
+            "view_elapsed_ms": view_wall,
         }));
     }
+    println!(
+        "lower = a lower bound on the nodes any valid placement of the tasks that scheduler placed uses (bound by: which one; docs/swarm-sched.md); view ms = ClusterView::from_state on a snapshot with that placement (cpu)"
+    );
     println!("{}", serde_json::Value::Array(rows));
+    Ok(())
 }

@@ -353,10 +353,16 @@ mod tests {
     use swarm_core::scheduler::check_node;
 
     /// Random nodes and requests: the standard filters, per node and
-    /// through the index, agree with check_node.
+    /// through the index, agree with check_node. Seed 42, then a fresh
+    /// seed each run (printed; `SWARM_TEST_SEED=0x...` replays it).
     #[test]
     fn standard_filters_agree_with_check_node() {
-        let mut rng = IdGen::seeded(42);
+        agree_with_check_node(42);
+        agree_with_check_node(swarm_core::harness::test_seed("standard_filters_agree_with_check_node"));
+    }
+
+    fn agree_with_check_node(seed: u64) {
+        let mut rng = IdGen::seeded(seed);
         let mut r = |n: u64| rng.next_u64() % n;
         let mut nodes = Vec::new();
         for i in 0..200 {
@@ -412,13 +418,13 @@ mod tests {
             }
             for (i, info) in view.nodes.iter().enumerate() {
                 let direct = check_node(info, &req);
-                assert_eq!(first_failure(&filters, info, &req), direct, "node {i}, request {k}");
-                assert_eq!(alive.contains(i), direct.is_ok());
+                assert_eq!(first_failure(&filters, info, &req), direct, "seed {seed:#x}, node {i}, request {k}");
+                assert_eq!(alive.contains(i), direct.is_ok(), "seed {seed:#x}, node {i}, request {k}");
                 if let Err(e) = direct {
                     want.add(&e);
                 }
             }
-            assert_eq!(why, want, "request {k}");
+            assert_eq!(why, want, "seed {seed:#x}, request {k}");
         }
     }
 }

@@ -21,11 +21,12 @@
 //!
 //! [`workload`] generates the placement benchmark's inputs, reads CSV
 //! traces and computes its metrics (nodes used, lower bound, skew,
-//! fragmentation).
+//! fragmentation); [`bound`] is the lower bound on nodes used.
 
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod bound;
 pub mod filter;
 pub mod index;
 pub mod pipeline;

@@ -1,4 +1,8 @@
-//! Property tests of the built-in schedulers (fixed seed, deterministic):
+//! Property tests of the built-in schedulers, each run twice: with a fixed
+//! seed (the same cases every run), then with a fresh seed from
+//! `swarm_core::harness::test_seed` (printed with the test's name;
+//! `SWARM_TEST_SEED=0x... cargo test -p swarm-sched --test properties`
+//! replays it). A failure names the seed and the shrunk input.
 //! - no placement violates a constraint, a reservation, a host port or max
 //!   replicas (every decision is replayed through swarm-core's
 //!   `check_node` in order);
@@ -7,21 +11,44 @@
 //! - on the same input (identical nodes), BinPack never uses more nodes
 //!   than Spread;
 //! - the shared candidate heaps (small groups) decide exactly as the
-//!   per-group path does.
+//!   per-group path does;
+//! - the lower bound on nodes used (`swarm_sched::bound`) never exceeds
+//!   the nodes any scheduler used.
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::sync::Arc;
 use swarm_core::model::{Availability, Node, NodeState, Protocol, Resources};
 use swarm_core::scheduler::{ClusterView, Decision, NodeInfo, Scheduler, TaskRequest, check_node};
+use swarm_sched::bound::lower_bound;
 use swarm_sched::{BestFit, LeastAllocated, MostAllocated, Pipeline, Scorer, Spread};
 
 const CPU: u64 = 1_000_000_000;
 const GIB: u64 = 1 << 30;
 
-fn config() -> Config {
-    Config { cases: 96, rng_seed: RngSeed::Fixed(0x5eed), failure_persistence: None, ..Config::default() }
+/// The seed every run starts with.
+const FIXED_SEED: u64 = 0x5eed;
+
+fn config(seed: u64) -> Config {
+    Config { cases: 96, rng_seed: RngSeed::Fixed(seed), failure_persistence: None, ..Config::default() }
+}
+
+/// Runs `property` on `strategy`'s cases from the fixed seed, then from a
+/// fresh one (`test_seed(name)`); panics with the seed and the shrunk
+/// failing input.
+fn check<S>(name: &str, strategy: S, property: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S: Strategy,
+    S::Value: Debug,
+{
+    for seed in [FIXED_SEED, swarm_core::harness::test_seed(name)] {
+        let mut runner = TestRunner::new(config(seed));
+        if let Err(e) = runner.run(&strategy, &property) {
+            panic!("{name}, seed {seed:#x} (replay with SWARM_TEST_SEED={seed:#x}): {e}");
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -206,14 +233,10 @@ fn builtin(k: usize) -> Box<dyn Scorer> {
     }
 }
 
-proptest! {
-    #![proptest_config(config())]
-
-    #[test]
-    fn placements_respect_every_rule(
-        nodes in prop::collection::vec(node_gen(), 0..12),
-        services in prop::collection::vec(service_gen(false), 1..6),
-    ) {
+#[test]
+fn placements_respect_every_rule() {
+    let strategy = (prop::collection::vec(node_gen(), 0..12), prop::collection::vec(service_gen(false), 1..6));
+    check("placements_respect_every_rule", strategy, |(nodes, services)| {
         let view = build_view(&nodes);
         let tasks = build_tasks(&services);
         for name in Pipeline::NAMES {
@@ -229,56 +252,75 @@ proptest! {
                 }
             }
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn spread_skew_is_at_most_one_on_identical_nodes(
-        n in 1usize..10,
-        services in prop::collection::vec(service_gen(true), 1..6),
-    ) {
+#[test]
+fn spread_skew_is_at_most_one_on_identical_nodes() {
+    let strategy = (1usize..10, prop::collection::vec(service_gen(true), 1..6));
+    check("spread_skew_is_at_most_one_on_identical_nodes", strategy, |(n, services)| {
         let view = build_view(&vec![IDENTICAL; n]);
         // Room for every task on every node: 8 CPUs, 16 GiB per node.
         let tasks: Vec<TaskRequest> = build_tasks(&services)
             .into_iter()
-            .map(|mut t| { t.reservations = Resources::new(t.reservations.nano_cpus / 64, t.reservations.memory_bytes / 64); t })
+            .map(|mut t| {
+                t.reservations = Resources::new(t.reservations.nano_cpus / 64, t.reservations.memory_bytes / 64);
+                t
+            })
             .collect();
         let d = Pipeline::spread().schedule(&view, &tasks);
         assert_valid(&view, &tasks, &d, "spread");
         let counts = per_node(&d, &tasks);
         for (s, _) in services.iter().enumerate() {
             let svc = format!("s{s}");
-            let c: Vec<usize> = view.nodes.iter().map(|x| counts.get(&(svc.clone(), x.node.id.to_string())).copied().unwrap_or(0)).collect();
+            let c: Vec<usize> = view
+                .nodes
+                .iter()
+                .map(|x| counts.get(&(svc.clone(), x.node.id.to_string())).copied().unwrap_or(0))
+                .collect();
             let (lo, hi) = (c.iter().min().unwrap(), c.iter().max().unwrap());
             prop_assert!(hi - lo <= 1, "service {} counts {:?}", svc, c);
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn binpack_never_uses_more_nodes_than_spread(
-        n in 1usize..12,
-        services in prop::collection::vec(service_gen(false), 1..6),
-    ) {
+#[test]
+fn binpack_never_uses_more_nodes_than_spread() {
+    let strategy = (1usize..12, prop::collection::vec(service_gen(false), 1..6));
+    check("binpack_never_uses_more_nodes_than_spread", strategy, |(n, services)| {
         let view = build_view(&vec![NodeGen { ssd: true, ..IDENTICAL }; n]);
         let tasks = build_tasks(&services);
         let spread = Pipeline::spread().schedule(&view, &tasks);
         for name in ["binpack", "most-allocated"] {
             let packed = Pipeline::by_name(name).unwrap().schedule(&view, &tasks);
-            prop_assert!(nodes_used(&packed) <= nodes_used(&spread), "{}: {} > spread {}", name, nodes_used(&packed), nodes_used(&spread));
+            prop_assert!(
+                nodes_used(&packed) <= nodes_used(&spread),
+                "{}: {} > spread {}",
+                name,
+                nodes_used(&packed),
+                nodes_used(&spread)
+            );
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn shared_heaps_decide_like_the_per_group_path(
-        nodes in prop::collection::vec(node_gen(), 0..12),
-        services in prop::collection::vec(service_gen(false), 1..8),
-        rounds in 1usize..4,
-    ) {
+#[test]
+fn shared_heaps_decide_like_the_per_group_path() {
+    let strategy =
+        (prop::collection::vec(node_gen(), 0..12), prop::collection::vec(service_gen(false), 1..8), 1usize..4);
+    check("shared_heaps_decide_like_the_per_group_path", strategy, |(nodes, services, rounds)| {
         let view = build_view(&nodes);
         // Several services of the same shape, some repeated: exercises
         // heaps shared across groups and nodes changed by other groups.
         let mut tasks = build_tasks(&services);
         for r in 1..rounds {
-            tasks.extend(build_tasks(&services).into_iter().map(|mut t| { t.service_id = format!("{}-r{r}", t.service_id).into(); t }));
+            tasks.extend(build_tasks(&services).into_iter().map(|mut t| {
+                t.service_id = format!("{}-r{r}", t.service_id).into();
+                t
+            }));
         }
         for k in 0..4 {
             prop_assert!(builtin(k).shareable());
@@ -286,7 +328,26 @@ proptest! {
             let unshared = Pipeline::new("u", Unshared(builtin(k))).schedule(&view, &tasks);
             prop_assert_eq!(shared, unshared, "{}", builtin(k).name());
         }
-    }
+        Ok(())
+    });
+}
+
+/// On random nodes (some down, drained, partly used, with a port taken)
+/// and services (constraints, max replicas, host ports), the lower bound
+/// over what each scheduler placed is at most the nodes it used.
+#[test]
+fn the_lower_bound_never_exceeds_the_nodes_used() {
+    let strategy = (prop::collection::vec(node_gen(), 0..12), prop::collection::vec(service_gen(false), 1..6));
+    check("the_lower_bound_never_exceeds_the_nodes_used", strategy, |(nodes, services)| {
+        let view = build_view(&nodes);
+        let tasks = build_tasks(&services);
+        for name in Pipeline::NAMES {
+            let d = Pipeline::by_name(name).unwrap().schedule(&view, &tasks);
+            let b = lower_bound(&view, &tasks, &d);
+            prop_assert!(b.nodes <= nodes_used(&d), "{}: bound {} ({}) > {} used", name, b.nodes, b.by, nodes_used(&d));
+        }
+        Ok(())
+    });
 }
 
 /// The same on every built-in workload, at a size where shapes repeat
