@@ -180,6 +180,7 @@ struct Inner {
     inbox: Arc<node::InboxGauge>,
     replica: Arc<Mutex<Replica>>,
     status: Arc<Mutex<NodeStatus>>,
+    leading: tokio::sync::watch::Receiver<bool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     election: Duration,
 }
@@ -260,6 +261,8 @@ impl RaftStore {
             ..Default::default()
         });
         driver.inbox = inbox.clone();
+        let (leading_tx, leading) = tokio::sync::watch::channel(false);
+        driver.leading = Some(leading_tx);
         driver.publish(false);
         let (tx, rx) = mpsc::channel();
         driver.self_tx = Some(tx.clone());
@@ -275,6 +278,7 @@ impl RaftStore {
                 inbox,
                 replica,
                 status,
+                leading,
                 thread: Mutex::new(Some(thread)),
                 election,
             }),
@@ -519,6 +523,12 @@ impl Store for RaftStore {
 
     async fn watch(&self, from: Revision) -> Result<Watch, StoreError> {
         lock(&self.inner.replica).watch(from)
+    }
+
+    /// True while this manager is the raft leader (and not stopped): a
+    /// `Manager` on this store runs its controllers only then.
+    fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.leading.clone()
     }
 }
 

@@ -278,6 +278,9 @@ pub(crate) struct Driver {
     pub inbox: Arc<InboxGauge>,
     /// This driver's own input channel (snapshot threads report back on it).
     pub self_tx: Option<std::sync::mpsc::Sender<Input>>,
+    /// True while this manager leads (and is not stopped): the store's
+    /// leadership signal.
+    pub leading: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 /// How many frames (and bytes) wait in a manager's input channel, and how
@@ -367,6 +370,7 @@ impl Driver {
             rejected: 0,
             inbox: Arc::default(),
             self_tx: None,
+            leading: None,
         }
     }
 
@@ -482,6 +486,10 @@ impl Driver {
             rejected_messages: self.rejected,
             inbox_dropped: self.inbox.dropped.load(std::sync::atomic::Ordering::Relaxed),
         };
+        if let Some(leading) = &self.leading {
+            let now = s.role == Role::Leader && !stopped;
+            leading.send_if_modified(|was| std::mem::replace(was, now) != now);
+        }
         *lock(&self.status) = s;
     }
 
