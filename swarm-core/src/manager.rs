@@ -43,7 +43,8 @@ use tokio::task::JoinHandle;
 /// Manager settings.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
-    /// Seed for ids (tasks, sessions); `None` = from entropy.
+    /// Seed for task ids; `None` = from entropy. Session ids never come
+    /// from it: they are drawn from the OS random source.
     pub seed: Option<u64>,
     /// The scheduler waits this long without new pending tasks before
     /// placing a batch (Swarm: 50 ms)...
@@ -76,7 +77,7 @@ impl Manager {
     /// Starts the orchestrator, scheduler, reaper and dispatcher loops.
     pub fn start(store: Arc<dyn Store>, scheduler: Box<dyn Scheduler>, config: ManagerConfig) -> Manager {
         let seed = config.seed.unwrap_or_else(|| IdGen::from_entropy().next_u64());
-        let dispatcher = LocalDispatcher::new(store.clone(), seed);
+        let dispatcher = LocalDispatcher::new(store.clone());
         let mut handles = Vec::new();
         let (s, c) = (store.clone(), config.clone());
         handles.push(tokio::spawn(async move {
