@@ -266,7 +266,10 @@ impl LocalDispatcher {
             let state = self.store.snapshot().await?;
             self.refresh(&state);
             let mut watch = self.store.watch(state.revision()).await?;
-            let mut check = tokio::time::interval(state.cluster_spec().dispatcher.heartbeat_period.to_std() / 2);
+            // Validation keeps the period at 1 ms or more; the floor keeps a
+            // zero interval (which tokio refuses with a panic) impossible.
+            let half_period = state.cluster_spec().dispatcher.heartbeat_period.to_std() / 2;
+            let mut check = tokio::time::interval(half_period.max(Duration::from_micros(500)));
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
