@@ -131,8 +131,7 @@ pub async fn read_file_by_exec<R: Runtime>(
     let mounts = run(vec!["cat".into(), "/proc/mounts".into()]).await?;
     let fs_type = mounts
         .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some(path))
-        .last()
+        .rfind(|l| l.split_whitespace().nth(1) == Some(path))
         .and_then(|l| l.split_whitespace().nth(2))
         .unwrap_or("")
         .to_string();
@@ -649,7 +648,8 @@ mod tests {
                 self.0.leftovers(id).await
             }
         }
-        let cases: [(fn(&mut SeenFile), &str); 4] = [
+        type Tamper = fn(&mut SeenFile);
+        let cases: [(Tamper, &str); 4] = [
             (|f| f.data[0] ^= 1, "not the"),
             (|f| f.uid = 0, "want"),
             (|f| f.mode = 0o644, "mode"),

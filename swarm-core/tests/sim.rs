@@ -416,11 +416,14 @@ async fn a_container_holds_its_secret_and_config_files_as_given() {
     assert!(matches!(sim.files(&id), Err(RuntimeError::NotFound(_))));
 }
 
+/// A change to a container config.
+type Edit = Box<dyn Fn(&mut ContainerConfig)>;
+
 #[tokio::test(start_paused = true)]
 async fn bad_file_targets_and_owners_are_refused_at_create_and_use_up_no_fault() {
     let sim = SimRuntime::with_index("n", 41);
     sim.inject(FaultRule::new(Fault::LoseFileContent).times(1));
-    let bad: Vec<(&str, Box<dyn Fn(&mut ContainerConfig)>)> = vec![
+    let bad: Vec<(&str, Edit)> = vec![
         ("relative target", Box::new(|c| c.secrets = vec![file("a", "run/a", b"x")])),
         ("directory target", Box::new(|c| c.secrets = vec![file("a", "/run/a/", b"x")])),
         (
