@@ -438,7 +438,20 @@ pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), ValidationError> 
         e.at_most("dispatcher.heartbeat_period", d.heartbeat_period, MAX_HEARTBEAT_PERIOD);
     }
     e.at_most("dispatcher.grace_periods", d.grace_periods, MAX_GRACE_PERIODS);
-    let r = &spec.raft;
+    raft(&mut e, &spec.raft);
+    e.finish(format!("cluster {:?}", spec.name))
+}
+
+/// Validates raft settings on their own (a raft store's start-up settings),
+/// with the same rules and field names (`raft.tick`, ...) as in the cluster
+/// spec.
+pub fn validate_raft_config(cfg: &RaftConfig) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    raft(&mut e, cfg);
+    e.finish("raft settings".into())
+}
+
+fn raft(e: &mut Errors, r: &RaftConfig) {
     if r.tick.is_negative() {
         e.duration("raft.tick", r.tick);
     } else if r.tick == SpecDuration::ZERO {
@@ -457,5 +470,4 @@ pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), ValidationError> 
     e.at_most("raft.snapshot_interval", r.snapshot_interval, MAX_RAFT_LOG_ENTRIES);
     e.at_most("raft.log_entries_for_slow_followers", r.log_entries_for_slow_followers, MAX_RAFT_LOG_ENTRIES);
     e.at_most("raft.keep_old_snapshots", r.keep_old_snapshots, MAX_KEPT_SNAPSHOTS);
-    e.finish(format!("cluster {:?}", spec.name))
 }

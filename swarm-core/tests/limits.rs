@@ -11,7 +11,7 @@ use swarm_core::model::*;
 use swarm_core::state::{Transaction, TxError};
 use swarm_core::store::{MemStore, Store, StoreError};
 use swarm_core::time::SpecDuration;
-use swarm_core::validate::{ValidationError, validate_cluster_spec, validate_service_spec};
+use swarm_core::validate::{ValidationError, validate_cluster_spec, validate_raft_config, validate_service_spec};
 
 /// The error must be about `field` alone, say `value` and the limit, and
 /// its Display must carry all three.
@@ -302,4 +302,18 @@ async fn force_update_wraps_its_counter_and_still_rolls() {
     let svc = cluster.inspect_service("web").await.unwrap();
     assert_eq!(svc.spec.task_template.force_update, 0);
     assert_eq!(svc.spec_version, 2, "the changed counter rolls the tasks");
+}
+
+#[test]
+fn raft_settings_alone_follow_the_same_rules() {
+    validate_raft_config(&RaftConfig::default()).expect("the defaults are valid");
+    // A store's start-up settings multiply tick by election_tick: both
+    // bounded, so that product cannot overflow.
+    let cfg =
+        RaftConfig { tick: SpecDuration::from_secs(365 * 24 * 3600), election_tick: u32::MAX, ..Default::default() };
+    let err = validate_raft_config(&cfg).unwrap_err();
+    assert_eq!(err.subject, "raft settings");
+    let fields: Vec<&str> = err.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["raft.tick", "raft.election_tick"], "{err}");
+    assert!(err.to_string().contains("raft.election_tick: 4294967295 is above the limit of 10000"), "{err}");
 }
