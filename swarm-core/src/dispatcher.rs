@@ -266,16 +266,20 @@ impl LocalDispatcher {
             let state = self.store.snapshot().await?;
             self.refresh(&state);
             let mut watch = self.store.watch(state.revision()).await?;
-            // Validation keeps the period at 1 ms or more; the floor keeps a
-            // zero interval (which tokio refuses with a panic) impossible.
-            let half_period = state.cluster_spec().dispatcher.heartbeat_period.to_std() / 2;
-            let mut check = tokio::time::interval(half_period.max(Duration::from_micros(500)));
-            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut period = state.cluster_spec().dispatcher.heartbeat_period;
+            let mut check = heartbeat_check(period);
             loop {
                 tokio::select! {
                     change = watch.next() => match change {
                         Ok(change) => {
                             self.observe(&change);
+                            // A new heartbeat period: check at its pace from now
+                            // on, not at the old one's.
+                            let now = self.heartbeat_config().heartbeat_period;
+                            if now != period {
+                                period = now;
+                                check = heartbeat_check(period);
+                            }
                             self.route(&change).await;
                         }
                         Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => {
@@ -391,6 +395,16 @@ impl LocalDispatcher {
             tracing::error!(nodes = silent.len(), error = %e, "could not mark nodes down");
         }
     }
+}
+
+/// The timer of the silent-node check: twice per heartbeat period.
+/// Validation keeps the period at 1 ms or more; the floor keeps a zero
+/// interval (which tokio refuses with a panic) impossible anyway.
+fn heartbeat_check(period: crate::time::SpecDuration) -> tokio::time::Interval {
+    let half = (period.to_std() / 2).max(Duration::from_micros(500));
+    let mut check = tokio::time::interval_at(Instant::now() + half, half);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check
 }
 
 fn has_refs(t: &Task) -> bool {

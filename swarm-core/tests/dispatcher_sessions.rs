@@ -83,3 +83,38 @@ async fn a_guessed_session_id_is_refused() {
     }
     m.stop();
 }
+
+/// The dispatcher checks for silent nodes every half heartbeat period. When
+/// the cluster's period is lowered, the checks follow at once: a node that
+/// goes silent is down within the new grace, not the old one.
+#[tokio::test(start_paused = true)]
+async fn a_lowered_heartbeat_period_takes_effect_for_node_health_at_once() {
+    use swarm_core::cluster::Cluster;
+    use swarm_core::model::{ClusterSpec, NodeState};
+    use swarm_core::time::SpecDuration;
+    use tokio::time::{Duration, Instant};
+
+    let store = Arc::new(MemStore::new());
+    let cluster = Cluster::with_seed(store.clone(), 1);
+    let mut spec = ClusterSpec::default();
+    spec.dispatcher.heartbeat_period = SpecDuration::from_secs(3600);
+    cluster.set_cluster_spec(spec.clone()).await.unwrap();
+    let d = LocalDispatcher::new(store.clone());
+    let runner = tokio::spawn({
+        let d = d.clone();
+        async move { d.run().await }
+    });
+    tokio::task::yield_now().await;
+    d.open_session(request("n1")).await.unwrap();
+    // Let the router's first (hour-long) check interval start.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    spec.dispatcher.heartbeat_period = SpecDuration::from_secs(1);
+    cluster.set_cluster_spec(spec).await.unwrap();
+    // n1 never heartbeats: down after 3 periods of 1 s, checked every 0.5 s.
+    let t0 = Instant::now();
+    while store.state().node(&NodeId::new("n1")).unwrap().status.state != NodeState::Down {
+        assert!(t0.elapsed() < Duration::from_secs(10), "n1 still not down after {:?}", t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    runner.abort();
+}
