@@ -2,9 +2,11 @@
 //! [`Runtime`] (SimRuntime, Docker, containerd).
 //!
 //! A backend plugs in through a [`Fixture`]: its runtime, a fresh handle on
-//! the same engine (an agent that restarted), and three kinds of task
-//! configs (an HTTP server that stops on its stop signal, a task that exits
-//! with a given code, a task that ignores its stop signal). The suite then
+//! the same engine (an agent that restarted), three kinds of task configs
+//! (an HTTP server that stops on its stop signal, a task that exits with a
+//! given code, a task that ignores its stop signal), and a way to read a
+//! file as a task sees it (exec in the container on a real engine, the
+//! simulated files on SimRuntime). The suite then
 //! checks, through the trait only: create and health, crash (exit code) and
 //! replace, the stop grace period, secrets and configs as files, cleanup,
 //! and adoption by labels. Each check removes every container it created,
@@ -54,10 +56,12 @@ pub trait Fixture: Send + Sync {
     fn exits_with(&self, code: i32) -> ContainerConfig;
     /// A task that ignores its stop signal (only SIGKILL ends it).
     fn ignores_stop(&self) -> ContainerConfig;
-    /// True when exec runs real commands and addresses are reachable (a
-    /// real engine); false for a simulation, where file contents cannot be
-    /// read back.
-    fn real(&self) -> bool;
+    /// The file at `path` as the task of container `id` (running) sees it:
+    /// content, owner, mode and the filesystem it is on. A real engine reads
+    /// it through the runtime, from inside the container
+    /// ([`read_file_by_exec`]); a simulation reports what the task would
+    /// see.
+    async fn read_file(&self, id: &str, path: &str) -> Result<SeenFile, String>;
     /// What the engine still holds of a removed container (snapshots,
     /// network namespaces, files, ...), one description per leftover.
     async fn leftovers(&self, id: &str) -> Vec<String>;
@@ -65,6 +69,73 @@ pub trait Fixture: Send + Sync {
     fn patience(&self) -> Duration {
         Duration::from_secs(30)
     }
+}
+
+/// A file as a task sees it in its container.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SeenFile {
+    /// Content.
+    pub data: Vec<u8>,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Permission bits, e.g. 0o444.
+    pub mode: u32,
+    /// Type of the filesystem it is on, e.g. `tmpfs`.
+    pub fs_type: String,
+}
+
+impl fmt::Debug for SeenFile {
+    // The content may be a secret: its length only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeenFile")
+            .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:#o}", self.mode))
+            .field("fs_type", &self.fs_type)
+            .finish()
+    }
+}
+
+/// Reads a file from inside container `id` by exec: `cat PATH` for the
+/// content, `stat_cmd` followed by the path for `UID GID MODE` (mode in
+/// octal; e.g. busybox `stat -c "%u %g %a"`), and `cat /proc/mounts` for
+/// the filesystem mounted at the path. For fixtures of real engines.
+pub async fn read_file_by_exec<R: Runtime>(
+    rt: &R,
+    id: &str,
+    path: &str,
+    stat_cmd: &[&str],
+    patience: Duration,
+) -> Result<SeenFile, String> {
+    let run = |cmd: Vec<String>| async move {
+        let what = cmd.join(" ");
+        let r = call(&format!("exec {what}"), rt.exec(id, &cmd, patience).await)?;
+        ensure(r.exit_code == 0, || format!("exec {what}: exit {}: {}", r.exit_code, r.output))?;
+        Ok::<String, String>(r.output)
+    };
+    let data = run(vec!["cat".into(), path.into()]).await?.into_bytes();
+    let mut cmd: Vec<String> = stat_cmd.iter().map(|s| s.to_string()).collect();
+    cmd.push(path.into());
+    let stat = run(cmd).await?;
+    let parts: Vec<&str> = stat.split_whitespace().collect();
+    let (uid, gid, mode) = match parts.as_slice() {
+        [u, g, m] => (u.parse().ok(), g.parse().ok(), u32::from_str_radix(m, 8).ok()),
+        _ => (None, None, None),
+    };
+    let (Some(uid), Some(gid), Some(mode)) = (uid, gid, mode) else {
+        return Err(format!("stat of {path} printed {stat:?}, want \"UID GID OCTAL-MODE\""));
+    };
+    let mounts = run(vec!["cat".into(), "/proc/mounts".into()]).await?;
+    let fs_type = mounts
+        .lines()
+        .rfind(|l| l.split_whitespace().nth(1) == Some(path))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+        .to_string();
+    Ok(SeenFile { data, uid, gid, mode, fs_type })
 }
 
 /// A check that did not hold.
@@ -288,44 +359,58 @@ pub async fn stop_grace<F: Fixture>(fx: &F, run: &str) -> Result<(), Failure> {
     t.finish(r).await
 }
 
-/// Secrets and configs: a task with a secret and a config runs; on a real
-/// engine the files hold the bytes, and the secret sits on a tmpfs.
+/// Secrets and configs: a task with a secret (its own owner and mode) and
+/// a config (default owner and mode) runs, and reads back from inside the
+/// container, at their targets, exactly the bytes given, with the owner and
+/// mode given (0:0 and 0o444 by default); the secret sits on a tmpfs.
 pub async fn secrets<F: Fixture>(fx: &F, run: &str) -> Result<(), Failure> {
     let mut t = Tracker::new(fx, run, "secrets");
     let r = async {
         let rt = fx.runtime();
         let mut cfg = t.identify(fx.server(), "vault");
-        let secret = b"s3cr3t-value".to_vec();
+        let secret = format!("s3cr3t-value-{run}\n").into_bytes();
+        let config = format!("mode=conformance\nrun={run}\n").into_bytes();
         cfg.secrets = vec![FileMaterial {
             name: "db-pass".into(),
             path: "/run/secrets/db-pass".into(),
             data: SecretBytes(secret.clone()),
-            mode: 0o400,
-            ..Default::default()
+            uid: "1000".into(),
+            gid: "1001".into(),
+            mode: 0o440,
         }];
         cfg.configs = vec![FileMaterial {
             name: "app-conf".into(),
             path: "/etc/app.conf".into(),
-            data: SecretBytes(b"mode=conformance\n".to_vec()),
+            data: SecretBytes(config.clone()),
             ..Default::default()
         }];
         let id = t.create_started(&cfg).await?;
         wait_state(rt, &id, ContainerState::Running, fx.patience()).await?;
-        if !fx.real() {
-            return Ok(());
+        let want = [
+            ("secret", "/run/secrets/db-pass", &secret, (1000, 1001, 0o440)),
+            ("config", "/etc/app.conf", &config, (0, 0, 0o444)),
+        ];
+        for (kind, path, data, (uid, gid, mode)) in want {
+            let seen = fx.read_file(&id, path).await.map_err(|e| format!("reading the {kind} {path}: {e}"))?;
+            ensure(&seen.data == data, || {
+                format!(
+                    "the {kind} {path} holds {} bytes that are not the {} given{}",
+                    seen.data.len(),
+                    data.len(),
+                    if seen.data.is_empty() { " (it is empty)" } else { "" }
+                )
+            })?;
+            ensure((seen.uid, seen.gid, seen.mode) == (uid, gid, mode), || {
+                format!(
+                    "the {kind} {path} is {}:{} mode {:#o}, want {uid}:{gid} mode {mode:#o}",
+                    seen.uid, seen.gid, seen.mode
+                )
+            })?;
+            if kind == "secret" {
+                ensure(seen.fs_type == "tmpfs", || format!("the secret is on {:?}, not on a tmpfs", seen.fs_type))?;
+            }
         }
-        let cat = |p: &str| vec!["cat".to_string(), p.to_string()];
-        let r = call("exec cat secret", rt.exec(&id, &cat("/run/secrets/db-pass"), fx.patience()).await)?;
-        ensure(r.exit_code == 0 && r.output.as_bytes() == secret.as_slice(), || {
-            format!("secret file: exit {} output {:?}", r.exit_code, r.output)
-        })?;
-        let r = call("exec cat config", rt.exec(&id, &cat("/etc/app.conf"), fx.patience()).await)?;
-        ensure(r.output == "mode=conformance\n", || format!("config file holds {:?}", r.output))?;
-        let r = call("exec cat /proc/mounts", rt.exec(&id, &cat("/proc/mounts"), fx.patience()).await)?;
-        let line = r.output.lines().find(|l| l.split_whitespace().nth(1) == Some("/run/secrets/db-pass"));
-        ensure(line.is_some_and(|l| l.split_whitespace().nth(2) == Some("tmpfs")), || {
-            format!("the secret is not on a tmpfs: mount line {line:?}")
-        })
+        Ok(())
     }
     .await;
     t.finish(r).await
@@ -481,8 +566,10 @@ impl Fixture for SimFixture {
         c.spec.image = "sim-hang".into();
         c
     }
-    fn real(&self) -> bool {
-        false
+    async fn read_file(&self, id: &str, path: &str) -> Result<SeenFile, String> {
+        let files = call("sim files", self.sim.files(id))?;
+        let f = files.into_iter().find(|f| f.path == path).ok_or_else(|| format!("no file at {path}"))?;
+        Ok(SeenFile { data: f.data.0, uid: f.uid, gid: f.gid, mode: f.mode, fs_type: f.fs_type.to_string() })
     }
     async fn leftovers(&self, id: &str) -> Vec<String> {
         if self.sim.running().iter().any(|r| r == id) {
@@ -514,5 +601,64 @@ mod tests {
         assert_eq!(err.check, "create_and_health");
         assert!(err.detail.contains("to stop"), "{err}");
         assert_eq!(fx.sim().container_count(), 0, "a failing check must clean up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runtime_that_drops_file_content_fails_the_secrets_check() {
+        let fx = SimFixture::new();
+        fx.sim().inject(FaultRule::new(Fault::LoseFileContent));
+        let err = secrets(&fx, "lossy").await.unwrap_err();
+        assert_eq!(err.check, "secrets");
+        assert!(err.detail.contains("/run/secrets/db-pass") && err.detail.contains("empty"), "{err}");
+        assert_eq!(fx.sim().container_count(), 0, "a failing check must clean up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_secrets_check_reads_the_content_the_task_was_given() {
+        // The check reads back what it gave: a fixture that shows other
+        // bytes (or other owners) fails it.
+        struct Tampered(SimFixture, fn(&mut SeenFile));
+        #[async_trait]
+        impl Fixture for Tampered {
+            type R = SimRuntime;
+            fn runtime(&self) -> &SimRuntime {
+                self.0.runtime()
+            }
+            async fn reopen(&self) -> SimRuntime {
+                self.0.reopen().await
+            }
+            fn server(&self) -> ContainerConfig {
+                self.0.server()
+            }
+            fn port(&self) -> u16 {
+                self.0.port()
+            }
+            fn exits_with(&self, code: i32) -> ContainerConfig {
+                self.0.exits_with(code)
+            }
+            fn ignores_stop(&self) -> ContainerConfig {
+                self.0.ignores_stop()
+            }
+            async fn read_file(&self, id: &str, path: &str) -> Result<SeenFile, String> {
+                let mut f = self.0.read_file(id, path).await?;
+                (self.1)(&mut f);
+                Ok(f)
+            }
+            async fn leftovers(&self, id: &str) -> Vec<String> {
+                self.0.leftovers(id).await
+            }
+        }
+        type Tamper = fn(&mut SeenFile);
+        let cases: [(Tamper, &str); 4] = [
+            (|f| f.data[0] ^= 1, "not the"),
+            (|f| f.uid = 0, "want"),
+            (|f| f.mode = 0o644, "mode"),
+            (|f| f.fs_type = "ext4".into(), "tmpfs"),
+        ];
+        for (tamper, says) in cases {
+            let err = secrets(&Tampered(SimFixture::new(), tamper), "tampered").await.unwrap_err();
+            assert!(err.detail.contains(says), "{err}");
+        }
+        secrets(&Tampered(SimFixture::new(), |_| {}), "untouched").await.expect("the untouched sim passes");
     }
 }

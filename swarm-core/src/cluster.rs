@@ -293,9 +293,10 @@ impl Cluster {
         .await
     }
 
-    /// Forces a rolling restart with an unchanged spec.
+    /// Forces a rolling restart with an unchanged spec. The counter wraps
+    /// at `u64::MAX`: what matters is that it changes.
     pub async fn force_update(&self, name: &str) -> Result<(), ClusterError> {
-        self.modify_service(name, |s| s.task_template.force_update += 1).await
+        self.modify_service(name, |s| s.task_template.force_update = s.task_template.force_update.wrapping_add(1)).await
     }
 
     /// Sets the replica count of a replicated service.

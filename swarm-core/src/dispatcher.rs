@@ -14,8 +14,13 @@
 //!
 //! Secrets and configs travel with the assignments, and only to the node
 //! whose tasks reference them.
+//!
+//! A session id is what a worker presents on every later call, so it is a
+//! credential: 128 bits from the OS random source ([`new_session_id`]),
+//! never from a seeded generator, so that knowing a test's or a manager's
+//! seed does not let anyone guess a live session.
 
-use crate::id::{IdGen, NodeId, TaskId};
+use crate::id::{NodeId, TaskId};
 use crate::model::*;
 use crate::state::{Action, Change, State, Transaction};
 use crate::store::{Store, StoreError};
@@ -153,7 +158,6 @@ struct Inner {
     node_states: HashMap<NodeId, NodeState>,
     /// The cluster's heartbeat settings, kept current by the router.
     config: DispatcherConfig,
-    ids: IdGen,
 }
 
 type Subscribe = (String, mpsc::UnboundedSender<Assignments>);
@@ -173,8 +177,9 @@ fn is_assigned(t: &Task) -> bool {
 }
 
 impl LocalDispatcher {
-    /// A dispatcher over `store`; `seed` makes session ids reproducible.
-    pub fn new(store: Arc<dyn Store>, seed: u64) -> Self {
+    /// A dispatcher over `store`. Session ids come from the OS random
+    /// source (see the [module docs](self)).
+    pub fn new(store: Arc<dyn Store>) -> Self {
         let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
         LocalDispatcher {
             store,
@@ -186,7 +191,6 @@ impl LocalDispatcher {
                 last_seen: HashMap::new(),
                 node_states: HashMap::new(),
                 config: DispatcherConfig::default(),
-                ids: IdGen::seeded(seed ^ 0xD15A_7C4E),
             })),
         }
     }
@@ -262,13 +266,20 @@ impl LocalDispatcher {
             let state = self.store.snapshot().await?;
             self.refresh(&state);
             let mut watch = self.store.watch(state.revision()).await?;
-            let mut check = tokio::time::interval(state.cluster_spec().dispatcher.heartbeat_period.to_std() / 2);
-            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut period = state.cluster_spec().dispatcher.heartbeat_period;
+            let mut check = heartbeat_check(period);
             loop {
                 tokio::select! {
                     change = watch.next() => match change {
                         Ok(change) => {
                             self.observe(&change);
+                            // A new heartbeat period: check at its pace from now
+                            // on, not at the old one's.
+                            let now = self.heartbeat_config().heartbeat_period;
+                            if now != period {
+                                period = now;
+                                check = heartbeat_check(period);
+                            }
                             self.route(&change).await;
                         }
                         Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => {
@@ -386,6 +397,16 @@ impl LocalDispatcher {
     }
 }
 
+/// The timer of the silent-node check: twice per heartbeat period.
+/// Validation keeps the period at 1 ms or more; the floor keeps a zero
+/// interval (which tokio refuses with a panic) impossible anyway.
+fn heartbeat_check(period: crate::time::SpecDuration) -> tokio::time::Interval {
+    let half = (period.to_std() / 2).max(Duration::from_micros(500));
+    let mut check = tokio::time::interval_at(Instant::now() + half, half);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check
+}
+
 fn has_refs(t: &Task) -> bool {
     !t.spec.container.secrets.is_empty() || !t.spec.container.configs.is_empty()
 }
@@ -422,6 +443,8 @@ pub fn full_set(state: &State, node: &NodeId) -> Assignments {
 #[async_trait]
 impl Dispatcher for LocalDispatcher {
     async fn open_session(&self, req: SessionRequest) -> Result<SessionInfo, DispatchError> {
+        // Drawn first: if the OS cannot give randomness, nothing changes.
+        let session_id = new_session_id()?;
         let now = time::now();
         let node_id = req.node_id.clone();
         let res = crate::store::update_with_retry(self.store.as_ref(), 10, |state| {
@@ -446,7 +469,6 @@ impl Dispatcher for LocalDispatcher {
         let period = self.heartbeat_config().heartbeat_period.to_std();
         let mut g = self.lock();
         g.node_states.insert(node_id.clone(), NodeState::Ready);
-        let session_id: String = g.ids.next_id();
         if let Some(old) = g.by_node.insert(node_id.clone(), session_id.clone()) {
             g.sessions.remove(&old);
         }
@@ -539,6 +561,23 @@ impl Dispatcher for LocalDispatcher {
             .map_err(|_| DispatchError::Unavailable("the dispatcher is not running".into()))?;
         Ok(AssignmentStream::new(rx))
     }
+}
+
+/// Bytes of OS randomness in a session id (128 bits).
+const SESSION_ID_BYTES: usize = 16;
+
+/// A fresh session id: 32 lowercase hex digits of OS randomness.
+///
+/// # Errors
+/// [`DispatchError::Unavailable`] when the OS random source fails (no
+/// session is better than a guessable one).
+pub fn new_session_id() -> Result<String, DispatchError> {
+    let mut b = [0u8; SESSION_ID_BYTES];
+    getrandom::getrandom(&mut b).map_err(|e| {
+        tracing::error!(error = %e, "the OS random source failed; no session id");
+        DispatchError::Unavailable(format!("the OS random source failed, so no session id can be made: {e}"))
+    })?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn ready_status(addr: &str, now: Timestamp) -> NodeStatus {

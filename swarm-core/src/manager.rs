@@ -49,7 +49,8 @@ use tokio::task::{JoinHandle, JoinSet};
 /// Manager settings.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
-    /// Seed for ids (tasks, sessions); `None` = from entropy.
+    /// Seed for task ids; `None` = from entropy. Session ids never come
+    /// from it: they are drawn from the OS random source.
     pub seed: Option<u64>,
     /// The scheduler waits this long without new pending tasks before
     /// placing a batch (Swarm: 50 ms)...
@@ -166,7 +167,7 @@ fn launch(
     extra: Vec<Spawner>,
 ) -> Manager {
     let seed = config.seed.unwrap_or_else(|| IdGen::from_entropy().next_u64());
-    let dispatcher = LocalDispatcher::new(store.clone(), seed);
+    let dispatcher = LocalDispatcher::new(store.clone());
     let runtime = RuntimeConfig { max_tx_ops: config.max_tx_ops, seed: Some(seed), ..RuntimeConfig::default() };
     let scheduler = Arc::new(std::sync::Mutex::new(scheduler));
     let debounce = Debounce { quiet: config.schedule_debounce, max_delay: config.schedule_max_delay };

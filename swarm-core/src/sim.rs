@@ -7,6 +7,9 @@
 //! fails, the container exits with code N after a delay, ignores the stop
 //! signal (hangs on stop until killed), or its health check turns bad after
 //! a delay. [`SimRuntime::fail`] makes the whole node's engine vanish.
+//! A container's secrets and configs are kept as the files the task would
+//! see ([`SimRuntime::files`]: target, content, owner, mode), so a test can
+//! check what a task is given, as it would read them on a real engine.
 //! Timers are tokio timers, so under a paused clock (`start_paused = true`)
 //! a test that spans hours finishes in milliseconds and is deterministic.
 //!
@@ -27,7 +30,7 @@
 //! # }
 //! ```
 
-use crate::model::{HealthProbe, Labels, NetworkSpec, VolumeSpec};
+use crate::model::{HealthProbe, Labels, NetworkSpec, SecretBytes, VolumeSpec};
 use crate::runtime::*;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +61,9 @@ pub enum Fault {
     UnhealthyAfter(Duration),
     /// `start` takes this long.
     SlowStart(Duration),
+    /// The container's secret and config files come up empty, as if the
+    /// runtime failed to write their content.
+    LoseFileContent,
 }
 
 /// Which containers a rule applies to.
@@ -129,6 +135,69 @@ struct Behavior {
     hang_on_stop: bool,
     unhealthy_after: Option<Duration>,
     slow_start: Option<Duration>,
+    lose_file_content: bool,
+}
+
+/// A secret or config file as a task sees it in its container.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SimFile {
+    /// Absolute path in the container.
+    pub path: String,
+    /// The secret's or config's name.
+    pub name: String,
+    /// Content (redacted in Debug).
+    pub data: SecretBytes,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Permission bits (e.g. 0o444).
+    pub mode: u32,
+    /// The filesystem it is on: `tmpfs`, as the real runtimes keep secrets
+    /// and configs in memory.
+    pub fs_type: &'static str,
+}
+
+/// The files a container gets for `config`'s secrets and configs, checked
+/// as the real runtimes check them (absolute file path, one file per
+/// target, numeric owner).
+fn materialise(config: &ContainerConfig) -> Result<Vec<SimFile>, RuntimeError> {
+    let owner = |f: &FileMaterial, what: &str, v: &str| -> Result<u32, RuntimeError> {
+        if v.is_empty() {
+            return Ok(0);
+        }
+        v.parse().map_err(|_| {
+            RuntimeError::InvalidConfig(format!(
+                "secret/config {:?}: {what} {v:?} of {} is not a number",
+                f.name, f.path
+            ))
+        })
+    };
+    let mut files: Vec<SimFile> = Vec::new();
+    for f in config.secrets.iter().chain(config.configs.iter()) {
+        if !f.path.starts_with('/') || f.path.ends_with('/') {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "secret/config {:?}: target {:?} must be an absolute file path",
+                f.name, f.path
+            )));
+        }
+        if files.iter().any(|g| g.path == f.path) {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "secret/config {:?}: target {:?} is used twice",
+                f.name, f.path
+            )));
+        }
+        files.push(SimFile {
+            path: f.path.clone(),
+            name: f.name.clone(),
+            data: f.data.clone(),
+            uid: owner(f, "uid", &f.uid)?,
+            gid: owner(f, "gid", &f.gid)?,
+            mode: if f.mode == 0 { 0o444 } else { f.mode & 0o7777 },
+            fs_type: "tmpfs",
+        });
+    }
+    Ok(files)
 }
 
 #[derive(Debug)]
@@ -140,6 +209,8 @@ struct SimContainer {
     exit: watch::Sender<Option<ExitStatus>>,
     addr: IpAddr,
     logs: Vec<LogLine>,
+    /// Its secret and config files.
+    files: Vec<SimFile>,
     /// Bumped on each start so stale exit timers do nothing.
     generation: u64,
 }
@@ -266,6 +337,14 @@ impl SimRuntime {
         self.lock().volumes.iter().cloned().collect()
     }
 
+    /// The secret and config files of container `id`, as its task sees
+    /// them.
+    pub fn files(&self, id: &str) -> Result<Vec<SimFile>, RuntimeError> {
+        let g = self.lock();
+        Self::check_up(&g)?;
+        Ok(g.containers.get(id).ok_or_else(|| RuntimeError::NotFound(id.into()))?.files.clone())
+    }
+
     fn check_up(g: &Inner) -> Result<(), RuntimeError> {
         if g.failed { Err(RuntimeError::Unavailable("sim node is down".into())) } else { Ok(()) }
     }
@@ -322,6 +401,9 @@ impl Runtime for SimRuntime {
     async fn create(&self, config: &ContainerConfig) -> Result<String, RuntimeError> {
         let mut g = self.lock();
         Self::check_up(&g)?;
+        // Checked before any fault rule is used up: a refused config
+        // creates nothing and consumes nothing.
+        let mut files = materialise(config)?;
         let mut behavior = Behavior::default();
         for f in Self::take_matching(&mut g, config, |f| !matches!(f, Fault::ImageMissing)) {
             match f {
@@ -330,7 +412,13 @@ impl Runtime for SimRuntime {
                 Fault::HangOnStop => behavior.hang_on_stop = true,
                 Fault::UnhealthyAfter(d) => behavior.unhealthy_after = Some(d),
                 Fault::SlowStart(d) => behavior.slow_start = Some(d),
+                Fault::LoseFileContent => behavior.lose_file_content = true,
                 Fault::ImageMissing => {}
+            }
+        }
+        if behavior.lose_file_content {
+            for f in &mut files {
+                f.data = SecretBytes(Vec::new());
             }
         }
         g.next_id += 1;
@@ -349,6 +437,7 @@ impl Runtime for SimRuntime {
                 exit,
                 addr,
                 logs: vec![LogLine { stream: "stdout", line: format!("created {}", config.name) }],
+                files,
                 generation: 0,
             },
         );

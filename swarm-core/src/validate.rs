@@ -3,7 +3,9 @@
 //! a spec with problems yields one [`ValidationError`] that lists them all.
 //!
 //! The state machine validates every spec it stores, so no [`Store`]
-//! accepts an invalid one.
+//! accepts an invalid one. Every count a spec carries is bounded by
+//! [`limits`](crate::model::limits), so no spec can make a manager do
+//! unbounded work.
 //!
 //! [`Store`]: crate::store::Store
 //!
@@ -18,6 +20,7 @@
 
 use crate::constraint::Constraint;
 use crate::image::ImageRef;
+use crate::model::limits::*;
 use crate::model::*;
 use crate::time::SpecDuration;
 use std::collections::BTreeSet;
@@ -77,6 +80,12 @@ impl Errors {
     fn duration(&mut self, field: &str, d: SpecDuration) {
         if d.is_negative() {
             self.add(field, format!("duration {d} is negative"));
+        }
+    }
+    /// `value` must not be above `limit`.
+    fn at_most<T: PartialOrd + fmt::Display>(&mut self, field: &str, value: T, limit: T) {
+        if value > limit {
+            self.add(field, format!("{value} is above the limit of {limit}"));
         }
     }
 }
@@ -220,6 +229,7 @@ fn task_spec(e: &mut Errors, t: &TaskSpec) {
     }
     if let Some(h) = &c.health_check {
         let f = "task_template.container.health_check";
+        e.at_most(&format!("{f}.retries"), h.retries, MAX_HEALTH_RETRIES);
         e.duration(&format!("{f}.interval"), h.interval);
         e.duration(&format!("{f}.timeout"), h.timeout);
         e.duration(&format!("{f}.start_period"), h.start_period);
@@ -256,7 +266,9 @@ fn task_spec(e: &mut Errors, t: &TaskSpec) {
     }
     e.duration("task_template.restart_policy.delay", t.restart_policy.delay);
     e.duration("task_template.restart_policy.window", t.restart_policy.window);
+    e.at_most("task_template.restart_policy.max_attempts", t.restart_policy.max_attempts, MAX_RESTART_ATTEMPTS);
     let p = &t.placement;
+    e.at_most("task_template.placement.max_replicas", p.max_replicas, MAX_TASKS_PER_SERVICE);
     for (i, c) in p.constraints.iter().enumerate() {
         if let Err(err) = c.parse::<Constraint>() {
             e.add(format!("task_template.placement.constraints[{i}]"), err.to_string());
@@ -289,8 +301,12 @@ fn mode(e: &mut Errors, m: &ServiceMode) {
         ModeKind::ReplicatedJob => "replicated-job",
         ModeKind::GlobalJob => "global-job",
     };
-    if m.replicas.is_some() && m.kind != ModeKind::Replicated {
-        e.add("mode.replicas", format!("replicas is not allowed on a {name} service"));
+    match m.replicas {
+        Some(_) if m.kind != ModeKind::Replicated => {
+            e.add("mode.replicas", format!("replicas is not allowed on a {name} service"))
+        }
+        Some(n) => e.at_most("mode.replicas", n, MAX_TASKS_PER_SERVICE),
+        None => {}
     }
     if m.kind != ModeKind::ReplicatedJob {
         if m.max_concurrent.is_some() {
@@ -299,12 +315,20 @@ fn mode(e: &mut Errors, m: &ServiceMode) {
         if m.total_completions.is_some() {
             e.add("mode.total_completions", format!("total_completions is only for replicated-job, not {name}"));
         }
-    } else if m.max_concurrent == Some(0) {
-        e.add("mode.max_concurrent", "must be at least 1");
+    } else {
+        match m.max_concurrent {
+            Some(0) => e.add("mode.max_concurrent", "must be at least 1"),
+            Some(n) => e.at_most("mode.max_concurrent", n, MAX_TASKS_PER_SERVICE),
+            None => {}
+        }
+        if let Some(n) = m.total_completions {
+            e.at_most("mode.total_completions", n, MAX_TASKS_PER_SERVICE);
+        }
     }
 }
 
 fn update_config(e: &mut Errors, field: &str, u: &UpdateConfig) {
+    e.at_most(&format!("{field}.parallelism"), u.parallelism, MAX_TASKS_PER_SERVICE);
     e.duration(&format!("{field}.delay"), u.delay);
     e.duration(&format!("{field}.monitor"), u.monitor);
     if !(0.0..=1.0).contains(&u.max_failure_ratio) {
@@ -401,13 +425,49 @@ pub fn validate_config_spec(spec: &ConfigSpec) -> Result<(), ValidationError> {
 /// Validates the cluster settings.
 pub fn validate_cluster_spec(spec: &ClusterSpec) -> Result<(), ValidationError> {
     let mut e = Errors::default();
-    e.duration("dispatcher.heartbeat_period", spec.dispatcher.heartbeat_period);
-    if spec.dispatcher.heartbeat_period == SpecDuration::ZERO {
-        e.add("dispatcher.heartbeat_period", "must be above zero");
+    e.at_most("orchestration.task_history_limit", spec.orchestration.task_history_limit, MAX_TASK_HISTORY);
+    let d = &spec.dispatcher;
+    if d.heartbeat_period.is_negative() {
+        e.duration("dispatcher.heartbeat_period", d.heartbeat_period);
+    } else if d.heartbeat_period < MIN_HEARTBEAT_PERIOD {
+        e.add(
+            "dispatcher.heartbeat_period",
+            format!("{} is below the minimum of {MIN_HEARTBEAT_PERIOD}", d.heartbeat_period),
+        );
+    } else {
+        e.at_most("dispatcher.heartbeat_period", d.heartbeat_period, MAX_HEARTBEAT_PERIOD);
     }
-    e.duration("raft.tick", spec.raft.tick);
-    if spec.raft.election_tick <= spec.raft.heartbeat_tick {
-        e.add("raft.election_tick", "must be greater than raft.heartbeat_tick");
-    }
+    e.at_most("dispatcher.grace_periods", d.grace_periods, MAX_GRACE_PERIODS);
+    raft(&mut e, &spec.raft);
     e.finish(format!("cluster {:?}", spec.name))
+}
+
+/// Validates raft settings on their own (a raft store's start-up settings),
+/// with the same rules and field names (`raft.tick`, ...) as in the cluster
+/// spec.
+pub fn validate_raft_config(cfg: &RaftConfig) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    raft(&mut e, cfg);
+    e.finish("raft settings".into())
+}
+
+fn raft(e: &mut Errors, r: &RaftConfig) {
+    if r.tick.is_negative() {
+        e.duration("raft.tick", r.tick);
+    } else if r.tick == SpecDuration::ZERO {
+        e.add("raft.tick", "must be above zero");
+    } else {
+        e.at_most("raft.tick", r.tick, MAX_RAFT_TICK);
+    }
+    if r.heartbeat_tick == 0 {
+        e.add("raft.heartbeat_tick", "must be at least 1");
+    }
+    if r.election_tick <= r.heartbeat_tick {
+        e.add("raft.election_tick", "must be greater than raft.heartbeat_tick");
+    } else {
+        e.at_most("raft.election_tick", r.election_tick, MAX_ELECTION_TICKS);
+    }
+    e.at_most("raft.snapshot_interval", r.snapshot_interval, MAX_RAFT_LOG_ENTRIES);
+    e.at_most("raft.log_entries_for_slow_followers", r.log_entries_for_slow_followers, MAX_RAFT_LOG_ENTRIES);
+    e.at_most("raft.keep_old_snapshots", r.keep_old_snapshots, MAX_KEPT_SNAPSHOTS);
 }

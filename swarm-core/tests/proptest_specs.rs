@@ -1,18 +1,31 @@
-//! Property tests over arbitrary specs and strings, with fixed seeds:
-//! validation never panics and agrees with the per-field rules; a store
-//! either commits a spec or rejects it without changing anything; the
-//! parsers never panic and what they accept prints back to itself.
+//! Property tests over arbitrary specs and strings: validation never
+//! panics and agrees with the per-field rules (limits on counts included);
+//! a store either commits a spec or rejects it without changing anything;
+//! the parsers never panic and what they accept prints back to itself.
+//!
+//! Each property runs half its cases on its fixed seed, then half on a
+//! fresh one from `harness::test_seed` (printed; `SWARM_TEST_SEED=0x...`
+//! replays it), so every run also explores new cases at the same cost.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, RngAlgorithm, RngSeed, TestCaseError, TestRunner};
 use std::cell::Cell;
 use swarm_core::constraint::Constraint;
+use swarm_core::harness::test_seed;
 use swarm_core::image::ImageRef;
+use swarm_core::model::limits::MAX_TASKS_PER_SERVICE;
 use swarm_core::model::*;
 use swarm_core::state::{Transaction, TxError};
 use swarm_core::store::{MemStore, Store, StoreError};
 use swarm_core::time::SpecDuration;
 use swarm_core::validate::validate_service_spec;
+
+/// The runs of one property: `cases` in all, half on the `fixed` seed and
+/// half on a fresh seed named after `name`.
+fn runners(name: &str, cases: u32, fixed: u64) -> [TestRunner; 2] {
+    let half = cases.div_ceil(2);
+    [runner(half, fixed), runner(half, test_seed(name))]
+}
 
 fn runner(cases: u32, seed: u64) -> TestRunner {
     TestRunner::new(PtConfig {
@@ -83,6 +96,15 @@ fn constraint() -> impl Strategy<Value = String> {
     )
 }
 
+/// A task count: small, at the limit, or over it.
+fn count() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => 0u64..5,
+        1 => Just(MAX_TASKS_PER_SERVICE),
+        1 => prop_oneof![Just(MAX_TASKS_PER_SERVICE + 1), Just(u64::MAX), MAX_TASKS_PER_SERVICE + 1..u64::MAX],
+    ]
+}
+
 fn mode() -> impl Strategy<Value = ServiceMode> {
     let kind = prop_oneof![
         Just(ModeKind::Replicated),
@@ -90,7 +112,7 @@ fn mode() -> impl Strategy<Value = ServiceMode> {
         Just(ModeKind::ReplicatedJob),
         Just(ModeKind::GlobalJob)
     ];
-    let any_mode = (kind, proptest::option::of(0u64..5), proptest::option::of(0u64..5), proptest::option::of(0u64..5))
+    let any_mode = (kind, proptest::option::of(count()), proptest::option::of(count()), proptest::option::of(count()))
         .prop_map(|(kind, replicas, max_concurrent, total_completions)| ServiceMode {
             kind,
             replicas,
@@ -163,7 +185,7 @@ fn health_check() -> impl Strategy<Value = Option<HealthCheck>> {
 
 fn update_config() -> impl Strategy<Value = UpdateConfig> {
     (
-        0u64..4,
+        mostly(0u64..4, count()),
         duration(),
         duration(),
         mostly(prop_oneof![Just(0.0f32), Just(0.5), Just(1.0)], prop_oneof![Just(1.5f32), Just(-0.1)]),
@@ -258,12 +280,25 @@ fn check_validation(spec: &ServiceSpec) -> Result<bool, TestCaseError> {
         }
     }
     prop_assert_eq!(has("name"), !is_dns_label(&spec.name), "name {:?}", spec.name);
+    let m = &spec.mode;
+    let over = |n: Option<u64>| n.is_some_and(|n| n > MAX_TASKS_PER_SERVICE);
     prop_assert_eq!(
         has("mode.replicas"),
-        spec.mode.replicas.is_some() && spec.mode.kind != ModeKind::Replicated,
+        m.replicas.is_some() && m.kind != ModeKind::Replicated || over(m.replicas),
         "mode {:?}",
-        spec.mode
+        m
     );
+    if m.kind == ModeKind::ReplicatedJob {
+        prop_assert_eq!(has("mode.max_concurrent"), m.max_concurrent == Some(0) || over(m.max_concurrent), "{:?}", m);
+        prop_assert_eq!(has("mode.total_completions"), over(m.total_completions), "{:?}", m);
+    } else {
+        prop_assert_eq!(has("mode.max_concurrent"), m.max_concurrent.is_some(), "{:?}", m);
+        prop_assert_eq!(has("mode.total_completions"), m.total_completions.is_some(), "{:?}", m);
+    }
+    for (f, u) in [("update_config", &spec.update_config), ("rollback_config", &spec.rollback_config)] {
+        let field = format!("{f}.parallelism");
+        prop_assert_eq!(has(&field), u.parallelism > MAX_TASKS_PER_SERVICE, "{} = {}", field, u.parallelism);
+    }
     let img = &spec.task_template.container.image;
     prop_assert_eq!(has("task_template.container.image"), ImageRef::parse(img).is_err(), "image {:?}", img);
     for (i, c) in spec.task_template.placement.constraints.iter().enumerate() {
@@ -309,13 +344,17 @@ fn check_validation(spec: &ServiceSpec) -> Result<bool, TestCaseError> {
 #[test]
 fn arbitrary_specs_validate_or_name_their_problems_never_panic() {
     let (valid, invalid) = (Cell::new(0u32), Cell::new(0u32));
-    runner(512, 0x5eed_0001)
-        .run(&service_spec(), |spec| {
-            let counter = if check_validation(&spec)? { &valid } else { &invalid };
-            counter.set(counter.get() + 1);
-            Ok(())
-        })
-        .unwrap();
+    for mut runner in
+        runners("proptest_specs::arbitrary_specs_validate_or_name_their_problems_never_panic", 512, 0x5eed_0001)
+    {
+        runner
+            .run(&service_spec(), |spec| {
+                let counter = if check_validation(&spec)? { &valid } else { &invalid };
+                counter.set(counter.get() + 1);
+                Ok(())
+            })
+            .unwrap();
+    }
     // The strategies reach both outcomes, so the property is not vacuous.
     let (valid, invalid) = (valid.get(), invalid.get());
     assert!(valid > 20 && invalid > 20, "valid {valid}, invalid {invalid}");
@@ -351,60 +390,64 @@ fn committing_arbitrary_specs_succeeds_or_is_rejected_without_a_trace() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let outcomes = [Cell::new(0u32), Cell::new(0), Cell::new(0)]; // committed, invalid, other rejection
     let bump = |i: usize| outcomes[i].set(outcomes[i].get() + 1);
-    runner(256, 0x5eed_0002)
-        .run(&service_spec(), |spec| {
-            rt.block_on(async {
-                let store = seeded_store().await;
-                let before = store.state().to_image();
-                let valid = validate_service_spec(&spec);
-                let refs_ok = spec.task_template.container.secrets.iter().all(|s| s.secret_name == "db-pass")
-                    && spec.task_template.container.configs.iter().all(|c| c.config_name == "app.toml")
-                    && spec.networks.iter().all(|n| n.target == "backend");
-                let svc = Service { id: "new".into(), spec: spec.clone(), ..Default::default() };
-                match store.commit(Transaction::new().create(svc)).await {
-                    Ok(change) => {
-                        prop_assert!(valid.is_ok(), "an invalid spec was stored: {:?}", valid);
-                        prop_assert!(refs_ok && spec.name != "taken");
-                        prop_assert_eq!(change.revision, before.revision + 1);
-                        let state = store.state();
-                        prop_assert_eq!(state.revision(), before.revision + 1);
-                        let stored = state.service(&"new".into()).expect("stored");
-                        prop_assert_eq!(&stored.spec, &spec);
-                        prop_assert_eq!(stored.meta.version, Version(change.revision));
-                        prop_assert_eq!(
-                            state.service_by_name(&spec.name).map(|s| s.id.to_string()),
-                            Some("new".into())
-                        );
-                        bump(0);
-                    }
-                    Err(StoreError::Rejected(e)) => {
-                        let after = store.state().to_image();
-                        prop_assert_eq!(after.revision, before.revision, "the revision moved on a rejection");
-                        prop_assert_eq!(&after, &before, "the objects changed on a rejection");
-                        match (&valid, &e) {
-                            (Err(v), TxError::Invalid(got)) => {
-                                prop_assert_eq!(v, got);
-                                bump(1);
-                            }
-                            (Err(v), other) => prop_assert!(false, "invalid spec ({v}) rejected for {other}"),
-                            (Ok(()), TxError::NameInUse { name, .. }) => {
-                                prop_assert_eq!(name.as_str(), "taken");
-                                prop_assert_eq!(spec.name.as_str(), "taken");
-                                bump(2);
-                            }
-                            (Ok(()), TxError::MissingReference { .. }) => {
-                                prop_assert!(!refs_ok, "refused a spec whose references exist: {e}");
-                                bump(2);
-                            }
-                            (Ok(()), other) => prop_assert!(false, "valid spec rejected: {other}"),
+    for mut runner in
+        runners("proptest_specs::committing_arbitrary_specs_succeeds_or_is_rejected_without_a_trace", 256, 0x5eed_0002)
+    {
+        runner
+            .run(&service_spec(), |spec| {
+                rt.block_on(async {
+                    let store = seeded_store().await;
+                    let before = store.state().to_image();
+                    let valid = validate_service_spec(&spec);
+                    let refs_ok = spec.task_template.container.secrets.iter().all(|s| s.secret_name == "db-pass")
+                        && spec.task_template.container.configs.iter().all(|c| c.config_name == "app.toml")
+                        && spec.networks.iter().all(|n| n.target == "backend");
+                    let svc = Service { id: "new".into(), spec: spec.clone(), ..Default::default() };
+                    match store.commit(Transaction::new().create(svc)).await {
+                        Ok(change) => {
+                            prop_assert!(valid.is_ok(), "an invalid spec was stored: {:?}", valid);
+                            prop_assert!(refs_ok && spec.name != "taken");
+                            prop_assert_eq!(change.revision, before.revision + 1);
+                            let state = store.state();
+                            prop_assert_eq!(state.revision(), before.revision + 1);
+                            let stored = state.service(&"new".into()).expect("stored");
+                            prop_assert_eq!(&stored.spec, &spec);
+                            prop_assert_eq!(stored.meta.version, Version(change.revision));
+                            prop_assert_eq!(
+                                state.service_by_name(&spec.name).map(|s| s.id.to_string()),
+                                Some("new".into())
+                            );
+                            bump(0);
                         }
+                        Err(StoreError::Rejected(e)) => {
+                            let after = store.state().to_image();
+                            prop_assert_eq!(after.revision, before.revision, "the revision moved on a rejection");
+                            prop_assert_eq!(&after, &before, "the objects changed on a rejection");
+                            match (&valid, &e) {
+                                (Err(v), TxError::Invalid(got)) => {
+                                    prop_assert_eq!(v, got);
+                                    bump(1);
+                                }
+                                (Err(v), other) => prop_assert!(false, "invalid spec ({v}) rejected for {other}"),
+                                (Ok(()), TxError::NameInUse { name, .. }) => {
+                                    prop_assert_eq!(name.as_str(), "taken");
+                                    prop_assert_eq!(spec.name.as_str(), "taken");
+                                    bump(2);
+                                }
+                                (Ok(()), TxError::MissingReference { .. }) => {
+                                    prop_assert!(!refs_ok, "refused a spec whose references exist: {e}");
+                                    bump(2);
+                                }
+                                (Ok(()), other) => prop_assert!(false, "valid spec rejected: {other}"),
+                            }
+                        }
+                        Err(other) => prop_assert!(false, "not a rejection: {other}"),
                     }
-                    Err(other) => prop_assert!(false, "not a rejection: {other}"),
-                }
-                Ok(())
+                    Ok(())
+                })
             })
-        })
-        .unwrap();
+            .unwrap();
+    }
     let outcomes = outcomes.map(|c| c.get());
     assert!(outcomes.iter().all(|n| *n > 5), "committed / invalid / refused: {outcomes:?}");
 }
@@ -412,86 +455,101 @@ fn committing_arbitrary_specs_succeeds_or_is_rejected_without_a_trace() {
 #[test]
 fn arbitrary_text_never_panics_the_constraint_parser() {
     let s = prop_oneof![any::<String>(), constraint(), "[a-z.]{0,16}(==|!=)[ -~]{0,12}"];
-    runner(2000, 0x5eed_0003)
-        .run(&s, |s| {
-            if let Ok(c) = s.parse::<Constraint>() {
-                let again = c.to_string().parse::<Constraint>();
-                prop_assert_eq!(again.as_ref(), Ok(&c), "{:?} prints as {:?}", s, c.to_string());
-            }
-            Ok(())
-        })
-        .unwrap();
-    runner(200, 0x5eed_0004)
-        .run(&valid_constraint(), |s| {
-            prop_assert!(s.parse::<Constraint>().is_ok(), "{:?} should parse", s);
-            Ok(())
-        })
-        .unwrap();
+    for mut runner in runners("proptest_specs::arbitrary_text_never_panics_the_constraint_parser#1", 2000, 0x5eed_0003)
+    {
+        runner
+            .run(&s, |s| {
+                if let Ok(c) = s.parse::<Constraint>() {
+                    let again = c.to_string().parse::<Constraint>();
+                    prop_assert_eq!(again.as_ref(), Ok(&c), "{:?} prints as {:?}", s, c.to_string());
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    for mut runner in runners("proptest_specs::arbitrary_text_never_panics_the_constraint_parser#2", 200, 0x5eed_0004) {
+        runner
+            .run(&valid_constraint(), |s| {
+                prop_assert!(s.parse::<Constraint>().is_ok(), "{:?} should parse", s);
+                Ok(())
+            })
+            .unwrap();
+    }
 }
 
 #[test]
 fn arbitrary_text_never_panics_the_image_parser() {
     let s = prop_oneof![any::<String>(), image(), "[ -~]{0,40}"];
-    runner(2000, 0x5eed_0005)
-        .run(&s, |s| {
-            if let Ok(r) = ImageRef::parse(&s) {
-                prop_assert_eq!(r.to_string(), s.clone(), "an accepted reference prints back as given");
-                prop_assert!(!r.repository.is_empty());
-            }
-            Ok(())
-        })
-        .unwrap();
+    for mut runner in runners("proptest_specs::arbitrary_text_never_panics_the_image_parser", 2000, 0x5eed_0005) {
+        runner
+            .run(&s, |s| {
+                if let Ok(r) = ImageRef::parse(&s) {
+                    prop_assert_eq!(r.to_string(), s.clone(), "an accepted reference prints back as given");
+                    prop_assert!(!r.repository.is_empty());
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }
 
 #[test]
 fn arbitrary_text_never_panics_the_duration_parser() {
     let s = prop_oneof![any::<String>(), "-?[0-9]{1,20}(ns|us|ms|s|m|h|d)?([0-9]{1,3}(ms|s))?", "[ -~]{0,16}"];
-    runner(2000, 0x5eed_0006)
-        .run(&s, |s| {
-            if let Ok(d) = SpecDuration::parse(&s) {
-                prop_assert_eq!(SpecDuration::parse(&d.to_string()), Ok(d), "{:?} prints as {}", s, d);
-            }
-            Ok(())
-        })
-        .unwrap();
+    for mut runner in runners("proptest_specs::arbitrary_text_never_panics_the_duration_parser", 2000, 0x5eed_0006) {
+        runner
+            .run(&s, |s| {
+                if let Ok(d) = SpecDuration::parse(&s) {
+                    prop_assert_eq!(SpecDuration::parse(&d.to_string()), Ok(d), "{:?} prints as {}", s, d);
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }
 
 #[test]
 fn every_duration_survives_json() {
-    runner(2000, 0x5eed_0007)
-        .run(&duration(), |d| {
-            let json = serde_json::to_string(&d).unwrap();
-            let back: Result<SpecDuration, _> = serde_json::from_str(&json);
-            prop_assert_eq!(back.as_ref().ok(), Some(&d), "{} -> {} -> {:?}", d.0, json, back);
-            Ok(())
-        })
-        .unwrap();
+    for mut runner in runners("proptest_specs::every_duration_survives_json", 2000, 0x5eed_0007) {
+        runner
+            .run(&duration(), |d| {
+                let json = serde_json::to_string(&d).unwrap();
+                let back: Result<SpecDuration, _> = serde_json::from_str(&json);
+                prop_assert_eq!(back.as_ref().ok(), Some(&d), "{} -> {} -> {:?}", d.0, json, back);
+                Ok(())
+            })
+            .unwrap();
+    }
 }
 
 #[test]
 fn arbitrary_specs_survive_json() {
-    runner(256, 0x5eed_0008)
-        .run(&service_spec(), |spec| {
-            let json = serde_json::to_string(&spec).unwrap();
-            let back: ServiceSpec = serde_json::from_str(&json).unwrap();
-            prop_assert_eq!(back, spec);
-            Ok(())
-        })
-        .unwrap();
+    for mut runner in runners("proptest_specs::arbitrary_specs_survive_json", 256, 0x5eed_0008) {
+        runner
+            .run(&service_spec(), |spec| {
+                let json = serde_json::to_string(&spec).unwrap();
+                let back: ServiceSpec = serde_json::from_str(&json).unwrap();
+                prop_assert_eq!(back, spec);
+                Ok(())
+            })
+            .unwrap();
+    }
 }
 
 #[test]
 fn task_names_never_panic_on_arbitrary_ids() {
     let ids = prop_oneof![any::<String>(), "[a-zé]{0,20}", "[a-z0-9]{25}"];
-    runner(1000, 0x5eed_0009)
-        .run(&(ids, proptest::option::of(1u64..10)), |(id, slot)| {
-            let task = Task { id: id.clone().into(), service_name: "web".into(), slot, ..Default::default() };
-            let name = task.name();
-            prop_assert!(name.starts_with("web."));
-            // At most the first 12 characters of the id, cut on a character.
-            let short: String = id.chars().take(12).collect();
-            prop_assert_eq!(name, format!("web.{}{}", slot.map(|s| format!("{s}.")).unwrap_or_default(), short));
-            Ok(())
-        })
-        .unwrap();
+    for mut runner in runners("proptest_specs::task_names_never_panic_on_arbitrary_ids", 1000, 0x5eed_0009) {
+        runner
+            .run(&(ids.clone(), proptest::option::of(1u64..10)), |(id, slot)| {
+                let task = Task { id: id.clone().into(), service_name: "web".into(), slot, ..Default::default() };
+                let name = task.name();
+                prop_assert!(name.starts_with("web."));
+                // At most the first 12 characters of the id, cut on a character.
+                let short: String = id.chars().take(12).collect();
+                prop_assert_eq!(name, format!("web.{}{}", slot.map(|s| format!("{s}.")).unwrap_or_default(), short));
+                Ok(())
+            })
+            .unwrap();
+    }
 }

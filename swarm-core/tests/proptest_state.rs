@@ -5,10 +5,14 @@
 //! the indexes match the objects, task states never move back, no service
 //! refers to a missing secret or network, and the snapshot image rebuilds
 //! the same state.
+//!
+//! Half the cases run on the fixed seed, half on a fresh one from
+//! `harness::test_seed` (printed; `SWARM_TEST_SEED=0x...` replays it).
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, RngAlgorithm, RngSeed, TestCaseError, TestRunner};
 use std::collections::BTreeMap;
+use swarm_core::harness::test_seed;
 use swarm_core::model::*;
 use swarm_core::state::{Action, State, Transaction};
 use swarm_core::time::Timestamp;
@@ -164,63 +168,68 @@ fn arbitrary_transaction_sequences_keep_every_invariant() {
         proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()), 1..4),
         1..60,
     );
-    let mut runner = TestRunner::new(PtConfig {
-        cases: 300,
-        rng_algorithm: RngAlgorithm::ChaCha,
-        rng_seed: RngSeed::Fixed(0x5eed_0101),
-        failure_persistence: None,
-        ..PtConfig::default()
-    });
-    let totals = std::cell::Cell::new((0u32, 0u32));
-    runner
-        .run(&steps, |txs| {
-            let mut s = State::default();
-            // Highest state each live task reached, per field.
-            let mut seen: BTreeMap<String, (TaskState, TaskState)> = BTreeMap::new();
-            for (i, raw) in txs.into_iter().enumerate() {
-                let mut tx = Transaction::new();
-                for step in raw {
-                    build(&s, step, &mut tx);
-                }
-                tx.timestamp = Some(Timestamp(1_000 + i as u64));
-                let before = s.to_image();
-                match s.apply(&tx) {
-                    Ok((next, change)) => {
-                        // A task deleted (and maybe re-created) here starts afresh.
-                        for e in change.events.iter().filter(|e| e.action == Action::Delete) {
-                            seen.remove(e.object.id());
-                        }
-                        prop_assert_eq!(change.revision, s.revision() + 1);
-                        prop_assert_eq!(next.revision(), change.revision);
-                        prop_assert_eq!(change.events.len(), tx.ops.len());
-                        prop_assert_eq!(s.to_image(), before, "apply does not touch its input");
-                        s = next;
-                        let (ok, rejected) = totals.get();
-                        totals.set((ok + 1, rejected));
-                    }
-                    Err(_) => {
-                        prop_assert_eq!(s.to_image(), before);
-                        let (ok, rejected) = totals.get();
-                        totals.set((ok, rejected + 1));
-                    }
-                }
-                // Task states only move forward while a task lives.
-                let live: BTreeMap<String, (TaskState, TaskState)> =
-                    s.tasks().map(|t| (t.id.to_string(), (t.status.state, t.desired_state))).collect();
-                for (id, (st, ds)) in &live {
-                    if let Some((pst, pds)) = seen.get(id) {
-                        prop_assert!(st >= pst && ds >= pds, "task {id} moved back: {pst}->{st}, {pds}->{ds}");
-                    }
-                }
-                seen = live;
-                for t in s.tasks() {
-                    prop_assert_eq!(t.meta.updated_at.0 >= t.meta.created_at.0, true);
-                }
-                check_invariants(&s)?;
-            }
-            Ok(())
+    let runner = |seed: u64| {
+        TestRunner::new(PtConfig {
+            cases: 150,
+            rng_algorithm: RngAlgorithm::ChaCha,
+            rng_seed: RngSeed::Fixed(seed),
+            failure_persistence: None,
+            ..PtConfig::default()
         })
-        .unwrap();
+    };
+    let totals = std::cell::Cell::new((0u32, 0u32));
+    let name = "proptest_state::arbitrary_transaction_sequences_keep_every_invariant";
+    for mut runner in [runner(0x5eed_0101), runner(test_seed(name))] {
+        runner
+            .run(&steps, |txs| {
+                let mut s = State::default();
+                // Highest state each live task reached, per field.
+                let mut seen: BTreeMap<String, (TaskState, TaskState)> = BTreeMap::new();
+                for (i, raw) in txs.into_iter().enumerate() {
+                    let mut tx = Transaction::new();
+                    for step in raw {
+                        build(&s, step, &mut tx);
+                    }
+                    tx.timestamp = Some(Timestamp(1_000 + i as u64));
+                    let before = s.to_image();
+                    match s.apply(&tx) {
+                        Ok((next, change)) => {
+                            // A task deleted (and maybe re-created) here starts afresh.
+                            for e in change.events.iter().filter(|e| e.action == Action::Delete) {
+                                seen.remove(e.object.id());
+                            }
+                            prop_assert_eq!(change.revision, s.revision() + 1);
+                            prop_assert_eq!(next.revision(), change.revision);
+                            prop_assert_eq!(change.events.len(), tx.ops.len());
+                            prop_assert_eq!(s.to_image(), before, "apply does not touch its input");
+                            s = next;
+                            let (ok, rejected) = totals.get();
+                            totals.set((ok + 1, rejected));
+                        }
+                        Err(_) => {
+                            prop_assert_eq!(s.to_image(), before);
+                            let (ok, rejected) = totals.get();
+                            totals.set((ok, rejected + 1));
+                        }
+                    }
+                    // Task states only move forward while a task lives.
+                    let live: BTreeMap<String, (TaskState, TaskState)> =
+                        s.tasks().map(|t| (t.id.to_string(), (t.status.state, t.desired_state))).collect();
+                    for (id, (st, ds)) in &live {
+                        if let Some((pst, pds)) = seen.get(id) {
+                            prop_assert!(st >= pst && ds >= pds, "task {id} moved back: {pst}->{st}, {pds}->{ds}");
+                        }
+                    }
+                    seen = live;
+                    for t in s.tasks() {
+                        prop_assert_eq!(t.meta.updated_at.0 >= t.meta.created_at.0, true);
+                    }
+                    check_invariants(&s)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
     let (ok, rejected) = totals.get();
     assert!(ok > 1000 && rejected > 1000, "committed {ok}, rejected {rejected}: both paths exercised");
 }

@@ -1,11 +1,14 @@
 //! SimRuntime through the public `Runtime` API: every fault, whole-node
-//! failure, kills from outside, label selection and logs. Time is tokio's
+//! failure, kills from outside, label selection, logs, and the secret and
+//! config files a task sees. Time is tokio's
 //! paused clock, so delays are measured exactly and cost nothing.
 
 use std::net::IpAddr;
 use std::time::Duration;
-use swarm_core::model::{HealthProbe, Labels, NetworkSpec, VolumeSpec};
-use swarm_core::runtime::{ContainerConfig, ContainerState, ExitStatus, ProbeResult, Runtime, RuntimeError};
+use swarm_core::model::{HealthProbe, Labels, NetworkSpec, SecretBytes, VolumeSpec};
+use swarm_core::runtime::{
+    ContainerConfig, ContainerState, ExitStatus, FileMaterial, ProbeResult, Runtime, RuntimeError,
+};
 use swarm_core::sim::{Fault, FaultRule, SimRuntime};
 use tokio::time::Instant;
 
@@ -384,4 +387,75 @@ async fn the_same_index_gives_the_same_addresses() {
     let ib = run(&b, &cfg("app", "web", "t1")).await;
     assert_eq!(ia, ib);
     assert_eq!(a.inspect(&ia).await.unwrap().addresses, b.inspect(&ib).await.unwrap().addresses);
+}
+
+fn file(name: &str, path: &str, data: &[u8]) -> FileMaterial {
+    FileMaterial { name: name.into(), path: path.into(), data: SecretBytes(data.to_vec()), ..Default::default() }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_holds_its_secret_and_config_files_as_given() {
+    let sim = SimRuntime::with_index("n", 40);
+    let mut c = cfg("app", "web", "t-files");
+    c.secrets = vec![FileMaterial {
+        uid: "1000".into(),
+        gid: "1001".into(),
+        mode: 0o400,
+        ..file("pw", "/run/secrets/pw", b"hunter2")
+    }];
+    c.configs = vec![file("conf", "/etc/app.conf", b"a=1\n")];
+    let id = run(&sim, &c).await;
+    let files = sim.files(&id).unwrap();
+    assert_eq!(files.len(), 2);
+    let (s, k) = (&files[0], &files[1]);
+    assert_eq!((s.path.as_str(), s.name.as_str(), s.data.0.as_slice()), ("/run/secrets/pw", "pw", &b"hunter2"[..]));
+    assert_eq!((s.uid, s.gid, s.mode, s.fs_type), (1000, 1001, 0o400, "tmpfs"));
+    assert_eq!((k.path.as_str(), k.data.0.as_slice()), ("/etc/app.conf", &b"a=1\n"[..]));
+    assert_eq!((k.uid, k.gid, k.mode), (0, 0, 0o444), "unset owner and mode: root and 0444");
+    sim.remove(&id).await.unwrap();
+    assert!(matches!(sim.files(&id), Err(RuntimeError::NotFound(_))));
+}
+
+/// A change to a container config.
+type Edit = Box<dyn Fn(&mut ContainerConfig)>;
+
+#[tokio::test(start_paused = true)]
+async fn bad_file_targets_and_owners_are_refused_at_create_and_use_up_no_fault() {
+    let sim = SimRuntime::with_index("n", 41);
+    sim.inject(FaultRule::new(Fault::LoseFileContent).times(1));
+    let bad: Vec<(&str, Edit)> = vec![
+        ("relative target", Box::new(|c| c.secrets = vec![file("a", "run/a", b"x")])),
+        ("directory target", Box::new(|c| c.secrets = vec![file("a", "/run/a/", b"x")])),
+        (
+            "target used twice",
+            Box::new(|c| {
+                c.secrets = vec![file("a", "/x", b"1")];
+                c.configs = vec![file("b", "/x", b"2")];
+            }),
+        ),
+        (
+            "uid not a number",
+            Box::new(|c| c.secrets = vec![FileMaterial { uid: "root".into(), ..file("a", "/a", b"x") }]),
+        ),
+        (
+            "gid not a number",
+            Box::new(|c| c.configs = vec![FileMaterial { gid: "-1".into(), ..file("a", "/a", b"x") }]),
+        ),
+    ];
+    for (what, set) in bad {
+        let mut c = cfg("app", "web", "t-bad");
+        set(&mut c);
+        match sim.create(&c).await {
+            Err(RuntimeError::InvalidConfig(msg)) => assert!(msg.contains('"'), "{what}: {msg}"),
+            other => panic!("{what}: expected InvalidConfig, got {other:?}"),
+        }
+    }
+    assert_eq!(sim.container_count(), 0);
+    // The fault is still there for the next good container.
+    let mut c = cfg("app", "web", "t-lossy");
+    c.secrets = vec![file("a", "/run/secrets/a", b"x")];
+    let id = run(&sim, &c).await;
+    assert!(sim.files(&id).unwrap()[0].data.0.is_empty(), "LoseFileContent empties the file");
+    let id2 = run(&sim, &c).await;
+    assert_eq!(sim.files(&id2).unwrap()[0].data.0, b"x", "the fault hit one container only");
 }

@@ -19,12 +19,24 @@
 //!
 //! [`DnsTable`] is the pure part (built from a [`State`]); [`DnsServer`]
 //! serves a table that [`DnsServer::follow`] keeps in step with a store.
+//!
+//! Malformed requests get FORMERR with the request's id: a bad label length,
+//! a compression pointer that loops or points forward or past the end, a
+//! name over 255 bytes, fewer records than the header promises, not exactly
+//! one question, or bytes after the last record. A UDP datagram over 4,096
+//! bytes is cut there by the receive buffer and so ends mid-record or with
+//! extra bytes: FORMERR as well. Only a request with no header to answer
+//! (under 12 bytes), or a well-formed response sent to the server (no
+//! reflection), gets no answer; on TCP a zero-length message ends the
+//! connection. Opcodes other than QUERY (NOTIFY, UPDATE, STATUS, ...) get
+//! NOTIMP.
 
 use crate::alloc::service_networks;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Metadata, ResponseCode};
+use hickory_server::proto::op::{Message, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::A;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use std::collections::{BTreeMap, BTreeSet};
@@ -215,7 +227,16 @@ impl RequestHandler for DnsHandler {
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.authoritative = true;
         meta.recursion_available = false;
+        let trailing = trailing_bytes(request.as_slice());
         let (code, records) = match request.request_info() {
+            _ if request.metadata.op_code != OpCode::Query => {
+                tracing::debug!(op = ?request.metadata.op_code, "dns: opcode not implemented");
+                (ResponseCode::NotImp, Vec::new())
+            }
+            _ if trailing > 0 => {
+                tracing::debug!(bytes = trailing, "dns: bad request: bytes after the last record");
+                (ResponseCode::FormErr, Vec::new())
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "dns: bad request");
                 (ResponseCode::FormErr, Vec::new())
@@ -249,6 +270,19 @@ impl RequestHandler for DnsHandler {
                 hickory_server::proto::op::Header { metadata: meta, counts: Default::default() }.into()
             }
         }
+    }
+}
+
+/// How many bytes of `raw` follow the message it starts with (0 when it
+/// is exactly one message; hickory's own parse ignores such a tail, which
+/// is also how a datagram cut by the receive buffer can look).
+fn trailing_bytes(raw: &[u8]) -> usize {
+    let mut decoder = BinDecoder::new(raw);
+    match Message::read(&mut decoder) {
+        Ok(_) => decoder.len(),
+        // Hickory parsed it before calling the handler; if this parse
+        // disagrees, the handler's own checks decide.
+        Err(_) => 0,
     }
 }
 

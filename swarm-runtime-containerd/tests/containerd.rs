@@ -12,7 +12,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use swarm_conformance::{Fixture, RUN_LABEL};
+use swarm_conformance::{Fixture, RUN_LABEL, SeenFile, read_file_by_exec};
 use swarm_core::model::{Labels, Mount, MountKind, PortConfig, PublishMode};
 use swarm_core::runtime::*;
 use swarm_runtime_containerd::fixture::{INDEX_HTML, import_busybox, remove_image};
@@ -142,8 +142,8 @@ impl Fixture for CtdFixture {
         // PID 1 without a handler: the kernel drops SIGTERM.
         cfg_with(&["sleep", "3600"])
     }
-    fn real(&self) -> bool {
-        true
+    async fn read_file(&self, id: &str, path: &str) -> Result<SeenFile, String> {
+        read_file_by_exec(&self.rt, id, path, &["stat", "-c", "%u %g %a"], self.patience()).await
     }
     async fn leftovers(&self, id: &str) -> Vec<String> {
         leftovers_of(&self.rt, id).await

@@ -6,7 +6,7 @@ mod common;
 use async_trait::async_trait;
 use common::engine_runtime;
 use std::time::Duration;
-use swarm_conformance::{Fixture, run_all};
+use swarm_conformance::{Fixture, SeenFile, read_file_by_exec, run_all};
 use swarm_core::runtime::{ContainerConfig, Runtime, RuntimeError};
 use swarm_runtime_docker::{DockerRuntime, DockerRuntimeOptions, fixture};
 
@@ -44,8 +44,10 @@ impl Fixture for DockerFixture {
     fn ignores_stop(&self) -> ContainerConfig {
         self.cfg(&["IGNORE_SIGTERM=1"])
     }
-    fn real(&self) -> bool {
-        true
+    async fn read_file(&self, id: &str, path: &str) -> Result<SeenFile, String> {
+        // The image's /workload prints `UID GID MODE` when called as
+        // `workload stat PATH`; its /bin/cat is the same binary.
+        read_file_by_exec(&self.rt, id, path, &["/workload", "stat"], self.patience()).await
     }
     async fn leftovers(&self, id: &str) -> Vec<String> {
         match self.rt.inspect(id).await {

@@ -71,9 +71,10 @@ impl Default for DispatcherConfig {
 }
 
 impl DispatcherConfig {
-    /// How long a node may stay silent before it is down.
+    /// How long a node may stay silent before it is down (saturating: a
+    /// spec that skipped validation cannot make this overflow).
     pub fn grace(&self) -> std::time::Duration {
-        self.heartbeat_period.to_std() * self.grace_periods.max(1)
+        self.heartbeat_period.to_std().saturating_mul(self.grace_periods.max(1))
     }
 }
 

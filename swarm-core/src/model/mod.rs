@@ -7,6 +7,7 @@
 //! with a `Default` that gives Swarm's defaults.
 
 mod cluster;
+pub mod limits;
 mod network;
 mod node;
 mod object;
