@@ -158,6 +158,8 @@ struct Inner {
     node_states: HashMap<NodeId, NodeState>,
     /// The cluster's heartbeat settings, kept current by the router.
     config: DispatcherConfig,
+    /// The router has read `config` from the store at least once.
+    refreshed: bool,
 }
 
 type Subscribe = (String, mpsc::UnboundedSender<Assignments>);
@@ -191,6 +193,7 @@ impl LocalDispatcher {
                 last_seen: HashMap::new(),
                 node_states: HashMap::new(),
                 config: DispatcherConfig::default(),
+                refreshed: false,
             })),
         }
     }
@@ -230,6 +233,7 @@ impl LocalDispatcher {
         let mut g = self.lock();
         g.node_states = state.nodes().map(|n| (n.id.clone(), n.status.state)).collect();
         g.config = state.cluster_spec().dispatcher;
+        g.refreshed = true;
     }
 
     /// Keeps node states and heartbeat settings in step with a change.
@@ -447,7 +451,11 @@ impl Dispatcher for LocalDispatcher {
         let session_id = new_session_id()?;
         let now = time::now();
         let node_id = req.node_id.clone();
+        // The heartbeat settings of the state the session is opened on: the
+        // router may not have read them yet (a manager that just started).
+        let mut seen = DispatcherConfig::default();
         let res = crate::store::update_with_retry(self.store.as_ref(), 10, |state| {
+            seen = state.cluster_spec().dispatcher;
             let node = match state.node(&node_id) {
                 Some(n) => {
                     let mut n = n.as_ref().clone();
@@ -466,8 +474,11 @@ impl Dispatcher for LocalDispatcher {
         })
         .await?;
         let _ = res;
-        let period = self.heartbeat_config().heartbeat_period.to_std();
         let mut g = self.lock();
+        if !g.refreshed {
+            g.config = seen;
+        }
+        let period = g.config.heartbeat_period.to_std();
         g.node_states.insert(node_id.clone(), NodeState::Ready);
         if let Some(old) = g.by_node.insert(node_id.clone(), session_id.clone()) {
             g.sessions.remove(&old);
