@@ -172,9 +172,10 @@ fn launch(
     let scheduler = Arc::new(std::sync::Mutex::new(scheduler));
     let debounce = Debounce { quiet: config.schedule_debounce, max_delay: config.schedule_max_delay };
     let d = dispatcher.clone();
+    let admit_at_creation = allocator.is_none();
     let mut spawners: Vec<Spawner> = vec![
-        Box::new(|set, store, rt| {
-            set.spawn(controller::run(store, Orchestrator, rt));
+        Box::new(move |set, store, rt| {
+            set.spawn(controller::run(store, Orchestrator { admit_at_creation }, rt));
         }),
         allocator.unwrap_or_else(|| spawner(|| TaskAllocator)),
         Box::new(move |set, store, rt| {
@@ -278,11 +279,24 @@ where
 }
 
 /// Services a change may concern (`None` = all of them).
+///
+/// A task moving among NEW, PENDING and ASSIGNED with the same desired
+/// state (the allocator's and the scheduler's own writes) concerns no
+/// service: no orchestration rule tells those states apart, so reconciling
+/// after each would only repeat the last decision.
 fn touched_services(change: &Change) -> Option<BTreeSet<ServiceId>> {
     let mut out = BTreeSet::new();
     for ev in &change.events {
         match &ev.object {
             Object::Task(t) => {
+                let manager_step = |old: &Task| {
+                    old.status.state <= TaskState::Assigned
+                        && t.status.state <= TaskState::Assigned
+                        && old.desired_state == t.desired_state
+                };
+                if ev.action == Action::Update && ev.old.as_ref().and_then(Object::as_task).is_some_and(manager_step) {
+                    continue;
+                }
                 out.insert(t.service_id.clone());
             }
             Object::Service(s) => {
@@ -419,7 +433,18 @@ pub async fn schedule_pass(
 /// The orchestrator on the controller runtime: one key per service,
 /// reconciled by [`reconcile_service`]; node and cluster changes concern
 /// every service.
-pub struct Orchestrator;
+///
+/// Tasks are created NEW, for the allocator to admit. With the manager's
+/// default allocator ([`TaskAllocator`]: nothing to allocate) the builder
+/// sets `admit_at_creation`, and the orchestrator writes them PENDING in
+/// the transaction that creates them: the admission the allocator would
+/// make at once, without a second write of every task.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Orchestrator {
+    /// Create tasks PENDING rather than NEW (only when nothing is
+    /// allocated between the two).
+    pub admit_at_creation: bool,
+}
 
 impl Controller for Orchestrator {
     type Key = ServiceId;
@@ -436,10 +461,19 @@ impl Controller for Orchestrator {
         }
     }
     fn reconcile(&mut self, cx: &mut Context<'_>, id: &ServiceId) -> Plan {
-        match cx.state.service(id) {
-            Some(svc) => reconcile_service(cx.state, svc, cx.now, cx.ids),
-            None => Plan::default(),
+        let Some(svc) = cx.state.service(id) else { return Plan::default() };
+        let mut plan = reconcile_service(cx.state, svc, cx.now, cx.ids);
+        if self.admit_at_creation {
+            for op in &mut plan.ops {
+                if let Op::Create(Object::Task(t)) = op
+                    && t.status.state == TaskState::New
+                {
+                    t.status.state = TaskState::Pending;
+                    t.status.message = crate::allocator::PENDING_MESSAGE.into();
+                }
+            }
         }
+        plan
     }
 }
 

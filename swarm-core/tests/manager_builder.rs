@@ -149,3 +149,66 @@ async fn a_memstore_always_leads_and_a_builder_needs_a_scheduler() {
     assert!(matches!(err, ManagerError::NoScheduler));
     assert!(err.to_string().contains("no scheduler"), "{err}");
 }
+
+/// With the default allocator (nothing to allocate) tasks are created
+/// PENDING in the orchestrator's transaction; with an allocator of the
+/// embedder's they are created NEW and wait for it.
+#[tokio::test(start_paused = true)]
+async fn tasks_start_pending_with_the_default_allocator_and_new_with_another() {
+    use swarm_core::allocator::admit_new_tasks;
+    use swarm_core::state::Action;
+
+    /// An allocator that admits only tasks of services labelled `ok`.
+    struct Picky;
+    impl Controller for Picky {
+        type Key = ();
+        fn name(&self) -> &str {
+            "picky"
+        }
+        fn keys(&self, _: &State) -> Vec<()> {
+            vec![()]
+        }
+        fn interest(&self, _: &Change) -> Interest<()> {
+            Interest::Keys(vec![()])
+        }
+        fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
+            let blocked = cx
+                .state
+                .services()
+                .filter(|s| !s.spec.labels.contains_key("ok"))
+                .map(|s| (s.id.clone(), "not labelled ok".to_string()))
+                .collect();
+            Plan { ops: admit_new_tasks(cx.state, &blocked, cx.now), wake_at: None }
+        }
+    }
+
+    for custom in [false, true] {
+        let store = Arc::new(MemStore::new());
+        let mut watch = store.watch(0).await.unwrap();
+        let mut b = Manager::builder(store.clone()).scheduler(Box::new(common::LeastLoaded));
+        if custom {
+            b = b.allocator(|| Picky);
+        }
+        let _m = b.start().unwrap();
+        let cluster = Cluster::with_seed(store.clone(), 2);
+        cluster.create_service(ServiceSpec::replicated("web", "nginx:1.27", 2)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut created = Vec::new();
+        while let Some(Ok(c)) = watch.try_next() {
+            for e in &c.events {
+                if let (Action::Create, Object::Task(t)) = (e.action, &e.object) {
+                    created.push(t.status.state);
+                }
+            }
+        }
+        let states: Vec<TaskState> = store.state().tasks().map(|t| t.status.state).collect();
+        if custom {
+            assert_eq!(created, vec![TaskState::New; 2]);
+            assert_eq!(states, vec![TaskState::New; 2], "the embedder's allocator holds them");
+            let t = store.state().tasks().next().unwrap().clone();
+            assert_eq!(t.status.message, "allocation failed: not labelled ok");
+        } else {
+            assert_eq!(created, vec![TaskState::Pending; 2], "admitted in the creating transaction");
+        }
+    }
+}
