@@ -172,6 +172,7 @@ impl Agent {
         adopted_once: &mut bool,
     ) -> Result<(), DispatchError> {
         let mut stream = self.dispatcher.assignments(&session.session_id).await?;
+        let mut last = 0;
         let mut period = session.heartbeat_period;
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
@@ -185,6 +186,13 @@ impl Agent {
                 }
                 msg = stream.next() => {
                     let Some(msg) = msg else { return Ok(()) };
+                    // A delta must follow the last message applied; a gap
+                    // ends the session, and the next one starts with the
+                    // full set.
+                    if !msg.full && msg.applies_to != last {
+                        return Err(DispatchError::AssignmentGap { expected: last, got: msg.applies_to });
+                    }
+                    last = msg.results_in;
                     let adopt = if msg.full && !*adopted_once {
                         *adopted_once = true;
                         self.adopt(&msg).await

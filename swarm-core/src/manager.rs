@@ -184,9 +184,12 @@ fn launch(
         Box::new(|set, store, rt| {
             set.spawn(controller::run(store, Reaper, rt));
         }),
-        Box::new(move |set, _, _| {
-            let d = d.clone();
-            set.spawn(async move { supervise("dispatcher", || d.run()).await });
+        Box::new(move |set, store, rt| {
+            // The assignment router follows the store; node health is a
+            // controller like the others.
+            let router = d.clone();
+            set.spawn(async move { supervise("dispatcher", || router.run()).await });
+            set.spawn(controller::run(store, d.node_health(), rt));
         }),
     ];
     spawners.extend(extra);

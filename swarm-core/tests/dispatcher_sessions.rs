@@ -104,6 +104,12 @@ async fn a_lowered_heartbeat_period_takes_effect_for_node_health_at_once() {
         let d = d.clone();
         async move { d.run().await }
     });
+    // Node health is a controller of its own (the manager runs both).
+    let health = tokio::spawn(swarm_core::controller::run(
+        store.clone(),
+        d.node_health(),
+        swarm_core::controller::RuntimeConfig::default(),
+    ));
     tokio::task::yield_now().await;
     d.open_session(request("n1")).await.unwrap();
     // Let the router's first (hour-long) check interval start.
@@ -117,4 +123,5 @@ async fn a_lowered_heartbeat_period_takes_effect_for_node_health_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     runner.abort();
+    health.abort();
 }

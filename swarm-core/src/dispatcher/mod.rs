@@ -10,7 +10,16 @@
 //! The dispatcher also keeps node health: a node whose heartbeats stop for
 //! `heartbeat_period * grace_periods` (Swarm: 5 s * 3) is marked DOWN in the
 //! store, which makes the orchestrators replace its tasks. Heartbeats are
-//! kept in the leader's memory, not written to the store, as in SwarmKit.
+//! kept in the leader's memory ([`sessions::SessionTable`], a pure
+//! structure), not written to the store, as in SwarmKit; [`NodeHealth`] is
+//! the controller that marks silent nodes down, woken when the first of
+//! them can expire.
+//!
+//! Assignments carry a sequence, as SwarmKit's incremental assignments do:
+//! each message says which message it follows (`applies_to`) and which it
+//! results in (`results_in`); a worker that sees a gap (a message that does
+//! not follow the last one it applied) ends the session and opens a new
+//! one, which starts with the full set.
 //!
 //! Secrets and configs travel with the assignments, and only to the node
 //! whose tasks reference them.
@@ -22,7 +31,7 @@
 
 use crate::id::{NodeId, TaskId};
 use crate::model::*;
-use crate::state::{Action, Change, State, Transaction};
+use crate::state::{Action, Change, Op, State, Transaction};
 use crate::store::{Store, StoreError};
 use crate::time::{self, Timestamp};
 use async_trait::async_trait;
@@ -31,7 +40,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+
+pub mod sessions;
+
+use crate::controller::{Context, Controller, Interest, Plan};
+use sessions::SessionTable;
 
 /// A worker asks for a session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -77,6 +90,13 @@ pub struct Assignments {
     /// True when `tasks` is the node's whole set (first message after
     /// subscribing): tasks not in it are not the node's any more.
     pub full: bool,
+    /// The `results_in` of the message this one follows (0 before the
+    /// first). A worker that last applied another one missed a message.
+    #[serde(default)]
+    pub applies_to: u64,
+    /// This message's number in the session, for the next `applies_to`.
+    #[serde(default)]
+    pub results_in: u64,
     /// Tasks created or changed (status ASSIGNED or later).
     pub tasks: Vec<Task>,
     /// Tasks deleted from the store: remove their containers.
@@ -102,6 +122,15 @@ pub enum DispatchError {
     /// The manager is gone.
     #[error("dispatcher unavailable: {0}")]
     Unavailable(String),
+    /// An assignment message did not follow the last one the worker
+    /// applied: it missed one and must start again from a full set.
+    #[error("assignment message applies to {got} but the last one applied was {expected}: a message was missed")]
+    AssignmentGap {
+        /// The `results_in` of the last message applied.
+        expected: u64,
+        /// The `applies_to` of the message received.
+        got: u64,
+    },
 }
 
 impl From<StoreError> for DispatchError {
@@ -142,17 +171,28 @@ pub trait Dispatcher: Send + Sync + 'static {
     async fn assignments(&self, session_id: &str) -> Result<AssignmentStream, DispatchError>;
 }
 
-struct Session {
-    node_id: NodeId,
-    sender: Option<mpsc::UnboundedSender<Assignments>>,
+/// A session's assignment stream: where to send, and the number of the
+/// last message sent.
+struct Subscriber {
+    sender: mpsc::UnboundedSender<Assignments>,
+    seq: u64,
+}
+
+impl Subscriber {
+    /// Numbers `msg` after the previous one and sends it.
+    fn send(&mut self, mut msg: Assignments) {
+        msg.applies_to = self.seq;
+        self.seq += 1;
+        msg.results_in = self.seq;
+        let _ = self.sender.send(msg);
+    }
 }
 
 struct Inner {
-    sessions: HashMap<String, Session>,
-    by_node: HashMap<NodeId, String>,
-    /// When each node believed up was last heard from (a heartbeat, a new
-    /// session, or this manager's start for nodes ready before it).
-    last_seen: HashMap<NodeId, Instant>,
+    /// Sessions and when each node was last heard from.
+    table: SessionTable,
+    /// Assignment streams, by session id.
+    subscribers: HashMap<String, Subscriber>,
     /// Every node's state as the router last saw it in the store, so that a
     /// heartbeat (the hottest call) needs no store read.
     node_states: HashMap<NodeId, NodeState>,
@@ -188,9 +228,8 @@ impl LocalDispatcher {
             subscribe_tx,
             subscribe_rx: Arc::new(tokio::sync::Mutex::new(subscribe_rx)),
             inner: Arc::new(Mutex::new(Inner {
-                sessions: HashMap::new(),
-                by_node: HashMap::new(),
-                last_seen: HashMap::new(),
+                table: SessionTable::default(),
+                subscribers: HashMap::new(),
                 node_states: HashMap::new(),
                 config: DispatcherConfig::default(),
                 refreshed: false,
@@ -204,28 +243,30 @@ impl LocalDispatcher {
 
     fn node_of(&self, session_id: &str) -> Result<NodeId, DispatchError> {
         self.lock()
-            .sessions
-            .get(session_id)
-            .map(|s| s.node_id.clone())
+            .table
+            .node_of(session_id)
+            .cloned()
             .ok_or_else(|| DispatchError::InvalidSession(session_id.to_string()))
     }
 
     /// Nodes with an open session.
     pub fn connected_nodes(&self) -> Vec<NodeId> {
-        self.lock().by_node.keys().cloned().collect()
+        self.lock().table.nodes().cloned().collect()
     }
 
     /// Ends a node's session (as if its connection dropped). The node is
     /// marked down if it does not come back within the heartbeat grace.
     pub fn drop_session(&self, node: &NodeId) {
         let mut g = self.lock();
-        if let Some(sid) = g.by_node.remove(node) {
-            g.sessions.remove(&sid);
+        if let Some(sid) = g.table.close(node) {
+            g.subscribers.remove(&sid);
         }
     }
 
-    fn heartbeat_config(&self) -> DispatcherConfig {
-        self.lock().config
+    /// The node-health controller of this dispatcher, for the manager to
+    /// run while it leads.
+    pub fn node_health(&self) -> NodeHealth {
+        NodeHealth { dispatcher: self.clone(), started: false }
     }
 
     /// Takes node states and heartbeat settings from a whole snapshot.
@@ -243,6 +284,7 @@ impl LocalDispatcher {
             match (&ev.object, ev.action) {
                 (Object::Node(n), Action::Delete) => {
                     g.node_states.remove(&n.id);
+                    forget(&mut g, &n.id);
                 }
                 (Object::Node(n), _) => {
                     g.node_states.insert(n.id.clone(), n.status.state);
@@ -258,32 +300,15 @@ impl LocalDispatcher {
     /// fails. Run it in its own task (one at a time: a second call waits).
     pub async fn run(&self) -> Result<(), StoreError> {
         let mut subscriptions = self.subscribe_rx.lock().await;
-        let start = Instant::now();
-        {
-            let state = self.store.snapshot().await?;
-            let mut g = self.lock();
-            for n in state.nodes().filter(|n| n.status.state == NodeState::Ready) {
-                g.last_seen.entry(n.id.clone()).or_insert(start);
-            }
-        }
         loop {
             let state = self.store.snapshot().await?;
             self.refresh(&state);
             let mut watch = self.store.watch(state.revision()).await?;
-            let mut period = state.cluster_spec().dispatcher.heartbeat_period;
-            let mut check = heartbeat_check(period);
             loop {
                 tokio::select! {
                     change = watch.next() => match change {
                         Ok(change) => {
                             self.observe(&change);
-                            // A new heartbeat period: check at its pace from now
-                            // on, not at the old one's.
-                            let now = self.heartbeat_config().heartbeat_period;
-                            if now != period {
-                                period = now;
-                                check = heartbeat_check(period);
-                            }
                             self.route(&change).await;
                         }
                         Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => {
@@ -292,7 +317,6 @@ impl LocalDispatcher {
                         }
                         Err(e) => return Err(e),
                     },
-                    _ = check.tick() => self.check_heartbeats().await,
                     Some((session_id, sender)) = subscriptions.recv() => self.subscribe(session_id, sender).await,
                 }
             }
@@ -316,7 +340,8 @@ impl LocalDispatcher {
         }
         let needs_refs = per_node.values().any(|m| m.tasks.iter().any(has_refs));
         let state = if needs_refs { self.store.snapshot().await.ok() } else { None };
-        let g = self.lock();
+        let mut g = self.lock();
+        let g = &mut *g;
         for (node, mut msg) in per_node {
             if msg.tasks.is_empty() && msg.removed.is_empty() {
                 continue;
@@ -324,10 +349,8 @@ impl LocalDispatcher {
             if let Some(state) = &state {
                 attach_refs(state, &mut msg);
             }
-            if let Some(sender) =
-                g.by_node.get(&node).and_then(|sid| g.sessions.get(sid)).and_then(|s| s.sender.as_ref())
-            {
-                let _ = sender.send(msg);
+            if let Some(sub) = g.table.session_of(&node).and_then(|sid| g.subscribers.get_mut(sid)) {
+                sub.send(msg);
             }
         }
     }
@@ -337,78 +360,86 @@ impl LocalDispatcher {
     async fn subscribe(&self, session_id: String, sender: mpsc::UnboundedSender<Assignments>) {
         let Ok(state) = self.store.snapshot().await else { return };
         let mut g = self.lock();
-        let Some(s) = g.sessions.get_mut(&session_id) else { return };
-        let _ = sender.send(full_set(&state, &s.node_id));
-        s.sender = Some(sender);
+        let Some(node) = g.table.node_of(&session_id).cloned() else { return };
+        let mut sub = Subscriber { sender, seq: 0 };
+        sub.send(full_set(&state, &node));
+        g.subscribers.insert(session_id, sub);
     }
 
     async fn resend_full(&self) {
         let Ok(state) = self.store.snapshot().await else { return };
-        let g = self.lock();
-        for s in g.sessions.values() {
-            if let Some(sender) = &s.sender {
-                let _ = sender.send(full_set(&state, &s.node_id));
+        let mut g = self.lock();
+        let g = &mut *g;
+        for (sid, sub) in g.subscribers.iter_mut() {
+            if let Some(node) = g.table.node_of(sid) {
+                sub.send(full_set(&state, node));
             }
-        }
-    }
-
-    async fn check_heartbeats(&self) {
-        let cfg = self.heartbeat_config();
-        let grace = cfg.grace();
-        let now = Instant::now();
-        let silent: Vec<NodeId> = {
-            let mut g = self.lock();
-            let out: Vec<NodeId> = g
-                .last_seen
-                .iter()
-                .filter(|(_, seen)| now.duration_since(**seen) > grace)
-                .map(|(n, _)| n.clone())
-                .collect();
-            for n in &out {
-                g.last_seen.remove(n);
-                if let Some(sid) = g.by_node.remove(n) {
-                    g.sessions.remove(&sid);
-                }
-            }
-            out
-        };
-        if silent.is_empty() {
-            return;
-        }
-        // One transaction for every node found silent in this round.
-        let msg = format!("heartbeat failure: no heartbeat for more than {grace:?}");
-        for node in &silent {
-            tracing::warn!(node = %node, "{msg}");
-        }
-        let res = crate::store::update_with_retry(self.store.as_ref(), 5, |state| {
-            let mut tx = Transaction::new();
-            for id in &silent {
-                let Some(n) = state.node(id) else { continue };
-                if n.status.state == NodeState::Down {
-                    continue;
-                }
-                let mut n = n.as_ref().clone();
-                n.status.state = NodeState::Down;
-                n.status.message = msg.clone();
-                tx = tx.update(n);
-            }
-            if tx.is_empty() { None } else { Some(tx) }
-        })
-        .await;
-        if let Err(e) = res {
-            tracing::error!(nodes = silent.len(), error = %e, "could not mark nodes down");
         }
     }
 }
 
-/// The timer of the silent-node check: twice per heartbeat period.
-/// Validation keeps the period at 1 ms or more; the floor keeps a zero
-/// interval (which tokio refuses with a panic) impossible anyway.
-fn heartbeat_check(period: crate::time::SpecDuration) -> tokio::time::Interval {
-    let half = (period.to_std() / 2).max(Duration::from_micros(500));
-    let mut check = tokio::time::interval_at(Instant::now() + half, half);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    check
+/// Stops tracking `node` and ends its session and assignment stream.
+fn forget(g: &mut Inner, node: &NodeId) {
+    if let Some(sid) = g.table.session_of(node).map(str::to_string) {
+        g.subscribers.remove(&sid);
+    }
+    g.table.forget(node);
+}
+
+/// Node health on the controller runtime: marks DOWN every ready node not
+/// heard from for the cluster's heartbeat grace, and asks to be woken when
+/// the next one can expire. Made by [`LocalDispatcher::node_health`]; the
+/// manager runs it only while it leads. On its first reconcile every ready
+/// node gets a whole grace from then (a new leader has heard from no one).
+pub struct NodeHealth {
+    dispatcher: LocalDispatcher,
+    started: bool,
+}
+
+impl Controller for NodeHealth {
+    type Key = ();
+    fn name(&self) -> &str {
+        "node-health"
+    }
+    fn keys(&self, _: &State) -> Vec<()> {
+        vec![()]
+    }
+    fn interest(&self, change: &Change) -> Interest<()> {
+        let relevant = change.events.iter().any(|e| matches!(e.object, Object::Node(_) | Object::Cluster(_)));
+        if relevant { Interest::Keys(vec![()]) } else { Interest::nothing() }
+    }
+    fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
+        let grace = cx.state.cluster_spec().dispatcher.grace();
+        let mut g = self.dispatcher.lock();
+        if !self.started {
+            self.started = true;
+            g.table.grant_grace(cx.now);
+        }
+        for n in cx.state.nodes().filter(|n| n.status.state == NodeState::Ready) {
+            g.table.track(&n.id, cx.now);
+        }
+        let msg = format!("heartbeat failure: no heartbeat for more than {grace:?}");
+        let mut ops = Vec::new();
+        for id in g.table.silent(cx.now, grace) {
+            match cx.state.node(&id) {
+                Some(n) if n.status.state == NodeState::Ready => {
+                    tracing::warn!(node = %id, "{msg}");
+                    // Its session ends now: a node that comes back opens a
+                    // new one, which marks it ready again.
+                    if let Some(sid) = g.table.close(&id) {
+                        g.subscribers.remove(&sid);
+                    }
+                    let mut n = n.as_ref().clone();
+                    n.status.state = NodeState::Down;
+                    n.status.message = msg.clone();
+                    ops.push(Op::Update(Object::Node(n)));
+                }
+                // Down already, or gone: nothing to watch any more.
+                _ => forget(&mut g, &id),
+            }
+        }
+        Plan { ops, wake_at: g.table.next_expiry(cx.now, grace) }
+    }
 }
 
 fn has_refs(t: &Task) -> bool {
@@ -479,25 +510,19 @@ impl Dispatcher for LocalDispatcher {
             g.config = seen;
         }
         let period = g.config.heartbeat_period.to_std();
-        g.node_states.insert(node_id.clone(), NodeState::Ready);
-        if let Some(old) = g.by_node.insert(node_id.clone(), session_id.clone()) {
-            g.sessions.remove(&old);
+        if let Some(old) = g.table.open(node_id.clone(), session_id.clone(), now) {
+            g.subscribers.remove(&old);
         }
-        g.last_seen.insert(node_id.clone(), Instant::now());
-        g.sessions.insert(session_id.clone(), Session { node_id, sender: None });
+        g.node_states.insert(node_id.clone(), NodeState::Ready);
         Ok(SessionInfo { session_id, heartbeat_period: period })
     }
 
     async fn heartbeat(&self, session_id: &str) -> Result<HeartbeatResponse, DispatchError> {
         let node = {
             let mut g = self.lock();
-            let node = g
-                .sessions
-                .get(session_id)
-                .map(|s| s.node_id.clone())
-                .ok_or_else(|| DispatchError::InvalidSession(session_id.to_string()))?;
-            g.last_seen.insert(node.clone(), Instant::now());
-            node
+            g.table
+                .heartbeat(session_id, time::now())
+                .ok_or_else(|| DispatchError::InvalidSession(session_id.to_string()))?
         };
         // A node that was marked down but heartbeats again is back. The
         // router keeps node states current: no store read per heartbeat.
