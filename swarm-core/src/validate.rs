@@ -4,7 +4,7 @@
 //!
 //! The state machine validates every spec it stores, so no [`Store`]
 //! accepts an invalid one. Every count a spec carries is bounded by
-//! [`limits`](crate::model::limits), so no spec can make a manager do
+//! [`limits`], so no spec can make a manager do
 //! unbounded work.
 //!
 //! [`Store`]: crate::store::Store

@@ -18,7 +18,7 @@
 //! every network, or REFUSED.
 //!
 //! [`DnsTable`] is the pure part (built from a [`State`]); [`DnsServer`]
-//! serves a table that [`DnsServer::follow`] keeps in step with a store.
+//! serves a table that [`DnsHandler::follow`] keeps in step with a store.
 //!
 //! Malformed requests get FORMERR with the request's id: a bad label length,
 //! a compression pointer that loops or points forward or past the end, a

@@ -96,7 +96,7 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     /// Working directory.
     pub workdir: Option<String>,
-    /// User (name or uid[:gid]).
+    /// User (name or `uid[:gid]`).
     pub user: Option<String>,
     /// Container hostname.
     pub hostname: Option<String>,
