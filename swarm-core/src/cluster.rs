@@ -8,6 +8,25 @@
 //! Updating a service bumps its spec version, and so rolls its tasks, only
 //! when something the tasks run changed (the task template, networks or
 //! ports); a label or the replica count does not restart anything.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::sync::Arc;
+//! use swarm_core::cluster::{Cluster, ClusterError};
+//! use swarm_core::model::ServiceSpec;
+//! use swarm_core::store::MemStore;
+//!
+//! let cluster = Cluster::new(Arc::new(MemStore::new()));
+//! cluster.create_service(ServiceSpec::replicated("web", "nginx:1.27", 3)).await.unwrap();
+//! cluster.scale("web", 5).await.unwrap();
+//! assert_eq!(cluster.inspect_service("web").await.unwrap().spec.mode.replicas, Some(5));
+//! // A bad spec is refused with the field named, and nothing changes.
+//! let err = cluster.create_service(ServiceSpec::replicated("Bad Name", "nginx:1.27", 1)).await.unwrap_err();
+//! assert!(matches!(err, ClusterError::Invalid(_)), "{err}");
+//! assert!(err.to_string().contains("name"), "{err}");
+//! assert_eq!(cluster.list_services().await.unwrap().len(), 1);
+//! # }
+//! ```
 
 use crate::id::{ConfigId, IdGen, NetworkId, NodeId, SecretId, ServiceId, TaskId, VolumeId};
 use crate::model::*;

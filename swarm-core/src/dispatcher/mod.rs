@@ -28,6 +28,31 @@
 //! credential: 128 bits from the OS random source ([`new_session_id`]),
 //! never from a seeded generator, so that knowing a test's or a manager's
 //! seed does not let anyone guess a live session.
+//!
+//! A worker's side of a session, by hand (the [`Agent`](crate::agent::Agent)
+//! does this for you):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::sync::Arc;
+//! use swarm_core::dispatcher::{Dispatcher, SessionRequest};
+//! use swarm_core::manager::Manager;
+//! use swarm_core::model::NodeDescription;
+//! use swarm_core::scheduler::FirstFit;
+//! use swarm_core::store::MemStore;
+//!
+//! let store = Arc::new(MemStore::new());
+//! let manager = Manager::start(store.clone(), Box::new(FirstFit), Default::default());
+//! let d = manager.dispatcher();
+//! let req = SessionRequest { node_id: "node-1".into(), description: NodeDescription::default(), addr: "10.0.0.1".into() };
+//! let session = d.open_session(req).await.unwrap(); // the node is READY in the store
+//! let mut assignments = d.assignments(&session.session_id).await.unwrap();
+//! let first = assignments.next().await.unwrap();
+//! assert!(first.full && first.tasks.is_empty()); // nothing to run yet
+//! d.heartbeat(&session.session_id).await.unwrap(); // every heartbeat_period
+//! assert!(d.heartbeat("guessed").await.is_err());
+//! # }
+//! ```
 
 use crate::id::{NodeId, TaskId};
 use crate::model::*;
