@@ -65,6 +65,12 @@ pub fn allocation_relevant(change: &Change) -> bool {
     })
 }
 
+/// An allocator's interest: the whole state, on [`allocation_relevant`]
+/// changes.
+pub fn allocation_interest(change: &Change) -> Interest<()> {
+    if allocation_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
+}
+
 /// The manager's default allocator: nothing to allocate, every NEW task is
 /// admitted to scheduling.
 #[derive(Clone, Copy, Debug, Default)]
@@ -79,7 +85,7 @@ impl Controller for TaskAllocator {
         vec![()]
     }
     fn interest(&self, change: &Change) -> Interest<()> {
-        if allocation_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
+        allocation_interest(change)
     }
     fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
         Plan { ops: admit_new_tasks(cx.state, &BTreeMap::new(), cx.now), wake_at: None }

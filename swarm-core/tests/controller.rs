@@ -14,6 +14,9 @@ use swarm_core::state::{Change, Op, State, Transaction};
 use swarm_core::store::{MemStore, Store, StoreError, Watch};
 use swarm_core::time;
 
+mod common;
+use common::Labeler;
+
 /// MemStore with injected faults: the next commits conflict (a concurrent
 /// writer bumps the same node first), the next snapshots fail, the next
 /// watch calls report compaction.
@@ -68,46 +71,6 @@ impl Store for Flaky {
             return Err(StoreError::Compacted { requested: from, oldest: from + 1 });
         }
         self.inner.watch(from).await
-    }
-}
-
-/// Gives every node the label `seen=yes`; counts lists and reconciles.
-#[derive(Clone, Default)]
-struct Labeler {
-    lists: Arc<AtomicUsize>,
-    reconciles: Arc<AtomicUsize>,
-}
-
-impl Controller for Labeler {
-    type Key = NodeId;
-    fn name(&self) -> &str {
-        "labeler"
-    }
-    fn keys(&self, state: &State) -> Vec<NodeId> {
-        self.lists.fetch_add(1, SeqCst);
-        state.nodes().map(|n| n.id.clone()).collect()
-    }
-    fn interest(&self, change: &Change) -> Interest<NodeId> {
-        Interest::Keys(
-            change
-                .events
-                .iter()
-                .filter_map(|e| match &e.object {
-                    Object::Node(n) => Some(n.id.clone()),
-                    _ => None,
-                })
-                .collect(),
-        )
-    }
-    fn reconcile(&mut self, cx: &mut Context<'_>, id: &NodeId) -> Plan {
-        self.reconciles.fetch_add(1, SeqCst);
-        let mut plan = Plan::default();
-        if let Some(n) = cx.state.node(id).filter(|n| !n.spec.labels.contains_key("seen")) {
-            let mut n = n.as_ref().clone();
-            n.spec.labels.insert("seen".into(), "yes".into());
-            plan.ops.push(Op::Update(Object::Node(n)));
-        }
-        plan
     }
 }
 

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use swarm_core::cluster::Cluster;
 use swarm_core::controller::{Context, Controller, Interest, Plan};
-use swarm_core::id::NodeId;
 use swarm_core::manager::{Manager, ManagerConfig, ManagerError};
 use swarm_core::model::{Node, Object, Resources, ServiceSpec, TaskState};
-use swarm_core::state::{Change, Op, State, Transaction};
+use swarm_core::state::{Change, State, Transaction};
 use swarm_core::store::{MemStore, Store, StoreError, Watch};
 
 mod common;
@@ -34,40 +33,6 @@ impl Store for Led {
     }
     fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
         self.leader.subscribe()
-    }
-}
-
-/// The embedder's controller: labels every node `seen=yes`.
-struct Labeler;
-
-impl Controller for Labeler {
-    type Key = NodeId;
-    fn name(&self) -> &str {
-        "labeler"
-    }
-    fn keys(&self, state: &State) -> Vec<NodeId> {
-        state.nodes().map(|n| n.id.clone()).collect()
-    }
-    fn interest(&self, change: &Change) -> Interest<NodeId> {
-        Interest::Keys(
-            change
-                .events
-                .iter()
-                .filter_map(|e| match &e.object {
-                    Object::Node(n) => Some(n.id.clone()),
-                    _ => None,
-                })
-                .collect(),
-        )
-    }
-    fn reconcile(&mut self, cx: &mut Context<'_>, id: &NodeId) -> Plan {
-        let mut plan = Plan::default();
-        if let Some(n) = cx.state.node(id).filter(|n| !n.spec.labels.contains_key("seen")) {
-            let mut n = n.as_ref().clone();
-            n.spec.labels.insert("seen".into(), "yes".into());
-            plan.ops.push(Op::Update(Object::Node(n)));
-        }
-        plan
     }
 }
 
@@ -95,7 +60,7 @@ fn manager(store: &Arc<Led>) -> Manager {
     Manager::builder(store.clone())
         .scheduler(Box::new(common::LeastLoaded))
         .config(ManagerConfig { seed: Some(1), ..Default::default() })
-        .controller(|| Labeler)
+        .controller(common::Labeler::default)
         .start()
         .unwrap()
 }

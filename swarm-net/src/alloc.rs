@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use swarm_core::allocator::{admit_new_tasks, allocation_relevant};
+use swarm_core::allocator::{admit_new_tasks, allocation_interest};
 use swarm_core::cluster::{Cluster, ClusterError};
 use swarm_core::controller::{self, Context, Controller, Interest, Plan as ControllerPlan, RuntimeConfig};
 use swarm_core::id::{NetworkId, ServiceId};
@@ -610,7 +610,7 @@ impl Controller for AllocationController {
         vec![()]
     }
     fn interest(&self, change: &Change) -> Interest<()> {
-        if allocation_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
+        allocation_interest(change)
     }
     fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> ControllerPlan {
         let p = plan(cx.state, &self.config);

@@ -1,6 +1,10 @@
 //! Helpers shared by the orchestration test files (each file uses a part).
 #![allow(dead_code)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use swarm_core::controller::{Context, Controller, Interest, Plan};
+use swarm_core::id::NodeId;
 use swarm_core::scheduler::*;
 
 /// Test scheduler: the feasible node with the fewest tasks of the service,
@@ -73,5 +77,48 @@ impl Mirror {
         let (next, got) = self.state.apply(&tx).expect("mirror applies the change");
         assert_eq!(got.revision, change.revision, "mirror in step with the store");
         self.state = next;
+    }
+}
+
+/// A controller for the runtime's and the manager's tests: gives every node
+/// the label `seen=yes`; counts lists and reconciles.
+#[derive(Clone, Default)]
+pub struct Labeler {
+    /// Calls of `keys` (a list or a re-list).
+    pub lists: Arc<AtomicUsize>,
+    /// Calls of `reconcile`.
+    pub reconciles: Arc<AtomicUsize>,
+}
+
+impl Controller for Labeler {
+    type Key = NodeId;
+    fn name(&self) -> &str {
+        "labeler"
+    }
+    fn keys(&self, state: &State) -> Vec<NodeId> {
+        self.lists.fetch_add(1, SeqCst);
+        state.nodes().map(|n| n.id.clone()).collect()
+    }
+    fn interest(&self, change: &Change) -> Interest<NodeId> {
+        Interest::Keys(
+            change
+                .events
+                .iter()
+                .filter_map(|e| match &e.object {
+                    Object::Node(n) => Some(n.id.clone()),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+    fn reconcile(&mut self, cx: &mut Context<'_>, id: &NodeId) -> Plan {
+        self.reconciles.fetch_add(1, SeqCst);
+        let mut plan = Plan::default();
+        if let Some(n) = cx.state.node(id).filter(|n| !n.spec.labels.contains_key("seen")) {
+            let mut n = n.as_ref().clone();
+            n.spec.labels.insert("seen".into(), "yes".into());
+            plan.ops.push(Op::Update(Object::Node(n)));
+        }
+        plan
     }
 }
