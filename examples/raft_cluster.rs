@@ -64,8 +64,8 @@ struct ManagerProcess {
 
 /// Runs the scenario; needs a multi-threaded tokio runtime (see `main`).
 pub async fn demo() -> Result<Report, Error> {
-    // Each manager keeps its raft log in its own directory; the temporary
-    // directory is removed when `data` is dropped at the end.
+    // Each manager keeps its raft log in its own directory under a temporary
+    // one, removed at the end (or when `data` is dropped, on an error).
     let data = tempfile::tempdir()?;
     let net = InProcNetwork::new(7); // an in-process "network" between managers
     let ids = vec![1, 2, 3];
