@@ -1,20 +1,20 @@
 //! The whole control plane on a replicated store: three raft managers
-//! (in-process network, logs on disk), the control loops running only on
-//! the leader (`manager::run_while_leader`), three agents on SimRuntime
-//! following whichever manager leads. The leader is killed: a new one takes
-//! over the loops, the agents reconnect, the service stays at its replica
-//! count and a scale-up made through a follower is carried out.
+//! (in-process network, logs on disk), a `Manager` on each whose control
+//! loops run only while its store leads (`Store::leadership`), three agents
+//! on SimRuntime following whichever manager leads (`LeaderDispatcher`).
+//! The leader is killed: a new one takes over the loops, the agents
+//! reconnect, the service stays at its replica count and a scale-up made
+//! through a follower is carried out.
 //!
 //! Real time (raft-rs runs on its own threads), 10 ms raft ticks.
 
-use async_trait::async_trait;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::agent::{Agent, AgentConfig};
 use swarm::cluster::Cluster;
-use swarm::dispatcher::*;
-use swarm::manager::{Manager, ManagerConfig, run_while_leader};
+use swarm::dispatcher_follow::LeaderDispatcher;
+use swarm::manager::Manager;
 use swarm::model::*;
 use swarm::raft::{InProcNetwork, RaftStore, RaftStoreConfig};
 use swarm::sched::Pipeline;
@@ -22,59 +22,16 @@ use swarm::sim::SimRuntime;
 use swarm::store::Store;
 use swarm::time::SpecDuration;
 
-/// A dispatcher that forwards to the current leader's, as a worker whose
-/// connection follows the leader would.
-#[derive(Clone, Default)]
-struct FollowLeader(Arc<Mutex<Option<LocalDispatcher>>>);
-
-impl FollowLeader {
-    fn current(&self) -> Result<LocalDispatcher, DispatchError> {
-        self.0.lock().unwrap().clone().ok_or_else(|| DispatchError::Unavailable("no leader".into()))
-    }
-}
-
-#[async_trait]
-impl Dispatcher for FollowLeader {
-    async fn open_session(&self, req: SessionRequest) -> Result<SessionInfo, DispatchError> {
-        self.current()?.open_session(req).await
-    }
-    async fn heartbeat(&self, session_id: &str) -> Result<HeartbeatResponse, DispatchError> {
-        self.current()?.heartbeat(session_id).await
-    }
-    async fn update_task_status(&self, session_id: &str, updates: Vec<TaskStatusUpdate>) -> Result<(), DispatchError> {
-        self.current()?.update_task_status(session_id, updates).await
-    }
-    async fn assignments(&self, session_id: &str) -> Result<AssignmentStream, DispatchError> {
-        self.current()?.assignments(session_id).await
-    }
-}
-
 struct ManagerProcess {
     store: RaftStore,
-    lead: tokio::task::JoinHandle<()>,
-    poll: tokio::task::JoinHandle<()>,
+    manager: Manager,
 }
 
-fn start_manager(id: u64, store: RaftStore, follow: FollowLeader) -> ManagerProcess {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let s = store.clone();
-    let poll = tokio::spawn(async move {
-        loop {
-            let st = s.status();
-            tx.send_if_modified(|v| {
-                let now = st.leader == Some(id) && !st.stopped;
-                std::mem::replace(v, now) != now
-            });
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
-    let lead = tokio::spawn(run_while_leader(
-        rx,
-        move || Manager::start(dyn_store.clone(), Box::new(Pipeline::spread()), ManagerConfig::default()),
-        move |m| *follow.0.lock().unwrap() = m.map(|m| m.dispatcher()),
-    ));
-    ManagerProcess { store, lead, poll }
+/// A manager on `store`, added to the dispatcher the agents follow.
+fn start_manager(store: RaftStore, follow: &LeaderDispatcher) -> ManagerProcess {
+    let manager = Manager::builder(Arc::new(store.clone())).scheduler(Box::new(Pipeline::spread())).start().unwrap();
+    follow.add_manager(&store, &manager);
+    ManagerProcess { store, manager }
 }
 
 async fn running(store: &RaftStore, name: &str) -> usize {
@@ -102,14 +59,14 @@ async fn control_loops_follow_the_raft_leader() {
     let tmp = tempfile::tempdir().unwrap();
     let net = InProcNetwork::new(42);
     let ids = vec![1u64, 2, 3];
-    let follow = FollowLeader::default();
+    let follow = LeaderDispatcher::new();
     let mut managers: BTreeMap<u64, ManagerProcess> = BTreeMap::new();
     for &id in &ids {
         let cfg = RaftStoreConfig::new(id, tmp.path().join(format!("m{id}")), ids.clone())
             .with_tick(Duration::from_millis(10));
         let store = RaftStore::open_async(cfg, net.transport(id)).await.unwrap();
         net.register(id, store.inbox());
-        managers.insert(id, start_manager(id, store, follow.clone()));
+        managers.insert(id, start_manager(store, &follow));
     }
     let any = managers[&1].store.clone();
     // Short heartbeats so the dispatcher of a new leader sees nodes quickly.
@@ -149,11 +106,9 @@ async fn control_loops_follow_the_raft_leader() {
     // Kill the leading manager.
     let leader = any.status().leader.expect("a leader");
     let dead = managers.remove(&leader).unwrap();
-    dead.poll.abort();
-    dead.lead.abort();
-    net.unregister(leader);
+    dead.manager.stop();
     dead.store.shutdown().await;
-    *follow.0.lock().unwrap() = None;
+    assert!(!net.registered().contains(&leader), "a stopped manager leaves the network");
     let survivor = managers.values().next().unwrap().store.clone();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -176,8 +131,7 @@ async fn control_loops_follow_the_raft_leader() {
         a.abort();
     }
     for (_, m) in managers {
-        m.poll.abort();
-        m.lead.abort();
+        m.manager.stop();
         m.store.shutdown().await;
     }
 }

@@ -177,7 +177,7 @@ impl RaftStoreConfig {
 struct Inner {
     id: u64,
     input: mpsc::Sender<Input>,
-    inbox: Arc<node::InboxGauge>,
+    inbox: Inbox,
     replica: Arc<Mutex<Replica>>,
     status: Arc<Mutex<NodeStatus>>,
     leading: tokio::sync::watch::Receiver<bool>,
@@ -200,6 +200,31 @@ pub struct RaftStore {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Critical sections on these mutexes swap whole values.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The inbox of manager `id`: frames go to its driver through `tx`,
+/// within the limits `gauge` keeps.
+fn inbox_of(id: u64, tx: mpsc::Sender<Input>, gauge: Arc<node::InboxGauge>) -> Inbox {
+    let tx = Mutex::new(tx);
+    Inbox {
+        deliver: Arc::new(move |frame: Vec<u8>| {
+            let len = frame.len();
+            if !gauge.admit(len) {
+                let n = gauge.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                // Every drop at debug, a warning at 1, 2, 4, 8... drops.
+                if n.is_power_of_two() {
+                    tracing::warn!(id, dropped = n, bytes = len, "raft inbox full: dropping frames (raft retransmits)");
+                } else {
+                    tracing::debug!(id, dropped = n, bytes = len, "raft inbox full: frame dropped");
+                }
+                return;
+            }
+            if lock(&tx).send(Input::Frame(frame)).is_err() {
+                // The driver stopped: nobody will take the frame.
+                gauge.release(len);
+            }
+        }),
+    }
 }
 
 impl RaftStore {
@@ -255,17 +280,19 @@ impl RaftStore {
         let status = Arc::new(Mutex::new(NodeStatus { id: cfg.id, ..Default::default() }));
         let mut driver = Driver::new(cfg.id, raw, storage, replica.clone(), status.clone(), transport, dcfg, applied);
         driver.dedupe = dedupe;
-        let inbox = Arc::new(node::InboxGauge {
+        let gauge = Arc::new(node::InboxGauge {
             max_frames: cfg.inbox_frames,
             max_bytes: cfg.inbox_bytes,
             ..Default::default()
         });
-        driver.inbox = inbox.clone();
+        driver.inbox = gauge.clone();
         let (leading_tx, leading) = tokio::sync::watch::channel(false);
         driver.leading = Some(leading_tx);
         driver.publish(false);
         let (tx, rx) = mpsc::channel();
         driver.self_tx = Some(tx.clone());
+        let inbox = inbox_of(cfg.id, tx.clone(), gauge.clone());
+        driver.own_inbox = Some(inbox.clone());
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
             .spawn(move || driver.run(rx))
@@ -301,34 +328,12 @@ impl RaftStore {
     /// [`RaftStoreConfig::inbox_frames`] frames or
     /// [`RaftStoreConfig::inbox_bytes`] bytes already wait, the frame is
     /// dropped, logged and counted ([`NodeStatus::inbox_dropped`]).
+    ///
+    /// Every call returns the same inbox: the transport forgets it when the
+    /// manager stops ([`Transport::leave`]), so a stopped manager leaves an
+    /// [`InProcNetwork`] on its own.
     pub fn inbox(&self) -> Inbox {
-        let tx = Mutex::new(self.inner.input.clone());
-        let gauge = self.inner.inbox.clone();
-        let id = self.inner.id;
-        Inbox {
-            deliver: Arc::new(move |frame: Vec<u8>| {
-                let len = frame.len();
-                if !gauge.admit(len) {
-                    let n = gauge.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    // Every drop at debug, a warning at 1, 2, 4, 8... drops.
-                    if n.is_power_of_two() {
-                        tracing::warn!(
-                            id,
-                            dropped = n,
-                            bytes = len,
-                            "raft inbox full: dropping frames (raft retransmits)"
-                        );
-                    } else {
-                        tracing::debug!(id, dropped = n, bytes = len, "raft inbox full: frame dropped");
-                    }
-                    return;
-                }
-                if lock(&tx).send(Input::Frame(frame)).is_err() {
-                    // The driver stopped: nobody will take the frame.
-                    gauge.release(len);
-                }
-            }),
-        }
+        self.inner.inbox.clone()
     }
 
     /// What this manager knows now (leader, term, membership, indexes).
@@ -433,7 +438,9 @@ impl RaftStore {
     }
 
     /// Stops the driver and closes the log, waiting for the thread to end.
-    /// Blocking: call it from a blocking context or use [`RaftStore::shutdown`].
+    /// The manager leaves its transport ([`Transport::leave`]): an
+    /// [`InProcNetwork`] no longer delivers to it. Dropping the last handle
+    /// stops the driver too, without waiting. Blocking: call it from a blocking context or use [`RaftStore::shutdown`].
     pub fn stop(&self) {
         let _ = self.inner.input.send(Input::Stop);
         if let Some(t) = lock(&self.inner.thread).take()

@@ -281,6 +281,9 @@ pub(crate) struct Driver {
     /// True while this manager leads (and is not stopped): the store's
     /// leadership signal.
     pub leading: Option<tokio::sync::watch::Sender<bool>>,
+    /// Where the transport delivers this manager's frames: handed back to
+    /// the transport when the driver stops ([`Transport::leave`]).
+    pub own_inbox: Option<crate::Inbox>,
 }
 
 /// How many frames (and bytes) wait in a manager's input channel, and how
@@ -371,6 +374,7 @@ impl Driver {
             inbox: Arc::default(),
             self_tx: None,
             leading: None,
+            own_inbox: None,
         }
     }
 
@@ -435,6 +439,9 @@ impl Driver {
         }
         self.fail_all(StoreError::Unavailable(format!("manager {} is stopped", self.id)));
         self.publish(true);
+        if let Some(inbox) = self.own_inbox.take() {
+            self.transport.leave(&inbox);
+        }
         tracing::debug!(id = self.id, "raft driver stopped");
     }
 

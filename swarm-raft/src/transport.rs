@@ -20,6 +20,15 @@ use std::time::{Duration, Instant};
 pub trait Transport: Send + Sync + 'static {
     /// Sends `frame` to manager `to`, best effort.
     fn send(&self, to: u64, frame: Vec<u8>);
+
+    /// The manager whose frames arrive at `inbox` stopped: a transport that
+    /// keeps a directory of managers (as [`InProcNetwork`] does) forgets it,
+    /// unless another inbox was registered in its place since (a restart).
+    /// The driver calls it once, when it stops. The default does nothing
+    /// (the TCP transport keeps no directory: peers simply fail to connect).
+    fn leave(&self, inbox: &Inbox) {
+        let _ = inbox;
+    }
 }
 
 /// Where a transport delivers frames for one manager. Cheap to clone.
@@ -38,6 +47,11 @@ impl Inbox {
     /// Hands a received frame to the manager (never blocks).
     pub fn deliver(&self, frame: Vec<u8>) {
         (self.deliver)(frame)
+    }
+
+    /// True when both are clones of one inbox (the same manager's).
+    pub fn same_as(&self, other: &Inbox) -> bool {
+        Arc::ptr_eq(&self.deliver, &other.deliver)
     }
 }
 
@@ -160,8 +174,17 @@ impl InProcNetwork {
     }
 
     /// Removes manager `id` (frames to it are lost, as if it were down).
+    /// A [`crate::RaftStore`] does it on its own when it stops (shutdown,
+    /// or drop of its last handle); call it to cut a manager off first.
     pub fn unregister(&self, id: u64) {
         self.lock().inboxes.remove(&id);
+    }
+
+    /// The managers registered now, in id order.
+    pub fn registered(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.lock().inboxes.keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The transport manager `id` sends with.
@@ -279,6 +302,14 @@ impl Transport for InProcTransport {
     fn send(&self, to: u64, frame: Vec<u8>) {
         self.net.send(self.from, to, frame);
     }
+
+    fn leave(&self, inbox: &Inbox) {
+        let mut s = self.net.lock();
+        if s.inboxes.get(&self.from).is_some_and(|registered| registered.same_as(inbox)) {
+            s.inboxes.remove(&self.from);
+            tracing::debug!(id = self.from, "stopped manager left the in-process network");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +363,24 @@ mod tests {
     #[test]
     fn faults_are_reproducible_from_a_fresh_seed() {
         faults_are_reproducible(swarm_core::harness::test_seed("faults_are_reproducible_from_a_fresh_seed"));
+    }
+
+    #[test]
+    fn leaving_removes_only_the_inbox_that_is_registered() {
+        let net = InProcNetwork::new(3);
+        let (old, _) = counting_inbox();
+        let (new, got) = counting_inbox();
+        net.register(1, old.clone());
+        net.register(2, counting_inbox().0);
+        // Manager 1 restarted: its new inbox replaced the old one before the
+        // old driver got round to leaving.
+        net.register(1, new.clone());
+        net.transport(1).leave(&old);
+        assert_eq!(net.registered(), vec![1, 2], "a stale leave keeps the restarted manager");
+        net.transport(2).send(1, vec![1]);
+        assert_eq!(got.load(Ordering::SeqCst), 1);
+        net.transport(1).leave(&new.clone());
+        assert_eq!(net.registered(), vec![2], "a clone of the registered inbox leaves");
     }
 
     #[test]
