@@ -22,6 +22,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod skip;
 
 use async_trait::async_trait;
