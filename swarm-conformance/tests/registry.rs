@@ -114,7 +114,8 @@ async fn basic_auth_manifests_by_tag_and_digest_and_blobs() {
     assert!(String::from_utf8_lossy(&missing.body).contains("MANIFEST_UNKNOWN"));
     assert_eq!(get(addr, &format!("/v2/team/app/blobs/{}", digest(b"nothing")), Some(ALICE)).await.status, 404);
     assert_eq!(get(addr, "/v2/other/manifests/v1", Some(ALICE)).await.status, 404);
-    // No token endpoint with basic auth.
+    // No storage path to get round the credentials, no token endpoint with basic auth.
+    assert_eq!(get(addr, &format!("/storage/v2/team/app/blobs/{}", pushed.config_digest), None).await.status, 404);
     assert_eq!(get(addr, "/token?service=x", Some(ALICE)).await.status, 404);
     let log = reg.requests();
     assert_eq!(log.first().map(String::as_str), Some("/v2/"));

@@ -14,7 +14,8 @@
 //!   challenge, a token endpoint at `/token` that wants the user and
 //!   password in basic auth, the service and a pull scope of a repository
 //!   it holds, and blob requests redirected (`307`) to `/storage/...`,
-//!   which needs no auth, as a storage bucket's signed URL would not.
+//!   which needs no auth, as a storage bucket's signed URL would not
+//!   (there is no `/storage/` in the other modes).
 //! - HTTP, or HTTPS with the certificate of a [`TestCa`] made for its
 //!   address (feature `registry-tls`). On plain HTTP a TLS ClientHello is
 //!   answered by closing the connection, so a client that tries TLS first
@@ -249,7 +250,9 @@ impl Shared {
         if let Some(query) = path.strip_prefix("/token?").or((path == "/token").then_some("")) {
             return self.token(query, authz);
         }
-        if let Some(blob) = path.strip_prefix(STORAGE) {
+        if let Some(blob) = path.strip_prefix(STORAGE)
+            && matches!(self.auth, Auth::Bearer { .. })
+        {
             return match lock(&self.files).get(blob) {
                 Some(s) if blob.contains("/blobs/") => self.found(s),
                 _ => Response::error("404 Not Found", "BLOB_UNKNOWN", "no such blob"),
