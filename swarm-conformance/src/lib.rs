@@ -12,6 +12,10 @@
 //! and adoption by labels. Each check removes every container it created,
 //! also when it fails, and returns a [`Failure`] naming what did not hold.
 //!
+//! Test support for the runtimes' own tests lives here too: [`skip`]
+//! (a test that cannot run here says so) and, with feature `registry`,
+//! `registry` (a Docker Registry v2 server to pull from).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! use swarm_conformance::{SimFixture, run_all};
@@ -22,6 +26,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod skip;
 
 use async_trait::async_trait;
