@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::agent::{Agent, AgentConfig};
 use swarm::cluster::Cluster;
-use swarm::dispatcher_follow::LeaderDispatcher;
+use swarm::dispatcher::LeaderDispatcher;
 use swarm::id::TaskId;
 use swarm::manager::Manager;
 use swarm::model::{ClusterSpec, NodeDescription, NodeState, Platform, Resources, ServiceSpec};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::agent::{Agent, AgentConfig};
 use swarm::cluster::Cluster;
-use swarm::dispatcher_follow::LeaderDispatcher;
+use swarm::dispatcher::LeaderDispatcher;
 use swarm::manager::Manager;
 use swarm::model::*;
 use swarm::raft::{InProcNetwork, RaftStore, RaftStoreConfig};

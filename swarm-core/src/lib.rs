@@ -19,7 +19,6 @@ pub mod constraint;
 pub mod controller;
 pub mod discovery;
 pub mod dispatcher;
-pub mod dispatcher_follow;
 pub mod harness;
 pub mod id;
 pub mod image;

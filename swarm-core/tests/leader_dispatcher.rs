@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
+use swarm_core::dispatcher::LeaderDispatcher;
 use swarm_core::dispatcher::*;
-use swarm_core::dispatcher_follow::LeaderDispatcher;
 use swarm_core::manager::{Manager, ManagerConfig};
 use swarm_core::model::{NodeDescription, NodeState, Platform, Resources, TaskState, TaskStatus};
 use swarm_core::scheduler::FirstFit;

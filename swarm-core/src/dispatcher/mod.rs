@@ -66,7 +66,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+mod follow;
 pub mod sessions;
+
+pub use follow::LeaderDispatcher;
 
 use crate::controller::{Context, Controller, Interest, Plan};
 use sessions::SessionTable;

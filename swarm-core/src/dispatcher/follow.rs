@@ -14,7 +14,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! use std::sync::Arc;
-//! use swarm_core::dispatcher_follow::LeaderDispatcher;
+//! use swarm_core::dispatcher::LeaderDispatcher;
 //! use swarm_core::manager::{Manager, ManagerConfig};
 //! use swarm_core::scheduler::FirstFit;
 //! use swarm_core::store::{MemStore, Store};
