@@ -21,8 +21,8 @@ use common::ThreadCpu;
 use criterion::{Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
-use swarm::sched::Pipeline;
-use swarm::sched::workload::{Workload, WorkloadKind};
+use swarm::placement::Pipeline;
+use swarm::placement::workload::{Workload, WorkloadKind};
 use swarm::scheduler::Scheduler;
 
 fn bench(c: &mut Criterion<ThreadCpu>) {

@@ -29,7 +29,7 @@ use swarm::dispatcher::Dispatcher;
 use swarm::manager::{Manager, ManagerConfig};
 use swarm::model::*;
 use swarm::runtime::Runtime;
-use swarm::sched::Pipeline;
+use swarm::placement::Pipeline;
 use swarm::sim::SimRuntime;
 use swarm::state::State;
 use swarm::store::{MemStore, Store};

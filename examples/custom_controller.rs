@@ -23,7 +23,7 @@ use swarm::controller::{Context, Controller, Interest, Plan};
 use swarm::harness::{Harness, HarnessError};
 use swarm::id::ServiceId;
 use swarm::model::{Availability, NodeState, Object, PlacementPreference, ServiceSpec};
-use swarm::sched::Pipeline;
+use swarm::placement::Pipeline;
 use swarm::state::{Change, Op, State};
 
 // ---- the controller ---------------------------------------------------------

@@ -19,7 +19,7 @@
 
 use swarm::id::{ServiceId, TaskId};
 use swarm::model::{Node, Resources, Service, ServiceSpec, Task, TaskState, TaskStatus};
-use swarm::sched::{Filter, Pipeline, Scorer};
+use swarm::placement::{Filter, Pipeline, Scorer};
 use swarm::scheduler::{ClusterView, Decision, FilterFailure, NodeInfo, Scheduler, TaskRequest};
 use swarm::state::{State, Transaction};
 use swarm::store::{MemStore, Store};

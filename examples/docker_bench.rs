@@ -61,7 +61,7 @@ async fn start_cluster(rt: &Engine, prefix: &str) -> Bench {
     cluster.set_cluster_spec(spec).await.expect("cluster spec");
     let manager = Manager::start(
         store,
-        Box::new(swarm::sched::Pipeline::spread()),
+        Box::new(swarm::placement::Pipeline::spread()),
         ManagerConfig { seed: Some(5), ..Default::default() },
     );
     let node = format!("{prefix}-node1");

@@ -26,7 +26,7 @@ use swarm::dispatcher::Dispatcher;
 use swarm::manager::{Manager, ManagerConfig};
 use swarm::model::*;
 use swarm::runtime::Runtime;
-use swarm::sched::Pipeline;
+use swarm::placement::Pipeline;
 use swarm::sim::SimRuntime;
 use swarm::store::{MemStore, Store};
 use swarm::time::SpecDuration;

@@ -26,7 +26,7 @@ use swarm::id::TaskId;
 use swarm::manager::Manager;
 use swarm::model::{ClusterSpec, NodeDescription, NodeState, Platform, Resources, ServiceSpec};
 use swarm::raft::{InProcNetwork, RaftStore, RaftStoreConfig, Role};
-use swarm::sched::Pipeline;
+use swarm::placement::Pipeline;
 use swarm::sim::SimRuntime;
 use swarm::store::Store;
 use swarm::time::SpecDuration;

@@ -2,11 +2,12 @@
 //!
 //! This facade re-exports [`swarm_core`] (the model, the four traits, the
 //! in-memory backends and the test harness) at its root, and the other
-//! crates as modules behind cargo features:
+//! crates as modules behind cargo features (`sched` is the former name of
+//! `placement`, kept as an alias):
 //!
 //! | feature      | module        | crate                      |
 //! |--------------|---------------|----------------------------|
-//! | `sched`      | [`sched`]     | `swarm-sched` (default)    |
+//! | `placement`  | [`placement`] | `swarm-sched` (default): the built-in schedulers; [`scheduler`] is the trait they implement |
 //! | `raft`       | `raft`        | `swarm-raft`               |
 //! | `docker`     | `docker`      | `swarm-runtime-docker`     |
 //! | `containerd` | `containerd`  | `swarm-runtime-containerd` |
@@ -14,8 +15,8 @@
 
 pub use swarm_core::*;
 
-#[cfg(feature = "sched")]
-pub use swarm_sched as sched;
+#[cfg(feature = "placement")]
+pub use swarm_sched as placement;
 
 #[cfg(feature = "raft")]
 pub use swarm_raft as raft;

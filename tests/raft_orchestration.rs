@@ -17,7 +17,7 @@ use swarm::dispatcher::LeaderDispatcher;
 use swarm::manager::Manager;
 use swarm::model::*;
 use swarm::raft::{InProcNetwork, RaftStore, RaftStoreConfig};
-use swarm::sched::Pipeline;
+use swarm::placement::Pipeline;
 use swarm::sim::SimRuntime;
 use swarm::store::Store;
 use swarm::time::SpecDuration;

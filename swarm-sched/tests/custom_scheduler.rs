@@ -3,15 +3,15 @@
 //! example prints, SSD nodes first, else first fit, never a node in
 //! maintenance, explanations counted per filter, and the scheduler driving
 //! a cluster. The example is written against the `swarm` facade; this test
-//! crate mimics the facade's paths (`swarm::sched`, swarm-core at the root)
+//! crate mimics the facade's paths (`swarm::placement`, swarm-core at the root)
 //! so the file compiles here unchanged.
 
 extern crate self as swarm;
 
 pub use swarm_core::*;
 
-/// What the facade exposes as `swarm::sched`.
-pub mod sched {
+/// What the facade exposes as `swarm::placement`.
+pub mod placement {
     pub use swarm_sched::*;
 }
 
