@@ -226,13 +226,13 @@ impl NodeIndex {
     }
 
     /// Nodes whose status is ready
-    /// ([`node_ready`](swarm_core::feasibility::node_ready)).
+    /// ([`node_ready`]).
     pub fn ready(&self) -> &NodeSet {
         &self.ready
     }
 
     /// Nodes whose availability is active
-    /// ([`node_active`](swarm_core::feasibility::node_active)).
+    /// ([`node_active`]).
     pub fn active(&self) -> &NodeSet {
         &self.active
     }
