@@ -7,6 +7,9 @@
 //! - [`state`]: the one deterministic state machine (`apply(tx)`).
 //! - The four traits: [`store::Store`], [`scheduler::Scheduler`],
 //!   [`runtime::Runtime`], [`discovery::Discovery`].
+//! - [`feasibility`]: the standard rules deciding whether a node can take
+//!   a task, written once for [`scheduler::check_node`] and swarm-sched's
+//!   filters.
 //! - In-memory backends: [`store::MemStore`], [`discovery::MemDiscovery`],
 //!   [`sim::SimRuntime`].
 
@@ -19,6 +22,7 @@ pub mod constraint;
 pub mod controller;
 pub mod discovery;
 pub mod dispatcher;
+pub mod feasibility;
 pub mod harness;
 pub mod id;
 pub mod image;

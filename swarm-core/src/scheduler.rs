@@ -6,8 +6,10 @@
 //! [`TaskRequest`]s. Output: one [`Decision`] per request, in order: a node,
 //! or [`Decision::Unschedulable`] with an [`Explanation`] that counts why
 //! nodes were rejected. No I/O and no clock: easy to test, benchmark and
-//! replace. Implementations live in `swarm-sched`; [`check_node`] gives the
-//! standard feasibility rules so every scheduler agrees on them.
+//! replace. Implementations live in `swarm-sched`; [`check_node`] runs the
+//! standard feasibility rules ([`feasibility`](crate::feasibility), written
+//! once there; swarm-sched's standard filters are the same rules) so every
+//! scheduler agrees on them.
 //!
 //! [`FirstFit`] is the smallest complete scheduler (read its source to
 //! write your own); tests and examples use it where the placement is not
@@ -28,7 +30,7 @@
 //! assert_eq!(s.schedule(&view, &[request]), vec![Decision::Assign("n1".into())]);
 //! ```
 
-use crate::constraint::{Constraint, ConstraintError, normalize_arch};
+use crate::constraint::{Constraint, ConstraintError};
 use crate::id::{NodeId, ServiceId, TaskId};
 use crate::model::*;
 use crate::state::State;
@@ -37,6 +39,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+// The standard feasibility rules are written once, in `feasibility`; their
+// entry points stay reachable here, where schedulers look for them.
+pub use crate::feasibility::{check_node, platform_ok, resources_ok};
 
 /// Places batches of tasks on nodes. See the [module docs](self).
 pub trait Scheduler: Send {
@@ -317,70 +323,6 @@ impl fmt::Display for Explanation {
         }
         f.write_str(")")
     }
-}
-
-/// The standard feasibility rules, in Swarm's order: ready, availability,
-/// fixed node, constraints, platform, resources, host ports, max replicas.
-/// Returns the first rule the node fails.
-pub fn check_node(info: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
-    let node = &info.node;
-    if node.status.state != NodeState::Ready {
-        return Err(FilterFailure::NotReady);
-    }
-    if node.spec.availability != Availability::Active {
-        return Err(FilterFailure::NotActive);
-    }
-    if let Some(want) = &req.node_id {
-        if want != &node.id {
-            return Err(FilterFailure::OtherNode);
-        }
-    }
-    for c in &req.constraints {
-        if !c.matches(node) {
-            return Err(FilterFailure::Constraint(c.to_string()));
-        }
-    }
-    if !platform_ok(&node.description.platform, &req.platforms) {
-        return Err(FilterFailure::Platform);
-    }
-    resources_ok(&info.available, &req.reservations)?;
-    for (proto, port) in &req.host_ports {
-        if info.host_ports.contains(&(*proto, *port)) {
-            return Err(FilterFailure::HostPortInUse(format!("{port}/{}", proto.as_str())));
-        }
-    }
-    if req.max_replicas > 0 && u64::from(info.service_tasks(&req.service_id)) >= req.max_replicas {
-        return Err(FilterFailure::MaxReplicas(req.max_replicas));
-    }
-    Ok(())
-}
-
-/// True when `platform` is one of `wanted` (empty = any). OS and
-/// architecture compare case-insensitively, architectures normalised.
-pub fn platform_ok(platform: &Platform, wanted: &[Platform]) -> bool {
-    wanted.is_empty()
-        || wanted.iter().any(|w| {
-            (w.os.is_empty() || w.os.eq_ignore_ascii_case(&platform.os))
-                && (w.architecture.is_empty()
-                    || normalize_arch(&w.architecture) == normalize_arch(&platform.architecture))
-        })
-}
-
-/// Checks that `request` fits in `available`, naming the first resource that
-/// does not.
-pub fn resources_ok(available: &Resources, request: &Resources) -> Result<(), FilterFailure> {
-    if available.nano_cpus < request.nano_cpus {
-        return Err(FilterFailure::InsufficientCpu);
-    }
-    if available.memory_bytes < request.memory_bytes {
-        return Err(FilterFailure::InsufficientMemory);
-    }
-    for (k, v) in &request.generic {
-        if *v > 0 && available.generic.get(k).copied().unwrap_or(0) < *v {
-            return Err(FilterFailure::InsufficientGeneric(k.clone()));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

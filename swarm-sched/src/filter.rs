@@ -19,8 +19,13 @@
 //!   fails a task of a group, it fails the rest of the group (placing tasks
 //!   only consumes), so the pipeline can drop it for good.
 //!
-//! [`standard_filters`] are SwarmKit's rules in [`check_node`]'s order, and
-//! agree with it node for node (a test checks this).
+//! [`standard_filters`] are SwarmKit's rules: one filter per swarm-core
+//! [`Rule`], in [`Rule::STANDARD`]'s order.
+//! Each standard filter's name, kind, relevance and check *are* its
+//! rule's, the very code [`check_node`] runs, so the two cannot drift
+//! apart; what the filters add is the index fast path of the static rules,
+//! built on the rules' own predicates (a randomized test checks the fast
+//! paths against [`check_node`]).
 //!
 //! ```
 //! use swarm_sched::filter::Filter;
@@ -42,9 +47,8 @@
 //! [`check_node`]: swarm_core::scheduler::check_node
 
 use crate::index::{NodeIndex, NodeSet};
-use swarm_core::scheduler::{
-    ClusterView, Explanation, FilterFailure, NodeInfo, TaskRequest, platform_ok, resources_ok,
-};
+use swarm_core::feasibility::Rule;
+use swarm_core::scheduler::{ClusterView, Explanation, FilterFailure, NodeInfo, TaskRequest};
 
 /// One feasibility rule. See the [module docs](self).
 pub trait Filter: Send + Sync {
@@ -100,236 +104,147 @@ fn narrow(alive: &mut NodeSet, pass: &NodeSet, f: FilterFailure, why: &mut Expla
     alive.intersect(pass);
 }
 
-/// The node must be ready and active (not paused or drained).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ReadyFilter;
-
-impl Filter for ReadyFilter {
-    fn name(&self) -> &str {
-        "ready"
-    }
-    fn shareable(&self) -> bool {
-        true
-    }
-    fn is_static(&self) -> bool {
-        true
-    }
-    fn check(&self, node: &NodeInfo, _req: &TaskRequest) -> Result<(), FilterFailure> {
-        if node.node.status.state != swarm_core::model::NodeState::Ready {
-            Err(FilterFailure::NotReady)
-        } else if node.node.spec.availability != swarm_core::model::Availability::Active {
-            Err(FilterFailure::NotActive)
-        } else {
-            Ok(())
+/// The index fast path of a standard rule: the index's sets are built from
+/// the rule's own predicates ([`node_ready`](swarm_core::feasibility::node_ready),
+/// [`node_active`](swarm_core::feasibility::node_active),
+/// [`Constraint::matches`](swarm_core::constraint::Constraint::matches),
+/// [`platform_ok`](swarm_core::feasibility::platform_ok)), and each set
+/// is counted under the failure the rule reports, in the rule's order.
+/// False for the dynamic rules (no fast path).
+fn check_rule_indexed(
+    rule: Rule,
+    view: &ClusterView,
+    index: &NodeIndex,
+    req: &TaskRequest,
+    alive: &mut NodeSet,
+    why: &mut Explanation,
+) -> bool {
+    match rule {
+        Rule::Ready => {
+            narrow(alive, index.ready(), FilterFailure::NotReady, why);
+            narrow(alive, index.active(), FilterFailure::NotActive, why);
         }
-    }
-    fn check_indexed(
-        &self,
-        _view: &ClusterView,
-        index: &NodeIndex,
-        _req: &TaskRequest,
-        alive: &mut NodeSet,
-        why: &mut Explanation,
-    ) -> bool {
-        narrow(alive, index.ready(), FilterFailure::NotReady, why);
-        narrow(alive, index.active(), FilterFailure::NotActive, why);
-        true
-    }
-}
-
-/// A task fixed to a node (global services) can only go there.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FixedNodeFilter;
-
-impl Filter for FixedNodeFilter {
-    fn name(&self) -> &str {
-        "node"
-    }
-    fn shareable(&self) -> bool {
-        true
-    }
-    fn is_static(&self) -> bool {
-        true
-    }
-    fn relevant(&self, req: &TaskRequest) -> bool {
-        req.node_id.is_some()
-    }
-    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
-        match &req.node_id {
-            Some(want) if want != &node.node.id => Err(FilterFailure::OtherNode),
-            _ => Ok(()),
+        Rule::FixedNode => {
+            let mut pass = NodeSet::empty(index.len());
+            if let Some(i) = req.node_id.as_ref().and_then(|id| index.position(id)) {
+                pass.insert(i);
+            }
+            narrow(alive, &pass, FilterFailure::OtherNode, why);
         }
-    }
-    fn check_indexed(
-        &self,
-        _view: &ClusterView,
-        index: &NodeIndex,
-        req: &TaskRequest,
-        alive: &mut NodeSet,
-        why: &mut Explanation,
-    ) -> bool {
-        let mut pass = NodeSet::empty(index.len());
-        if let Some(i) = req.node_id.as_ref().and_then(|id| index.position(id)) {
-            pass.insert(i);
-        }
-        narrow(alive, &pass, FilterFailure::OtherNode, why);
-        true
-    }
-}
-
-/// Placement constraints (`node.labels.zone==eu`, `node.ip==10.0.0.0/8`...),
-/// each counted separately in explanations.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ConstraintFilter;
-
-impl Filter for ConstraintFilter {
-    fn name(&self) -> &str {
-        "constraints"
-    }
-    fn shareable(&self) -> bool {
-        true
-    }
-    fn is_static(&self) -> bool {
-        true
-    }
-    fn relevant(&self, req: &TaskRequest) -> bool {
-        !req.constraints.is_empty()
-    }
-    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
-        match req.constraints.iter().find(|c| !c.matches(&node.node)) {
-            Some(c) => Err(FilterFailure::Constraint(c.to_string())),
-            None => Ok(()),
-        }
-    }
-    fn check_indexed(
-        &self,
-        view: &ClusterView,
-        index: &NodeIndex,
-        req: &TaskRequest,
-        alive: &mut NodeSet,
-        why: &mut Explanation,
-    ) -> bool {
-        for c in &req.constraints {
-            let pass = index.constraint_set(view, c);
-            narrow(alive, &pass, FilterFailure::Constraint(c.to_string()), why);
-        }
-        true
-    }
-}
-
-/// The node's OS and architecture must be one of the task's platforms.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PlatformFilter;
-
-impl Filter for PlatformFilter {
-    fn name(&self) -> &str {
-        "platform"
-    }
-    fn shareable(&self) -> bool {
-        true
-    }
-    fn is_static(&self) -> bool {
-        true
-    }
-    fn relevant(&self, req: &TaskRequest) -> bool {
-        !req.platforms.is_empty()
-    }
-    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
-        if platform_ok(&node.node.description.platform, &req.platforms) { Ok(()) } else { Err(FilterFailure::Platform) }
-    }
-    fn check_indexed(
-        &self,
-        _view: &ClusterView,
-        index: &NodeIndex,
-        req: &TaskRequest,
-        alive: &mut NodeSet,
-        why: &mut Explanation,
-    ) -> bool {
-        narrow(alive, &index.platform_matching(&req.platforms), FilterFailure::Platform, why);
-        true
-    }
-}
-
-/// The task's reservations (CPU, memory, generic resources) must fit in
-/// what is left on the node.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ResourceFilter;
-
-impl Filter for ResourceFilter {
-    fn name(&self) -> &str {
-        "resources"
-    }
-    fn shareable(&self) -> bool {
-        true
-    }
-    fn relevant(&self, req: &TaskRequest) -> bool {
-        !req.reservations.is_zero()
-    }
-    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
-        resources_ok(&node.available, &req.reservations)
-    }
-}
-
-/// A host-mode published port can be taken once per node.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HostPortFilter;
-
-impl Filter for HostPortFilter {
-    fn name(&self) -> &str {
-        "host-ports"
-    }
-    fn shareable(&self) -> bool {
-        true
-    }
-    fn relevant(&self, req: &TaskRequest) -> bool {
-        !req.host_ports.is_empty()
-    }
-    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
-        for (proto, port) in &req.host_ports {
-            if node.host_ports.contains(&(*proto, *port)) {
-                return Err(FilterFailure::HostPortInUse(format!("{port}/{}", proto.as_str())));
+        Rule::Constraints => {
+            for c in &req.constraints {
+                let pass = index.constraint_set(view, c);
+                narrow(alive, &pass, FilterFailure::Constraint(c.to_string()), why);
             }
         }
-        Ok(())
+        Rule::Platform => narrow(alive, &index.platform_matching(&req.platforms), FilterFailure::Platform, why),
+        Rule::Resources | Rule::HostPorts | Rule::MaxReplicas => return false,
     }
+    true
 }
 
-/// At most `max_replicas` tasks of the service per node.
+/// Implements [`Filter`] for a standard filter type: name, static or
+/// dynamic, relevance and check are its swarm-core [`Rule`]'s; the index
+/// fast path is [`check_rule_indexed`]; every standard filter is
+/// shareable.
+macro_rules! standard_filter {
+    ($ty:ident, $rule:expr) => {
+        impl $ty {
+            /// The swarm-core rule this filter applies.
+            pub const RULE: Rule = $rule;
+        }
+
+        impl Filter for $ty {
+            fn name(&self) -> &str {
+                Self::RULE.name()
+            }
+            fn shareable(&self) -> bool {
+                true
+            }
+            fn is_static(&self) -> bool {
+                Self::RULE.is_static()
+            }
+            fn relevant(&self, req: &TaskRequest) -> bool {
+                Self::RULE.relevant(req)
+            }
+            fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
+                Self::RULE.check(node, req)
+            }
+            fn check_indexed(
+                &self,
+                view: &ClusterView,
+                index: &NodeIndex,
+                req: &TaskRequest,
+                alive: &mut NodeSet,
+                why: &mut Explanation,
+            ) -> bool {
+                check_rule_indexed(Self::RULE, view, index, req, alive, why)
+            }
+        }
+    };
+}
+
+/// The node must be ready and active (not paused or drained):
+/// [`Rule::Ready`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadyFilter;
+standard_filter!(ReadyFilter, Rule::Ready);
+
+/// A task fixed to a node (global services) can only go there:
+/// [`Rule::FixedNode`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FixedNodeFilter;
+standard_filter!(FixedNodeFilter, Rule::FixedNode);
+
+/// Placement constraints (`node.labels.zone==eu`, `node.ip==10.0.0.0/8`...),
+/// each counted separately in explanations: [`Rule::Constraints`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConstraintFilter;
+standard_filter!(ConstraintFilter, Rule::Constraints);
+
+/// The node's OS and architecture must be one of the task's platforms:
+/// [`Rule::Platform`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlatformFilter;
+standard_filter!(PlatformFilter, Rule::Platform);
+
+/// The task's reservations (CPU, memory, generic resources) must fit in
+/// what is left on the node: [`Rule::Resources`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResourceFilter;
+standard_filter!(ResourceFilter, Rule::Resources);
+
+/// A host-mode published port can be taken once per node:
+/// [`Rule::HostPorts`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostPortFilter;
+standard_filter!(HostPortFilter, Rule::HostPorts);
+
+/// At most `max_replicas` tasks of the service per node:
+/// [`Rule::MaxReplicas`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MaxReplicasFilter;
+standard_filter!(MaxReplicasFilter, Rule::MaxReplicas);
 
-impl Filter for MaxReplicasFilter {
-    fn name(&self) -> &str {
-        "max-replicas"
-    }
-    fn shareable(&self) -> bool {
-        true
-    }
-    fn relevant(&self, req: &TaskRequest) -> bool {
-        req.max_replicas > 0
-    }
-    fn check(&self, node: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
-        if u64::from(node.service_tasks(&req.service_id)) >= req.max_replicas {
-            Err(FilterFailure::MaxReplicas(req.max_replicas))
-        } else {
-            Ok(())
-        }
+/// The standard filter type of `rule`.
+pub fn standard_filter(rule: Rule) -> Box<dyn Filter> {
+    match rule {
+        Rule::Ready => Box::new(ReadyFilter),
+        Rule::FixedNode => Box::new(FixedNodeFilter),
+        Rule::Constraints => Box::new(ConstraintFilter),
+        Rule::Platform => Box::new(PlatformFilter),
+        Rule::Resources => Box::new(ResourceFilter),
+        Rule::HostPorts => Box::new(HostPortFilter),
+        Rule::MaxReplicas => Box::new(MaxReplicasFilter),
     }
 }
 
-/// SwarmKit's rules, in [`check_node`](swarm_core::scheduler::check_node)'s
-/// order: ready and active, fixed node, constraints, platform, resources,
-/// host ports, max replicas.
+/// SwarmKit's rules, one filter per [`Rule`] in [`Rule::STANDARD`]'s
+/// order (that of [`check_node`](swarm_core::scheduler::check_node)):
+/// ready and active, fixed node, constraints, platform, resources, host
+/// ports, max replicas.
 pub fn standard_filters() -> Vec<Box<dyn Filter>> {
-    vec![
-        Box::new(ReadyFilter),
-        Box::new(FixedNodeFilter),
-        Box::new(ConstraintFilter),
-        Box::new(PlatformFilter),
-        Box::new(ResourceFilter),
-        Box::new(HostPortFilter),
-        Box::new(MaxReplicasFilter),
-    ]
+    Rule::STANDARD.into_iter().map(standard_filter).collect()
 }
 
 /// Runs `filters` in order on one node: the first failure, as
@@ -353,12 +268,67 @@ mod tests {
     use swarm_core::scheduler::check_node;
 
     /// Random nodes and requests: the standard filters, per node and
-    /// through the index, agree with check_node. Seed 42, then a fresh
+    /// through the index, agree with check_node. Per node they run the
+    /// same swarm-core rules as check_node, so this is a regression test;
+    /// what it really exercises is the index fast paths (node sets counted
+    /// under each rule's failure) against the rules. Seed 42, then a fresh
     /// seed each run (printed; `SWARM_TEST_SEED=0x...` replays it).
     #[test]
     fn standard_filters_agree_with_check_node() {
         agree_with_check_node(42);
         agree_with_check_node(swarm_core::harness::test_seed("standard_filters_agree_with_check_node"));
+    }
+
+    /// Each standard filter is wired to its own rule: same name, kind,
+    /// relevance and verdict as the rule on nodes and requests where each
+    /// rule fails in turn (a filter wired to another rule differs on one).
+    #[test]
+    fn each_standard_filter_is_its_rule() {
+        let filters = standard_filters();
+        let names: Vec<&str> = filters.iter().map(|f| f.name()).collect();
+        assert_eq!(names, Rule::STANDARD.map(Rule::name));
+        let node = |f: &dyn Fn(&mut Node)| {
+            let mut n = Node::ready("n1", "h1", Resources::new(1_000_000_000, 1 << 30));
+            f(&mut n);
+            let mut info = NodeInfo::new(Arc::new(n));
+            info.reserve(&TaskRequest {
+                service_id: "s1".into(),
+                host_ports: vec![(Protocol::Tcp, 80)],
+                ..Default::default()
+            });
+            info
+        };
+        let nodes = [
+            node(&|_| {}),
+            node(&|n| n.status.state = NodeState::Down),
+            node(&|n| n.spec.availability = Availability::Pause),
+            node(&|n| n.description.platform = Platform::new("windows", "amd64")),
+        ];
+        let base = TaskRequest { service_id: "s1".into(), ..Default::default() };
+        let requests = [
+            base.clone(),
+            TaskRequest { node_id: Some("n2".into()), ..base.clone() },
+            TaskRequest { constraints: vec!["node.role==manager".parse().unwrap()], ..base.clone() },
+            TaskRequest { platforms: vec![Platform::new("linux", "")], ..base.clone() },
+            TaskRequest { reservations: Resources::new(2_000_000_000, 0), ..base.clone() },
+            TaskRequest { host_ports: vec![(Protocol::Tcp, 80)], ..base.clone() },
+            TaskRequest { max_replicas: 1, ..base.clone() },
+        ];
+        let mut failures = std::collections::BTreeSet::new();
+        for (f, rule) in filters.iter().zip(Rule::STANDARD) {
+            assert_eq!(f.is_static(), rule.is_static(), "{rule:?}");
+            assert!(f.shareable(), "{rule:?}");
+            for (k, req) in requests.iter().enumerate() {
+                assert_eq!(f.relevant(req), rule.relevant(req), "{rule:?}, request {k}");
+                for (i, info) in nodes.iter().enumerate() {
+                    let verdict = f.check(info, req);
+                    assert_eq!(verdict, rule.check(info, req), "{rule:?}, node {i}, request {k}");
+                    failures.extend(verdict.err());
+                }
+            }
+        }
+        // The cases make every kind of standard failure show up.
+        assert_eq!(failures.len(), 8, "{failures:?}");
     }
 
     fn agree_with_check_node(seed: u64) {

@@ -20,9 +20,10 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use swarm_core::constraint::{Constraint, ConstraintKey, ConstraintOp, normalize_arch};
+use swarm_core::feasibility::{node_active, node_ready, platform_ok};
 use swarm_core::id::NodeId;
-use swarm_core::model::{Availability, NodeState, Platform};
-use swarm_core::scheduler::{ClusterView, platform_ok};
+use swarm_core::model::Platform;
+use swarm_core::scheduler::ClusterView;
 
 /// A set of node positions (indexes into [`ClusterView::nodes`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,10 +170,10 @@ impl NodeIndex {
         for (i, info) in view.nodes.iter().enumerate() {
             let n = &info.node;
             idx.by_id.insert(n.id.clone(), i);
-            if n.status.state == NodeState::Ready {
+            if node_ready(n) {
                 idx.ready.insert(i);
             }
-            if n.spec.availability == Availability::Active {
+            if node_active(n) {
                 idx.active.insert(i);
             }
             idx.put(Attr::Id, n.id.as_str(), i);
@@ -224,12 +225,14 @@ impl NodeIndex {
         self.by_id.get(id).copied()
     }
 
-    /// Nodes whose status is ready.
+    /// Nodes whose status is ready
+    /// ([`node_ready`]).
     pub fn ready(&self) -> &NodeSet {
         &self.ready
     }
 
-    /// Nodes whose availability is active.
+    /// Nodes whose availability is active
+    /// ([`node_active`]).
     pub fn active(&self) -> &NodeSet {
         &self.active
     }

@@ -1026,6 +1026,60 @@ mod tests {
         assert_eq!(d.iter().filter(|x| matches!(x, Decision::Unschedulable(_))).count(), 0);
     }
 
+    /// What `Scorer::score` documents: when ranking a candidate the node
+    /// does not include the request; right after a placement the node is
+    /// re-scored with the placed task on it. On both paths: per group
+    /// (service a, shape seen once) and shared heap (service b, same shape).
+    #[test]
+    fn scorer_sees_the_node_without_the_task_then_with_it_after_placement() {
+        use std::sync::Mutex;
+        /// Records (task, service, tasks on the node) per call.
+        #[derive(Default)]
+        struct Recording(Mutex<Vec<(String, String, u32)>>);
+        impl Scorer for Recording {
+            fn name(&self) -> &str {
+                "recording"
+            }
+            fn shareable(&self) -> bool {
+                true
+            }
+            fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
+                let call = (req.task_id.to_string(), req.service_id.to_string(), node.total_tasks);
+                self.0.lock().unwrap().push(call);
+                0.0
+            }
+        }
+        let scorer = Arc::new(Recording::default());
+        struct Shared(Arc<Recording>);
+        impl Scorer for Shared {
+            fn name(&self) -> &str {
+                self.0.name()
+            }
+            fn shareable(&self) -> bool {
+                self.0.shareable()
+            }
+            fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
+                self.0.score(node, req)
+            }
+        }
+        let v = view(&[""]);
+        let mut batch = tasks("a", 1, |_| {});
+        batch.extend(tasks("b", 1, |_| {}));
+        let d = Pipeline::new("rec", Shared(scorer.clone())).schedule(&v, &batch);
+        assert_eq!(d, vec![Decision::Assign("n00".into()), Decision::Assign("n00".into())]);
+        let calls = scorer.0.lock().unwrap().clone();
+        let call = |t: &str, s: &str, n: u32| (t.to_string(), s.to_string(), n);
+        assert_eq!(
+            calls,
+            vec![
+                call("a.0", "", 0),  // a's candidate, scored for no service: a.0 not on it
+                call("a.0", "a", 1), // re-scored after a.0 was placed: a.0 on it
+                call("b.0", "", 1),  // the shared heap built for b: b.0 not on it
+                call("b.0", "b", 2), // re-scored after b.0 was placed: b.0 on it
+            ]
+        );
+    }
+
     #[test]
     fn custom_filters_without_an_index_are_checked_per_node() {
         struct OddOnly;

@@ -46,8 +46,28 @@ pub trait Scorer: Send + Sync {
     /// A short name.
     fn name(&self) -> &str;
 
-    /// The node's score for `req` (placed on it). Depends only on `node`
-    /// and `req`.
+    /// The node's score for placing a task like `req` on it, higher is
+    /// better. Depends only on `node` and `req`, never on `req.task_id`:
+    /// the pipeline uses a score for every task of `req`'s group (same
+    /// service, spec version and placement needs).
+    ///
+    /// Whether `node` includes the task: the pipeline calls `score` at two
+    /// moments, and `node` is always the node as it stands at that moment
+    /// in the `schedule` call (the view's tasks plus every task the call
+    /// placed on it so far, earlier tasks of the same group included).
+    /// - Ranking a candidate: `req` is *not* on `node`. A score "with the
+    ///   task placed" (as [`BestFit`], [`MostAllocated`] and
+    ///   [`LeastAllocated`] compute it) subtracts `req.reservations` from
+    ///   `node.available` itself; [`Spread`] counts the tasks already
+    ///   there. The node has passed every filter for `req`.
+    /// - Right after placing `req` on `node`: `req` *is* on `node` (in
+    ///   `available`, `reserved`, `total_tasks` and `tasks_by_service`),
+    ///   and the score ranks the node for the group's next task, which is
+    ///   not yet on it. The node may no longer fit that task: the dynamic
+    ///   filters are checked again before it takes another.
+    ///
+    /// `req` may have an empty service id: "no service in particular", see
+    /// [`Scorer::shareable`].
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64;
 
     /// True when, on a node that runs no task of the request's service and

@@ -128,8 +128,9 @@ impl Node {
         }
     }
 
-    /// True when the node is ready and active (it may receive new tasks).
+    /// True when the node is ready and active (it may receive new tasks):
+    /// it passes [`Rule::Ready`](crate::feasibility::Rule::Ready).
     pub fn is_schedulable(&self) -> bool {
-        self.status.state == NodeState::Ready && self.spec.availability == Availability::Active
+        crate::feasibility::check_ready(self).is_ok()
     }
 }
