@@ -31,9 +31,9 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
+    SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -168,11 +168,7 @@ impl fmt::Debug for ClusterCa {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn random_serial() -> Result<SerialNumber, CaError> {
@@ -195,37 +191,26 @@ impl ClusterCa {
     }
 
     /// [`ClusterCa::generate`] with an explicit "now".
-    pub fn generate_at(
-        cluster_id: &str,
-        validity: Duration,
-        now: SystemTime,
-    ) -> Result<Self, CaError> {
+    pub fn generate_at(cluster_id: &str, validity: Duration, now: SystemTime) -> Result<Self, CaError> {
         if !valid_id(cluster_id) {
             return Err(CaError::InvalidClusterId(cluster_id.to_owned()));
         }
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(rcgen_err("generate the CA key"))?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rcgen_err("generate the CA key"))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, CA_COMMON_NAME);
         dn.push(DnType::OrganizationName, cluster_id);
         params.distinguished_name = dn;
         let policy = SigningPolicy::default();
-        params.not_before = to_offset(now - policy.backdate.min(validity))
-            .ok_or(CaError::TimeOutOfRange("CA not_before"))?;
-        params.not_after =
-            to_offset(now + validity).ok_or(CaError::TimeOutOfRange("CA not_after"))?;
+        params.not_before =
+            to_offset(now - policy.backdate.min(validity)).ok_or(CaError::TimeOutOfRange("CA not_before"))?;
+        params.not_after = to_offset(now + validity).ok_or(CaError::TimeOutOfRange("CA not_after"))?;
         params.serial_number = Some(random_serial()?);
         // Path length 0: the root signs node certificates, no intermediates.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params
-            .self_signed(&key)
-            .map_err(rcgen_err("self-sign the CA certificate"))?;
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key).map_err(rcgen_err("self-sign the CA certificate"))?;
         tracing::info!(cluster_id, ?validity, "generated a new cluster root CA");
         Self::from_parts(cert.der().clone(), key)
     }
@@ -251,9 +236,7 @@ impl ClusterCa {
             let cluster_id = match (orgs.next().map(|a| a.as_str()), orgs.next()) {
                 (Some(Ok(o)), None) => o.to_owned(),
                 _ => {
-                    return Err(CaError::NotACa(
-                        "subject needs exactly one O (cluster id)".into(),
-                    ));
+                    return Err(CaError::NotACa("subject needs exactly one O (cluster id)".into()));
                 }
             };
             if x509.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
@@ -261,17 +244,9 @@ impl ClusterCa {
             }
             (cluster_id, from_unix(x509.validity().not_after.timestamp()))
         };
-        let issuer = Issuer::from_ca_cert_der(&der, key)
-            .map_err(rcgen_err("read the CA certificate as an issuer"))?;
+        let issuer = Issuer::from_ca_cert_der(&der, key).map_err(rcgen_err("read the CA certificate as an issuer"))?;
         let pem = pem_of(&der);
-        Ok(ClusterCa {
-            cluster_id,
-            cert_der: der,
-            cert_pem: pem,
-            not_after,
-            issuer,
-            policy: SigningPolicy::default(),
-        })
+        Ok(ClusterCa { cluster_id, cert_der: der, cert_pem: pem, not_after, issuer, policy: SigningPolicy::default() })
     }
 
     /// The same CA with another signing policy.
@@ -330,10 +305,7 @@ impl ClusterCa {
         }
         let lifetime = lifetime.unwrap_or(self.policy.default_lifetime);
         if lifetime < self.policy.min_lifetime {
-            return Err(CaError::LifetimeTooShort {
-                requested: lifetime,
-                minimum: self.policy.min_lifetime,
-            });
+            return Err(CaError::LifetimeTooShort { requested: lifetime, minimum: self.policy.min_lifetime });
         }
         if now >= self.not_after {
             return Err(CaError::CaExpired);
@@ -347,53 +319,27 @@ impl ClusterCa {
         dn.push(DnType::OrganizationName, self.cluster_id.as_str());
         params.distinguished_name = dn;
         params.subject_alt_names = vec![
-            SanType::DnsName(
-                node_id
-                    .try_into()
-                    .map_err(rcgen_err("use the node id as a DNS name"))?,
-            ),
-            SanType::DnsName(
-                role.server_name()
-                    .try_into()
-                    .map_err(rcgen_err("use the role as a DNS name"))?,
-            ),
+            SanType::DnsName(node_id.try_into().map_err(rcgen_err("use the node id as a DNS name"))?),
+            SanType::DnsName(role.server_name().try_into().map_err(rcgen_err("use the role as a DNS name"))?),
         ];
         let mut not_after = now + lifetime;
         if not_after > self.not_after {
-            tracing::warn!(
-                node_id,
-                "node certificate lifetime cut to the CA certificate's expiry"
-            );
+            tracing::warn!(node_id, "node certificate lifetime cut to the CA certificate's expiry");
             not_after = self.not_after;
         }
-        params.not_before = to_offset(now - self.policy.backdate)
-            .ok_or(CaError::TimeOutOfRange("node not_before"))?;
+        params.not_before = to_offset(now - self.policy.backdate).ok_or(CaError::TimeOutOfRange("node not_before"))?;
         params.not_after = to_offset(not_after).ok_or(CaError::TimeOutOfRange("node not_after"))?;
         params.serial_number = Some(random_serial()?);
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
 
-        let request = CertificateSigningRequestParams {
-            params,
-            public_key: csr.public_key,
-        };
-        let cert = request
-            .signed_by(&self.issuer)
-            .map_err(rcgen_err("sign the node certificate"))?;
+        let request = CertificateSigningRequestParams { params, public_key: csr.public_key };
+        let cert = request.signed_by(&self.issuer).map_err(rcgen_err("sign the node certificate"))?;
         tracing::info!(node_id, %role, cluster_id = %self.cluster_id, "issued a node certificate");
         let der = cert.der().clone();
-        Ok(IssuedCert {
-            pem: pem_of(&der),
-            der,
-        })
+        Ok(IssuedCert { pem: pem_of(&der), der })
     }
 }
 
@@ -410,15 +356,10 @@ pub(crate) fn pem_of(der: &CertificateDer<'_>) -> String {
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -440,10 +381,7 @@ pub struct NodeCsr {
 
 impl fmt::Debug for NodeCsr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NodeCsr")
-            .field("csr_pem", &self.csr_pem)
-            .field("key", &"<redacted>")
-            .finish()
+        f.debug_struct("NodeCsr").field("csr_pem", &self.csr_pem).field("key", &"<redacted>").finish()
     }
 }
 
@@ -460,11 +398,8 @@ impl NodeCsr {
     /// A request built from arbitrary parameters: what a misbehaving node
     /// could send (tests use it to show the CA ignores the subject).
     pub fn from_params(params: CertificateParams) -> Result<Self, CaError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(rcgen_err("generate the node key"))?;
-        let csr = params
-            .serialize_request(&key)
-            .map_err(rcgen_err("build the certificate request"))?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rcgen_err("generate the node key"))?;
+        let csr = params.serialize_request(&key).map_err(rcgen_err("build the certificate request"))?;
         let csr_pem = csr.pem().map_err(rcgen_err("encode the request as PEM"))?;
         Ok(NodeCsr { key, csr_pem })
     }
@@ -500,10 +435,7 @@ mod tests {
         assert_eq!(loaded.not_after(), at(NOW) + DEFAULT_CA_VALIDITY);
         let (_, x) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
         assert!(x.is_ca());
-        assert_eq!(
-            x.subject().iter_common_name().next().unwrap().as_str().unwrap(),
-            CA_COMMON_NAME
-        );
+        assert_eq!(x.subject().iter_common_name().next().unwrap().as_str().unwrap(), CA_COMMON_NAME);
     }
 
     #[test]
@@ -518,9 +450,7 @@ mod tests {
     fn from_pem_refuses_a_node_certificate() {
         let ca = ClusterCa::generate_at("a", DEFAULT_CA_VALIDITY, at(NOW)).unwrap();
         let csr = NodeCsr::generate("n").unwrap();
-        let cert = ca
-            .sign_node_csr(csr.csr_pem(), "n", Role::Worker, None, at(NOW))
-            .unwrap();
+        let cert = ca.sign_node_csr(csr.csr_pem(), "n", Role::Worker, None, at(NOW)).unwrap();
         let err = ClusterCa::from_pem(cert.cert_pem(), &csr.key_pem()).unwrap_err();
         assert!(matches!(err, CaError::NotACa(_)), "{err}");
     }
@@ -535,23 +465,14 @@ mod tests {
         dn.push(DnType::OrganizationName, "evil-cluster");
         params.distinguished_name = dn;
         let csr = NodeCsr::from_params(params).unwrap();
-        let cert = ca
-            .sign_node_csr(csr.csr_pem(), "node-a", Role::Worker, None, at(NOW))
-            .unwrap();
+        let cert = ca.sign_node_csr(csr.csr_pem(), "node-a", Role::Worker, None, at(NOW)).unwrap();
         let id = NodeIdentity::from_der(cert.cert_der()).unwrap();
         assert_eq!(id.node_id, "node-a");
         assert_eq!(id.role, Role::Worker);
         assert_eq!(id.cluster_id, "cl-1");
         let (_, x) = x509_parser::parse_x509_certificate(cert.cert_der()).unwrap();
-        let sans: Vec<String> = x
-            .subject_alternative_name()
-            .unwrap()
-            .unwrap()
-            .value
-            .general_names
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
+        let sans: Vec<String> =
+            x.subject_alternative_name().unwrap().unwrap().value.general_names.iter().map(|n| n.to_string()).collect();
         assert_eq!(sans, ["DNSName(node-a)", "DNSName(swarm-worker)"]);
     }
 
@@ -559,21 +480,13 @@ mod tests {
     fn lifetime_defaults_to_90_days_and_respects_the_minimum() {
         let ca = ClusterCa::generate_at("c", DEFAULT_CA_VALIDITY, at(NOW)).unwrap();
         let csr = NodeCsr::generate("n").unwrap();
-        let cert = ca
-            .sign_node_csr(csr.csr_pem(), "n", Role::Worker, None, at(NOW))
-            .unwrap();
+        let cert = ca.sign_node_csr(csr.csr_pem(), "n", Role::Worker, None, at(NOW)).unwrap();
         let id = NodeIdentity::from_der(cert.cert_der()).unwrap();
         assert_eq!(id.not_after, at(NOW) + DEFAULT_NODE_CERT_LIFETIME);
         assert_eq!(id.not_before, at(NOW) - DEFAULT_BACKDATE);
 
         let err = ca
-            .sign_node_csr(
-                csr.csr_pem(),
-                "n",
-                Role::Worker,
-                Some(Duration::from_secs(59 * 60)),
-                at(NOW),
-            )
+            .sign_node_csr(csr.csr_pem(), "n", Role::Worker, Some(Duration::from_secs(59 * 60)), at(NOW))
             .unwrap_err();
         assert!(matches!(err, CaError::LifetimeTooShort { .. }), "{err}");
 
@@ -582,15 +495,8 @@ mod tests {
             backdate: Duration::ZERO,
             ..SigningPolicy::default()
         });
-        let short = test_ca
-            .sign_node_csr(
-                csr.csr_pem(),
-                "n",
-                Role::Worker,
-                Some(Duration::from_secs(5)),
-                at(NOW),
-            )
-            .unwrap();
+        let short =
+            test_ca.sign_node_csr(csr.csr_pem(), "n", Role::Worker, Some(Duration::from_secs(5)), at(NOW)).unwrap();
         let id = NodeIdentity::from_der(short.cert_der()).unwrap();
         assert_eq!(id.not_after, at(NOW + 5));
     }
@@ -599,23 +505,16 @@ mod tests {
     fn lifetime_is_cut_to_the_ca_expiry_and_an_expired_ca_refuses() {
         let ca = ClusterCa::generate_at("c", Duration::from_secs(10 * 86_400), at(NOW)).unwrap();
         let csr = NodeCsr::generate("n").unwrap();
-        let cert = ca
-            .sign_node_csr(csr.csr_pem(), "n", Role::Manager, None, at(NOW))
-            .unwrap();
+        let cert = ca.sign_node_csr(csr.csr_pem(), "n", Role::Manager, None, at(NOW)).unwrap();
         let id = NodeIdentity::from_der(cert.cert_der()).unwrap();
         assert_eq!(id.not_after, ca.not_after());
-        let err = ca
-            .sign_node_csr(csr.csr_pem(), "n", Role::Manager, None, ca.not_after())
-            .unwrap_err();
+        let err = ca.sign_node_csr(csr.csr_pem(), "n", Role::Manager, None, ca.not_after()).unwrap_err();
         assert!(matches!(err, CaError::CaExpired), "{err}");
     }
 
     #[test]
     fn bad_ids_and_bad_csrs_are_refused() {
-        assert!(matches!(
-            ClusterCa::generate_at("", DEFAULT_CA_VALIDITY, at(NOW)),
-            Err(CaError::InvalidClusterId(_))
-        ));
+        assert!(matches!(ClusterCa::generate_at("", DEFAULT_CA_VALIDITY, at(NOW)), Err(CaError::InvalidClusterId(_))));
         let ca = ClusterCa::generate_at("c", DEFAULT_CA_VALIDITY, at(NOW)).unwrap();
         let csr = NodeCsr::generate("n").unwrap();
         assert!(matches!(
@@ -630,18 +529,12 @@ mod tests {
             "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
             base64_encode(&der)
         );
-        assert!(matches!(
-            ca.sign_node_csr(&tampered, "n", Role::Worker, None, at(NOW)),
-            Err(CaError::BadCsr(_))
-        ));
+        assert!(matches!(ca.sign_node_csr(&tampered, "n", Role::Worker, None, at(NOW)), Err(CaError::BadCsr(_))));
     }
 
     fn pem_body(pem: &str) -> Vec<u8> {
         use rustls_pki_types::CertificateSigningRequestDer;
-        CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .as_ref()
-            .to_vec()
+        CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap().as_ref().to_vec()
     }
 
     #[test]

@@ -95,10 +95,7 @@ pub struct NodeCredentials {
 
 impl fmt::Debug for NodeCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NodeCredentials")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
+        f.debug_struct("NodeCredentials").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
     }
 }
 
@@ -158,15 +155,12 @@ impl NodeFiles {
             .mode(0o600)
             .open(&tmp)
             .map_err(io("create", &tmp))?;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io("set permissions of", &tmp))?;
+        file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io("set permissions of", &tmp))?;
         file.write_all(bytes).map_err(io("write", &tmp))?;
         file.sync_all().map_err(io("sync", &tmp))?;
         drop(file);
         fs::rename(&tmp, &target).map_err(io("rename into place", &target))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync directory", &self.dir))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("sync directory", &self.dir))?;
         Ok(())
     }
 
@@ -176,16 +170,9 @@ impl NodeFiles {
     pub fn read(&self) -> Result<NodeCredentials, FilesError> {
         let key_path = self.key_path();
         let cert_path = self.cert_path();
-        let mode = fs::metadata(&key_path)
-            .map_err(io("stat", &key_path))?
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(&key_path).map_err(io("stat", &key_path))?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(FilesError::InsecurePermissions {
-                path: key_path,
-                mode,
-            });
+            return Err(FilesError::InsecurePermissions { path: key_path, mode });
         }
         let key_pem = fs::read_to_string(&key_path).map_err(io("read", &key_path))?;
         let cert_pem = fs::read_to_string(&cert_path).map_err(io("read", &cert_path))?;
@@ -194,20 +181,12 @@ impl NodeFiles {
             what: "private key",
             reason: e.to_string(),
         })?;
-        let invalid_cert = |reason: String| FilesError::Invalid {
-            path: cert_path.clone(),
-            what: "certificate",
-            reason,
-        };
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| invalid_cert(e.to_string()))?;
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(&der).map_err(|e| invalid_cert(e.to_string()))?;
+        let invalid_cert =
+            |reason: String| FilesError::Invalid { path: cert_path.clone(), what: "certificate", reason };
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| invalid_cert(e.to_string()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| invalid_cert(e.to_string()))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
-            return Err(FilesError::KeyMismatch {
-                key: key_path,
-                cert: cert_path,
-            });
+            return Err(FilesError::KeyMismatch { key: key_path, cert: cert_path });
         }
         Ok(NodeCredentials { cert_pem, key_pem })
     }
@@ -222,9 +201,7 @@ mod tests {
 
     fn issue(ca: &ClusterCa, node: &str) -> (String, String) {
         let csr = NodeCsr::generate(node).unwrap();
-        let cert = ca
-            .sign_node_csr(csr.csr_pem(), node, Role::Worker, None, SystemTime::now())
-            .unwrap();
+        let cert = ca.sign_node_csr(csr.csr_pem(), node, Role::Worker, None, SystemTime::now()).unwrap();
         (cert.cert_pem().to_owned(), csr.key_pem())
     }
 
@@ -252,10 +229,8 @@ mod tests {
         let (cert2, key2) = issue(&ca, "n");
         files.write(&cert2, &key2).unwrap();
         assert_eq!(files.read().unwrap().key_pem, key2);
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let names: Vec<_> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
     }
 
@@ -307,9 +282,6 @@ mod tests {
         let (cert, key) = issue(&ca, "n");
         files.write(&cert, &key).unwrap();
         fs::set_permissions(files.key_path(), fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(matches!(
-            files.read(),
-            Err(FilesError::InsecurePermissions { mode: 0o640, .. })
-        ));
+        assert!(matches!(files.read(), Err(FilesError::InsecurePermissions { mode: 0o640, .. })));
     }
 }

@@ -126,14 +126,9 @@ where
     let first = values.next().ok_or(IdentityError::MissingField { field })?;
     let rest = values.count();
     if rest > 0 {
-        return Err(IdentityError::AmbiguousField {
-            field,
-            count: rest + 1,
-        });
+        return Err(IdentityError::AmbiguousField { field, count: rest + 1 });
     }
-    let s = first
-        .as_str()
-        .map_err(|_| IdentityError::UnreadableField { field })?;
+    let s = first.as_str().map_err(|_| IdentityError::UnreadableField { field })?;
     if s.is_empty() {
         return Err(IdentityError::MissingField { field });
     }
@@ -152,8 +147,7 @@ impl NodeIdentity {
     /// Reads the identity of a DER certificate. It does not verify the
     /// signature: that is the TLS verifier's job ([`crate::tls`]).
     pub fn from_der(der: &[u8]) -> Result<Self, IdentityError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
         let (node_id, role, cluster_id) = from_subject(cert.subject())?;
         Ok(NodeIdentity {
             node_id,
@@ -174,25 +168,12 @@ impl NodeIdentity {
     /// Whether this identity may be served at `now` by a member of
     /// `expected_cluster` on an endpoint admitting `allowed_roles`. Checks
     /// validity first, then cluster, then role.
-    pub fn check(
-        &self,
-        now: SystemTime,
-        expected_cluster: &str,
-        allowed_roles: &[Role],
-    ) -> Result<(), IdentityError> {
+    pub fn check(&self, now: SystemTime, expected_cluster: &str, allowed_roles: &[Role]) -> Result<(), IdentityError> {
         if now < self.not_before {
-            return Err(IdentityError::NotYetValid {
-                node_id: self.node_id.clone(),
-                not_before: self.not_before,
-                now,
-            });
+            return Err(IdentityError::NotYetValid { node_id: self.node_id.clone(), not_before: self.not_before, now });
         }
         if now > self.not_after {
-            return Err(IdentityError::Expired {
-                node_id: self.node_id.clone(),
-                not_after: self.not_after,
-                now,
-            });
+            return Err(IdentityError::Expired { node_id: self.node_id.clone(), not_after: self.not_after, now });
         }
         if self.cluster_id != expected_cluster {
             return Err(IdentityError::WrongCluster {
@@ -280,43 +261,20 @@ mod tests {
     #[test]
     fn missing_ambiguous_and_unknown_fields_are_errors() {
         let no_ou = cert_with(&[(DnType::CommonName, "n"), (DnType::OrganizationName, "c")]);
-        assert_eq!(
-            NodeIdentity::from_der(&no_ou),
-            Err(IdentityError::MissingField { field: "OU (role)" })
-        );
-        let no_cn = cert_with(&[
-            (DnType::OrganizationalUnitName, "worker"),
-            (DnType::OrganizationName, "c"),
-        ]);
-        assert_eq!(
-            NodeIdentity::from_der(&no_cn),
-            Err(IdentityError::MissingField {
-                field: "CN (node id)"
-            })
-        );
+        assert_eq!(NodeIdentity::from_der(&no_ou), Err(IdentityError::MissingField { field: "OU (role)" }));
+        let no_cn = cert_with(&[(DnType::OrganizationalUnitName, "worker"), (DnType::OrganizationName, "c")]);
+        assert_eq!(NodeIdentity::from_der(&no_cn), Err(IdentityError::MissingField { field: "CN (node id)" }));
         // rcgen cannot repeat a subject field, so this Name is built by hand.
         let two_o = name_der(&[(3, "n"), (11, "worker"), (10, "c"), (10, "d")]);
         let (_, name) = X509Name::from_der(&two_o).unwrap();
-        assert_eq!(
-            from_subject(&name),
-            Err(IdentityError::AmbiguousField {
-                field: "O (cluster id)",
-                count: 2
-            })
-        );
+        assert_eq!(from_subject(&name), Err(IdentityError::AmbiguousField { field: "O (cluster id)", count: 2 }));
         let odd_role = cert_with(&[
             (DnType::CommonName, "n"),
             (DnType::OrganizationalUnitName, "admin"),
             (DnType::OrganizationName, "c"),
         ]);
-        assert_eq!(
-            NodeIdentity::from_der(&odd_role),
-            Err(IdentityError::UnknownRole("admin".into()))
-        );
-        assert!(matches!(
-            NodeIdentity::from_der(b"not a cert"),
-            Err(IdentityError::Parse(_))
-        ));
+        assert_eq!(NodeIdentity::from_der(&odd_role), Err(IdentityError::UnknownRole("admin".into())));
+        assert!(matches!(NodeIdentity::from_der(b"not a cert"), Err(IdentityError::Parse(_))));
     }
 
     #[test]
@@ -325,23 +283,11 @@ mod tests {
         assert_eq!(id.check(at(1500), "c1", &[Role::Manager]), Ok(()));
         assert_eq!(id.check(at(1000), "c1", &[Role::Manager]), Ok(()));
         assert_eq!(id.check(at(2000), "c1", &[Role::Manager]), Ok(()));
-        assert!(matches!(
-            id.check(at(2001), "c1", &[Role::Manager]),
-            Err(IdentityError::Expired { .. })
-        ));
-        assert!(matches!(
-            id.check(at(999), "c1", &[Role::Manager]),
-            Err(IdentityError::NotYetValid { .. })
-        ));
-        assert!(matches!(
-            id.check(at(1500), "c2", &[Role::Manager]),
-            Err(IdentityError::WrongCluster { .. })
-        ));
+        assert!(matches!(id.check(at(2001), "c1", &[Role::Manager]), Err(IdentityError::Expired { .. })));
+        assert!(matches!(id.check(at(999), "c1", &[Role::Manager]), Err(IdentityError::NotYetValid { .. })));
+        assert!(matches!(id.check(at(1500), "c2", &[Role::Manager]), Err(IdentityError::WrongCluster { .. })));
         let err = id.check(at(1500), "c1", &[Role::Worker]).unwrap_err();
         assert!(matches!(err, IdentityError::RoleNotAllowed { .. }));
-        assert_eq!(
-            err.to_string(),
-            "node n1 has role manager, this endpoint admits only [Worker]"
-        );
+        assert_eq!(err.to_string(), "node n1 has role manager, this endpoint admits only [Worker]");
     }
 }

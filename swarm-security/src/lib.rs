@@ -35,6 +35,6 @@ pub mod files;
 pub mod identity;
 pub mod renewal;
 pub mod role;
+mod time_conv;
 pub mod tls;
 pub mod token;
-mod time_conv;

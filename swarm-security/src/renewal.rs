@@ -31,11 +31,7 @@ pub const RENEW_UNTIL: f64 = 0.8;
 /// A uniformly random instant in `[not_before + 50 %, not_before + 80 %]`
 /// of the validity window. A window that is empty or reversed gives
 /// `not_before` (renew at once).
-pub fn renewal_time(
-    not_before: SystemTime,
-    not_after: SystemTime,
-    rng: &mut impl RngCore,
-) -> SystemTime {
+pub fn renewal_time(not_before: SystemTime, not_after: SystemTime, rng: &mut impl RngCore) -> SystemTime {
     let Ok(lifetime) = not_after.duration_since(not_before) else {
         return not_before;
     };

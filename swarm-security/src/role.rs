@@ -73,9 +73,6 @@ mod tests {
         for role in [Role::Manager, Role::Worker] {
             assert_eq!(role.as_str().parse::<Role>(), Ok(role));
         }
-        assert_eq!(
-            "Manager".parse::<Role>(),
-            Err(UnknownRole("Manager".to_owned()))
-        );
+        assert_eq!("Manager".parse::<Role>(), Err(UnknownRole("Manager".to_owned())));
     }
 }

@@ -93,10 +93,7 @@ pub struct JoinToken {
 
 impl fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinToken")
-            .field("ca_digest", &self.ca_digest)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("JoinToken").field("ca_digest", &self.ca_digest).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -143,10 +140,7 @@ fn check_part(part: &str, len: usize) -> Result<(), String> {
     if part.len() != len {
         return Err(format!("{} characters, expected {len}", part.len()));
     }
-    if !part
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
-    {
+    if !part.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()) {
         return Err("characters outside [0-9a-z]".into());
     }
     Ok(())
@@ -156,10 +150,7 @@ impl JoinToken {
     /// A new token for the CA certificate `ca_cert_der`, with a fresh
     /// secret from the OS random source.
     pub fn generate(ca_cert_der: &[u8]) -> Result<Self, TokenError> {
-        Ok(JoinToken {
-            ca_digest: ca_digest(ca_cert_der),
-            secret: fresh_secret()?,
-        })
+        Ok(JoinToken { ca_digest: ca_digest(ca_cert_der), secret: fresh_secret()? })
     }
 
     /// Parses a token, saying which part is wrong.
@@ -169,21 +160,14 @@ impl JoinToken {
             return Err(TokenError::Format { parts: parts.len() });
         }
         if parts[0] != PREFIX {
-            return Err(TokenError::Prefix {
-                found: parts[0].to_owned(),
-            });
+            return Err(TokenError::Prefix { found: parts[0].to_owned() });
         }
         if parts[1] != VERSION {
-            return Err(TokenError::Version {
-                found: parts[1].to_owned(),
-            });
+            return Err(TokenError::Version { found: parts[1].to_owned() });
         }
         check_part(parts[2], DIGEST_LEN).map_err(TokenError::Digest)?;
         check_part(parts[3], SECRET_LEN).map_err(TokenError::Secret)?;
-        Ok(JoinToken {
-            ca_digest: parts[2].to_owned(),
-            secret: parts[3].to_owned(),
-        })
+        Ok(JoinToken { ca_digest: parts[2].to_owned(), secret: parts[3].to_owned() })
     }
 
     /// The base-36 SHA-256 of the CA certificate this token pins.
@@ -193,11 +177,7 @@ impl JoinToken {
 
     /// Whether this token pins `ca_cert_der`.
     pub fn verify_ca(&self, ca_cert_der: &[u8]) -> Result<(), TokenError> {
-        if ca_digest(ca_cert_der) == self.ca_digest {
-            Ok(())
-        } else {
-            Err(TokenError::CaMismatch)
-        }
+        if ca_digest(ca_cert_der) == self.ca_digest { Ok(()) } else { Err(TokenError::CaMismatch) }
     }
 
     /// Whether both tokens carry the same secret, compared in constant time.
@@ -224,10 +204,7 @@ pub struct JoinTokens {
 impl JoinTokens {
     /// New worker and manager tokens for the CA certificate.
     pub fn generate(ca_cert_der: &[u8]) -> Result<Self, TokenError> {
-        Ok(JoinTokens {
-            worker: JoinToken::generate(ca_cert_der)?,
-            manager: JoinToken::generate(ca_cert_der)?,
-        })
+        Ok(JoinTokens { worker: JoinToken::generate(ca_cert_der)?, manager: JoinToken::generate(ca_cert_der)? })
     }
 
     /// The worker token.
@@ -249,10 +226,7 @@ impl JoinTokens {
             return Err(TokenError::CaMismatch);
         }
         let is_worker = token.secret.as_bytes().ct_eq(self.worker.secret.as_bytes());
-        let is_manager = token
-            .secret
-            .as_bytes()
-            .ct_eq(self.manager.secret.as_bytes());
+        let is_manager = token.secret.as_bytes().ct_eq(self.manager.secret.as_bytes());
         if bool::from(is_manager) {
             Ok(Role::Manager)
         } else if bool::from(is_worker) {
@@ -321,26 +295,11 @@ mod tests {
             p[i] = v;
             p.join("-")
         };
-        assert_eq!(
-            JoinToken::parse("SWMTKN-1-abc"),
-            Err(TokenError::Format { parts: 3 })
-        );
-        assert!(matches!(
-            JoinToken::parse(&with(0, "SWMTKX")),
-            Err(TokenError::Prefix { .. })
-        ));
-        assert!(matches!(
-            JoinToken::parse(&with(1, "2")),
-            Err(TokenError::Version { .. })
-        ));
-        assert_eq!(
-            JoinToken::parse(&with(2, "abc")),
-            Err(TokenError::Digest("3 characters, expected 50".into()))
-        );
-        assert!(matches!(
-            JoinToken::parse(&with(2, &"A".repeat(DIGEST_LEN))),
-            Err(TokenError::Digest(_))
-        ));
+        assert_eq!(JoinToken::parse("SWMTKN-1-abc"), Err(TokenError::Format { parts: 3 }));
+        assert!(matches!(JoinToken::parse(&with(0, "SWMTKX")), Err(TokenError::Prefix { .. })));
+        assert!(matches!(JoinToken::parse(&with(1, "2")), Err(TokenError::Version { .. })));
+        assert_eq!(JoinToken::parse(&with(2, "abc")), Err(TokenError::Digest("3 characters, expected 50".into())));
+        assert!(matches!(JoinToken::parse(&with(2, &"A".repeat(DIGEST_LEN))), Err(TokenError::Digest(_))));
         assert_eq!(
             JoinToken::parse(&with(3, &"a".repeat(24))),
             Err(TokenError::Secret("24 characters, expected 25".into()))
@@ -357,10 +316,7 @@ mod tests {
         assert_eq!(tokens.role_for(&m), Ok(Role::Manager));
 
         let other = JoinTokens::generate(b"other CA").unwrap();
-        assert_eq!(
-            tokens.role_for(&other.worker().to_string()),
-            Err(TokenError::CaMismatch)
-        );
+        assert_eq!(tokens.role_for(&other.worker().to_string()), Err(TokenError::CaMismatch));
 
         tokens.rotate(Role::Worker).unwrap();
         assert_eq!(tokens.role_for(&w), Err(TokenError::NoMatch));
