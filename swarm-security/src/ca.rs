@@ -202,9 +202,12 @@ impl ClusterCa {
         dn.push(DnType::OrganizationName, cluster_id);
         params.distinguished_name = dn;
         let policy = SigningPolicy::default();
-        params.not_before =
-            to_offset(now - policy.backdate.min(validity)).ok_or(CaError::TimeOutOfRange("CA not_before"))?;
-        params.not_after = to_offset(now + validity).ok_or(CaError::TimeOutOfRange("CA not_after"))?;
+        params.not_before = now
+            .checked_sub(policy.backdate.min(validity))
+            .and_then(to_offset)
+            .ok_or(CaError::TimeOutOfRange("CA not_before"))?;
+        params.not_after =
+            now.checked_add(validity).and_then(to_offset).ok_or(CaError::TimeOutOfRange("CA not_after"))?;
         params.serial_number = Some(random_serial()?);
         // Path length 0: the root signs node certificates, no intermediates.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -322,16 +325,19 @@ impl ClusterCa {
             SanType::DnsName(node_id.try_into().map_err(rcgen_err("use the node id as a DNS name"))?),
             SanType::DnsName(role.server_name().try_into().map_err(rcgen_err("use the role as a DNS name"))?),
         ];
-        let mut not_after = now + lifetime;
+        let mut not_after = now.checked_add(lifetime).ok_or(CaError::TimeOutOfRange("node not_after"))?;
         if not_after > self.not_after {
             tracing::warn!(node_id, "node certificate lifetime cut to the CA certificate's expiry");
             not_after = self.not_after;
         }
-        params.not_before = to_offset(now - self.policy.backdate).ok_or(CaError::TimeOutOfRange("node not_before"))?;
+        params.not_before = now
+            .checked_sub(self.policy.backdate)
+            .and_then(to_offset)
+            .ok_or(CaError::TimeOutOfRange("node not_before"))?;
         params.not_after = to_offset(not_after).ok_or(CaError::TimeOutOfRange("node not_after"))?;
         params.serial_number = Some(random_serial()?);
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
 
@@ -520,6 +526,10 @@ mod tests {
         assert!(matches!(
             ca.sign_node_csr(csr.csr_pem(), "a b", Role::Worker, None, at(NOW)),
             Err(CaError::InvalidNodeId(_))
+        ));
+        assert!(matches!(
+            ca.sign_node_csr(csr.csr_pem(), "n", Role::Worker, Some(Duration::MAX), at(NOW)),
+            Err(CaError::TimeOutOfRange(_))
         ));
         // A request whose signature does not verify (one byte flipped).
         let mut der = pem_body(csr.csr_pem());

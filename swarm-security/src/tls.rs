@@ -152,8 +152,10 @@ pub struct NodeClientVerifier {
 }
 
 impl NodeClientVerifier {
-    /// A verifier trusting `roots` only, admitting peers per `policy`.
-    fn new(roots: Arc<RootCertStore>, policy: PeerPolicy) -> Result<Self, TlsError> {
+    /// A verifier trusting `roots` only (the cluster CA), admitting peers
+    /// per `policy`; for embedders that build their own rustls (or tonic)
+    /// server configuration instead of [`server_config`].
+    pub fn new(roots: Arc<RootCertStore>, policy: PeerPolicy) -> Result<Self, TlsError> {
         let inner = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
         Ok(NodeClientVerifier { inner, policy })
     }
