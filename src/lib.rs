@@ -12,6 +12,7 @@
 //! | `docker`     | `docker`      | `swarm-runtime-docker`     |
 //! | `containerd` | `containerd`  | `swarm-runtime-containerd` |
 //! | `net`        | `net`         | `swarm-net`                |
+//! | `security`   | `security`    | `swarm-security`           |
 
 pub use swarm_core::*;
 
@@ -29,6 +30,9 @@ pub use swarm_runtime_containerd as containerd;
 
 #[cfg(feature = "net")]
 pub use swarm_net as net;
+
+#[cfg(feature = "security")]
+pub use swarm_security as security;
 
 /// The README's code, compiled by `cargo test --doc` so it cannot rot.
 #[cfg(doctest)]
