@@ -66,7 +66,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-mod follow;
+pub mod follow;
 pub mod sessions;
 
 pub use follow::LeaderDispatcher;
