@@ -82,11 +82,18 @@ pub enum RaftTlsError {
 /// Inbound connections a [`RaftTls`] listener refused, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TlsRefusals {
-    /// The TLS handshake failed: no certificate, not issued by this
-    /// cluster's CA, expired, not a manager, another cluster, or not TLS.
+    /// The handshake failed before a certificate was judged: not TLS,
+    /// TLS below 1.3, no client certificate, the client aborted, or it
+    /// took longer than the hello timeout.
     pub handshake: u64,
-    /// The certificate was fine but the preamble claimed a raft id that
-    /// does not map to the certificate's node id.
+    /// The client certificate is not valid under the cluster CA: another
+    /// CA (another cluster), expired, not yet valid, bad signature.
+    pub certificate: u64,
+    /// The certificate is valid under the CA but its identity is not
+    /// admitted: not a manager, or another cluster id.
+    pub identity: u64,
+    /// The certificate was admitted but the preamble claimed a raft id
+    /// that does not map to the certificate's node id.
     pub wrong_id: u64,
 }
 
@@ -99,6 +106,8 @@ pub struct RaftTls {
     node_id: String,
     names: RwLock<HashMap<u64, String>>,
     refused_handshake: AtomicU64,
+    refused_certificate: AtomicU64,
+    refused_identity: AtomicU64,
     refused_wrong_id: AtomicU64,
 }
 
@@ -131,6 +140,8 @@ impl RaftTls {
             node_id: me.node_id.clone(),
             names: RwLock::new(names),
             refused_handshake: AtomicU64::new(0),
+            refused_certificate: AtomicU64::new(0),
+            refused_identity: AtomicU64::new(0),
             refused_wrong_id: AtomicU64::new(0),
         }))
     }
@@ -165,6 +176,8 @@ impl RaftTls {
     pub fn refusals(&self) -> TlsRefusals {
         TlsRefusals {
             handshake: self.refused_handshake.load(Ordering::Relaxed),
+            certificate: self.refused_certificate.load(Ordering::Relaxed),
+            identity: self.refused_identity.load(Ordering::Relaxed),
             wrong_id: self.refused_wrong_id.load(Ordering::Relaxed),
         }
     }
@@ -208,8 +221,13 @@ impl RaftTls {
             Ok(res) => res,
             Err(_) => Err(RaftTlsError::HandshakeTimeout(within)),
         };
-        if res.is_err() {
-            self.refused_handshake.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &res {
+            let counter = match refusal_kind(e) {
+                Refusal::Identity => &self.refused_identity,
+                Refusal::Certificate => &self.refused_certificate,
+                Refusal::Handshake => &self.refused_handshake,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         res
     }
@@ -232,16 +250,36 @@ impl RaftTls {
     }
 }
 
-/// The identity error behind a failed handshake, when the certificate
-/// verifier raised one (for logs).
-pub(crate) fn refusal_reason(err: &RaftTlsError) -> String {
-    if let RaftTlsError::Handshake(io) = err
-        && let Some(rustls_err) = io.get_ref().and_then(|e| e.downcast_ref::<tokio_rustls::rustls::Error>())
-    {
-        if let Some(id) = identity_error(rustls_err) {
-            return format!("certificate refused: {id}");
-        }
-        return format!("TLS handshake failed: {rustls_err}");
+enum Refusal {
+    Handshake,
+    Certificate,
+    Identity,
+}
+
+/// The rustls error behind a failed handshake, if any.
+fn rustls_error(err: &RaftTlsError) -> Option<&tokio_rustls::rustls::Error> {
+    match err {
+        RaftTlsError::Handshake(io) => io.get_ref().and_then(|e| e.downcast_ref::<tokio_rustls::rustls::Error>()),
+        _ => None,
     }
-    err.to_string()
+}
+
+fn refusal_kind(err: &RaftTlsError) -> Refusal {
+    match rustls_error(err) {
+        Some(e) if identity_error(e).is_some() => Refusal::Identity,
+        Some(tokio_rustls::rustls::Error::InvalidCertificate(_)) => Refusal::Certificate,
+        _ => Refusal::Handshake,
+    }
+}
+
+/// Why a handshake failed, for logs: the identity error when the
+/// certificate verifier raised one, else the TLS error.
+pub(crate) fn refusal_reason(err: &RaftTlsError) -> String {
+    match rustls_error(err) {
+        Some(e) => match identity_error(e) {
+            Some(id) => format!("certificate refused: {id}"),
+            None => format!("TLS handshake failed: {e}"),
+        },
+        None => err.to_string(),
+    }
 }

@@ -171,6 +171,7 @@ async fn raft_port_refuses_all_but_this_clusters_managers() {
     init_tracing();
     let ca = cluster_ca("c1");
     let l = listener(&ca).await;
+    let none = TlsRefusals::default();
 
     // A manager of the cluster, claiming its own raft id: admitted.
     let m2 = creds(&ca, "m2", NodeRole::Manager);
@@ -178,30 +179,32 @@ async fn raft_port_refuses_all_but_this_clusters_managers() {
     assert_eq!(l.delivered.load(Ordering::SeqCst), 1, "its frame reached the inbox");
     assert_eq!(l.tls.refusals(), TlsRefusals::default());
 
-    // A worker of the same cluster.
+    // A worker of the same cluster: its certificate is valid, its role is
+    // not admitted.
     let worker = creds(&ca, "w1", NodeRole::Worker);
     assert!(!stays_open(l.addr, &worker, 2).await, "a worker is refused");
-    refusals_reach(&l.tls, TlsRefusals { handshake: 1, wrong_id: 0 }).await;
+    refusals_reach(&l.tls, TlsRefusals { identity: 1, ..none }).await;
 
     // A manager of another cluster (trusting our CA, so only the server
     // can refuse it).
     let other_ca = cluster_ca("c2");
     let stranger = creds_at(&ca, &other_ca, "m2", NodeRole::Manager, SystemTime::now(), 30 * DAY);
     assert!(!stays_open(l.addr, &stranger, 2).await, "a manager of another cluster is refused");
-    refusals_reach(&l.tls, TlsRefusals { handshake: 2, wrong_id: 0 }).await;
+    refusals_reach(&l.tls, TlsRefusals { identity: 1, certificate: 1, ..none }).await;
 
-    // An expired manager certificate of this cluster.
+    // An expired manager certificate of this cluster: not valid under the
+    // CA.
     let expired = creds_at(&ca, &ca, "m2", NodeRole::Manager, SystemTime::now() - 5 * DAY, DAY);
     assert!(!stays_open(l.addr, &expired, 2).await, "an expired certificate is refused");
-    refusals_reach(&l.tls, TlsRefusals { handshake: 3, wrong_id: 0 }).await;
+    refusals_reach(&l.tls, TlsRefusals { identity: 1, certificate: 2, ..none }).await;
 
     // A manager of this cluster claiming another manager's raft id, or one
     // that has none.
     assert!(!stays_open(l.addr, &m2, 3).await, "m2 claiming raft id 3 is refused");
-    refusals_reach(&l.tls, TlsRefusals { handshake: 3, wrong_id: 1 }).await;
+    refusals_reach(&l.tls, TlsRefusals { identity: 1, certificate: 2, wrong_id: 1, ..none }).await;
     let m9 = creds(&ca, "m9", NodeRole::Manager);
     assert!(!stays_open(l.addr, &m9, 9).await, "a manager with no raft id in the table is refused");
-    refusals_reach(&l.tls, TlsRefusals { handshake: 3, wrong_id: 2 }).await;
+    refusals_reach(&l.tls, TlsRefusals { identity: 1, certificate: 2, wrong_id: 2, ..none }).await;
 
     // Plaintext on the TLS port.
     let mut plain = TcpStream::connect(l.addr).await.expect("connect");
@@ -221,7 +224,7 @@ async fn raft_port_refuses_all_but_this_clusters_managers() {
         Err(_) => false,
     };
     assert!(closed, "a plaintext client is disconnected");
-    refusals_reach(&l.tls, TlsRefusals { handshake: 4, wrong_id: 2 }).await;
+    refusals_reach(&l.tls, TlsRefusals { identity: 1, certificate: 2, wrong_id: 2, handshake: 1 }).await;
 
     assert_eq!(l.delivered.load(Ordering::SeqCst), 1, "nothing from a refused peer reached raft");
     l.task.abort();
