@@ -222,16 +222,11 @@ impl TcpTransport {
                             },
                         };
                         match res {
-                            Err(
-                                e @ (Refused::Hello(_)
-                                | Refused::Tls(_)
-                                | Refused::WrongPeer(_)
-                                | Refused::PeerLimit { .. }
-                                | Refused::Frame(FrameError::TooLarge { .. })),
-                            ) => {
-                                tracing::warn!(%addr, reason = %e, "closed a raft connection");
+                            // A connection lost or cut mid-frame is routine.
+                            Err(ref e @ Refused::Frame(ref f)) if !matches!(f, FrameError::TooLarge { .. }) => {
+                                tracing::debug!(%addr, reason = %e, "raft connection closed")
                             }
-                            Err(e) => tracing::debug!(%addr, reason = %e, "raft connection closed"),
+                            Err(e) => tracing::warn!(%addr, reason = %e, "closed a raft connection"),
                             Ok(()) => {}
                         }
                     });
@@ -376,6 +371,7 @@ async fn sender_loop(
 enum Refused {
     #[error("bad preamble: {0}")]
     Hello(String),
+    #[cfg(feature = "tls")]
     #[error("{0}")]
     Tls(String),
     #[error("peer refused: {0}")]
