@@ -285,9 +285,32 @@ pub async fn connect_stream(addr: SocketAddr) -> std::io::Result<TcpStream> {
 /// The writing half of an outbound connection, plaintext or TLS.
 type Wire = Pin<Box<dyn AsyncWrite + Send>>;
 
+/// Why an outbound connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// TCP connect failed: the peer is down or unreachable (routine).
+    #[error("connect: {0}")]
+    Tcp(std::io::Error),
+    /// The TLS handshake or the peer's identity was refused: a
+    /// configuration or identity problem worth a warning.
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(crate::tls::RaftTlsError),
+}
+
+impl OpenError {
+    fn worth_a_warning(&self) -> bool {
+        match self {
+            OpenError::Tcp(_) => false,
+            #[cfg(feature = "tls")]
+            OpenError::Tls(_) => true,
+        }
+    }
+}
+
 /// Opens a connection to raft peer `to` at `addr`, with TLS if asked.
-async fn open(to: u64, addr: SocketAddr, security: &Security) -> Result<Wire, String> {
-    let tcp = connect_stream(addr).await.map_err(|e| e.to_string())?;
+async fn open(to: u64, addr: SocketAddr, security: &Security) -> Result<Wire, OpenError> {
+    let tcp = connect_stream(addr).await.map_err(OpenError::Tcp)?;
     match security {
         Security::Plain => {
             let _ = to;
@@ -296,12 +319,7 @@ async fn open(to: u64, addr: SocketAddr, security: &Security) -> Result<Wire, St
         #[cfg(feature = "tls")]
         Security::Tls(tls) => match tls.connect(to, tcp).await {
             Ok(s) => Ok(Box::pin(s)),
-            Err(e) => {
-                // Unlike a refused TCP connect, a refused TLS handshake is
-                // a configuration or identity problem worth seeing.
-                tracing::warn!(to, %addr, error = %e, "TLS connection to raft peer failed");
-                Err(e.to_string())
-            }
+            Err(e) => Err(OpenError::Tls(e)),
         },
     }
 }
@@ -316,11 +334,22 @@ async fn sender_loop(
     security: Security,
 ) {
     let mut pending: Option<Vec<u8>> = None;
+    // A TLS refusal is warned once per streak of failures, not every retry
+    // (a peer that is down is routine: trace).
+    let mut tls_failing = false;
     loop {
         let mut stream = match open(to, addr, &security).await {
-            Ok(s) => tokio::io::BufWriter::new(s),
+            Ok(s) => {
+                tls_failing = false;
+                tokio::io::BufWriter::new(s)
+            }
             Err(e) => {
-                tracing::trace!(to, %addr, error = %e, "connecting to raft peer failed");
+                if e.worth_a_warning() && !tls_failing {
+                    tls_failing = true;
+                    tracing::warn!(to, %addr, error = %e, "TLS connection to raft peer refused; retrying quietly");
+                } else {
+                    tracing::trace!(to, %addr, error = %e, "connecting to raft peer failed");
+                }
                 tokio::time::sleep(reconnect).await;
                 // Drop what queued up meanwhile: raft resends what matters.
                 while rx.try_recv().is_ok() {}
