@@ -15,6 +15,13 @@
 //! of the log directory (`log_fs`, from `/proc/self/mounts`) and refuses
 //! tmpfs and ramfs, where fsync is free, unless `--allow-tmpfs` is given.
 //! `--dir PATH` puts the logs under PATH (default: the system temp dir).
+//!
+//! `--tls` (needs the `raft-tls` feature) runs the same load over mutual
+//! TLS 1.3: a cluster CA and one manager certificate per manager are
+//! generated in memory before the measurement, and the JSON says
+//! `"transport": "tcp-mtls"` instead of `"tcp-loopback"`:
+//! `cargo run --release --features raft-tls --example raft_bench -- --tls`
+//!
 //! Prints one JSON object as the last line.
 
 use std::collections::HashMap;
@@ -33,14 +40,23 @@ struct Args {
     seconds: u64,
     dir: PathBuf,
     allow_tmpfs: bool,
+    tls: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { managers: 3, clients: 64, seconds: 10, dir: std::env::temp_dir(), allow_tmpfs: false };
+    let mut a =
+        Args { managers: 3, clients: 64, seconds: 10, dir: std::env::temp_dir(), allow_tmpfs: false, tls: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--allow-tmpfs" {
             a.allow_tmpfs = true;
+            continue;
+        }
+        if flag == "--tls" {
+            if !cfg!(feature = "raft-tls") {
+                return Err("--tls needs the raft-tls feature (--features raft-tls)".into());
+            }
+            a.tls = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -52,7 +68,7 @@ fn parse_args() -> Result<Args, String> {
             "--dir" => a.dir = PathBuf::from(value),
             other => {
                 return Err(format!(
-                    "unknown flag {other} (use --managers, --clients, --seconds, --dir, --allow-tmpfs)"
+                    "unknown flag {other} (use --managers, --clients, --seconds, --dir, --allow-tmpfs, --tls)"
                 ));
             }
         }
@@ -110,6 +126,32 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// In-memory PKI for `--tls`: one cluster CA, one manager certificate per
+/// raft id (node id `m<id>`).
+#[cfg(feature = "raft-tls")]
+mod tls {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+    use swarm::raft::tls::RaftTls;
+    use swarm::security::ca::{ClusterCa, NodeCsr};
+    use swarm::security::role::Role;
+    use swarm::security::tls::TlsCredentials;
+
+    pub fn manager_tls(ids: &[u64]) -> Result<HashMap<u64, Arc<RaftTls>>, Box<dyn std::error::Error>> {
+        let ca = ClusterCa::generate("bench-cluster", Duration::from_secs(365 * 86_400))?;
+        let names: HashMap<u64, String> = ids.iter().map(|&id| (id, format!("m{id}"))).collect();
+        let mut out = HashMap::new();
+        for (&id, name) in &names {
+            let csr = NodeCsr::generate(name)?;
+            let cert = ca.sign_node_csr(csr.csr_pem(), name, Role::Manager, None, SystemTime::now())?;
+            let creds = TlsCredentials::from_pem(ca.cert_pem(), cert.cert_pem(), &csr.key_pem())?;
+            out.insert(id, RaftTls::new(&creds, names.clone())?);
+        }
+        Ok(out)
+    }
+}
+
 fn tx(name: String) -> Transaction {
     Transaction::new().create(Node::ready(name.as_str(), "bench-host", Resources::default()))
 }
@@ -146,11 +188,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut stores = Vec::new();
     let mut servers = Vec::new();
     let mut transports = Vec::new();
+    #[cfg(feature = "raft-tls")]
+    let tls = if args.tls { Some(tls::manager_tls(&ids)?) } else { None };
     for (&id, listener) in ids.iter().zip(listeners) {
-        let transport = TcpTransport::new(TcpTransportConfig::new(id, addrs.clone()))?;
+        #[allow(unused_mut)]
+        let mut tcfg = TcpTransportConfig::new(id, addrs.clone());
+        #[cfg(feature = "raft-tls")]
+        let my_tls = tls.as_ref().and_then(|t| t.get(&id).cloned());
+        #[cfg(feature = "raft-tls")]
+        if let Some(t) = &my_tls {
+            tcfg = tcfg.with_tls(t.clone());
+        }
+        let transport = TcpTransport::new(tcfg)?;
         transports.push(transport.clone());
         let cfg = RaftStoreConfig::new(id, dir.join(format!("m{id}")), ids.clone());
         let store = RaftStore::open_async(cfg, transport).await?;
+        #[cfg(feature = "raft-tls")]
+        if let Some(t) = my_tls {
+            let limits = swarm::raft::InboundLimits::default();
+            servers.push(tokio::spawn(TcpTransport::serve_tls(listener, store.inbox(), limits, t)));
+            stores.push(store);
+            continue;
+        }
         servers.push(tokio::spawn(TcpTransport::serve(listener, store.inbox())));
         stores.push(store);
     }
@@ -244,7 +303,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "failover_ms": failover_ms,
         "reproposals": reproposals,
         "dropped_frames": transports.iter().map(|t| t.dropped_frames()).sum::<u64>(),
-        "transport": "tcp-loopback",
+        "transport": if args.tls { "tcp-mtls" } else { "tcp-loopback" },
         "log": "raft-engine, fsync per batch",
         "log_fs": log_fs,
     });

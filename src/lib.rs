@@ -13,6 +13,7 @@
 //! | `containerd` | `containerd`  | `swarm-runtime-containerd` |
 //! | `net`        | `net`         | `swarm-net`                |
 //! | `security`   | `security`    | `swarm-security`           |
+//! | `raft-tls`   | `raft::tls`   | `swarm-raft` with its `tls` feature (implies `raft` and `security`): mutual TLS between managers |
 
 pub use swarm_core::*;
 

@@ -41,6 +41,8 @@ mod logger;
 mod node;
 mod storage;
 mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
 pub use error::RaftError;

@@ -15,18 +15,25 @@
 //! take to say who it is. What arrives goes to the manager's [`Inbox`],
 //! itself bounded, and each message is checked before raft sees it.
 //!
-//! Mutual TLS slots in later at two seams:
-//! connecting and accepting go through [`connect_stream`] and the accept
-//! loop, the only two places that see a raw `TcpStream`.
+//! Mutual TLS (feature `tls`, off by default): with a
+//! [`RaftTls`](crate::tls::RaftTls) in [`TcpTransportConfig::with_tls`]
+//! every outbound connection is a TLS 1.3 client presenting this
+//! manager's certificate and expecting the certificate of the peer's node
+//! id; [`TcpTransport::serve_tls`] accepts TLS 1.3 only, from managers of
+//! this cluster, and holds each peer to the raft id its certificate maps
+//! to (see [`crate::tls`]). The TLS handshake, like the preamble, must
+//! finish within [`InboundLimits::hello_timeout`]. Without TLS the
+//! transport is plaintext and unauthenticated.
 
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::transport::{Inbox, Transport};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -73,14 +80,50 @@ pub struct TcpTransportConfig {
     /// Largest frame sent; larger ones are dropped with a warning (the
     /// receiving side refuses frames over its own maximum).
     pub max_frame: usize,
+    /// Mutual TLS on outbound connections; `None` (the default) is
+    /// plaintext.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<crate::tls::RaftTls>>,
 }
 
 impl TcpTransportConfig {
     /// Defaults: queue 4,096 frames, reconnect every 100 ms, frames up to
     /// [`MAX_FRAME`].
     pub fn new(id: u64, peers: HashMap<u64, SocketAddr>) -> Self {
-        TcpTransportConfig { id, peers, queue: 4096, reconnect: Duration::from_millis(100), max_frame: MAX_FRAME }
+        TcpTransportConfig {
+            id,
+            peers,
+            queue: 4096,
+            reconnect: Duration::from_millis(100),
+            max_frame: MAX_FRAME,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
     }
+
+    /// Outbound connections over mutual TLS with `tls` (feature `tls`).
+    /// Serve with [`TcpTransport::serve_tls`] and the same settings.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: Arc<crate::tls::RaftTls>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    fn security(&self) -> Security {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return Security::Tls(tls.clone());
+        }
+        Security::Plain
+    }
+}
+
+/// Plaintext or mutual TLS, for one side of a connection.
+#[derive(Clone)]
+enum Security {
+    Plain,
+    #[cfg(feature = "tls")]
+    Tls(Arc<crate::tls::RaftTls>),
 }
 
 /// The TCP [`Transport`]. Create it inside a tokio runtime.
@@ -124,7 +167,7 @@ impl TcpTransport {
         // The sender task reads the address at spawn time; replacing the
         // queue restarts it with the new address.
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        self.runtime.spawn(sender_loop(cfg.id, id, addr, rx, cfg.reconnect, cfg.max_frame));
+        self.runtime.spawn(sender_loop(cfg.id, id, addr, rx, cfg.reconnect, cfg.max_frame, cfg.security()));
         peers.insert(id, tx);
     }
 
@@ -137,6 +180,20 @@ impl TcpTransport {
 
     /// [`TcpTransport::serve`] with explicit limits.
     pub async fn serve_with(listener: TcpListener, inbox: Inbox, limits: InboundLimits) {
+        Self::serve_inner(listener, inbox, limits, Security::Plain).await
+    }
+
+    /// [`TcpTransport::serve_with`] over mutual TLS (feature `tls`): only
+    /// TLS 1.3 clients presenting a manager certificate of this cluster
+    /// are admitted, and each must claim, in its preamble, the raft id its
+    /// certificate's node id maps to in `tls`. Refusals are logged and
+    /// counted in [`RaftTls::refusals`](crate::tls::RaftTls::refusals).
+    #[cfg(feature = "tls")]
+    pub async fn serve_tls(listener: TcpListener, inbox: Inbox, limits: InboundLimits, tls: Arc<crate::tls::RaftTls>) {
+        Self::serve_inner(listener, inbox, limits, Security::Tls(tls)).await
+    }
+
+    async fn serve_inner(listener: TcpListener, inbox: Inbox, limits: InboundLimits, security: Security) {
         let open = Arc::new(Semaphore::new(limits.max_connections));
         let per_peer: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
         let limits = Arc::new(limits);
@@ -150,17 +207,26 @@ impl TcpTransport {
                     };
                     let _ = stream.set_nodelay(true);
                     let (inbox, limits, per_peer) = (inbox.clone(), limits.clone(), per_peer.clone());
+                    let security = security.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
-                        match receive_loop(stream, inbox, &limits, &per_peer).await {
-                            Err(
-                                e @ (Refused::Hello(_)
-                                | Refused::PeerLimit { .. }
-                                | Refused::Frame(FrameError::TooLarge { .. })),
-                            ) => {
-                                tracing::warn!(%addr, reason = %e, "closed a raft connection");
+                        let res = match security {
+                            Security::Plain => receive_loop(stream, inbox, &limits, &per_peer, |_| Ok(())).await,
+                            #[cfg(feature = "tls")]
+                            Security::Tls(tls) => match tls.accept(stream, limits.hello_timeout).await {
+                                Ok((stream, peer)) => {
+                                    let check = |claimed| tls.check_claim(claimed, &peer);
+                                    receive_loop(stream, inbox, &limits, &per_peer, check).await
+                                }
+                                Err(e) => Err(Refused::Tls(crate::tls::refusal_reason(&e))),
+                            },
+                        };
+                        match res {
+                            // A connection lost or cut mid-frame is routine.
+                            Err(ref e @ Refused::Frame(ref f)) if !matches!(f, FrameError::TooLarge { .. }) => {
+                                tracing::debug!(%addr, reason = %e, "raft connection closed")
                             }
-                            Err(e) => tracing::debug!(%addr, reason = %e, "raft connection closed"),
+                            Err(e) => tracing::warn!(%addr, reason = %e, "closed a raft connection"),
                             Ok(()) => {}
                         }
                     });
@@ -183,7 +249,16 @@ impl Transport for TcpTransport {
                 return;
             };
             let (tx, rx) = mpsc::channel(self.cfg.queue.max(1));
-            self.runtime.spawn(sender_loop(self.cfg.id, to, addr, rx, self.cfg.reconnect, self.cfg.max_frame));
+            let security = self.cfg.security();
+            self.runtime.spawn(sender_loop(
+                self.cfg.id,
+                to,
+                addr,
+                rx,
+                self.cfg.reconnect,
+                self.cfg.max_frame,
+                security,
+            ));
             slot.insert(tx);
         }
         if frame.len() > self.cfg.max_frame {
@@ -200,12 +275,53 @@ impl Transport for TcpTransport {
     }
 }
 
-/// Opens a stream to a peer. The seam where a TLS connector will wrap the
-/// TCP stream.
+/// Opens a TCP stream to a peer (without TLS).
 pub async fn connect_stream(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// The writing half of an outbound connection, plaintext or TLS.
+type Wire = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Why an outbound connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// TCP connect failed: the peer is down or unreachable (routine).
+    #[error("connect: {0}")]
+    Tcp(std::io::Error),
+    /// The TLS handshake or the peer's identity was refused: a
+    /// configuration or identity problem worth a warning.
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(crate::tls::RaftTlsError),
+}
+
+impl OpenError {
+    fn worth_a_warning(&self) -> bool {
+        match self {
+            OpenError::Tcp(_) => false,
+            #[cfg(feature = "tls")]
+            OpenError::Tls(_) => true,
+        }
+    }
+}
+
+/// Opens a connection to raft peer `to` at `addr`, with TLS if asked.
+async fn open(to: u64, addr: SocketAddr, security: &Security) -> Result<Wire, OpenError> {
+    let tcp = connect_stream(addr).await.map_err(OpenError::Tcp)?;
+    match security {
+        Security::Plain => {
+            let _ = to;
+            Ok(Box::pin(tcp))
+        }
+        #[cfg(feature = "tls")]
+        Security::Tls(tls) => match tls.connect(to, tcp).await {
+            Ok(s) => Ok(Box::pin(s)),
+            Err(e) => Err(OpenError::Tls(e)),
+        },
+    }
 }
 
 async fn sender_loop(
@@ -215,13 +331,25 @@ async fn sender_loop(
     mut rx: mpsc::Receiver<Vec<u8>>,
     reconnect: Duration,
     max_frame: usize,
+    security: Security,
 ) {
     let mut pending: Option<Vec<u8>> = None;
+    // A TLS refusal is warned once per streak of failures, not every retry
+    // (a peer that is down is routine: trace).
+    let mut tls_failing = false;
     loop {
-        let mut stream = match connect_stream(addr).await {
-            Ok(s) => tokio::io::BufWriter::new(s),
+        let mut stream = match open(to, addr, &security).await {
+            Ok(s) => {
+                tls_failing = false;
+                tokio::io::BufWriter::new(s)
+            }
             Err(e) => {
-                tracing::trace!(to, %addr, error = %e, "connecting to raft peer failed");
+                if e.worth_a_warning() && !tls_failing {
+                    tls_failing = true;
+                    tracing::warn!(to, %addr, error = %e, "TLS connection to raft peer refused; retrying quietly");
+                } else {
+                    tracing::trace!(to, %addr, error = %e, "connecting to raft peer failed");
+                }
                 tokio::time::sleep(reconnect).await;
                 // Drop what queued up meanwhile: raft resends what matters.
                 while rx.try_recv().is_ok() {}
@@ -272,6 +400,11 @@ async fn sender_loop(
 enum Refused {
     #[error("bad preamble: {0}")]
     Hello(String),
+    #[cfg(feature = "tls")]
+    #[error("{0}")]
+    Tls(String),
+    #[error("peer refused: {0}")]
+    WrongPeer(String),
     #[error("manager {peer} already has {open} connections open (at most {max})")]
     PeerLimit { peer: u64, open: usize, max: usize },
     #[error(transparent)]
@@ -296,11 +429,14 @@ impl Drop for PeerSlot<'_> {
     }
 }
 
-async fn receive_loop(
-    stream: TcpStream,
+/// Reads the preamble, lets `check` accept or refuse the claimed raft id
+/// (TLS: against the certificate), then delivers frames until the end.
+async fn receive_loop<S: AsyncRead + Unpin>(
+    stream: S,
     inbox: Inbox,
     limits: &InboundLimits,
     per_peer: &Mutex<HashMap<u64, usize>>,
+    check: impl FnOnce(u64) -> Result<(), String>,
 ) -> Result<(), Refused> {
     let mut r = tokio::io::BufReader::new(stream);
     let hello = match tokio::time::timeout(limits.hello_timeout, read_frame(&mut r, 8)).await {
@@ -313,6 +449,7 @@ async fn receive_loop(
     let Ok(id) = <[u8; 8]>::try_from(hello.as_slice()).map(u64::from_be_bytes) else {
         return Err(Refused::Hello(format!("{} bytes, expected an 8-byte manager id", hello.len())));
     };
+    check(id).map_err(Refused::WrongPeer)?;
     let _slot = {
         let mut c = per_peer.lock().unwrap_or_else(|p| p.into_inner());
         let open = c.entry(id).or_insert(0);
