@@ -65,18 +65,42 @@ pub fn allocation_relevant(change: &Change) -> bool {
     })
 }
 
-/// An allocator's interest: the whole state, on [`allocation_relevant`]
-/// changes.
-pub fn allocation_interest(change: &Change) -> Interest<()> {
-    if allocation_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
+/// What an allocator gives tasks before they may be scheduled (networks,
+/// addresses, published ports): one pass over the whole state.
+pub trait Allocate: Send + 'static {
+    /// The allocations to write, and the services that cannot be allocated
+    /// now, each with the reason (their NEW tasks wait).
+    fn allocate(&mut self, state: &State) -> Allocation;
 }
 
-/// The manager's default allocator: nothing to allocate, every NEW task is
-/// admitted to scheduling.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TaskAllocator;
+/// One allocation pass: see [`Allocate::allocate`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Allocation {
+    /// Writes of allocations (service endpoints, network subnets...).
+    pub ops: Vec<Op>,
+    /// Services whose tasks must stay NEW, with why.
+    pub blocked: BTreeMap<ServiceId, String>,
+}
 
-impl Controller for TaskAllocator {
+/// The core has nothing to allocate: every NEW task may be scheduled.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NothingToAllocate;
+
+impl Allocate for NothingToAllocate {
+    fn allocate(&mut self, _: &State) -> Allocation {
+        Allocation::default()
+    }
+}
+
+/// The allocator controller: runs an [`Allocate`] over the whole state on
+/// every [`allocation_relevant`] change, writes its allocations and admits
+/// NEW tasks to scheduling except those of the services it blocked. The
+/// manager's default is `TaskAllocator::default()` ([`NothingToAllocate`]);
+/// swarm-net's allocator is `TaskAllocator<NetworkAllocation>`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskAllocator<A = NothingToAllocate>(pub A);
+
+impl<A: Allocate> Controller for TaskAllocator<A> {
     type Key = ();
     fn name(&self) -> &str {
         "allocator"
@@ -85,10 +109,12 @@ impl Controller for TaskAllocator {
         vec![()]
     }
     fn interest(&self, change: &Change) -> Interest<()> {
-        allocation_interest(change)
+        if allocation_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
     }
     fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
-        Plan { ops: admit_new_tasks(cx.state, &BTreeMap::new(), cx.now), wake_at: None }
+        let Allocation { mut ops, blocked } = self.0.allocate(cx.state);
+        ops.extend(admit_new_tasks(cx.state, &blocked, cx.now));
+        Plan { ops, wake_at: None }
     }
 }
 

@@ -31,7 +31,7 @@
 //! # }
 //! ```
 
-use crate::allocator::TaskAllocator;
+use crate::allocator::{NothingToAllocate, TaskAllocator};
 use crate::controller::{self, Context, Controller, Debounce, Interest, Plan, RuntimeConfig};
 use crate::dispatcher::LocalDispatcher;
 use crate::id::{IdGen, ServiceId, TaskId};
@@ -177,7 +177,7 @@ fn launch(
         Box::new(move |set, store, rt| {
             set.spawn(controller::run(store, Orchestrator { admit_at_creation }, rt));
         }),
-        allocator.unwrap_or_else(|| spawner(|| TaskAllocator)),
+        allocator.unwrap_or_else(|| spawner(TaskAllocator::<NothingToAllocate>::default)),
         Box::new(move |set, store, rt| {
             set.spawn(controller::run(store, SchedulerLoop { scheduler: scheduler.clone(), debounce }, rt));
         }),

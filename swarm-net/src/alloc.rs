@@ -33,12 +33,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use swarm_core::allocator::{admit_new_tasks, allocation_interest};
+use swarm_core::allocator::{Allocate, Allocation, TaskAllocator};
 use swarm_core::cluster::{Cluster, ClusterError};
-use swarm_core::controller::{self, Context, Controller, Interest, Plan as ControllerPlan, RuntimeConfig};
+use swarm_core::controller::{self, RuntimeConfig};
 use swarm_core::id::{NetworkId, ServiceId};
 use swarm_core::model::*;
-use swarm_core::state::{Change, State, Transaction};
+use swarm_core::state::{State, Transaction};
 use swarm_core::store::{Store, StoreError};
 use tokio::sync::watch;
 
@@ -513,8 +513,8 @@ impl Allocator {
     /// it allocates, then admits NEW tasks to scheduling, except those of
     /// services it could not allocate, which stay NEW with the reason.
     /// Its errors are reported through [`Allocator::errors`].
-    pub fn controller(&self) -> AllocationController {
-        AllocationController { config: self.config.clone(), errors: self.errors.clone() }
+    pub fn controller(&self) -> TaskAllocator<NetworkAllocation> {
+        TaskAllocator(NetworkAllocation { config: self.config.clone(), errors: self.errors.clone() })
     }
 
     /// Plans once and commits the result, retrying on version conflicts.
@@ -594,29 +594,20 @@ pub fn blocked_services(state: &State, errors: &[AllocError]) -> BTreeMap<Servic
     out
 }
 
-/// The allocator on the controller runtime; made by
-/// [`Allocator::controller`].
-pub struct AllocationController {
+/// swarm-net's allocation pass (VIPs, subnets, published ports), run by
+/// the core's allocator controller; made by [`Allocator::controller`].
+pub struct NetworkAllocation {
     config: AllocatorConfig,
     errors: Arc<watch::Sender<Vec<AllocError>>>,
 }
 
-impl Controller for AllocationController {
-    type Key = ();
-    fn name(&self) -> &str {
-        "allocator"
-    }
-    fn keys(&self, _: &State) -> Vec<()> {
-        vec![()]
-    }
-    fn interest(&self, change: &Change) -> Interest<()> {
-        allocation_interest(change)
-    }
-    fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> ControllerPlan {
-        let p = plan(cx.state, &self.config);
+impl Allocate for NetworkAllocation {
+    fn allocate(&mut self, state: &State) -> Allocation {
+        let p = plan(state, &self.config);
         report(&self.errors, &p.errors);
-        let mut ops = p.transaction(cx.state).map(|tx| tx.ops).unwrap_or_default();
-        ops.extend(admit_new_tasks(cx.state, &blocked_services(cx.state, &p.errors), cx.now));
-        ControllerPlan { ops, wake_at: None }
+        Allocation {
+            ops: p.transaction(state).map(|tx| tx.ops).unwrap_or_default(),
+            blocked: blocked_services(state, &p.errors),
+        }
     }
 }
