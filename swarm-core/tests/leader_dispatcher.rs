@@ -9,9 +9,10 @@ use swarm_core::dispatcher::*;
 use swarm_core::manager::{Manager, ManagerConfig};
 use swarm_core::model::{NodeDescription, NodeState, Platform, Resources, TaskState, TaskStatus};
 use swarm_core::scheduler::FirstFit;
-use swarm_core::state::{Change, State, Transaction};
-use swarm_core::store::{MemStore, Store, StoreError, Watch};
 use tokio::sync::{mpsc, watch};
+
+mod common;
+use common::{Led, led};
 
 /// A dispatcher that records which calls reached it.
 #[derive(Clone)]
@@ -147,32 +148,6 @@ async fn every_call_goes_to_the_leader_of_the_moment() {
             "b:heartbeat y",
         ]
     );
-}
-
-/// MemStore whose leadership the test sets.
-struct Led {
-    inner: MemStore,
-    leader: watch::Sender<bool>,
-}
-
-#[async_trait]
-impl Store for Led {
-    async fn commit(&self, tx: Transaction) -> Result<Arc<Change>, StoreError> {
-        self.inner.commit(tx).await
-    }
-    async fn snapshot(&self) -> Result<Arc<State>, StoreError> {
-        self.inner.snapshot().await
-    }
-    async fn watch(&self, from: u64) -> Result<Watch, StoreError> {
-        self.inner.watch(from).await
-    }
-    fn leadership(&self) -> watch::Receiver<bool> {
-        self.leader.subscribe()
-    }
-}
-
-fn led(leading: bool) -> Arc<Led> {
-    Arc::new(Led { inner: MemStore::new(), leader: watch::channel(leading).0 })
 }
 
 fn manager(store: &Arc<Led>) -> Manager {

@@ -2,7 +2,6 @@
 //! store says this process leads, stop promptly when it does not, and stop
 //! when the manager is dropped.
 
-use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_core::cluster::Cluster;
@@ -10,35 +9,10 @@ use swarm_core::controller::{Context, Controller, Interest, Plan};
 use swarm_core::manager::{Manager, ManagerConfig, ManagerError};
 use swarm_core::model::{Node, Object, Resources, ServiceSpec, TaskState};
 use swarm_core::state::{Change, State, Transaction};
-use swarm_core::store::{MemStore, Store, StoreError, Watch};
+use swarm_core::store::{MemStore, Store};
 
 mod common;
-
-/// MemStore whose leadership the test sets.
-struct Led {
-    inner: MemStore,
-    leader: tokio::sync::watch::Sender<bool>,
-}
-
-#[async_trait]
-impl Store for Led {
-    async fn commit(&self, tx: Transaction) -> Result<Arc<Change>, StoreError> {
-        self.inner.commit(tx).await
-    }
-    async fn snapshot(&self) -> Result<Arc<State>, StoreError> {
-        self.inner.snapshot().await
-    }
-    async fn watch(&self, from: u64) -> Result<Watch, StoreError> {
-        self.inner.watch(from).await
-    }
-    fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.leader.subscribe()
-    }
-}
-
-fn led(leading: bool) -> Arc<Led> {
-    Arc::new(Led { inner: MemStore::new(), leader: tokio::sync::watch::channel(leading).0 })
-}
+use common::{Led, led};
 
 async fn add_node(store: &Led, i: usize) {
     store

@@ -122,3 +122,31 @@ impl Controller for Labeler {
         plan
     }
 }
+
+/// A MemStore whose leadership the test sets (`Store::leadership`), for
+/// the manager's leader-gating tests.
+pub struct Led {
+    pub inner: swarm_core::store::MemStore,
+    pub leader: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl swarm_core::store::Store for Led {
+    async fn commit(&self, tx: Transaction) -> Result<Arc<Change>, swarm_core::store::StoreError> {
+        self.inner.commit(tx).await
+    }
+    async fn snapshot(&self) -> Result<Arc<State>, swarm_core::store::StoreError> {
+        self.inner.snapshot().await
+    }
+    async fn watch(&self, from: u64) -> Result<swarm_core::store::Watch, swarm_core::store::StoreError> {
+        self.inner.watch(from).await
+    }
+    fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leader.subscribe()
+    }
+}
+
+/// A [`Led`] store, leading or not.
+pub fn led(leading: bool) -> Arc<Led> {
+    Arc::new(Led { inner: swarm_core::store::MemStore::new(), leader: tokio::sync::watch::channel(leading).0 })
+}
