@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use swarm_raft::{InboundLimits, RaftStore, RaftStoreConfig, Role, TcpTransport, TcpTransportConfig};
 use tokio::net::TcpListener;
@@ -14,13 +13,7 @@ async fn three_managers_over_tcp() {
     init_tracing();
     let tmp = tempfile::tempdir().expect("tempdir");
     let ids = [1u64, 2, 3];
-    let mut listeners = Vec::new();
-    let mut addrs = HashMap::new();
-    for id in ids {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        addrs.insert(id, l.local_addr().expect("addr"));
-        listeners.push(l);
-    }
+    let (listeners, addrs) = bind_loopback(&ids).await;
     let mut stores = Vec::new();
     let mut servers = Vec::new();
     for (id, listener) in ids.into_iter().zip(listeners) {

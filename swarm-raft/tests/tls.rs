@@ -59,13 +59,7 @@ async fn three_managers_elect_and_commit_over_mtls() {
     let ca = cluster_ca("c1");
     let tmp = tempfile::tempdir().expect("tempdir");
     let ids = [1u64, 2, 3];
-    let mut listeners = Vec::new();
-    let mut addrs = HashMap::new();
-    for id in ids {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        addrs.insert(id, l.local_addr().expect("addr"));
-        listeners.push(l);
-    }
+    let (listeners, addrs) = bind_loopback(&ids).await;
     let mut stores = Vec::new();
     let mut servers = Vec::new();
     let mut tlss = Vec::new();

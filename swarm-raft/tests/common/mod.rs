@@ -162,3 +162,18 @@ pub async fn read_retry(store: &RaftStore, within: Duration) -> Arc<swarm_core::
         }
     }
 }
+
+/// One loopback listener per raft id (on a free port), and the address map
+/// a `TcpTransportConfig` takes.
+pub async fn bind_loopback(
+    ids: &[u64],
+) -> (Vec<tokio::net::TcpListener>, std::collections::HashMap<u64, std::net::SocketAddr>) {
+    let mut listeners = Vec::new();
+    let mut addrs = std::collections::HashMap::new();
+    for &id in ids {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        addrs.insert(id, l.local_addr().expect("addr"));
+        listeners.push(l);
+    }
+    (listeners, addrs)
+}
