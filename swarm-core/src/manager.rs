@@ -93,7 +93,7 @@ pub struct ManagerBuilder {
     scheduler: Option<Box<dyn Scheduler>>,
     config: ManagerConfig,
     allocator: Option<Spawner>,
-    controllers: Vec<(String, Spawner)>,
+    controllers: Vec<Spawner>,
 }
 
 impl ManagerBuilder {
@@ -125,27 +125,20 @@ impl ManagerBuilder {
     /// Adds a controller of the embedder's, run beside the built-in ones
     /// while this manager leads. `make` builds a fresh one for each term of
     /// leadership (a new leader starts from the store, not from memory).
-    pub fn controller<C, F>(mut self, mut make: F) -> Self
+    pub fn controller<C, F>(mut self, make: F) -> Self
     where
         C: Controller,
         F: FnMut() -> C + Send + 'static,
     {
-        let name = make().name().to_string();
-        self.controllers.push((name, spawner(make)));
+        self.controllers.push(spawner(make));
         self
-    }
-
-    /// Names of the controllers added with [`ManagerBuilder::controller`].
-    pub fn controller_names(&self) -> Vec<&str> {
-        self.controllers.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     /// Starts the manager: its controllers run whenever the store says this
     /// process leads, and stop as soon as it does not.
     pub fn start(self) -> Result<Manager, ManagerError> {
         let scheduler = self.scheduler.ok_or(ManagerError::NoScheduler)?;
-        let extra = self.controllers.into_iter().map(|(_, s)| s).collect();
-        Ok(launch(self.store, scheduler, self.config, self.allocator, extra))
+        Ok(launch(self.store, scheduler, self.config, self.allocator, self.controllers))
     }
 }
 
