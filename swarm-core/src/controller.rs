@@ -76,7 +76,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-pub use crate::orchestrator::Plan;
+/// What one reconcile decided: the operations to commit (in chunks of at
+/// most `max_tx_ops`, in order) and when to reconcile the key again even if
+/// nothing changes.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Operations to commit.
+    pub ops: Vec<Op>,
+    /// When to reconcile this key again even if nothing changes.
+    pub wake_at: Option<Timestamp>,
+}
 
 /// Which keys a change concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,14 +11,7 @@ use crate::time::Timestamp;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// What one reconcile pass wants done.
-#[derive(Debug, Default)]
-pub struct Plan {
-    /// Operations to commit in one transaction.
-    pub ops: Vec<Op>,
-    /// When to reconcile this service again even if nothing changes.
-    pub wake_at: Option<Timestamp>,
-}
+pub use crate::controller::Plan;
 
 /// A slot: a replica number, or a node for global services.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
