@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 use swarm_core::cluster::Cluster;
-use swarm_core::controller::{Context, Controller, Interest, Plan};
 use swarm_core::manager::{Manager, ManagerConfig, ManagerError};
 use swarm_core::model::{Node, Object, Resources, ServiceSpec, TaskState};
-use swarm_core::state::{Change, State, Transaction};
+use swarm_core::state::{State, Transaction};
 use swarm_core::store::{MemStore, Store};
 
 mod common;
@@ -94,30 +93,19 @@ async fn a_memstore_always_leads_and_a_builder_needs_a_scheduler() {
 /// embedder's they are created NEW and wait for it.
 #[tokio::test(start_paused = true)]
 async fn tasks_start_pending_with_the_default_allocator_and_new_with_another() {
-    use swarm_core::allocator::admit_new_tasks;
+    use swarm_core::allocator::{Allocate, Allocation, TaskAllocator};
     use swarm_core::state::Action;
 
-    /// An allocator that admits only tasks of services labelled `ok`.
+    /// An allocation that blocks every service not labelled `ok`.
     struct Picky;
-    impl Controller for Picky {
-        type Key = ();
-        fn name(&self) -> &str {
-            "picky"
-        }
-        fn keys(&self, _: &State) -> Vec<()> {
-            vec![()]
-        }
-        fn interest(&self, _: &Change) -> Interest<()> {
-            Interest::Keys(vec![()])
-        }
-        fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
-            let blocked = cx
-                .state
+    impl Allocate for Picky {
+        fn allocate(&mut self, state: &State) -> Allocation {
+            let blocked = state
                 .services()
                 .filter(|s| !s.spec.labels.contains_key("ok"))
                 .map(|s| (s.id.clone(), "not labelled ok".to_string()))
                 .collect();
-            Plan { ops: admit_new_tasks(cx.state, &blocked, cx.now), wake_at: None }
+            Allocation { ops: Vec::new(), blocked }
         }
     }
 
@@ -126,7 +114,7 @@ async fn tasks_start_pending_with_the_default_allocator_and_new_with_another() {
         let mut watch = store.watch(0).await.unwrap();
         let mut b = Manager::builder(store.clone()).scheduler(Box::new(common::LeastLoaded));
         if custom {
-            b = b.allocator(|| Picky);
+            b = b.allocator(|| TaskAllocator(Picky));
         }
         let _m = b.start().unwrap();
         let cluster = Cluster::with_seed(store.clone(), 2);
