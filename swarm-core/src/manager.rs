@@ -40,7 +40,7 @@ use crate::orchestrator::reconcile_service;
 use crate::scheduler::{ClusterView, Decision, Scheduler, TaskRequest};
 use crate::state::{Action, Change, Op, State};
 use crate::store::{Store, StoreError};
-use crate::time::{self, Timestamp};
+use crate::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -338,8 +338,6 @@ pub struct PassOutcome {
     pub placed: usize,
     /// Tasks left pending (unschedulable).
     pub unplaced: usize,
-    /// The commit hit a version conflict: nothing was written, run again.
-    pub conflicted: bool,
 }
 
 /// A scheduling pass's decisions as store operations: every pending task
@@ -406,24 +404,6 @@ pub fn plan_schedule(state: &State, scheduler: &mut dyn Scheduler, now: Timestam
         ops.push(Op::Update(Object::Task(t)));
     }
     (ops, out)
-}
-
-/// One scheduling pass over every pending task: [`plan_schedule`] on a
-/// fresh snapshot, then the commit.
-pub async fn schedule_pass(
-    store: &dyn Store,
-    scheduler: &mut dyn Scheduler,
-    max_tx_ops: usize,
-) -> Result<PassOutcome, StoreError> {
-    let state = store.snapshot().await?;
-    let (ops, out) = plan_schedule(&state, scheduler, time::now());
-    match controller::commit_chunks(store, ops, max_tx_ops).await {
-        Ok(()) => Ok(out),
-        Err(e) if e.is_conflict() => {
-            Ok(PassOutcome { placed: 0, unplaced: out.placed + out.unplaced, conflicted: true })
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// The orchestrator on the controller runtime: one key per service,
