@@ -238,9 +238,12 @@ impl Cluster {
                 c.spec = spec.clone();
                 Some(Transaction::new().update(c))
             }
-            None => {
-                Some(Transaction::new().create(Cluster_ { id: id.clone(), meta: Meta::default(), spec: spec.clone() }))
-            }
+            None => Some(Transaction::new().create(Cluster_ {
+                id: id.clone(),
+                meta: Meta::default(),
+                spec: spec.clone(),
+                security: Default::default(),
+            })),
         })
         .await?;
         Ok(())

@@ -23,6 +23,8 @@ pub mod controller;
 pub mod discovery;
 pub mod dispatcher;
 pub mod feasibility;
+#[cfg(feature = "io")]
+pub mod frame;
 pub mod harness;
 pub mod id;
 pub mod image;

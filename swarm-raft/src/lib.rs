@@ -35,7 +35,8 @@
 #![allow(clippy::field_reassign_with_default)] // protobuf messages are built field by field
 
 mod error;
-pub mod frame;
+/// Length-prefixed frames (moved to [`swarm_core::frame`], shared with the node API).
+pub use swarm_core::frame;
 mod guard;
 mod logger;
 mod node;

@@ -35,6 +35,7 @@ pub mod files;
 pub mod identity;
 pub mod renewal;
 pub mod role;
+pub mod rpc;
 mod time_conv;
 pub mod tls;
 pub mod token;

@@ -149,6 +149,7 @@ fn provider() -> Arc<CryptoProvider> {
 pub struct NodeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     policy: PeerPolicy,
+    mandatory: bool,
 }
 
 impl NodeClientVerifier {
@@ -157,7 +158,17 @@ impl NodeClientVerifier {
     /// server configuration instead of [`server_config`].
     pub fn new(roots: Arc<RootCertStore>, policy: PeerPolicy) -> Result<Self, TlsError> {
         let inner = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
-        Ok(NodeClientVerifier { inner, policy })
+        Ok(NodeClientVerifier { inner, policy, mandatory: true })
+    }
+
+    /// Like [`NodeClientVerifier::new`], but a client may also present no
+    /// certificate at all (a node that has not joined yet, fetching the CA
+    /// certificate or sending its CSR). A certificate that *is* presented
+    /// must still pass every check; the listener's handlers decide what an
+    /// anonymous peer may call.
+    pub fn optional(roots: Arc<RootCertStore>, policy: PeerPolicy) -> Result<Self, TlsError> {
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider()).allow_unauthenticated().build()?;
+        Ok(NodeClientVerifier { inner, policy, mandatory: false })
     }
 }
 
@@ -166,6 +177,10 @@ fn unix_to_system(now: UnixTime) -> SystemTime {
 }
 
 impl ClientCertVerifier for NodeClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -228,6 +243,40 @@ pub fn server_config(creds: &TlsCredentials, policy: PeerPolicy) -> Result<Arc<S
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(vec![creds.cert.clone()], creds.key.clone_key())
         .map_err(|source| TlsError::Rustls { what: "server certificate and key", source })?;
+    Ok(Arc::new(config))
+}
+
+/// A TLS 1.3 server configuration presenting `creds` where a client
+/// certificate, when presented, must be admitted by `policy`, and a client
+/// may also come without one (see [`NodeClientVerifier::optional`]). The
+/// node API listener uses it: joining nodes have no certificate yet.
+pub fn server_config_optional_client(
+    creds: &TlsCredentials,
+    policy: PeerPolicy,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = NodeClientVerifier::optional(creds.roots()?, policy)?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls { what: "server protocol versions", source })?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(vec![creds.cert.clone()], creds.key.clone_key())
+        .map_err(|source| TlsError::Rustls { what: "server certificate and key", source })?;
+    Ok(Arc::new(config))
+}
+
+/// A TLS 1.3 client configuration trusting only the CA certificate
+/// `ca_cert_pem` and presenting no certificate: what a joining node uses
+/// to send its CSR once it has checked the CA against its token.
+pub fn anonymous_client_config(ca_cert_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    let ca_cert = CertificateDer::from_pem_slice(ca_cert_pem.as_bytes())
+        .map_err(|e| TlsError::Pem { what: "CA certificate", reason: e.to_string() })?;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_cert).map_err(|source| TlsError::Rustls { what: "root store from the CA certificate", source })?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls { what: "client protocol versions", source })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 

@@ -1,7 +1,9 @@
-use super::Meta;
-use crate::id::ClusterId;
+use super::{Meta, SecretBytes};
+use crate::id::{ClusterId, NodeId};
 use crate::time::SpecDuration;
+use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Cluster-wide settings. There is one Cluster object, named "default".
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
@@ -13,6 +15,31 @@ pub struct Cluster {
     pub meta: Meta,
     /// Settings.
     pub spec: ClusterSpec,
+    /// The security plane's state: CA, join tokens, removed nodes. Empty
+    /// for a cluster without one (in-process clusters).
+    pub security: ClusterSecurity,
+}
+
+/// The replicated state of a cluster's security plane (written by
+/// `swarm-security`; see docs/security.md). The CA key and the tokens are
+/// [`SecretBytes`]: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterSecurity {
+    /// PEM of the root CA certificate nodes trust.
+    pub ca_cert_pem: String,
+    /// PEM of the root CA's signing key (empty with an external CA).
+    pub ca_key_pem: SecretBytes,
+    /// The worker join token (`SWMTKN-1-...`).
+    pub worker_token: SecretBytes,
+    /// The manager join token.
+    pub manager_token: SecretBytes,
+    /// Lifetime of the node certificates the CA issues (0: the default,
+    /// 90 days).
+    pub node_cert_lifetime: SpecDuration,
+    /// Removed nodes, whose certificates are refused from then on, with
+    /// the time the removal was recorded.
+    pub removed_nodes: BTreeMap<NodeId, Timestamp>,
 }
 
 /// Cluster settings, with Swarm's defaults.

@@ -17,6 +17,23 @@ pub struct Node {
     pub description: NodeDescription,
     /// What the managers observe about the node.
     pub status: NodeStatus,
+    /// For a manager of a networked cluster: its raft id and the addresses
+    /// the other nodes reach it at. `None` for workers and for managers of
+    /// an in-process cluster.
+    pub manager: Option<ManagerStatus>,
+}
+
+/// Where a manager is reached, recorded in its Node object so that every
+/// manager can find its raft peers and every worker the managers.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ManagerStatus {
+    /// The manager's raft id (random, non-zero, unique in the cluster).
+    pub raft_id: u64,
+    /// `host:port` of its raft listener.
+    pub raft_addr: String,
+    /// `host:port` of its node API listener (dispatcher, control API, join).
+    pub api_addr: String,
 }
 
 /// The operator-owned part of a node.
@@ -125,6 +142,7 @@ impl Node {
                 engine_labels: Labels::new(),
             },
             status: NodeStatus { state: NodeState::Ready, ..Default::default() },
+            manager: None,
         }
     }
 

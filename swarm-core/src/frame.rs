@@ -10,7 +10,7 @@
 //! format over any tokio stream (TCP today, TLS later).
 //!
 //! ```
-//! use swarm_raft::frame::FrameDecoder;
+//! use swarm_core::frame::FrameDecoder;
 //! let mut d = FrameDecoder::new(1024);
 //! let wire = [0, 0, 0, 3, b'a', b'b', b'c', 0, 0];
 //! let (used, frame) = d.feed(&wire).unwrap();
@@ -314,6 +314,6 @@ mod tests {
 
     #[test]
     fn arbitrary_bytes_fresh_seed() {
-        fuzz_bytes(swarm_core::harness::test_seed("frame::tests::arbitrary_bytes_fresh_seed"));
+        fuzz_bytes(crate::harness::test_seed("frame::tests::arbitrary_bytes_fresh_seed"));
     }
 }
