@@ -621,6 +621,9 @@ impl<T: DeserializeOwned> RpcStream<T> {
 impl RpcClient {
     /// A client of the server at `addr`, which must present a certificate
     /// valid for `server_name` under `tls`'s roots (managers: `swarm-manager`).
+    // RpcError is returned once per call, never in a hot loop: its size
+    // does not matter, and boxing a variant would change the public enum.
+    #[allow(clippy::result_large_err)]
     pub fn new(addr: SocketAddr, server_name: &str, tls: Arc<Reloadable<ClientConfig>>) -> Result<Self, RpcError> {
         let server_name = ServerName::try_from(server_name.to_owned()).map_err(|e| RpcError::Connect {
             addr: addr.to_string(),
@@ -714,6 +717,9 @@ impl RpcClient {
         })
     }
 
+    // RpcError is returned once per call, never in a hot loop: its size
+    // does not matter, and boxing a variant would change the public enum.
+    #[allow(clippy::result_large_err)]
     fn request(&self, method: &str, req: &impl Serialize) -> Result<Request, RpcError> {
         let body = serde_json::to_value(req).map_err(|e| RpcError::Protocol {
             addr: self.addr.clone(),
