@@ -190,9 +190,8 @@ impl Owners {
     }
 
     fn forget(&mut self, session_id: &str) {
-        if let Some(node) = self.by_session.remove(session_id)
-            && self.by_node.get(&node).map(String::as_str) == Some(session_id)
-        {
+        let Some(node) = self.by_session.remove(session_id) else { return };
+        if self.by_node.get(&node).map(String::as_str) == Some(session_id) {
             self.by_node.remove(&node);
         }
     }
@@ -590,10 +589,10 @@ impl RemoteDispatcher {
             let Some(addr) = route.current.clone() else {
                 return Err((String::new(), "no manager address is known".to_owned()));
             };
-            if let Some((a, c)) = &route.client
-                && *a == addr
-            {
-                return Ok((addr, c.clone()));
+            if let Some((a, c)) = &route.client {
+                if *a == addr {
+                    return Ok((addr, c.clone()));
+                }
             }
             addr
         };
