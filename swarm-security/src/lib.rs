@@ -31,6 +31,7 @@
 //! ```
 
 pub mod ca;
+pub mod dispatch;
 pub mod files;
 pub mod identity;
 pub mod renewal;

@@ -310,7 +310,9 @@ pub struct RpcServer;
 
 impl RpcServer {
     /// Accepts connections on `listener` until the task is dropped or
-    /// aborted, serving each with `router`.
+    /// aborted, serving each with `router`. Dropping or aborting it also
+    /// ends the connections it accepted (streams included): a manager that
+    /// stops serving is gone for its clients, which then go elsewhere.
     pub async fn serve(
         listener: TcpListener,
         tls: Arc<Reloadable<ServerConfig>>,
@@ -318,7 +320,10 @@ impl RpcServer {
         limits: ServerLimits,
     ) {
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        // Owned by this future: dropping it aborts every connection task.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
+            while connections.try_join_next().is_some() {}
             let Ok(permit) = slots.clone().acquire_owned().await else { return };
             let (tcp, addr) = match listener.accept().await {
                 Ok(a) => a,
@@ -332,7 +337,7 @@ impl RpcServer {
             let acceptor = TlsAcceptor::from(tls.get());
             let router = router.clone();
             let handshake = limits.handshake_timeout;
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let _permit = permit;
                 let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -616,6 +621,9 @@ impl<T: DeserializeOwned> RpcStream<T> {
 impl RpcClient {
     /// A client of the server at `addr`, which must present a certificate
     /// valid for `server_name` under `tls`'s roots (managers: `swarm-manager`).
+    // RpcError is returned once per call, never in a hot loop: its size
+    // does not matter, and boxing a variant would change the public enum.
+    #[allow(clippy::result_large_err)]
     pub fn new(addr: SocketAddr, server_name: &str, tls: Arc<Reloadable<ClientConfig>>) -> Result<Self, RpcError> {
         let server_name = ServerName::try_from(server_name.to_owned()).map_err(|e| RpcError::Connect {
             addr: addr.to_string(),
@@ -709,6 +717,9 @@ impl RpcClient {
         })
     }
 
+    // RpcError is returned once per call, never in a hot loop: its size
+    // does not matter, and boxing a variant would change the public enum.
+    #[allow(clippy::result_large_err)]
     fn request(&self, method: &str, req: &impl Serialize) -> Result<Request, RpcError> {
         let body = serde_json::to_value(req).map_err(|e| RpcError::Protocol {
             addr: self.addr.clone(),

@@ -135,8 +135,9 @@ pub struct Assignments {
     pub configs: Vec<Config>,
 }
 
-/// Why a session call failed.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+/// Why a session call failed. Serializable so that a network transport
+/// can carry it to the worker unchanged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum DispatchError {
     /// The session is unknown or expired: open a new one.
     #[error("session {0} is unknown or expired")]
