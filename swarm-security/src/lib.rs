@@ -31,6 +31,8 @@
 //! ```
 
 pub mod ca;
+pub mod ca_service;
+pub mod castore;
 pub mod files;
 pub mod identity;
 pub mod renewal;
