@@ -35,6 +35,7 @@ pub mod ca_service;
 pub mod castore;
 pub mod files;
 pub mod identity;
+pub mod join;
 pub mod renewal;
 pub mod role;
 pub mod rpc;
