@@ -25,6 +25,43 @@
 //! [`crate::renewal`] says it is due, calls [`renew`] with a client that
 //! presents its current certificate: a new key and CSR, the same node id,
 //! the role the managers now give it.
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::SystemTime;
+//! use swarm_core::store::{MemStore, Store};
+//! use swarm_security::ca::NodeCsr;
+//! use swarm_security::ca_service::CaService;
+//! use swarm_security::castore::{self, DenyList, SecurityOptions};
+//! use swarm_security::files::NodeFiles;
+//! use swarm_security::role::Role;
+//! use swarm_security::rpc::{Reloadable, Router, RpcServer, ServerLimits};
+//! use swarm_security::tls::{server_config_optional_client, PeerPolicy, TlsCredentials};
+//!
+//! // A manager: the CA and tokens in its store, the `ca` service on its
+//! // node API listener, removed nodes refused by the gate.
+//! let store: Arc<dyn Store> = Arc::new(MemStore::new());
+//! let (ca, tokens) = castore::init_security(&*store, "c1", SecurityOptions::default()).await?;
+//! let csr = NodeCsr::generate("m1")?;
+//! let cert = ca.sign_node_csr(csr.csr_pem(), "m1", Role::Manager, None, SystemTime::now())?;
+//! let creds = TlsCredentials::from_pem(ca.cert_pem(), cert.cert_pem(), &csr.key_pem())?;
+//! let (deny, _follower) = DenyList::start(store.clone()).await?;
+//! let router = Router::new().route("ca", Arc::new(CaService::new(store.clone()))).gate(deny);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let tls = Reloadable::new(server_config_optional_client(&creds, PeerPolicy::nodes("c1"))?);
+//! tokio::spawn(RpcServer::serve(listener, tls, Arc::new(router), ServerLimits::default()));
+//!
+//! // A new node, with the worker token and an empty directory.
+//! let dir = tempfile::tempdir()?;
+//! let files = NodeFiles::new(dir.path());
+//! let node = swarm_security::join::join(addr, &tokens.worker().to_string(), Role::Worker, &files).await?;
+//! assert_eq!(node.role, Role::Worker);
+//! assert_eq!(node.identity()?.cluster_id, "c1");
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 use std::net::SocketAddr;

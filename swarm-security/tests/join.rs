@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use swarm_core::model::{Node, NodeRole, Resources};
 use swarm_core::state::Transaction;
 use swarm_core::store::{MemStore, Store};
-use swarm_security::ca::{ClusterCa, NodeCsr};
+use swarm_security::ca::{ClusterCa, NodeCsr, SigningPolicy};
 use swarm_security::ca_service::{
     CaRefusal, CaService, IssueRequest, IssueResponse, JoinTokensResponse, RotateRequest,
 };
@@ -50,8 +50,12 @@ impl Drop for Manager {
 }
 
 async fn manager() -> Manager {
+    manager_with(SecurityOptions::default(), SigningPolicy::default()).await
+}
+
+async fn manager_with(opts: SecurityOptions, policy: SigningPolicy) -> Manager {
     let store = MemStore::new();
-    let (ca, tokens) = castore::init_security(&store, CLUSTER, SecurityOptions::default()).await.unwrap();
+    let (ca, tokens) = castore::init_security(&store, CLUSTER, opts).await.unwrap();
     let csr = NodeCsr::generate("manager-1").unwrap();
     let cert = ca.sign_node_csr(csr.csr_pem(), "manager-1", Role::Manager, None, SystemTime::now()).unwrap();
     let creds = TlsCredentials::from_pem(ca.cert_pem(), cert.cert_pem(), &csr.key_pem()).unwrap();
@@ -59,7 +63,7 @@ async fn manager() -> Manager {
 
     let shared: Arc<dyn Store> = Arc::new(store.clone());
     let (deny, follower) = DenyList::start(shared.clone()).await.unwrap();
-    let router = Router::new().route("ca", Arc::new(CaService::new(shared))).gate(deny.clone());
+    let router = Router::new().route("ca", Arc::new(CaService::new(shared).with_policy(policy))).gate(deny.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server =
@@ -334,6 +338,34 @@ async fn renew_after_a_promotion_gives_a_manager_certificate() {
         let id = NodeIdentity::from_pem(&renewed.cert_pem).unwrap();
         assert_eq!((id.role, id.cluster_id.as_str()), (Role::Manager, CLUSTER));
         assert_eq!(JoinedNode::load(&files).unwrap().role, Role::Manager);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_lifetime_comes_from_the_store() {
+    within(async {
+        // Seconds-long certificates, as tests of expiry need: the store asks
+        // for 30 s and the service's policy allows it.
+        let opts = SecurityOptions { node_cert_lifetime: Some(Duration::from_secs(30)), ..SecurityOptions::default() };
+        let policy = SigningPolicy { min_lifetime: Duration::from_secs(1), ..SigningPolicy::default() };
+        let m = manager_with(opts.clone(), policy).await;
+        let dir = tempfile::tempdir().unwrap();
+        let node = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &NodeFiles::new(dir.path()))
+            .await
+            .unwrap();
+        let left = node.identity().unwrap().not_after.duration_since(SystemTime::now()).unwrap();
+        assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(20), "{left:?}");
+
+        // With the production policy (at least 1 hour) the CA refuses.
+        let m = manager_with(opts, SigningPolicy::default()).await;
+        let err = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &NodeFiles::new(dir.path()))
+            .await
+            .unwrap_err();
+        match refusal(&err) {
+            CaRefusal::Signing { detail } => assert!(detail.contains("shorter than the minimum"), "{detail}"),
+            other => panic!("{other}"),
+        }
     })
     .await
 }
