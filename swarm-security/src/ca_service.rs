@@ -66,7 +66,7 @@ pub enum CaRefusal {
     #[error("token is not valid (rotated?)")]
     InvalidSecret,
     /// The role asked for is not the token's.
-    #[error("the {token} token cannot join as a {requested}")]
+    #[error("the {token} token cannot join as {} {requested}", article(*requested))]
     RoleMismatch {
         /// The token's role.
         #[serde(with = "wire_role")]
@@ -97,6 +97,11 @@ pub enum CaRefusal {
         /// The CA's error.
         detail: String,
     },
+}
+
+/// "a" or "an" before a role's name.
+fn article(role: Role) -> &'static str {
+    if role.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
 }
 
 impl CaRefusal {
@@ -394,7 +399,11 @@ impl Handler for CaService {
                 let state = self.state().await?;
                 let ca = self.ca(&state)?;
                 let who = require_manager(peer, "ca.rotate_join_token", ca.cluster_id())?;
-                let tokens = castore::rotate_join_token(&*self.store, req.role).await.map_err(store_fault)?;
+                let tokens = castore::rotate_join_token(&*self.store, req.role).await.map_err(|e| match e {
+                    // A role without a join token (operators, once they exist).
+                    CaStoreError::Token(e) => Fault::new(Code::BadRequest, format!("ca.rotate_join_token: {e}")),
+                    other => store_fault(other),
+                })?;
                 tracing::info!(role = %req.role, by = ?who.map(|i| &i.node_id), "join token rotated");
                 Reply::unary(&tokens_response(&tokens))
             }
