@@ -369,3 +369,73 @@ async fn the_certificate_lifetime_comes_from_the_store() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_for_managers_and_the_local_socket_only() {
+    within(async {
+        let m = manager().await;
+        let empty = serde_json::json!({});
+        let err = m.anonymous_client().call::<_, JoinTokensResponse>("ca.join_tokens", &empty).await.unwrap_err();
+        assert_eq!(err.fault().map(|f| f.code), Some(Code::Unauthenticated), "{err}");
+        let ours: JoinTokensResponse = m.manager_client().call("ca.join_tokens", &empty).await.unwrap();
+        assert_eq!(ours.worker, m.tokens.worker().to_string());
+
+        // The manager's local socket is an operator's: it may rotate.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("swarm.sock");
+        let router = Router::new().route("ca", Arc::new(CaService::new(Arc::new(m.store.clone()))));
+        let server = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                let _ = RpcServer::serve_unix(&path, Arc::new(router)).await;
+            })
+        };
+        let local = RpcClient::unix(&path).with_timeout(Duration::from_secs(5));
+        let mut rotated = None;
+        for _ in 0..100 {
+            // The socket appears once the server task has bound it.
+            match local
+                .call::<_, JoinTokensResponse>("ca.rotate_join_token", &RotateRequest { role: Role::Worker })
+                .await
+            {
+                Ok(t) => {
+                    rotated = Some(t);
+                    break;
+                }
+                Err(e) if e.is_unreachable() => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let rotated = rotated.expect("the local socket answered");
+        assert_ne!(rotated.worker, ours.worker);
+        assert_eq!(rotated.manager, ours.manager);
+        server.abort();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_its_id_only_when_its_certificate_proves_it() {
+    within(async {
+        let m = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let node = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &NodeFiles::new(dir.path()))
+            .await
+            .unwrap();
+        let ask = |token: String, role: Role| IssueRequest {
+            token,
+            csr_pem: NodeCsr::generate("x").unwrap().csr_pem().to_owned(),
+            role,
+            node_id: Some(node.node_id.clone()),
+        };
+        // Without its certificate, asking for its id gets a new one.
+        let stranger: IssueResponse =
+            m.anonymous_client().call("ca.issue", &ask(m.tokens.worker().to_string(), Role::Worker)).await.unwrap();
+        assert_ne!(stranger.node_id, node.node_id);
+        // With it, the manager token makes the same node a manager.
+        let same: IssueResponse =
+            m.client_as(&node).call("ca.issue", &ask(m.tokens.manager().to_string(), Role::Manager)).await.unwrap();
+        assert_eq!((same.node_id.as_str(), same.role), (node.node_id.as_str(), Role::Manager));
+    })
+    .await
+}
