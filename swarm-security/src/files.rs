@@ -42,6 +42,9 @@ use rustls_pki_types::pem::PemObject;
 pub const CERT_FILE: &str = "node.crt";
 /// The key's file name.
 pub const KEY_FILE: &str = "node.key";
+/// The cluster root CA certificate's file name (written beside the node's
+/// certificate when it joins; public, but kept 0600 like the rest).
+pub const CA_FILE: &str = "ca.crt";
 
 /// Why the files could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -130,17 +133,39 @@ impl NodeFiles {
         self.dir.join(KEY_FILE)
     }
 
+    /// The CA certificate's path.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.dir.join(CA_FILE)
+    }
+
+    fn create_dir(&self) -> Result<(), FilesError> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(io("create directory", &self.dir))
+    }
+
     /// Writes the key, then the certificate, each atomically with mode 0600.
     pub fn write(&self, cert_pem: &str, key_pem: &str) -> Result<(), FilesError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(io("create directory", &self.dir))?;
+        self.create_dir()?;
         self.write_atomic(KEY_FILE, key_pem.as_bytes())?;
         self.write_atomic(CERT_FILE, cert_pem.as_bytes())?;
         tracing::debug!(dir = %self.dir.display(), "wrote node certificate and key");
         Ok(())
+    }
+
+    /// Writes the cluster's root CA certificate (`ca.crt`) atomically with
+    /// mode 0600, checking first that it is a PEM X.509 certificate.
+    pub fn write_ca_cert(&self, ca_cert_pem: &str) -> Result<(), FilesError> {
+        let path = self.ca_cert_path();
+        parse_cert(&path, ca_cert_pem)?;
+        self.create_dir()?;
+        self.write_atomic(CA_FILE, ca_cert_pem.as_bytes())
+    }
+
+    /// Reads the root CA certificate back (PEM), checking that it parses.
+    pub fn read_ca_cert(&self) -> Result<String, FilesError> {
+        let path = self.ca_cert_path();
+        let pem = fs::read_to_string(&path).map_err(io("read", &path))?;
+        parse_cert(&path, &pem)?;
+        Ok(pem)
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), FilesError> {
@@ -190,6 +215,13 @@ impl NodeFiles {
         }
         Ok(NodeCredentials { cert_pem, key_pem })
     }
+}
+
+fn parse_cert(path: &Path, pem: &str) -> Result<(), FilesError> {
+    let invalid = |reason: String| FilesError::Invalid { path: path.to_owned(), what: "certificate", reason };
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    x509_parser::parse_x509_certificate(&der).map_err(|e| invalid(e.to_string()))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -283,5 +315,20 @@ mod tests {
         files.write(&cert, &key).unwrap();
         fs::set_permissions(files.key_path(), fs::Permissions::from_mode(0o640)).unwrap();
         assert!(matches!(files.read(), Err(FilesError::InsecurePermissions { mode: 0o640, .. })));
+    }
+
+    #[test]
+    fn the_ca_certificate_is_written_beside_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        let files = NodeFiles::new(&dir);
+        let ca = ClusterCa::generate("c", Duration::from_secs(86_400)).unwrap();
+        files.write_ca_cert(ca.cert_pem()).unwrap();
+        assert_eq!(mode(&files.ca_cert_path()), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(files.read_ca_cert().unwrap(), ca.cert_pem());
+        let err = files.write_ca_cert("not a certificate").unwrap_err();
+        assert!(matches!(err, FilesError::Invalid { what: "certificate", .. }), "{err}");
+        assert_eq!(files.read_ca_cert().unwrap(), ca.cert_pem(), "a bad write changes nothing");
     }
 }

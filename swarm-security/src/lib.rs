@@ -31,9 +31,12 @@
 //! ```
 
 pub mod ca;
+pub mod ca_service;
+pub mod castore;
 pub mod dispatch;
 pub mod files;
 pub mod identity;
+pub mod join;
 pub mod renewal;
 pub mod role;
 pub mod rpc;

@@ -207,6 +207,17 @@ impl JoinTokens {
         Ok(JoinTokens { worker: JoinToken::generate(ca_cert_der)?, manager: JoinToken::generate(ca_cert_der)? })
     }
 
+    /// The tokens as kept in the store, parsed back; both must pin the
+    /// same CA.
+    pub fn parse(worker: &str, manager: &str) -> Result<Self, TokenError> {
+        let worker = JoinToken::parse(worker)?;
+        let manager = JoinToken::parse(manager)?;
+        if worker.ca_digest != manager.ca_digest {
+            return Err(TokenError::CaMismatch);
+        }
+        Ok(JoinTokens { worker, manager })
+    }
+
     /// The worker token.
     pub fn worker(&self) -> &JoinToken {
         &self.worker
@@ -324,5 +335,15 @@ mod tests {
         assert_eq!(tokens.worker().ca_digest(), ca_digest(CA));
         let w2 = tokens.worker().to_string();
         assert_eq!(tokens.role_for(&w2), Ok(Role::Worker));
+    }
+
+    #[test]
+    fn tokens_parse_back_from_their_text() {
+        let tokens = JoinTokens::generate(CA).unwrap();
+        let (w, m) = (tokens.worker().to_string(), tokens.manager().to_string());
+        assert_eq!(JoinTokens::parse(&w, &m).unwrap(), tokens);
+        let other = JoinTokens::generate(b"other CA").unwrap().manager().to_string();
+        assert_eq!(JoinTokens::parse(&w, &other), Err(TokenError::CaMismatch));
+        assert!(matches!(JoinTokens::parse("SWMTKN-1", &m), Err(TokenError::Format { parts: 2 })));
     }
 }

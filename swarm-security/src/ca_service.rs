@@ -1,0 +1,436 @@
+//! The `ca` service of the node API ([`crate::rpc`]): every manager serves
+//! it, since the CA key is in the replicated store and any manager can
+//! sign.
+//!
+//! | method | who | request -> answer |
+//! |--------|-----|-------------------|
+//! | `ca.root_ca` | anyone, even without a certificate | `{}` -> [`RootCaResponse`] |
+//! | `ca.issue` | anyone with a join token | [`IssueRequest`] -> [`IssueResponse`] |
+//! | `ca.renew` | a node of this cluster (its certificate) | [`RenewRequest`] -> [`IssueResponse`] |
+//! | `ca.join_tokens` | managers, the local socket | `{}` -> [`JoinTokensResponse`] |
+//! | `ca.rotate_join_token` | managers, the local socket | [`RotateRequest`] -> [`JoinTokensResponse`] |
+//!
+//! `issue` checks the token against the store's current state: it must
+//! parse, pin the current root CA (else [`CaRefusal::WrongCa`]), carry the
+//! current worker or manager secret (compared in constant time; else
+//! [`CaRefusal::InvalidSecret`], which is also what a rotated-away token
+//! gets), and its role must be the role asked for
+//! ([`CaRefusal::RoleMismatch`]). The CA then gives the node a fresh
+//! random id (25 base-36 characters, as Swarm's) and signs the CSR:
+//! CN = node id, OU = role, O = cluster id are the CA's, only the public
+//! key comes from the CSR. The lifetime is the store's
+//! `security.node_cert_lifetime` (0: 90 days).
+//!
+//! `renew` signs a CSR for the caller's own node id. The role is the one
+//! its Node object gives (so a promotion or demotion takes effect at the
+//! next renewal), or its current certificate's when it has no Node
+//! object. A node on the deny-list is refused ([`CaRefusal::Removed`]).
+//!
+//! Refusals are [`Code::Service`] faults whose detail is a [`CaRefusal`]
+//! ([`Fault::detail_as`]). Registering the node in the store is not this
+//! service's business: the dispatcher does it when the node connects.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use swarm_core::state::State;
+use swarm_core::store::Store;
+
+use crate::ca::{CaError, ClusterCa, SigningPolicy};
+use crate::castore::{self, CaStoreError};
+use crate::identity::NodeIdentity;
+use crate::role::Role;
+use crate::rpc::{Code, Fault, Handler, Peer, Reply, body};
+use crate::token::{JoinToken, TokenError};
+
+/// The service's name on a [`Router`](crate::rpc::Router).
+pub const SERVICE: &str = "ca";
+
+/// Why the CA refused a request: the `detail` of its faults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum CaRefusal {
+    /// The token does not parse.
+    #[error("join token is malformed: {detail}")]
+    MalformedToken {
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The token pins another root CA.
+    #[error("token is for another CA")]
+    WrongCa,
+    /// The token's secret is neither the current worker nor manager one.
+    #[error("token is not valid (rotated?)")]
+    InvalidSecret,
+    /// The role asked for is not the token's.
+    #[error("the {token} token cannot join as {} {requested}", article(*requested))]
+    RoleMismatch {
+        /// The token's role.
+        #[serde(with = "wire_role")]
+        token: Role,
+        /// The role asked for.
+        #[serde(with = "wire_role")]
+        requested: Role,
+    },
+    /// The node is on the deny-list.
+    #[error("node {node_id} was removed from the cluster; its certificate is no longer accepted")]
+    Removed {
+        /// The node.
+        node_id: String,
+    },
+    /// The certificate presented is of another cluster.
+    #[error("the certificate of node {node_id} is for cluster {found:?}, this CA is for {expected:?}")]
+    WrongCluster {
+        /// The node.
+        node_id: String,
+        /// This CA's cluster.
+        expected: String,
+        /// The certificate's.
+        found: String,
+    },
+    /// The CSR could not be used, or the CA could not sign.
+    #[error("cannot issue the certificate: {detail}")]
+    Signing {
+        /// The CA's error.
+        detail: String,
+    },
+}
+
+/// "a" or "an" before a role's name.
+fn article(role: Role) -> &'static str {
+    if role.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+}
+
+impl CaRefusal {
+    fn fault(self) -> Fault {
+        Fault::service(self.to_string(), &self)
+    }
+}
+
+/// Serde for a [`Role`] as its OU text (`manager` | `worker`).
+mod wire_role {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::role::Role;
+
+    pub fn serialize<S: Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(role.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The answer of `ca.root_ca`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootCaResponse {
+    /// The root CA certificate, PEM.
+    pub ca_cert_pem: String,
+}
+
+/// The request of `ca.issue`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueRequest {
+    /// The join token (`SWMTKN-1-...`).
+    pub token: String,
+    /// The node's certificate request, PEM.
+    pub csr_pem: String,
+    /// The role the node asks for; must be its token's.
+    #[serde(with = "wire_role")]
+    pub role: Role,
+    /// The node id the node already has. Kept only when the caller
+    /// presents a certificate of this cluster with that id; a new node
+    /// gets a random id from the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+impl std::fmt::Debug for IssueRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssueRequest")
+            .field("token", &"<redacted>")
+            .field("role", &self.role)
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+/// The answer of `ca.issue` and `ca.renew`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueResponse {
+    /// The node id (the certificate's CN).
+    pub node_id: String,
+    /// The role (the certificate's OU).
+    #[serde(with = "wire_role")]
+    pub role: Role,
+    /// The node certificate, PEM.
+    pub cert_pem: String,
+    /// The root CA certificate, PEM.
+    pub ca_cert_pem: String,
+}
+
+/// The request of `ca.renew`: a CSR for the caller's own node id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// The certificate request, PEM.
+    pub csr_pem: String,
+}
+
+/// The request of `ca.rotate_join_token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateRequest {
+    /// Whose token to rotate.
+    #[serde(with = "wire_role")]
+    pub role: Role,
+}
+
+/// The answer of `ca.join_tokens` and `ca.rotate_join_token`. `Debug`
+/// hides the secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokensResponse {
+    /// The worker token.
+    pub worker: String,
+    /// The manager token.
+    pub manager: String,
+}
+
+impl std::fmt::Debug for JoinTokensResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinTokensResponse").field("worker", &"<redacted>").field("manager", &"<redacted>").finish()
+    }
+}
+
+/// The `ca` service. See the [module docs](self).
+pub struct CaService {
+    store: Arc<dyn Store>,
+    policy: SigningPolicy,
+    loaded: Mutex<Option<Arc<ClusterCa>>>,
+}
+
+impl std::fmt::Debug for CaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaService").field("policy", &self.policy).finish()
+    }
+}
+
+fn store_fault(e: CaStoreError) -> Fault {
+    tracing::warn!(error = %e, "CA service cannot serve");
+    Fault::new(Code::Unavailable, e.to_string())
+}
+
+fn random_node_id() -> Result<String, Fault> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| Fault::new(Code::Unavailable, format!("cannot read the OS random source: {e}")))?;
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut n = u128::from_be_bytes(bytes);
+    let mut id = String::with_capacity(25);
+    // 36^25 > 2^128: 25 digits hold any 128-bit value.
+    for _ in 0..25 {
+        id.push(char::from(DIGITS[(n % 36) as usize]));
+        n /= 36;
+    }
+    Ok(id)
+}
+
+/// Only managers, and the local socket's operators, see or rotate tokens.
+/// The role is compared by name so that an `operator` certificate is
+/// admitted as well once that role exists.
+fn require_manager<'p>(peer: &'p Peer, what: &str, cluster_id: &str) -> Result<Option<&'p NodeIdentity>, Fault> {
+    if peer.local {
+        return Ok(None);
+    }
+    let id = peer.identity.as_ref().ok_or_else(|| {
+        Fault::new(Code::Unauthenticated, format!("{what} needs a manager certificate; none was presented"))
+    })?;
+    if !matches!(id.role.as_str(), "manager" | "operator") {
+        return Err(Fault::new(
+            Code::PermissionDenied,
+            format!("{what} is open to managers; node {} presented a {} certificate", id.node_id, id.role),
+        ));
+    }
+    same_cluster(id, cluster_id)?;
+    Ok(Some(id))
+}
+
+fn same_cluster(id: &NodeIdentity, cluster_id: &str) -> Result<(), Fault> {
+    if id.cluster_id != cluster_id {
+        let refusal = CaRefusal::WrongCluster {
+            node_id: id.node_id.clone(),
+            expected: cluster_id.to_owned(),
+            found: id.cluster_id.clone(),
+        };
+        return Err(Fault { code: Code::PermissionDenied, ..refusal.fault() });
+    }
+    Ok(())
+}
+
+fn tokens_response(t: &crate::token::JoinTokens) -> JoinTokensResponse {
+    JoinTokensResponse { worker: t.worker().to_string(), manager: t.manager().to_string() }
+}
+
+impl CaService {
+    /// The service for the CA in `store`, signing with the default policy
+    /// (node certificates at least 1 hour).
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        CaService { store, policy: SigningPolicy::default(), loaded: Mutex::new(None) }
+    }
+
+    /// Signs with `policy` (tests lower `min_lifetime` to seconds).
+    pub fn with_policy(mut self, policy: SigningPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    async fn state(&self) -> Result<Arc<State>, Fault> {
+        self.store.snapshot().await.map_err(|e| store_fault(e.into()))
+    }
+
+    /// The CA of `state`, loaded once per root certificate.
+    fn ca(&self, state: &State) -> Result<Arc<ClusterCa>, Fault> {
+        let pem = castore::ca_cert_pem(state).map_err(store_fault)?;
+        let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ca) = slot.as_ref().filter(|ca| ca.cert_pem() == pem) {
+            return Ok(ca.clone());
+        }
+        let ca = Arc::new(castore::cluster_ca(state).map_err(store_fault)?.with_policy(self.policy.clone()));
+        *slot = Some(ca.clone());
+        Ok(ca)
+    }
+
+    fn sign(&self, state: &State, ca: &ClusterCa, csr_pem: &str, node_id: &str, role: Role) -> Result<Reply, Fault> {
+        let lifetime = castore::node_cert_lifetime(state);
+        let issued = ca.sign_node_csr(csr_pem, node_id, role, lifetime, SystemTime::now()).map_err(|e| {
+            tracing::warn!(node_id, error = %e, "CA refused to sign");
+            match e {
+                CaError::BadCsr(_) | CaError::LifetimeTooShort { .. } | CaError::CaExpired => {
+                    CaRefusal::Signing { detail: e.to_string() }.fault()
+                }
+                other => Fault::new(Code::Unavailable, format!("cannot issue the certificate: {other}")),
+            }
+        })?;
+        Reply::unary(&IssueResponse {
+            node_id: node_id.to_owned(),
+            role,
+            cert_pem: issued.cert_pem().to_owned(),
+            ca_cert_pem: ca.cert_pem().to_owned(),
+        })
+    }
+
+    async fn issue(&self, peer: &Peer, req: IssueRequest) -> Result<Reply, Fault> {
+        let state = self.state().await?;
+        let ca = self.ca(&state)?;
+        let refuse = |r: CaRefusal| {
+            tracing::warn!(peer = ?peer.addr, reason = %r, "refused a join");
+            r.fault()
+        };
+        let token =
+            JoinToken::parse(&req.token).map_err(|e| refuse(CaRefusal::MalformedToken { detail: e.to_string() }))?;
+        if token.verify_ca(ca.cert_der()).is_err() {
+            return Err(refuse(CaRefusal::WrongCa));
+        }
+        let tokens = castore::join_tokens(&state).map_err(store_fault)?;
+        let token_role = tokens.role_for(&req.token).map_err(|e| match e {
+            TokenError::CaMismatch => refuse(CaRefusal::WrongCa),
+            TokenError::NoMatch => refuse(CaRefusal::InvalidSecret),
+            other => refuse(CaRefusal::MalformedToken { detail: other.to_string() }),
+        })?;
+        if token_role != req.role {
+            return Err(refuse(CaRefusal::RoleMismatch { token: token_role, requested: req.role }));
+        }
+        // A node keeps its id only if its certificate proves it is that node.
+        let node_id = match (&peer.identity, &req.node_id) {
+            (Some(id), Some(asked)) if &id.node_id == asked && id.cluster_id == ca.cluster_id() => {
+                if castore::is_removed(&state, asked) {
+                    return Err(refuse(CaRefusal::Removed { node_id: asked.clone() }));
+                }
+                asked.clone()
+            }
+            _ => random_node_id()?,
+        };
+        let reply = self.sign(&state, &ca, &req.csr_pem, &node_id, req.role)?;
+        tracing::info!(node_id, role = %req.role, peer = ?peer.addr, "node joined with a join token");
+        Ok(reply)
+    }
+
+    async fn renew(&self, peer: &Peer, req: RenewRequest) -> Result<Reply, Fault> {
+        let id = peer.require(&[Role::Manager, Role::Worker], "ca.renew")?;
+        let state = self.state().await?;
+        let ca = self.ca(&state)?;
+        same_cluster(id, ca.cluster_id())?;
+        if castore::is_removed(&state, &id.node_id) {
+            tracing::warn!(node_id = %id.node_id, "refused to renew a removed node's certificate");
+            let refusal = CaRefusal::Removed { node_id: id.node_id.clone() };
+            return Err(Fault { code: Code::PermissionDenied, ..refusal.fault() });
+        }
+        let role = castore::node_role(&state, &id.node_id).unwrap_or(id.role);
+        if role != id.role {
+            tracing::info!(node_id = %id.node_id, from = %id.role, to = %role, "renewal changes the node's role");
+        }
+        self.sign(&state, &ca, &req.csr_pem, &id.node_id, role)
+    }
+}
+
+#[async_trait]
+impl Handler for CaService {
+    async fn call(&self, peer: &Peer, method: &str, request: Value) -> Result<Reply, Fault> {
+        match method {
+            "root_ca" => {
+                let state = self.state().await?;
+                let ca_cert_pem = castore::ca_cert_pem(&state).map_err(store_fault)?.to_owned();
+                Reply::unary(&RootCaResponse { ca_cert_pem })
+            }
+            "issue" => self.issue(peer, body("ca.issue", request)?).await,
+            "renew" => self.renew(peer, body("ca.renew", request)?).await,
+            "join_tokens" => {
+                let state = self.state().await?;
+                let ca = self.ca(&state)?;
+                require_manager(peer, "ca.join_tokens", ca.cluster_id())?;
+                let tokens = castore::join_tokens(&state).map_err(store_fault)?;
+                Reply::unary(&tokens_response(&tokens))
+            }
+            "rotate_join_token" => {
+                let req: RotateRequest = body("ca.rotate_join_token", request)?;
+                let state = self.state().await?;
+                let ca = self.ca(&state)?;
+                let who = require_manager(peer, "ca.rotate_join_token", ca.cluster_id())?;
+                let tokens = castore::rotate_join_token(&*self.store, req.role).await.map_err(|e| match e {
+                    // A role without a join token (operators, once they exist).
+                    CaStoreError::Token(e) => Fault::new(Code::BadRequest, format!("ca.rotate_join_token: {e}")),
+                    other => store_fault(other),
+                })?;
+                tracing::info!(role = %req.role, by = ?who.map(|i| &i.node_id), "join token rotated");
+                Reply::unary(&tokens_response(&tokens))
+            }
+            other => Err(Fault::new(Code::UnknownMethod, format!("the ca service has no method {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_look_like_swarms() {
+        let a = random_node_id().unwrap();
+        assert_eq!(a.len(), 25);
+        assert!(a.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+        assert_ne!(a, random_node_id().unwrap());
+    }
+
+    #[test]
+    fn refusals_cross_the_wire_with_their_reason() {
+        let r = CaRefusal::RoleMismatch { token: Role::Worker, requested: Role::Manager };
+        let fault = r.clone().fault();
+        assert_eq!(fault.message, "the worker token cannot join as a manager");
+        assert_eq!(fault.detail_as::<CaRefusal>(), Some(r));
+        let json = serde_json::to_value(CaRefusal::WrongCa).unwrap();
+        assert_eq!(json, serde_json::json!({"reason": "wrong_ca"}));
+    }
+}
