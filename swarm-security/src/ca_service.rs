@@ -126,6 +126,27 @@ mod wire_role {
     }
 }
 
+/// Serde for an optional [`Role`] (absent or its OU text).
+mod wire_opt_role {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::role::Role;
+
+    pub fn serialize<S: Serializer>(role: &Option<Role>, s: S) -> Result<S::Ok, S::Error> {
+        match role {
+            Some(r) => s.serialize_some(r.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Role>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
 /// The answer of `ca.root_ca`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootCaResponse {
@@ -140,9 +161,10 @@ pub struct IssueRequest {
     pub token: String,
     /// The node's certificate request, PEM.
     pub csr_pem: String,
-    /// The role the node asks for; must be its token's.
-    #[serde(with = "wire_role")]
-    pub role: Role,
+    /// The role the node asks for, which must then be its token's; `None`
+    /// takes the token's role (as `docker swarm join`: the token decides).
+    #[serde(default, with = "wire_opt_role")]
+    pub role: Option<Role>,
     /// The node id the node already has. Kept only when the caller
     /// presents a certificate of this cluster with that id; a new node
     /// gets a random id from the CA.
@@ -340,8 +362,10 @@ impl CaService {
             TokenError::NoMatch => refuse(CaRefusal::InvalidSecret),
             other => refuse(CaRefusal::MalformedToken { detail: other.to_string() }),
         })?;
-        if token_role != req.role {
-            return Err(refuse(CaRefusal::RoleMismatch { token: token_role, requested: req.role }));
+        if let Some(requested) = req.role
+            && token_role != requested
+        {
+            return Err(refuse(CaRefusal::RoleMismatch { token: token_role, requested }));
         }
         // A node keeps its id only if its certificate proves it is that node.
         let node_id = match (&peer.identity, &req.node_id) {
@@ -353,8 +377,8 @@ impl CaService {
             }
             _ => random_node_id()?,
         };
-        let reply = self.sign(&state, &ca, &req.csr_pem, &node_id, req.role)?;
-        tracing::info!(node_id, role = %req.role, peer = ?peer.addr, "node joined with a join token");
+        let reply = self.sign(&state, &ca, &req.csr_pem, &node_id, token_role)?;
+        tracing::info!(node_id, role = %token_role, peer = ?peer.addr, "node joined with a join token");
         Ok(reply)
     }
 

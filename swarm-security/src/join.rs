@@ -57,7 +57,7 @@
 //! // A new node, with the worker token and an empty directory.
 //! let dir = tempfile::tempdir()?;
 //! let files = NodeFiles::new(dir.path());
-//! let node = swarm_security::join::join(addr, &tokens.worker().to_string(), Role::Worker, &files).await?;
+//! let node = swarm_security::join::join(addr, &tokens.worker().to_string(), Some(Role::Worker), &files).await?;
 //! assert_eq!(node.role, Role::Worker);
 //! assert_eq!(node.identity()?.cluster_id, "c1");
 //! # Ok(()) }
@@ -354,9 +354,14 @@ fn carries_key(cert_pem: &str, key_pem: &str) -> bool {
 }
 
 /// Joins the cluster of the manager at `addr` with `token`, as `role`
-/// (which must be the token's), and writes the node's files. See the
-/// [module docs](self).
-pub async fn join(addr: SocketAddr, token: &str, role: Role, files: &NodeFiles) -> Result<JoinedNode, JoinError> {
+/// (which must be the token's; `None`: whatever role the token gives),
+/// and writes the node's files. See the [module docs](self).
+pub async fn join(
+    addr: SocketAddr,
+    token: &str,
+    role: Option<Role>,
+    files: &NodeFiles,
+) -> Result<JoinedNode, JoinError> {
     let ca_cert_pem = fetch_root_ca(addr, token).await?;
     let tls = anonymous_client_config(&ca_cert_pem).map_err(JoinError::Tls)?;
     let client = RpcClient::new(addr, Role::Manager.server_name(), Reloadable::new(tls))
@@ -365,7 +370,9 @@ pub async fn join(addr: SocketAddr, token: &str, role: Role, files: &NodeFiles) 
     let csr = NodeCsr::generate("joining-node").map_err(JoinError::Csr)?;
     let req = IssueRequest { token: token.trim().to_owned(), csr_pem: csr.csr_pem().to_owned(), role, node_id: None };
     let answer: IssueResponse = client.call("ca.issue", &req).await.map_err(|e| rpc_error("ca.issue", e))?;
-    if answer.role != role {
+    if let Some(role) = role
+        && answer.role != role
+    {
         return Err(JoinError::BadCertificate {
             addr: addr.to_string(),
             reason: format!("asked for the {role} role, got {}", answer.role),

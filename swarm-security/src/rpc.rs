@@ -776,8 +776,9 @@ impl RpcClient {
         }
     }
 
-    /// A streaming call, on a connection of its own. A fault the server
-    /// answers at once (before any item) is returned here.
+    /// A streaming call, on a connection of its own. This only sends the
+    /// request: a fault the server answers at once (before any item)
+    /// comes from the first [`RpcStream::next`].
     pub async fn stream<Q: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,

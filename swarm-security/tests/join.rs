@@ -110,7 +110,7 @@ async fn a_worker_joins_with_the_worker_token() {
         let m = manager().await;
         let dir = tempfile::tempdir().unwrap();
         let files = NodeFiles::new(dir.path().join("certs"));
-        let node = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &files).await.unwrap();
+        let node = join::join(m.addr, &m.tokens.worker().to_string(), Some(Role::Worker), &files).await.unwrap();
 
         let id = NodeIdentity::from_pem(&node.cert_pem).unwrap();
         assert_eq!(id.node_id, node.node_id);
@@ -143,7 +143,7 @@ async fn a_manager_joins_with_the_manager_token_and_sees_the_tokens() {
         let m = manager().await;
         let dir = tempfile::tempdir().unwrap();
         let files = NodeFiles::new(dir.path());
-        let node = join::join(m.addr, &m.tokens.manager().to_string(), Role::Manager, &files).await.unwrap();
+        let node = join::join(m.addr, &m.tokens.manager().to_string(), Some(Role::Manager), &files).await.unwrap();
         let id = node.identity().unwrap();
         assert_eq!((id.role, id.cluster_id.as_str()), (Role::Manager, CLUSTER));
 
@@ -151,6 +151,23 @@ async fn a_manager_joins_with_the_manager_token_and_sees_the_tokens() {
             m.client_as(&node).call("ca.join_tokens", &serde_json::json!({})).await.unwrap();
         assert_eq!(tokens.worker, m.tokens.worker().to_string());
         assert_eq!(tokens.manager, m.tokens.manager().to_string());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_role_asked_the_token_decides() {
+    within(async {
+        let m = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = join::join(m.addr, &m.tokens.manager().to_string(), None, &NodeFiles::new(dir.path().join("a")))
+            .await
+            .unwrap();
+        assert_eq!(a.identity().unwrap().role, Role::Manager);
+        let b = join::join(m.addr, &m.tokens.worker().to_string(), None, &NodeFiles::new(dir.path().join("b")))
+            .await
+            .unwrap();
+        assert_eq!(b.identity().unwrap().role, Role::Worker);
     })
     .await
 }
@@ -165,7 +182,7 @@ async fn a_token_of_another_ca_is_refused_by_the_node_and_by_the_ca() {
         let files = NodeFiles::new(dir.path());
 
         // The joining node refuses the CA it is shown.
-        let err = join::join(m.addr, &foreign, Role::Worker, &files).await.unwrap_err();
+        let err = join::join(m.addr, &foreign, Some(Role::Worker), &files).await.unwrap_err();
         assert!(matches!(&err, JoinError::CaMismatch { addr } if *addr == m.addr.to_string()), "{err}");
         assert_eq!(
             err.to_string(),
@@ -178,7 +195,8 @@ async fn a_token_of_another_ca_is_refused_by_the_node_and_by_the_ca() {
 
         // A node that skipped the check is refused by the CA.
         let csr = NodeCsr::generate("x").unwrap();
-        let req = IssueRequest { token: foreign, csr_pem: csr.csr_pem().into(), role: Role::Worker, node_id: None };
+        let req =
+            IssueRequest { token: foreign, csr_pem: csr.csr_pem().into(), role: Some(Role::Worker), node_id: None };
         let err = m.anonymous_client().call::<_, IssueResponse>("ca.issue", &req).await.unwrap_err();
         let fault = err.fault().unwrap();
         assert_eq!(fault.message, "token is for another CA");
@@ -194,11 +212,12 @@ async fn a_wrong_secret_is_refused() {
         // Right CA digest, secret of no token of this cluster.
         let guessed = JoinTokens::generate(m.ca.cert_der()).unwrap().worker().to_string();
         let dir = tempfile::tempdir().unwrap();
-        let err = join::join(m.addr, &guessed, Role::Worker, &NodeFiles::new(dir.path())).await.unwrap_err();
+        let err = join::join(m.addr, &guessed, Some(Role::Worker), &NodeFiles::new(dir.path())).await.unwrap_err();
         assert_eq!(refusal(&err), &CaRefusal::InvalidSecret);
         assert_eq!(err.to_string(), format!("ca.issue refused by {}: token is not valid (rotated?)", m.addr));
 
-        let err = join::join(m.addr, "SWMTKN-1-nonsense", Role::Worker, &NodeFiles::new(dir.path())).await.unwrap_err();
+        let err =
+            join::join(m.addr, "SWMTKN-1-nonsense", Some(Role::Worker), &NodeFiles::new(dir.path())).await.unwrap_err();
         assert!(matches!(err, JoinError::Token(_)), "{err}");
     })
     .await
@@ -212,9 +231,10 @@ async fn a_rotated_token_is_refused_at_once_and_the_new_one_works() {
         let rotated = castore::rotate_join_token(&m.store, Role::Worker).await.unwrap();
         assert_eq!(rotated.manager(), m.tokens.manager(), "the manager token is untouched");
         let dir = tempfile::tempdir().unwrap();
-        let err = join::join(m.addr, &old, Role::Worker, &NodeFiles::new(dir.path().join("a"))).await.unwrap_err();
+        let err =
+            join::join(m.addr, &old, Some(Role::Worker), &NodeFiles::new(dir.path().join("a"))).await.unwrap_err();
         assert_eq!(refusal(&err), &CaRefusal::InvalidSecret);
-        join::join(m.addr, &rotated.worker().to_string(), Role::Worker, &NodeFiles::new(dir.path().join("b")))
+        join::join(m.addr, &rotated.worker().to_string(), Some(Role::Worker), &NodeFiles::new(dir.path().join("b")))
             .await
             .unwrap();
 
@@ -223,7 +243,7 @@ async fn a_rotated_token_is_refused_at_once_and_the_new_one_works() {
             m.manager_client().call("ca.rotate_join_token", &RotateRequest { role: Role::Manager }).await.unwrap();
         assert_eq!(again.worker, rotated.worker().to_string());
         assert_ne!(again.manager, m.tokens.manager().to_string());
-        let err = join::join(m.addr, &m.tokens.manager().to_string(), Role::Manager, &NodeFiles::new(dir.path()))
+        let err = join::join(m.addr, &m.tokens.manager().to_string(), Some(Role::Manager), &NodeFiles::new(dir.path()))
             .await
             .unwrap_err();
         assert_eq!(refusal(&err), &CaRefusal::InvalidSecret);
@@ -239,7 +259,7 @@ async fn the_worker_token_cannot_join_as_a_manager() {
         let m = manager().await;
         let dir = tempfile::tempdir().unwrap();
         let files = NodeFiles::new(dir.path());
-        let err = join::join(m.addr, &m.tokens.worker().to_string(), Role::Manager, &files).await.unwrap_err();
+        let err = join::join(m.addr, &m.tokens.worker().to_string(), Some(Role::Manager), &files).await.unwrap_err();
         assert_eq!(refusal(&err), &CaRefusal::RoleMismatch { token: Role::Worker, requested: Role::Manager });
         assert!(err.to_string().ends_with("the worker token cannot join as a manager"), "{err}");
         assert!(!files.cert_path().exists());
@@ -253,7 +273,7 @@ async fn a_removed_node_is_refused_with_the_reason() {
         let m = manager().await;
         let dir = tempfile::tempdir().unwrap();
         let files = NodeFiles::new(dir.path());
-        let node = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &files).await.unwrap();
+        let node = join::join(m.addr, &m.tokens.worker().to_string(), Some(Role::Worker), &files).await.unwrap();
         let client = m.client_as(&node);
         join::renew(&client, &files).await.unwrap();
 
@@ -297,7 +317,7 @@ async fn renew_keeps_the_node_id_and_gives_a_fresh_certificate() {
         let m = manager().await;
         let dir = tempfile::tempdir().unwrap();
         let files = NodeFiles::new(dir.path());
-        let first = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &files).await.unwrap();
+        let first = join::join(m.addr, &m.tokens.worker().to_string(), Some(Role::Worker), &files).await.unwrap();
         let renewed = join::renew(&m.client_as(&first), &files).await.unwrap();
         assert_eq!(renewed.node_id, first.node_id);
         assert_eq!(renewed.role, Role::Worker);
@@ -326,7 +346,7 @@ async fn renew_after_a_promotion_gives_a_manager_certificate() {
         let m = manager().await;
         let dir = tempfile::tempdir().unwrap();
         let files = NodeFiles::new(dir.path());
-        let node = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &files).await.unwrap();
+        let node = join::join(m.addr, &m.tokens.worker().to_string(), Some(Role::Worker), &files).await.unwrap();
 
         let mut object = Node::ready(node.node_id.as_str(), "host-1", Resources::default());
         object.spec.role = NodeRole::Manager;
@@ -351,7 +371,7 @@ async fn the_certificate_lifetime_comes_from_the_store() {
         let policy = SigningPolicy { min_lifetime: Duration::from_secs(1), ..SigningPolicy::default() };
         let m = manager_with(opts.clone(), policy).await;
         let dir = tempfile::tempdir().unwrap();
-        let node = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &NodeFiles::new(dir.path()))
+        let node = join::join(m.addr, &m.tokens.worker().to_string(), Some(Role::Worker), &NodeFiles::new(dir.path()))
             .await
             .unwrap();
         let left = node.identity().unwrap().not_after.duration_since(SystemTime::now()).unwrap();
@@ -359,7 +379,7 @@ async fn the_certificate_lifetime_comes_from_the_store() {
 
         // With the production policy (at least 1 hour) the CA refuses.
         let m = manager_with(opts, SigningPolicy::default()).await;
-        let err = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &NodeFiles::new(dir.path()))
+        let err = join::join(m.addr, &m.tokens.worker().to_string(), Some(Role::Worker), &NodeFiles::new(dir.path()))
             .await
             .unwrap_err();
         match refusal(&err) {
@@ -419,13 +439,13 @@ async fn a_node_keeps_its_id_only_when_its_certificate_proves_it() {
     within(async {
         let m = manager().await;
         let dir = tempfile::tempdir().unwrap();
-        let node = join::join(m.addr, &m.tokens.worker().to_string(), Role::Worker, &NodeFiles::new(dir.path()))
+        let node = join::join(m.addr, &m.tokens.worker().to_string(), Some(Role::Worker), &NodeFiles::new(dir.path()))
             .await
             .unwrap();
         let ask = |token: String, role: Role| IssueRequest {
             token,
             csr_pem: NodeCsr::generate("x").unwrap().csr_pem().to_owned(),
-            role,
+            role: Some(role),
             node_id: Some(node.node_id.clone()),
         };
         // Without its certificate, asking for its id gets a new one.
