@@ -709,7 +709,8 @@ impl RpcClient {
         }
         .await;
         let Err(e) = sent else { return Ok(()) };
-        if let Ok(Err(read_err)) = tokio::time::timeout(self.connect_timeout, read_frame(&mut conn.r, MAX_MESSAGE)).await
+        if let Ok(Err(read_err)) =
+            tokio::time::timeout(self.connect_timeout, read_frame(&mut conn.r, MAX_MESSAGE)).await
         {
             if let refused @ RpcError::Handshake { .. } = self.classify(method, read_err) {
                 return Err(refused);
