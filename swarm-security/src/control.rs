@@ -698,7 +698,8 @@ impl ControlService {
         })
     }
 
-    /// Runs one request on the cluster, in process.
+    /// Runs one request on the cluster, in process. No authorization
+    /// here: the caller is trusted (the handler checks the peer first).
     pub async fn execute(&self, req: ControlRequest) -> Result<ControlReply, ControlError> {
         let c = &self.cluster;
         let done = |r: Result<(), ClusterError>| r.map(|()| ControlReply::Done).map_err(ControlError::from);
@@ -1257,5 +1258,102 @@ impl RemoteCluster {
             lifetime_secs: lifetime.map(|d| d.as_secs()),
         };
         self.unary("control.issue_operator_cert", &req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_errors() -> Vec<ClusterError> {
+        vec![
+            ClusterError::NotFound { kind: ObjectKind::Node, name: "n1".into() },
+            ClusterError::Invalid(ValidationError {
+                subject: "service \"Bad Name\"".into(),
+                errors: vec![
+                    FieldError { field: "name".into(), reason: "must be lower case".into() },
+                    FieldError { field: "mode.replicas".into(), reason: "too many".into() },
+                ],
+            }),
+            ClusterError::NodeHasTasks { node: "n1".into(), tasks: 3 },
+            ClusterError::NoPreviousSpec("web".into()),
+            ClusterError::NotApplicable {
+                service: "web".into(),
+                reason: "only replicated services can be scaled".into(),
+            },
+            ClusterError::Store(StoreError::NoQuorum("2 of 3 managers unreachable".into())),
+            ClusterError::Store(StoreError::Unavailable("shutting down".into())),
+            ClusterError::Store(StoreError::Indeterminate("leader lost".into())),
+        ]
+    }
+
+    #[test]
+    fn cluster_errors_cross_the_wire_with_the_same_words_and_come_back() {
+        for ce in cluster_errors() {
+            let wire = ControlError::from(ce.clone());
+            assert_eq!(wire.to_string(), ce.to_string());
+            let json = serde_json::to_value(&wire).unwrap();
+            let read: ControlError = serde_json::from_value(json).unwrap();
+            assert_eq!(read, wire);
+            let back = ClusterError::try_from(read).unwrap();
+            assert_eq!(back.to_string(), ce.to_string());
+        }
+    }
+
+    #[test]
+    fn store_refusals_keep_their_meaning() {
+        let conflict = StoreError::Rejected(TxError::VersionConflict {
+            kind: ObjectKind::Service,
+            id: "s1".into(),
+            expected: 1,
+            actual: 2,
+        });
+        assert!(matches!(ControlError::from(conflict), ControlError::Conflict { .. }));
+        let gone = StoreError::Rejected(TxError::NotFound { kind: ObjectKind::Secret, id: "x".into() });
+        assert_eq!(ControlError::from(gone), ControlError::NotFound { kind: ObjectKind::Secret, name: "x".into() });
+        let taken =
+            StoreError::Rejected(TxError::NameInUse { kind: ObjectKind::Service, name: "web".into(), id: "s1".into() });
+        let wire = ControlError::from(taken.clone());
+        assert_eq!(wire, ControlError::Store { message: taken.to_string() });
+        assert!(ClusterError::try_from(wire).is_err(), "no faithful ClusterError for it");
+    }
+
+    #[test]
+    fn faults_become_control_errors() {
+        let err = ControlError::NodeHasTasks { node: "n1".into(), tasks: 2 };
+        let rpc = |fault| RpcError::Fault { addr: "m1:4242".into(), method: "control.call".into(), fault };
+        assert_eq!(ControlError::from(rpc(err.fault())), err);
+        let denied = Fault::new(Code::PermissionDenied, "node w1 presented a worker certificate");
+        assert_eq!(
+            ControlError::from(rpc(denied)),
+            ControlError::Denied { message: "node w1 presented a worker certificate".into() }
+        );
+        let anon = Fault::new(Code::Unauthenticated, "no certificate");
+        assert!(matches!(ControlError::from(rpc(anon)), ControlError::Denied { .. }));
+        let odd = Fault::new(Code::UnknownMethod, "no service \"control\"");
+        let e = ControlError::from(rpc(odd));
+        assert!(matches!(&e, ControlError::Transport { message } if message.contains("m1:4242")), "{e:?}");
+        let hs = RpcError::Handshake { addr: "m1:4242".into(), reason: "received fatal alert".into() };
+        assert!(matches!(ControlError::from(hs), ControlError::Denied { .. }));
+        let down = RpcError::Connect { addr: "m1:4242".into(), reason: "refused".into() };
+        assert!(matches!(ControlError::from(down), ControlError::Transport { .. }));
+    }
+
+    #[test]
+    fn requests_and_replies_are_tagged_json() {
+        let req = ControlRequest::Scale { name: "web".into(), replicas: 4 };
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            serde_json::json!({"op": "scale", "name": "web", "replicas": 4})
+        );
+        let secret = ControlRequest::CreateSecret { name: "pw".into(), data: SecretBytes(b"hunter2".to_vec()) };
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        assert_eq!(serde_json::to_value(ControlReply::Done).unwrap(), serde_json::json!({"kind": "done"}));
+        for req in
+            [ControlRequest::ListServices, req, secret, ControlRequest::ListTasks { filter: TaskFilter::default() }]
+        {
+            let back: ControlRequest = serde_json::from_value(serde_json::to_value(&req).unwrap()).unwrap();
+            assert_eq!(back, req);
+        }
     }
 }

@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use swarm_core::cluster::{Cluster, ClusterError, TaskFilter};
 use swarm_core::manager::Manager;
-use swarm_core::model::{ObjectKind, ServiceSpec, Task};
+use swarm_core::model::{Availability, Node, ObjectKind, Resources, ServiceSpec, Task};
 use swarm_core::scheduler::FirstFit;
-use swarm_core::state::Action;
+use swarm_core::state::{Action, Transaction};
 use swarm_core::store::MemStore;
 use swarm_security::ca::{ClusterCa, NodeCsr};
 use swarm_security::control::{ControlError, ControlService, RemoteCluster};
@@ -337,4 +337,32 @@ async fn events_stream_over_tls() {
     let mut again = remote.events_since(created.revision - 1).await.unwrap();
     let first = tokio::time::timeout(LIMIT, again.next()).await.unwrap().unwrap();
     assert_eq!(first, created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_managed_over_the_wire_and_a_busy_node_is_not_removed() {
+    let f = Fixture::start().await;
+    let node = Node::ready("node-a", "host-a", Resources::new(4_000_000_000, 8 << 30));
+    f.cluster.store().commit(Transaction::new().create(node)).await.unwrap();
+    let remote = f.remote("alice", Role::Operator);
+
+    assert_eq!(remote.list_nodes().await.unwrap(), f.cluster.list_nodes().await.unwrap());
+    assert_eq!(remote.inspect_node("host-a").await.unwrap().id.to_string(), "node-a");
+    remote.set_node_label("host-a", "zone", Some("eu-1")).await.unwrap();
+    let labels = f.cluster.inspect_node("node-a").await.unwrap().spec.labels;
+    assert_eq!(labels.get("zone").map(String::as_str), Some("eu-1"));
+
+    remote.create_service(ServiceSpec::replicated("web", "nginx:1.27", 2)).await.unwrap();
+    wait_tasks(&f.cluster, "web", |t| t.len() == 2 && t.iter().all(|t| t.node_id.is_some())).await;
+    let err = remote.remove_node("node-a", false).await.unwrap_err();
+    assert_eq!(err, ControlError::NodeHasTasks { node: "node-a".into(), tasks: 2 });
+    assert_eq!(err.to_string(), "node node-a still runs 2 task(s): drain it first or force the removal");
+    assert_eq!(f.cluster.list_nodes().await.unwrap().len(), 1);
+
+    remote.set_node_availability("node-a", Availability::Drain).await.unwrap();
+    assert_eq!(f.cluster.inspect_node("node-a").await.unwrap().spec.availability, Availability::Drain);
+    remote.remove_node("node-a", true).await.unwrap();
+    assert!(remote.list_nodes().await.unwrap().is_empty());
+    let err = remote.set_node_label("node-a", "zone", None).await.unwrap_err();
+    assert_eq!(err, ControlError::NotFound { kind: ObjectKind::Node, name: "node-a".into() });
 }
