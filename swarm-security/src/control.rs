@@ -89,6 +89,9 @@ use crate::rpc::{self, Code, Fault, Handler, Peer, Reloadable, Reply, RpcClient,
 /// The service name the control API is routed under.
 pub const SERVICE: &str = "control";
 
+/// How long a manager has to start an event stream (it answers at once).
+const EVENTS_START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often [`RemoteCluster::modify_service`] reads and writes again when
 /// the service changed in between.
 const MODIFY_ATTEMPTS: usize = 10;
@@ -1229,7 +1232,12 @@ impl RemoteCluster {
         self.on_any(|c| async {
             let mut inner = c.stream::<EventsRequest, EventsItem>("control.events", &req).await?;
             // The first item says the manager watches (or why it refused).
-            let first = inner.next().await?;
+            let first =
+                tokio::time::timeout(EVENTS_START_TIMEOUT, inner.next()).await.map_err(|_| RpcError::Timeout {
+                    addr: c.addr().to_owned(),
+                    method: "control.events".into(),
+                    timeout: EVENTS_START_TIMEOUT,
+                })??;
             Ok((inner, first))
         })
         .await
