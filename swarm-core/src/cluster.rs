@@ -75,7 +75,8 @@ pub enum ClusterError {
 }
 
 /// Which tasks [`Cluster::list_tasks`] returns.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TaskFilter {
     /// Only this service (name or id).
     pub service: Option<String>,
@@ -86,7 +87,7 @@ pub struct TaskFilter {
 }
 
 /// Something that happened in the cluster, like a line of `docker events`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterEvent {
     /// Store revision.
     pub revision: Revision,

@@ -295,6 +295,11 @@ impl ClusterCa {
     /// checked. `lifetime` defaults to the policy's (90 days), must not be
     /// shorter than [`SigningPolicy::min_lifetime`], and is cut to the
     /// CA's own expiry.
+    ///
+    /// With [`Role::Operator`], `node_id` is the operator's name (same
+    /// rules as a node id) and the certificate is valid for client
+    /// authentication only: an operator calls the control API, it never
+    /// serves.
     pub fn sign_node_csr(
         &self,
         csr_pem: &str,
@@ -338,7 +343,14 @@ impl ClusterCa {
         params.serial_number = Some(random_serial()?);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        // An operator only ever dials a manager: its certificate cannot
+        // serve TLS.
+        params.extended_key_usages = match role {
+            Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Role::Manager | Role::Worker => {
+                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+            }
+        };
         params.use_authority_key_identifier_extension = true;
 
         let request = CertificateSigningRequestParams { params, public_key: csr.public_key };
@@ -480,6 +492,27 @@ mod tests {
         let sans: Vec<String> =
             x.subject_alternative_name().unwrap().unwrap().value.general_names.iter().map(|n| n.to_string()).collect();
         assert_eq!(sans, ["DNSName(node-a)", "DNSName(swarm-worker)"]);
+    }
+
+    #[test]
+    fn operator_certificates_are_client_only() {
+        let ca = ClusterCa::generate_at("cl-1", DEFAULT_CA_VALIDITY, at(NOW)).unwrap();
+        let csr = NodeCsr::generate("alice").unwrap();
+        let cert = ca.sign_node_csr(csr.csr_pem(), "alice", Role::Operator, None, at(NOW)).unwrap();
+        let id = NodeIdentity::from_der(cert.cert_der()).unwrap();
+        assert_eq!((id.node_id.as_str(), id.role, id.cluster_id.as_str()), ("alice", Role::Operator, "cl-1"));
+        let (_, x) = x509_parser::parse_x509_certificate(cert.cert_der()).unwrap();
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth);
+        assert!(!eku.server_auth);
+        let sans: Vec<String> =
+            x.subject_alternative_name().unwrap().unwrap().value.general_names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(sans, ["DNSName(alice)", "DNSName(swarm-operator)"]);
+        // Node certificates still serve.
+        let node = ca.sign_node_csr(csr.csr_pem(), "m1", Role::Manager, None, at(NOW)).unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(node.cert_der()).unwrap();
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && eku.server_auth);
     }
 
     #[test]

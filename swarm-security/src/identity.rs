@@ -1,5 +1,7 @@
 //! A node's identity, read from its certificate: CN = node id, OU = role,
-//! O = cluster id, and the validity window.
+//! O = cluster id, and the validity window. An operator certificate
+//! ([`Role::Operator`]) reads the same way, its CN being the operator's
+//! name.
 //!
 //! Identity is the certificate, never a field in a message: the
 //! dispatcher and raft take it from the TLS peer certificate
@@ -59,8 +61,8 @@ pub enum IdentityError {
         /// The field.
         field: &'static str,
     },
-    /// The OU is neither `manager` nor `worker`.
-    #[error("the certificate's role (OU) {0:?} is neither \"manager\" nor \"worker\"")]
+    /// The OU is none of `manager`, `worker` and `operator`.
+    #[error("the certificate's role (OU) {0:?} is none of \"manager\", \"worker\" and \"operator\"")]
     UnknownRole(String),
     /// `now` is after the certificate's `not_after`.
     #[error("certificate of node {node_id} expired at {not_after:?} (now {now:?})")]

@@ -3,9 +3,10 @@
 //! A cluster has one root certificate authority ([`ca::ClusterCa`]). Every
 //! node holds a certificate issued by it whose subject *is* the node's
 //! identity: CN = node id, OU = role (`manager` | `worker`), O = cluster id
-//! ([`identity::NodeIdentity`]). A new node proves it may join with a join
-//! token ([`token::JoinToken`]) that also pins the CA certificate it must
-//! trust. Nodes keep their certificate and key on disk
+//! ([`identity::NodeIdentity`]); an operator's certificate (OU `operator`)
+//! lets a person or tool call the control API ([`control`]). A new node
+//! proves it may join with a join token ([`token::JoinToken`]) that also
+//! pins the CA certificate it must trust. Nodes keep their certificate and key on disk
 //! ([`files::NodeFiles`]), renew them at a random point of their lifetime
 //! ([`renewal::renewal_time`]) and talk to each other over mutual TLS 1.3
 //! ([`tls`]), where a listener admits only the roles it was built for.
@@ -33,12 +34,16 @@
 pub mod ca;
 pub mod ca_service;
 pub mod castore;
+pub mod control;
 pub mod dispatch;
 pub mod files;
 pub mod identity;
 pub mod join;
 pub mod renewal;
 pub mod role;
+// `RpcError::Fault` carries the server's whole `Fault` (136 bytes of
+// error); boxing it would change a type other modules match on.
+#[allow(clippy::result_large_err)]
 pub mod rpc;
 mod time_conv;
 pub mod tls;

@@ -1,5 +1,7 @@
-//! The role a node plays in the cluster, as written in the OU of its
-//! certificate: `manager` or `worker`.
+//! The role a certificate's holder plays in the cluster, as written in
+//! the OU of its certificate: `manager` or `worker` for nodes, `operator`
+//! for a person or tool driving the control API (`swarmctl`), which is
+//! not a node and only ever acts as a TLS client.
 //!
 //! ```
 //! use swarm_security::role::Role;
@@ -7,36 +9,46 @@
 //! assert_eq!("manager".parse::<Role>(), Ok(Role::Manager));
 //! assert_eq!(Role::Worker.as_str(), "worker");
 //! assert_eq!(Role::Manager.server_name(), "swarm-manager");
+//! assert_eq!("operator".parse::<Role>(), Ok(Role::Operator));
 //! ```
 
 use std::fmt;
 use std::str::FromStr;
 
-/// A node's role; the certificate's OU carries [`Role::as_str`].
+/// A certificate holder's role; the certificate's OU carries
+/// [`Role::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// A manager: runs raft, the controllers, the dispatcher and the CA.
     Manager,
     /// A worker: runs tasks assigned by the dispatcher.
     Worker,
+    /// An operator: not a node but a client of the control API (a person
+    /// or tool such as `swarmctl`). Its certificate's CN is the operator's
+    /// name; it is valid for client authentication only.
+    Operator,
 }
 
 impl Role {
-    /// The OU value: `manager` or `worker`.
+    /// The OU value: `manager`, `worker` or `operator`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Manager => "manager",
             Role::Worker => "worker",
+            Role::Operator => "operator",
         }
     }
 
     /// The DNS name every certificate of this role carries as a subject
-    /// alternative name (`swarm-manager` or `swarm-worker`), used as the
-    /// TLS server name when a node dials "any manager".
+    /// alternative name (`swarm-manager`, `swarm-worker` or
+    /// `swarm-operator`), used as the TLS server name when a node dials
+    /// "any manager". An operator never serves, so its name only marks the
+    /// certificate.
     pub fn server_name(self) -> &'static str {
         match self {
             Role::Manager => "swarm-manager",
             Role::Worker => "swarm-worker",
+            Role::Operator => "swarm-operator",
         }
     }
 }
@@ -47,9 +59,9 @@ impl fmt::Display for Role {
     }
 }
 
-/// The text was neither `manager` nor `worker`.
+/// The text was none of `manager`, `worker` and `operator`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}: expected \"manager\" or \"worker\"")]
+#[error("unknown role {0:?}: expected \"manager\", \"worker\" or \"operator\"")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -59,6 +71,7 @@ impl FromStr for Role {
         match s {
             "manager" => Ok(Role::Manager),
             "worker" => Ok(Role::Worker),
+            "operator" => Ok(Role::Operator),
             other => Err(UnknownRole(other.to_owned())),
         }
     }
@@ -70,9 +83,18 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_others() {
-        for role in [Role::Manager, Role::Worker] {
+        for role in [Role::Manager, Role::Worker, Role::Operator] {
             assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(role.to_string(), role.as_str());
         }
         assert_eq!("Manager".parse::<Role>(), Err(UnknownRole("Manager".to_owned())));
+        assert_eq!("admin".parse::<Role>(), Err(UnknownRole("admin".to_owned())));
+    }
+
+    #[test]
+    fn server_names_are_distinct() {
+        assert_eq!(Role::Manager.server_name(), "swarm-manager");
+        assert_eq!(Role::Worker.server_name(), "swarm-worker");
+        assert_eq!(Role::Operator.server_name(), "swarm-operator");
     }
 }

@@ -570,6 +570,18 @@ impl std::fmt::Debug for RpcClient {
     }
 }
 
+/// A TLS 1.3 client verifies the server during the handshake, but
+/// learns that the server refused *its* certificate only on the first
+/// read. This turns such a failure into a [`RpcError::Handshake`].
+fn classify(addr: &str, method: &str, e: FrameError) -> RpcError {
+    let reason = e.to_string();
+    if reason.contains("alert") || reason.contains("certificate") {
+        RpcError::Handshake { addr: addr.to_owned(), reason }
+    } else {
+        RpcError::Transport { addr: addr.to_owned(), method: method.to_owned(), reason }
+    }
+}
+
 /// Items of a streaming call.
 pub struct RpcStream<T> {
     conn: Conn,
@@ -588,7 +600,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
         }
         let frame = read_frame(&mut self.conn.r, MAX_MESSAGE).await.map_err(|e| {
             self.done = true;
-            RpcError::Transport { addr: self.addr.clone(), method: self.method.clone(), reason: e.to_string() }
+            classify(&self.addr, &self.method, e)
         })?;
         let resp: Response = serde_json::from_slice(&frame).map_err(|e| {
             self.done = true;
@@ -689,16 +701,30 @@ impl RpcClient {
         Ok(Conn { r: BufReader::new(Box::new(r)), w: Box::new(w) })
     }
 
-    /// A TLS 1.3 client verifies the server during the handshake, but
-    /// learns that the server refused *its* certificate only on the first
-    /// read. This turns such a failure into a [`RpcError::Handshake`].
     fn classify(&self, method: &str, e: FrameError) -> RpcError {
-        let reason = e.to_string();
-        if reason.contains("alert") || reason.contains("certificate") {
-            RpcError::Handshake { addr: self.addr.clone(), reason }
-        } else {
-            RpcError::Transport { addr: self.addr.clone(), method: method.to_owned(), reason }
+        classify(&self.addr, method, e)
+    }
+
+    /// Writes a request frame. A server that refused the client's
+    /// certificate sends an alert and closes, so the write itself may fail
+    /// (broken pipe, reset) before the alert has been read: on a failed
+    /// write, the alert is looked for on the read side first.
+    async fn send_request(&self, conn: &mut Conn, method: &str, bytes: &[u8]) -> Result<(), RpcError> {
+        let sent = async {
+            write_frame(&mut conn.w, bytes, MAX_MESSAGE).await?;
+            conn.w.flush().await?;
+            Ok::<(), FrameError>(())
         }
+        .await;
+        let Err(e) = sent else { return Ok(()) };
+        if let Ok(Err(read_err)) =
+            tokio::time::timeout(self.connect_timeout, read_frame(&mut conn.r, MAX_MESSAGE)).await
+        {
+            if let refused @ RpcError::Handshake { .. } = self.classify(method, read_err) {
+                return Err(refused);
+            }
+        }
+        Err(self.classify(method, e))
     }
 
     async fn exchange(&self, conn: &mut Conn, method: &str, req: &Request) -> Result<Response, RpcError> {
@@ -707,8 +733,7 @@ impl RpcClient {
             method: method.to_owned(),
             reason: e.to_string(),
         })?;
-        write_frame(&mut conn.w, &bytes, MAX_MESSAGE).await.map_err(|e| self.classify(method, e))?;
-        conn.w.flush().await.map_err(|e| self.classify(method, e.into()))?;
+        self.send_request(conn, method, &bytes).await?;
         let frame = read_frame(&mut conn.r, MAX_MESSAGE).await.map_err(|e| self.classify(method, e))?;
         serde_json::from_slice(&frame).map_err(|e| RpcError::Protocol {
             addr: self.addr.clone(),
@@ -776,9 +801,11 @@ impl RpcClient {
         }
     }
 
-    /// A streaming call, on a connection of its own. This only sends the
-    /// request: a fault the server answers at once (before any item)
-    /// comes from the first [`RpcStream::next`].
+    /// A streaming call, on a connection of its own. This returns once
+    /// the request is sent: a fault the server answers, even at once,
+    /// comes from the first [`RpcStream::next`]. A service that wants
+    /// refusals reported before the caller waits for items sends a first
+    /// item at once (the control API's `events` does).
     pub async fn stream<Q: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,
@@ -795,8 +822,7 @@ impl RpcClient {
             method: method.to_owned(),
             reason: e.to_string(),
         })?;
-        write_frame(&mut conn.w, &bytes, MAX_MESSAGE).await.map_err(|e| self.classify(method, e))?;
-        conn.w.flush().await.map_err(|e| self.classify(method, e.into()))?;
+        self.send_request(&mut conn, method, &bytes).await?;
         Ok(RpcStream {
             conn,
             id: request.id,

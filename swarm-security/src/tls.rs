@@ -8,7 +8,8 @@
 //!   rustls' WebPKI verifier, then reads the [`NodeIdentity`] from it and
 //!   [checks](NodeIdentity::check) the cluster id and that the role is in
 //!   the listener's [`PeerPolicy`] (raft: [`PeerPolicy::managers`];
-//!   dispatcher: [`PeerPolicy::nodes`]). A refusal carries an
+//!   dispatcher: [`PeerPolicy::nodes`]; the node API listener, which also
+//!   serves operators: [`PeerPolicy::api`]). A refusal carries an
 //!   [`IdentityError`] that says why, and is logged.
 //! - [`client_config`] presents the node's certificate and trusts only the
 //!   cluster CA. Dial with [`Role::server_name`] (`swarm-manager`) as the
@@ -100,6 +101,16 @@ impl PeerPolicy {
     /// Managers and workers (the dispatcher).
     pub fn nodes(cluster_id: &str) -> Self {
         PeerPolicy { cluster_id: cluster_id.to_owned(), allowed_roles: vec![Role::Manager, Role::Worker] }
+    }
+
+    /// Managers, workers and operators: the node API listener
+    /// ([`crate::rpc`]), whose handlers then restrict each service (the
+    /// dispatcher to nodes, the control API to managers and operators).
+    pub fn api(cluster_id: &str) -> Self {
+        PeerPolicy {
+            cluster_id: cluster_id.to_owned(),
+            allowed_roles: vec![Role::Manager, Role::Worker, Role::Operator],
+        }
     }
 }
 

@@ -81,6 +81,10 @@ pub enum TokenError {
     /// The OS random source failed.
     #[error("cannot read the OS random source: {0}")]
     Random(String),
+    /// Only workers and managers join with a token; operators get their
+    /// certificate another way (the manager's local socket).
+    #[error("there is no join token for the {0} role")]
+    NoTokenForRole(Role),
 }
 
 /// A parsed join token. `Display` prints the full token; `Debug` hides
@@ -253,6 +257,7 @@ impl JoinTokens {
         let slot = match role {
             Role::Worker => &mut self.worker,
             Role::Manager => &mut self.manager,
+            Role::Operator => return Err(TokenError::NoTokenForRole(role)),
         };
         slot.secret = fresh_secret()?;
         tracing::info!(%role, "rotated the join token");
@@ -329,6 +334,7 @@ mod tests {
         let other = JoinTokens::generate(b"other CA").unwrap();
         assert_eq!(tokens.role_for(&other.worker().to_string()), Err(TokenError::CaMismatch));
 
+        assert_eq!(tokens.rotate(Role::Operator), Err(TokenError::NoTokenForRole(Role::Operator)));
         tokens.rotate(Role::Worker).unwrap();
         assert_eq!(tokens.role_for(&w), Err(TokenError::NoMatch));
         assert_eq!(tokens.role_for(&m), Ok(Role::Manager));
