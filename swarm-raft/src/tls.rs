@@ -48,6 +48,18 @@ pub enum RaftTlsError {
     /// The credentials are not a manager's.
     #[error("raft TLS needs a manager certificate, this one is for a {0}")]
     NotManager(Role),
+    /// Reloaded credentials name another node or cluster.
+    #[error("reloaded credentials are node {got_node} of cluster {got_cluster}, this manager is {node} of {cluster}")]
+    OtherIdentity {
+        /// This manager's node id.
+        node: String,
+        /// Its cluster.
+        cluster: String,
+        /// The node id in the new credentials.
+        got_node: String,
+        /// The cluster in the new credentials.
+        got_cluster: String,
+    },
     /// No node id is known for a raft id.
     #[error("no node id known for raft id {0}")]
     UnknownPeer(u64),
@@ -100,8 +112,7 @@ pub struct TlsRefusals {
 /// Mutual TLS settings for the raft TCP transport: the rustls client and
 /// server configurations and the raft id → node id table.
 pub struct RaftTls {
-    connector: TlsConnector,
-    acceptor: TlsAcceptor,
+    configs: RwLock<(TlsConnector, TlsAcceptor)>,
     cluster_id: String,
     node_id: String,
     names: RwLock<HashMap<u64, String>>,
@@ -134,8 +145,7 @@ impl RaftTls {
         let server = server_config(creds, PeerPolicy::managers(&me.cluster_id))?;
         let client = client_config(creds)?;
         Ok(Arc::new(RaftTls {
-            connector: TlsConnector::from(client),
-            acceptor: TlsAcceptor::from(server),
+            configs: RwLock::new((TlsConnector::from(client), TlsAcceptor::from(server))),
             cluster_id: me.cluster_id.clone(),
             node_id: me.node_id.clone(),
             names: RwLock::new(names),
@@ -144,6 +154,30 @@ impl RaftTls {
             refused_identity: AtomicU64::new(0),
             refused_wrong_id: AtomicU64::new(0),
         }))
+    }
+
+    /// Presents `creds` on new connections from now on (after the node's
+    /// certificate was renewed, or moved to a new CA). Connections already
+    /// open keep their session. `creds` must be this manager's: same node
+    /// id, cluster and role.
+    pub fn reload(&self, creds: &TlsCredentials) -> Result<(), RaftTlsError> {
+        let me = creds.identity();
+        if me.role != Role::Manager {
+            return Err(RaftTlsError::NotManager(me.role));
+        }
+        if me.node_id != self.node_id || me.cluster_id != self.cluster_id {
+            return Err(RaftTlsError::OtherIdentity {
+                node: self.node_id.clone(),
+                cluster: self.cluster_id.clone(),
+                got_node: me.node_id.clone(),
+                got_cluster: me.cluster_id.clone(),
+            });
+        }
+        let server = server_config(creds, PeerPolicy::managers(&me.cluster_id))?;
+        let client = client_config(creds)?;
+        *self.configs.write().unwrap_or_else(|p| p.into_inner()) =
+            (TlsConnector::from(client), TlsAcceptor::from(server));
+        Ok(())
     }
 
     /// This manager's node id (its certificate's CN).
@@ -192,7 +226,8 @@ impl RaftTls {
     ) -> Result<client::TlsStream<TcpStream>, RaftTlsError> {
         let node_id = self.name_of(to).ok_or(RaftTlsError::UnknownPeer(to))?;
         let name = ServerName::try_from(node_id.clone()).map_err(|_| RaftTlsError::ServerName(node_id))?;
-        let tls = self.connector.connect(name, stream).await.map_err(RaftTlsError::Handshake)?;
+        let connector = self.configs.read().unwrap_or_else(|p| p.into_inner()).0.clone();
+        let tls = connector.connect(name, stream).await.map_err(RaftTlsError::Handshake)?;
         let peer = swarm_security::tls::peer_identity(tls.get_ref().1).map_err(RaftTlsError::PeerIdentity)?;
         if peer.role != Role::Manager || peer.cluster_id != self.cluster_id {
             return Err(RaftTlsError::NotClusterManager {
@@ -213,7 +248,8 @@ impl RaftTls {
         within: Duration,
     ) -> Result<(server::TlsStream<TcpStream>, NodeIdentity), RaftTlsError> {
         let handshake = async {
-            let tls = self.acceptor.accept(stream).await.map_err(RaftTlsError::Handshake)?;
+            let acceptor = self.configs.read().unwrap_or_else(|p| p.into_inner()).1.clone();
+            let tls = acceptor.accept(stream).await.map_err(RaftTlsError::Handshake)?;
             let peer = swarm_security::tls::peer_identity(tls.get_ref().1).map_err(RaftTlsError::PeerIdentity)?;
             Ok((tls, peer))
         };

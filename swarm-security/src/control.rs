@@ -655,12 +655,27 @@ impl From<RpcError> for ControlError {
 /// operators and the local socket. See the [module docs](self).
 pub struct ControlService {
     cluster: Cluster,
-    ca: Option<Arc<ClusterCa>>,
+    ca: CaSource,
+}
+
+/// Where [`ControlService`] finds the CA that signs operator certificates.
+#[derive(Clone)]
+enum CaSource {
+    None,
+    Fixed(Arc<ClusterCa>),
+    /// The CA in the replicated store ([`crate::castore`]), read at each
+    /// request: any manager of a cluster whose CA key is in the store.
+    Store,
 }
 
 impl std::fmt::Debug for ControlService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlService").field("holds_ca", &self.ca.is_some()).finish()
+        let ca = match self.ca {
+            CaSource::None => "none",
+            CaSource::Fixed(_) => "fixed",
+            CaSource::Store => "store",
+        };
+        f.debug_struct("ControlService").field("ca", &ca).finish()
     }
 }
 
@@ -683,7 +698,14 @@ impl ControlService {
     /// operator certificates issued ([`RemoteCluster::issue_operator_cert`]);
     /// without, such calls are refused (this manager holds no CA key).
     pub fn new(cluster: Cluster, ca: Option<Arc<ClusterCa>>) -> Self {
-        ControlService { cluster, ca }
+        ControlService { cluster, ca: ca.map_or(CaSource::None, CaSource::Fixed) }
+    }
+
+    /// Serves `cluster`, issuing operator certificates with the CA kept in
+    /// the cluster's store ([`crate::castore`]), as every manager of a
+    /// networked cluster can.
+    pub fn with_ca_from_store(cluster: Cluster) -> Self {
+        ControlService { cluster, ca: CaSource::Store }
     }
 
     /// The cluster served.
@@ -822,10 +844,22 @@ impl ControlService {
         Ok(Reply::Stream(rx))
     }
 
-    fn issue(&self, req: IssueOperatorCert) -> Result<OperatorCert, ControlError> {
-        let ca = self.ca.as_ref().ok_or_else(|| ControlError::Certificate {
-            message: "this manager holds no CA key (an external CA, or a manager that is not the CA signer)".into(),
-        })?;
+    async fn issue(&self, req: IssueOperatorCert) -> Result<OperatorCert, ControlError> {
+        let ca = match &self.ca {
+            CaSource::Fixed(ca) => ca.clone(),
+            CaSource::Store => {
+                let state = self.cluster.store().snapshot().await?;
+                Arc::new(crate::castore::cluster_ca(&state).map_err(|e| ControlError::Certificate {
+                    message: format!("the cluster's CA is not usable from the store: {e}"),
+                })?)
+            }
+            CaSource::None => {
+                return Err(ControlError::Certificate {
+                    message: "this manager holds no CA key (an external CA, or a manager that is not the CA signer)"
+                        .into(),
+                });
+            }
+        };
         let lifetime = req.lifetime_secs.map(Duration::from_secs);
         let issued = ca
             .sign_node_csr(&req.csr_pem, &req.name, Role::Operator, lifetime, SystemTime::now())
@@ -873,7 +907,7 @@ impl Handler for ControlService {
                     ));
                 }
                 let req: IssueOperatorCert = rpc::body("control.issue_operator_cert", body)?;
-                let cert = self.issue(req).map_err(|e| e.fault())?;
+                let cert = self.issue(req).await.map_err(|e| e.fault())?;
                 Reply::unary(&cert)
             }
             other => Err(Fault::new(Code::UnknownMethod, format!("the control service has no method {other:?}"))),

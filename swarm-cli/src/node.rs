@@ -1,0 +1,780 @@
+//! One node of a networked swarm, manager or worker: what `swarmd` runs.
+//!
+//! - [`SwarmNode::init`] makes the first manager of a new cluster: it
+//!   creates the cluster CA and its own manager certificate, starts a
+//!   one-voter raft group over mutual TLS, writes the CA and the join
+//!   tokens into the replicated store, and serves the node API.
+//! - [`SwarmNode::join`] joins with a token: it fetches and checks the CA,
+//!   gets a certificate whose role the token decides, and then either
+//!   becomes a raft voter (manager token: `raft.join` on the leader) or
+//!   only runs an agent (worker token).
+//! - [`SwarmNode::resume`] restarts a node from its state directory, with
+//!   the identity, raft id and log it has.
+//!
+//! A manager serves one node API listener ([`swarm_security::rpc`]) with
+//! the services `dispatcher` (agents; leader only, followers redirect),
+//! `control` (the control API), `ca` (join, renewal, tokens) and `raft`
+//! (membership), plus the control API on a local Unix socket (0600). Its
+//! raft traffic goes over its own mutual-TLS listener admitting managers of
+//! the cluster only. Every node, managers included, runs an agent that
+//! reaches the leader's dispatcher over the network and follows it when
+//! leadership moves.
+
+use crate::membership::{JoinReply, JoinRequest, MembershipService};
+use crate::peers;
+use crate::state::{NodeRecord, StateDir, StateError};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use swarm_core::agent::{Agent, AgentConfig};
+use swarm_core::cluster::Cluster;
+use swarm_core::manager::{Manager, ManagerConfig};
+use swarm_core::model::{ClusterSpec, ManagerStatus, Node, NodeDescription, NodeRole, Platform, Resources};
+use swarm_core::runtime::Runtime;
+use swarm_core::state::Transaction;
+use swarm_core::store::{Store, update_with_retry};
+use swarm_core::time::SpecDuration;
+use swarm_raft::tls::RaftTls;
+use swarm_raft::{InboundLimits, RaftStore, RaftStoreConfig, TcpTransport, TcpTransportConfig};
+use swarm_security::ca::{ClusterCa, DEFAULT_CA_VALIDITY, NodeCsr, SigningPolicy};
+use swarm_security::ca_service::CaService;
+use swarm_security::castore::{self, DenyList, ExternalCa, SecurityOptions};
+use swarm_security::control::ControlService;
+use swarm_security::dispatch::{DispatcherService, RemoteDispatcher};
+use swarm_security::join;
+use swarm_security::role::Role;
+use swarm_security::rpc::{Code, Reloadable, Router, RpcClient, RpcError, RpcServer, ServerLimits};
+use swarm_security::tls::{self, PeerPolicy, TlsCredentials};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The state directory is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// `init` or `join` on a directory that already holds a node.
+    #[error(
+        "{dir} already holds node {node_id} of cluster {cluster_id}; start it with `swarmd run` or use another --state-dir"
+    )]
+    AlreadySetUp {
+        /// The directory.
+        dir: PathBuf,
+        /// Its node.
+        node_id: String,
+        /// Its cluster.
+        cluster_id: String,
+    },
+    /// `resume` on a directory without a node.
+    #[error("{0} holds no node: run `swarmd init` or `swarmd join` first")]
+    NotSetUp(PathBuf),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Certificates, TLS or the CA failed.
+    #[error("security: {0}")]
+    Security(String),
+    /// The raft store failed.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// Joining the cluster failed.
+    #[error("joining through {addr}: {reason}")]
+    Join {
+        /// The manager asked.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store refused a write.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+fn sec(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Security(e.to_string())
+}
+
+/// How to run a node.
+#[derive(Clone)]
+pub struct NodeOptions {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The node API listener (managers).
+    pub listen_addr: SocketAddr,
+    /// The raft listener (managers).
+    pub raft_addr: SocketAddr,
+    /// The IP other nodes reach this one at, when the listeners are bound
+    /// to a wildcard address. Default: the listen address's IP.
+    pub advertise_ip: Option<IpAddr>,
+    /// The node's hostname.
+    pub hostname: String,
+    /// Its capacity (for the scheduler).
+    pub resources: Resources,
+    /// Where containers run.
+    pub runtime: Arc<dyn Runtime>,
+    /// Raft tick (election after 10 ticks).
+    pub raft_tick: Duration,
+    /// `init` only: the cluster's settings (heartbeat, ...).
+    pub cluster_spec: ClusterSpec,
+    /// `init` only: lifetime of node certificates (`None`: 90 days; below
+    /// an hour only when `allow_short_certs`).
+    pub cert_lifetime: Option<Duration>,
+    /// `init` only: allow certificate lifetimes under an hour (tests).
+    pub allow_short_certs: bool,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("state_dir", &self.state_dir)
+            .field("listen_addr", &self.listen_addr)
+            .field("raft_addr", &self.raft_addr)
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeOptions {
+    fn advertised(&self, addr: SocketAddr) -> SocketAddr {
+        match self.advertise_ip {
+            Some(ip) => SocketAddr::new(ip, addr.port()),
+            None => addr,
+        }
+    }
+
+    fn description(&self) -> NodeDescription {
+        NodeDescription {
+            hostname: self.hostname.clone(),
+            platform: Platform::new(std::env::consts::OS, std::env::consts::ARCH),
+            resources: self.resources.clone(),
+            engine_labels: Default::default(),
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct Task(JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Task {
+    Task(tokio::spawn(f))
+}
+
+/// A manager's parts.
+struct ManagerParts {
+    raft: RaftStore,
+    _manager: Manager,
+}
+
+/// A running node. See the [module docs](self). Dropping it stops its
+/// tasks (its containers keep running); [`SwarmNode::shutdown`] also
+/// stops the raft store cleanly.
+pub struct SwarmNode {
+    record: NodeRecord,
+    api_addr: Option<SocketAddr>,
+    manager: Option<ManagerParts>,
+    tasks: Vec<Task>,
+}
+
+impl std::fmt::Debug for SwarmNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmNode").field("record", &self.record).field("api_addr", &self.api_addr).finish()
+    }
+}
+
+/// How a manager starts.
+enum Start {
+    /// A new cluster (`init`).
+    Init(Box<Bootstrap>),
+    /// Joining through a manager, with our raft id and addresses.
+    Join(SocketAddr, JoinRequest),
+    /// From the state directory.
+    Resume,
+}
+
+/// What `init` writes into a new cluster's store.
+struct Bootstrap {
+    cluster_id: String,
+    security: SecurityOptions,
+    spec: ClusterSpec,
+}
+
+/// The join tokens printed by `swarmd init`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tokens {
+    /// For workers.
+    pub worker: String,
+    /// For managers.
+    pub manager: String,
+}
+
+fn random_u64() -> Result<u64, NodeError> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).map_err(|e| sec(format!("the OS random source failed: {e}")))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn random_raft_id() -> Result<u64, NodeError> {
+    loop {
+        let id = random_u64()? >> 1; // positive in JSON tools that read i64
+        if id != 0 {
+            return Ok(id);
+        }
+    }
+}
+
+/// A random id of 25 lowercase base-36 characters, as Swarm's.
+pub fn random_id() -> Result<String, NodeError> {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut b = [0u8; 25];
+    getrandom::getrandom(&mut b).map_err(|e| sec(format!("the OS random source failed: {e}")))?;
+    // 252 = 7 * 36: reject bytes above to keep the draw uniform.
+    let mut out = String::with_capacity(25);
+    let mut i = 0;
+    while out.len() < 25 {
+        if i == b.len() {
+            getrandom::getrandom(&mut b).map_err(|e| sec(format!("the OS random source failed: {e}")))?;
+            i = 0;
+        }
+        let v = b[i];
+        i += 1;
+        if v < 252 {
+            out.push(ALPHABET[(v % 36) as usize] as char);
+        }
+    }
+    Ok(out)
+}
+
+impl SwarmNode {
+    /// The node's record (id, role, cluster).
+    pub fn record(&self) -> &NodeRecord {
+        &self.record
+    }
+
+    /// The node id.
+    pub fn node_id(&self) -> &str {
+        &self.record.node_id
+    }
+
+    /// The raft store of a manager.
+    pub fn raft(&self) -> Option<&RaftStore> {
+        self.manager.as_ref().map(|m| &m.raft)
+    }
+
+    /// The node API address of a manager.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// Stops the node: its tasks, then (managers) the raft store. Its
+    /// containers keep running, as Swarm's do when the daemon stops.
+    pub async fn shutdown(mut self) {
+        self.tasks.clear();
+        if let Some(m) = self.manager.take() {
+            drop(m._manager);
+            m.raft.shutdown().await;
+        }
+    }
+
+    /// Creates a new cluster with this node as its first manager. Returns
+    /// the node and the join tokens.
+    pub async fn init(opts: NodeOptions) -> Result<(SwarmNode, Tokens), NodeError> {
+        let dir = StateDir::new(&opts.state_dir);
+        refuse_existing(&dir)?;
+        dir.create()?;
+        let cluster_id = random_id()?;
+        let node_id = random_id()?;
+        let raft_id = random_raft_id()?;
+        let mut policy = signing_policy(&opts);
+        if let Some(l) = opts.cert_lifetime {
+            policy.default_lifetime = l;
+        }
+        let ca = ClusterCa::generate(&cluster_id, DEFAULT_CA_VALIDITY).map_err(sec)?.with_policy(policy.clone());
+        let csr = NodeCsr::generate(&node_id).map_err(sec)?;
+        let cert = ca.sign_node_csr(csr.csr_pem(), &node_id, Role::Manager, None, SystemTime::now()).map_err(sec)?;
+        let files = dir.certs();
+        files.write_ca_cert(ca.cert_pem()).map_err(sec)?;
+        files.write(cert.cert_pem(), &csr.key_pem()).map_err(sec)?;
+        let record = NodeRecord {
+            node_id: node_id.clone(),
+            cluster_id: cluster_id.clone(),
+            role: Role::Manager.as_str().into(),
+            raft_id: Some(raft_id),
+            managers: vec![opts.advertised(opts.listen_addr).to_string()],
+        };
+        dir.write_record(&record)?;
+        let security = SecurityOptions {
+            ca_validity: DEFAULT_CA_VALIDITY,
+            external_ca: Some(ExternalCa { cert_pem: ca.cert_pem().to_owned(), key_pem: ca.key_pem() }),
+            node_cert_lifetime: opts.cert_lifetime,
+        };
+        let bootstrap = Bootstrap { cluster_id: cluster_id.clone(), security, spec: opts.cluster_spec.clone() };
+        let (node, tokens) =
+            Self::start_manager(&opts, &dir, record, vec![raft_id], Start::Init(Box::new(bootstrap))).await?;
+        let tokens = tokens.ok_or_else(|| NodeError::Store("the join tokens were not created".into()))?;
+        tracing::info!(node = %node_id, cluster = %cluster_id, "cluster initialised");
+        Ok((node, tokens))
+    }
+
+    /// Joins the cluster of the manager at `remote` with `token`.
+    pub async fn join(opts: NodeOptions, remote: SocketAddr, token: &str) -> Result<SwarmNode, NodeError> {
+        let dir = StateDir::new(&opts.state_dir);
+        refuse_existing(&dir)?;
+        dir.create()?;
+        let joined = join::join(remote, token, None, &dir.certs())
+            .await
+            .map_err(|e| NodeError::Join { addr: remote.to_string(), reason: e.to_string() })?;
+        let role = joined.role;
+        let identity = joined.identity().map_err(sec)?;
+        let mut record = NodeRecord {
+            node_id: joined.node_id.clone(),
+            cluster_id: identity.cluster_id.clone(),
+            role: role.as_str().into(),
+            raft_id: None,
+            managers: vec![remote.to_string()],
+        };
+        if role != Role::Manager {
+            dir.write_record(&record)?;
+            return Self::start_worker(&opts, &dir, record).await;
+        }
+        let raft_id = random_raft_id()?;
+        record.raft_id = Some(raft_id);
+        dir.write_record(&record)?;
+        let req = JoinRequest {
+            raft_id,
+            raft_addr: opts.advertised(opts.raft_addr).to_string(),
+            api_addr: opts.advertised(opts.listen_addr).to_string(),
+        };
+        let (node, _) = Self::start_manager(&opts, &dir, record, Vec::new(), Start::Join(remote, req)).await?;
+        Ok(node)
+    }
+
+    /// Restarts the node recorded in `opts.state_dir`.
+    pub async fn resume(opts: NodeOptions) -> Result<SwarmNode, NodeError> {
+        let dir = StateDir::new(&opts.state_dir);
+        let record = dir.read_record()?.ok_or_else(|| NodeError::NotSetUp(opts.state_dir.clone()))?;
+        if record.role == Role::Manager.as_str() {
+            Ok(Self::start_manager(&opts, &dir, record, Vec::new(), Start::Resume).await?.0)
+        } else {
+            Self::start_worker(&opts, &dir, record).await
+        }
+    }
+
+    async fn start_worker(opts: &NodeOptions, dir: &StateDir, record: NodeRecord) -> Result<SwarmNode, NodeError> {
+        let creds = load_creds(dir)?;
+        let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
+        let (agent, dispatcher) = start_agent(opts, &record, client.clone())?;
+        let users =
+            TlsUsers { cluster_id: record.cluster_id.clone(), client: client.clone(), server: None, raft: None };
+        let renewal = spawn(renewal_loop(dir.clone(), users, move || dispatcher.managers()));
+        Ok(SwarmNode { record, api_addr: None, manager: None, tasks: vec![agent, renewal] })
+    }
+
+    async fn start_manager(
+        opts: &NodeOptions,
+        dir: &StateDir,
+        record: NodeRecord,
+        initial_voters: Vec<u64>,
+        start: Start,
+    ) -> Result<(SwarmNode, Option<Tokens>), NodeError> {
+        let raft_id = record.raft_id.ok_or_else(|| NodeError::Raft("the node record has no raft id".into()))?;
+        let creds = load_creds(dir)?;
+        let mut names = HashMap::new();
+        names.insert(raft_id, record.node_id.clone());
+        let raft_tls = RaftTls::new(&creds, names).map_err(sec)?;
+        let mut tcfg = TcpTransportConfig::new(raft_id, HashMap::new()).with_tls(raft_tls.clone());
+        tcfg.reconnect = Duration::from_millis(200);
+        let transport = TcpTransport::new(tcfg).map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft_listener = TcpListener::bind(opts.raft_addr).await.map_err(|source| NodeError::Bind {
+            addr: opts.raft_addr,
+            what: "raft",
+            source,
+        })?;
+        let api_listener = TcpListener::bind(opts.listen_addr).await.map_err(|source| NodeError::Bind {
+            addr: opts.listen_addr,
+            what: "node API",
+            source,
+        })?;
+        let api_addr = api_listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: opts.listen_addr,
+            what: "node API",
+            source,
+        })?;
+        let cfg = RaftStoreConfig::new(raft_id, dir.raft_dir(), initial_voters).with_tick(opts.raft_tick);
+        let raft = RaftStore::open_async(cfg, transport.clone()).await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        let mut tasks = Vec::new();
+        tasks.push(spawn(TcpTransport::serve_tls(
+            raft_listener,
+            raft.inbox(),
+            InboundLimits::default(),
+            raft_tls.clone(),
+        )));
+        tasks.push(spawn(peers::sync_loop(
+            raft.clone(),
+            transport.clone(),
+            raft_tls.clone(),
+            Duration::from_millis(500),
+        )));
+
+        let store: Arc<dyn Store> = Arc::new(raft.clone());
+        // A new cluster's CA, tokens and settings are in the store before
+        // anything (the control loops, the agent) reads them.
+        let mut tokens = None;
+        match start {
+            Start::Init(b) => {
+                wait_leader(&raft, Duration::from_secs(30)).await?;
+                let (_, t) = castore::init_security(&raft, &b.cluster_id, b.security).await.map_err(sec)?;
+                tokens = Some(Tokens { worker: t.worker().to_string(), manager: t.manager().to_string() });
+                Cluster::new(store.clone())
+                    .set_cluster_spec(b.spec)
+                    .await
+                    .map_err(|e| NodeError::Store(e.to_string()))?;
+            }
+            Start::Join(remote, req) => {
+                // Our raft listener runs: ask the leader to add us, then
+                // point our transport at the members until our replica
+                // holds them.
+                let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
+                let reply = raft_join(remote, &client, &req).await?;
+                peers::apply(&reply.members, &[], raft_id, &transport, &raft_tls);
+                tracing::info!(node = %record.node_id, members = reply.members.len(), "joined the raft group");
+            }
+            Start::Resume => {}
+        }
+        // Reads below need a quorum that knows us (a joining manager is a
+        // voter only once the leader applied its addition).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (deny_list, follow) = loop {
+            match DenyList::start(store.clone()).await {
+                Ok(d) => break d,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for the raft group to answer");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(NodeError::Store(format!("following the deny-list: {e}"))),
+            }
+        };
+        tasks.push(Task(follow));
+        let manager = Manager::builder(store.clone())
+            .scheduler(Box::new(swarm_sched::Pipeline::spread()))
+            .config(ManagerConfig::default())
+            .start()
+            .map_err(|e| NodeError::Raft(format!("starting the control loops: {e}")))?;
+
+        let leader_raft = raft.clone();
+        let leader_addr = move || peers::leader_api_addr(&leader_raft);
+        let members_raft = raft.clone();
+        let managers = move || {
+            peers::members(&members_raft.stale_snapshot()).into_iter().map(|m| m.status.api_addr).collect::<Vec<_>>()
+        };
+        let dispatcher = DispatcherService::new(Arc::new(manager.dispatcher()), store.leadership())
+            .with_leader(leader_addr)
+            .with_managers(managers);
+        let cluster = Cluster::new(store.clone());
+        let router = Arc::new(
+            Router::new()
+                .route("dispatcher", Arc::new(dispatcher))
+                .route("control", Arc::new(ControlService::with_ca_from_store(cluster.clone())))
+                .route("ca", Arc::new(CaService::new(store.clone()).with_policy(signing_policy(opts))))
+                .route("raft", Arc::new(MembershipService::new(raft.clone(), transport.clone(), raft_tls.clone())))
+                .gate(deny_list),
+        );
+        let server_tls = Reloadable::new(
+            tls::server_config_optional_client(&creds, PeerPolicy::api(&record.cluster_id)).map_err(sec)?,
+        );
+        tasks.push(spawn(RpcServer::serve(api_listener, server_tls.clone(), router.clone(), ServerLimits::default())));
+        let socket = dir.socket();
+        let local = router.clone();
+        tasks.push(spawn(async move {
+            if let Err(e) = RpcServer::serve_unix(&socket, local).await {
+                tracing::error!(path = %socket.display(), error = %e, "cannot serve the local control socket");
+            }
+        }));
+        tasks.push(spawn(record_self(raft.clone(), record.clone(), opts.clone())));
+
+        let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
+        let mut agent_record = record.clone();
+        agent_record.managers.insert(0, opts.advertised(api_addr).to_string());
+        let (agent, _) = start_agent(opts, &agent_record, client.clone())?;
+        tasks.push(agent);
+        let users = TlsUsers {
+            cluster_id: record.cluster_id.clone(),
+            client: client.clone(),
+            server: Some(server_tls.clone()),
+            raft: Some(raft_tls.clone()),
+        };
+        let own = opts.advertised(api_addr).to_string();
+        let members_raft = raft.clone();
+        tasks.push(spawn(renewal_loop(dir.clone(), users, move || {
+            let mut all = vec![own.clone()];
+            all.extend(peers::members(&members_raft.stale_snapshot()).into_iter().map(|m| m.status.api_addr));
+            all.dedup();
+            all
+        })));
+        tracing::info!(node = %record.node_id, raft_id, api = %api_addr, raft = %opts.raft_addr, "manager started");
+        let node = SwarmNode {
+            record,
+            api_addr: Some(api_addr),
+            manager: Some(ManagerParts { raft, _manager: manager }),
+            tasks,
+        };
+        Ok((node, tokens))
+    }
+}
+
+/// The CA's signing policy on this manager: Swarm's, or with lifetimes
+/// down to a second when short certificates are allowed (tests).
+fn signing_policy(opts: &NodeOptions) -> SigningPolicy {
+    let mut policy = SigningPolicy::default();
+    if opts.allow_short_certs {
+        policy.min_lifetime = Duration::from_secs(1);
+    }
+    policy
+}
+
+fn refuse_existing(dir: &StateDir) -> Result<(), NodeError> {
+    if let Some(r) = dir.read_record()? {
+        return Err(NodeError::AlreadySetUp {
+            dir: dir.root().to_owned(),
+            node_id: r.node_id,
+            cluster_id: r.cluster_id,
+        });
+    }
+    Ok(())
+}
+
+fn load_creds(dir: &StateDir) -> Result<TlsCredentials, NodeError> {
+    let files = dir.certs().read().map_err(sec)?;
+    let ca = dir.certs().read_ca_cert().map_err(sec)?;
+    TlsCredentials::from_pem(&ca, &files.cert_pem, &files.key_pem).map_err(sec)
+}
+
+async fn wait_leader(raft: &RaftStore, within: Duration) -> Result<(), NodeError> {
+    let mut lead = raft.leadership();
+    tokio::time::timeout(within, async {
+        while !*lead.borrow_and_update() {
+            if lead.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .map_err(|_| NodeError::Raft(format!("this manager did not become leader within {within:?}")))
+}
+
+/// Keeps this manager's own Node object recording its role and addresses
+/// (written once the store accepts writes; again if it changes).
+async fn record_self(raft: RaftStore, record: NodeRecord, opts: NodeOptions) {
+    let Some(raft_id) = record.raft_id else { return };
+    let status = ManagerStatus {
+        raft_id,
+        raft_addr: opts.advertised(opts.raft_addr).to_string(),
+        api_addr: opts.advertised(opts.listen_addr).to_string(),
+    };
+    let id = swarm_core::id::NodeId::new(&record.node_id);
+    loop {
+        let res = update_with_retry(&raft, 10, |state| {
+            let mut node = match state.node(&id) {
+                Some(n) => n.as_ref().clone(),
+                None => Node { id: id.clone(), ..Default::default() },
+            };
+            if node.spec.role == NodeRole::Manager && node.manager.as_ref() == Some(&status) {
+                return None;
+            }
+            node.spec.role = NodeRole::Manager;
+            node.manager = Some(status.clone());
+            Some(if node.meta.version.0 == 0 {
+                Transaction::new().create(node)
+            } else {
+                Transaction::new().update(node)
+            })
+        })
+        .await;
+        match res {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "recording this manager in the store; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn start_agent(
+    opts: &NodeOptions,
+    record: &NodeRecord,
+    client: Arc<Reloadable<rustls::ClientConfig>>,
+) -> Result<(Task, Arc<RemoteDispatcher>), NodeError> {
+    let managers: Vec<String> = record.managers.clone();
+    let dispatcher = Arc::new(RemoteDispatcher::new(managers, client));
+    let agent = Agent::new(
+        AgentConfig {
+            node_id: record.node_id.clone().into(),
+            description: opts.description(),
+            addr: opts.advertised(opts.listen_addr).ip().to_string(),
+        },
+        opts.runtime.clone(),
+        dispatcher.clone(),
+    );
+    let task = spawn(async move {
+        match agent.run().await {
+            Ok(()) => tracing::info!("agent stopped"),
+            Err(e) => tracing::warn!(error = %e, "agent stopped"),
+        }
+    });
+    Ok((task, dispatcher))
+}
+
+/// Where a node's TLS material is used, to be replaced after a renewal.
+#[derive(Clone)]
+struct TlsUsers {
+    cluster_id: String,
+    client: Arc<Reloadable<rustls::ClientConfig>>,
+    server: Option<Arc<Reloadable<rustls::ServerConfig>>>,
+    raft: Option<Arc<RaftTls>>,
+}
+
+impl TlsUsers {
+    fn reload(&self, creds: &TlsCredentials) -> Result<(), NodeError> {
+        self.client.set(tls::client_config(creds).map_err(sec)?);
+        if let Some(server) = &self.server {
+            server.set(tls::server_config_optional_client(creds, PeerPolicy::api(&self.cluster_id)).map_err(sec)?);
+        }
+        if let Some(raft) = &self.raft {
+            raft.reload(creds).map_err(sec)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renews the node certificate at a random point between 50 % and 80 % of
+/// its lifetime (Swarm's window), through any manager that answers, and
+/// reloads every TLS user. A failed attempt is retried every few seconds
+/// until one succeeds. A node restarted with a certificate past its
+/// renewal time renews at once.
+async fn renewal_loop(dir: StateDir, users: TlsUsers, managers: impl Fn() -> Vec<String> + Send + 'static) {
+    use rand_core::OsRng;
+    let files = dir.certs();
+    loop {
+        let identity = match join::JoinedNode::load(&files)
+            .map_err(|e| e.to_string())
+            .and_then(|n| n.identity().map_err(|e| e.to_string()))
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read this node's certificate; renewal stopped");
+                return;
+            }
+        };
+        let at = swarm_security::renewal::renewal_time_for(&identity, &mut OsRng);
+        if let Ok(wait) = at.duration_since(SystemTime::now()) {
+            tracing::debug!(?wait, not_after = ?identity.not_after, "next certificate renewal");
+            tokio::time::sleep(wait).await;
+        }
+        let mut attempt = 0u32;
+        loop {
+            match renew_once(&files, &users, &managers()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "certificate renewal failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt.min(5)))).await;
+                }
+            }
+        }
+    }
+}
+
+async fn renew_once(
+    files: &swarm_security::files::NodeFiles,
+    users: &TlsUsers,
+    managers: &[String],
+) -> Result<(), NodeError> {
+    let mut last = NodeError::Security("no manager known to renew the certificate with".into());
+    for m in managers {
+        let Ok(addr) = m.parse::<SocketAddr>() else { continue };
+        let rpc = RpcClient::new(addr, Role::Manager.server_name(), users.client.clone()).map_err(sec)?;
+        match join::renew(&rpc, files).await {
+            Ok(node) => {
+                let creds = node.tls_credentials().map_err(sec)?;
+                users.reload(&creds)?;
+                tracing::info!(manager = %m, not_after = ?creds.identity().not_after, "node certificate renewed");
+                return Ok(());
+            }
+            Err(e) => last = sec(format!("renewing through {m}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+/// Calls `raft.join` on `remote`, following redirects to the leader.
+async fn raft_join(
+    remote: SocketAddr,
+    client: &Arc<Reloadable<rustls::ClientConfig>>,
+    req: &JoinRequest,
+) -> Result<JoinReply, NodeError> {
+    let mut addr = remote;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rpc = RpcClient::new(addr, Role::Manager.server_name(), client.clone())
+            .map_err(|e| NodeError::Join { addr: addr.to_string(), reason: e.to_string() })?;
+        let err = match rpc.call::<_, JoinReply>("raft.join", req).await {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NodeError::Join { addr: addr.to_string(), reason: err.to_string() });
+        }
+        match &err {
+            RpcError::Fault { fault, .. } if fault.code == Code::NotLeader => {
+                if let Some(next) = fault.redirect.as_deref().and_then(|r| r.parse().ok()) {
+                    addr = next;
+                    continue;
+                }
+            }
+            RpcError::Fault { fault, .. } if fault.code != Code::Unavailable => {
+                return Err(NodeError::Join { addr: addr.to_string(), reason: err.to_string() });
+            }
+            _ => {}
+        }
+        tracing::debug!(error = %err, "raft.join: retrying");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The default capacity a node reports: its CPUs and memory as the OS
+/// sees them.
+pub fn host_resources() -> Resources {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    // SAFETY: sysconf has no preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let memory = if pages > 0 && page > 0 { pages as u64 * page as u64 } else { 0 };
+    Resources::new(cpus * 1_000_000_000, memory)
+}
+
+/// Default raft tick for `swarmd` (election after 10 ticks: 1 to 2 s).
+pub const DEFAULT_RAFT_TICK: Duration = Duration::from_millis(100);
+
+/// A cluster spec whose agents heartbeat every `period`.
+pub fn spec_with_heartbeat(period: Duration) -> ClusterSpec {
+    let mut spec = ClusterSpec::default();
+    spec.dispatcher.heartbeat_period = SpecDuration::from_nanos(period.as_nanos() as i64);
+    spec
+}

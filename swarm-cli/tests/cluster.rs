@@ -1,0 +1,129 @@
+//! A real multi-process cluster on loopback: `swarmd` managers and workers
+//! as separate OS processes (sim runtime), driven with `swarmctl`.
+//!
+//! Each test has its own address block (127.<block>.0.x) and directory.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::{Lab, ctl, ctl_json, eventually};
+
+fn running(socket: &std::path::Path, service: &str) -> Option<usize> {
+    let tasks = ctl_json(socket, &["service", "ps", service]).ok()?;
+    Some(tasks.as_array()?.iter().filter(|t| t["status"]["state"] == "running").count())
+}
+
+fn nodes(socket: &std::path::Path) -> Vec<Value> {
+    ctl_json(socket, &["node", "ls"]).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+}
+
+fn ready_nodes(socket: &std::path::Path) -> usize {
+    nodes(socket).iter().filter(|n| n["status"]["state"] == "ready").count()
+}
+
+fn leader_name(socket: &std::path::Path) -> Option<String> {
+    nodes(socket)
+        .iter()
+        .find(|n| n["manager_status"] == "leader")
+        .and_then(|n| n["description"]["hostname"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn three_managers_and_two_workers_survive_the_leader_crash() {
+    let lab = Lab::new(11);
+    let m1 = lab.init("m1", 1);
+    let wt = m1.worker_token.clone().expect("init prints the worker token");
+    let mt = m1.manager_token.clone().expect("init prints the manager token");
+    assert!(wt.starts_with("SWMTKN-1-") && mt.starts_with("SWMTKN-1-") && wt != mt);
+    let mut daemons = vec![m1.daemon];
+    for (i, name) in ["m2", "m3"].iter().enumerate() {
+        daemons.push(lab.join(name, 2 + i as u8, &mt, daemons[0].api).daemon);
+    }
+    for (i, name) in ["w1", "w2"].iter().enumerate() {
+        daemons.push(lab.join(name, 4 + i as u8, &wt, daemons[0].api).daemon);
+    }
+    let s1 = daemons[0].socket();
+    eventually(Duration::from_secs(30), "5 nodes ready", || (ready_nodes(&s1) == 5).then_some(()));
+    let managers: Vec<Value> = nodes(&s1).into_iter().filter(|n| n["spec"]["role"] == "manager").collect();
+    assert_eq!(managers.len(), 3, "{managers:?}");
+
+    let out = ctl(&s1, &["service", "create", "web", "--image", "busybox", "--replicas", "6"]);
+    assert!(out.ok, "{}", out.stderr);
+    eventually(Duration::from_secs(30), "6 replicas running", || (running(&s1, "web") == Some(6)).then_some(()));
+
+    // SIGKILL the leader's process.
+    let leader = eventually(Duration::from_secs(10), "a leader", || leader_name(&s1));
+    let idx = daemons.iter().position(|d| d.name == leader).unwrap();
+    daemons[idx].kill();
+    let survivor = daemons.iter().find(|d| d.name.starts_with('m') && d.child.is_some()).unwrap().socket();
+
+    // A new leader takes writes; the service converges at its new size.
+    let new_leader =
+        eventually(Duration::from_secs(30), "a new leader", || leader_name(&survivor).filter(|l| *l != leader));
+    eventually(Duration::from_secs(30), "scale through a surviving manager", || {
+        ctl(&survivor, &["service", "scale", "web=8"]).ok.then_some(())
+    });
+    eventually(Duration::from_secs(60), "8 replicas running after the crash", || {
+        (running(&survivor, "web") == Some(8)).then_some(())
+    });
+    // The killed manager is down; the 4 others are ready.
+    eventually(Duration::from_secs(30), "4 nodes ready", || (ready_nodes(&survivor) == 4).then_some(()));
+    assert_ne!(new_leader, leader);
+}
+
+#[test]
+fn joining_with_a_bad_token_is_refused_with_the_reason() {
+    let lab = Lab::new(12);
+    let m1 = lab.init("m1", 1);
+    let wt = m1.worker_token.clone().unwrap();
+    let api = m1.daemon.api;
+    // Another cluster's token: its CA digest does not match.
+    let other = Lab::new(13);
+    let o1 = other.init("o1", 1);
+    let foreign = o1.worker_token.clone().unwrap();
+    let err = lab.try_join("w1", 2, &foreign, api).err().expect("refused");
+    assert!(err.contains("digest"), "{err}");
+    // Right CA, wrong secret.
+    let mut forged = wt.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'a' { 'b' } else { 'a' });
+    let err = lab.try_join("w2", 3, &forged, api).err().expect("refused");
+    assert!(err.contains("not valid"), "{err}");
+    // The real one works.
+    lab.join("w3", 4, &wt, api);
+}
+
+#[test]
+fn a_killed_worker_loses_its_tasks_and_rejoins_when_restarted() {
+    let lab = Lab::new(14);
+    let m1 = lab.init("m1", 1);
+    let wt = m1.worker_token.clone().unwrap();
+    let api = m1.daemon.api;
+    let s1 = m1.daemon.socket();
+    let _m1 = m1.daemon;
+    let mut w1 = lab.join("w1", 2, &wt, api).daemon;
+    let _w2 = lab.join("w2", 3, &wt, api).daemon;
+    eventually(Duration::from_secs(30), "3 nodes ready", || (ready_nodes(&s1) == 3).then_some(()));
+    // Keep the manager free of tasks so the workers carry them.
+    assert!(ctl(&s1, &["node", "update", "m1", "--availability", "drain"]).ok);
+    assert!(ctl(&s1, &["service", "create", "web", "--image", "busybox", "--replicas", "4"]).ok);
+    eventually(Duration::from_secs(30), "4 running", || (running(&s1, "web") == Some(4)).then_some(()));
+
+    let w1_id = w1.node_id.clone();
+    w1.kill();
+    // After the heartbeat grace (1 s * 3) w1 is down and its tasks run on w2.
+    eventually(Duration::from_secs(30), "w1 down", || {
+        nodes(&s1).iter().any(|n| n["description"]["hostname"] == "w1" && n["status"]["state"] == "down").then_some(())
+    });
+    eventually(Duration::from_secs(30), "4 running on w2", || {
+        let tasks = ctl_json(&s1, &["service", "ps", "web"]).ok()?;
+        let on_w2 = tasks.as_array()?.iter().filter(|t| t["status"]["state"] == "running").count();
+        (on_w2 == 4).then_some(())
+    });
+
+    // Restarted on its state directory, it rejoins with its certificate.
+    let w1 = lab.restart("w1", 2);
+    assert_eq!(w1.daemon.node_id, w1_id, "same identity after the restart");
+    eventually(Duration::from_secs(30), "3 nodes ready again", || (ready_nodes(&s1) == 3).then_some(()));
+}
