@@ -129,8 +129,12 @@ pub struct NodeOptions {
     /// `init` only: lifetime of node certificates (`None`: 90 days; below
     /// an hour only when `allow_short_certs`).
     pub cert_lifetime: Option<Duration>,
-    /// `init` only: allow certificate lifetimes under an hour (tests).
+    /// Allow certificate lifetimes under an hour (tests); managers only.
     pub allow_short_certs: bool,
+    /// `run` only, managers: start a new one-manager cluster from this
+    /// manager's log after the others are lost for good (Swarm's
+    /// `--force-new-cluster`).
+    pub force_new_cluster: bool,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -316,6 +320,7 @@ impl SwarmNode {
             role: Role::Manager.as_str().into(),
             raft_id: Some(raft_id),
             managers: vec![opts.advertised(opts.listen_addr).to_string()],
+            advertised: None,
         };
         dir.write_record(&record)?;
         let security = SecurityOptions {
@@ -347,6 +352,7 @@ impl SwarmNode {
             role: role.as_str().into(),
             raft_id: None,
             managers: vec![remote.to_string()],
+            advertised: None,
         };
         if role != Role::Manager {
             dir.write_record(&record)?;
@@ -415,6 +421,19 @@ impl SwarmNode {
             what: "node API",
             source,
         })?;
+        if opts.force_new_cluster {
+            if !matches!(start, Start::Resume) {
+                return Err(NodeError::Raft(
+                    "--force-new-cluster applies to `swarmd run` (an existing manager)".into(),
+                ));
+            }
+            let dir = dir.raft_dir();
+            let at = tokio::task::spawn_blocking(move || RaftStore::force_new_cluster(&dir, raft_id))
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+                .map_err(|e| NodeError::Raft(format!("--force-new-cluster: {e}")))?;
+            tracing::warn!(raft_id, index = at, "forced a new cluster: this manager is now the only voter");
+        }
         let cfg = RaftStoreConfig::new(raft_id, dir.raft_dir(), initial_voters).with_tick(opts.raft_tick);
         let raft = RaftStore::open_async(cfg, transport.clone()).await.map_err(|e| NodeError::Raft(e.to_string()))?;
         let mut tasks = Vec::new();
@@ -454,22 +473,50 @@ impl SwarmNode {
                 peers::apply(&reply.members, &[], raft_id, &transport, &raft_tls);
                 tracing::info!(node = %record.node_id, members = reply.members.len(), "joined the raft group");
             }
-            Start::Resume => {}
-        }
-        // Reads below need a quorum that knows us (a joining manager is a
-        // voter only once the leader applied its addition).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let (deny_list, follow) = loop {
-            match DenyList::start(store.clone()).await {
-                Ok(d) => break d,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::info!(error = %e, "waiting for the raft group to answer");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+            Start::Resume => {
+                // Restarted with other addresses: tell the leader, through
+                // the managers we knew, before the others look for us at
+                // the old ones.
+                let now = (opts.advertised(opts.raft_addr).to_string(), opts.advertised(opts.listen_addr).to_string());
+                if let Some(before) = &record.advertised
+                    && *before != now
+                {
+                    let req = JoinRequest { raft_id, raft_addr: now.0.clone(), api_addr: now.1.clone() };
+                    let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
+                    let mut done = false;
+                    for m in record.managers.iter().filter(|m| **m != before.1 && **m != now.1) {
+                        let Ok(addr) = m.parse::<SocketAddr>() else { continue };
+                        match raft_join(addr, &client, &req).await {
+                            Ok(reply) => {
+                                peers::apply(&reply.members, &[], raft_id, &transport, &raft_tls);
+                                done = true;
+                                break;
+                            }
+                            Err(e) => tracing::warn!(manager = %m, error = %e, "telling the new address"),
+                        }
+                    }
+                    tracing::info!(from = ?before, to = ?now, told = done, "this manager's addresses changed");
                 }
-                Err(e) => return Err(NodeError::Store(format!("following the deny-list: {e}"))),
             }
-        };
-        tasks.push(Task(follow));
+        }
+        let mut record = record;
+        record.advertised =
+            Some((opts.advertised(opts.raft_addr).to_string(), opts.advertised(opts.listen_addr).to_string()));
+        dir.write_record(&record)?;
+        // The deny-list starts from the local replica (what this manager's
+        // log holds, no quorum needed: a manager restarting with the rest
+        // of the cluster down must still start) and follows the store.
+        let deny_list = Arc::new(DenyList::new());
+        deny_list.update(&raft.stale_snapshot());
+        let (following, follow_store) = (deny_list.clone(), store.clone());
+        tasks.push(spawn(async move {
+            loop {
+                if let Err(e) = following.follow(follow_store.as_ref()).await {
+                    tracing::debug!(error = %e, "following the deny-list; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
         let manager = Manager::builder(store.clone())
             .scheduler(Box::new(swarm_sched::Pipeline::spread()))
             .config(ManagerConfig::default())

@@ -29,6 +29,11 @@ pub struct NodeRecord {
     /// API addresses of the managers last known, tried first at restart.
     #[serde(default)]
     pub managers: Vec<String>,
+    /// The raft and API addresses this manager last advertised: a
+    /// manager restarted with other addresses tells the leader
+    /// (moby/moby#41043).
+    #[serde(default)]
+    pub advertised: Option<(String, String)>,
 }
 
 /// Why the state directory could not be used.
@@ -140,6 +145,7 @@ mod tests {
             role: "manager".into(),
             raft_id: Some(7),
             managers: vec!["127.0.0.1:4242".into()],
+            advertised: None,
         };
         s.write_record(&r).unwrap();
         assert_eq!(s.read_record().unwrap(), Some(r));

@@ -127,3 +127,76 @@ fn a_killed_worker_loses_its_tasks_and_rejoins_when_restarted() {
     assert_eq!(w1.daemon.node_id, w1_id, "same identity after the restart");
     eventually(Duration::from_secs(30), "3 nodes ready again", || (ready_nodes(&s1) == 3).then_some(()));
 }
+
+#[test]
+fn force_new_cluster_recovers_a_cluster_that_lost_its_quorum() {
+    let lab = Lab::new(15);
+    let m1 = lab.init("m1", 1);
+    let mt = m1.manager_token.clone().unwrap();
+    let api = m1.daemon.api;
+    let mut m1 = m1.daemon;
+    let mut m2 = lab.join("m2", 2, &mt, api).daemon;
+    let mut m3 = lab.join("m3", 3, &mt, api).daemon;
+    let s1 = m1.socket();
+    eventually(Duration::from_secs(30), "3 managers ready", || (ready_nodes(&s1) == 3).then_some(()));
+    assert!(ctl(&s1, &["service", "create", "kept", "--image", "busybox", "--replicas", "2"]).ok);
+    // Two of three managers are lost for good: no quorum.
+    m2.kill();
+    m3.kill();
+    let out = eventually(Duration::from_secs(30), "writes refused without a quorum", || {
+        let out = ctl(&s1, &["service", "create", "lost", "--image", "busybox"]);
+        (!out.ok).then_some(out)
+    });
+    assert!(out.stderr.contains("quorum"), "{}", out.stderr);
+    // The survivor forms a new cluster from its log.
+    assert!(m1.stop().is_some());
+    let m1 = lab.spawn("m1", 1, &["run"], &["--force-new-cluster".into()]).unwrap_or_else(|e| panic!("{e}")).daemon;
+    let s1 = m1.socket();
+    eventually(Duration::from_secs(30), "writes work again", || {
+        ctl(&s1, &["service", "create", "after", "--image", "busybox"]).ok.then_some(())
+    });
+    let services = ctl_json(&s1, &["service", "ls"]).unwrap();
+    let names: Vec<&str> = services.as_array().unwrap().iter().filter_map(|s| s["spec"]["name"].as_str()).collect();
+    assert!(names.contains(&"kept") && names.contains(&"after"), "{names:?}");
+    // A new manager joins the recovered cluster.
+    let m4 = lab.join("m4", 4, &mt, m1.api).daemon;
+    eventually(Duration::from_secs(30), "m4 is a voter", || {
+        nodes(&s1)
+            .iter()
+            .any(|n| n["description"]["hostname"] == "m4" && n["manager_status"] == "reachable")
+            .then_some(())
+    });
+    drop(m4);
+}
+
+#[test]
+fn a_manager_restarted_at_a_new_address_rejoins() {
+    let lab = Lab::new(16);
+    let m1 = lab.init("m1", 1);
+    let mt = m1.manager_token.clone().unwrap();
+    let api = m1.daemon.api;
+    let _m1 = m1.daemon;
+    let _m2 = lab.join("m2", 2, &mt, api).daemon;
+    let mut m3 = lab.join("m3", 3, &mt, api).daemon;
+    let id = m3.node_id.clone();
+    let s1 = _m1.socket();
+    eventually(Duration::from_secs(30), "3 managers ready", || (ready_nodes(&s1) == 3).then_some(()));
+    assert!(m3.stop().is_some());
+    // Same state directory, another address (host 13 instead of 3).
+    let m3 = lab.spawn("m3", 13, &["run"], &[]).unwrap_or_else(|e| panic!("{e}")).daemon;
+    assert_eq!(m3.node_id, id);
+    let s3 = m3.socket();
+    eventually(Duration::from_secs(30), "the store has m3's new address", || {
+        nodes(&s1)
+            .iter()
+            .any(|n| n["id"] == id.as_str() && n["manager"]["raft_addr"] == m3.raft.to_string())
+            .then_some(())
+    });
+    // m3 serves writes (forwarded to the leader) and reads at its new address.
+    eventually(Duration::from_secs(30), "a write through m3", || {
+        ctl(&s3, &["service", "create", "moved", "--image", "busybox"]).ok.then_some(())
+    });
+    eventually(Duration::from_secs(30), "m3 reachable again", || {
+        nodes(&s1).iter().any(|n| n["id"] == id.as_str() && n["manager_status"] != "unreachable").then_some(())
+    });
+}

@@ -891,6 +891,15 @@ impl Driver {
         let result = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => {
                 tracing::info!(id = self.id, index = e.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+                // A voter just added counts as heard now: like a new
+                // leader under check-quorum, it gets an election timeout
+                // to answer before the leader counts it as lost (without
+                // this, a two-voter group refuses reads and writes until
+                // the newcomer's first answer).
+                let now = Instant::now();
+                for v in cs.voters.iter().filter(|v| **v != self.id) {
+                    self.last_heard.entry(*v).or_insert(now);
+                }
                 self.update_removed(&cs);
                 self.snapshot_now = true;
                 Ok(cs.voters.clone())

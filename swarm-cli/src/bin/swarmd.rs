@@ -3,7 +3,7 @@
 //! ```text
 //! swarmd init --state-dir DIR [node flags] [--heartbeat 5s] [--cert-expiry 2160h]
 //! swarmd join --token SWMTKN-1-... --state-dir DIR [node flags] MANAGER_ADDR
-//! swarmd run  --state-dir DIR [node flags]          (restart a node set up before)
+//! swarmd run  --state-dir DIR [node flags] [--force-new-cluster]   (restart a node set up before)
 //!
 //! node flags:
 //!   --listen-addr HOST:PORT   node API (managers)          default 127.0.0.1:4242
@@ -13,6 +13,9 @@
 //!   --runtime sim|docker|containerd                        default docker
 //!   --cpus N --memory BYTES   capacity reported             default: the host's
 //!   --raft-tick DURATION      default 100ms (election after 10 ticks)
+//!   --allow-short-certs       certificate lifetimes under an hour (tests; every manager)
+//!   --force-new-cluster       run: this manager alone forms a new cluster from its log
+//!                             (after losing the quorum for good; re-join the others)
 //! ```
 //!
 //! It prints `swarmd: ready node=<id> role=<role> ...` once serving, and
@@ -34,7 +37,7 @@ type Error = Box<dyn std::error::Error>;
 fn usage() -> &'static str {
     "usage: swarmd init|join|run --state-dir DIR [--listen-addr HOST:PORT] [--raft-addr HOST:PORT] \
      [--advertise-addr IP] [--hostname NAME] [--runtime sim|docker|containerd] [--cpus N] [--memory BYTES] \
-     [--raft-tick DURATION]\n  init: [--heartbeat DURATION] [--cert-expiry DURATION]\n  join: --token TOKEN MANAGER_ADDR"
+     [--raft-tick DURATION] [--allow-short-certs]\n  init: [--heartbeat DURATION] [--cert-expiry DURATION]\n  join: --token TOKEN MANAGER_ADDR\n  run: [--force-new-cluster]"
 }
 
 fn duration(a: &mut Args, name: &str) -> Result<Option<Duration>, ArgError> {
@@ -70,7 +73,7 @@ fn host_name() -> String {
 }
 
 async fn run() -> Result<(), Error> {
-    let mut a = Args::parse(std::env::args().skip(1), &["allow-short-certs"])?;
+    let mut a = Args::parse(std::env::args().skip(1), &["allow-short-certs", "force-new-cluster"])?;
     let command = a.next_word().ok_or(usage())?;
     let state_dir = PathBuf::from(a.required("state-dir")?);
     let listen_addr: SocketAddr = a.parsed("listen-addr")?.unwrap_or_else(|| ([127, 0, 0, 1], 4242).into());
@@ -88,6 +91,7 @@ async fn run() -> Result<(), Error> {
     let heartbeat = duration(&mut a, "heartbeat")?;
     let cert_lifetime = duration(&mut a, "cert-expiry")?;
     let allow_short_certs = a.switch("allow-short-certs");
+    let force_new_cluster = a.switch("force-new-cluster");
     let token = a.value("token");
     let remote: Option<SocketAddr> = if command == "join" {
         let w = a.word("MANAGER_ADDR (host:port of a manager)")?;
@@ -108,6 +112,7 @@ async fn run() -> Result<(), Error> {
         cluster_spec: spec_with_heartbeat(heartbeat.unwrap_or(Duration::from_secs(5))),
         cert_lifetime,
         allow_short_certs,
+        force_new_cluster,
     };
     let node = match command.as_str() {
         "init" => {
