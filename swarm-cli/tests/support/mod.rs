@@ -75,6 +75,8 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     pub block: u8,
     pub heartbeat: &'static str,
+    /// `--runtime` of every node (default `sim`).
+    pub runtime: &'static str,
 }
 
 pub struct Started {
@@ -85,7 +87,7 @@ pub struct Started {
 
 impl Lab {
     pub fn new(block: u8) -> Lab {
-        Lab { dir: tempfile::tempdir().unwrap(), block, heartbeat: "1s" }
+        Lab { dir: tempfile::tempdir().unwrap(), block, heartbeat: "1s", runtime: "sim" }
     }
 
     pub fn addr(&self, host: u8, port: u16) -> SocketAddr {
@@ -104,7 +106,7 @@ impl Lab {
             "--hostname".into(),
             name.into(),
             "--runtime".into(),
-            "sim".into(),
+            self.runtime.into(),
             "--cpus".into(),
             "4".into(),
             "--memory".into(),
