@@ -471,10 +471,10 @@ async fn node(t: &Target, format: &Format, a: &mut Args) -> Result<String, CtlEr
             format!("{name}\n")
         }
         "promote" | "demote" => {
-            return Err(CtlError::Other(format!(
-                "node {verb}: changing a running node's role is not implemented yet for networked clusters \
-                 (the node would need a new certificate and a raft membership change); see docs/swarm-cli.md"
-            )));
+            let name = a.word("the node id or hostname")?;
+            let role = if verb == "promote" { NodeRole::Manager } else { NodeRole::Worker };
+            c.set_node_role(&name, role).await?;
+            format!("{name}\n")
         }
         "rm" => {
             let name = a.word("the node id or hostname")?;

@@ -176,3 +176,64 @@ impl Handler for MembershipService {
         }
     }
 }
+
+/// Makes the raft group follow the store, on the leader: a manager whose
+/// Node object says `worker` (demoted) is removed from the voters (the
+/// leader first hands leadership over when it is the one demoted, so the
+/// cluster never waits on a leader that is leaving, moby/moby#34384) and
+/// its manager status cleared; a voter whose Node object is gone is
+/// removed. Demoting the last manager is refused (logged): a cluster
+/// needs one. Runs every `period` until the task is dropped.
+pub async fn reconcile_loop(raft: RaftStore, period: std::time::Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        if !*raft.leadership().borrow() {
+            continue;
+        }
+        if let Err(e) = reconcile_once(&raft).await {
+            tracing::warn!(error = %e, "raft membership: reconciling with the store failed; will retry");
+        }
+    }
+}
+
+/// One pass of [`reconcile_loop`]; returns what it changed.
+pub async fn reconcile_once(raft: &RaftStore) -> Result<Vec<String>, swarm_core::store::StoreError> {
+    let state = raft.stale_snapshot();
+    let status = raft.status();
+    let mut done = Vec::new();
+    let recorded: std::collections::BTreeSet<u64> =
+        state.nodes().filter_map(|n| n.manager.as_ref().map(|m| m.raft_id)).collect();
+    for node in state.nodes().filter(|n| n.spec.role == NodeRole::Worker && n.manager.is_some()) {
+        let Some(m) = &node.manager else { continue };
+        if status.voters.contains(&m.raft_id) {
+            if status.voters.len() <= 1 {
+                tracing::warn!(node = %node.id, "raft membership: the last manager cannot be demoted");
+                continue;
+            }
+            tracing::info!(node = %node.id, raft_id = m.raft_id, "raft membership: removing a demoted manager");
+            raft.remove(m.raft_id).await?;
+            done.push(format!("removed demoted manager {}", node.id));
+        }
+        let id = node.id.clone();
+        update_with_retry(raft, 10, |state| {
+            let n = state.node(&id)?;
+            if n.spec.role != NodeRole::Worker || n.manager.is_none() {
+                return None;
+            }
+            let mut n = n.as_ref().clone();
+            n.manager = None;
+            Some(Transaction::new().update(n))
+        })
+        .await?;
+        // A demoted leader is no longer leader: the next pass runs on the new one.
+        if !*raft.leadership().borrow() {
+            return Ok(done);
+        }
+    }
+    for v in status.voters.iter().filter(|v| **v != status.id && !recorded.contains(v)) {
+        tracing::info!(raft_id = v, "raft membership: removing a voter whose node was removed");
+        raft.remove(*v).await?;
+        done.push(format!("removed voter {v}"));
+    }
+    Ok(done)
+}

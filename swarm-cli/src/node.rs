@@ -179,25 +179,65 @@ fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Task {
     Task(tokio::spawn(f))
 }
 
-/// A manager's parts.
+/// What a node runs as a manager, on top of what every node runs.
 struct ManagerParts {
     raft: RaftStore,
-    _manager: Manager,
+    raft_tls: Arc<RaftTls>,
+    server_tls: Arc<Reloadable<rustls::ServerConfig>>,
+    api_addr: SocketAddr,
+    manager: Manager,
+    tasks: Vec<Task>,
+}
+
+impl ManagerParts {
+    /// Stops the manager's tasks and control loops, then its raft store.
+    async fn stop(self, socket: &std::path::Path) {
+        drop(self.tasks);
+        drop(self.manager);
+        self.raft.shutdown().await;
+        let _ = std::fs::remove_file(socket);
+    }
+}
+
+/// What the node's tasks share.
+struct Shared {
+    opts: NodeOptions,
+    dir: StateDir,
+    record: std::sync::Mutex<NodeRecord>,
+    client: Arc<Reloadable<rustls::ClientConfig>>,
+    manager: tokio::sync::Mutex<Option<ManagerParts>>,
+    api_addr: std::sync::Mutex<Option<SocketAddr>>,
+}
+
+impl Shared {
+    fn record(&self) -> NodeRecord {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_record(&self, record: NodeRecord) -> Result<(), NodeError> {
+        self.dir.write_record(&record)?;
+        *self.record.lock().unwrap_or_else(|p| p.into_inner()) = record;
+        Ok(())
+    }
 }
 
 /// A running node. See the [module docs](self). Dropping it stops its
 /// tasks (its containers keep running); [`SwarmNode::shutdown`] also
 /// stops the raft store cleanly.
+///
+/// A node follows the role the store gives it: a worker promoted
+/// (`swarmctl node promote`) renews its certificate as a manager and joins
+/// the raft group in place; a manager demoted (`node demote`) is removed
+/// from the raft group by the leader, stops its manager parts and goes on
+/// as a worker. Its agent, and so its tasks, keep running throughout.
 pub struct SwarmNode {
-    record: NodeRecord,
-    api_addr: Option<SocketAddr>,
-    manager: Option<ManagerParts>,
+    shared: Arc<Shared>,
     tasks: Vec<Task>,
 }
 
 impl std::fmt::Debug for SwarmNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SwarmNode").field("record", &self.record).field("api_addr", &self.api_addr).finish()
+        f.debug_struct("SwarmNode").field("record", &self.shared.record()).field("api_addr", &self.api_addr()).finish()
     }
 }
 
@@ -265,33 +305,32 @@ pub fn random_id() -> Result<String, NodeError> {
 }
 
 impl SwarmNode {
-    /// The node's record (id, role, cluster).
-    pub fn record(&self) -> &NodeRecord {
-        &self.record
+    /// The node's record (id, role, cluster) as it is now.
+    pub fn record(&self) -> NodeRecord {
+        self.shared.record()
     }
 
     /// The node id.
-    pub fn node_id(&self) -> &str {
-        &self.record.node_id
+    pub fn node_id(&self) -> String {
+        self.shared.record().node_id
     }
 
-    /// The raft store of a manager.
-    pub fn raft(&self) -> Option<&RaftStore> {
-        self.manager.as_ref().map(|m| &m.raft)
+    /// The raft store, while the node is a manager.
+    pub async fn raft(&self) -> Option<RaftStore> {
+        self.shared.manager.lock().await.as_ref().map(|m| m.raft.clone())
     }
 
-    /// The node API address of a manager.
+    /// The node API address, while the node is a manager.
     pub fn api_addr(&self) -> Option<SocketAddr> {
-        self.api_addr
+        *self.shared.api_addr.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stops the node: its tasks, then (managers) the raft store. Its
     /// containers keep running, as Swarm's do when the daemon stops.
     pub async fn shutdown(mut self) {
         self.tasks.clear();
-        if let Some(m) = self.manager.take() {
-            drop(m._manager);
-            m.raft.shutdown().await;
+        if let Some(m) = self.shared.manager.lock().await.take() {
+            m.stop(&self.shared.dir.socket()).await;
         }
     }
 
@@ -314,7 +353,7 @@ impl SwarmNode {
         let files = dir.certs();
         files.write_ca_cert(ca.cert_pem()).map_err(sec)?;
         files.write(cert.cert_pem(), &csr.key_pem()).map_err(sec)?;
-        let record = NodeRecord {
+        let mut record = NodeRecord {
             node_id: node_id.clone(),
             cluster_id: cluster_id.clone(),
             role: Role::Manager.as_str().into(),
@@ -329,9 +368,10 @@ impl SwarmNode {
             node_cert_lifetime: opts.cert_lifetime,
         };
         let bootstrap = Bootstrap { cluster_id: cluster_id.clone(), security, spec: opts.cluster_spec.clone() };
-        let (node, tokens) =
-            Self::start_manager(&opts, &dir, record, vec![raft_id], Start::Init(Box::new(bootstrap))).await?;
+        let (parts, tokens) =
+            manager_parts(&opts, &dir, &mut record, vec![raft_id], Start::Init(Box::new(bootstrap))).await?;
         let tokens = tokens.ok_or_else(|| NodeError::Store("the join tokens were not created".into()))?;
+        let node = Self::assemble(opts, dir, record, Some(parts))?;
         tracing::info!(node = %node_id, cluster = %cluster_id, "cluster initialised");
         Ok((node, tokens))
     }
@@ -356,7 +396,7 @@ impl SwarmNode {
         };
         if role != Role::Manager {
             dir.write_record(&record)?;
-            return Self::start_worker(&opts, &dir, record).await;
+            return Self::assemble(opts, dir, record, None);
         }
         let raft_id = random_raft_id()?;
         record.raft_id = Some(raft_id);
@@ -366,222 +406,222 @@ impl SwarmNode {
             raft_addr: opts.advertised(opts.raft_addr).to_string(),
             api_addr: opts.advertised(opts.listen_addr).to_string(),
         };
-        let (node, _) = Self::start_manager(&opts, &dir, record, Vec::new(), Start::Join(remote, req)).await?;
-        Ok(node)
+        let (parts, _) = manager_parts(&opts, &dir, &mut record, Vec::new(), Start::Join(remote, req)).await?;
+        Self::assemble(opts, dir, record, Some(parts))
     }
 
     /// Restarts the node recorded in `opts.state_dir`.
     pub async fn resume(opts: NodeOptions) -> Result<SwarmNode, NodeError> {
         let dir = StateDir::new(&opts.state_dir);
-        let record = dir.read_record()?.ok_or_else(|| NodeError::NotSetUp(opts.state_dir.clone()))?;
+        let mut record = dir.read_record()?.ok_or_else(|| NodeError::NotSetUp(opts.state_dir.clone()))?;
         if record.role == Role::Manager.as_str() {
-            Ok(Self::start_manager(&opts, &dir, record, Vec::new(), Start::Resume).await?.0)
+            let (parts, _) = manager_parts(&opts, &dir, &mut record, Vec::new(), Start::Resume).await?;
+            Self::assemble(opts, dir, record, Some(parts))
         } else {
-            Self::start_worker(&opts, &dir, record).await
+            Self::assemble(opts, dir, record, None)
         }
     }
 
-    async fn start_worker(opts: &NodeOptions, dir: &StateDir, record: NodeRecord) -> Result<SwarmNode, NodeError> {
-        let creds = load_creds(dir)?;
-        let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
-        let (agent, dispatcher) = start_agent(opts, &record, client.clone())?;
-        let users =
-            TlsUsers { cluster_id: record.cluster_id.clone(), client: client.clone(), server: None, raft: None };
-        let renewal = spawn(renewal_loop(dir.clone(), users, move || dispatcher.managers()));
-        Ok(SwarmNode { record, api_addr: None, manager: None, tasks: vec![agent, renewal] })
-    }
-
-    async fn start_manager(
-        opts: &NodeOptions,
-        dir: &StateDir,
+    /// What every node runs: the agent, the certificate renewal and the
+    /// role watcher; plus the manager parts when it is a manager.
+    fn assemble(
+        opts: NodeOptions,
+        dir: StateDir,
         record: NodeRecord,
-        initial_voters: Vec<u64>,
-        start: Start,
-    ) -> Result<(SwarmNode, Option<Tokens>), NodeError> {
-        let raft_id = record.raft_id.ok_or_else(|| NodeError::Raft("the node record has no raft id".into()))?;
-        let creds = load_creds(dir)?;
-        let mut names = HashMap::new();
-        names.insert(raft_id, record.node_id.clone());
-        let raft_tls = RaftTls::new(&creds, names).map_err(sec)?;
-        let mut tcfg = TcpTransportConfig::new(raft_id, HashMap::new()).with_tls(raft_tls.clone());
-        tcfg.reconnect = Duration::from_millis(200);
-        let transport = TcpTransport::new(tcfg).map_err(|e| NodeError::Raft(e.to_string()))?;
-        let raft_listener = TcpListener::bind(opts.raft_addr).await.map_err(|source| NodeError::Bind {
-            addr: opts.raft_addr,
-            what: "raft",
-            source,
-        })?;
-        let api_listener = TcpListener::bind(opts.listen_addr).await.map_err(|source| NodeError::Bind {
-            addr: opts.listen_addr,
-            what: "node API",
-            source,
-        })?;
-        let api_addr = api_listener.local_addr().map_err(|source| NodeError::Bind {
-            addr: opts.listen_addr,
-            what: "node API",
-            source,
-        })?;
-        if opts.force_new_cluster {
-            if !matches!(start, Start::Resume) {
-                return Err(NodeError::Raft(
-                    "--force-new-cluster applies to `swarmd run` (an existing manager)".into(),
-                ));
-            }
-            let dir = dir.raft_dir();
-            let at = tokio::task::spawn_blocking(move || RaftStore::force_new_cluster(&dir, raft_id))
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?
-                .map_err(|e| NodeError::Raft(format!("--force-new-cluster: {e}")))?;
-            tracing::warn!(raft_id, index = at, "forced a new cluster: this manager is now the only voter");
-        }
-        let cfg = RaftStoreConfig::new(raft_id, dir.raft_dir(), initial_voters).with_tick(opts.raft_tick);
-        let raft = RaftStore::open_async(cfg, transport.clone()).await.map_err(|e| NodeError::Raft(e.to_string()))?;
-        let mut tasks = Vec::new();
-        tasks.push(spawn(TcpTransport::serve_tls(
-            raft_listener,
-            raft.inbox(),
-            InboundLimits::default(),
-            raft_tls.clone(),
-        )));
-        tasks.push(spawn(peers::sync_loop(
-            raft.clone(),
-            transport.clone(),
-            raft_tls.clone(),
-            Duration::from_millis(500),
-        )));
-
-        let store: Arc<dyn Store> = Arc::new(raft.clone());
-        // A new cluster's CA, tokens and settings are in the store before
-        // anything (the control loops, the agent) reads them.
-        let mut tokens = None;
-        match start {
-            Start::Init(b) => {
-                wait_leader(&raft, Duration::from_secs(30)).await?;
-                let (_, t) = castore::init_security(&raft, &b.cluster_id, b.security).await.map_err(sec)?;
-                tokens = Some(Tokens { worker: t.worker().to_string(), manager: t.manager().to_string() });
-                Cluster::new(store.clone())
-                    .set_cluster_spec(b.spec)
-                    .await
-                    .map_err(|e| NodeError::Store(e.to_string()))?;
-            }
-            Start::Join(remote, req) => {
-                // Our raft listener runs: ask the leader to add us, then
-                // point our transport at the members until our replica
-                // holds them.
-                let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
-                let reply = raft_join(remote, &client, &req).await?;
-                peers::apply(&reply.members, &[], raft_id, &transport, &raft_tls);
-                tracing::info!(node = %record.node_id, members = reply.members.len(), "joined the raft group");
-            }
-            Start::Resume => {
-                // Restarted with other addresses: tell the leader, through
-                // the managers we knew, before the others look for us at
-                // the old ones.
-                let now = (opts.advertised(opts.raft_addr).to_string(), opts.advertised(opts.listen_addr).to_string());
-                if let Some(before) = &record.advertised
-                    && *before != now
-                {
-                    let req = JoinRequest { raft_id, raft_addr: now.0.clone(), api_addr: now.1.clone() };
-                    let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
-                    let mut done = false;
-                    for m in record.managers.iter().filter(|m| **m != before.1 && **m != now.1) {
-                        let Ok(addr) = m.parse::<SocketAddr>() else { continue };
-                        match raft_join(addr, &client, &req).await {
-                            Ok(reply) => {
-                                peers::apply(&reply.members, &[], raft_id, &transport, &raft_tls);
-                                done = true;
-                                break;
-                            }
-                            Err(e) => tracing::warn!(manager = %m, error = %e, "telling the new address"),
-                        }
-                    }
-                    tracing::info!(from = ?before, to = ?now, told = done, "this manager's addresses changed");
-                }
-            }
-        }
-        let mut record = record;
-        record.advertised =
-            Some((opts.advertised(opts.raft_addr).to_string(), opts.advertised(opts.listen_addr).to_string()));
-        dir.write_record(&record)?;
-        // The deny-list starts from the local replica (what this manager's
-        // log holds, no quorum needed: a manager restarting with the rest
-        // of the cluster down must still start) and follows the store.
-        let deny_list = Arc::new(DenyList::new());
-        deny_list.update(&raft.stale_snapshot());
-        let (following, follow_store) = (deny_list.clone(), store.clone());
-        tasks.push(spawn(async move {
-            loop {
-                if let Err(e) = following.follow(follow_store.as_ref()).await {
-                    tracing::debug!(error = %e, "following the deny-list; retrying");
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }));
-        let manager = Manager::builder(store.clone())
-            .scheduler(Box::new(swarm_sched::Pipeline::spread()))
-            .config(ManagerConfig::default())
-            .start()
-            .map_err(|e| NodeError::Raft(format!("starting the control loops: {e}")))?;
-
-        let leader_raft = raft.clone();
-        let leader_addr = move || peers::leader_api_addr(&leader_raft);
-        let members_raft = raft.clone();
-        let managers = move || {
-            peers::members(&members_raft.stale_snapshot()).into_iter().map(|m| m.status.api_addr).collect::<Vec<_>>()
-        };
-        let dispatcher = DispatcherService::new(Arc::new(manager.dispatcher()), store.leadership())
-            .with_leader(leader_addr)
-            .with_managers(managers);
-        let cluster = Cluster::new(store.clone());
-        let router = Arc::new(
-            Router::new()
-                .route("dispatcher", Arc::new(dispatcher))
-                .route("control", Arc::new(ControlService::with_ca_from_store(cluster.clone())))
-                .route("ca", Arc::new(CaService::new(store.clone()).with_policy(signing_policy(opts))))
-                .route("raft", Arc::new(MembershipService::new(raft.clone(), transport.clone(), raft_tls.clone())))
-                .gate(deny_list),
-        );
-        let server_tls = Reloadable::new(
-            tls::server_config_optional_client(&creds, PeerPolicy::api(&record.cluster_id)).map_err(sec)?,
-        );
-        tasks.push(spawn(RpcServer::serve(api_listener, server_tls.clone(), router.clone(), ServerLimits::default())));
-        let socket = dir.socket();
-        let local = router.clone();
-        tasks.push(spawn(async move {
-            if let Err(e) = RpcServer::serve_unix(&socket, local).await {
-                tracing::error!(path = %socket.display(), error = %e, "cannot serve the local control socket");
-            }
-        }));
-        tasks.push(spawn(record_self(raft.clone(), record.clone(), opts.clone())));
-
+        parts: Option<ManagerParts>,
+    ) -> Result<SwarmNode, NodeError> {
+        let creds = load_creds(&dir)?;
         let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
-        let mut agent_record = record.clone();
-        agent_record.managers.insert(0, opts.advertised(api_addr).to_string());
-        let (agent, _) = start_agent(opts, &agent_record, client.clone())?;
-        tasks.push(agent);
-        let users = TlsUsers {
-            cluster_id: record.cluster_id.clone(),
-            client: client.clone(),
-            server: Some(server_tls.clone()),
-            raft: Some(raft_tls.clone()),
+        let mut managers = record.managers.clone();
+        if let Some(p) = &parts {
+            managers.retain(|m| *m != opts.advertised(p.api_addr).to_string());
+            managers.insert(0, opts.advertised(p.api_addr).to_string());
+        }
+        let api_addr = parts.as_ref().map(|p| p.api_addr);
+        let shared = Arc::new(Shared {
+            opts,
+            dir,
+            record: std::sync::Mutex::new(record),
+            client,
+            manager: tokio::sync::Mutex::new(parts),
+            api_addr: std::sync::Mutex::new(api_addr),
+        });
+        let (agent, dispatcher) = start_agent(&shared.opts, &shared.record(), managers, shared.client.clone())?;
+        let renewal = {
+            let (shared, dispatcher) = (shared.clone(), dispatcher.clone());
+            spawn(renewal_loop(shared.clone(), move || {
+                let mut all: Vec<String> = Vec::new();
+                if let Some(own) = *shared.api_addr.lock().unwrap_or_else(|p| p.into_inner()) {
+                    all.push(shared.opts.advertised(own).to_string());
+                }
+                all.extend(dispatcher.managers());
+                all.dedup();
+                all
+            }))
         };
-        let own = opts.advertised(api_addr).to_string();
-        let members_raft = raft.clone();
-        tasks.push(spawn(renewal_loop(dir.clone(), users, move || {
-            let mut all = vec![own.clone()];
-            all.extend(peers::members(&members_raft.stale_snapshot()).into_iter().map(|m| m.status.api_addr));
-            all.dedup();
-            all
-        })));
-        tracing::info!(node = %record.node_id, raft_id, api = %api_addr, raft = %opts.raft_addr, "manager started");
-        let node = SwarmNode {
-            record,
-            api_addr: Some(api_addr),
-            manager: Some(ManagerParts { raft, _manager: manager }),
-            tasks,
-        };
-        Ok((node, tokens))
+        let roles = spawn(role_loop(shared.clone(), dispatcher));
+        Ok(SwarmNode { shared, tasks: vec![agent, renewal, roles] })
     }
+}
+
+/// Starts what a manager runs on top of every node's parts: the raft
+/// transport and store, the control loops, the node API listener and the
+/// local socket. `record` gets the addresses advertised.
+async fn manager_parts(
+    opts: &NodeOptions,
+    dir: &StateDir,
+    record: &mut NodeRecord,
+    initial_voters: Vec<u64>,
+    start: Start,
+) -> Result<(ManagerParts, Option<Tokens>), NodeError> {
+    let raft_id = record.raft_id.ok_or_else(|| NodeError::Raft("the node record has no raft id".into()))?;
+    let creds = load_creds(dir)?;
+    let mut names = HashMap::new();
+    names.insert(raft_id, record.node_id.clone());
+    let raft_tls = RaftTls::new(&creds, names).map_err(sec)?;
+    let mut tcfg = TcpTransportConfig::new(raft_id, HashMap::new()).with_tls(raft_tls.clone());
+    tcfg.reconnect = Duration::from_millis(200);
+    let transport = TcpTransport::new(tcfg).map_err(|e| NodeError::Raft(e.to_string()))?;
+    let raft_listener = TcpListener::bind(opts.raft_addr).await.map_err(|source| NodeError::Bind {
+        addr: opts.raft_addr,
+        what: "raft",
+        source,
+    })?;
+    let api_listener = TcpListener::bind(opts.listen_addr).await.map_err(|source| NodeError::Bind {
+        addr: opts.listen_addr,
+        what: "node API",
+        source,
+    })?;
+    let api_addr = api_listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: opts.listen_addr,
+        what: "node API",
+        source,
+    })?;
+    if opts.force_new_cluster {
+        if !matches!(start, Start::Resume) {
+            return Err(NodeError::Raft("--force-new-cluster applies to `swarmd run` (an existing manager)".into()));
+        }
+        let dir = dir.raft_dir();
+        let at = tokio::task::spawn_blocking(move || RaftStore::force_new_cluster(&dir, raft_id))
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+            .map_err(|e| NodeError::Raft(format!("--force-new-cluster: {e}")))?;
+        tracing::warn!(raft_id, index = at, "forced a new cluster: this manager is now the only voter");
+    }
+    let cfg = RaftStoreConfig::new(raft_id, dir.raft_dir(), initial_voters).with_tick(opts.raft_tick);
+    let raft = RaftStore::open_async(cfg, transport.clone()).await.map_err(|e| NodeError::Raft(e.to_string()))?;
+    let mut tasks = Vec::new();
+    tasks.push(spawn(TcpTransport::serve_tls(raft_listener, raft.inbox(), InboundLimits::default(), raft_tls.clone())));
+    tasks.push(spawn(peers::sync_loop(raft.clone(), transport.clone(), raft_tls.clone(), Duration::from_millis(500))));
+
+    let store: Arc<dyn Store> = Arc::new(raft.clone());
+    // A new cluster's CA, tokens and settings are in the store before
+    // anything (the control loops, the agent) reads them.
+    let mut tokens = None;
+    match start {
+        Start::Init(b) => {
+            wait_leader(&raft, Duration::from_secs(30)).await?;
+            let (_, t) = castore::init_security(&raft, &b.cluster_id, b.security).await.map_err(sec)?;
+            tokens = Some(Tokens { worker: t.worker().to_string(), manager: t.manager().to_string() });
+            Cluster::new(store.clone()).set_cluster_spec(b.spec).await.map_err(|e| NodeError::Store(e.to_string()))?;
+        }
+        Start::Join(remote, req) => {
+            // Our raft listener runs: ask the leader to add us, then
+            // point our transport at the members until our replica
+            // holds them.
+            let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
+            let reply = raft_join(remote, &client, &req).await?;
+            peers::apply(&reply.members, &[], raft_id, &transport, &raft_tls);
+            tracing::info!(node = %record.node_id, members = reply.members.len(), "joined the raft group");
+        }
+        Start::Resume => {
+            // Restarted with other addresses: tell the leader, through
+            // the managers we knew, before the others look for us at
+            // the old ones.
+            let now = (opts.advertised(opts.raft_addr).to_string(), opts.advertised(opts.listen_addr).to_string());
+            if let Some(before) = &record.advertised
+                && *before != now
+            {
+                let req = JoinRequest { raft_id, raft_addr: now.0.clone(), api_addr: now.1.clone() };
+                let client = Reloadable::new(tls::client_config(&creds).map_err(sec)?);
+                let mut done = false;
+                for m in record.managers.iter().filter(|m| **m != before.1 && **m != now.1) {
+                    let Ok(addr) = m.parse::<SocketAddr>() else { continue };
+                    match raft_join(addr, &client, &req).await {
+                        Ok(reply) => {
+                            peers::apply(&reply.members, &[], raft_id, &transport, &raft_tls);
+                            done = true;
+                            break;
+                        }
+                        Err(e) => tracing::warn!(manager = %m, error = %e, "telling the new address"),
+                    }
+                }
+                tracing::info!(from = ?before, to = ?now, told = done, "this manager's addresses changed");
+            }
+        }
+    }
+    record.advertised =
+        Some((opts.advertised(opts.raft_addr).to_string(), opts.advertised(opts.listen_addr).to_string()));
+    dir.write_record(record)?;
+    // The deny-list starts from the local replica (what this manager's
+    // log holds, no quorum needed: a manager restarting with the rest
+    // of the cluster down must still start) and follows the store.
+    let deny_list = Arc::new(DenyList::new());
+    deny_list.update(&raft.stale_snapshot());
+    let (following, follow_store) = (deny_list.clone(), store.clone());
+    tasks.push(spawn(async move {
+        loop {
+            if let Err(e) = following.follow(follow_store.as_ref()).await {
+                tracing::debug!(error = %e, "following the deny-list; retrying");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }));
+    let manager = Manager::builder(store.clone())
+        .scheduler(Box::new(swarm_sched::Pipeline::spread()))
+        .config(ManagerConfig::default())
+        .start()
+        .map_err(|e| NodeError::Raft(format!("starting the control loops: {e}")))?;
+
+    let leader_raft = raft.clone();
+    let leader_addr = move || peers::leader_api_addr(&leader_raft);
+    let members_raft = raft.clone();
+    let managers = move || {
+        peers::members(&members_raft.stale_snapshot()).into_iter().map(|m| m.status.api_addr).collect::<Vec<_>>()
+    };
+    let roles_raft = raft.clone();
+    let roles = move |node: &str| {
+        roles_raft.stale_snapshot().node(&swarm_core::id::NodeId::new(node)).map(|n| n.spec.role.as_str().to_owned())
+    };
+    let dispatcher = DispatcherService::new(Arc::new(manager.dispatcher()), store.leadership())
+        .with_leader(leader_addr)
+        .with_managers(managers)
+        .with_roles(roles);
+    let cluster = Cluster::new(store.clone());
+    let router = Arc::new(
+        Router::new()
+            .route("dispatcher", Arc::new(dispatcher))
+            .route("control", Arc::new(ControlService::with_ca_from_store(cluster.clone())))
+            .route("ca", Arc::new(CaService::new(store.clone()).with_policy(signing_policy(opts))))
+            .route("raft", Arc::new(MembershipService::new(raft.clone(), transport.clone(), raft_tls.clone())))
+            .gate(deny_list),
+    );
+    let server_tls =
+        Reloadable::new(tls::server_config_optional_client(&creds, PeerPolicy::api(&record.cluster_id)).map_err(sec)?);
+    tasks.push(spawn(RpcServer::serve(api_listener, server_tls.clone(), router.clone(), ServerLimits::default())));
+    let socket = dir.socket();
+    let local = router.clone();
+    tasks.push(spawn(async move {
+        if let Err(e) = RpcServer::serve_unix(&socket, local).await {
+            tracing::error!(path = %socket.display(), error = %e, "cannot serve the local control socket");
+        }
+    }));
+    tasks.push(spawn(record_self(raft.clone(), record.clone(), opts.clone())));
+    tasks.push(spawn(crate::membership::reconcile_loop(raft.clone(), Duration::from_millis(500))));
+
+    tracing::info!(node = %record.node_id, raft_id, api = %api_addr, raft = %opts.raft_addr, "manager started");
+    let parts = ManagerParts { raft, raft_tls, server_tls, api_addr, manager, tasks };
+    Ok((parts, tokens))
 }
 
 /// The CA's signing policy on this manager: Swarm's, or with lifetimes
@@ -665,9 +705,9 @@ async fn record_self(raft: RaftStore, record: NodeRecord, opts: NodeOptions) {
 fn start_agent(
     opts: &NodeOptions,
     record: &NodeRecord,
+    managers: Vec<String>,
     client: Arc<Reloadable<rustls::ClientConfig>>,
 ) -> Result<(Task, Arc<RemoteDispatcher>), NodeError> {
-    let managers: Vec<String> = record.managers.clone();
     let dispatcher = Arc::new(RemoteDispatcher::new(managers, client));
     let agent = Agent::new(
         AgentConfig {
@@ -687,36 +727,35 @@ fn start_agent(
     Ok((task, dispatcher))
 }
 
-/// Where a node's TLS material is used, to be replaced after a renewal.
-#[derive(Clone)]
-struct TlsUsers {
-    cluster_id: String,
-    client: Arc<Reloadable<rustls::ClientConfig>>,
-    server: Option<Arc<Reloadable<rustls::ServerConfig>>>,
-    raft: Option<Arc<RaftTls>>,
-}
-
-impl TlsUsers {
-    fn reload(&self, creds: &TlsCredentials) -> Result<(), NodeError> {
-        self.client.set(tls::client_config(creds).map_err(sec)?);
-        if let Some(server) = &self.server {
-            server.set(tls::server_config_optional_client(creds, PeerPolicy::api(&self.cluster_id)).map_err(sec)?);
+/// Presents `creds` on every new connection from now on: the node API
+/// client, and on a manager its listener and raft. A manager whose new
+/// certificate is a worker's (it was demoted) keeps its manager parts'
+/// configurations until they stop.
+async fn reload_tls(shared: &Shared, creds: &TlsCredentials) -> Result<(), NodeError> {
+    shared.client.set(tls::client_config(creds).map_err(sec)?);
+    let record = shared.record();
+    if let Some(parts) = shared.manager.lock().await.as_ref() {
+        if creds.identity().role == Role::Manager {
+            parts
+                .server_tls
+                .set(tls::server_config_optional_client(creds, PeerPolicy::api(&record.cluster_id)).map_err(sec)?);
+            parts.raft_tls.reload(creds).map_err(sec)?;
+        } else {
+            tracing::info!("the renewed certificate is not a manager's: the manager parts keep the previous one");
         }
-        if let Some(raft) = &self.raft {
-            raft.reload(creds).map_err(sec)?;
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Renews the node certificate at a random point between 50 % and 80 % of
-/// its lifetime (Swarm's window), through any manager that answers, and
-/// reloads every TLS user. A failed attempt is retried every few seconds
-/// until one succeeds. A node restarted with a certificate past its
-/// renewal time renews at once.
-async fn renewal_loop(dir: StateDir, users: TlsUsers, managers: impl Fn() -> Vec<String> + Send + 'static) {
+/// its lifetime (Swarm's window; the lifetime counted from when the node
+/// received it), through any manager that answers, and reloads every TLS
+/// user. A failed attempt is retried every few seconds until one
+/// succeeds. A node restarted with a certificate past its renewal time
+/// renews at once.
+async fn renewal_loop(shared: Arc<Shared>, managers: impl Fn() -> Vec<String> + Send + 'static) {
     use rand_core::OsRng;
-    let files = dir.certs();
+    let files = shared.dir.certs();
     loop {
         let identity = match join::JoinedNode::load(&files)
             .map_err(|e| e.to_string())
@@ -728,45 +767,140 @@ async fn renewal_loop(dir: StateDir, users: TlsUsers, managers: impl Fn() -> Vec
                 return;
             }
         };
-        let at = swarm_security::renewal::renewal_time_for(&identity, &mut OsRng);
+        // The window is measured from when this node got the certificate
+        // (the file's modification time), not from `not_before`: the CA
+        // backdates `not_before` (clock skew), which for a short lifetime
+        // would put the whole window in the past and renew in a loop.
+        let received = std::fs::metadata(files.cert_path()).and_then(|m| m.modified()).ok();
+        let start = received.map_or(identity.not_before, |r| r.max(identity.not_before));
+        let at = swarm_security::renewal::renewal_time(start, identity.not_after, &mut OsRng);
         if let Ok(wait) = at.duration_since(SystemTime::now()) {
             tracing::debug!(?wait, not_after = ?identity.not_after, "next certificate renewal");
             tokio::time::sleep(wait).await;
         }
-        let mut attempt = 0u32;
-        loop {
-            match renew_once(&files, &users, &managers()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "certificate renewal failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(u64::from(attempt.min(5)))).await;
-                }
+        renew_until_done(&shared, &managers()).await;
+    }
+}
+
+/// Renews now, retrying until a manager answers.
+async fn renew_until_done(shared: &Shared, managers: &[String]) -> Role {
+    let mut attempt = 0u32;
+    loop {
+        match renew_once(shared, managers).await {
+            Ok(role) => return role,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "certificate renewal failed; retrying");
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt.min(5)))).await;
             }
         }
     }
 }
 
-async fn renew_once(
-    files: &swarm_security::files::NodeFiles,
-    users: &TlsUsers,
-    managers: &[String],
-) -> Result<(), NodeError> {
+/// One renewal through the first manager that answers; returns the role
+/// of the new certificate (the store's, which changes on promotion and
+/// demotion).
+async fn renew_once(shared: &Shared, managers: &[String]) -> Result<Role, NodeError> {
+    let files = shared.dir.certs();
     let mut last = NodeError::Security("no manager known to renew the certificate with".into());
     for m in managers {
         let Ok(addr) = m.parse::<SocketAddr>() else { continue };
-        let rpc = RpcClient::new(addr, Role::Manager.server_name(), users.client.clone()).map_err(sec)?;
-        match join::renew(&rpc, files).await {
+        let rpc = RpcClient::new(addr, Role::Manager.server_name(), shared.client.clone()).map_err(sec)?;
+        match join::renew(&rpc, &files).await {
             Ok(node) => {
                 let creds = node.tls_credentials().map_err(sec)?;
-                users.reload(&creds)?;
-                tracing::info!(manager = %m, not_after = ?creds.identity().not_after, "node certificate renewed");
-                return Ok(());
+                reload_tls(shared, &creds).await?;
+                tracing::info!(manager = %m, role = %node.role, not_after = ?creds.identity().not_after, "node certificate renewed");
+                return Ok(node.role);
             }
             Err(e) => last = sec(format!("renewing through {m}: {e}")),
         }
     }
     Err(last)
+}
+
+/// Follows the role the store gives this node (reported with every
+/// heartbeat answer): a worker recorded as a manager is promoted in
+/// place; a manager removed from the raft group (demoted) stops its
+/// manager parts and goes on as a worker.
+async fn role_loop(shared: Arc<Shared>, dispatcher: Arc<RemoteDispatcher>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let removed = match shared.manager.lock().await.as_ref() {
+            Some(p) => p.raft.status().removed,
+            None => false,
+        };
+        if removed {
+            demote(&shared, &dispatcher).await;
+            continue;
+        }
+        let is_manager = shared.manager.lock().await.is_some();
+        if !is_manager && dispatcher.recorded_role().as_deref() == Some(NodeRole::Manager.as_str()) {
+            if let Err(e) = promote(&shared, &dispatcher).await {
+                tracing::warn!(error = %e, "promotion to manager failed; will retry");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// This manager was removed from the raft group: stop being one.
+async fn demote(shared: &Shared, dispatcher: &RemoteDispatcher) {
+    let Some(parts) = shared.manager.lock().await.take() else { return };
+    // Our agent may know no other manager yet (the list comes with
+    // heartbeats): give it the ones our replica knows.
+    let own = parts.api_addr.to_string();
+    dispatcher.add_managers(
+        peers::members(&parts.raft.stale_snapshot()).into_iter().map(|m| m.status.api_addr).filter(|a| *a != own),
+    );
+    tracing::info!(
+        "this manager was removed from the raft group (demoted): stopping the manager parts, going on as a worker"
+    );
+    *shared.api_addr.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    parts.stop(&shared.dir.socket()).await;
+    let mut record = shared.record();
+    record.role = Role::Worker.as_str().into();
+    record.raft_id = None;
+    record.advertised = None;
+    if let Err(e) = shared.set_record(record) {
+        tracing::error!(error = %e, "cannot record the demotion");
+    }
+    // The raft log of a removed member is of no further use.
+    let _ = std::fs::remove_dir_all(shared.dir.raft_dir());
+}
+
+/// The store says this worker is a manager: renew as one, then join the
+/// raft group through the manager the agent talks to.
+async fn promote(shared: &Arc<Shared>, dispatcher: &RemoteDispatcher) -> Result<(), NodeError> {
+    let managers = dispatcher.managers();
+    tracing::info!("this node was promoted: renewing its certificate as a manager");
+    let role = renew_until_done(shared, &managers).await;
+    if role != Role::Manager {
+        return Err(NodeError::Security(format!("the renewed certificate is a {role}'s, not a manager's")));
+    }
+    let via = dispatcher
+        .current_manager()
+        .or_else(|| managers.first().cloned())
+        .and_then(|m| m.parse::<SocketAddr>().ok())
+        .ok_or_else(|| NodeError::Join { addr: "-".into(), reason: "no manager known to join through".into() })?;
+    let mut record = shared.record();
+    let raft_id = random_raft_id()?;
+    record.role = Role::Manager.as_str().into();
+    record.raft_id = Some(raft_id);
+    let _ = std::fs::remove_dir_all(shared.dir.raft_dir());
+    let opts = &shared.opts;
+    let req = JoinRequest {
+        raft_id,
+        raft_addr: opts.advertised(opts.raft_addr).to_string(),
+        api_addr: opts.advertised(opts.listen_addr).to_string(),
+    };
+    let (parts, _) = manager_parts(opts, &shared.dir, &mut record, Vec::new(), Start::Join(via, req)).await?;
+    *shared.api_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts.api_addr);
+    dispatcher.add_managers([opts.advertised(parts.api_addr).to_string()]);
+    *shared.manager.lock().await = Some(parts);
+    shared.set_record(record)?;
+    tracing::info!("promoted: this node is now a manager");
+    Ok(())
 }
 
 /// Calls `raft.join` on `remote`, following redirects to the leader.

@@ -200,3 +200,68 @@ fn a_manager_restarted_at_a_new_address_rejoins() {
         nodes(&s1).iter().any(|n| n["id"] == id.as_str() && n["manager_status"] != "unreachable").then_some(())
     });
 }
+
+fn standing(socket: &std::path::Path, host: &str) -> Option<String> {
+    nodes(socket)
+        .into_iter()
+        .find(|n| n["description"]["hostname"] == host)
+        .map(|n| n["manager_status"].as_str().unwrap_or("").to_owned())
+}
+
+#[test]
+fn workers_are_promoted_and_the_leader_demoted_in_place() {
+    let lab = Lab::new(18);
+    let m1 = lab.init("m1", 1);
+    let wt = m1.worker_token.clone().unwrap();
+    let api = m1.daemon.api;
+    let s1 = m1.daemon.socket();
+    let _m1 = m1.daemon;
+    let w1 = lab.join("w1", 2, &wt, api).daemon;
+    let _w2 = lab.join("w2", 3, &wt, api).daemon;
+    eventually(Duration::from_secs(30), "3 nodes ready", || (ready_nodes(&s1) == 3).then_some(()));
+    assert!(ctl(&s1, &["service", "create", "web", "--image", "busybox", "--replicas", "3"]).ok);
+    eventually(Duration::from_secs(30), "3 running", || (running(&s1, "web") == Some(3)).then_some(()));
+    let before = ctl_json(&s1, &["service", "ps", "web"]).unwrap();
+
+    // Promote both workers: they renew as managers and join raft in place.
+    for w in ["w1", "w2"] {
+        let out = ctl(&s1, &["node", "promote", w]);
+        assert!(out.ok, "{}", out.stderr);
+    }
+    for w in ["w1", "w2"] {
+        eventually(Duration::from_secs(60), &format!("{w} a voter"), || {
+            (standing(&s1, w).as_deref() == Some("reachable")).then_some(())
+        });
+    }
+    // A manager cannot be removed as it is.
+    let out = ctl(&s1, &["node", "rm", "--force", "w2"]);
+    assert!(!out.ok && out.stderr.contains("demote"), "{}", out.stderr);
+
+    // Demote the leader: leadership moves first, then m1 leaves raft and
+    // goes on as a worker.
+    let s2 = w1.socket();
+    assert!(ctl(&s1, &["node", "demote", "m1"]).ok);
+    eventually(Duration::from_secs(60), "m1 no longer a manager", || {
+        let n = nodes(&s2).into_iter().find(|n| n["description"]["hostname"] == "m1")?;
+        (n["manager"].is_null() && n["spec"]["role"] == "worker" && n["status"]["state"] == "ready").then_some(())
+    });
+    eventually(Duration::from_secs(30), "a leader among the promoted", || {
+        let l = leader_name(&s2)?;
+        (l == "w1" || l == "w2").then_some(())
+    });
+    // Writes work through the promoted managers; the tasks never moved.
+    eventually(Duration::from_secs(30), "scale through w1", || {
+        ctl(&s2, &["service", "scale", "web=4"]).ok.then_some(())
+    });
+    eventually(Duration::from_secs(30), "4 running", || (running(&s2, "web") == Some(4)).then_some(()));
+    let after = ctl_json(&s2, &["service", "ps", "web"]).unwrap();
+    let ids = |v: &Value| -> std::collections::BTreeSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"]["state"] == "running")
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(ids(&before).is_subset(&ids(&after)), "the original tasks kept running through the role changes");
+}

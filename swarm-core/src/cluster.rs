@@ -58,6 +58,15 @@ pub enum ClusterError {
         /// Tasks not yet stopped.
         tasks: usize,
     },
+    /// A manager of a networked cluster (a raft member) cannot be removed
+    /// as it is: it must be demoted first, as in Swarm.
+    #[error("node {node} is a manager (raft id {raft_id}): demote it to a worker before removing it")]
+    NodeIsManager {
+        /// The node.
+        node: String,
+        /// Its raft id.
+        raft_id: u64,
+    },
     /// No previous spec to roll back to.
     #[error("service {0:?} has no previous spec to roll back to")]
     NoPreviousSpec(String),
@@ -513,6 +522,9 @@ impl Cluster {
         let now = time::now();
         self.write(|state| {
             let node = Self::find_node(state, name)?;
+            if let Some(m) = &node.manager {
+                return Err(ClusterError::NodeIsManager { node: node.id.to_string(), raft_id: m.raft_id });
+            }
             let running: Vec<&Arc<Task>> =
                 state.tasks_on_node(&node.id).filter(|t| !t.status.state.is_terminal()).collect();
             if !running.is_empty() && !force {

@@ -472,6 +472,15 @@ pub enum ControlError {
         /// Tasks not yet stopped.
         tasks: u64,
     },
+    /// A manager must be demoted before it is removed
+    /// ([`ClusterError::NodeIsManager`]).
+    #[error("node {node} is a manager (raft id {raft_id}): demote it to a worker before removing it")]
+    NodeIsManager {
+        /// The node.
+        node: String,
+        /// Its raft id.
+        raft_id: u64,
+    },
     /// No previous spec to roll back to ([`ClusterError::NoPreviousSpec`]).
     #[error("service {service:?} has no previous spec to roll back to")]
     NoPreviousSpec {
@@ -596,6 +605,7 @@ impl From<ClusterError> for ControlError {
             ClusterError::NodeHasTasks { node, tasks } => {
                 ControlError::NodeHasTasks { node, tasks: u64::try_from(tasks).unwrap_or(u64::MAX) }
             }
+            ClusterError::NodeIsManager { node, raft_id } => ControlError::NodeIsManager { node, raft_id },
             ClusterError::NoPreviousSpec(service) => ControlError::NoPreviousSpec { service },
             ClusterError::NotApplicable { service, reason } => ControlError::NotApplicable { service, reason },
             ClusterError::Store(s) => s.into(),
@@ -622,6 +632,7 @@ impl TryFrom<ControlError> for ClusterError {
             ControlError::NodeHasTasks { node, tasks } => {
                 ClusterError::NodeHasTasks { node, tasks: usize::try_from(tasks).unwrap_or(usize::MAX) }
             }
+            ControlError::NodeIsManager { node, raft_id } => ClusterError::NodeIsManager { node, raft_id },
             ControlError::NoPreviousSpec { service } => ClusterError::NoPreviousSpec(service),
             ControlError::NotApplicable { service, reason } => ClusterError::NotApplicable { service, reason },
             ControlError::NoQuorum { message } => ClusterError::Store(StoreError::NoQuorum(message)),
@@ -1318,6 +1329,7 @@ mod tests {
                 ],
             }),
             ClusterError::NodeHasTasks { node: "n1".into(), tasks: 3 },
+            ClusterError::NodeIsManager { node: "m1".into(), raft_id: 7 },
             ClusterError::NoPreviousSpec("web".into()),
             ClusterError::NotApplicable {
                 service: "web".into(),

@@ -147,6 +147,12 @@ pub struct HeartbeatReply {
     pub response: HeartbeatResponse,
     /// The API addresses of the cluster's managers.
     pub managers: Vec<String>,
+    /// The node's role as the managers record it (`manager` | `worker`),
+    /// when known: a node whose recorded role differs from its
+    /// certificate's was promoted or demoted, and renews its certificate
+    /// to take the new role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// Request of `dispatcher.heartbeat` and `dispatcher.assignments` (a
@@ -168,6 +174,7 @@ pub struct StatusReport {
 
 type LeaderAddr = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 type ManagerAddrs = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+type Roles = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Which node opened which session on this manager: one session per
 /// node, so the table is bounded by the number of nodes.
@@ -207,6 +214,7 @@ pub struct DispatcherService {
     leadership: watch::Receiver<bool>,
     leader_addr: LeaderAddr,
     managers: ManagerAddrs,
+    roles: Roles,
     owners: Mutex<Owners>,
 }
 
@@ -231,6 +239,7 @@ impl DispatcherService {
             leadership,
             leader_addr: Arc::new(|| None),
             managers: Arc::new(Vec::new),
+            roles: Arc::new(|_| None),
             owners: Mutex::new(Owners::default()),
         }
     }
@@ -247,6 +256,13 @@ impl DispatcherService {
     /// `open_session` and `heartbeat` answer.
     pub fn with_managers(mut self, managers: impl Fn() -> Vec<String> + Send + Sync + 'static) -> Self {
         self.managers = Arc::new(managers);
+        self
+    }
+
+    /// The role the managers record for a node (asked for every
+    /// `heartbeat` answer; see [`HeartbeatReply::role`]).
+    pub fn with_roles(mut self, roles: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.roles = Arc::new(roles);
         self
     }
 
@@ -360,7 +376,7 @@ impl Handler for DispatcherService {
                 self.check_owner(&node, &req.session_id)?;
                 let response =
                     self.dispatcher.heartbeat(&req.session_id).await.map_err(|e| self.failed(&req.session_id, e))?;
-                Reply::unary(&HeartbeatReply { response, managers: (self.managers)() })
+                Reply::unary(&HeartbeatReply { response, managers: (self.managers)(), role: (self.roles)(&node) })
             }
             "update_task_status" => {
                 let req: StatusReport = rpc::body(method, body)?;
@@ -459,6 +475,7 @@ struct Route {
     failures: u32,
     not_before: Option<Instant>,
     jitter: Jitter,
+    role: Option<String>,
 }
 
 /// Most managers tried within one call.
@@ -529,6 +546,7 @@ impl RemoteDispatcher {
                 failures: 0,
                 not_before: None,
                 jitter: Jitter::from_os(),
+                role: None,
             }),
         }
     }
@@ -567,6 +585,25 @@ impl RemoteDispatcher {
     /// given at construction).
     pub fn managers(&self) -> Vec<String> {
         self.lock().managers.clone()
+    }
+
+    /// The node's role as the managers last recorded it (from heartbeat
+    /// answers; `None` before the first, or when the managers do not say).
+    pub fn recorded_role(&self) -> Option<String> {
+        self.lock().role.clone()
+    }
+
+    /// Adds managers to the list (those not already in it), e.g. the
+    /// node's own API address once it became a manager, or the members a
+    /// demoted manager knew: a node whose only known manager goes away
+    /// between two heartbeats still has somewhere to go.
+    pub fn add_managers(&self, managers: impl IntoIterator<Item = String>) {
+        let mut route = self.lock();
+        for m in managers {
+            if !route.managers.contains(&m) {
+                route.managers.push(m);
+            }
+        }
     }
 
     /// Replaces the manager list with a manager's answer (unless empty).
@@ -704,6 +741,9 @@ impl Dispatcher for RemoteDispatcher {
         let reply: HeartbeatReply =
             self.with_manager(HEARTBEAT, |c| async move { c.call(HEARTBEAT, req).await }).await?;
         self.learn(reply.managers);
+        if let Some(role) = reply.role {
+            self.lock().role = Some(role);
+        }
         Ok(reply.response)
     }
 

@@ -79,6 +79,26 @@ pub struct Lab {
     pub runtime: &'static str,
 }
 
+impl Drop for Lab {
+    /// When the test failed, shows the end of every daemon's log (the test
+    /// harness prints it with the failure).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else { return };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("----- {} (last {} lines) -----\n{}", path.display(), tail.len(), tail.join("\n"));
+            }
+        }
+    }
+}
+
 pub struct Started {
     pub daemon: Daemon,
     pub worker_token: Option<String>,
