@@ -64,6 +64,15 @@ pub(crate) enum Rejection {
         /// This manager.
         me: u64,
     },
+    /// The message names a sender other than the manager its connection
+    /// is authenticated as.
+    #[error("claims to come from manager {claimed} on the connection of manager {connection}")]
+    Impersonation {
+        /// The `from` field.
+        claimed: u64,
+        /// The manager the connection is authenticated as.
+        connection: u64,
+    },
     /// The sender id is 0 or this manager's own.
     #[error("sender id {0} is invalid (0 or this manager's own id)")]
     BadSender(u64),

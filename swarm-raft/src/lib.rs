@@ -210,7 +210,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn inbox_of(id: u64, tx: mpsc::Sender<Input>, gauge: Arc<node::InboxGauge>) -> Inbox {
     let tx = Mutex::new(tx);
     Inbox {
-        deliver: Arc::new(move |frame: Vec<u8>| {
+        deliver: Arc::new(move |sender: Option<u64>, frame: Vec<u8>| {
             let len = frame.len();
             if !gauge.admit(len) {
                 let n = gauge.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -222,7 +222,7 @@ fn inbox_of(id: u64, tx: mpsc::Sender<Input>, gauge: Arc<node::InboxGauge>) -> I
                 }
                 return;
             }
-            if lock(&tx).send(Input::Frame(frame)).is_err() {
+            if lock(&tx).send(Input::Frame { frame, sender }).is_err() {
                 // The driver stopped: nobody will take the frame.
                 gauge.release(len);
             }

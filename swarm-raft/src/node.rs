@@ -93,13 +93,32 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// Requests to the driver.
 pub(crate) enum Input {
-    Frame(Vec<u8>),
-    Propose { tx: Box<Transaction>, reply: Reply<Arc<Change>> },
-    Read { reply: Reply<Arc<State>> },
-    Conf { changes: Vec<MemberChange>, reply: Reply<Vec<u64>> },
-    Transfer { to: u64, reply: Reply<()> },
+    /// A frame, with the manager its connection is authenticated as
+    /// (when the transport knows it).
+    Frame {
+        frame: Vec<u8>,
+        sender: Option<u64>,
+    },
+    Propose {
+        tx: Box<Transaction>,
+        reply: Reply<Arc<Change>>,
+    },
+    Read {
+        reply: Reply<Arc<State>>,
+    },
+    Conf {
+        changes: Vec<MemberChange>,
+        reply: Reply<Vec<u64>>,
+    },
+    Transfer {
+        to: u64,
+        reply: Reply<()>,
+    },
     Campaign,
-    SnapshotBuilt { result: Result<Box<Snapshot>, String>, compact_to: u64 },
+    SnapshotBuilt {
+        result: Result<Box<Snapshot>, String>,
+        compact_to: u64,
+    },
     Stop,
 }
 
@@ -410,7 +429,7 @@ impl Driver {
             // the freshest view of who is reachable (after a stall of this
             // thread, e.g. a slow fsync, peers' heartbeats wait in the queue).
             let (frames, requests): (Vec<Input>, Vec<Input>) =
-                batch.drain(..).partition(|i| matches!(i, Input::Frame(_)));
+                batch.drain(..).partition(|i| matches!(i, Input::Frame { .. }));
             for input in frames.into_iter().chain(requests) {
                 self.handle(input);
             }
@@ -503,7 +522,7 @@ impl Driver {
     fn handle(&mut self, input: Input) {
         let now = Instant::now();
         match input {
-            Input::Frame(frame) => {
+            Input::Frame { frame, sender } => {
                 self.inbox.release(frame.len());
                 let msg = match Message::parse_from_bytes(&frame) {
                     Ok(m) => m,
@@ -516,6 +535,14 @@ impl Driver {
                 };
                 let from = msg.from;
                 let kind = msg.get_msg_type();
+                if let Some(sender) = sender
+                    && sender != from
+                {
+                    self.rejected += 1;
+                    let why = guard::Rejection::Impersonation { claimed: from, connection: sender };
+                    tracing::warn!(id = self.id, peer = sender, kind = ?kind, reason = %why, "refused a raft message");
+                    return;
+                }
                 let admitted = match guard::admit(&self.raw.raft, msg) {
                     Ok(a) => a,
                     Err(why) => {

@@ -461,7 +461,7 @@ async fn receive_loop<S: AsyncRead + Unpin>(
     };
     loop {
         match read_frame(&mut r, limits.max_frame).await {
-            Ok(frame) => inbox.deliver(frame),
+            Ok(frame) => inbox.deliver_from(id, frame),
             Err(FrameError::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
         }

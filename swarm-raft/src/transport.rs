@@ -34,19 +34,27 @@ pub trait Transport: Send + Sync + 'static {
 /// Where a transport delivers frames for one manager. Cheap to clone.
 #[derive(Clone)]
 pub struct Inbox {
-    pub(crate) deliver: Arc<dyn Fn(Vec<u8>) + Send + Sync>,
+    pub(crate) deliver: Arc<dyn Fn(Option<u64>, Vec<u8>) + Send + Sync>,
 }
 
 impl Inbox {
     /// An inbox that hands each frame to `deliver` (which must not block);
     /// [`crate::RaftStore::inbox`] is the one a manager uses.
     pub fn new(deliver: impl Fn(Vec<u8>) + Send + Sync + 'static) -> Inbox {
-        Inbox { deliver: Arc::new(deliver) }
+        Inbox { deliver: Arc::new(move |_, frame| deliver(frame)) }
     }
 
     /// Hands a received frame to the manager (never blocks).
     pub fn deliver(&self, frame: Vec<u8>) {
-        (self.deliver)(frame)
+        (self.deliver)(None, frame)
+    }
+
+    /// Hands a frame received on a connection authenticated as manager
+    /// `sender` (its preamble, checked against its certificate under TLS):
+    /// the manager refuses the message if it claims another sender, so an
+    /// authenticated manager cannot speak in another's name.
+    pub fn deliver_from(&self, sender: u64, frame: Vec<u8>) {
+        (self.deliver)(Some(sender), frame)
     }
 
     /// True when both are clones of one inbox (the same manager's).
@@ -322,7 +330,7 @@ mod tests {
         let c = n.clone();
         (
             Inbox {
-                deliver: Arc::new(move |_| {
+                deliver: Arc::new(move |_, _| {
                     c.fetch_add(1, Ordering::SeqCst);
                 }),
             },
@@ -414,7 +422,7 @@ mod tests {
         let net = InProcNetwork::new(seed);
         let order = Arc::new(Mutex::new(Vec::new()));
         let o = order.clone();
-        net.register(2, Inbox { deliver: Arc::new(move |f: Vec<u8>| o.lock().unwrap().push(f[0])) });
+        net.register(2, Inbox::new(move |f: Vec<u8>| o.lock().unwrap().push(f[0])));
         net.set_faults(Faults { max_delay: Duration::from_millis(20), ..Default::default() });
         let t = net.transport(1);
         for i in 0..50u8 {

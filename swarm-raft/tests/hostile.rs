@@ -337,3 +337,28 @@ fn mutated_traffic_never_stops_a_manager_fresh_seed() {
     let name = "mutated_traffic_never_stops_a_manager_fresh_seed";
     fuzz_live(name, swarm_core::harness::test_seed(name), 150);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_cannot_speak_in_another_managers_name() {
+    let c = Cluster::start(3, 43).await;
+    let leader = c.leader(Duration::from_secs(5)).await;
+    let followers: Vec<u64> = c.ids.iter().copied().filter(|&i| i != leader).collect();
+    let (a, b) = (followers[0], followers[1]);
+    let term = c.store(leader).status().term;
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeatResponse);
+    m.to = leader;
+    m.from = b;
+    m.term = term;
+    let before = c.store(leader).status().rejected_messages;
+    // On a connection authenticated as `a`, a message claiming to be `b`'s.
+    c.store(leader).inbox().deliver_from(a, frame(&m));
+    wait_rejected(c.store(leader), before + 1).await;
+    // From `b` itself the same message is admitted.
+    c.store(leader).inbox().deliver_from(b, frame(&m));
+    commit_retry(c.store(leader), node_tx("after-impersonation"), Duration::from_secs(5))
+        .await
+        .expect("the leader still commits");
+    assert_eq!(c.store(leader).status().rejected_messages, before + 1, "only the impersonation was refused");
+    c.shutdown().await;
+}
