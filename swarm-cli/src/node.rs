@@ -663,7 +663,8 @@ impl TlsUsers {
 }
 
 /// Renews the node certificate at a random point between 50 % and 80 % of
-/// its lifetime (Swarm's window), through any manager that answers, and
+/// its lifetime (Swarm's window; the lifetime counted from when the node
+/// received it), through any manager that answers, and
 /// reloads every TLS user. A failed attempt is retried every few seconds
 /// until one succeeds. A node restarted with a certificate past its
 /// renewal time renews at once.
@@ -681,7 +682,13 @@ async fn renewal_loop(dir: StateDir, users: TlsUsers, managers: impl Fn() -> Vec
                 return;
             }
         };
-        let at = swarm_security::renewal::renewal_time_for(&identity, &mut OsRng);
+        // The window is measured from when this node got the certificate
+        // (the file's modification time), not from `not_before`: the CA
+        // backdates `not_before` (clock skew), which for a short lifetime
+        // would put the whole window in the past and renew in a loop.
+        let received = std::fs::metadata(files.cert_path()).and_then(|m| m.modified()).ok();
+        let start = received.map_or(identity.not_before, |r| r.max(identity.not_before));
+        let at = swarm_security::renewal::renewal_time(start, identity.not_after, &mut OsRng);
         if let Ok(wait) = at.duration_since(SystemTime::now()) {
             tracing::debug!(?wait, not_after = ?identity.not_after, "next certificate renewal");
             tokio::time::sleep(wait).await;
