@@ -251,3 +251,42 @@ fn raft_tls_needs_a_manager_certificate() {
     let err = RaftTls::new(&creds(&ca, "w1", NodeRole::Worker), names()).expect_err("worker refused");
     assert!(err.to_string().contains("worker"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_certificate_is_what_new_connections_present() {
+    init_tracing();
+    let ca = cluster_ca("c1");
+    let l = listener(&ca).await;
+    // m2's transport starts with a certificate that expired four days ago:
+    // the listener refuses it and nothing reaches raft.
+    let expired = creds_at(&ca, &ca, "m2", NodeRole::Manager, SystemTime::now() - 5 * DAY, DAY);
+    let tls = RaftTls::new(&expired, names()).expect("raft tls");
+    let peers = HashMap::from([(1u64, l.addr)]);
+    let transport = TcpTransport::new(TcpTransportConfig::new(2, peers).with_tls(tls.clone())).expect("transport");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while l.tls.refusals().certificate == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the expired certificate was never presented");
+        swarm_raft::Transport::send(&*transport, 1, b"frame".to_vec());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(l.delivered.load(Ordering::SeqCst), 0, "nothing from the expired certificate reached raft");
+
+    // Credentials of another node are not taken.
+    let err = tls.reload(&creds(&ca, "m3", NodeRole::Manager)).expect_err("another node's certificate");
+    assert!(err.to_string().contains("m3"), "{err}");
+
+    // Renewed: the next connection presents the new certificate and is
+    // admitted.
+    tls.reload(&creds(&ca, "m2", NodeRole::Manager)).expect("reload");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while l.delivered.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "frames never delivered after the reload: {:?}",
+            l.tls.refusals()
+        );
+        swarm_raft::Transport::send(&*transport, 1, b"frame".to_vec());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    l.task.abort();
+}

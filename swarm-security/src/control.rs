@@ -782,7 +782,10 @@ impl ControlService {
                 done(c.set_node_label(&name, &key, value.as_deref()).await)
             }
             ControlRequest::SetNodeRole { name, role } => done(c.set_node_role(&name, role).await),
-            ControlRequest::RemoveNode { name, force } => done(c.remove_node(&name, force).await),
+            ControlRequest::RemoveNode { name, force } => {
+                self.remove_node(&name, force).await?;
+                Ok(ControlReply::Done)
+            }
             ControlRequest::CreateSecret { name, data } => {
                 Ok(ControlReply::SecretId(c.create_secret(&name, data.0).await?))
             }
@@ -822,6 +825,29 @@ impl ControlService {
                 Ok(ControlReply::ClusterSpec(c.store().snapshot().await?.cluster_spec()))
             }
         }
+    }
+
+    /// [`Cluster::remove_node`], then, when the cluster has a security
+    /// plane (a CA in the store), the node's id on the deny-list
+    /// ([`crate::castore::record_removed_node`]): its certificate is
+    /// refused from then on and never renewed. A cluster without one (an
+    /// in-process cluster) only loses the Node object.
+    async fn remove_node(&self, name: &str, force: bool) -> Result<(), ControlError> {
+        let c = &self.cluster;
+        let id = c.inspect_node(name).await?.id.to_string();
+        c.remove_node(name, force).await?;
+        let state = c.store().snapshot().await?;
+        if crate::castore::ca_cert_pem(&state).is_err() {
+            return Ok(());
+        }
+        crate::castore::record_removed_node(c.store().as_ref(), &id).await.map_err(|e| {
+            tracing::error!(node_id = %id, error = %e, "node removed but not put on the deny-list");
+            ControlError::Unavailable {
+                message: format!("node {id} was removed but its certificate could not be put on the deny-list: {e}"),
+            }
+        })?;
+        tracing::info!(node_id = %id, "control API: node removed and its certificate revoked");
+        Ok(())
     }
 
     async fn events(&self, from: Option<Revision>) -> Result<Reply, ControlError> {

@@ -16,6 +16,7 @@ use swarm_core::scheduler::FirstFit;
 use swarm_core::state::{Action, Transaction};
 use swarm_core::store::MemStore;
 use swarm_security::ca::{ClusterCa, NodeCsr};
+use swarm_security::castore::{self, SecurityOptions};
 use swarm_security::control::{ControlError, ControlService, RemoteCluster};
 use swarm_security::identity::NodeIdentity;
 use swarm_security::role::Role;
@@ -363,6 +364,37 @@ async fn nodes_are_managed_over_the_wire_and_a_busy_node_is_not_removed() {
     assert_eq!(f.cluster.inspect_node("node-a").await.unwrap().spec.availability, Availability::Drain);
     remote.remove_node("node-a", true).await.unwrap();
     assert!(remote.list_nodes().await.unwrap().is_empty());
+    // No security plane in this store: nothing to deny, and no failure.
+    assert!(!castore::is_removed(&f.cluster.store().snapshot().await.unwrap(), "node-a"));
     let err = remote.set_node_label("node-a", "zone", None).await.unwrap_err();
     assert_eq!(err, ControlError::NotFound { kind: ObjectKind::Node, name: "node-a".into() });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_node_of_a_secured_cluster_puts_it_on_the_deny_list() {
+    let f = Fixture::start().await;
+    let store = f.cluster.store().clone();
+    castore::init_security(store.as_ref(), CLUSTER_ID, SecurityOptions::default()).await.unwrap();
+    for (id, host) in [("node-a", "host-a"), ("node-b", "host-b")] {
+        let node = Node::ready(id, host, Resources::new(4_000_000_000, 8 << 30));
+        store.commit(Transaction::new().create(node)).await.unwrap();
+    }
+    let remote = f.remote("alice", Role::Operator);
+    remote.create_service(ServiceSpec::replicated("web", "nginx:1.27", 2)).await.unwrap();
+    wait_tasks(&f.cluster, "web", |t| t.len() == 2 && t.iter().all(|t| t.node_id.is_some())).await;
+    let busy = f.cluster.list_tasks(TaskFilter::default()).await.unwrap()[0].node_id.clone().unwrap().to_string();
+
+    // A refused removal revokes nothing.
+    let err = remote.remove_node(&busy, false).await.unwrap_err();
+    assert!(matches!(err, ControlError::NodeHasTasks { .. }), "{err:?}");
+    assert!(!castore::is_removed(&store.snapshot().await.unwrap(), &busy));
+
+    // Removed by hostname: the node's id is what is denied.
+    let host = f.cluster.inspect_node(&busy).await.unwrap().description.hostname;
+    remote.remove_node(&host, true).await.unwrap();
+    let state = store.snapshot().await.unwrap();
+    assert!(castore::is_removed(&state, &busy), "the removed node is on the deny-list");
+    let other = if busy == "node-a" { "node-b" } else { "node-a" };
+    assert!(!castore::is_removed(&state, other), "only the removed node is");
+    assert!(state.get(ObjectKind::Node, &busy).is_none());
 }

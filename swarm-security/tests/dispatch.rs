@@ -276,7 +276,9 @@ async fn a_follower_redirects_to_the_leader() {
     let worker = agent("node-1", &sim, remote.clone());
     eventually("node-1 registers", Duration::from_secs(5), || async { node_ready(&store, "node-1") }).await;
     assert_eq!(remote.current_manager(), Some(leader.clone()));
-    assert_eq!(remote.managers(), managers);
+    // The list comes in the session's reply, which the agent may still be
+    // reading when the manager has already marked the node ready.
+    eventually("the manager list learned", Duration::from_secs(5), || async { remote.managers() == managers }).await;
 
     Cluster::new(store.clone()).create_service(ServiceSpec::replicated("web", "nginx:1.27", 1)).await.unwrap();
     eventually("the task runs", Duration::from_secs(8), || async { running(&store) == 1 && sim.running().len() == 1 })

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use swarm_security::ca::{ClusterCa, NodeCsr};
+use swarm_security::ca::{ClusterCa, NodeCsr, SigningPolicy};
 use swarm_security::role::Role;
 use swarm_security::rpc::{
     Code, Fault, Gate, Handler, Peer, Reloadable, Reply, Router, RpcClient, RpcError, RpcServer, ServerLimits,
@@ -186,4 +186,82 @@ async fn the_local_socket_is_owner_only_and_its_peers_are_local() {
     assert_eq!(who, "local");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+/// Collects what the code under test logs, for every test of this binary:
+/// a global subscriber, as a scoped one misses events whose callsite
+/// another test thread registered first.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn global() -> Logs {
+        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            let sink = logs.clone();
+            let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || sink.clone()).finish();
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+            logs
+        })
+        .clone()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused_with_expiry_named_on_both_ends() {
+    let logs = Logs::global();
+    let started = std::time::Instant::now();
+
+    let ca = ClusterCa::generate("c1", Duration::from_secs(86_400)).unwrap();
+    let s = serve(&ca).await;
+    // Issued two minutes ago for one minute: expired a minute ago.
+    let short = ClusterCa::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap().with_policy(SigningPolicy {
+        min_lifetime: Duration::from_secs(1),
+        backdate: Duration::ZERO,
+        ..SigningPolicy::default()
+    });
+    let csr = NodeCsr::generate("w-old").unwrap();
+    let issued = SystemTime::now() - Duration::from_secs(120);
+    let cert =
+        short.sign_node_csr(csr.csr_pem(), "w-old", Role::Worker, Some(Duration::from_secs(60)), issued).unwrap();
+    let expired = TlsCredentials::from_pem(ca.cert_pem(), cert.cert_pem(), &csr.key_pem()).unwrap();
+
+    let err =
+        tokio::time::timeout(Duration::from_secs(10), client(s.addr, &expired).call::<_, String>("echo.who", &()))
+            .await
+            .expect("refused within 10 s")
+            .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RpcError::Handshake { .. }), "{err:?}");
+    assert!(text.to_lowercase().contains("expired"), "the client is told its certificate expired: {text}");
+
+    // The server refused the handshake and logged why.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = logs.text();
+        if log.lines().any(|l| l.contains("TLS handshake refused") && l.contains("certificate expired")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the server's log names the expiry: {log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A fresh certificate of the same node is served.
+    let fresh = client(s.addr, &creds(&ca, "w-old", Role::Worker));
+    let who = fresh.call::<_, String>("echo.who", &()).await;
+    assert_eq!(who.as_deref().map_err(|e| e.to_string()), Ok("w-old (worker)"), "after {:?}", started.elapsed());
 }

@@ -1,0 +1,230 @@
+//! The security plane of a real multi-process cluster on loopback (issue
+//! #15): a removed node is shut out, short certificates are renewed while
+//! everything keeps working, and a restarted manager keeps its identity.
+//!
+//! Each test has its own address block (127.<block>.0.x, blocks 50-69).
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+use support::{Daemon, Lab, ctl, ctl_json, eventually};
+use swarm_security::files::NodeFiles;
+use swarm_security::join::{self, JoinedNode};
+use swarm_security::role::Role;
+use swarm_security::rpc::{Reloadable, RpcClient};
+use swarm_security::tls::client_config;
+
+fn nodes(socket: &Path) -> Vec<Value> {
+    ctl_json(socket, &["node", "ls"]).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+}
+
+fn ready_nodes(socket: &Path) -> usize {
+    nodes(socket).iter().filter(|n| n["status"]["state"] == "ready").count()
+}
+
+fn running(socket: &Path, service: &str) -> Option<usize> {
+    let tasks = ctl_json(socket, &["service", "ps", service]).ok()?;
+    Some(tasks.as_array()?.iter().filter(|t| t["status"]["state"] == "running").count())
+}
+
+fn leader_name(socket: &Path) -> Option<String> {
+    nodes(socket)
+        .iter()
+        .find(|n| n["manager_status"] == "leader")
+        .and_then(|n| n["description"]["hostname"].as_str().map(str::to_owned))
+}
+
+fn certs(d: &Daemon) -> NodeFiles {
+    NodeFiles::new(d.dir.join("certs"))
+}
+
+/// The `not_after` of the certificate in `d`'s state directory.
+fn not_after(d: &Daemon) -> Option<SystemTime> {
+    Some(JoinedNode::load(&certs(d)).ok()?.identity().ok()?.not_after)
+}
+
+fn record(d: &Daemon) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(d.dir.join("node.json")).unwrap()).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A client of `manager`'s node API presenting the certificate files of
+/// `node` (as its process would).
+fn client_of(node: &Daemon, manager: &Daemon) -> RpcClient {
+    let creds = JoinedNode::load(&certs(node)).unwrap().tls_credentials().unwrap();
+    RpcClient::new(manager.api, Role::Manager.server_name(), Reloadable::new(client_config(&creds).unwrap())).unwrap()
+}
+
+#[test]
+fn a_removed_worker_is_refused_everywhere_and_the_others_keep_working() {
+    let lab = Lab::new(50);
+    let m1 = lab.init("m1", 1);
+    let wt = m1.worker_token.clone().unwrap();
+    let m1 = m1.daemon;
+    let s1 = m1.socket();
+    let w1 = lab.join("w1", 2, &wt, m1.api).daemon;
+    let w2 = lab.join("w2", 3, &wt, m1.api).daemon;
+    eventually(Duration::from_secs(30), "3 nodes ready", || (ready_nodes(&s1) == 3).then_some(()));
+    assert!(ctl(&s1, &["service", "create", "web", "--image", "busybox", "--replicas", "4"]).ok);
+    eventually(Duration::from_secs(30), "4 running", || (running(&s1, "web") == Some(4)).then_some(()));
+
+    let out = ctl(&s1, &["node", "rm", "--force", &w1.node_id]);
+    assert!(out.ok, "node rm: {}", out.stderr);
+    let reason = format!("node {} was removed from the cluster", w1.node_id);
+
+    // The worker process itself is refused with the reason (its heartbeat
+    // or session on the node API).
+    eventually(Duration::from_secs(30), "w1's log names the removal", || w1.log_text().contains(&reason).then_some(()));
+    // Its certificate files, used directly: a session call and a renewal
+    // are refused with the reason.
+    let rt = rt();
+    let client = client_of(&w1, &m1);
+    let err = rt
+        .block_on(client.call::<_, Value>("dispatcher.heartbeat", &serde_json::json!({"node_id": w1.node_id})))
+        .unwrap_err();
+    assert!(err.to_string().contains(&reason), "{err}");
+    let before = std::fs::read_to_string(certs(&w1).cert_path()).unwrap();
+    let err = rt.block_on(join::renew(&client, &certs(&w1))).unwrap_err();
+    assert!(err.to_string().contains(&reason), "{err}");
+    assert_eq!(std::fs::read_to_string(certs(&w1).cert_path()).unwrap(), before, "no new certificate written");
+
+    // w2's certificate still works; the removed node does not come back.
+    let err = rt.block_on(join::renew(&client_of(&w2, &m1), &certs(&w2))).err();
+    assert!(err.is_none(), "w2 renews: {err:?}");
+    eventually(Duration::from_secs(30), "the service back at 4 on m1 and w2", || {
+        (running(&s1, "web") == Some(4)).then_some(())
+    });
+    assert!(ctl(&s1, &["service", "scale", "web=5"]).ok);
+    eventually(Duration::from_secs(30), "5 running", || (running(&s1, "web") == Some(5)).then_some(()));
+    let left = nodes(&s1);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|n| n["id"] != w1.node_id.as_str() && n["status"]["state"] == "ready"), "{left:?}");
+}
+
+#[test]
+fn a_restarted_manager_keeps_its_identity_and_rejoins_raft() {
+    let lab = Lab::new(51);
+    let m1 = lab.init("m1", 1);
+    let mt = m1.manager_token.clone().unwrap();
+    let m1 = m1.daemon;
+    let s1 = m1.socket();
+    let mut m2 = lab.join("m2", 2, &mt, m1.api).daemon;
+    let _m3 = lab.join("m3", 3, &mt, m1.api).daemon;
+    eventually(Duration::from_secs(30), "3 managers ready", || (ready_nodes(&s1) == 3).then_some(()));
+    let (id, raft_id) = (m2.node_id.clone(), record(&m2)["raft_id"].clone());
+    assert!(raft_id.as_u64().is_some(), "{raft_id}");
+
+    // A crash, then `swarmd run` on the same state directory.
+    m2.kill();
+    eventually(Duration::from_secs(30), "m2 seen down", || {
+        nodes(&s1).iter().any(|n| n["id"] == id.as_str() && n["status"]["state"] == "down").then_some(())
+    });
+    let m2 = lab.restart("m2", 2).daemon;
+    assert_eq!(m2.node_id, id, "same node id after the restart");
+    assert_eq!(record(&m2)["raft_id"], raft_id, "same raft id after the restart");
+    let s2 = m2.socket();
+
+    // It serves writes (forwarded to the leader over raft) and reads.
+    eventually(Duration::from_secs(30), "a write through the restarted manager", || {
+        ctl(&s2, &["service", "create", "web", "--image", "busybox", "--replicas", "2"]).ok.then_some(())
+    });
+    eventually(Duration::from_secs(30), "m1 sees the service", || (running(&s1, "web") == Some(2)).then_some(()));
+    eventually(Duration::from_secs(30), "m2 reads it back", || (running(&s2, "web") == Some(2)).then_some(()));
+
+    // Still three managers, each once, all ready; the restarted one with
+    // its old id.
+    eventually(Duration::from_secs(30), "3 distinct managers ready", || {
+        let all = nodes(&s2);
+        let managers: Vec<&Value> = all.iter().filter(|n| n["spec"]["role"] == "manager").collect();
+        let mut ids: Vec<&str> = managers.iter().filter_map(|n| n["id"].as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        (all.len() == 3
+            && ids.len() == 3
+            && ids.contains(&id.as_str())
+            && managers.iter().all(|n| n["status"]["state"] == "ready"))
+        .then_some(())
+    });
+}
+
+/// The one long test: real time by nature.
+#[test]
+fn ten_second_certificates_are_renewed_and_keep_every_node_connected_for_a_minute() {
+    let born = Instant::now();
+    let lab = Lab::new(52);
+    let short = ["--allow-short-certs".to_owned()];
+    let init_args: Vec<String> =
+        ["--heartbeat", "1s", "--cert-expiry", "10s", "--allow-short-certs"].iter().map(|s| s.to_string()).collect();
+    let m1 = lab.spawn("m1", 1, &["init"], &init_args).unwrap_or_else(|e| panic!("{e}"));
+    let (wt, mt) = (m1.worker_token.clone().unwrap(), m1.manager_token.clone().unwrap());
+    let m1 = m1.daemon;
+    let join_args = |token: &str| -> Vec<String> {
+        let mut a = vec!["--token".to_owned(), token.to_owned(), m1.api.to_string()];
+        a.extend(short.iter().cloned());
+        a
+    };
+    let m2 = lab.spawn("m2", 2, &["join"], &join_args(&mt)).unwrap_or_else(|e| panic!("{e}")).daemon;
+    let w1 = lab.spawn("w1", 3, &["join"], &join_args(&wt)).unwrap_or_else(|e| panic!("{e}")).daemon;
+    let s1 = m1.socket();
+    eventually(Duration::from_secs(30), "3 nodes ready", || (ready_nodes(&s1) == 3).then_some(()));
+    for d in [&m1, &m2, &w1] {
+        let left = not_after(d).unwrap().duration_since(SystemTime::now()).unwrap_or_default();
+        assert!(left <= Duration::from_secs(10), "{}: a 10 s certificate, {left:?} left", d.name);
+    }
+    assert!(ctl(&s1, &["service", "create", "web", "--image", "busybox", "--replicas", "3"]).ok);
+    eventually(Duration::from_secs(30), "3 running", || (running(&s1, "web") == Some(3)).then_some(()));
+    let leader = eventually(Duration::from_secs(10), "a leader", || leader_name(&s1));
+    let follower = if leader == "m1" { &m2 } else { &m1 };
+    let sf = follower.socket();
+
+    let mut seen: Vec<Vec<SystemTime>> = vec![Vec::new(); 3];
+    let start = Instant::now();
+    let mut round = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        round += 1;
+        for (i, d) in [&m1, &m2, &w1].iter().enumerate() {
+            if let Some(t) = not_after(d)
+                && seen[i].last() != Some(&t)
+            {
+                seen[i].push(t);
+            }
+        }
+        let all = nodes(&sf);
+        assert!(
+            all.len() == 3 && all.iter().all(|n| n["status"]["state"] == "ready"),
+            "round {round} at {:?}: every node ready: {all:?}",
+            start.elapsed()
+        );
+        assert_eq!(running(&sf, "web"), Some(3), "round {round} at {:?}: replicas", start.elapsed());
+        // A write through the follower: forwarded to the leader over raft
+        // (mutual TLS, certificates renewed on both ends).
+        let name = format!("s{round}");
+        let file = lab.dir.path().join(&name);
+        std::fs::write(&file, name.as_bytes()).unwrap();
+        let out = ctl(&sf, &["secret", "create", &name, &file.display().to_string()]);
+        assert!(out.ok, "round {round} at {:?}: write through {}: {}", start.elapsed(), follower.name, out.stderr);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for (i, name) in ["m1", "m2", "w1"].iter().enumerate() {
+        // 60 s of 10 s certificates renewed at 50-80 % of their life.
+        assert!(seen[i].len() >= 6, "{name}: certificate rewritten {} times: {:?}", seen[i].len(), seen[i]);
+        // ... and not more often than every 5 s (no renewal storm).
+        assert!(seen[i].len() <= 14, "{name}: certificate rewritten {} times: {:?}", seen[i].len(), seen[i]);
+        assert!(seen[i].windows(2).all(|w| w[0] < w[1]), "{name}: not_after advances");
+    }
+    for d in [&m1, &m2, &w1] {
+        let log = d.log_text();
+        let renewals = log.matches("node certificate renewed").count();
+        let lived = born.elapsed();
+        assert!(
+            renewals >= 6 && renewals as u64 <= lived.as_secs() / 5 + 1,
+            "{}: {renewals} renewals in at most {lived:?}:\n{log}",
+            d.name
+        );
+    }
+}
