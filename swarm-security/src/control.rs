@@ -1479,4 +1479,76 @@ mod tests {
             assert_eq!(back, req);
         }
     }
+
+    /// A store that has lost its quorum: linearizable reads and writes
+    /// fail, its local replica still holds the last state.
+    struct Cut(swarm_core::store::MemStore);
+
+    #[async_trait]
+    impl Store for Cut {
+        async fn commit(&self, _tx: Transaction) -> Result<Arc<Change>, StoreError> {
+            Err(StoreError::NoQuorum("no leader elected within 1s".into()))
+        }
+        async fn snapshot(&self) -> Result<Arc<State>, StoreError> {
+            Err(StoreError::NoQuorum("read not confirmed by a quorum in time".into()))
+        }
+        async fn watch(&self, from: Revision) -> Result<Watch, StoreError> {
+            self.0.watch(from).await
+        }
+        fn local_snapshot(&self) -> Option<Arc<State>> {
+            Some(self.0.state())
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_without_a_quorum_answer_the_local_replica_marked_stale() {
+        let mem = swarm_core::store::MemStore::new();
+        Cluster::new(Arc::new(mem.clone()))
+            .create_service(ServiceSpec::replicated("web", "nginx:1.27", 2))
+            .await
+            .unwrap();
+        let svc = ControlService::new(Cluster::new(Arc::new(Cut(mem))), None);
+        match svc.execute(ControlRequest::ListServices).await.unwrap() {
+            ControlReply::Stale { reason, reply, .. } => {
+                assert!(reason.contains("quorum"), "{reason}");
+                assert!(matches!(*reply, ControlReply::Services(ref s) if s.len() == 1 && s[0].spec.name == "web"));
+            }
+            other => panic!("expected a stale answer, got {other:?}"),
+        }
+        // Writes fail with the store's reason; nothing falls back.
+        let err = svc.execute(ControlRequest::Scale { name: "web".into(), replicas: 3 }).await.unwrap_err();
+        assert!(matches!(err, ControlError::NoQuorum { .. }), "{err}");
+        assert!(err.to_string().starts_with("no quorum: "), "{err}");
+        // A store without a local replica (MemStore) never answers stale.
+        let fresh = ControlService::new(Cluster::new(Arc::new(swarm_core::store::MemStore::new())), None);
+        assert!(matches!(fresh.execute(ControlRequest::ListServices).await.unwrap(), ControlReply::Services(_)));
+    }
+
+    #[tokio::test]
+    async fn remote_cluster_unwraps_stale_answers_and_keeps_the_reason() {
+        let mem = swarm_core::store::MemStore::new();
+        Cluster::new(Arc::new(mem.clone()))
+            .create_service(ServiceSpec::replicated("web", "nginx:1.27", 2))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
+        let svc = ControlService::new(Cluster::new(Arc::new(Cut(mem))), None);
+        let router = crate::rpc::Router::new().route("control", Arc::new(svc));
+        let server = tokio::spawn({
+            let socket = socket.clone();
+            async move { crate::rpc::RpcServer::serve_unix(&socket, Arc::new(router)).await }
+        });
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+        let remote = RemoteCluster::unix(&socket);
+        assert_eq!(remote.take_stale_read(), None);
+        let services = remote.list_services().await.unwrap();
+        assert_eq!(services.len(), 1);
+        let why = remote.take_stale_read().expect("the stale answer is reported");
+        assert!(why.contains("read not confirmed by a quorum") && why.contains("revision"), "{why}");
+        assert_eq!(remote.take_stale_read(), None, "taking it clears it");
+        server.abort();
+    }
 }
