@@ -31,6 +31,8 @@
 //! # }
 //! ```
 
+pub mod linearizability;
+
 use crate::agent::{Agent, AgentConfig};
 use crate::cluster::Cluster;
 use crate::controller::Controller;

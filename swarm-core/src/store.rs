@@ -94,6 +94,15 @@ pub trait Store: Send + Sync + 'static {
     /// The changes after `from` (exclusive), in order, then live ones.
     async fn watch(&self, from: Revision) -> Result<Watch, StoreError>;
 
+    /// The state this process holds now, without the quorum check
+    /// [`Store::snapshot`] makes: a replicated store's local replica, which
+    /// may miss writes committed elsewhere. For reads that must still
+    /// answer when no quorum is reachable, clearly marked as stale. The
+    /// default (a store whose snapshot never needs a quorum) has none.
+    fn local_snapshot(&self) -> Option<Arc<State>> {
+        None
+    }
+
     /// Whether this process may run the leader-only control loops now,
     /// and each change of that. The default (a store in one process, as
     /// [`MemStore`]) always leads; a replicated store reports whether its

@@ -535,6 +535,11 @@ impl Store for RaftStore {
         lock(&self.inner.replica).watch(from)
     }
 
+    /// This manager's replica as applied so far ([`RaftStore::stale_snapshot`]).
+    fn local_snapshot(&self) -> Option<Arc<State>> {
+        Some(self.stale_snapshot())
+    }
+
     /// True while this manager is the raft leader (and not stopped): a
     /// `Manager` on this store runs its controllers only then.
     fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {

@@ -20,120 +20,12 @@ use common::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use swarm_core::harness::linearizability::{Op, OpKind, linearizable};
 use swarm_core::store::{Store, StoreError};
 use swarm_raft::{Faults, RaftStore, Role, SeededRng};
 
-// ---------------------------------------------------------------------------
-// The checker.
-
-/// One operation of the history. `ret` is `None` when the outcome is unknown
-/// (the operation may take effect at any time after its call, or never).
-#[derive(Clone, Debug)]
-struct Op {
-    call: u64,
-    ret: Option<u64>,
-    kind: OpKind,
-}
-
-#[derive(Clone, Debug)]
-enum OpKind {
-    /// Adds element `bit` to the set.
-    Add(u32),
-    /// Read the whole set.
-    Read(u128),
-}
-
-/// The grow-only set model: the state is a bit set of elements.
-fn step(state: u128, kind: &OpKind) -> Option<u128> {
-    match kind {
-        OpKind::Add(bit) => Some(state | (1u128 << bit)),
-        OpKind::Read(seen) => (*seen == state).then_some(state),
-    }
-}
-
-/// Wing & Gong's search with Lowe's memoization: is there a total order of
-/// the operations, consistent with real time, that the model accepts?
-fn linearizable(ops: &[Op]) -> bool {
-    // Events: (time, is_return, op). Calls sort before returns at equal times.
-    let mut events: Vec<(u64, bool, usize)> = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        events.push((op.call, false, i));
-        events.push((op.ret.unwrap_or(u64::MAX), true, i));
-    }
-    events.sort();
-    let n = events.len();
-    // Doubly linked list over event slots 1..=n, 0 is the head sentinel.
-    let mut next: Vec<usize> = (1..=n + 1).collect();
-    let mut prev: Vec<usize> = (0..=n).map(|i| i.saturating_sub(1)).collect();
-    let end = n + 1;
-    let mut ret_slot = vec![0usize; ops.len()];
-    let mut call_slot = vec![0usize; ops.len()];
-    for (i, e) in events.iter().enumerate() {
-        if e.1 {
-            ret_slot[e.2] = i + 1;
-        } else {
-            call_slot[e.2] = i + 1;
-        }
-    }
-    let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, s: usize| {
-        let (p, nx) = (prev[s], next[s]);
-        next[p] = nx;
-        if nx != end {
-            prev[nx] = p;
-        }
-    };
-    let relink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, s: usize| {
-        let (p, nx) = (prev[s], next[s]);
-        next[p] = s;
-        if nx != end {
-            prev[nx] = s;
-        }
-    };
-    let words = ops.len().div_ceil(64);
-    let mut linearized = vec![0u64; words];
-    let mut cache: HashSet<(Vec<u64>, u128)> = HashSet::new();
-    let mut stack: Vec<(usize, u128)> = Vec::new();
-    let mut state: u128 = 0;
-    let mut entry = next[0];
-    while next[0] != end {
-        if entry == end {
-            // Every remaining call was tried: backtrack.
-            let Some((op, st)) = stack.pop() else { return false };
-            state = st;
-            linearized[op / 64] &= !(1 << (op % 64));
-            relink(&mut next, &mut prev, ret_slot[op]);
-            relink(&mut next, &mut prev, call_slot[op]);
-            entry = next[call_slot[op]];
-            continue;
-        }
-        let (_, is_ret, op) = events[entry - 1];
-        if !is_ret {
-            if let Some(new_state) = step(state, &ops[op].kind) {
-                let mut lin = linearized.clone();
-                lin[op / 64] |= 1 << (op % 64);
-                if cache.insert((lin.clone(), new_state)) {
-                    stack.push((op, state));
-                    state = new_state;
-                    linearized = lin;
-                    unlink(&mut next, &mut prev, call_slot[op]);
-                    unlink(&mut next, &mut prev, ret_slot[op]);
-                    entry = next[0];
-                    continue;
-                }
-            }
-            entry = next[entry];
-        } else {
-            // A return whose call is not linearized yet: backtrack.
-            let Some((op, st)) = stack.pop() else { return false };
-            state = st;
-            linearized[op / 64] &= !(1 << (op % 64));
-            relink(&mut next, &mut prev, ret_slot[op]);
-            relink(&mut next, &mut prev, call_slot[op]);
-            entry = next[call_slot[op]];
-        }
-    }
-    true
-}
+// The checker lives in swarm_core::harness::linearizability (shared with
+// swarm-cli's multi-process tests).
 
 #[test]
 fn checker_accepts_and_rejects_known_histories() {

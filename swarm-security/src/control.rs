@@ -77,8 +77,8 @@ use swarm_core::model::{
     Availability, ClusterSpec, Config, Network, NetworkSpec, Node, NodeRole, ObjectKind, Revision, Secret, SecretBytes,
     Service, ServiceSpec, Task, Volume, VolumeSpec,
 };
-use swarm_core::state::TxError;
-use swarm_core::store::StoreError;
+use swarm_core::state::{Change, State, Transaction, TxError};
+use swarm_core::store::{Store, StoreError, Watch};
 use swarm_core::validate::{FieldError, ValidationError};
 use tokio::sync::mpsc;
 
@@ -355,6 +355,19 @@ pub enum ControlReply {
     Volumes(Vec<Volume>),
     /// The cluster settings.
     ClusterSpec(ClusterSpec),
+    /// A read answered from the manager's local replica because no quorum
+    /// was reachable for a linearizable read: the last state this manager
+    /// applied, which may miss writes committed elsewhere.
+    /// [`RemoteCluster`]'s methods unwrap it and remember the reason
+    /// ([`RemoteCluster::take_stale_read`]).
+    Stale {
+        /// Why the linearizable read failed (the store's no-quorum reason).
+        reason: String,
+        /// The revision of the local replica that answered.
+        revision: Revision,
+        /// The answer, from that replica.
+        reply: Box<ControlReply>,
+    },
 }
 
 impl ControlReply {
@@ -377,6 +390,7 @@ impl ControlReply {
             ControlReply::Networks(_) => "networks",
             ControlReply::Volumes(_) => "volumes",
             ControlReply::ClusterSpec(_) => "cluster_spec",
+            ControlReply::Stale { .. } => "stale",
         }
     }
 }
@@ -662,6 +676,28 @@ impl From<RpcError> for ControlError {
     }
 }
 
+/// A store's local replica frozen at one state, for reads only: what
+/// [`ControlService::execute`] reads from when no quorum is reachable.
+struct LocalReplica {
+    state: Arc<State>,
+    store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl Store for LocalReplica {
+    async fn commit(&self, _tx: Transaction) -> Result<Arc<Change>, StoreError> {
+        Err(StoreError::Unavailable("the local replica answers reads only".into()))
+    }
+
+    async fn snapshot(&self) -> Result<Arc<State>, StoreError> {
+        Ok(self.state.clone())
+    }
+
+    async fn watch(&self, from: Revision) -> Result<Watch, StoreError> {
+        self.store.watch(from).await
+    }
+}
+
 /// The control API's [`Handler`]: serves a [`Cluster`] to managers,
 /// operators and the local socket. See the [module docs](self).
 pub struct ControlService {
@@ -736,8 +772,30 @@ impl ControlService {
 
     /// Runs one request on the cluster, in process. No authorization
     /// here: the caller is trusted (the handler checks the peer first).
+    ///
+    /// A read that fails for want of a quorum ([`ControlError::NoQuorum`])
+    /// is answered from the store's local replica
+    /// ([`Store::local_snapshot`]) as a [`ControlReply::Stale`], so the
+    /// last state stays visible while writes cannot be made.
     pub async fn execute(&self, req: ControlRequest) -> Result<ControlReply, ControlError> {
-        let c = &self.cluster;
+        let fallback = req.is_read().then(|| req.clone());
+        match Self::execute_on(&self.cluster, req).await {
+            Err(ControlError::NoQuorum { message }) => {
+                let local = self.cluster.store().local_snapshot();
+                let (Some(req), Some(state)) = (fallback, local) else {
+                    return Err(ControlError::NoQuorum { message });
+                };
+                let revision = state.revision();
+                tracing::warn!(op = req.op(), %revision, reason = %message, "control API: no quorum, answering a read from the local replica");
+                let local = Cluster::new(Arc::new(LocalReplica { state, store: self.cluster.store().clone() }));
+                let reply = Self::execute_on(&local, req).await?;
+                Ok(ControlReply::Stale { reason: message, revision, reply: Box::new(reply) })
+            }
+            other => other,
+        }
+    }
+
+    async fn execute_on(c: &Cluster, req: ControlRequest) -> Result<ControlReply, ControlError> {
         let done = |r: Result<(), ClusterError>| r.map(|()| ControlReply::Done).map_err(ControlError::from);
         match req {
             ControlRequest::CreateService { spec } => Ok(ControlReply::ServiceId(c.create_service(spec).await?)),
@@ -1007,6 +1065,7 @@ impl RemoteEventStream {
 pub struct RemoteCluster {
     managers: Vec<RpcClient>,
     current: AtomicUsize,
+    stale: std::sync::Mutex<Option<String>>,
 }
 
 macro_rules! expect_reply {
@@ -1022,7 +1081,7 @@ impl RemoteCluster {
     /// A client of one manager (TLS with a manager or operator certificate,
     /// or the local socket).
     pub fn new(client: RpcClient) -> Self {
-        RemoteCluster { managers: vec![client], current: AtomicUsize::new(0) }
+        RemoteCluster { managers: vec![client], current: AtomicUsize::new(0), stale: Default::default() }
     }
 
     /// A client of several managers, tried in order when one is
@@ -1031,7 +1090,7 @@ impl RemoteCluster {
         if clients.is_empty() {
             return Err(ControlError::Transport { message: "no manager address given".into() });
         }
-        Ok(RemoteCluster { managers: clients, current: AtomicUsize::new(0) })
+        Ok(RemoteCluster { managers: clients, current: AtomicUsize::new(0), stale: Default::default() })
     }
 
     /// A client of the managers at `addrs` over TLS, presenting the
@@ -1098,14 +1157,36 @@ impl RemoteCluster {
         self.unary("control.call", req).await
     }
 
+    /// Sends one request; a [`ControlReply::Stale`] answer is unwrapped
+    /// and its reason kept for [`RemoteCluster::take_stale_read`].
+    async fn answer(&self, req: &ControlRequest) -> Result<ControlReply, ControlError> {
+        match self.request(req).await? {
+            ControlReply::Stale { reason, revision, reply } => {
+                tracing::warn!(op = req.op(), %revision, %reason, "control API: stale read (no quorum)");
+                *self.stale.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{reason} (local replica at revision {revision})"));
+                Ok(*reply)
+            }
+            reply => Ok(reply),
+        }
+    }
+
+    /// Whether an answer since the last call came from a manager's local
+    /// replica because no quorum was reachable ([`ControlReply::Stale`]):
+    /// the reason, or `None` when every read was linearizable. Taking it
+    /// clears it.
+    pub fn take_stale_read(&self) -> Option<String> {
+        self.stale.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     async fn done(&self, req: ControlRequest) -> Result<(), ControlError> {
         let op = req.op();
-        expect_reply!(op, self.request(&req).await?, ControlReply::Done => ())
+        expect_reply!(op, self.answer(&req).await?, ControlReply::Done => ())
     }
 
     /// Creates a service; returns its id.
     pub async fn create_service(&self, spec: ServiceSpec) -> Result<ServiceId, ControlError> {
-        let r = self.request(&ControlRequest::CreateService { spec }).await?;
+        let r = self.answer(&ControlRequest::CreateService { spec }).await?;
         expect_reply!("create_service", r, ControlReply::ServiceId(id) => id)
     }
 
@@ -1169,37 +1250,37 @@ impl RemoteCluster {
 
     /// A service by name or id.
     pub async fn inspect_service(&self, name: &str) -> Result<Service, ControlError> {
-        let r = self.request(&ControlRequest::InspectService { name: name.into() }).await?;
+        let r = self.answer(&ControlRequest::InspectService { name: name.into() }).await?;
         expect_reply!("inspect_service", r, ControlReply::Service(s) => s)
     }
 
     /// Every service.
     pub async fn list_services(&self) -> Result<Vec<Service>, ControlError> {
-        let r = self.request(&ControlRequest::ListServices).await?;
+        let r = self.answer(&ControlRequest::ListServices).await?;
         expect_reply!("list_services", r, ControlReply::Services(s) => s)
     }
 
     /// Tasks, filtered.
     pub async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<Task>, ControlError> {
-        let r = self.request(&ControlRequest::ListTasks { filter }).await?;
+        let r = self.answer(&ControlRequest::ListTasks { filter }).await?;
         expect_reply!("list_tasks", r, ControlReply::Tasks(t) => t)
     }
 
     /// One task.
     pub async fn inspect_task(&self, id: &str) -> Result<Task, ControlError> {
-        let r = self.request(&ControlRequest::InspectTask { id: id.into() }).await?;
+        let r = self.answer(&ControlRequest::InspectTask { id: id.into() }).await?;
         expect_reply!("inspect_task", r, ControlReply::Task(t) => t)
     }
 
     /// Every node.
     pub async fn list_nodes(&self) -> Result<Vec<Node>, ControlError> {
-        let r = self.request(&ControlRequest::ListNodes).await?;
+        let r = self.answer(&ControlRequest::ListNodes).await?;
         expect_reply!("list_nodes", r, ControlReply::Nodes(n) => n)
     }
 
     /// A node by id or hostname.
     pub async fn inspect_node(&self, name: &str) -> Result<Node, ControlError> {
-        let r = self.request(&ControlRequest::InspectNode { name: name.into() }).await?;
+        let r = self.answer(&ControlRequest::InspectNode { name: name.into() }).await?;
         expect_reply!("inspect_node", r, ControlReply::Node(n) => n)
     }
 
@@ -1226,25 +1307,25 @@ impl RemoteCluster {
 
     /// Creates a secret.
     pub async fn create_secret(&self, name: &str, data: Vec<u8>) -> Result<SecretId, ControlError> {
-        let r = self.request(&ControlRequest::CreateSecret { name: name.into(), data: SecretBytes(data) }).await?;
+        let r = self.answer(&ControlRequest::CreateSecret { name: name.into(), data: SecretBytes(data) }).await?;
         expect_reply!("create_secret", r, ControlReply::SecretId(id) => id)
     }
 
     /// Creates a config.
     pub async fn create_config(&self, name: &str, data: Vec<u8>) -> Result<ConfigId, ControlError> {
-        let r = self.request(&ControlRequest::CreateConfig { name: name.into(), data: SecretBytes(data) }).await?;
+        let r = self.answer(&ControlRequest::CreateConfig { name: name.into(), data: SecretBytes(data) }).await?;
         expect_reply!("create_config", r, ControlReply::ConfigId(id) => id)
     }
 
     /// Creates a network.
     pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkId, ControlError> {
-        let r = self.request(&ControlRequest::CreateNetwork { spec }).await?;
+        let r = self.answer(&ControlRequest::CreateNetwork { spec }).await?;
         expect_reply!("create_network", r, ControlReply::NetworkId(id) => id)
     }
 
     /// Creates a volume.
     pub async fn create_volume(&self, spec: VolumeSpec) -> Result<VolumeId, ControlError> {
-        let r = self.request(&ControlRequest::CreateVolume { spec }).await?;
+        let r = self.answer(&ControlRequest::CreateVolume { spec }).await?;
         expect_reply!("create_volume", r, ControlReply::VolumeId(id) => id)
     }
 
@@ -1255,25 +1336,25 @@ impl RemoteCluster {
 
     /// Every secret, without its data.
     pub async fn list_secrets(&self) -> Result<Vec<Secret>, ControlError> {
-        let r = self.request(&ControlRequest::ListSecrets).await?;
+        let r = self.answer(&ControlRequest::ListSecrets).await?;
         expect_reply!("list_secrets", r, ControlReply::Secrets(s) => s)
     }
 
     /// Every config.
     pub async fn list_configs(&self) -> Result<Vec<Config>, ControlError> {
-        let r = self.request(&ControlRequest::ListConfigs).await?;
+        let r = self.answer(&ControlRequest::ListConfigs).await?;
         expect_reply!("list_configs", r, ControlReply::Configs(c) => c)
     }
 
     /// Every network.
     pub async fn list_networks(&self) -> Result<Vec<Network>, ControlError> {
-        let r = self.request(&ControlRequest::ListNetworks).await?;
+        let r = self.answer(&ControlRequest::ListNetworks).await?;
         expect_reply!("list_networks", r, ControlReply::Networks(n) => n)
     }
 
     /// Every volume.
     pub async fn list_volumes(&self) -> Result<Vec<Volume>, ControlError> {
-        let r = self.request(&ControlRequest::ListVolumes).await?;
+        let r = self.answer(&ControlRequest::ListVolumes).await?;
         expect_reply!("list_volumes", r, ControlReply::Volumes(v) => v)
     }
 
@@ -1284,7 +1365,7 @@ impl RemoteCluster {
 
     /// The cluster settings (the defaults when none were set).
     pub async fn cluster_spec(&self) -> Result<ClusterSpec, ControlError> {
-        let r = self.request(&ControlRequest::InspectClusterSpec).await?;
+        let r = self.answer(&ControlRequest::InspectClusterSpec).await?;
         expect_reply!("inspect_cluster_spec", r, ControlReply::ClusterSpec(s) => s)
     }
 
@@ -1435,5 +1516,77 @@ mod tests {
             let back: ControlRequest = serde_json::from_value(serde_json::to_value(&req).unwrap()).unwrap();
             assert_eq!(back, req);
         }
+    }
+
+    /// A store that has lost its quorum: linearizable reads and writes
+    /// fail, its local replica still holds the last state.
+    struct Cut(swarm_core::store::MemStore);
+
+    #[async_trait]
+    impl Store for Cut {
+        async fn commit(&self, _tx: Transaction) -> Result<Arc<Change>, StoreError> {
+            Err(StoreError::NoQuorum("no leader elected within 1s".into()))
+        }
+        async fn snapshot(&self) -> Result<Arc<State>, StoreError> {
+            Err(StoreError::NoQuorum("read not confirmed by a quorum in time".into()))
+        }
+        async fn watch(&self, from: Revision) -> Result<Watch, StoreError> {
+            self.0.watch(from).await
+        }
+        fn local_snapshot(&self) -> Option<Arc<State>> {
+            Some(self.0.state())
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_without_a_quorum_answer_the_local_replica_marked_stale() {
+        let mem = swarm_core::store::MemStore::new();
+        Cluster::new(Arc::new(mem.clone()))
+            .create_service(ServiceSpec::replicated("web", "nginx:1.27", 2))
+            .await
+            .unwrap();
+        let svc = ControlService::new(Cluster::new(Arc::new(Cut(mem))), None);
+        match svc.execute(ControlRequest::ListServices).await.unwrap() {
+            ControlReply::Stale { reason, reply, .. } => {
+                assert!(reason.contains("quorum"), "{reason}");
+                assert!(matches!(*reply, ControlReply::Services(ref s) if s.len() == 1 && s[0].spec.name == "web"));
+            }
+            other => panic!("expected a stale answer, got {other:?}"),
+        }
+        // Writes fail with the store's reason; nothing falls back.
+        let err = svc.execute(ControlRequest::Scale { name: "web".into(), replicas: 3 }).await.unwrap_err();
+        assert!(matches!(err, ControlError::NoQuorum { .. }), "{err}");
+        assert!(err.to_string().starts_with("no quorum: "), "{err}");
+        // A store without a local replica (MemStore) never answers stale.
+        let fresh = ControlService::new(Cluster::new(Arc::new(swarm_core::store::MemStore::new())), None);
+        assert!(matches!(fresh.execute(ControlRequest::ListServices).await.unwrap(), ControlReply::Services(_)));
+    }
+
+    #[tokio::test]
+    async fn remote_cluster_unwraps_stale_answers_and_keeps_the_reason() {
+        let mem = swarm_core::store::MemStore::new();
+        Cluster::new(Arc::new(mem.clone()))
+            .create_service(ServiceSpec::replicated("web", "nginx:1.27", 2))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
+        let svc = ControlService::new(Cluster::new(Arc::new(Cut(mem))), None);
+        let router = crate::rpc::Router::new().route("control", Arc::new(svc));
+        let server = tokio::spawn({
+            let socket = socket.clone();
+            async move { crate::rpc::RpcServer::serve_unix(&socket, Arc::new(router)).await }
+        });
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+        let remote = RemoteCluster::unix(&socket);
+        assert_eq!(remote.take_stale_read(), None);
+        let services = remote.list_services().await.unwrap();
+        assert_eq!(services.len(), 1);
+        let why = remote.take_stale_read().expect("the stale answer is reported");
+        assert!(why.contains("read not confirmed by a quorum") && why.contains("revision"), "{why}");
+        assert_eq!(remote.take_stale_read(), None, "taking it clears it");
+        server.abort();
     }
 }

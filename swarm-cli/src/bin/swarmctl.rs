@@ -8,6 +8,10 @@
 //! an operator certificate from `swarmctl operator-cert` or a manager's
 //! own `certs/` directory). `SWARM_SOCKET`, `SWARM_HOST` and
 //! `SWARM_CERT_DIR` give the defaults.
+//!
+//! When no quorum of managers is reachable, writes fail (`no quorum: ...`)
+//! and reads show the manager's last known state, with the warning
+//! `swarmctl: warning: stale read: no quorum; ...` on stderr.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -60,7 +64,11 @@ async fn run() -> Result<String, Error> {
         Some(other) => return Err(format!("--format {other:?}: use table or json").into()),
     };
     let t = target(socket, host, cert_dir)?;
-    Ok(ctl::run(&t, &format, a).await?)
+    let out = ctl::run(&t, &format, a).await?;
+    if let Some(why) = t.cluster.take_stale_read() {
+        eprintln!("swarmctl: warning: stale read: no quorum; this is the manager's last known state: {why}");
+    }
+    Ok(out)
 }
 
 fn main() -> ExitCode {

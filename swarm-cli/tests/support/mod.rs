@@ -267,3 +267,41 @@ pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// ---------------------------------------------------------------------------
+// For tests/quorum.rs: swarmd with extra flags (e.g. a shorter --raft-tick).
+
+impl Lab {
+    /// `swarmd init` with extra flags after the usual ones.
+    pub fn init_with(&self, name: &str, host: u8, extra: &[&str]) -> Started {
+        let mut args = vec!["--heartbeat".to_owned(), self.heartbeat.to_owned()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(name, host, &["init"], &args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `swarmd join` with extra flags after the usual ones.
+    pub fn join_with(&self, name: &str, host: u8, token: &str, via: SocketAddr, extra: &[&str]) -> Started {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(["--token".to_owned(), token.to_owned(), via.to_string()]);
+        self.spawn(name, host, &["join"], &args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `swarmd run` on the node's state directory, with extra flags.
+    pub fn restart_with(&self, name: &str, host: u8, extra: &[&str]) -> Started {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn(name, host, &["run"], &args).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// `node ls` as JSON rows (empty when the call fails).
+pub fn node_rows(socket: &Path) -> Vec<serde_json::Value> {
+    ctl_json(socket, &["node", "ls"]).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+}
+
+/// The hostname of the manager whose `manager_status` is `leader`.
+pub fn leader_hostname(socket: &Path) -> Option<String> {
+    node_rows(socket)
+        .iter()
+        .find(|n| n["manager_status"] == "leader")
+        .and_then(|n| n["description"]["hostname"].as_str().map(str::to_owned))
+}
