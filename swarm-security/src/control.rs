@@ -841,7 +841,7 @@ impl ControlService {
             }
             ControlRequest::SetNodeRole { name, role } => done(c.set_node_role(&name, role).await),
             ControlRequest::RemoveNode { name, force } => {
-                self.remove_node(&name, force).await?;
+                Self::remove_node_on(c, &name, force).await?;
                 Ok(ControlReply::Done)
             }
             ControlRequest::CreateSecret { name, data } => {
@@ -890,8 +890,7 @@ impl ControlService {
     /// ([`crate::castore::record_removed_node`]): its certificate is
     /// refused from then on and never renewed. A cluster without one (an
     /// in-process cluster) only loses the Node object.
-    async fn remove_node(&self, name: &str, force: bool) -> Result<(), ControlError> {
-        let c = &self.cluster;
+    async fn remove_node_on(c: &Cluster, name: &str, force: bool) -> Result<(), ControlError> {
         let id = c.inspect_node(name).await?.id.to_string();
         c.remove_node(name, force).await?;
         let state = c.store().snapshot().await?;
