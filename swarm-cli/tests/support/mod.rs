@@ -305,3 +305,97 @@ pub fn leader_hostname(socket: &Path) -> Option<String> {
         .find(|n| n["manager_status"] == "leader")
         .and_then(|n| n["description"]["hostname"].as_str().map(str::to_owned))
 }
+
+impl Lab {
+    /// Starts `swarmd <command> <node flags> <extra>` inside the network
+    /// namespace `netns` (`ip netns exec`, which execs swarmd: the child's
+    /// pid is swarmd's), listening on `ip` (node API :4242, raft :4243),
+    /// with `--runtime runtime`; waits for its ready line (or its exit).
+    /// `Lab::init` / `join` / `spawn` on loopback are unchanged.
+    pub fn spawn_in(
+        &self,
+        netns: &str,
+        name: &str,
+        ip: std::net::IpAddr,
+        runtime: &str,
+        command: &[&str],
+        extra: &[String],
+    ) -> Result<Started, String> {
+        let (api, raft) = (SocketAddr::new(ip, 4242), SocketAddr::new(ip, 4243));
+        let dir = self.dir.path().join(name);
+        let mut args: Vec<String> = ["netns", "exec", netns, SWARMD].iter().map(|s| s.to_string()).collect();
+        args.extend(command.iter().map(|s| s.to_string()));
+        for (flag, value) in [
+            ("--state-dir", dir.display().to_string()),
+            ("--listen-addr", api.to_string()),
+            ("--raft-addr", raft.to_string()),
+            ("--hostname", name.to_owned()),
+            ("--runtime", runtime.to_owned()),
+            ("--cpus", "4".to_owned()),
+            ("--memory", (8u64 << 30).to_string()),
+        ] {
+            args.push(flag.into());
+            args.push(value);
+        }
+        args.extend(extra.iter().cloned());
+        let log = self.dir.path().join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut child = Command::new("ip")
+            .args(&args)
+            .env("RUST_LOG", "info,raft=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .map_err(|e| format!("ip netns exec {netns} swarmd: {e}"))?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut d = Daemon {
+            name: name.into(),
+            child: Some(child),
+            dir,
+            api,
+            raft,
+            node_id: String::new(),
+            lines: Vec::new(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut worker, mut manager) = (None, None);
+        loop {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                if let Some(t) = line.strip_prefix("worker token: ") {
+                    worker = Some(t.to_owned());
+                }
+                if let Some(t) = line.strip_prefix("manager token: ") {
+                    manager = Some(t.to_owned());
+                }
+                let ready = line.starts_with("swarmd: ready ");
+                if ready {
+                    d.node_id =
+                        line.split_whitespace().find_map(|w| w.strip_prefix("node=")).unwrap_or_default().to_owned();
+                }
+                d.lines.push(line);
+                if ready {
+                    return Ok(Started { daemon: d, worker_token: worker, manager_token: manager });
+                }
+            }
+            if let Some(c) = d.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                d.child = None;
+                return Err(format!("swarmd {name} (netns {netns}) exited ({st}) before ready:\n{}", d.log_text()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("swarmd {name} (netns {netns}) not ready within 60 s:\n{}", d.log_text()));
+            }
+        }
+    }
+}
