@@ -28,7 +28,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use swarm_core::agent::{Agent, AgentConfig};
+use swarm_core::agent::{Agent, AgentConfig, AgentError};
 use swarm_core::cluster::Cluster;
 use swarm_core::manager::{Manager, ManagerConfig};
 use swarm_core::model::{ClusterSpec, ManagerStatus, Node, NodeDescription, NodeRole, Platform, Resources};
@@ -207,6 +207,8 @@ struct Shared {
     client: Arc<Reloadable<rustls::ClientConfig>>,
     manager: tokio::sync::Mutex<Option<ManagerParts>>,
     api_addr: std::sync::Mutex<Option<SocketAddr>>,
+    /// Set when the managers said this node was removed.
+    removed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -323,6 +325,21 @@ impl SwarmNode {
     /// The node API address, while the node is a manager.
     pub fn api_addr(&self) -> Option<SocketAddr> {
         *self.shared.api_addr.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves when the managers removed this node from the cluster
+    /// (`swarmctl node rm`): its certificate is refused from then on and
+    /// its agent stopped. Its containers are left as they are.
+    pub async fn removed(&self) -> String {
+        let mut rx = self.shared.removed.subscribe();
+        loop {
+            if let Some(node) = rx.borrow_and_update().clone() {
+                return node;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Stops the node: its tasks, then (managers) the raft store. Its
@@ -445,8 +462,9 @@ impl SwarmNode {
             client,
             manager: tokio::sync::Mutex::new(parts),
             api_addr: std::sync::Mutex::new(api_addr),
+            removed: tokio::sync::watch::channel(None).0,
         });
-        let (agent, dispatcher) = start_agent(&shared.opts, &shared.record(), managers, shared.client.clone())?;
+        let (agent, dispatcher) = start_agent(&shared, managers)?;
         let renewal = {
             let (shared, dispatcher) = (shared.clone(), dispatcher.clone());
             spawn(renewal_loop(shared.clone(), move || {
@@ -702,13 +720,9 @@ async fn record_self(raft: RaftStore, record: NodeRecord, opts: NodeOptions) {
     }
 }
 
-fn start_agent(
-    opts: &NodeOptions,
-    record: &NodeRecord,
-    managers: Vec<String>,
-    client: Arc<Reloadable<rustls::ClientConfig>>,
-) -> Result<(Task, Arc<RemoteDispatcher>), NodeError> {
-    let dispatcher = Arc::new(RemoteDispatcher::new(managers, client));
+fn start_agent(shared: &Arc<Shared>, managers: Vec<String>) -> Result<(Task, Arc<RemoteDispatcher>), NodeError> {
+    let (opts, record) = (&shared.opts, shared.record());
+    let dispatcher = Arc::new(RemoteDispatcher::new(managers, shared.client.clone()));
     let agent = Agent::new(
         AgentConfig {
             node_id: record.node_id.clone().into(),
@@ -718,10 +732,14 @@ fn start_agent(
         opts.runtime.clone(),
         dispatcher.clone(),
     );
+    let removed = shared.clone();
     let task = spawn(async move {
         match agent.run().await {
             Ok(()) => tracing::info!("agent stopped"),
-            Err(e) => tracing::warn!(error = %e, "agent stopped"),
+            Err(AgentError::Removed(node)) => {
+                tracing::warn!(%node, "the managers removed this node from the cluster; its agent stopped");
+                removed.removed.send_replace(Some(node));
+            }
         }
     });
     Ok((task, dispatcher))

@@ -67,7 +67,7 @@ fn a_removed_worker_is_refused_everywhere_and_the_others_keep_working() {
     let wt = m1.worker_token.clone().unwrap();
     let m1 = m1.daemon;
     let s1 = m1.socket();
-    let w1 = lab.join("w1", 2, &wt, m1.api).daemon;
+    let mut w1 = lab.join("w1", 2, &wt, m1.api).daemon;
     let w2 = lab.join("w2", 3, &wt, m1.api).daemon;
     eventually(Duration::from_secs(30), "3 nodes ready", || (ready_nodes(&s1) == 3).then_some(()));
     assert!(ctl(&s1, &["service", "create", "web", "--image", "busybox", "--replicas", "4"]).ok);
@@ -80,6 +80,13 @@ fn a_removed_worker_is_refused_everywhere_and_the_others_keep_working() {
     // The worker process itself is refused with the reason (its heartbeat
     // or session on the node API).
     eventually(Duration::from_secs(30), "w1's log names the removal", || w1.log_text().contains(&reason).then_some(()));
+    // ... its agent stops, and swarmd exits with an error saying why
+    // instead of retrying forever.
+    let status = eventually(Duration::from_secs(30), "w1's swarmd exits", || {
+        w1.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    });
+    assert!(!status.success(), "{status}");
+    assert!(w1.log_text().contains("was removed from the cluster (swarmctl node rm)"), "{}", w1.log_text());
     // Its certificate files, used directly: a session call and a renewal
     // are refused with the reason.
     let rt = rt();

@@ -47,7 +47,8 @@
 //! redirect when one is given, else to the next manager of its list, and
 //! retries the call there (at most a few managers per call). Consecutive
 //! failures space the attempts out by a capped exponential [`Backoff`]
-//! (100 ms doubling to 5 s by default), with jitter drawn from a generator
+//! (100 ms doubling to 5 s by default, and never more than the heartbeat
+//! period the managers gave), with jitter drawn from a generator
 //! seeded by the OS or by [`RemoteDispatcher::with_seed`]; the first
 //! redirect after a success is followed at once. Errors reach the agent as
 //! [`DispatchError`]s: transport failures as
@@ -476,6 +477,8 @@ struct Route {
     not_before: Option<Instant>,
     jitter: Jitter,
     role: Option<String>,
+    /// The heartbeat period the managers gave last: caps the backoff.
+    heartbeat: Option<Duration>,
 }
 
 /// Most managers tried within one call.
@@ -495,9 +498,14 @@ impl Failure {
             return match fault.code {
                 Code::NotLeader => Failure::Switch { redirect: fault.redirect.clone().filter(|a| !a.is_empty()) },
                 Code::Unavailable => Failure::Switch { redirect: None },
-                _ => Failure::Answer(
-                    fault.detail_as::<DispatchError>().unwrap_or_else(|| DispatchError::Unavailable(e.to_string())),
-                ),
+                _ => Failure::Answer(match fault.detail_as::<crate::ca_service::CaRefusal>() {
+                    // The deny-list refused this node: it was removed, and
+                    // the agent must stop rather than retry forever.
+                    Some(crate::ca_service::CaRefusal::Removed { node_id }) => DispatchError::NodeRemoved(node_id),
+                    _ => {
+                        fault.detail_as::<DispatchError>().unwrap_or_else(|| DispatchError::Unavailable(e.to_string()))
+                    }
+                }),
             };
         }
         if e.is_unreachable() || matches!(e, RpcError::Handshake { .. }) {
@@ -547,6 +555,7 @@ impl RemoteDispatcher {
                 not_before: None,
                 jitter: Jitter::from_os(),
                 role: None,
+                heartbeat: None,
             }),
         }
     }
@@ -677,7 +686,16 @@ impl RemoteDispatcher {
             Duration::ZERO
         } else {
             let unit = route.jitter.unit();
-            self.backoff.delay(route.failures, unit)
+            let delay = self.backoff.delay(route.failures, unit);
+            // Never wait longer than a heartbeat period between attempts:
+            // the managers declare a node down after a few missed
+            // heartbeats, and a worker bouncing between managers during an
+            // election must reach the new leader within that grace (Swarm
+            // keeps its 8 s cap under its 15 s grace).
+            match route.heartbeat {
+                Some(period) if !period.is_zero() => delay.min(period),
+                _ => delay,
+            }
         };
         route.not_before = Some(Instant::now() + delay);
         tracing::info!(from, to = %to, ?delay, reason = why, "dispatcher: switching manager");
@@ -733,6 +751,7 @@ impl Dispatcher for RemoteDispatcher {
         let reply: OpenSessionReply =
             self.with_manager(OPEN_SESSION, |c| async move { c.call(OPEN_SESSION, req).await }).await?;
         self.learn(reply.managers);
+        self.lock().heartbeat = Some(reply.info.heartbeat_period);
         Ok(reply.info)
     }
 
@@ -741,8 +760,12 @@ impl Dispatcher for RemoteDispatcher {
         let reply: HeartbeatReply =
             self.with_manager(HEARTBEAT, |c| async move { c.call(HEARTBEAT, req).await }).await?;
         self.learn(reply.managers);
-        if let Some(role) = reply.role {
-            self.lock().role = Some(role);
+        {
+            let mut route = self.lock();
+            if let Some(role) = reply.role {
+                route.role = Some(role);
+            }
+            route.heartbeat = Some(reply.response.heartbeat_period);
         }
         Ok(reply.response)
     }

@@ -135,13 +135,20 @@ async fn run() -> Result<(), Error> {
         None => println!("swarmd: ready node={} role={}", node.node_id(), node.record().role),
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let removed = tokio::select! {
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+        id = node.removed() => Some(id),
+    };
     eprintln!("swarmd: stopping");
     node.shutdown().await;
-    Ok(())
+    match removed {
+        Some(id) => Err(format!(
+            "node {id} was removed from the cluster (swarmctl node rm); join again with a token to come back"
+        )
+        .into()),
+        None => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {
