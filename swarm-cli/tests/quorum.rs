@@ -313,14 +313,14 @@ fn running_tasks(socket: &Path, service: &str) -> Option<BTreeMap<String, String
 
 #[test]
 fn leader_sigkill_under_client_load_is_linearizable() {
-    let mut lab = Lab::new(30);
-    // A heartbeat grace (3 x 3 s) longer than the workers' dispatcher
-    // backoff cap (5 s), as Swarm's (3 x 5 s against 8 s): after a leader
-    // change a worker that bounced between managers during the election
-    // may be waiting out that backoff. With a 1 s heartbeat (grace 3 s)
-    // the new leader can mark the workers down before they return, and
-    // their tasks are rescheduled (seen on the loaded 2-core machine).
-    lab.heartbeat = "3s";
+    let mut lab = Lab::new(31);
+    // The 1 s heartbeat of the other tests (grace 3 s): the workers must
+    // reach the new leader within it. They did not always before the
+    // dispatcher client's backoff was capped by the heartbeat period (it
+    // could wait up to 5 s between attempts while bouncing between
+    // managers during the election, and the new leader then marked both
+    // workers down and replaced their tasks).
+    lab.heartbeat = "1s";
     let m1 = lab.init("m1", 1);
     let (mt, wt) = (m1.manager_token.clone().unwrap(), m1.worker_token.clone().unwrap());
     let mut ds = vec![m1.daemon];
