@@ -44,7 +44,9 @@
 //!    control socket (`RemoteCluster::unix`), until R of its tasks are
 //!    RUNNING in a follower's store (`service ps` through the follower's
 //!    socket, polled every `--poll`, default 250 ms; the follower is polled
-//!    so the reads do not load the leader).
+//!    so the reads do not load the leader). `converge_manager_cpu_s` and
+//!    `converge_agents_cpu_s`: the CPU the three managers and this process
+//!    (the agents and the polling) used meanwhile.
 //! 5. `heal_s`: V agents vanish at once: their tasks are aborted (no more
 //!    heartbeats, connections dropped) and their SimRuntimes fail. Until R
 //!    tasks RUNNING on the other nodes. `down_s`: until the managers have
@@ -391,6 +393,7 @@ struct Report {
     manager_cpu_ms_per_1000_heartbeats: f64,
     converge_s: f64,
     converge_manager_cpu_s: f64,
+    converge_agents_cpu_s: f64,
     lost_tasks: usize,
     down_s: f64,
     heal_s: f64,
@@ -458,6 +461,7 @@ async fn networked(o: &Opts, root: &Path, ms: &[Manager], worker_token: String, 
     let mut spec = ServiceSpec::replicated("web", "nginx:1.27", o.replicas);
     spec.task_template.resources.reservations = Resources::new(10_000_000, 16 << 20);
     let c0 = total_cpu();
+    let a0 = cpu_s(std::process::id());
     let t1 = Instant::now();
     leader_ctl.create_service(spec).await?;
     let none = HashSet::new();
@@ -468,6 +472,7 @@ async fn networked(o: &Opts, root: &Path, ms: &[Manager], worker_token: String, 
     .await?;
     r.converge_s = t1.elapsed().as_secs_f64();
     r.converge_manager_cpu_s = total_cpu() - c0;
+    r.converge_agents_cpu_s = cpu_s(std::process::id()) - a0;
     eprintln!("cluster_bench: {} replicas running after {:.2}s", o.replicas, r.converge_s);
 
     // Heal: V agents vanish.
@@ -656,7 +661,7 @@ fn main() {
     );
     let cpus: Vec<String> = r.manager_cpu_s.iter().map(|c| format!("{c:.2}")).collect();
     println!(
-        "{{\"agents\":{},\"replicas\":{},\"vanish\":{},\"heartbeat_s\":{:.3},\"joins_per_s\":{:.1},\"sessions_per_s\":{:.1},\"all_ready_s\":{:.3},\"window_s\":{:.2},\"manager_cpu_s\":[{}],\"manager_cpu_ms_per_1000_heartbeats\":{:.2},\"converge_s\":{:.3},\"converge_manager_cpu_s\":{:.2},\"inprocess_converge_s\":{},\"converge_ratio\":{},\"lost_tasks\":{},\"down_s\":{:.3},\"heal_s\":{:.3},\"heal_after_down_s\":{:.3},\"nofile\":{}}}",
+        "{{\"agents\":{},\"replicas\":{},\"vanish\":{},\"heartbeat_s\":{:.3},\"joins_per_s\":{:.1},\"sessions_per_s\":{:.1},\"all_ready_s\":{:.3},\"window_s\":{:.2},\"manager_cpu_s\":[{}],\"manager_cpu_ms_per_1000_heartbeats\":{:.2},\"converge_s\":{:.3},\"converge_manager_cpu_s\":{:.2},\"converge_agents_cpu_s\":{:.2},\"inprocess_converge_s\":{},\"converge_ratio\":{},\"lost_tasks\":{},\"down_s\":{:.3},\"heal_s\":{:.3},\"heal_after_down_s\":{:.3},\"nofile\":{}}}",
         r.agents,
         r.replicas,
         r.vanish,
@@ -669,6 +674,7 @@ fn main() {
         r.manager_cpu_ms_per_1000_heartbeats,
         r.converge_s,
         r.converge_manager_cpu_s,
+        r.converge_agents_cpu_s,
         opt(r.inprocess_converge_s),
         opt(ratio),
         r.lost_tasks,
