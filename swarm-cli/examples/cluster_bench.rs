@@ -46,7 +46,9 @@
 //!    socket, polled every `--poll`, default 250 ms; the follower is polled
 //!    so the reads do not load the leader). `converge_manager_cpu_s` and
 //!    `converge_agents_cpu_s`: the CPU the three managers and this process
-//!    (the agents and the polling) used meanwhile.
+//!    (the agents and the polling) used meanwhile;
+//!    `converge_cpu_by_manager_s`: the managers' share, m1 (the leader:
+//!    it initialised the cluster) first.
 //! 5. `heal_s`: V agents vanish at once: their tasks are aborted (no more
 //!    heartbeats, connections dropped) and their SimRuntimes fail. Until R
 //!    tasks RUNNING on the other nodes. `down_s`: until the managers have
@@ -394,6 +396,7 @@ struct Report {
     converge_s: f64,
     converge_manager_cpu_s: f64,
     converge_agents_cpu_s: f64,
+    converge_cpu_by_manager_s: Vec<f64>,
     lost_tasks: usize,
     down_s: f64,
     heal_s: f64,
@@ -461,6 +464,7 @@ async fn networked(o: &Opts, root: &Path, ms: &[Manager], worker_token: String, 
     let mut spec = ServiceSpec::replicated("web", "nginx:1.27", o.replicas);
     spec.task_template.resources.reservations = Resources::new(10_000_000, 16 << 20);
     let c0 = total_cpu();
+    let by0: Vec<f64> = pids.iter().map(|p| cpu_s(*p)).collect();
     let a0 = cpu_s(std::process::id());
     let t1 = Instant::now();
     leader_ctl.create_service(spec).await?;
@@ -472,6 +476,7 @@ async fn networked(o: &Opts, root: &Path, ms: &[Manager], worker_token: String, 
     .await?;
     r.converge_s = t1.elapsed().as_secs_f64();
     r.converge_manager_cpu_s = total_cpu() - c0;
+    r.converge_cpu_by_manager_s = pids.iter().zip(&by0).map(|(p, b)| cpu_s(*p) - b).collect();
     r.converge_agents_cpu_s = cpu_s(std::process::id()) - a0;
     eprintln!("cluster_bench: {} replicas running after {:.2}s", o.replicas, r.converge_s);
 
@@ -660,8 +665,9 @@ fn main() {
         r.heal_after_down_s
     );
     let cpus: Vec<String> = r.manager_cpu_s.iter().map(|c| format!("{c:.2}")).collect();
+    let conv: Vec<String> = r.converge_cpu_by_manager_s.iter().map(|c| format!("{c:.2}")).collect();
     println!(
-        "{{\"agents\":{},\"replicas\":{},\"vanish\":{},\"heartbeat_s\":{:.3},\"joins_per_s\":{:.1},\"sessions_per_s\":{:.1},\"all_ready_s\":{:.3},\"window_s\":{:.2},\"manager_cpu_s\":[{}],\"manager_cpu_ms_per_1000_heartbeats\":{:.2},\"converge_s\":{:.3},\"converge_manager_cpu_s\":{:.2},\"converge_agents_cpu_s\":{:.2},\"inprocess_converge_s\":{},\"converge_ratio\":{},\"lost_tasks\":{},\"down_s\":{:.3},\"heal_s\":{:.3},\"heal_after_down_s\":{:.3},\"nofile\":{}}}",
+        "{{\"agents\":{},\"replicas\":{},\"vanish\":{},\"heartbeat_s\":{:.3},\"joins_per_s\":{:.1},\"sessions_per_s\":{:.1},\"all_ready_s\":{:.3},\"window_s\":{:.2},\"manager_cpu_s\":[{}],\"manager_cpu_ms_per_1000_heartbeats\":{:.2},\"converge_s\":{:.3},\"converge_manager_cpu_s\":{:.2},\"converge_agents_cpu_s\":{:.2},\"converge_cpu_by_manager_s\":[{}],\"inprocess_converge_s\":{},\"converge_ratio\":{},\"lost_tasks\":{},\"down_s\":{:.3},\"heal_s\":{:.3},\"heal_after_down_s\":{:.3},\"nofile\":{}}}",
         r.agents,
         r.replicas,
         r.vanish,
@@ -675,6 +681,7 @@ fn main() {
         r.converge_s,
         r.converge_manager_cpu_s,
         r.converge_agents_cpu_s,
+        conv.join(","),
         opt(r.inprocess_converge_s),
         opt(ratio),
         r.lost_tasks,
