@@ -6,7 +6,9 @@
 //! and tells its raft transport where each peer is and its TLS layer which
 //! node id (certificate CN) each raft id must present. A manager that
 //! rejoins from another address (moby/moby#41043) updates its record, and
-//! every other manager redials it there.
+//! every other manager redials it there. A manager that is no longer
+//! recorded (demoted) loses its name: its certificate is no longer
+//! admitted on the raft port.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,6 +74,15 @@ pub async fn sync_loop(raft: RaftStore, transport: Arc<TcpTransport>, tls: Arc<R
     loop {
         let now = members(&raft.stale_snapshot());
         if now != last {
+            // A manager no longer recorded (demoted, removed) is no longer
+            // admitted on the raft port: its raft id loses its name.
+            for gone in last
+                .iter()
+                .filter(|m| m.status.raft_id != me && !now.iter().any(|n| n.status.raft_id == m.status.raft_id))
+            {
+                tls.remove_name(gone.status.raft_id);
+                tracing::info!(node = %gone.node_id, raft_id = gone.status.raft_id, "raft peer forgotten: no longer a manager");
+            }
             let n = apply(&now, &last, me, &transport, &tls);
             tracing::debug!(peers = n, "raft peers updated from the store");
             last = now;
