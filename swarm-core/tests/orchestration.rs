@@ -282,39 +282,6 @@ async fn global_job_runs_once_per_node() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn orphaned_tasks_are_deleted_once_their_node_is_back() {
-    let mut h = harness(3).await;
-    h.cluster().create_service(ServiceSpec::replicated("web", "nginx:1.27", 6)).await.unwrap();
-    h.wait_running("web", 6, MIN).await.unwrap();
-    h.fail_node(0);
-    let lost = h.node_id(0);
-    let orphaned_on_lost = |s: &State| {
-        all_tasks(s, "web")
-            .iter()
-            .filter(|t| t.node_id.as_ref() == Some(&lost) && t.status.state == TaskState::Orphaned)
-            .count()
-    };
-    h.wait_for("the lost node's 2 tasks orphaned and replaced", MIN, |s| {
-        orphaned_on_lost(s) == 2 && running_count(s, "web") == 6
-    })
-    .await
-    .unwrap();
-    // While the node is down they stay, as its history; once it is back
-    // they go (its agent then removes whatever it still holds of them).
-    h.advance(Duration::from_secs(10)).await;
-    assert_eq!(orphaned_on_lost(&h.state()), 2, "kept while the node is down");
-    h.recover_node(0);
-    let s = h
-        .wait_for("the orphaned tasks deleted", MIN, |s| {
-            s.node(&lost).is_some_and(|n| n.status.state == NodeState::Ready) && orphaned_on_lost(s) == 0
-        })
-        .await
-        .unwrap();
-    assert_eq!(running_count(&s, "web"), 6);
-    h.shutdown();
-}
-
-#[tokio::test(start_paused = true)]
 async fn agent_restart_readopts_running_containers() {
     let mut h = harness(2).await;
     h.cluster().create_service(ServiceSpec::replicated("web", "nginx:1.27", 4)).await.unwrap();
