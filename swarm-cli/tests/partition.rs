@@ -188,11 +188,6 @@ impl Containers<'_> {
             .map(|c| c.id)
             .collect()
     }
-
-    /// The ids of every container of `node`, running or not.
-    fn all(&self, node: &str) -> BTreeSet<String> {
-        self.of(node).into_iter().map(|c| c.id).collect()
-    }
 }
 
 impl Drop for Containers<'_> {
