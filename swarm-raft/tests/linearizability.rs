@@ -25,30 +25,7 @@ use swarm_core::store::{Store, StoreError};
 use swarm_raft::{Faults, RaftStore, Role, SeededRng};
 
 // The checker lives in swarm_core::harness::linearizability (shared with
-// swarm-cli's multi-process tests).
-
-#[test]
-fn checker_accepts_and_rejects_known_histories() {
-    let add = |b, call, ret| Op { call, ret, kind: OpKind::Add(b) };
-    let read = |s, call, ret| Op { call, ret: Some(ret), kind: OpKind::Read(s) };
-    // Concurrent add and read: both outcomes are fine.
-    assert!(linearizable(&[add(0, 0, Some(10)), read(0b1, 5, 6)]));
-    assert!(linearizable(&[add(0, 0, Some(10)), read(0b0, 5, 6)]));
-    // A read after an acknowledged add must see it (stale read).
-    assert!(!linearizable(&[add(0, 0, Some(1)), read(0b0, 5, 6)]));
-    // Reads may not go back in time.
-    assert!(!linearizable(&[add(0, 0, Some(100)), read(0b1, 5, 6), read(0b0, 7, 8)]));
-    // An unknown add may show up late, or never.
-    assert!(linearizable(&[add(0, 0, None), read(0b0, 5, 6), read(0b1, 7, 8)]));
-    assert!(linearizable(&[add(0, 0, None), read(0b0, 5, 6)]));
-    // But once seen it cannot disappear.
-    assert!(!linearizable(&[add(0, 0, None), read(0b1, 5, 6), read(0b0, 7, 8)]));
-    // Real-time order between adds: y acked before x called, a read sees x
-    // but not y.
-    assert!(!linearizable(&[add(0, 0, Some(1)), add(1, 2, Some(3)), read(0b10, 2, 9)]));
-    // An element never added cannot be read.
-    assert!(!linearizable(&[read(0b100, 0, 1)]));
-}
+// swarm-cli's multi-process tests), with its own tests of known histories.
 
 // ---------------------------------------------------------------------------
 // The runs.
