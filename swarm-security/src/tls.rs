@@ -247,7 +247,12 @@ impl ClientCertVerifier for NodeClientVerifier {
 /// A TLS 1.3 server configuration presenting `creds` and requiring a
 /// client certificate admitted by `policy`.
 pub fn server_config(creds: &TlsCredentials, policy: PeerPolicy) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = NodeClientVerifier::new(creds.roots()?, policy)?;
+    server_with(creds, NodeClientVerifier::new(creds.roots()?, policy)?)
+}
+
+/// A TLS 1.3 server configuration presenting `creds`, checking clients
+/// with `verifier`.
+fn server_with(creds: &TlsCredentials, verifier: NodeClientVerifier) -> Result<Arc<ServerConfig>, TlsError> {
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls { what: "server protocol versions", source })?
@@ -265,14 +270,7 @@ pub fn server_config_optional_client(
     creds: &TlsCredentials,
     policy: PeerPolicy,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = NodeClientVerifier::optional(creds.roots()?, policy)?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls { what: "server protocol versions", source })?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(vec![creds.cert.clone()], creds.key.clone_key())
-        .map_err(|source| TlsError::Rustls { what: "server certificate and key", source })?;
-    Ok(Arc::new(config))
+    server_with(creds, NodeClientVerifier::optional(creds.roots()?, policy)?)
 }
 
 /// A TLS 1.3 client configuration trusting only the CA certificate
