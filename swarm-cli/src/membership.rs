@@ -48,6 +48,33 @@ pub struct JoinReply {
     pub members: Vec<Member>,
 }
 
+/// Records `node_id` in the store as a manager reached at `status`
+/// (creating its Node object if needed; nothing written when it already
+/// says so). Returns the raft id it had before when that was another one.
+pub async fn record_manager(
+    store: &RaftStore,
+    node_id: &str,
+    status: &ManagerStatus,
+) -> Result<Option<u64>, swarm_core::store::StoreError> {
+    let id = NodeId::new(node_id);
+    let mut replaced = None;
+    update_with_retry(store, 10, |state| {
+        let mut node = match state.node(&id) {
+            Some(n) => n.as_ref().clone(),
+            None => Node { id: id.clone(), ..Default::default() },
+        };
+        replaced = node.manager.as_ref().map(|m| m.raft_id).filter(|r| *r != status.raft_id);
+        if node.spec.role == NodeRole::Manager && node.manager.as_ref() == Some(status) {
+            return None;
+        }
+        node.spec.role = NodeRole::Manager;
+        node.manager = Some(status.clone());
+        Some(if node.meta.version.0 == 0 { Transaction::new().create(node) } else { Transaction::new().update(node) })
+    })
+    .await?;
+    Ok(replaced)
+}
+
 /// `raft.status`'s answer: the raft group as one manager sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftStatus {
@@ -102,27 +129,9 @@ impl MembershipService {
         }
         let status =
             ManagerStatus { raft_id: req.raft_id, raft_addr: req.raft_addr.clone(), api_addr: req.api_addr.clone() };
-        let id = NodeId::new(node_id);
-        let mut replaced = None;
-        update_with_retry(&self.raft, 10, |state| {
-            let mut node = match state.node(&id) {
-                Some(n) => n.as_ref().clone(),
-                None => Node { id: id.clone(), ..Default::default() },
-            };
-            replaced = node.manager.as_ref().map(|m| m.raft_id).filter(|r| *r != req.raft_id);
-            if node.spec.role == NodeRole::Manager && node.manager.as_ref() == Some(&status) {
-                return None;
-            }
-            node.spec.role = NodeRole::Manager;
-            node.manager = Some(status.clone());
-            Some(if node.meta.version.0 == 0 {
-                Transaction::new().create(node)
-            } else {
-                Transaction::new().update(node)
-            })
-        })
-        .await
-        .map_err(|e| Fault::new(Code::Unavailable, format!("raft.join: recording manager {node_id}: {e}")))?;
+        let replaced = record_manager(&self.raft, node_id, &status)
+            .await
+            .map_err(|e| Fault::new(Code::Unavailable, format!("raft.join: recording manager {node_id}: {e}")))?;
         self.tls.set_name(req.raft_id, node_id.to_owned());
         self.transport.set_peer(req.raft_id, raft_addr);
         let voters = self.raft.status().voters;

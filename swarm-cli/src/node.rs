@@ -31,10 +31,9 @@ use std::time::{Duration, SystemTime};
 use swarm_core::agent::{Agent, AgentConfig, AgentError};
 use swarm_core::cluster::Cluster;
 use swarm_core::manager::{Manager, ManagerConfig};
-use swarm_core::model::{ClusterSpec, ManagerStatus, Node, NodeDescription, NodeRole, Platform, Resources};
+use swarm_core::model::{ClusterSpec, ManagerStatus, NodeDescription, NodeRole, Platform, Resources};
 use swarm_core::runtime::Runtime;
-use swarm_core::state::Transaction;
-use swarm_core::store::{Store, update_with_retry};
+use swarm_core::store::Store;
 use swarm_core::time::SpecDuration;
 use swarm_raft::tls::RaftTls;
 use swarm_raft::{InboundLimits, RaftStore, RaftStoreConfig, TcpTransport, TcpTransportConfig};
@@ -691,25 +690,8 @@ async fn record_self(raft: RaftStore, record: NodeRecord, opts: NodeOptions) {
         raft_addr: opts.advertised(opts.raft_addr).to_string(),
         api_addr: opts.advertised(opts.listen_addr).to_string(),
     };
-    let id = swarm_core::id::NodeId::new(&record.node_id);
     loop {
-        let res = update_with_retry(&raft, 10, |state| {
-            let mut node = match state.node(&id) {
-                Some(n) => n.as_ref().clone(),
-                None => Node { id: id.clone(), ..Default::default() },
-            };
-            if node.spec.role == NodeRole::Manager && node.manager.as_ref() == Some(&status) {
-                return None;
-            }
-            node.spec.role = NodeRole::Manager;
-            node.manager = Some(status.clone());
-            Some(if node.meta.version.0 == 0 {
-                Transaction::new().create(node)
-            } else {
-                Transaction::new().update(node)
-            })
-        })
-        .await;
+        let res = crate::membership::record_manager(&raft, &record.node_id, &status).await;
         match res {
             Ok(_) => return,
             Err(e) => {
