@@ -139,15 +139,31 @@ impl Lab {
         let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
         args.extend(self.base_args(name, host));
         args.extend(extra.iter().cloned());
+        let (api, raft) = (self.addr(host, 4242), self.addr(host, 4243));
+        self.launch(SWARMD, &args, name, api, raft, format!("swarmd {name}"))
+    }
+
+    /// Runs `program args` (swarmd, possibly behind `ip netns exec`) with
+    /// its log in the lab's directory, and waits for its ready line (or
+    /// its exit): the tokens `init` prints, and the node id.
+    fn launch(
+        &self,
+        program: &str,
+        args: &[String],
+        name: &str,
+        api: SocketAddr,
+        raft: SocketAddr,
+        what: String,
+    ) -> Result<Started, String> {
         let log = self.dir.path().join(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let mut child = Command::new(SWARMD)
-            .args(&args)
+        let mut child = Command::new(program)
+            .args(args)
             .env("RUST_LOG", "info,raft=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .spawn()
-            .unwrap();
+            .map_err(|e| format!("{what}: {e}"))?;
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -162,8 +178,8 @@ impl Lab {
             name: name.into(),
             child: Some(child),
             dir: self.dir.path().join(name),
-            api: self.addr(host, 4242),
-            raft: self.addr(host, 4243),
+            api,
+            raft,
             node_id: String::new(),
             lines: Vec::new(),
             log,
@@ -171,38 +187,31 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(60);
         let (mut worker, mut manager) = (None, None);
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    if let Some(t) = line.strip_prefix("worker token: ") {
-                        worker = Some(t.to_owned());
-                    }
-                    if let Some(t) = line.strip_prefix("manager token: ") {
-                        manager = Some(t.to_owned());
-                    }
-                    let ready = line.starts_with("swarmd: ready ");
-                    if ready {
-                        d.node_id = line
-                            .split_whitespace()
-                            .find_map(|w| w.strip_prefix("node="))
-                            .unwrap_or_default()
-                            .to_owned();
-                    }
-                    d.lines.push(line);
-                    if ready {
-                        return Ok(Started { daemon: d, worker_token: worker, manager_token: manager });
-                    }
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                if let Some(t) = line.strip_prefix("worker token: ") {
+                    worker = Some(t.to_owned());
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+                if let Some(t) = line.strip_prefix("manager token: ") {
+                    manager = Some(t.to_owned());
+                }
+                let ready = line.starts_with("swarmd: ready ");
+                if ready {
+                    d.node_id =
+                        line.split_whitespace().find_map(|w| w.strip_prefix("node=")).unwrap_or_default().to_owned();
+                }
+                d.lines.push(line);
+                if ready {
+                    return Ok(Started { daemon: d, worker_token: worker, manager_token: manager });
+                }
             }
             if let Some(c) = d.child.as_mut()
                 && let Ok(Some(st)) = c.try_wait()
             {
                 d.child = None;
-                return Err(format!("swarmd {name} exited ({st}) before ready:\n{}", d.log_text()));
+                return Err(format!("{what} exited ({st}) before ready:\n{}", d.log_text()));
             }
             if Instant::now() > deadline {
-                return Err(format!("swarmd {name} not ready within 60 s:\n{}", d.log_text()));
+                return Err(format!("{what} not ready within 60 s:\n{}", d.log_text()));
             }
         }
     }
@@ -338,64 +347,6 @@ impl Lab {
             args.push(value);
         }
         args.extend(extra.iter().cloned());
-        let log = self.dir.path().join(format!("{name}.log"));
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let mut child = Command::new("ip")
-            .args(&args)
-            .env("RUST_LOG", "info,raft=warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .map_err(|e| format!("ip netns exec {netns} swarmd: {e}"))?;
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut d = Daemon {
-            name: name.into(),
-            child: Some(child),
-            dir,
-            api,
-            raft,
-            node_id: String::new(),
-            lines: Vec::new(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let (mut worker, mut manager) = (None, None);
-        loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                if let Some(t) = line.strip_prefix("worker token: ") {
-                    worker = Some(t.to_owned());
-                }
-                if let Some(t) = line.strip_prefix("manager token: ") {
-                    manager = Some(t.to_owned());
-                }
-                let ready = line.starts_with("swarmd: ready ");
-                if ready {
-                    d.node_id =
-                        line.split_whitespace().find_map(|w| w.strip_prefix("node=")).unwrap_or_default().to_owned();
-                }
-                d.lines.push(line);
-                if ready {
-                    return Ok(Started { daemon: d, worker_token: worker, manager_token: manager });
-                }
-            }
-            if let Some(c) = d.child.as_mut()
-                && let Ok(Some(st)) = c.try_wait()
-            {
-                d.child = None;
-                return Err(format!("swarmd {name} (netns {netns}) exited ({st}) before ready:\n{}", d.log_text()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("swarmd {name} (netns {netns}) not ready within 60 s:\n{}", d.log_text()));
-            }
-        }
+        self.launch("ip", &args, name, api, raft, format!("swarmd {name} (netns {netns})"))
     }
 }
