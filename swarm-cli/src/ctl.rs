@@ -17,7 +17,7 @@
 //! node promote NODE | demote NODE | rm NODE [--force]
 //! secret create NAME FILE|- | secret ls | secret rm NAME...       (same for config)
 //! join-token worker|manager [--rotate] [--quiet]
-//! ca [--rotate]
+//! ca [--rotate [--ca-cert FILE --ca-key FILE] [--detach] [--timeout DURATION]] [--quiet]
 //! operator-cert --name NAME --out DIR                 (local socket only)
 //! ```
 
@@ -263,15 +263,7 @@ pub async fn run(t: &Target, format: &Format, mut a: Args) -> Result<String, Ctl
         "node" => node(t, format, &mut a).await?,
         "secret" | "config" => blob(t, format, &group, &mut a).await?,
         "join-token" => join_token(t, format, &mut a).await?,
-        "ca" => {
-            if a.switch("rotate") {
-                return Err(CtlError::Other(
-                    "ca --rotate: CA rotation is not implemented yet (docs/security.md lists it as a gap)".into(),
-                ));
-            }
-            let pem: String = t.rpc.call("ca.root_ca", &()).await.map_err(|e| CtlError::Other(e.to_string()))?;
-            pem
-        }
+        "ca" => ca(t, format, &mut a).await?,
         "operator-cert" => operator_cert(t, &mut a).await?,
         other => return Err(CtlError::Other(format!("unknown command {other:?}"))),
     };
@@ -571,6 +563,81 @@ async fn join_token(t: &Target, format: &Format, a: &mut Args) -> Result<String,
         Format::Table => {
             let rotated = if rotate { "Rotated. " } else { "" };
             format!("{rotated}To add a {role} to this swarm, run:\n\n    swarmd join --token {token} <manager-addr>\n")
+        }
+    })
+}
+
+/// `ca`: the roots nodes trust and where a rotation stands; with
+/// `--rotate`, starts a rotation (to a new root made by the managers, or
+/// to `--ca-cert`/`--ca-key`) and, unless `--detach`, follows it until
+/// every live node holds a certificate of the new root and the old root
+/// is dropped (as `docker swarm ca --rotate`), printing the progress.
+async fn ca(t: &Target, format: &Format, a: &mut Args) -> Result<String, CtlError> {
+    use swarm_security::ca_service::{RootCaResponse, RotateCaRequest};
+    use swarm_security::rotation::RotationStatus;
+    let rotate = a.switch("rotate");
+    let detach = a.switch("detach");
+    let quiet = a.switch("quiet");
+    let cert = a.value("ca-cert");
+    let key = a.value("ca-key");
+    let timeout = match a.value("timeout") {
+        Some(v) => Some(duration(&v, "timeout")?.to_std()),
+        None => None,
+    };
+    let other = |e: swarm_security::rpc::RpcError| CtlError::Other(e.to_string());
+    let mut progress = String::new();
+    if rotate {
+        let read = |flag: &str, path: String| {
+            std::fs::read_to_string(&path).map_err(|e| CtlError::Other(format!("--{flag} {path}: {e}")))
+        };
+        let req = RotateCaRequest {
+            cert_pem: cert.map(|p| read("ca-cert", p)).transpose()?,
+            key_pem: key.map(|p| read("ca-key", p)).transpose()?,
+        };
+        let started: RotationStatus = t.rpc.call("ca.rotate", &req).await.map_err(other)?;
+        let total = started.pending.len() + started.renewed.len();
+        let _ = writeln!(progress, "CA rotation started: {} node(s) to renew", total);
+        if !detach {
+            let began = std::time::Instant::now();
+            let mut last = usize::MAX;
+            loop {
+                let st: RotationStatus = t.rpc.call("ca.rotation", &()).await.map_err(other)?;
+                if !st.in_progress {
+                    let _ = writeln!(progress, "Progress: all nodes renewed; the old root was dropped");
+                    break;
+                }
+                if st.pending.len() != last {
+                    last = st.pending.len();
+                    let done = st.renewed.len();
+                    let _ = writeln!(progress, "Progress: {done} of {} node(s) renewed", done + last);
+                }
+                if timeout.is_some_and(|t| began.elapsed() > t) {
+                    return Err(CtlError::Other(format!(
+                        "ca --rotate: still waiting for {} node(s) after {:?}: {}; the rotation goes on (see `swarmctl ca`)",
+                        st.pending.len(),
+                        timeout.unwrap_or_default(),
+                        st.pending.join(", ")
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let roots: RootCaResponse = t.rpc.call("ca.root_ca", &()).await.map_err(other)?;
+    let status: RotationStatus = t.rpc.call("ca.rotation", &()).await.map_err(other)?;
+    Ok(match format {
+        Format::Json => json(&serde_json::json!({ "roots": roots.ca_cert_pem, "rotation": status }))?,
+        Format::Table if quiet => roots.ca_cert_pem,
+        Format::Table => {
+            if status.in_progress {
+                let _ = writeln!(
+                    progress,
+                    "Rotation in progress: {} node(s) renewed, waiting for {}",
+                    status.renewed.len(),
+                    status.pending.join(", ")
+                );
+            }
+            format!("{progress}{}", roots.ca_cert_pem)
         }
     })
 }

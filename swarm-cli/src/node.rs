@@ -44,6 +44,7 @@ use swarm_security::control::ControlService;
 use swarm_security::dispatch::{DispatcherService, RemoteDispatcher};
 use swarm_security::join;
 use swarm_security::role::Role;
+use swarm_security::rotation;
 use swarm_security::rpc::{Code, Reloadable, Router, RpcClient, RpcError, RpcServer, ServerLimits};
 use swarm_security::tls::{self, PeerPolicy, TlsCredentials};
 use tokio::net::TcpListener;
@@ -208,6 +209,9 @@ struct Shared {
     api_addr: std::sync::Mutex<Option<SocketAddr>>,
     /// Set when the managers said this node was removed.
     removed: tokio::sync::watch::Sender<Option<String>>,
+    /// Held while the certificate files are being renewed: the periodic
+    /// renewal and a CA rotation's must not interleave their writes.
+    renewing: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -462,11 +466,11 @@ impl SwarmNode {
             manager: tokio::sync::Mutex::new(parts),
             api_addr: std::sync::Mutex::new(api_addr),
             removed: tokio::sync::watch::channel(None).0,
+            renewing: tokio::sync::Mutex::new(()),
         });
         let (agent, dispatcher) = start_agent(&shared, managers)?;
-        let renewal = {
-            let (shared, dispatcher) = (shared.clone(), dispatcher.clone());
-            spawn(renewal_loop(shared.clone(), move || {
+        let known_managers = |shared: Arc<Shared>, dispatcher: Arc<RemoteDispatcher>| {
+            move || {
                 let mut all: Vec<String> = Vec::new();
                 if let Some(own) = *shared.api_addr.lock().unwrap_or_else(|p| p.into_inner()) {
                     all.push(shared.opts.advertised(own).to_string());
@@ -474,10 +478,12 @@ impl SwarmNode {
                 all.extend(dispatcher.managers());
                 all.dedup();
                 all
-            }))
+            }
         };
+        let renewal = spawn(renewal_loop(shared.clone(), known_managers(shared.clone(), dispatcher.clone())));
+        let ca = spawn(ca_loop(shared.clone(), dispatcher.clone(), known_managers(shared.clone(), dispatcher.clone())));
         let roles = spawn(role_loop(shared.clone(), dispatcher));
-        Ok(SwarmNode { shared, tasks: vec![agent, renewal, roles] })
+        Ok(SwarmNode { shared, tasks: vec![agent, renewal, ca, roles] })
     }
 }
 
@@ -610,10 +616,12 @@ async fn manager_parts(
     let roles = move |node: &str| {
         roles_raft.stale_snapshot().node(&swarm_core::id::NodeId::new(node)).map(|n| n.spec.role.as_str().to_owned())
     };
+    let hint_raft = raft.clone();
     let dispatcher = DispatcherService::new(Arc::new(manager.dispatcher()), store.leadership())
         .with_leader(leader_addr)
         .with_managers(managers)
-        .with_roles(roles);
+        .with_roles(roles)
+        .with_ca_hint(move || rotation::hint(&hint_raft.stale_snapshot()));
     let cluster = Cluster::new(store.clone());
     let router = Arc::new(
         Router::new()
@@ -635,6 +643,7 @@ async fn manager_parts(
     }));
     tasks.push(spawn(record_self(raft.clone(), record.clone(), opts.clone())));
     tasks.push(spawn(crate::membership::reconcile_loop(raft.clone(), Duration::from_millis(500))));
+    tasks.push(spawn(rotation::rotation_loop(store.clone(), Duration::from_millis(500))));
 
     tracing::info!(node = %record.node_id, raft_id, api = %api_addr, raft = %opts.raft_addr, "manager started");
     let parts = ManagerParts { raft, raft_tls, server_tls, api_addr, manager, tasks };
@@ -801,6 +810,7 @@ async fn renew_until_done(shared: &Shared, managers: &[String]) -> Role {
 /// of the new certificate (the store's, which changes on promotion and
 /// demotion).
 async fn renew_once(shared: &Shared, managers: &[String]) -> Result<Role, NodeError> {
+    let _files_held = shared.renewing.lock().await;
     let files = shared.dir.certs();
     let mut last = NodeError::Security("no manager known to renew the certificate with".into());
     for m in managers {
@@ -817,6 +827,68 @@ async fn renew_once(shared: &Shared, managers: &[String]) -> Result<Role, NodeEr
         }
     }
     Err(last)
+}
+
+/// Follows the cluster's CA as heartbeat answers describe it
+/// ([`rotation::CaHint`]): when the roots to trust change (a CA rotation
+/// started or finished), fetches them from a manager this node trusts
+/// and reloads every TLS user; when the root that signs is not the one
+/// that issued this node's certificate, renews at once.
+async fn ca_loop(
+    shared: Arc<Shared>,
+    dispatcher: Arc<RemoteDispatcher>,
+    managers: impl Fn() -> Vec<String> + Send + 'static,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(hint) = dispatcher.ca_hint() else { continue };
+        if let Err(e) = follow_ca(&shared, &hint, &managers()).await {
+            tracing::warn!(error = %e, "cannot follow the cluster's CA now; will retry");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+async fn follow_ca(shared: &Shared, hint: &rotation::CaHint, managers: &[String]) -> Result<(), NodeError> {
+    let files = shared.dir.certs();
+    let node = join::JoinedNode::load(&files).map_err(sec)?;
+    if rotation::bundle_digest(&node.ca_cert_pem).map_err(sec)? != hint.trust {
+        let mut last = NodeError::Security("no manager known to fetch the root CAs from".into());
+        let mut done = false;
+        for m in managers {
+            let Ok(addr) = m.parse::<SocketAddr>() else { continue };
+            let rpc = RpcClient::new(addr, Role::Manager.server_name(), shared.client.clone()).map_err(sec)?;
+            let _files_held = shared.renewing.lock().await;
+            match join::refresh_roots(&rpc, &files).await {
+                Ok(changed) => {
+                    if changed.is_some() {
+                        let creds = join::JoinedNode::load(&files)
+                            .and_then(|n| n.tls_credentials().map_err(join::JoinError::Tls));
+                        reload_tls(shared, &creds.map_err(sec)?).await?;
+                    }
+                    done = true;
+                    break;
+                }
+                Err(e) => last = sec(format!("fetching the root CAs from {m}: {e}")),
+            }
+        }
+        if !done {
+            return Err(last);
+        }
+    }
+    let node = join::JoinedNode::load(&files).map_err(sec)?;
+    let creds = node.tls_credentials().map_err(sec)?;
+    let roots = swarm_security::tls::certs_from_pem(&node.ca_cert_pem, "CA certificate").map_err(sec)?;
+    // The signing root is among ours once the refresh above caught up
+    // with the manager that sent the hint.
+    let Some(signing) = roots.iter().find(|r| swarm_security::token::ca_digest(r) == hint.signing_root) else {
+        return Ok(());
+    };
+    if !creds.issued_by(signing) {
+        tracing::info!("the cluster's CA signs with another root (a CA rotation): renewing the certificate now");
+        renew_until_done(shared, managers).await;
+    }
+    Ok(())
 }
 
 /// Follows the role the store gives this node (reported with every

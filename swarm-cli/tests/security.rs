@@ -235,3 +235,121 @@ fn ten_second_certificates_are_renewed_and_keep_every_node_connected_for_a_minut
         );
     }
 }
+
+/// Task ids of `service`'s running tasks, sorted.
+fn running_ids(socket: &Path, service: &str) -> Vec<String> {
+    let tasks = ctl_json(socket, &["service", "ps", service]).ok();
+    let mut ids: Vec<String> = tasks
+        .and_then(|t| t.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t["status"]["state"] == "running")
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The root certificates in `d`'s `ca.crt`, DER.
+fn trusted_roots(d: &Daemon) -> Vec<Vec<u8>> {
+    let pem = certs(d).read_ca_cert().unwrap();
+    swarm_security::tls::certs_from_pem(&pem, "ca.crt").unwrap().iter().map(|c| c.as_ref().to_vec()).collect()
+}
+
+/// Whether `d`'s node certificate was issued by the root `root` (DER).
+fn issued_by(d: &Daemon, root: &[u8]) -> bool {
+    let creds = JoinedNode::load(&certs(d)).and_then(|n| n.tls_credentials().map_err(join::JoinError::Tls));
+    creds.is_ok_and(|c| c.issued_by(&rustls::pki_types::CertificateDer::from(root.to_vec())))
+}
+
+#[test]
+fn a_ca_rotation_with_three_managers_and_two_workers_keeps_every_service_running_and_every_node_connected() {
+    let lab = Lab::new(53);
+    let m1 = lab.init("m1", 1);
+    let (wt, mt) = (m1.worker_token.clone().unwrap(), m1.manager_token.clone().unwrap());
+    let m1 = m1.daemon;
+    let s1 = m1.socket();
+    let m2 = lab.join("m2", 2, &mt, m1.api).daemon;
+    let m3 = lab.join("m3", 3, &mt, m1.api).daemon;
+    let w1 = lab.join("w1", 4, &wt, m1.api).daemon;
+    let w2 = lab.join("w2", 5, &wt, m1.api).daemon;
+    let all = [&m1, &m2, &m3, &w1, &w2];
+    eventually(Duration::from_secs(30), "5 nodes ready", || (ready_nodes(&s1) == 5).then_some(()));
+    assert!(ctl(&s1, &["service", "create", "web", "--image", "busybox", "--replicas", "6"]).ok);
+    let tasks = eventually(Duration::from_secs(30), "6 running", || {
+        let ids = running_ids(&s1, "web");
+        (ids.len() == 6).then_some(ids)
+    });
+    let old_root = trusted_roots(&m1);
+    assert_eq!(old_root.len(), 1);
+    for d in all {
+        assert!(issued_by(d, &old_root[0]), "{}: issued by the first root", d.name);
+    }
+    // A copy of w1's credentials of the old root, to try once it is dropped.
+    let before = lab.dir.path().join("w1-old-certs");
+    std::fs::create_dir_all(&before).unwrap();
+    for f in ["ca.crt", "node.crt", "node.key"] {
+        std::fs::copy(certs(&w1).cert_path().with_file_name(f), before.join(f)).unwrap();
+    }
+
+    let out = ctl(&s1, &["ca", "--rotate", "--detach"]);
+    assert!(out.ok, "ca --rotate: {}", out.stderr);
+    assert!(out.stdout.contains("CA rotation started: 5 node(s) to renew"), "{}", out.stdout);
+
+    // Until the rotation finishes: every node stays ready, the service's
+    // tasks are the same six, and writes keep working.
+    let started = Instant::now();
+    let mut polls = 0;
+    let new_root = loop {
+        polls += 1;
+        let status = ctl_json(&s1, &["ca"]).unwrap_or_else(|e| panic!("swarmctl ca: {e}"));
+        assert_eq!(ready_nodes(&s1), 5, "every node connected during the rotation: {status}");
+        assert_eq!(running_ids(&s1, "web"), tasks, "the service's tasks untouched during the rotation");
+        if status["rotation"]["in_progress"] == false {
+            break status["rotation"]["signing_root_pem"].as_str().unwrap().to_owned();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "rotation not finished in 60 s: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(polls > 1, "the rotation was observed in progress at least once");
+    let new_root = swarm_security::tls::certs_from_pem(&new_root, "new root").unwrap()[0].as_ref().to_vec();
+    assert_ne!(new_root, old_root[0]);
+
+    // Every node renewed onto the new root and, with its next heartbeats,
+    // trusts only it.
+    for d in all {
+        assert!(issued_by(d, &new_root), "{}: renewed onto the new root", d.name);
+        eventually(Duration::from_secs(20), &format!("{} trusts only the new root", d.name), || {
+            (trusted_roots(d) == [new_root.clone()]).then_some(())
+        });
+        assert_eq!(JoinedNode::load(&certs(d)).unwrap().node_id, d.node_id, "{}: same identity", d.name);
+    }
+    assert_eq!(ready_nodes(&s1), 5);
+    assert_eq!(running_ids(&s1, "web"), tasks);
+    assert!(ctl(&s1, &["service", "scale", "web=8"]).ok);
+    eventually(Duration::from_secs(30), "8 running after the rotation", || {
+        (running(&s1, "web") == Some(8)).then_some(())
+    });
+
+    // The old root is gone: w1's old credentials are refused.
+    let rt = rt();
+    let old = JoinedNode::load(&NodeFiles::new(&before)).unwrap().tls_credentials().unwrap();
+    let old_client =
+        RpcClient::new(m1.api, Role::Manager.server_name(), Reloadable::new(client_config(&old).unwrap())).unwrap();
+    let err = rt.block_on(old_client.call::<_, Value>("ca.rotation", &serde_json::json!({}))).unwrap_err();
+    assert!(err.to_string().contains("TLS handshake"), "{err}");
+    eventually(Duration::from_secs(5), "m1 logs why it refused the old certificate", || {
+        m1.log_text().contains("refused a client certificate not valid under the cluster CA").then_some(())
+    });
+
+    // The join tokens were re-pinned to the new root: the old one is
+    // refused for its CA digest, the new one (same secret) joins.
+    let refused = lab.try_join("w3", 6, &wt, m1.api).err().expect("the pre-rotation token is refused");
+    assert!(refused.contains("digest"), "{refused}");
+    let new_wt = ctl(&s1, &["join-token", "worker", "--quiet"]).stdout.trim().to_owned();
+    assert_ne!(new_wt, wt);
+    assert_eq!(new_wt.rsplit('-').next(), wt.rsplit('-').next(), "same secret");
+    let w4 = lab.join("w4", 7, &new_wt, m1.api).daemon;
+    eventually(Duration::from_secs(30), "6 nodes ready", || (ready_nodes(&s1) == 6).then_some(()));
+    assert!(issued_by(&w4, &new_root));
+}

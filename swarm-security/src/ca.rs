@@ -133,6 +133,7 @@ impl Default for SigningPolicy {
 pub struct IssuedCert {
     der: CertificateDer<'static>,
     pem: String,
+    chain_pem: String,
 }
 
 impl IssuedCert {
@@ -144,6 +145,13 @@ impl IssuedCert {
     pub fn cert_pem(&self) -> &str {
         &self.pem
     }
+    /// The certificate followed by the CA's intermediates (the certificate
+    /// cross-signed by the old root during a CA rotation), PEM: what a
+    /// node presents. The same as [`IssuedCert::cert_pem`] when the CA has
+    /// none.
+    pub fn chain_pem(&self) -> &str {
+        &self.chain_pem
+    }
 }
 
 /// The cluster's root CA: its certificate, its key and a signing policy.
@@ -154,6 +162,9 @@ pub struct ClusterCa {
     not_after: SystemTime,
     issuer: Issuer<'static, KeyPair>,
     policy: SigningPolicy,
+    /// PEM appended to every certificate issued (see
+    /// [`ClusterCa::with_intermediates`]).
+    intermediates_pem: String,
 }
 
 impl fmt::Debug for ClusterCa {
@@ -249,7 +260,62 @@ impl ClusterCa {
         };
         let issuer = Issuer::from_ca_cert_der(&der, key).map_err(rcgen_err("read the CA certificate as an issuer"))?;
         let pem = pem_of(&der);
-        Ok(ClusterCa { cluster_id, cert_der: der, cert_pem: pem, not_after, issuer, policy: SigningPolicy::default() })
+        Ok(ClusterCa {
+            cluster_id,
+            cert_der: der,
+            cert_pem: pem,
+            not_after,
+            issuer,
+            policy: SigningPolicy::default(),
+            intermediates_pem: String::new(),
+        })
+    }
+
+    /// The same CA, appending `pem` (certificates, e.g. this root
+    /// cross-signed by the previous one during a rotation) to every
+    /// certificate it issues ([`IssuedCert::chain_pem`]), so that peers
+    /// trusting only the previous root can build a path to it.
+    pub fn with_intermediates(mut self, pem: &str) -> Self {
+        self.intermediates_pem = pem.to_owned();
+        self
+    }
+
+    /// Certifies `successor`'s subject and public key with this root: the
+    /// cross-signed certificate of a CA rotation. It is a CA certificate
+    /// (path length 0) valid while both roots are. A node that trusts only
+    /// this root verifies a certificate issued by `successor` through it.
+    pub fn cross_sign(&self, successor: &ClusterCa, now: SystemTime) -> Result<IssuedCert, CaError> {
+        if successor.cluster_id != self.cluster_id {
+            return Err(CaError::NotACa(format!(
+                "the new root is for cluster {:?}, this root for {:?}",
+                successor.cluster_id, self.cluster_id
+            )));
+        }
+        if now >= self.not_after {
+            return Err(CaError::CaExpired);
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, CA_COMMON_NAME);
+        dn.push(DnType::OrganizationName, successor.cluster_id.as_str());
+        params.distinguished_name = dn;
+        params.not_before = now
+            .checked_sub(self.policy.backdate)
+            .and_then(to_offset)
+            .ok_or(CaError::TimeOutOfRange("cross-signed not_before"))?;
+        params.not_after = to_offset(successor.not_after.min(self.not_after))
+            .ok_or(CaError::TimeOutOfRange("cross-signed not_after"))?;
+        params.serial_number = Some(random_serial()?);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let cert =
+            params.signed_by(successor.issuer.key(), &self.issuer).map_err(rcgen_err("cross-sign the new root"))?;
+        tracing::info!(cluster_id = %self.cluster_id, "cross-signed the new root CA with the current one");
+        let der = cert.der().clone();
+        let pem = pem_of(&der);
+        Ok(IssuedCert { chain_pem: pem.clone(), pem, der })
     }
 
     /// The same CA with another signing policy.
@@ -357,7 +423,9 @@ impl ClusterCa {
         let cert = request.signed_by(&self.issuer).map_err(rcgen_err("sign the node certificate"))?;
         tracing::info!(node_id, %role, cluster_id = %self.cluster_id, "issued a node certificate");
         let der = cert.der().clone();
-        Ok(IssuedCert { pem: pem_of(&der), der })
+        let pem = pem_of(&der);
+        let chain_pem = format!("{pem}{}", self.intermediates_pem);
+        Ok(IssuedCert { pem, der, chain_pem })
     }
 }
 

@@ -9,6 +9,14 @@
 //! | `ca.renew` | a node of this cluster (its certificate) | [`RenewRequest`] -> [`IssueResponse`] |
 //! | `ca.join_tokens` | managers, the local socket | `{}` -> [`JoinTokensResponse`] |
 //! | `ca.rotate_join_token` | managers, the local socket | [`RotateRequest`] -> [`JoinTokensResponse`] |
+//! | `ca.rotate` | managers, the local socket | [`RotateCaRequest`] -> [`RotationStatus`](crate::rotation::RotationStatus) |
+//! | `ca.rotation` | managers, the local socket | `{}` -> [`RotationStatus`](crate::rotation::RotationStatus) |
+//!
+//! `root_ca` answers the roots a node must trust: the cluster's root, and
+//! during a CA rotation ([`crate::rotation`]) the new root after it.
+//! During a rotation `issue` and `renew` sign with the new root's key, hand
+//! the certificate out followed by the new root cross-signed by the old
+//! one, and record the node as renewed in the store.
 //!
 //! `issue` checks the token against the store's current state: it must
 //! parse, pin the current root CA (else [`CaRefusal::WrongCa`]), carry the
@@ -43,6 +51,7 @@ use crate::ca::{CaError, ClusterCa, SigningPolicy};
 use crate::castore::{self, CaStoreError};
 use crate::identity::NodeIdentity;
 use crate::role::Role;
+use crate::rotation;
 use crate::rpc::{Code, Fault, Handler, Peer, Reply, body};
 use crate::token::{JoinToken, TokenError};
 
@@ -150,8 +159,31 @@ mod wire_opt_role {
 /// The answer of `ca.root_ca`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootCaResponse {
-    /// The root CA certificate, PEM.
+    /// The root CA certificates to trust, PEM: one, or during a CA
+    /// rotation the current root followed by the new one.
     pub ca_cert_pem: String,
+}
+
+/// The request of `ca.rotate`: rotate to a root made by the managers
+/// (both fields empty) or to the one given (both set). `Debug` hides the
+/// key.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateCaRequest {
+    /// The new root certificate, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    /// Its key, PKCS#8 PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+}
+
+impl std::fmt::Debug for RotateCaRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateCaRequest")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &self.key_pem.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The request of `ca.issue`.
@@ -190,9 +222,10 @@ pub struct IssueResponse {
     /// The role (the certificate's OU).
     #[serde(with = "wire_role")]
     pub role: Role,
-    /// The node certificate, PEM.
+    /// The node certificate, PEM, followed by its intermediates (during a
+    /// CA rotation: the new root cross-signed by the old one).
     pub cert_pem: String,
-    /// The root CA certificate, PEM.
+    /// The root CA certificates to trust, PEM (as `ca.root_ca` answers).
     pub ca_cert_pem: String,
 }
 
@@ -231,7 +264,9 @@ impl std::fmt::Debug for JoinTokensResponse {
 pub struct CaService {
     store: Arc<dyn Store>,
     policy: SigningPolicy,
-    loaded: Mutex<Option<Arc<ClusterCa>>>,
+    /// The CAs loaded last (the current root, and the new one during a
+    /// rotation), by certificate.
+    loaded: Mutex<Vec<Arc<ClusterCa>>>,
 }
 
 impl std::fmt::Debug for CaService {
@@ -300,7 +335,7 @@ impl CaService {
     /// The service for the CA in `store`, signing with the default policy
     /// (node certificates at least 1 hour).
     pub fn new(store: Arc<dyn Store>) -> Self {
-        CaService { store, policy: SigningPolicy::default(), loaded: Mutex::new(None) }
+        CaService { store, policy: SigningPolicy::default(), loaded: Mutex::new(Vec::new()) }
     }
 
     /// Signs with `policy` (tests lower `min_lifetime` to seconds).
@@ -313,19 +348,36 @@ impl CaService {
         self.store.snapshot().await.map_err(|e| store_fault(e.into()))
     }
 
-    /// The CA of `state`, loaded once per root certificate.
-    fn ca(&self, state: &State) -> Result<Arc<ClusterCa>, Fault> {
-        let pem = castore::ca_cert_pem(state).map_err(store_fault)?;
+    /// A CA loaded once per root certificate (`pem`) by `load`.
+    fn cached(
+        &self,
+        pem: &str,
+        load: impl FnOnce() -> Result<ClusterCa, CaStoreError>,
+    ) -> Result<Arc<ClusterCa>, Fault> {
         let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ca) = slot.as_ref().filter(|ca| ca.cert_pem() == pem) {
+        if let Some(ca) = slot.iter().find(|ca| ca.cert_pem() == pem) {
             return Ok(ca.clone());
         }
-        let ca = Arc::new(castore::cluster_ca(state).map_err(store_fault)?.with_policy(self.policy.clone()));
-        *slot = Some(ca.clone());
+        let ca = Arc::new(load().map_err(store_fault)?.with_policy(self.policy.clone()));
+        slot.insert(0, ca.clone());
+        slot.truncate(2);
         Ok(ca)
     }
 
-    fn sign(&self, state: &State, ca: &ClusterCa, csr_pem: &str, node_id: &str, role: Role) -> Result<Reply, Fault> {
+    /// The cluster's root CA in `state` (what join tokens pin).
+    fn ca(&self, state: &State) -> Result<Arc<ClusterCa>, Fault> {
+        let pem = castore::ca_cert_pem(state).map_err(store_fault)?;
+        self.cached(pem, || castore::cluster_ca(state))
+    }
+
+    /// The CA that signs in `state`: the new root during a rotation.
+    fn signer(&self, state: &State) -> Result<Arc<ClusterCa>, Fault> {
+        let pem = rotation::signing_root_pem(state).map_err(store_fault)?;
+        self.cached(pem, || rotation::signing_ca(state))
+    }
+
+    async fn sign(&self, state: &State, csr_pem: &str, node_id: &str, role: Role) -> Result<Reply, Fault> {
+        let ca = self.signer(state)?;
         let lifetime = castore::node_cert_lifetime(state);
         let issued = ca.sign_node_csr(csr_pem, node_id, role, lifetime, SystemTime::now()).map_err(|e| {
             tracing::warn!(node_id, error = %e, "CA refused to sign");
@@ -336,11 +388,17 @@ impl CaService {
                 other => Fault::new(Code::Unavailable, format!("cannot issue the certificate: {other}")),
             }
         })?;
+        if rotation::status(state).is_ok_and(|s| s.in_progress) {
+            // The rotation waits for this record; without it the node,
+            // which now holds a new certificate, would never be counted.
+            rotation::record_renewed(&*self.store, node_id, ca.cert_pem()).await.map_err(store_fault)?;
+            tracing::info!(node_id, "CA rotation: node holds a certificate of the new root");
+        }
         Reply::unary(&IssueResponse {
             node_id: node_id.to_owned(),
             role,
-            cert_pem: issued.cert_pem().to_owned(),
-            ca_cert_pem: ca.cert_pem().to_owned(),
+            cert_pem: issued.chain_pem().to_owned(),
+            ca_cert_pem: rotation::trust_bundle_pem(state).map_err(store_fault)?,
         })
     }
 
@@ -377,7 +435,7 @@ impl CaService {
             }
             _ => random_node_id()?,
         };
-        let reply = self.sign(&state, &ca, &req.csr_pem, &node_id, token_role)?;
+        let reply = self.sign(&state, &req.csr_pem, &node_id, token_role).await?;
         tracing::info!(node_id, role = %token_role, peer = ?peer.addr, "node joined with a join token");
         Ok(reply)
     }
@@ -396,7 +454,29 @@ impl CaService {
         if role != id.role {
             tracing::info!(node_id = %id.node_id, from = %id.role, to = %role, "renewal changes the node's role");
         }
-        self.sign(&state, &ca, &req.csr_pem, &id.node_id, role)
+        self.sign(&state, &req.csr_pem, &id.node_id, role).await
+    }
+
+    async fn rotate(&self, peer: &Peer, req: RotateCaRequest) -> Result<Reply, Fault> {
+        let state = self.state().await?;
+        let ca = self.ca(&state)?;
+        let who = require_manager(peer, "ca.rotate", ca.cluster_id())?;
+        let given = match (req.cert_pem, req.key_pem) {
+            (Some(cert_pem), Some(key_pem)) => Some(castore::ExternalCa { cert_pem, key_pem }),
+            (None, None) => None,
+            _ => {
+                return Err(Fault::new(
+                    Code::BadRequest,
+                    "ca.rotate: give both the new root's certificate and its key, or neither",
+                ));
+            }
+        };
+        let status = rotation::start_rotation(&*self.store, given, None).await.map_err(|e| match e {
+            CaStoreError::Store(_) | CaStoreError::NotInitialized => store_fault(e),
+            other => Fault::new(Code::BadRequest, format!("ca.rotate: {other}")),
+        })?;
+        tracing::info!(by = ?who.map(|i| &i.node_id), pending = status.pending.len(), "CA rotation started");
+        Reply::unary(&status)
     }
 }
 
@@ -406,8 +486,15 @@ impl Handler for CaService {
         match method {
             "root_ca" => {
                 let state = self.state().await?;
-                let ca_cert_pem = castore::ca_cert_pem(&state).map_err(store_fault)?.to_owned();
+                let ca_cert_pem = rotation::trust_bundle_pem(&state).map_err(store_fault)?;
                 Reply::unary(&RootCaResponse { ca_cert_pem })
+            }
+            "rotate" => self.rotate(peer, body("ca.rotate", request)?).await,
+            "rotation" => {
+                let state = self.state().await?;
+                let ca = self.ca(&state)?;
+                require_manager(peer, "ca.rotation", ca.cluster_id())?;
+                Reply::unary(&rotation::status(&state).map_err(store_fault)?)
             }
             "issue" => self.issue(peer, body("ca.issue", request)?).await,
             "renew" => self.renew(peer, body("ca.renew", request)?).await,

@@ -169,6 +169,7 @@ pub async fn init_security<S: Store + ?Sized>(
         manager_token: SecretBytes(tokens.manager().to_string().into_bytes()),
         node_cert_lifetime: opts.node_cert_lifetime.map(SpecDuration::from).unwrap_or(SpecDuration::ZERO),
         removed_nodes: Default::default(),
+        rotation: None,
     };
     let mut refusal = None;
     update_with_retry(store, ATTEMPTS, |state| {

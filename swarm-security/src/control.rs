@@ -437,9 +437,10 @@ pub struct IssueOperatorCert {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorCert {
     /// The operator's certificate (PEM): CN = name, OU = `operator`, O =
-    /// cluster id.
+    /// cluster id; during a CA rotation followed by the new root
+    /// cross-signed by the old one.
     pub cert_pem: String,
-    /// The cluster's root CA certificate (PEM).
+    /// The cluster's root CA certificates (PEM): two during a rotation.
     pub ca_cert_pem: String,
 }
 
@@ -939,13 +940,18 @@ impl ControlService {
     }
 
     async fn issue(&self, req: IssueOperatorCert) -> Result<OperatorCert, ControlError> {
+        let mut roots = None;
         let ca = match &self.ca {
             CaSource::Fixed(ca) => ca.clone(),
             CaSource::Store => {
+                // During a CA rotation: the new root signs, and the
+                // operator trusts both roots.
                 let state = self.cluster.store().snapshot().await?;
-                Arc::new(crate::castore::cluster_ca(&state).map_err(|e| ControlError::Certificate {
+                let unusable = |e: crate::castore::CaStoreError| ControlError::Certificate {
                     message: format!("the cluster's CA is not usable from the store: {e}"),
-                })?)
+                };
+                roots = Some(crate::rotation::trust_bundle_pem(&state).map_err(unusable)?);
+                Arc::new(crate::rotation::signing_ca(&state).map_err(unusable)?)
             }
             CaSource::None => {
                 return Err(ControlError::Certificate {
@@ -959,7 +965,8 @@ impl ControlService {
             .sign_node_csr(&req.csr_pem, &req.name, Role::Operator, lifetime, SystemTime::now())
             .map_err(|e| ControlError::Certificate { message: e.to_string() })?;
         tracing::info!(operator = %req.name, "control API: issued an operator certificate to the local socket");
-        Ok(OperatorCert { cert_pem: issued.cert_pem().to_owned(), ca_cert_pem: ca.cert_pem().to_owned() })
+        let ca_cert_pem = roots.unwrap_or_else(|| ca.cert_pem().to_owned());
+        Ok(OperatorCert { cert_pem: issued.chain_pem().to_owned(), ca_cert_pem })
     }
 }
 

@@ -120,6 +120,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::role::Role;
+use crate::rotation::CaHint;
 use crate::rpc::{self, Code, Fault, Handler, Peer, Reloadable, Reply, RpcClient, RpcError};
 
 /// The service name of the dispatcher on the node API (`dispatcher.*`).
@@ -154,6 +155,11 @@ pub struct HeartbeatReply {
     /// to take the new role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// The roots to trust and the root that signs now, as digests: a node
+    /// whose trusted roots or certificate differ refreshes them (a CA
+    /// rotation started or finished; see [`crate::rotation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaHint>,
 }
 
 /// Request of `dispatcher.heartbeat` and `dispatcher.assignments` (a
@@ -176,6 +182,7 @@ pub struct StatusReport {
 type LeaderAddr = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 type ManagerAddrs = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 type Roles = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+type CaHints = Arc<dyn Fn() -> Option<CaHint> + Send + Sync>;
 
 /// Which node opened which session on this manager: one session per
 /// node, so the table is bounded by the number of nodes.
@@ -216,6 +223,7 @@ pub struct DispatcherService {
     leader_addr: LeaderAddr,
     managers: ManagerAddrs,
     roles: Roles,
+    ca: CaHints,
     owners: Mutex<Owners>,
 }
 
@@ -241,6 +249,7 @@ impl DispatcherService {
             leader_addr: Arc::new(|| None),
             managers: Arc::new(Vec::new),
             roles: Arc::new(|_| None),
+            ca: Arc::new(|| None),
             owners: Mutex::new(Owners::default()),
         }
     }
@@ -264,6 +273,13 @@ impl DispatcherService {
     /// `heartbeat` answer; see [`HeartbeatReply::role`]).
     pub fn with_roles(mut self, roles: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
         self.roles = Arc::new(roles);
+        self
+    }
+
+    /// The CA hint for every `heartbeat` answer (see [`HeartbeatReply::ca`];
+    /// [`crate::rotation::hint`] of the manager's replica).
+    pub fn with_ca_hint(mut self, hint: impl Fn() -> Option<CaHint> + Send + Sync + 'static) -> Self {
+        self.ca = Arc::new(hint);
         self
     }
 
@@ -377,7 +393,12 @@ impl Handler for DispatcherService {
                 self.check_owner(&node, &req.session_id)?;
                 let response =
                     self.dispatcher.heartbeat(&req.session_id).await.map_err(|e| self.failed(&req.session_id, e))?;
-                Reply::unary(&HeartbeatReply { response, managers: (self.managers)(), role: (self.roles)(&node) })
+                Reply::unary(&HeartbeatReply {
+                    response,
+                    managers: (self.managers)(),
+                    role: (self.roles)(&node),
+                    ca: (self.ca)(),
+                })
             }
             "update_task_status" => {
                 let req: StatusReport = rpc::body(method, body)?;
@@ -477,6 +498,7 @@ struct Route {
     not_before: Option<Instant>,
     jitter: Jitter,
     role: Option<String>,
+    ca: Option<CaHint>,
     /// The heartbeat period the managers gave last: caps the backoff.
     heartbeat: Option<Duration>,
 }
@@ -555,6 +577,7 @@ impl RemoteDispatcher {
                 not_before: None,
                 jitter: Jitter::from_os(),
                 role: None,
+                ca: None,
                 heartbeat: None,
             }),
         }
@@ -600,6 +623,12 @@ impl RemoteDispatcher {
     /// answers; `None` before the first, or when the managers do not say).
     pub fn recorded_role(&self) -> Option<String> {
         self.lock().role.clone()
+    }
+
+    /// What the managers last said about the CA (from heartbeat answers;
+    /// `None` before the first, or when the managers do not say).
+    pub fn ca_hint(&self) -> Option<CaHint> {
+        self.lock().ca.clone()
     }
 
     /// Adds managers to the list (those not already in it), e.g. the
@@ -764,6 +793,9 @@ impl Dispatcher for RemoteDispatcher {
             let mut route = self.lock();
             if let Some(role) = reply.role {
                 route.role = Some(role);
+            }
+            if let Some(ca) = reply.ca {
+                route.ca = Some(ca);
             }
             route.heartbeat = Some(reply.response.heartbeat_period);
         }

@@ -278,13 +278,58 @@ pub async fn fetch_root_ca(addr: SocketAddr, token: &str) -> Result<String, Join
         .call("ca.root_ca", &serde_json::json!({}))
         .await
         .map_err(|source| JoinError::FetchCa { addr: where_.clone(), source: Box::new(source) })?;
-    let der = CertificateDer::from_pem_slice(answer.ca_cert_pem.as_bytes())
+    // During a CA rotation the manager shows two roots: only the one the
+    // token pins is trusted (the other is learnt later, from a manager
+    // this one verified).
+    let certs = crate::tls::certs_from_pem(&answer.ca_cert_pem, "CA certificate")
         .map_err(|e| JoinError::BadCaCertificate { addr: where_.clone(), reason: e.to_string() })?;
-    if parsed.verify_ca(&der).is_err() {
-        tracing::warn!(manager = %where_, "the CA certificate does not match the join token's digest");
-        return Err(JoinError::CaMismatch { addr: where_ });
+    match certs.iter().find(|der| parsed.verify_ca(der).is_ok()) {
+        Some(der) => Ok(crate::ca::pem_of(der)),
+        None => {
+            tracing::warn!(manager = %where_, "the CA certificate does not match the join token's digest");
+            Err(JoinError::CaMismatch { addr: where_ })
+        }
     }
-    Ok(answer.ca_cert_pem)
+}
+
+/// Checks a bundle of root certificates a manager sent to an
+/// authenticated node: every one a CA certificate of `cluster_id`.
+fn check_roots(addr: &str, pem: &str, cluster_id: &str) -> Result<(), JoinError> {
+    let bad = |reason: String| JoinError::BadCaCertificate { addr: addr.to_owned(), reason };
+    let certs = crate::tls::certs_from_pem(pem, "CA certificate").map_err(|e| bad(e.to_string()))?;
+    for der in &certs {
+        let (_, x) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
+        if !x.is_ca() {
+            return Err(bad("a certificate in it is not a CA's".into()));
+        }
+        let org = x.subject().iter_organization().next().and_then(|o| o.as_str().ok());
+        if org != Some(cluster_id) {
+            return Err(bad(format!("a root in it is for cluster {org:?}, not {cluster_id:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// Fetches the root certificates to trust from the manager `client`
+/// reaches (authenticated by the roots this node trusts now) and writes
+/// them to `files` when they differ from what is there. Returns the new
+/// bundle when it changed. What a node does when its heartbeat answers
+/// say the roots changed (a CA rotation started or finished).
+pub async fn refresh_roots(client: &RpcClient, files: &NodeFiles) -> Result<Option<String>, JoinError> {
+    let current = JoinedNode::load(files)?;
+    let cluster_id = current.identity().map_err(|e| JoinError::BadCertificate {
+        addr: files.cert_path().display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let answer: RootCaResponse =
+        client.call("ca.root_ca", &serde_json::json!({})).await.map_err(|e| rpc_error("ca.root_ca", e))?;
+    check_roots(client.addr(), &answer.ca_cert_pem, &cluster_id.cluster_id)?;
+    if answer.ca_cert_pem.trim() == current.ca_cert_pem.trim() {
+        return Ok(None);
+    }
+    files.write_ca_cert(&answer.ca_cert_pem).map_err(JoinError::Files)?;
+    tracing::info!(manager = %client.addr(), roots = answer.ca_cert_pem.matches("BEGIN CERTIFICATE").count(), "trusted root CAs updated");
+    Ok(Some(answer.ca_cert_pem))
 }
 
 fn rpc_error(method: &'static str, e: RpcError) -> JoinError {
@@ -305,14 +350,24 @@ fn rpc_addr(e: &RpcError) -> String {
     }
 }
 
+/// Which roots a node accepts with its new certificate.
+enum Roots<'a> {
+    /// Joining: only the root the token pinned (PEM), which the answer's
+    /// bundle must contain.
+    Pinned(&'a str),
+    /// Renewing over mutual TLS: the manager's bundle, if every root in
+    /// it is a CA of this cluster.
+    FromManager { cluster_id: &'a str },
+}
+
 /// Checks that the certificate issued is for `key`'s node, in the role and
 /// cluster expected, and writes the files. `ca.crt` goes first and
 /// `node.crt` last.
 fn accept(
     addr: &str,
-    answer: IssueResponse,
+    mut answer: IssueResponse,
     csr: &NodeCsr,
-    expected_ca_pem: &str,
+    roots: Roots<'_>,
     files: &NodeFiles,
 ) -> Result<JoinedNode, JoinError> {
     let bad = |reason: String| JoinError::BadCertificate { addr: addr.to_owned(), reason };
@@ -323,8 +378,17 @@ fn accept(
             id.node_id, id.role, answer.node_id, answer.role
         )));
     }
-    if answer.ca_cert_pem.trim() != expected_ca_pem.trim() {
-        return Err(bad("it comes with another CA certificate than the one trusted".into()));
+    match roots {
+        Roots::Pinned(pinned) => {
+            let pinned_der = CertificateDer::from_pem_slice(pinned.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            let offered =
+                crate::tls::certs_from_pem(&answer.ca_cert_pem, "CA certificate").map_err(|e| bad(e.to_string()))?;
+            if !offered.contains(&pinned_der) {
+                return Err(bad("it comes with another CA certificate than the one trusted".into()));
+            }
+            answer.ca_cert_pem = pinned.to_owned();
+        }
+        Roots::FromManager { cluster_id } => check_roots(addr, &answer.ca_cert_pem, cluster_id)?,
     }
     let node = JoinedNode {
         node_id: answer.node_id,
@@ -378,7 +442,7 @@ pub async fn join(
             reason: format!("asked for the {role} role, got {}", answer.role),
         });
     }
-    let node = accept(&addr.to_string(), answer, &csr, &ca_cert_pem, files)?;
+    let node = accept(&addr.to_string(), answer, &csr, Roots::Pinned(&ca_cert_pem), files)?;
     tracing::info!(node_id = %node.node_id, role = %node.role, manager = %addr, "joined the cluster");
     Ok(node)
 }
@@ -402,7 +466,14 @@ pub async fn renew(client: &RpcClient, files: &NodeFiles) -> Result<JoinedNode, 
         });
     }
     let from = current.role;
-    let node = accept(client.addr(), answer, &csr, &current.ca_cert_pem, files)?;
+    let cluster_id = current
+        .identity()
+        .map_err(|e| JoinError::BadCertificate {
+            addr: files.cert_path().display().to_string(),
+            reason: e.to_string(),
+        })?
+        .cluster_id;
+    let node = accept(client.addr(), answer, &csr, Roots::FromManager { cluster_id: &cluster_id }, files)?;
     tracing::info!(node_id = %node.node_id, %from, to = %node.role, manager = %client.addr(), "renewed the node certificate");
     Ok(node)
 }

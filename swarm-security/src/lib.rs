@@ -41,6 +41,7 @@ pub mod identity;
 pub mod join;
 pub mod renewal;
 pub mod role;
+pub mod rotation;
 // `RpcError::Fault` carries the server's whole `Fault` (136 bytes of
 // error); boxing it would change a type other modules match on.
 #[allow(clippy::result_large_err)]

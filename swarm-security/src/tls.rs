@@ -114,26 +114,49 @@ impl PeerPolicy {
     }
 }
 
-/// The cluster CA certificate and a node's certificate and key, ready for
+/// The cluster CA certificates a node trusts (one root, or two during a
+/// CA rotation) and the node's certificate chain and key, ready for
 /// rustls.
 #[derive(Debug)]
 pub struct TlsCredentials {
-    ca_cert: CertificateDer<'static>,
-    cert: CertificateDer<'static>,
+    ca_certs: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     identity: NodeIdentity,
 }
 
+/// Every certificate in `pem`, in order; at least one.
+pub fn certs_from_pem(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { what, reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem { what, reason: "no certificate in it".into() });
+    }
+    Ok(certs)
+}
+
+/// A root store holding `certs`.
+fn root_store(certs: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert.clone())
+            .map_err(|source| TlsError::Rustls { what: "root store from the CA certificates", source })?;
+    }
+    Ok(Arc::new(roots))
+}
+
 impl TlsCredentials {
-    /// From the PEM of the CA certificate, the node certificate and key.
+    /// From the PEM of the trusted CA certificates (one or more), the node
+    /// certificate (followed by its intermediates, if any) and key.
     pub fn from_pem(ca_cert_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
-        let pem_err =
-            |what: &'static str| move |e: rustls_pki_types::pem::Error| TlsError::Pem { what, reason: e.to_string() };
-        let ca_cert = CertificateDer::from_pem_slice(ca_cert_pem.as_bytes()).map_err(pem_err("CA certificate"))?;
-        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(pem_err("node certificate"))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(pem_err("node key"))?;
-        let identity = NodeIdentity::from_der(&cert)?;
-        Ok(TlsCredentials { ca_cert, cert, key, identity })
+        let ca_certs = certs_from_pem(ca_cert_pem, "CA certificate")?;
+        let chain = certs_from_pem(cert_pem, "node certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| TlsError::Pem { what: "node key", reason: e.to_string() })?;
+        let identity = NodeIdentity::from_der(&chain[0])?;
+        Ok(TlsCredentials { ca_certs, chain, key, identity })
     }
 
     /// The identity in this node's own certificate.
@@ -142,12 +165,28 @@ impl TlsCredentials {
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(self.ca_cert.clone())
-            .map_err(|source| TlsError::Rustls { what: "root store from the CA certificate", source })?;
-        Ok(Arc::new(roots))
+        root_store(&self.ca_certs)
     }
+
+    /// Whether this node's certificate was issued by the key of `root`
+    /// (DER): it verifies against `root` alone, without intermediates.
+    /// During a CA rotation a node whose certificate the old root issued
+    /// answers `false` for the new root, and renews.
+    pub fn issued_by(&self, root: &CertificateDer<'static>) -> bool {
+        issued_by(&self.chain[0], self.identity.role, root)
+    }
+}
+
+/// Whether `cert` (a node certificate in `role`) was issued by the key of
+/// `root`: it verifies against `root` alone, without intermediates, now.
+pub fn issued_by(cert: &CertificateDer<'_>, role: Role, root: &CertificateDer<'static>) -> bool {
+    let Ok(roots) = root_store(std::slice::from_ref(root)) else { return false };
+    let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider()).build() else {
+        return false;
+    };
+    let Ok(name) = rustls_pki_types::ServerName::try_from(role.server_name()) else { return false };
+    let now = UnixTime::now();
+    rustls::client::danger::ServerCertVerifier::verify_server_cert(&*verifier, cert, &[], &name, &[], now).is_ok()
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -257,7 +296,7 @@ fn server_with(creds: &TlsCredentials, verifier: NodeClientVerifier) -> Result<A
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls { what: "server protocol versions", source })?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(vec![creds.cert.clone()], creds.key.clone_key())
+        .with_single_cert(creds.chain.clone(), creds.key.clone_key())
         .map_err(|source| TlsError::Rustls { what: "server certificate and key", source })?;
     Ok(Arc::new(config))
 }
@@ -273,14 +312,11 @@ pub fn server_config_optional_client(
     server_with(creds, NodeClientVerifier::optional(creds.roots()?, policy)?)
 }
 
-/// A TLS 1.3 client configuration trusting only the CA certificate
+/// A TLS 1.3 client configuration trusting only the CA certificates in
 /// `ca_cert_pem` and presenting no certificate: what a joining node uses
 /// to send its CSR once it has checked the CA against its token.
 pub fn anonymous_client_config(ca_cert_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
-    let ca_cert = CertificateDer::from_pem_slice(ca_cert_pem.as_bytes())
-        .map_err(|e| TlsError::Pem { what: "CA certificate", reason: e.to_string() })?;
-    let mut roots = RootCertStore::empty();
-    roots.add(ca_cert).map_err(|source| TlsError::Rustls { what: "root store from the CA certificate", source })?;
+    let roots = root_store(&certs_from_pem(ca_cert_pem, "CA certificate")?)?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls { what: "client protocol versions", source })?
@@ -296,7 +332,7 @@ pub fn client_config(creds: &TlsCredentials) -> Result<Arc<ClientConfig>, TlsErr
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls { what: "client protocol versions", source })?
         .with_root_certificates(creds.roots()?)
-        .with_client_auth_cert(vec![creds.cert.clone()], creds.key.clone_key())
+        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())
         .map_err(|source| TlsError::Rustls { what: "client certificate and key", source })?;
     Ok(Arc::new(config))
 }

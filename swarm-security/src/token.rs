@@ -252,6 +252,16 @@ impl JoinTokens {
         }
     }
 
+    /// The same tokens pinned to another CA certificate (same secrets): at
+    /// the end of a CA rotation, when the new root replaces the old one.
+    pub fn repinned(&self, ca_cert_der: &[u8]) -> JoinTokens {
+        let digest = ca_digest(ca_cert_der);
+        JoinTokens {
+            worker: JoinToken { ca_digest: digest.clone(), secret: self.worker.secret.clone() },
+            manager: JoinToken { ca_digest: digest, secret: self.manager.secret.clone() },
+        }
+    }
+
     /// Draws a new secret for `role`'s token; the old one stops matching.
     pub fn rotate(&mut self, role: Role) -> Result<(), TokenError> {
         let slot = match role {

@@ -209,3 +209,66 @@ fn credentials_report_their_identity() {
     assert_eq!(c.manager.identity().node_id, "manager-1");
     assert_eq!(c.manager.identity().role, Role::Manager);
 }
+
+/// Node credentials issued by `ca` (its chain: with the cross-signed
+/// certificate when `ca` is a rotation's new root), trusting `roots`.
+fn rotation_creds(ca: &ClusterCa, roots: &str, node: &str) -> TlsCredentials {
+    let csr = NodeCsr::generate(node).unwrap();
+    let cert = ca
+        .sign_node_csr(csr.csr_pem(), node, Role::Manager, Some(Duration::from_secs(86_400)), SystemTime::now())
+        .unwrap();
+    TlsCredentials::from_pem(roots, cert.chain_pem(), &csr.key_pem()).unwrap()
+}
+
+/// Every pair of nodes in a CA rotation completes a mutual handshake, in
+/// both directions, at every stage: a node with a certificate of the old
+/// root or of the new one (presented with the cross-signed certificate),
+/// trusting the old root only, both, or the new root only; except the
+/// pairs the end of the rotation means to shut out (an old certificate
+/// at a node that trusts only the new root).
+#[tokio::test]
+async fn every_stage_of_a_ca_rotation_handshakes() {
+    let old = ClusterCa::generate("c1", Duration::from_secs(10 * 86_400)).unwrap();
+    let new_plain = ClusterCa::generate("c1", Duration::from_secs(20 * 86_400)).unwrap();
+    let cross = old.cross_sign(&new_plain, SystemTime::now()).unwrap();
+    let new =
+        ClusterCa::from_pem(new_plain.cert_pem(), &new_plain.key_pem()).unwrap().with_intermediates(cross.cert_pem());
+    let both = format!("{}{}", old.cert_pem(), new.cert_pem());
+
+    // (name, issuer is new, trusted roots: 0 old, 1 both, 2 new)
+    let nodes = [
+        ("old-cert-trusts-old", false, 0),
+        ("old-cert-trusts-both", false, 1),
+        ("new-cert-trusts-old", true, 0),
+        ("new-cert-trusts-both", true, 1),
+        ("new-cert-trusts-new", true, 2),
+    ];
+    let built: Vec<(&str, bool, u8, TlsCredentials)> = nodes
+        .iter()
+        .map(|&(name, is_new, trust)| {
+            let roots = [old.cert_pem(), both.as_str(), new.cert_pem()][trust as usize];
+            let ca = if is_new { &new } else { &old };
+            (name, is_new, trust, rotation_creds(ca, roots, name))
+        })
+        .collect();
+    // `issued_by` tells the two apart.
+    let old_der = rustls::pki_types::CertificateDer::from(old.cert_der().to_vec());
+    let new_der = rustls::pki_types::CertificateDer::from(new.cert_der().to_vec());
+    for (name, is_new, _, c) in &built {
+        assert_eq!(c.issued_by(&new_der), *is_new, "{name}");
+        assert_eq!(c.issued_by(&old_der), !*is_new, "{name}");
+    }
+    for (sname, s_new, s_trust, server) in &built {
+        for (cname, c_new, c_trust, client) in &built {
+            // Shut out: an old-root certificate at a node trusting only
+            // the new root.
+            let shut_out = (!*c_new && *s_trust == 2) || (!*s_new && *c_trust == 2);
+            let (seen, greeted) = handshake(server, PeerPolicy::managers("c1"), client, "swarm-manager").await;
+            assert_eq!(
+                seen.is_ok() && greeted.is_ok(),
+                !shut_out,
+                "client {cname} -> server {sname}: server {seen:?}, client {greeted:?}"
+            );
+        }
+    }
+}

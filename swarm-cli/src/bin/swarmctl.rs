@@ -51,7 +51,7 @@ fn target(socket: Option<String>, host: Option<String>, cert_dir: Option<String>
 }
 
 async fn run() -> Result<String, Error> {
-    let mut a = Args::parse(std::env::args().skip(1), &["rotate", "quiet", "force", "help"])?;
+    let mut a = Args::parse(std::env::args().skip(1), &["rotate", "quiet", "force", "help", "detach"])?;
     if a.switch("help") || a.positional().is_empty() {
         return Ok(format!("{USAGE}\n"));
     }

@@ -40,6 +40,32 @@ pub struct ClusterSecurity {
     /// Removed nodes, whose certificates are refused from then on, with
     /// the time the removal was recorded.
     pub removed_nodes: BTreeMap<NodeId, Timestamp>,
+    /// A root CA rotation in progress (`swarmctl ca --rotate`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<CaRotation>,
+}
+
+/// A root CA rotation in progress: the new root, its key, and the new
+/// root's certificate signed by the old root (the cross-signed
+/// certificate that lets nodes still trusting only the old root verify
+/// certificates the new key issued). The CA signs with the new key from
+/// the start of the rotation; once every live node holds a certificate
+/// issued by it (`renewed`), the new root replaces the old one.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CaRotation {
+    /// PEM of the new root CA certificate.
+    pub new_cert_pem: String,
+    /// PEM of the new root CA's signing key.
+    pub new_key_pem: SecretBytes,
+    /// PEM of the new root's public key and subject certified by the old
+    /// root.
+    pub cross_signed_pem: String,
+    /// When the rotation started.
+    pub started: Timestamp,
+    /// Nodes that hold a certificate issued by the new key, with when it
+    /// was issued.
+    pub renewed: BTreeMap<NodeId, Timestamp>,
 }
 
 /// Cluster settings, with Swarm's defaults.
