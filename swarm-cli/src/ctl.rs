@@ -19,6 +19,7 @@
 //! join-token worker|manager [--rotate] [--quiet]
 //! ca [--rotate [--ca-cert FILE --ca-key FILE] [--detach] [--timeout DURATION]] [--quiet]
 //! operator-cert --name NAME --out DIR                 (local socket only)
+//! operator-cert --revoke NAME
 //! ```
 
 use crate::args::{ArgError, Args};
@@ -643,6 +644,13 @@ async fn ca(t: &Target, format: &Format, a: &mut Args) -> Result<String, CtlErro
 }
 
 async fn operator_cert(t: &Target, a: &mut Args) -> Result<String, CtlError> {
+    if let Some(name) = a.value("revoke") {
+        t.rpc
+            .call::<_, serde_json::Value>("ca.revoke_operator", &serde_json::json!({ "name": name }))
+            .await
+            .map_err(|e| CtlError::Other(e.to_string()))?;
+        return Ok(format!("certificates of operator {name} revoked\n"));
+    }
     let name = a.required("name")?;
     let out = std::path::PathBuf::from(a.required("out")?);
     if !t.local {

@@ -591,6 +591,10 @@ async fn manager_parts(
     // of the cluster down must still start) and follows the store.
     let deny_list = Arc::new(DenyList::new());
     deny_list.update(&raft.stale_snapshot());
+    // Raft refuses a removed node's certificate too (a removed manager's
+    // stays valid under the CA until it expires).
+    let denied = deny_list.clone();
+    raft_tls.set_deny_list(move |node| denied.contains(node));
     let (following, follow_store) = (deny_list.clone(), store.clone());
     tasks.push(spawn(async move {
         loop {

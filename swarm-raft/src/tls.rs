@@ -89,6 +89,10 @@ pub enum RaftTlsError {
         /// This cluster.
         expected: String,
     },
+    /// The peer's certificate is valid but its node was removed from the
+    /// cluster (the deny-list, [`RaftTls::set_deny_list`]).
+    #[error("node {0} was removed from the cluster; its certificate is no longer accepted")]
+    Removed(String),
 }
 
 /// Inbound connections a [`RaftTls`] listener refused, by reason.
@@ -109,6 +113,9 @@ pub struct TlsRefusals {
     pub wrong_id: u64,
 }
 
+/// Tells whether a node id is on the cluster's deny-list.
+type Denied = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Mutual TLS settings for the raft TCP transport: the rustls client and
 /// server configurations and the raft id → node id table.
 pub struct RaftTls {
@@ -116,6 +123,7 @@ pub struct RaftTls {
     cluster_id: String,
     node_id: String,
     names: RwLock<HashMap<u64, String>>,
+    denied: RwLock<Option<Denied>>,
     refused_handshake: AtomicU64,
     refused_certificate: AtomicU64,
     refused_identity: AtomicU64,
@@ -149,6 +157,7 @@ impl RaftTls {
             cluster_id: me.cluster_id.clone(),
             node_id: me.node_id.clone(),
             names: RwLock::new(names),
+            denied: RwLock::new(None),
             refused_handshake: AtomicU64::new(0),
             refused_certificate: AtomicU64::new(0),
             refused_identity: AtomicU64::new(0),
@@ -178,6 +187,23 @@ impl RaftTls {
         *self.configs.write().unwrap_or_else(|p| p.into_inner()) =
             (TlsConnector::from(client), TlsAcceptor::from(server));
         Ok(())
+    }
+
+    /// Refuses, from now on, connections in both directions with a peer
+    /// whose node id `denied` names: the cluster's deny-list of removed
+    /// nodes (`swarm_security::castore::DenyList::contains`). A removed
+    /// manager's certificate stays valid under the CA until it expires;
+    /// this is what shuts it out of raft. Counted as an identity refusal.
+    pub fn set_deny_list(&self, denied: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        *self.denied.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(denied));
+    }
+
+    fn check_denied(&self, node_id: &str) -> Result<(), RaftTlsError> {
+        let denied = self.denied.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match denied {
+            Some(f) if f(node_id) => Err(RaftTlsError::Removed(node_id.to_owned())),
+            _ => Ok(()),
+        }
     }
 
     /// This manager's node id (its certificate's CN).
@@ -225,6 +251,7 @@ impl RaftTls {
         stream: TcpStream,
     ) -> Result<client::TlsStream<TcpStream>, RaftTlsError> {
         let node_id = self.name_of(to).ok_or(RaftTlsError::UnknownPeer(to))?;
+        self.check_denied(&node_id)?;
         let name = ServerName::try_from(node_id.clone()).map_err(|_| RaftTlsError::ServerName(node_id))?;
         let connector = self.configs.read().unwrap_or_else(|p| p.into_inner()).0.clone();
         let tls = connector.connect(name, stream).await.map_err(RaftTlsError::Handshake)?;
@@ -251,6 +278,7 @@ impl RaftTls {
             let acceptor = self.configs.read().unwrap_or_else(|p| p.into_inner()).1.clone();
             let tls = acceptor.accept(stream).await.map_err(RaftTlsError::Handshake)?;
             let peer = swarm_security::tls::peer_identity(tls.get_ref().1).map_err(RaftTlsError::PeerIdentity)?;
+            self.check_denied(&peer.node_id)?;
             Ok((tls, peer))
         };
         let res = match tokio::time::timeout(within, handshake).await {
@@ -301,6 +329,9 @@ fn rustls_error(err: &RaftTlsError) -> Option<&tokio_rustls::rustls::Error> {
 }
 
 fn refusal_kind(err: &RaftTlsError) -> Refusal {
+    if matches!(err, RaftTlsError::Removed(_)) {
+        return Refusal::Identity;
+    }
     match rustls_error(err) {
         Some(e) if identity_error(e).is_some() => Refusal::Identity,
         Some(tokio_rustls::rustls::Error::InvalidCertificate(_)) => Refusal::Certificate,
@@ -317,5 +348,26 @@ pub(crate) fn refusal_reason(err: &RaftTlsError) -> String {
             None => format!("TLS handshake failed: {e}"),
         },
         None => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm_security::ca::{ClusterCa, NodeCsr};
+
+    #[tokio::test]
+    async fn a_removed_manager_is_not_dialled() {
+        let ca = ClusterCa::generate("c1", Duration::from_secs(86_400)).unwrap();
+        let csr = NodeCsr::generate("m1").unwrap();
+        let cert = ca.sign_node_csr(csr.csr_pem(), "m1", Role::Manager, None, std::time::SystemTime::now()).unwrap();
+        let creds = TlsCredentials::from_pem(ca.cert_pem(), cert.cert_pem(), &csr.key_pem()).unwrap();
+        let tls = RaftTls::new(&creds, HashMap::from([(2, "m2".to_owned())])).unwrap();
+        tls.set_deny_list(|node| node == "m2");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let err = tls.connect(2, stream).await.unwrap_err();
+        assert!(matches!(&err, RaftTlsError::Removed(n) if n == "m2"), "{err}");
+        assert_eq!(err.to_string(), "node m2 was removed from the cluster; its certificate is no longer accepted");
     }
 }

@@ -225,6 +225,27 @@ async fn raft_port_refuses_all_but_this_clusters_managers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_port_refuses_a_removed_managers_certificate() {
+    init_tracing();
+    let ca = cluster_ca("c1");
+    let l = listener(&ca).await;
+    let m2 = creds(&ca, "m2", NodeRole::Manager);
+    assert!(stays_open(l.addr, &m2, 2).await, "manager m2 is admitted before its removal");
+    // m2 is removed (the deny-list names it): its certificate, still valid
+    // under the CA and still in the raft-id table, is refused.
+    let removed = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::<String>::new()));
+    let list = removed.clone();
+    l.tls.set_deny_list(move |node| list.lock().unwrap().contains(node));
+    assert!(stays_open(l.addr, &m2, 2).await, "an empty deny-list refuses nobody");
+    removed.lock().unwrap().insert("m2".to_owned());
+    assert!(!stays_open(l.addr, &m2, 2).await, "a removed manager is refused");
+    refusals_reach(&l.tls, TlsRefusals { identity: 1, ..TlsRefusals::default() }).await;
+    assert_eq!(l.delivered.load(Ordering::SeqCst), 2, "nothing from the removed manager reached raft");
+
+    l.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialer_refuses_a_server_with_the_wrong_identity() {
     init_tracing();
     let ca = cluster_ca("c1");

@@ -11,6 +11,7 @@
 //! | `ca.rotate_join_token` | managers, the local socket | [`RotateRequest`] -> [`JoinTokensResponse`] |
 //! | `ca.rotate` | managers, the local socket | [`RotateCaRequest`] -> [`RotationStatus`](crate::rotation::RotationStatus) |
 //! | `ca.rotation` | managers, the local socket | `{}` -> [`RotationStatus`](crate::rotation::RotationStatus) |
+//! | `ca.revoke_operator` | managers, the local socket | [`RevokeOperatorRequest`] -> `null` |
 //!
 //! `root_ca` answers the roots a node must trust: the cluster's root, and
 //! during a CA rotation ([`crate::rotation`]) the new root after it.
@@ -234,6 +235,15 @@ pub struct IssueResponse {
 pub struct RenewRequest {
     /// The certificate request, PEM.
     pub csr_pem: String,
+}
+
+/// The request of `ca.revoke_operator`: every certificate issued to the
+/// operator `name` is refused from then on
+/// ([`castore::revoke_operator`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeOperatorRequest {
+    /// The operator's name (its certificates' CN).
+    pub name: String,
 }
 
 /// The request of `ca.rotate_join_token`.
@@ -490,6 +500,18 @@ impl Handler for CaService {
                 Reply::unary(&RootCaResponse { ca_cert_pem })
             }
             "rotate" => self.rotate(peer, body("ca.rotate", request)?).await,
+            "revoke_operator" => {
+                let req: RevokeOperatorRequest = body("ca.revoke_operator", request)?;
+                let state = self.state().await?;
+                let ca = self.ca(&state)?;
+                let who = require_manager(peer, "ca.revoke_operator", ca.cluster_id())?;
+                if req.name.is_empty() {
+                    return Err(Fault::new(Code::BadRequest, "ca.revoke_operator: the operator name is empty"));
+                }
+                castore::revoke_operator(&*self.store, &req.name).await.map_err(store_fault)?;
+                tracing::info!(operator = %req.name, by = ?who.map(|i| &i.node_id), "operator certificates revoked");
+                Reply::unary(&())
+            }
             "rotation" => {
                 let state = self.state().await?;
                 let ca = self.ca(&state)?;

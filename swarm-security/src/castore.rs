@@ -169,6 +169,7 @@ pub async fn init_security<S: Store + ?Sized>(
         manager_token: SecretBytes(tokens.manager().to_string().into_bytes()),
         node_cert_lifetime: opts.node_cert_lifetime.map(SpecDuration::from).unwrap_or(SpecDuration::ZERO),
         removed_nodes: Default::default(),
+        revoked_operators: Default::default(),
         rotation: None,
     };
     let mut refusal = None;
@@ -308,6 +309,56 @@ pub async fn record_removed_node<S: Store + ?Sized>(store: &S, node_id: &str) ->
     }
 }
 
+/// Whether operator `name`'s certificates are revoked.
+pub fn is_revoked_operator(state: &State, name: &str) -> bool {
+    state.cluster().is_some_and(|c| c.security.revoked_operators.contains_key(name))
+}
+
+/// Revokes every certificate issued to operator `name` (and refuses to
+/// issue that name again): [`DenyList`] refuses them from the moment a
+/// manager's replica has applied the write. Returns the revision of the
+/// write (or of the state that already had it), for
+/// [`DenyList::caught_up`].
+pub async fn revoke_operator<S: Store + ?Sized>(store: &S, name: &str) -> Result<Revision, CaStoreError> {
+    let mut already: Option<Result<Revision, CaStoreError>> = None;
+    let change = update_with_retry(store, ATTEMPTS, |state| {
+        already = None;
+        match state.cluster() {
+            Some(c) if c.security.ca_cert_pem.is_empty() => {
+                already = Some(Err(CaStoreError::NotInitialized));
+                None
+            }
+            None => {
+                already = Some(Err(CaStoreError::NotInitialized));
+                None
+            }
+            Some(c) if c.security.revoked_operators.contains_key(name) => {
+                already = Some(Ok(state.revision()));
+                None
+            }
+            Some(c) => {
+                let mut c = c.as_ref().clone();
+                c.security.revoked_operators.insert(name.to_owned(), swarm_core::time::now());
+                Some(Transaction::new().update(c))
+            }
+        }
+    })
+    .await?;
+    match (change, already) {
+        (Some(change), _) => {
+            tracing::info!(operator = name, "operator certificates revoked: refused from now on");
+            Ok(change.revision)
+        }
+        (None, Some(r)) => r,
+        (None, None) => Err(CaStoreError::NotInitialized),
+    }
+}
+
+/// The message a revoked operator's calls are refused with.
+pub fn revoked_message(name: &str) -> String {
+    format!("the certificates of operator {name} were revoked; they are no longer accepted")
+}
+
 /// The message a removed node's calls are refused with.
 pub fn removed_message(node_id: &str) -> String {
     format!("node {node_id} was removed from the cluster; its certificate is no longer accepted")
@@ -324,12 +375,17 @@ pub fn removed_message(node_id: &str) -> String {
 #[derive(Debug)]
 pub struct DenyList {
     removed: RwLock<Arc<BTreeSet<String>>>,
+    revoked: RwLock<Arc<BTreeSet<String>>>,
     seen: tokio::sync::watch::Sender<Revision>,
 }
 
 impl Default for DenyList {
     fn default() -> Self {
-        DenyList { removed: RwLock::new(Arc::default()), seen: tokio::sync::watch::Sender::new(0) }
+        DenyList {
+            removed: RwLock::new(Arc::default()),
+            revoked: RwLock::new(Arc::default()),
+            seen: tokio::sync::watch::Sender::new(0),
+        }
     }
 }
 
@@ -372,6 +428,14 @@ impl DenyList {
             *slot = Arc::new(ids);
         }
         drop(slot);
+        let names: BTreeSet<String> =
+            state.cluster().map(|c| c.security.revoked_operators.keys().cloned().collect()).unwrap_or_default();
+        let mut slot = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        if **slot != names {
+            tracing::debug!(revoked = names.len(), "revoked operators updated");
+            *slot = Arc::new(names);
+        }
+        drop(slot);
         self.seen.send_if_modified(|r| {
             let newer = state.revision() > *r;
             if newer {
@@ -384,6 +448,11 @@ impl DenyList {
     /// Whether `node_id` is on the list.
     pub fn contains(&self, node_id: &str) -> bool {
         self.removed.read().unwrap_or_else(|p| p.into_inner()).contains(node_id)
+    }
+
+    /// Whether operator `name`'s certificates are revoked.
+    pub fn revoked_operator(&self, name: &str) -> bool {
+        self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(name)
     }
 
     /// Waits until the list reflects the state at `revision` or later; a
@@ -408,6 +477,10 @@ impl Gate for DenyList {
                     redirect: None,
                     detail: serde_json::to_value(&refusal).ok(),
                 })
+            }
+            Some(id) if id.role == Role::Operator && self.revoked_operator(&id.node_id) => {
+                tracing::warn!(operator = %id.node_id, peer = ?peer.addr, "refused a revoked operator certificate");
+                Err(Fault::new(Code::PermissionDenied, revoked_message(&id.node_id)))
             }
             _ => Ok(()),
         }

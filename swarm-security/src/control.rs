@@ -947,6 +947,14 @@ impl ControlService {
                 // During a CA rotation: the new root signs, and the
                 // operator trusts both roots.
                 let state = self.cluster.store().snapshot().await?;
+                if crate::castore::is_revoked_operator(&state, &req.name) {
+                    return Err(ControlError::Certificate {
+                        message: format!(
+                            "the certificates of operator {} were revoked; a revoked name is not issued again",
+                            req.name
+                        ),
+                    });
+                }
                 let unusable = |e: crate::castore::CaStoreError| ControlError::Certificate {
                     message: format!("the cluster's CA is not usable from the store: {e}"),
                 };

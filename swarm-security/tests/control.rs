@@ -398,3 +398,66 @@ async fn removing_a_node_of_a_secured_cluster_puts_it_on_the_deny_list() {
     assert!(!castore::is_removed(&state, other), "only the removed node is");
     assert!(state.get(ObjectKind::Node, &busy).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_operator_is_refused_and_its_name_is_not_issued_again() {
+    use swarm_security::ca_service::CaService;
+    let mut f = Fixture::start().await;
+    let store = f.cluster.store().clone();
+    let (ca, _) = castore::init_security(store.as_ref(), CLUSTER_ID, SecurityOptions::default()).await.unwrap();
+    let (deny, follow) = castore::DenyList::start(store.clone()).await.unwrap();
+    f.tasks.push(follow);
+    // A manager as swarmd builds it: control and ca services behind the
+    // deny-list, the CA from the store.
+    let router = Arc::new(
+        Router::new()
+            .route("control", Arc::new(ControlService::with_ca_from_store(f.cluster.clone())))
+            .route("ca", Arc::new(CaService::new(store.clone())))
+            .gate(deny.clone()),
+    );
+    let tls = server_config_optional_client(&creds(&ca, "manager-1", Role::Manager), PeerPolicy::api(CLUSTER_ID));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    f.tasks.push(tokio::spawn(RpcServer::serve(
+        listener,
+        Reloadable::new(tls.unwrap()),
+        router.clone(),
+        ServerLimits::default(),
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let path = f.local_socket(dir.path(), router).await;
+    let local = RemoteCluster::unix(&path);
+    let operator = |name: &'static str| {
+        let local = &local;
+        async move {
+            let csr = NodeCsr::generate(name).unwrap();
+            let issued = local.issue_operator_cert(name, csr.csr_pem(), None).await?;
+            let creds = TlsCredentials::from_pem(&issued.ca_cert_pem, &issued.cert_pem, &csr.key_pem()).unwrap();
+            Ok::<_, ControlError>(
+                RemoteCluster::connect(&[addr], Reloadable::new(client_config(&creds).unwrap())).unwrap(),
+            )
+        }
+    };
+    let carol = operator("carol").await.unwrap();
+    let dave = operator("dave").await.unwrap();
+    carol.create_service(ServiceSpec::replicated("web", "nginx:1.27", 1)).await.unwrap();
+
+    // Revoked through the local socket, as `swarmctl operator-cert --revoke`.
+    RpcClient::unix(&path)
+        .call::<_, serde_json::Value>("ca.revoke_operator", &serde_json::json!({ "name": "carol" }))
+        .await
+        .unwrap();
+    assert!(castore::is_revoked_operator(&store.snapshot().await.unwrap(), "carol"));
+    deny.caught_up(store.snapshot().await.unwrap().revision()).await;
+
+    let err = carol.list_services().await.unwrap_err();
+    assert!(err.to_string().contains("the certificates of operator carol were revoked"), "{err}");
+    let err = carol.scale("web", 3).await.unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    assert_eq!(f.cluster.inspect_service("web").await.unwrap().spec.mode.replicas, Some(1), "nothing changed");
+    // The name is not issued again; another operator is unaffected.
+    let err = operator("carol").await.err().expect("a revoked name is refused");
+    assert!(matches!(&err, ControlError::Certificate { message } if message.contains("revoked")), "{err:?}");
+    dave.scale("web", 2).await.unwrap();
+    assert_eq!(f.cluster.inspect_service("web").await.unwrap().spec.mode.replicas, Some(2));
+}

@@ -40,6 +40,10 @@ pub struct ClusterSecurity {
     /// Removed nodes, whose certificates are refused from then on, with
     /// the time the removal was recorded.
     pub removed_nodes: BTreeMap<NodeId, Timestamp>,
+    /// Revoked operator names (`swarmctl operator-cert --revoke`), with the
+    /// time of the revocation: every certificate issued to that name is
+    /// refused from then on, and the name is not issued again.
+    pub revoked_operators: BTreeMap<String, Timestamp>,
     /// A root CA rotation in progress (`swarmctl ca --rotate`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation: Option<CaRotation>,
