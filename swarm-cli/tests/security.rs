@@ -344,7 +344,7 @@ fn a_ca_rotation_with_three_managers_and_two_workers_keeps_every_service_running
 
     // The join tokens were re-pinned to the new root: the old one is
     // refused for its CA digest, the new one (same secret) joins.
-    let refused = lab.try_join("w3", 6, &wt, m1.api).err().expect("the pre-rotation token is refused");
+    let refused = lab.try_join("w3", 6, &wt, m1.api).err().unwrap_or_else(|| panic!("the pre-rotation token is refused"));
     assert!(refused.contains("digest"), "{refused}");
     let new_wt = ctl(&s1, &["join-token", "worker", "--quiet"]).stdout.trim().to_owned();
     assert_ne!(new_wt, wt);

@@ -456,7 +456,7 @@ async fn a_revoked_operator_is_refused_and_its_name_is_not_issued_again() {
     assert!(err.to_string().contains("revoked"), "{err}");
     assert_eq!(f.cluster.inspect_service("web").await.unwrap().spec.mode.replicas, Some(1), "nothing changed");
     // The name is not issued again; another operator is unaffected.
-    let err = operator("carol").await.err().expect("a revoked name is refused");
+    let err = operator("carol").await.expect_err("a revoked name is refused");
     assert!(matches!(&err, ControlError::Certificate { message } if message.contains("revoked")), "{err:?}");
     dave.scale("web", 2).await.unwrap();
     assert_eq!(f.cluster.inspect_service("web").await.unwrap().spec.mode.replicas, Some(2));
