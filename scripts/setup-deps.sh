@@ -6,6 +6,7 @@
 #   iptables        the containerd runtime's host-mode published ports
 #   openssl         the containerd runtime's HTTPS pull test (a test CA)
 #   conntrack       the kernel mesh ends a drained endpoint's connections
+#   golang-cfssl    `cfssl serve`: the external CA of swarm-cli's tests
 # Idempotent and non-interactive; needs root (or sudo) only when something
 # is missing. Debian/Ubuntu (apt-get).
 set -eu
@@ -18,6 +19,7 @@ command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v conntrack >/dev/null 2>&1 || missing="$missing conntrack"
+command -v cfssl >/dev/null 2>&1 || missing="$missing golang-cfssl"
 
 if [ -z "$missing" ]; then
     echo "setup-deps: nothing to install"

@@ -39,9 +39,10 @@ use swarm_raft::tls::RaftTls;
 use swarm_raft::{InboundLimits, RaftStore, RaftStoreConfig, TcpTransport, TcpTransportConfig};
 use swarm_security::ca::{ClusterCa, DEFAULT_CA_VALIDITY, NodeCsr, SigningPolicy};
 use swarm_security::ca_service::CaService;
-use swarm_security::castore::{self, DenyList, ExternalCa, SecurityOptions};
+use swarm_security::castore::{self, DenyList, ExternalCa, ExternalSignerConfig, SecurityOptions};
 use swarm_security::control::ControlService;
 use swarm_security::dispatch::{DispatcherService, RemoteDispatcher};
+use swarm_security::external::ExternalSigner;
 use swarm_security::join;
 use swarm_security::role::Role;
 use swarm_security::rotation;
@@ -135,6 +136,9 @@ pub struct NodeOptions {
     /// manager's log after the others are lost for good (Swarm's
     /// `--force-new-cluster`).
     pub force_new_cluster: bool,
+    /// `init` only: an external CA signs every certificate; its key is not
+    /// in the store (docs/security.md, "External CA").
+    pub external_ca: Option<ExternalSignerConfig>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -367,12 +371,37 @@ impl SwarmNode {
         if let Some(l) = opts.cert_lifetime {
             policy.default_lifetime = l;
         }
-        let ca = ClusterCa::generate(&cluster_id, DEFAULT_CA_VALIDITY).map_err(sec)?.with_policy(policy.clone());
         let csr = NodeCsr::generate(&node_id).map_err(sec)?;
-        let cert = ca.sign_node_csr(csr.csr_pem(), &node_id, Role::Manager, None, SystemTime::now()).map_err(sec)?;
         let files = dir.certs();
-        files.write_ca_cert(ca.cert_pem()).map_err(sec)?;
-        files.write(cert.cert_pem(), &csr.key_pem()).map_err(sec)?;
+        // The first manager's certificate, by the CA made here or by the
+        // external one.
+        let security = match &opts.external_ca {
+            Some(ext) => {
+                let signer = ExternalSigner::new(&ext.url, &ext.cert_pem).map_err(sec)?;
+                let cert_pem = signer.sign(csr.csr_pem(), &node_id, Role::Manager, &cluster_id).await.map_err(sec)?;
+                files.write_ca_cert(&ext.cert_pem).map_err(sec)?;
+                files.write(&cert_pem, &csr.key_pem()).map_err(sec)?;
+                SecurityOptions {
+                    external_signer: Some(ext.clone()),
+                    node_cert_lifetime: opts.cert_lifetime,
+                    ..SecurityOptions::default()
+                }
+            }
+            None => {
+                let ca =
+                    ClusterCa::generate(&cluster_id, DEFAULT_CA_VALIDITY).map_err(sec)?.with_policy(policy.clone());
+                let cert =
+                    ca.sign_node_csr(csr.csr_pem(), &node_id, Role::Manager, None, SystemTime::now()).map_err(sec)?;
+                files.write_ca_cert(ca.cert_pem()).map_err(sec)?;
+                files.write(cert.cert_pem(), &csr.key_pem()).map_err(sec)?;
+                SecurityOptions {
+                    ca_validity: DEFAULT_CA_VALIDITY,
+                    external_ca: Some(ExternalCa { cert_pem: ca.cert_pem().to_owned(), key_pem: ca.key_pem() }),
+                    external_signer: None,
+                    node_cert_lifetime: opts.cert_lifetime,
+                }
+            }
+        };
         let mut record = NodeRecord {
             node_id: node_id.clone(),
             cluster_id: cluster_id.clone(),
@@ -382,11 +411,6 @@ impl SwarmNode {
             advertised: None,
         };
         dir.write_record(&record)?;
-        let security = SecurityOptions {
-            ca_validity: DEFAULT_CA_VALIDITY,
-            external_ca: Some(ExternalCa { cert_pem: ca.cert_pem().to_owned(), key_pem: ca.key_pem() }),
-            node_cert_lifetime: opts.cert_lifetime,
-        };
         let bootstrap = Bootstrap { cluster_id: cluster_id.clone(), security, spec: opts.cluster_spec.clone() };
         let (parts, tokens) =
             manager_parts(&opts, &dir, &mut record, vec![raft_id], Start::Init(Box::new(bootstrap))).await?;
@@ -544,7 +568,12 @@ async fn manager_parts(
     match start {
         Start::Init(b) => {
             wait_leader(&raft, Duration::from_secs(30)).await?;
-            let (_, t) = castore::init_security(&raft, &b.cluster_id, b.security).await.map_err(sec)?;
+            let t = match b.security.external_signer {
+                Some(ext) => castore::init_security_external(&raft, &b.cluster_id, ext, b.security.node_cert_lifetime)
+                    .await
+                    .map_err(sec)?,
+                None => castore::init_security(&raft, &b.cluster_id, b.security).await.map_err(sec)?.1,
+            };
             tokens = Some(Tokens { worker: t.worker().to_string(), manager: t.manager().to_string() });
             Cluster::new(store.clone()).set_cluster_spec(b.spec).await.map_err(|e| NodeError::Store(e.to_string()))?;
         }

@@ -344,7 +344,8 @@ fn a_ca_rotation_with_three_managers_and_two_workers_keeps_every_service_running
 
     // The join tokens were re-pinned to the new root: the old one is
     // refused for its CA digest, the new one (same secret) joins.
-    let refused = lab.try_join("w3", 6, &wt, m1.api).err().unwrap_or_else(|| panic!("the pre-rotation token is refused"));
+    let refused =
+        lab.try_join("w3", 6, &wt, m1.api).err().unwrap_or_else(|| panic!("the pre-rotation token is refused"));
     assert!(refused.contains("digest"), "{refused}");
     let new_wt = ctl(&s1, &["join-token", "worker", "--quiet"]).stdout.trim().to_owned();
     assert_ne!(new_wt, wt);
@@ -352,4 +353,82 @@ fn a_ca_rotation_with_three_managers_and_two_workers_keeps_every_service_running
     let w4 = lab.join("w4", 7, &new_wt, m1.api).daemon;
     eventually(Duration::from_secs(30), "6 nodes ready", || (ready_nodes(&s1) == 6).then_some(()));
     assert!(issued_by(&w4, &new_root));
+}
+
+/// `cfssl serve` on `addr` with the root `ca` (its key given to cfssl
+/// only), killed on drop.
+struct Cfssl(std::process::Child);
+
+impl Drop for Cfssl {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cfssl_serve(dir: &Path, ca: &swarm_security::ca::ClusterCa, ip: &str, port: u16) -> Cfssl {
+    std::fs::write(dir.join("root.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.join("root-key.pem"), ca.key_pem()).unwrap();
+    let config = r#"{"signing":{"default":{"expiry":"2160h","usages":["signing","digital signature","server auth","client auth"]}}}"#;
+    std::fs::write(dir.join("cfssl.json"), config).unwrap();
+    let log = std::fs::File::create(dir.join("cfssl.log")).unwrap();
+    let child = std::process::Command::new("cfssl")
+        .args(["serve", "-address", ip, "-port", &port.to_string(), "-loglevel", "1"])
+        .arg("-ca")
+        .arg(dir.join("root.pem"))
+        .arg("-ca-key")
+        .arg(dir.join("root-key.pem"))
+        .arg("-config")
+        .arg(dir.join("cfssl.json"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = Cfssl(child);
+    eventually(Duration::from_secs(20), "cfssl serve listening", || {
+        std::net::TcpStream::connect((ip, port)).ok().map(|_| ())
+    });
+    server
+}
+
+#[test]
+fn an_external_ca_signs_every_certificate_and_its_key_stays_out_of_the_cluster() {
+    if std::process::Command::new("cfssl").arg("version").output().is_err() {
+        swarm_conformance::skip::skip("needs cfssl (Debian's golang-cfssl; scripts/setup-deps.sh installs it)");
+        return;
+    }
+    let lab = Lab::new(54);
+    let root = swarm_security::ca::ClusterCa::generate("external-root", Duration::from_secs(365 * 86_400)).unwrap();
+    let cfssl = cfssl_serve(lab.dir.path(), &root, "127.54.0.9", 8888);
+    let root_path = lab.dir.path().join("root.pem");
+    let url = "http://127.54.0.9:8888";
+    let m1 = lab.init_with("m1", 1, &["--external-ca", url, "--external-ca-cert", root_path.to_str().unwrap()]);
+    let (wt, mt) = (m1.worker_token.clone().unwrap(), m1.manager_token.clone().unwrap());
+    let m1 = m1.daemon;
+    let s1 = m1.socket();
+    let m2 = lab.join("m2", 2, &mt, m1.api).daemon;
+    let w1 = lab.join("w1", 3, &wt, m1.api).daemon;
+    eventually(Duration::from_secs(30), "3 nodes ready", || (ready_nodes(&s1) == 3).then_some(()));
+    assert!(ctl(&s1, &["service", "create", "web", "--image", "busybox", "--replicas", "3"]).ok);
+    eventually(Duration::from_secs(30), "3 running", || (running(&s1, "web") == Some(3)).then_some(()));
+    // Every node trusts the external root and holds a certificate its key
+    // signed, with the identity the managers chose.
+    let root_der = root.cert_der().as_ref().to_vec();
+    for d in [&m1, &m2, &w1] {
+        assert_eq!(trusted_roots(d), std::slice::from_ref(&root_der), "{}", d.name);
+        assert!(issued_by(d, &root_der), "{}: issued by the external CA", d.name);
+        let id = JoinedNode::load(&certs(d)).unwrap().identity().unwrap();
+        assert_eq!(id.node_id, d.node_id);
+    }
+    assert!(m1.log_text().contains("the external CA issued a node certificate"), "{}", m1.log_text());
+    // The managers cannot rotate a root they hold no key of.
+    let out = ctl(&s1, &["ca", "--rotate"]);
+    assert!(!out.ok && out.stderr.contains("keeps"), "{} {}", out.stdout, out.stderr);
+
+    // The signer gone: a join fails naming it; the cluster goes on.
+    drop(cfssl);
+    let err = lab.try_join("w2", 4, &wt, m1.api).err().unwrap_or_else(|| panic!("a join without the signer"));
+    assert!(err.contains("external CA at http://127.54.0.9:8888"), "{err}");
+    assert!(ctl(&s1, &["service", "scale", "web=4"]).ok);
+    eventually(Duration::from_secs(30), "4 running", || (running(&s1, "web") == Some(4)).then_some(()));
 }

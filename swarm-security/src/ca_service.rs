@@ -40,6 +40,8 @@
 //! service's business: the dispatcher does it when the node connects.
 
 use std::sync::{Arc, Mutex};
+
+use rustls_pki_types::pem::PemObject;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -270,6 +272,12 @@ impl std::fmt::Debug for JoinTokensResponse {
     }
 }
 
+/// The cluster's root certificate and id.
+struct Root {
+    der: rustls_pki_types::CertificateDer<'static>,
+    cluster_id: String,
+}
+
 /// The `ca` service. See the [module docs](self).
 pub struct CaService {
     store: Arc<dyn Store>,
@@ -374,10 +382,13 @@ impl CaService {
         Ok(ca)
     }
 
-    /// The cluster's root CA in `state` (what join tokens pin).
-    fn ca(&self, state: &State) -> Result<Arc<ClusterCa>, Fault> {
+    /// The cluster's root certificate in `state` (what join tokens pin)
+    /// and its cluster id; with or without the key in the store.
+    fn ca(&self, state: &State) -> Result<Root, Fault> {
         let pem = castore::ca_cert_pem(state).map_err(store_fault)?;
-        self.cached(pem, || castore::cluster_ca(state))
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| Fault::new(Code::Unavailable, format!("the root certificate in the store: {e}")))?;
+        Ok(Root { der, cluster_id: castore::cluster_id(state).map_err(store_fault)? })
     }
 
     /// The CA that signs in `state`: the new root during a rotation.
@@ -387,6 +398,24 @@ impl CaService {
     }
 
     async fn sign(&self, state: &State, csr_pem: &str, node_id: &str, role: Role) -> Result<Reply, Fault> {
+        if let Some(external) = castore::external_signer(state).map_err(store_fault)? {
+            let cluster_id = castore::cluster_id(state).map_err(store_fault)?;
+            let cert_pem = external.sign(csr_pem, node_id, role, &cluster_id).await.map_err(|e| {
+                tracing::warn!(node_id, error = %e, "the external CA did not issue");
+                match e {
+                    crate::external::ExternalCaError::Refused { .. } => {
+                        CaRefusal::Signing { detail: e.to_string() }.fault()
+                    }
+                    other => Fault::new(Code::Unavailable, format!("cannot issue the certificate: {other}")),
+                }
+            })?;
+            return Reply::unary(&IssueResponse {
+                node_id: node_id.to_owned(),
+                role,
+                cert_pem,
+                ca_cert_pem: rotation::trust_bundle_pem(state).map_err(store_fault)?,
+            });
+        }
         let ca = self.signer(state)?;
         let lifetime = castore::node_cert_lifetime(state);
         let issued = ca.sign_node_csr(csr_pem, node_id, role, lifetime, SystemTime::now()).map_err(|e| {
@@ -421,7 +450,7 @@ impl CaService {
         };
         let token =
             JoinToken::parse(&req.token).map_err(|e| refuse(CaRefusal::MalformedToken { detail: e.to_string() }))?;
-        if token.verify_ca(ca.cert_der()).is_err() {
+        if token.verify_ca(&ca.der).is_err() {
             return Err(refuse(CaRefusal::WrongCa));
         }
         let tokens = castore::join_tokens(&state).map_err(store_fault)?;
@@ -437,7 +466,7 @@ impl CaService {
         }
         // A node keeps its id only if its certificate proves it is that node.
         let node_id = match (&peer.identity, &req.node_id) {
-            (Some(id), Some(asked)) if &id.node_id == asked && id.cluster_id == ca.cluster_id() => {
+            (Some(id), Some(asked)) if &id.node_id == asked && id.cluster_id == ca.cluster_id => {
                 if castore::is_removed(&state, asked) {
                     return Err(refuse(CaRefusal::Removed { node_id: asked.clone() }));
                 }
@@ -454,7 +483,7 @@ impl CaService {
         let id = peer.require(&[Role::Manager, Role::Worker], "ca.renew")?;
         let state = self.state().await?;
         let ca = self.ca(&state)?;
-        same_cluster(id, ca.cluster_id())?;
+        same_cluster(id, &ca.cluster_id)?;
         if castore::is_removed(&state, &id.node_id) {
             tracing::warn!(node_id = %id.node_id, "refused to renew a removed node's certificate");
             let refusal = CaRefusal::Removed { node_id: id.node_id.clone() };
@@ -470,7 +499,7 @@ impl CaService {
     async fn rotate(&self, peer: &Peer, req: RotateCaRequest) -> Result<Reply, Fault> {
         let state = self.state().await?;
         let ca = self.ca(&state)?;
-        let who = require_manager(peer, "ca.rotate", ca.cluster_id())?;
+        let who = require_manager(peer, "ca.rotate", &ca.cluster_id)?;
         let given = match (req.cert_pem, req.key_pem) {
             (Some(cert_pem), Some(key_pem)) => Some(castore::ExternalCa { cert_pem, key_pem }),
             (None, None) => None,
@@ -504,7 +533,7 @@ impl Handler for CaService {
                 let req: RevokeOperatorRequest = body("ca.revoke_operator", request)?;
                 let state = self.state().await?;
                 let ca = self.ca(&state)?;
-                let who = require_manager(peer, "ca.revoke_operator", ca.cluster_id())?;
+                let who = require_manager(peer, "ca.revoke_operator", &ca.cluster_id)?;
                 if req.name.is_empty() {
                     return Err(Fault::new(Code::BadRequest, "ca.revoke_operator: the operator name is empty"));
                 }
@@ -515,7 +544,7 @@ impl Handler for CaService {
             "rotation" => {
                 let state = self.state().await?;
                 let ca = self.ca(&state)?;
-                require_manager(peer, "ca.rotation", ca.cluster_id())?;
+                require_manager(peer, "ca.rotation", &ca.cluster_id)?;
                 Reply::unary(&rotation::status(&state).map_err(store_fault)?)
             }
             "issue" => self.issue(peer, body("ca.issue", request)?).await,
@@ -523,7 +552,7 @@ impl Handler for CaService {
             "join_tokens" => {
                 let state = self.state().await?;
                 let ca = self.ca(&state)?;
-                require_manager(peer, "ca.join_tokens", ca.cluster_id())?;
+                require_manager(peer, "ca.join_tokens", &ca.cluster_id)?;
                 let tokens = castore::join_tokens(&state).map_err(store_fault)?;
                 Reply::unary(&tokens_response(&tokens))
             }
@@ -531,7 +560,7 @@ impl Handler for CaService {
                 let req: RotateRequest = body("ca.rotate_join_token", request)?;
                 let state = self.state().await?;
                 let ca = self.ca(&state)?;
-                let who = require_manager(peer, "ca.rotate_join_token", ca.cluster_id())?;
+                let who = require_manager(peer, "ca.rotate_join_token", &ca.cluster_id)?;
                 let tokens = castore::rotate_join_token(&*self.store, req.role).await.map_err(|e| match e {
                     // A role without a join token (operators, once they exist).
                     CaStoreError::Token(e) => Fault::new(Code::BadRequest, format!("ca.rotate_join_token: {e}")),

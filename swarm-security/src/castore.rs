@@ -47,6 +47,7 @@ use crate::ca::{CaError, ClusterCa, DEFAULT_CA_VALIDITY};
 use crate::role::Role;
 use crate::rpc::{Code, Fault, Gate, Peer};
 use crate::token::{JoinTokens, TokenError};
+use rustls_pki_types::pem::PemObject;
 
 /// How many times a write is retried after a version conflict.
 const ATTEMPTS: usize = 10;
@@ -80,6 +81,17 @@ pub enum CaStoreError {
         /// The CA certificate's O.
         found: String,
     },
+    /// The external signing service's settings are not usable.
+    #[error("external CA: {0}")]
+    External(#[from] crate::external::ExternalCaError),
+    /// The operation needs the CA key, which an external CA keeps.
+    #[error("{what} needs the CA key, which the external CA at {url} keeps")]
+    KeyIsExternal {
+        /// What needed it.
+        what: &'static str,
+        /// The signer's URL.
+        url: String,
+    },
     /// A token could not be drawn, or those in the store do not parse.
     #[error("join tokens: {0}")]
     Token(#[from] TokenError),
@@ -110,6 +122,16 @@ impl std::fmt::Debug for ExternalCa {
     }
 }
 
+/// An external signing service holding the root key
+/// ([`crate::external`]): only its root certificate goes into the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalSignerConfig {
+    /// `http://host:port[/prefix]` of its CFSSL API.
+    pub url: String,
+    /// Its root certificate, PEM.
+    pub cert_pem: String,
+}
+
 /// How [`init_security`] sets the plane up.
 #[derive(Debug, Clone)]
 pub struct SecurityOptions {
@@ -117,6 +139,9 @@ pub struct SecurityOptions {
     pub ca_validity: Duration,
     /// Use this CA instead of generating one.
     pub external_ca: Option<ExternalCa>,
+    /// Have this signing service sign (the key stays with it); excludes
+    /// `external_ca`.
+    pub external_signer: Option<ExternalSignerConfig>,
     /// Lifetime of the node certificates the CA issues; `None` keeps the
     /// default (90 days).
     pub node_cert_lifetime: Option<Duration>,
@@ -124,7 +149,12 @@ pub struct SecurityOptions {
 
 impl Default for SecurityOptions {
     fn default() -> Self {
-        SecurityOptions { ca_validity: DEFAULT_CA_VALIDITY, external_ca: None, node_cert_lifetime: None }
+        SecurityOptions {
+            ca_validity: DEFAULT_CA_VALIDITY,
+            external_ca: None,
+            external_signer: None,
+            node_cert_lifetime: None,
+        }
     }
 }
 
@@ -148,6 +178,12 @@ pub async fn init_security<S: Store + ?Sized>(
     cluster_id: &str,
     opts: SecurityOptions,
 ) -> Result<(ClusterCa, JoinTokens), CaStoreError> {
+    if opts.external_signer.is_some() {
+        return Err(CaStoreError::KeyIsExternal {
+            what: "init_security (use init_security_external)",
+            url: opts.external_signer.map(|e| e.url).unwrap_or_default(),
+        });
+    }
     let ca = match &opts.external_ca {
         Some(ext) => {
             let ca = ClusterCa::from_pem(&ext.cert_pem, &ext.key_pem)?;
@@ -165,6 +201,7 @@ pub async fn init_security<S: Store + ?Sized>(
     let security = ClusterSecurity {
         ca_cert_pem: ca.cert_pem().to_owned(),
         ca_key_pem: SecretBytes(ca.key_pem().into_bytes()),
+        external_ca_url: String::new(),
         worker_token: SecretBytes(tokens.worker().to_string().into_bytes()),
         manager_token: SecretBytes(tokens.manager().to_string().into_bytes()),
         node_cert_lifetime: opts.node_cert_lifetime.map(SpecDuration::from).unwrap_or(SpecDuration::ZERO),
@@ -172,6 +209,45 @@ pub async fn init_security<S: Store + ?Sized>(
         revoked_operators: Default::default(),
         rotation: None,
     };
+    write_security(store, cluster_id, security).await?;
+    tracing::info!(cluster_id, "security plane initialised: root CA and join tokens in the store");
+    Ok((ca, tokens))
+}
+
+/// [`init_security`] with an external CA: only `ext`'s root certificate
+/// and URL go into the store; the key stays with the signing service,
+/// which signs every certificate ([`crate::external`]). Returns the join
+/// tokens (pinned to that root).
+pub async fn init_security_external<S: Store + ?Sized>(
+    store: &S,
+    cluster_id: &str,
+    ext: ExternalSignerConfig,
+    node_cert_lifetime: Option<Duration>,
+) -> Result<JoinTokens, CaStoreError> {
+    let signer = crate::external::ExternalSigner::new(&ext.url, &ext.cert_pem)?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(ext.cert_pem.as_bytes())
+        .map_err(|e| CaError::BadCertificate(format!("the external CA's root certificate: {e}")))?;
+    let tokens = JoinTokens::generate(&der)?;
+    let security = ClusterSecurity {
+        ca_cert_pem: crate::ca::pem_of(&der),
+        external_ca_url: signer.url().to_owned(),
+        worker_token: SecretBytes(tokens.worker().to_string().into_bytes()),
+        manager_token: SecretBytes(tokens.manager().to_string().into_bytes()),
+        node_cert_lifetime: node_cert_lifetime.map(SpecDuration::from).unwrap_or(SpecDuration::ZERO),
+        ..ClusterSecurity::default()
+    };
+    write_security(store, cluster_id, security).await?;
+    tracing::info!(cluster_id, signer = %signer.url(), "security plane initialised with an external CA");
+    Ok(tokens)
+}
+
+/// Writes a new security plane into the Cluster object (created if
+/// absent), refusing when one is there or the object has another id.
+async fn write_security<S: Store + ?Sized>(
+    store: &S,
+    cluster_id: &str,
+    security: ClusterSecurity,
+) -> Result<(), CaStoreError> {
     let mut refusal = None;
     update_with_retry(store, ATTEMPTS, |state| {
         refusal = None;
@@ -199,19 +275,36 @@ pub async fn init_security<S: Store + ?Sized>(
         }
     })
     .await?;
-    if let Some(e) = refusal {
-        return Err(e);
+    match refusal {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    tracing::info!(cluster_id, "security plane initialised: root CA and join tokens in the store");
-    Ok((ca, tokens))
 }
 
 /// The root CA kept in the store, loaded ([`ClusterCa::from_pem`]) with
 /// the default signing policy.
 pub fn cluster_ca(state: &State) -> Result<ClusterCa, CaStoreError> {
     let sec = security(state)?;
+    if !sec.external_ca_url.is_empty() {
+        return Err(CaStoreError::KeyIsExternal { what: "signing here", url: sec.external_ca_url.clone() });
+    }
     let key = text(&sec.ca_key_pem, "CA key")?;
     Ok(ClusterCa::from_pem(&sec.ca_cert_pem, &key)?)
+}
+
+/// The external CA of `state`, if its key is not in the store.
+pub fn external_signer(state: &State) -> Result<Option<crate::external::ExternalSigner>, CaStoreError> {
+    let sec = security(state)?;
+    if sec.external_ca_url.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(crate::external::ExternalSigner::new(&sec.external_ca_url, &sec.ca_cert_pem)?))
+}
+
+/// The cluster id of `state` (its Cluster object's id).
+pub fn cluster_id(state: &State) -> Result<String, CaStoreError> {
+    security(state)?;
+    Ok(state.cluster().map(|c| c.id.to_string()).unwrap_or_default())
 }
 
 /// The root CA certificate (PEM) kept in the store.
@@ -525,6 +618,29 @@ mod tests {
         assert_eq!(ca.cert_pem(), ext.cert_pem());
         let state = store.snapshot().await.unwrap();
         assert_eq!(node_cert_lifetime(&state), Some(Duration::from_secs(7_200)));
+    }
+
+    #[tokio::test]
+    async fn an_external_signer_keeps_the_key_out_of_the_store() {
+        let root = ClusterCa::generate("anything", Duration::from_secs(86_400)).unwrap();
+        let ext = ExternalSignerConfig { url: "http://127.0.0.1:8888".into(), cert_pem: root.cert_pem().to_owned() };
+        let store = MemStore::new();
+        let tokens = init_security_external(&store, "c1", ext, None).await.unwrap();
+        let state = store.snapshot().await.unwrap();
+        let sec = &state.cluster().unwrap().security;
+        assert!(sec.ca_key_pem.0.is_empty(), "no key in the store");
+        assert_eq!(sec.ca_cert_pem, root.cert_pem());
+        assert_eq!(join_tokens(&state).unwrap(), tokens);
+        tokens.worker().verify_ca(root.cert_der()).unwrap();
+        assert_eq!(external_signer(&state).unwrap().unwrap().url(), "http://127.0.0.1:8888");
+        assert_eq!(cluster_id(&state).unwrap(), "c1");
+        let err = cluster_ca(&state).unwrap_err();
+        assert!(matches!(err, CaStoreError::KeyIsExternal { .. }), "{err}");
+        let err = crate::rotation::start_rotation(&store, None, None).await.unwrap_err();
+        assert!(err.to_string().contains("a CA rotation"), "{err}");
+        let https = ExternalSignerConfig { url: "https://127.0.0.1:8888".into(), cert_pem: root.cert_pem().to_owned() };
+        let err = init_security_external(&MemStore::new(), "c1", https, None).await.unwrap_err();
+        assert!(err.to_string().contains("https is not supported"), "{err}");
     }
 
     #[tokio::test]

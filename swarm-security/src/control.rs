@@ -958,6 +958,16 @@ impl ControlService {
                 let unusable = |e: crate::castore::CaStoreError| ControlError::Certificate {
                     message: format!("the cluster's CA is not usable from the store: {e}"),
                 };
+                if let Some(external) = crate::castore::external_signer(&state).map_err(unusable)? {
+                    let cluster_id = crate::castore::cluster_id(&state).map_err(unusable)?;
+                    let cert_pem = external
+                        .sign(&req.csr_pem, &req.name, Role::Operator, &cluster_id)
+                        .await
+                        .map_err(|e| ControlError::Certificate { message: e.to_string() })?;
+                    tracing::info!(operator = %req.name, "control API: the external CA issued an operator certificate");
+                    let ca_cert_pem = crate::rotation::trust_bundle_pem(&state).map_err(unusable)?;
+                    return Ok(OperatorCert { cert_pem, ca_cert_pem });
+                }
                 roots = Some(crate::rotation::trust_bundle_pem(&state).map_err(unusable)?);
                 Arc::new(crate::rotation::signing_ca(&state).map_err(unusable)?)
             }

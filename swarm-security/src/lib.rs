@@ -36,6 +36,7 @@ pub mod ca_service;
 pub mod castore;
 pub mod control;
 pub mod dispatch;
+pub mod external;
 pub mod files;
 pub mod identity;
 pub mod join;

@@ -163,6 +163,12 @@ pub async fn start_rotation<S: Store + ?Sized>(
     validity: Option<Duration>,
 ) -> Result<RotationStatus, CaStoreError> {
     let state = store.snapshot().await?;
+    if let Some(external) = crate::castore::external_signer(&state)? {
+        return Err(CaStoreError::KeyIsExternal {
+            what: "a CA rotation (the current root cross-signs the new one)",
+            url: external.url().to_owned(),
+        });
+    }
     let current = cluster_ca(&state)?;
     let successor = match new {
         Some(ext) => {

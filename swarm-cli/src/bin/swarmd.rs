@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! swarmd init --state-dir DIR [node flags] [--heartbeat 5s] [--cert-expiry 2160h]
+//!             [--external-ca http://HOST:PORT --external-ca-cert ROOT.pem]   (a CFSSL signer keeps the CA key)
 //! swarmd join --token SWMTKN-1-... --state-dir DIR [node flags] MANAGER_ADDR
 //! swarmd run  --state-dir DIR [node flags] [--force-new-cluster]   (restart a node set up before)
 //!
@@ -37,7 +38,7 @@ type Error = Box<dyn std::error::Error>;
 fn usage() -> &'static str {
     "usage: swarmd init|join|run --state-dir DIR [--listen-addr HOST:PORT] [--raft-addr HOST:PORT] \
      [--advertise-addr IP] [--hostname NAME] [--runtime sim|docker|containerd] [--cpus N] [--memory BYTES] \
-     [--raft-tick DURATION] [--allow-short-certs]\n  init: [--heartbeat DURATION] [--cert-expiry DURATION]\n  join: --token TOKEN MANAGER_ADDR\n  run: [--force-new-cluster]"
+     [--raft-tick DURATION] [--allow-short-certs]\n  init: [--heartbeat DURATION] [--cert-expiry DURATION] [--external-ca URL --external-ca-cert FILE]\n  join: --token TOKEN MANAGER_ADDR\n  run: [--force-new-cluster]"
 }
 
 fn duration(a: &mut Args, name: &str) -> Result<Option<Duration>, ArgError> {
@@ -93,6 +94,14 @@ async fn run() -> Result<(), Error> {
     let allow_short_certs = a.switch("allow-short-certs");
     let force_new_cluster = a.switch("force-new-cluster");
     let token = a.value("token");
+    let external_ca = match (a.value("external-ca"), a.value("external-ca-cert")) {
+        (Some(url), Some(path)) => {
+            let cert_pem = std::fs::read_to_string(&path).map_err(|e| format!("--external-ca-cert {path}: {e}"))?;
+            Some(swarm_security::castore::ExternalSignerConfig { url, cert_pem })
+        }
+        (None, None) => None,
+        _ => return Err("--external-ca URL and --external-ca-cert FILE go together".into()),
+    };
     let remote: Option<SocketAddr> = if command == "join" {
         let w = a.word("MANAGER_ADDR (host:port of a manager)")?;
         Some(w.parse().map_err(|e| format!("MANAGER_ADDR {w:?} is not host:port: {e}"))?)
@@ -113,6 +122,7 @@ async fn run() -> Result<(), Error> {
         cert_lifetime,
         allow_short_certs,
         force_new_cluster,
+        external_ca,
     };
     let node = match command.as_str() {
         "init" => {

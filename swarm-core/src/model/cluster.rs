@@ -30,6 +30,10 @@ pub struct ClusterSecurity {
     pub ca_cert_pem: String,
     /// PEM of the root CA's signing key (empty with an external CA).
     pub ca_key_pem: SecretBytes,
+    /// With an external CA (whose key is not in the store): the URL of its
+    /// signing service (CFSSL's API). Empty otherwise.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub external_ca_url: String,
     /// The worker join token (`SWMTKN-1-...`).
     pub worker_token: SecretBytes,
     /// The manager join token.
