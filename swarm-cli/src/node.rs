@@ -614,7 +614,8 @@ async fn manager_parts(
         .with_leader(leader_addr)
         .with_managers(managers)
         .with_roles(roles);
-    let cluster = Cluster::new(store.clone());
+    let voters_raft = raft.clone();
+    let cluster = Cluster::new(store.clone()).with_voters(move || voters_raft.status().voters);
     let router = Arc::new(
         Router::new()
             .route("dispatcher", Arc::new(dispatcher))
