@@ -799,8 +799,8 @@ mod tests {
             for k in 0..n {
                 let voters: Vec<VoterReach> =
                     (1..=n).map(|i| voter(i, &format!("m{i}"), i == 1 || i > k + 1)).collect();
-                let left = n - 1;
-                let allowed = left > 0 && left - k >= left / 2 + 1;
+                let (left, quorum) = (n - 1, (n - 1) / 2 + 1);
+                let allowed = left > 0 && left - k >= quorum;
                 assert_eq!(check_voter_removal(&voters, 1).is_ok(), allowed, "{n} voters, {k} unreachable");
             }
         }
