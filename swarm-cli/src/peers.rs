@@ -9,6 +9,10 @@
 //! every other manager redials it there. A manager that is no longer
 //! recorded (demoted) loses its name: its certificate is no longer
 //! admitted on the raft port.
+//!
+//! [`MemberCache`] holds the same members for the dispatcher's answers,
+//! which carry them on every heartbeat: it follows the store's Node
+//! changes instead of walking every node per answer.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
