@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use swarm_core::cluster::{check_voter_removal, voter_reach};
 use swarm_core::id::NodeId;
 use swarm_core::model::{ManagerStatus, Node, NodeRole};
 use swarm_core::state::Transaction;
@@ -191,8 +192,11 @@ impl Handler for MembershipService {
 /// leader first hands leadership over when it is the one demoted, so the
 /// cluster never waits on a leader that is leaving, moby/moby#34384) and
 /// its manager status cleared; a voter whose Node object is gone is
-/// removed. Demoting the last manager is refused (logged): a cluster
-/// needs one. Runs every `period` until the task is dropped.
+/// removed. A demoted manager whose removal would leave the voters
+/// without a reachable quorum (or without managers) stays a voter until
+/// it would not ([`check_voter_removal`]; logged): the control API
+/// already refuses such a demotion, but a manager may be lost after it
+/// was accepted. Runs every `period` until the task is dropped.
 pub async fn reconcile_loop(raft: RaftStore, period: std::time::Duration) {
     loop {
         tokio::time::sleep(period).await;
@@ -215,8 +219,11 @@ pub async fn reconcile_once(raft: &RaftStore) -> Result<Vec<String>, swarm_core:
     for node in state.nodes().filter(|n| n.spec.role == NodeRole::Worker && n.manager.is_some()) {
         let Some(m) = &node.manager else { continue };
         if status.voters.contains(&m.raft_id) {
-            if status.voters.len() <= 1 {
-                tracing::warn!(node = %node.id, "raft membership: the last manager cannot be demoted");
+            // The control API refused a demotion that would lose the
+            // reachable quorum; a manager lost since then makes this one
+            // wait (SwarmKit's role manager waits the same way).
+            if let Err(loss) = check_voter_removal(&voter_reach(&state, &status.voters), m.raft_id) {
+                tracing::warn!(node = %node.id, reason = %loss, "raft membership: a demoted manager stays a voter for now");
                 continue;
             }
             tracing::info!(node = %node.id, raft_id = m.raft_id, "raft membership: removing a demoted manager");

@@ -641,10 +641,12 @@ async fn manager_parts(
 
     let leader_raft = raft.clone();
     let leader_addr = move || peers::leader_api_addr(&leader_raft);
-    let members_raft = raft.clone();
-    let managers = move || {
-        peers::members(&members_raft.stale_snapshot()).into_iter().map(|m| m.status.api_addr).collect::<Vec<_>>()
-    };
+    // Every heartbeat answer carries the managers: read from a cache that
+    // follows the store's Node changes, not a walk over every node.
+    let member_cache = peers::MemberCache::new(&raft.stale_snapshot());
+    let (following, follow_raft) = (member_cache.clone(), raft.clone());
+    tasks.push(spawn(async move { following.follow(&follow_raft).await }));
+    let managers = move || member_cache.api_addrs();
     let roles_raft = raft.clone();
     let roles = move |node: &str| {
         roles_raft.stale_snapshot().node(&swarm_core::id::NodeId::new(node)).map(|n| n.spec.role.as_str().to_owned())
@@ -655,7 +657,8 @@ async fn manager_parts(
         .with_managers(managers)
         .with_roles(roles)
         .with_ca_hint(move || rotation::hint(&hint_raft.stale_snapshot()));
-    let cluster = Cluster::new(store.clone());
+    let voters_raft = raft.clone();
+    let cluster = Cluster::new(store.clone()).with_voters(move || voters_raft.status().voters);
     let router = Arc::new(
         Router::new()
             .route("dispatcher", Arc::new(dispatcher))

@@ -265,3 +265,62 @@ fn workers_are_promoted_and_the_leader_demoted_in_place() {
     };
     assert!(ids(&before).is_subset(&ids(&after)), "the original tasks kept running through the role changes");
 }
+
+fn node_row(socket: &std::path::Path, host: &str) -> Option<Value> {
+    nodes(socket).into_iter().find(|n| n["description"]["hostname"] == host)
+}
+
+#[test]
+fn a_demotion_that_would_lose_the_reachable_quorum_is_refused() {
+    let lab = Lab::new(33);
+    let m1 = lab.init("m1", 1);
+    let mt = m1.manager_token.clone().unwrap();
+    let api = m1.daemon.api;
+    let s1 = m1.daemon.socket();
+    let _m1 = m1.daemon;
+    let m2 = lab.join("m2", 2, &mt, api).daemon;
+    let mut m3 = lab.join("m3", 3, &mt, api).daemon;
+    let (m2_id, m3_id) = (m2.node_id.clone(), m3.node_id.clone());
+    eventually(Duration::from_secs(30), "3 managers, each leader or reachable", || {
+        let up = ["m1", "m2", "m3"]
+            .iter()
+            .filter(|h| matches!(standing(&s1, h).as_deref(), Some("leader" | "reachable")))
+            .count();
+        (up == 3).then_some(())
+    });
+
+    // m3 stops; once its heartbeats are missed it is unreachable.
+    assert!(m3.stop().is_some());
+    eventually(Duration::from_secs(30), "m3 down and unreachable", || {
+        let n = node_row(&s1, "m3")?;
+        (n["status"]["state"] == "down" && n["manager_status"] == "unreachable").then_some(())
+    });
+    let before = node_row(&s1, "m2").unwrap();
+    let out = ctl(&s1, &["node", "demote", "m2"]);
+    assert!(!out.ok, "demoting m2 with m3 down must be refused: {}", out.stdout);
+    let why =
+        format!("demoting node {m2_id} would leave 1 reachable manager of 2: a quorum needs 2 (unreachable: {m3_id})");
+    assert!(out.stderr.contains(&why), "{}", out.stderr);
+    // Nothing changed: m2 is still a manager and a voter.
+    let after = node_row(&s1, "m2").unwrap();
+    assert_eq!(after["spec"], before["spec"]);
+    assert_eq!(after["manager"], before["manager"]);
+    assert_eq!(after["spec"]["role"], "manager");
+    assert!(matches!(standing(&s1, "m2").as_deref(), Some("leader" | "reachable")), "{after}");
+    // The quorum that is left still takes writes.
+    assert!(ctl(&s1, &["service", "create", "still", "--image", "busybox"]).ok);
+
+    // With all three up, the same demotion goes through: m2 leaves raft
+    // and goes on as a worker.
+    let _m3 = lab.restart("m3", 3).daemon;
+    eventually(Duration::from_secs(30), "m3 reachable again", || {
+        (standing(&s1, "m3").as_deref() == Some("reachable")).then_some(())
+    });
+    let out = ctl(&s1, &["node", "demote", "m2"]);
+    assert!(out.ok, "{}", out.stderr);
+    eventually(Duration::from_secs(60), "m2 a worker, out of raft", || {
+        let n = node_row(&s1, "m2")?;
+        (n["spec"]["role"] == "worker" && n["manager"].is_null() && n["status"]["state"] == "ready").then_some(())
+    });
+    drop(m2);
+}

@@ -31,8 +31,9 @@
 //! - after healing: all five nodes are ready, the old leader follows the
 //!   new one, the service has exactly 6 running tasks and 6 running
 //!   containers across both workers, and w4's containers, whose tasks
-//!   were replaced, are stopped (not yet removed: the orphaned tasks stay
-//!   as history; see docs/orchestration.md).
+//!   were replaced (ORPHANED), are removed: the reaper deletes orphaned
+//!   tasks once their node is ready again, and w4's agent removes the
+//!   containers of tasks no longer assigned to it.
 //!
 //! It needs root (namespaces, veths, iptables), `ip`, `iptables` and a
 //! Docker Engine: without them it is a recorded skip, and a failure under
@@ -397,14 +398,19 @@ fn a_partitioned_leader_steps_down_the_majority_goes_on_and_the_minority_reconci
         let n = node_states(&maj_socket)?;
         (n.len() == 5 && n.iter().all(|(_, s)| s == "ready")).then_some(())
     });
-    // The replaced tasks are ORPHANED; w4's agent stops their containers.
-    // It removes a container only when its task is deleted, and the reaper
-    // keeps orphaned tasks as history: reaping them once their node is back
-    // (as SwarmKit does) was taken back for now (docs/orchestration.md,
-    // the known gap and why).
-    eventually(budget.at_most(Duration::from_secs(30)), "w4's replaced containers stopped", || {
-        containers.running(&w4_id, &service).is_disjoint(&before).then_some(())
-    });
+    // The replaced tasks are ORPHANED; once w4 is ready again the reaper
+    // deletes them, and w4's agent removes their containers (it removes
+    // the containers of tasks no longer assigned to it).
+    eventually(
+        budget.at_most(Duration::from_secs(30)),
+        "w4's orphaned tasks deleted, their containers removed",
+        || {
+            let tasks = ctl_json(&maj_socket, &["service", "ps", &service]).ok()?;
+            let orphaned = tasks.as_array()?.iter().filter(|t| t["status"]["state"] == "orphaned").count();
+            let on_w4: BTreeSet<String> = containers.of(&w4_id).into_iter().map(|c| c.id).collect();
+            (orphaned == 0 && on_w4.is_disjoint(&before)).then_some(())
+        },
+    );
     eventually(budget.at_most(Duration::from_secs(30)), "exactly 6 replicas, as tasks and as containers", || {
         let tasks = running_tasks(&maj_socket, &service)?;
         let running = containers.running(&w4_id, &service).len() + containers.running(&w5_id, &service).len();

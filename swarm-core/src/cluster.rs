@@ -67,6 +67,10 @@ pub enum ClusterError {
         /// Its raft id.
         raft_id: u64,
     },
+    /// Demoting a manager would leave the raft group without a reachable
+    /// quorum (or without managers); nothing changed.
+    #[error("{0}")]
+    WouldLoseQuorum(QuorumLoss),
     /// No previous spec to roll back to.
     #[error("service {0:?} has no previous spec to roll back to")]
     NoPreviousSpec(String),
@@ -168,11 +172,107 @@ fn describe(new: &Object, old: Option<&Object>) -> String {
     }
 }
 
+/// One raft voter as the demotion check ([`check_voter_removal`]) sees
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoterReach {
+    /// Its raft id.
+    pub raft_id: u64,
+    /// Its node id (`raft id N` when no Node object records it).
+    pub node: String,
+    /// Whether it is heard from: its Node is READY (its agent heartbeats
+    /// to the leader), what `node ls` shows as `reachable`.
+    pub reachable: bool,
+    /// Already on its way out (demoted, or no longer recorded) and not
+    /// yet removed from the voters: not counted among those that remain.
+    pub leaving: bool,
+}
+
+/// Why removing a voter was refused: the voters left would not form a
+/// reachable quorum.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuorumLoss {
+    /// The manager whose demotion was refused.
+    pub node: String,
+    /// Voters that would remain.
+    pub remaining: u64,
+    /// Of those, how many are reachable now.
+    pub reachable: u64,
+    /// The quorum of `remaining`.
+    pub quorum: u64,
+    /// The unreachable ones that would remain, by node id.
+    pub unreachable: Vec<String>,
+}
+
+impl std::fmt::Display for QuorumLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.remaining == 0 {
+            return write!(f, "node {} is the last manager: a cluster needs one; promote another first", self.node);
+        }
+        let plural = if self.reachable == 1 { "" } else { "s" };
+        write!(
+            f,
+            "demoting node {} would leave {} reachable manager{plural} of {}: a quorum needs {}",
+            self.node, self.reachable, self.remaining, self.quorum
+        )?;
+        if !self.unreachable.is_empty() {
+            write!(f, " (unreachable: {})", self.unreachable.join(", "))?;
+        }
+        write!(f, "; bring the unreachable managers back, or demote them first")
+    }
+}
+
+/// The raft `voters` as [`check_voter_removal`] sees them in `state`: each
+/// one's node (the Node whose manager status has its raft id), whether it
+/// is reachable (READY) and whether it is already leaving (its role is
+/// worker: demoted, removal pending; or no Node records it: the
+/// membership reconciler removes such voters).
+pub fn voter_reach(state: &State, voters: &[u64]) -> Vec<VoterReach> {
+    voters
+        .iter()
+        .map(|id| match state.nodes().find(|n| n.manager.as_ref().is_some_and(|m| m.raft_id == *id)) {
+            Some(n) => VoterReach {
+                raft_id: *id,
+                node: n.id.to_string(),
+                reachable: n.status.state == NodeState::Ready,
+                leaving: n.spec.role == NodeRole::Worker,
+            },
+            None => VoterReach { raft_id: *id, node: format!("raft id {id}"), reachable: false, leaving: true },
+        })
+        .collect()
+}
+
+/// Whether the voter `removing` may leave the raft group: the voters that
+/// remain (all but it and those already leaving) must keep a quorum among
+/// the reachable ones, as SwarmKit's `CanRemoveMember` requires for a
+/// demotion. Removing the last one is refused. Removing a raft id that is
+/// not a voter loses nothing.
+pub fn check_voter_removal(voters: &[VoterReach], removing: u64) -> Result<(), QuorumLoss> {
+    let Some(target) = voters.iter().find(|v| v.raft_id == removing) else { return Ok(()) };
+    let left: Vec<&VoterReach> = voters.iter().filter(|v| v.raft_id != removing && !v.leaving).collect();
+    let quorum = left.len() / 2 + 1;
+    let reachable = left.iter().filter(|v| v.reachable).count();
+    if !left.is_empty() && reachable >= quorum {
+        return Ok(());
+    }
+    Err(QuorumLoss {
+        node: target.node.clone(),
+        remaining: left.len() as u64,
+        reachable: reachable as u64,
+        quorum: quorum as u64,
+        unreachable: left.iter().filter(|v| !v.reachable).map(|v| v.node.clone()).collect(),
+    })
+}
+
+/// The raft group's voters, asked when a demotion is decided.
+type Voters = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
+
 /// The embedding API. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
     store: Arc<dyn Store>,
     ids: Arc<Mutex<IdGen>>,
+    voters: Option<Voters>,
 }
 
 fn task_affecting(a: &ServiceSpec, b: &ServiceSpec) -> bool {
@@ -182,12 +282,23 @@ fn task_affecting(a: &ServiceSpec, b: &ServiceSpec) -> bool {
 impl Cluster {
     /// A cluster handle over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Cluster { store, ids: Arc::new(Mutex::new(IdGen::from_entropy())) }
+        Cluster { store, ids: Arc::new(Mutex::new(IdGen::from_entropy())), voters: None }
     }
 
     /// Like [`Cluster::new`] with reproducible ids.
     pub fn with_seed(store: Arc<dyn Store>, seed: u64) -> Self {
-        Cluster { store, ids: Arc::new(Mutex::new(IdGen::seeded(seed))) }
+        Cluster { store, ids: Arc::new(Mutex::new(IdGen::seeded(seed))), voters: None }
+    }
+
+    /// The same cluster, told the raft group's voters (`voters` is asked
+    /// at each demotion): demoting a manager that is a voter is then
+    /// refused ([`ClusterError::WouldLoseQuorum`]) when the voters left
+    /// would not keep a reachable quorum ([`check_voter_removal`]).
+    /// Without it (an in-process cluster has no raft group) demotions are
+    /// not checked.
+    pub fn with_voters(mut self, voters: impl Fn() -> Vec<u64> + Send + Sync + 'static) -> Self {
+        self.voters = Some(Arc::new(voters));
+        self
     }
 
     /// The store underneath.
@@ -510,9 +621,25 @@ impl Cluster {
         .await
     }
 
-    /// Sets a node's role.
+    /// Sets a node's role. Demoting a manager that is a raft voter is
+    /// refused when the voters left would not keep a reachable quorum
+    /// (with [`Cluster::with_voters`]; see [`check_voter_removal`]).
     pub async fn set_node_role(&self, name: &str, role: NodeRole) -> Result<(), ClusterError> {
-        self.modify_node(name, |n| n.spec.role = role).await
+        let voters = match (&self.voters, role) {
+            (Some(voters), NodeRole::Worker) => Some(voters()),
+            _ => None,
+        };
+        self.write(|state| {
+            let mut n = Self::find_node(state, name)?;
+            if let (Some(voters), Some(m)) = (&voters, &n.manager)
+                && n.spec.role == NodeRole::Manager
+            {
+                check_voter_removal(&voter_reach(state, voters), m.raft_id).map_err(ClusterError::WouldLoseQuorum)?;
+            }
+            n.spec.role = role;
+            Ok(Some(Transaction::new().update(n)))
+        })
+        .await
     }
 
     /// Removes a node. Refused while it still runs tasks (not yet in a
@@ -609,3 +736,104 @@ impl Cluster {
 }
 
 use crate::model::Cluster as Cluster_;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    fn voter(raft_id: u64, node: &str, reachable: bool) -> VoterReach {
+        VoterReach { raft_id, node: node.into(), reachable, leaving: false }
+    }
+
+    #[test]
+    fn a_demotion_must_leave_a_reachable_quorum() {
+        let all_up = [voter(1, "m1", true), voter(2, "m2", true), voter(3, "m3", true)];
+        assert_eq!(check_voter_removal(&all_up, 2), Ok(()));
+        // m3 unreachable: demoting m2 leaves m1 alone reachable of two.
+        let m3_down = [voter(1, "m1", true), voter(2, "m2", true), voter(3, "m3", false)];
+        let loss = check_voter_removal(&m3_down, 2).unwrap_err();
+        assert_eq!(
+            loss,
+            QuorumLoss { node: "m2".into(), remaining: 2, reachable: 1, quorum: 2, unreachable: vec!["m3".into()] }
+        );
+        assert_eq!(
+            loss.to_string(),
+            "demoting node m2 would leave 1 reachable manager of 2: a quorum needs 2 (unreachable: m3); \
+             bring the unreachable managers back, or demote them first"
+        );
+        // Demoting the unreachable one is fine: two reachable of two remain.
+        assert_eq!(check_voter_removal(&m3_down, 3), Ok(()));
+        // A raft id that is not a voter loses nothing.
+        assert_eq!(check_voter_removal(&m3_down, 9), Ok(()));
+    }
+
+    #[test]
+    fn the_last_manager_cannot_be_demoted() {
+        let loss = check_voter_removal(&[voter(1, "m1", true)], 1).unwrap_err();
+        assert_eq!(loss.remaining, 0);
+        assert!(loss.to_string().starts_with("node m1 is the last manager"), "{loss}");
+        // Nor the last one that is not already leaving.
+        let mut leaving = voter(1, "m1", true);
+        leaving.leaving = true;
+        let loss = check_voter_removal(&[leaving, voter(2, "m2", true)], 2).unwrap_err();
+        assert_eq!((loss.node.as_str(), loss.remaining), ("m2", 0));
+    }
+
+    #[test]
+    fn voters_already_leaving_do_not_count_among_those_left() {
+        // m3 demoted, its removal pending: demoting m2 leaves m1 alone.
+        let mut m3 = voter(3, "m3", true);
+        m3.leaving = true;
+        assert_eq!(check_voter_removal(&[voter(1, "m1", true), voter(2, "m2", true), m3.clone()], 2), Ok(()));
+        // With m1 unreachable, it would leave nobody reachable.
+        let loss = check_voter_removal(&[voter(1, "m1", false), voter(2, "m2", true), m3], 2).unwrap_err();
+        assert_eq!((loss.remaining, loss.reachable, loss.quorum), (1, 0, 1));
+    }
+
+    #[test]
+    fn swarms_quorum_table_decides_every_size() {
+        // n voters, k of the others unreachable: demoting a reachable one
+        // is allowed while n - 1 - k >= quorum(n - 1).
+        for n in 1..=7u64 {
+            for k in 0..n {
+                let voters: Vec<VoterReach> =
+                    (1..=n).map(|i| voter(i, &format!("m{i}"), i == 1 || i > k + 1)).collect();
+                let (left, quorum) = (n - 1, (n - 1) / 2 + 1);
+                let allowed = left > 0 && left - k >= quorum;
+                assert_eq!(check_voter_removal(&voters, 1).is_ok(), allowed, "{n} voters, {k} unreachable");
+            }
+        }
+    }
+
+    fn manager(id: &str, raft_id: u64, state: NodeState) -> Node {
+        let mut n = Node::ready(id, id, Resources::default());
+        n.spec.role = NodeRole::Manager;
+        n.status.state = state;
+        n.manager = Some(ManagerStatus { raft_id, raft_addr: String::new(), api_addr: String::new() });
+        n
+    }
+
+    #[tokio::test]
+    async fn a_refused_demotion_changes_nothing() {
+        let store = Arc::new(MemStore::new());
+        let mut tx = Transaction::new();
+        for (id, raft_id, state) in
+            [("m1", 1, NodeState::Ready), ("m2", 2, NodeState::Ready), ("m3", 3, NodeState::Down)]
+        {
+            tx = tx.create(manager(id, raft_id, state));
+        }
+        store.commit(tx).await.unwrap();
+        let cluster = Cluster::new(store.clone()).with_voters(|| vec![1, 2, 3]);
+        let before = store.state();
+        let err = cluster.set_node_role("m2", NodeRole::Worker).await.unwrap_err();
+        assert!(matches!(&err, ClusterError::WouldLoseQuorum(l) if l.reachable == 1 && l.remaining == 2), "{err}");
+        assert_eq!(store.state().revision(), before.revision(), "nothing written");
+        // Promoting, or demoting the unreachable one, is not checked / allowed.
+        cluster.set_node_role("m1", NodeRole::Manager).await.unwrap();
+        cluster.set_node_role("m3", NodeRole::Worker).await.unwrap();
+        // Without the voters (an in-process cluster) nothing is checked.
+        Cluster::new(store.clone()).set_node_role("m2", NodeRole::Worker).await.unwrap();
+        assert_eq!(store.state().node(&NodeId::new("m2")).unwrap().spec.role, NodeRole::Worker);
+    }
+}

@@ -342,6 +342,24 @@ impl Harness {
         self.nodes[i].sim.fail();
     }
 
+    /// Node `i` is cut off from the managers: its agent stops talking to
+    /// them (the managers notice after the heartbeat grace) but its
+    /// containers keep running, as on a host behind a network partition.
+    pub fn partition_node(&mut self, i: usize) {
+        if let Some(a) = self.nodes[i].agent.take() {
+            a.abort();
+        }
+        self.dispatcher.drop_session(&self.nodes[i].id);
+    }
+
+    /// A node cut off by [`Harness::partition_node`] reaches the managers
+    /// again: a new agent session, with the containers it kept.
+    pub fn heal_node(&mut self, i: usize) {
+        if self.nodes[i].agent.is_none() {
+            self.start_agent(i);
+        }
+    }
+
     /// Node `i` comes back (empty engine, new agent).
     pub fn recover_node(&mut self, i: usize) {
         self.nodes[i].sim.recover();

@@ -524,8 +524,9 @@ impl Controller for Reaper {
 /// A replicated slot, or the node of a global task.
 type SlotOrNode = (Option<u64>, Option<crate::id::NodeId>);
 
-/// The reaper's decisions on a snapshot: tasks to delete and tasks whose
-/// service is gone to mark for removal.
+/// The reaper's decisions on a snapshot: tasks to delete (marked for
+/// removal and done; orphaned on a node that is back; past the history
+/// limit) and tasks whose service is gone to mark for removal.
 pub fn reap(state: &State) -> Vec<Op> {
     let limit = state.cluster_spec().orchestration.task_history_limit as usize;
     let mut ops = Vec::new();
@@ -546,6 +547,17 @@ pub fn reap(state: &State) -> Vec<Op> {
         }
         if t.desired_state == TaskState::Remove
             && (t.status.state.is_terminal() || t.status.state < TaskState::Assigned || node_gone)
+        {
+            del(t, &mut ops);
+        }
+        // An orphaned task (its node was lost, the task replaced) whose
+        // node is back: the task goes, and with it the container, which
+        // the node's agent may have kept all along (a partition, not a
+        // crash): its agent removes containers of tasks no longer
+        // assigned to it. SwarmKit's reaper deletes orphaned tasks too.
+        // Nothing serving goes with it: an ORPHANED task is no endpoint.
+        if t.status.state == TaskState::Orphaned
+            && t.node_id.as_ref().and_then(|n| state.node(n)).is_some_and(|n| n.status.state == NodeState::Ready)
         {
             del(t, &mut ops);
         }

@@ -282,6 +282,55 @@ async fn global_job_runs_once_per_node() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn orphaned_tasks_are_deleted_once_their_node_is_back_and_its_agent_removes_their_containers() {
+    let mut h = harness(3).await;
+    h.cluster().create_service(ServiceSpec::replicated("web", "nginx:1.27", 6)).await.unwrap();
+    h.wait_running("web", 6, MIN).await.unwrap();
+    // Node 0 is cut off: its agent is gone, its containers keep running.
+    let kept = h.sim(0).running();
+    assert_eq!(kept.len(), 2);
+    h.partition_node(0);
+    let lost = h.node_id(0);
+    let orphaned_on_lost = |s: &State| {
+        all_tasks(s, "web")
+            .iter()
+            .filter(|t| t.node_id.as_ref() == Some(&lost) && t.status.state == TaskState::Orphaned)
+            .count()
+    };
+    h.wait_for("node 0 down, its 2 tasks orphaned and replaced elsewhere", MIN, |s| {
+        s.node(&lost).is_some_and(|n| n.status.state == NodeState::Down)
+            && orphaned_on_lost(s) == 2
+            && running_count(s, "web") == 6
+    })
+    .await
+    .unwrap();
+    // While the node is down the orphaned tasks stay, as its history, and
+    // the cut-off node's containers run on.
+    h.advance(Duration::from_secs(10)).await;
+    assert_eq!(orphaned_on_lost(&h.state()), 2, "kept while the node is down");
+    assert_eq!(h.sim(0).running(), kept, "a partition does not stop the containers");
+    // Healed: the node is READY again, the orphaned tasks are deleted and
+    // its agent removes their containers.
+    h.heal_node(0);
+    let s = h
+        .wait_for("node 0 back and its orphaned tasks deleted", MIN, |s| {
+            s.node(&lost).is_some_and(|n| n.status.state == NodeState::Ready) && orphaned_on_lost(s) == 0
+        })
+        .await
+        .unwrap();
+    assert_eq!(running_count(&s, "web"), 6);
+    assert!(all_tasks(&s, "web").iter().all(|t| t.status.state != TaskState::Orphaned));
+    let mut waited = Duration::ZERO;
+    while h.sim(0).container_count() > 0 && waited < MIN {
+        h.advance(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    assert_eq!(h.sim(0).container_count(), 0, "the cut-off node's containers removed (after {waited:?})");
+    assert_eq!(running_count(&h.state(), "web"), 6, "the replacements run on");
+    h.shutdown();
+}
+
+#[tokio::test(start_paused = true)]
 async fn agent_restart_readopts_running_containers() {
     let mut h = harness(2).await;
     h.cluster().create_service(ServiceSpec::replicated("web", "nginx:1.27", 4)).await.unwrap();

@@ -39,15 +39,23 @@ fn reach(a: IpAddr) -> IpAddr {
 
 type Farm = Arc<Mutex<HashMap<TaskId, (NodeId, TcpBackend)>>>;
 
-/// Starts a backend for each RUNNING task of `web`, stops it once the task
-/// is no longer running.
-fn run_farm(store: Arc<MemStore>, farm: Farm) {
+/// Nodes whose containers vanished with them: no backend runs there again.
+type Dead = Arc<Mutex<Vec<NodeId>>>;
+
+/// Starts a backend for each RUNNING task of `web` (on a node not dead),
+/// stops it once the task is no longer running.
+fn run_farm(store: Arc<MemStore>, farm: Farm, dead: Dead) {
     tokio::spawn(async move {
         loop {
             let state = store.state();
             let mut running = Vec::new();
             if let Some(svc) = state.service_by_name("web") {
-                for t in state.tasks_of_service(&svc.id).filter(|t| t.status.state == TaskState::Running) {
+                let dead = dead.lock().unwrap().clone();
+                for t in state
+                    .tasks_of_service(&svc.id)
+                    .filter(|t| t.status.state == TaskState::Running)
+                    .filter(|t| t.node_id.as_ref().is_none_or(|n| !dead.contains(n)))
+                {
                     let addr = t.networks.iter().flat_map(|n| n.addresses.iter()).find_map(|a| a.parse().ok());
                     if let (Some(addr), Some(node)) = (addr, t.node_id.clone()) {
                         running.push((t.id.clone(), node, reach(addr)));
@@ -106,7 +114,8 @@ async fn client_through_the_mesh_survives_node_loss_and_rolling_update() {
     let (d, s) = (discovery.clone(), store.clone());
     tokio::spawn(async move { d.follow(s.as_ref()).await });
     let farm: Farm = Arc::default();
-    run_farm(h.store().clone(), farm.clone());
+    let dead: Dead = Arc::default();
+    run_farm(h.store().clone(), farm.clone(), dead.clone());
 
     let mut spec = ServiceSpec::replicated("web", "web:1", 3);
     spec.endpoint_spec.ports =
@@ -144,6 +153,11 @@ async fn client_through_the_mesh_survives_node_loss_and_rolling_update() {
     let victim_node = farm.lock().unwrap().values().next().unwrap().0.clone();
     let idx = h.node_index(&victim_node).unwrap();
     h.fail_node(idx);
+    // Its tasks stay RUNNING in the store until the node is declared down:
+    // the farm must not start their backends again meanwhile (it did, on
+    // the same addresses, and under CPU load the bind could find the old
+    // listener not yet closed and fail).
+    dead.lock().unwrap().push(victim_node.clone());
     farm.lock().unwrap().retain(|_, (n, b)| {
         if *n == victim_node {
             b.stop();

@@ -71,7 +71,7 @@ use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use swarm_core::cluster::{Cluster, ClusterError, ClusterEvent, TaskFilter};
+use swarm_core::cluster::{Cluster, ClusterError, ClusterEvent, QuorumLoss, TaskFilter};
 use swarm_core::id::{ConfigId, NetworkId, SecretId, ServiceId, VolumeId};
 use swarm_core::model::{
     Availability, ClusterSpec, Config, Network, NetworkSpec, Node, NodeRole, ObjectKind, Revision, Secret, SecretBytes,
@@ -496,6 +496,11 @@ pub enum ControlError {
         /// Its raft id.
         raft_id: u64,
     },
+    /// Demoting the manager would leave the raft group without a
+    /// reachable quorum ([`ClusterError::WouldLoseQuorum`]); nothing
+    /// changed.
+    #[error("{0}")]
+    WouldLoseQuorum(QuorumLoss),
     /// No previous spec to roll back to ([`ClusterError::NoPreviousSpec`]).
     #[error("service {service:?} has no previous spec to roll back to")]
     NoPreviousSpec {
@@ -621,6 +626,7 @@ impl From<ClusterError> for ControlError {
                 ControlError::NodeHasTasks { node, tasks: u64::try_from(tasks).unwrap_or(u64::MAX) }
             }
             ClusterError::NodeIsManager { node, raft_id } => ControlError::NodeIsManager { node, raft_id },
+            ClusterError::WouldLoseQuorum(loss) => ControlError::WouldLoseQuorum(loss),
             ClusterError::NoPreviousSpec(service) => ControlError::NoPreviousSpec { service },
             ClusterError::NotApplicable { service, reason } => ControlError::NotApplicable { service, reason },
             ClusterError::Store(s) => s.into(),
@@ -648,6 +654,7 @@ impl TryFrom<ControlError> for ClusterError {
                 ClusterError::NodeHasTasks { node, tasks: usize::try_from(tasks).unwrap_or(usize::MAX) }
             }
             ControlError::NodeIsManager { node, raft_id } => ClusterError::NodeIsManager { node, raft_id },
+            ControlError::WouldLoseQuorum(loss) => ClusterError::WouldLoseQuorum(loss),
             ControlError::NoPreviousSpec { service } => ClusterError::NoPreviousSpec(service),
             ControlError::NotApplicable { service, reason } => ClusterError::NotApplicable { service, reason },
             ControlError::NoQuorum { message } => ClusterError::Store(StoreError::NoQuorum(message)),
@@ -1461,6 +1468,13 @@ mod tests {
             }),
             ClusterError::NodeHasTasks { node: "n1".into(), tasks: 3 },
             ClusterError::NodeIsManager { node: "m1".into(), raft_id: 7 },
+            ClusterError::WouldLoseQuorum(QuorumLoss {
+                node: "m2".into(),
+                remaining: 2,
+                reachable: 1,
+                quorum: 2,
+                unreachable: vec!["m3".into()],
+            }),
             ClusterError::NoPreviousSpec("web".into()),
             ClusterError::NotApplicable {
                 service: "web".into(),
