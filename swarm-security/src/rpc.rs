@@ -400,10 +400,20 @@ pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixList
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    // Bind under a umask-independent mode: tighten right after binding,
-    // before accepting anything.
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // Bind under a temporary name, make it owner-only, then rename it into
+    // place: nobody can connect to `path` before it is 0600 (a client
+    // connecting right after bind would otherwise be queued, and later
+    // accepted, while the mode is still the umask's).
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(listener)
 }
 
