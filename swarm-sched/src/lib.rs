@@ -30,9 +30,10 @@ pub mod bound;
 pub mod filter;
 pub mod index;
 pub mod pipeline;
+pub mod reference;
 pub mod score;
 pub mod workload;
 
 pub use filter::{Filter, standard_filters};
 pub use pipeline::{GroupOrder, Pipeline, PipelineError};
-pub use score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};
+pub use score::{BestFit, LeastAllocated, MostAllocated, RankKey, Scorer, Spread};

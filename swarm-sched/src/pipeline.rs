@@ -69,7 +69,7 @@
 
 use crate::batch::group_batch;
 use crate::filter::{Filter, first_failure, standard_filters};
-use crate::index::{NodeIndex, NodeSet};
+use crate::index::{NodeIndex, NodeSet, RankIndex};
 use crate::score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};
 use std::cmp::Ordering;
 use std::collections::binary_heap::PeekMut;
@@ -200,7 +200,7 @@ impl Scheduler for Pipeline {
     }
 
     fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
-        let mut call = Call::new(view);
+        let mut call = Call::new(view, self.scorer.as_ref());
         let mut out = vec![Decision::Unschedulable(Explanation::new(view.nodes.len())); batch.len()];
         let mut groups = group_batch(batch);
         if self.order == GroupOrder::MostConstrainedFirst {
@@ -310,10 +310,12 @@ struct Call<'a> {
     shared_entries: usize,
     /// Every placement's node, in order.
     log: Vec<usize>,
+    /// The nodes in the scorer's rank order, when it has one.
+    rank: Option<RankIndex>,
 }
 
 impl<'a> Call<'a> {
-    fn new(view: &'a ClusterView) -> Self {
+    fn new(view: &'a ClusterView, scorer: &dyn Scorer) -> Self {
         let mut service_nodes: HashMap<ServiceId, Vec<usize>> = HashMap::new();
         for (i, n) in view.nodes.iter().enumerate() {
             let running = n.tasks_by_service.iter().filter(|(_, c)| **c > 0).map(|(s, _)| s);
@@ -332,12 +334,27 @@ impl<'a> Call<'a> {
             shared: HashMap::new(),
             shared_entries: 0,
             log: Vec::new(),
+            rank: RankIndex::new(&view.nodes, scorer),
         }
     }
 
-    /// Places `req` on node `i`.
-    fn place(&mut self, i: usize, req: &TaskRequest) {
-        place(&mut self.work, &mut self.version, &mut self.service_nodes, &mut self.log, i, req);
+    /// Places `req` on node `i`: reserves, bumps the node's version,
+    /// records that the service now touches the node and re-keys it in the
+    /// rank index.
+    fn place(&mut self, i: usize, req: &TaskRequest, scorer: &dyn Scorer) {
+        self.log.push(i);
+        let info = &mut self.work[i];
+        if !touches(info, &req.service_id) {
+            self.service_nodes.entry(req.service_id.clone()).or_default().push(i);
+        }
+        info.reserve(req);
+        self.version[i] = self.version[i].wrapping_add(1);
+        if let Some(rank) = self.rank.as_mut() {
+            if !rank.update(i, &self.work[i], scorer) {
+                tracing::warn!(scorer = scorer.name(), "a rank key broke its contract (class changed): index dropped");
+                self.rank = None;
+            }
+        }
     }
 
     fn label_ids(&mut self, descriptor: &str) {
@@ -354,25 +371,6 @@ impl<'a> Call<'a> {
         });
         self.labels.insert(descriptor.to_string(), ids);
     }
-}
-
-/// Places `req` on node `i`: reserves, bumps the node's version and records
-/// that the service now touches the node.
-fn place(
-    work: &mut [NodeInfo],
-    version: &mut [u32],
-    service_nodes: &mut HashMap<ServiceId, Vec<usize>>,
-    log: &mut Vec<usize>,
-    i: usize,
-    req: &TaskRequest,
-) {
-    log.push(i);
-    let info = &mut work[i];
-    if !touches(info, &req.service_id) {
-        service_nodes.entry(req.service_id.clone()).or_default().push(i);
-    }
-    info.reserve(req);
-    version[i] = version[i].wrapping_add(1);
 }
 
 /// True when the service runs on the node or failed there recently.
@@ -517,6 +515,14 @@ impl Tree {
     }
 }
 
+/// True when the indexed path should beat scoring the group's candidates
+/// once: per task it skips about `nodes / candidates` nodes that fail the
+/// static filters, so a tightly constrained group with many tasks (a few
+/// SSD nodes, one fixed host) is cheaper on the per-group path.
+fn index_pays(tasks: usize, candidates: usize, nodes: usize) -> bool {
+    candidates > 0 && tasks.saturating_mul(nodes / candidates) <= 4 * candidates
+}
+
 /// The first dynamic filter `info` fails for `req`.
 fn dyn_check(dynamic: &[&dyn Filter], info: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
     for f in dynamic {
@@ -558,11 +564,10 @@ impl Pipeline {
         let relevant: Vec<&dyn Filter> = self.filters.iter().filter(|f| f.relevant(rep)).map(|f| f.as_ref()).collect();
         let dynamic: Vec<&dyn Filter> = relevant.iter().copied().filter(|f| !f.is_static()).collect();
 
-        let shareable = group.len() <= SHARED_GROUP_MAX
-            && rep.preferences.is_empty()
-            && self.scorer.shareable()
-            && relevant.iter().all(|f| f.shareable());
-        let placed = if shareable && self.shared_heap(call, rep, &alive, &dynamic) {
+        let shareable = rep.preferences.is_empty() && self.scorer.shareable() && relevant.iter().all(|f| f.shareable());
+        let placed = if shareable && call.rank.is_some() && index_pays(group.len(), alive.count(), call.work.len()) {
+            self.pick_indexed(call, batch, group, out, &alive, &dynamic)
+        } else if shareable && group.len() <= SHARED_GROUP_MAX && self.shared_heap(call, rep, &alive, &dynamic) {
             self.pick_shared(call, batch, group, out, &alive, &dynamic)
         } else {
             self.pick_group(call, batch, group, out, &alive, &dynamic)
@@ -635,19 +640,124 @@ impl Pipeline {
             }
         }
         let mut tree = Tree::build(entries, &levels, &call.work, &touched, &rep.service_id);
-        let (work, version, service_nodes, log) =
-            (&mut call.work, &mut call.version, &mut call.service_nodes, &mut call.log);
         let mut placed = 0;
         for &t in group {
             let req = &batch[t];
-            let scorer = &self.scorer;
+            let scorer = self.scorer.as_ref();
             let picked = tree.pick(&mut |i| {
-                dyn_check(dynamic, &work[i], req).ok()?;
-                place(work, version, service_nodes, log, i, req);
-                Some(scorer.score(&work[i], req))
+                dyn_check(dynamic, &call.work[i], req).ok()?;
+                call.place(i, req, scorer);
+                Some(scorer.score(&call.work[i], req))
             });
             let Some(i) = picked else { break };
-            out[t] = Decision::Assign(work[i].node.id.clone());
+            out[t] = Decision::Assign(call.work[i].node.id.clone());
+            placed += 1;
+        }
+        placed
+    }
+
+    /// The indexed path: per task, the best of the rank index's answer
+    /// (nodes the service does not touch, by the scorer's rank keys: see
+    /// [`Scorer::rank_key`]) and a small local heap of the nodes the
+    /// service touches. Costs O(classes x log nodes) per task plus the
+    /// nodes skipped because they fail the group's filters, whatever the
+    /// number of groups and shapes.
+    fn pick_indexed(
+        &self,
+        call: &mut Call,
+        batch: &[TaskRequest],
+        group: &[usize],
+        out: &mut [Decision],
+        alive: &NodeSet,
+        dynamic: &[&dyn Filter],
+    ) -> usize {
+        let rep = &batch[group[0]];
+        let scorer = self.scorer.as_ref();
+        let mut candidates = alive.clone();
+        let mut local: BinaryHeap<Entry> = BinaryHeap::new();
+        // The nodes the service touches leave the index for the group (the
+        // local heap ranks them), so searches do not step over them.
+        let mut hidden: Vec<usize> = Vec::new();
+        for &i in call.service_nodes.get(&rep.service_id).into_iter().flatten() {
+            if candidates.contains(i) {
+                candidates.remove(i);
+                hidden.push(i);
+                if dyn_check(dynamic, &call.work[i], rep).is_ok() {
+                    local.push(Entry::new(scorer.score(&call.work[i], rep), i, 0));
+                }
+            }
+        }
+        if let Some(rank) = call.rank.as_mut() {
+            for &i in &hidden {
+                rank.hide(i);
+            }
+        }
+        let placed = self.pick_indexed_tasks(call, batch, group, out, alive, dynamic, candidates, local, &mut hidden);
+        if let Some(rank) = call.rank.as_mut() {
+            for &i in &hidden {
+                rank.show(i);
+            }
+        }
+        placed
+    }
+
+    /// The task loop of [`Pipeline::pick_indexed`]; `hidden` gets the
+    /// nodes it takes out of the index.
+    #[allow(clippy::too_many_arguments)]
+    fn pick_indexed_tasks(
+        &self,
+        call: &mut Call,
+        batch: &[TaskRequest],
+        group: &[usize],
+        out: &mut [Decision],
+        alive: &NodeSet,
+        dynamic: &[&dyn Filter],
+        mut candidates: NodeSet,
+        mut local: BinaryHeap<Entry>,
+        hidden: &mut Vec<usize>,
+    ) -> usize {
+        let rep = &batch[group[0]];
+        let scorer = self.scorer.as_ref();
+        let neutral = TaskRequest { service_id: ServiceId::default(), ..rep.clone() };
+        let mut placed = 0;
+        for (k, &t) in group.iter().enumerate() {
+            let req = &batch[t];
+            let Some(rank) = call.rank.as_mut() else {
+                // The index was dropped (a scorer broke the rank contract):
+                // the rest of the group takes the per-group path.
+                return placed + self.pick_group(call, batch, &group[k..], out, alive, dynamic);
+            };
+            let mut fits = |n: &NodeInfo| dyn_check(dynamic, n, req).is_ok();
+            let indexed = rank.best(&call.work, scorer, req, &neutral, &mut candidates, &mut fits);
+            let local_best = loop {
+                let Some(&top) = local.peek() else { break None };
+                if dyn_check(dynamic, &call.work[top.idx()], req).is_err() {
+                    local.pop();
+                } else {
+                    break Some(top);
+                }
+            };
+            let i = match (indexed, local_best) {
+                (None, None) => break,
+                (Some((s, i)), Some(l)) if Entry::new(s, i, 0) > l => i,
+                (Some((_, i)), None) => i,
+                (_, Some(l)) => {
+                    local.pop();
+                    l.idx()
+                }
+            };
+            if candidates.contains(i) {
+                // From the index: the node now runs a task of the service,
+                // the local heap ranks it for the rest of the group.
+                candidates.remove(i);
+                if let Some(rank) = call.rank.as_mut() {
+                    rank.hide(i);
+                    hidden.push(i);
+                }
+            }
+            call.place(i, req, scorer);
+            local.push(Entry::new(scorer.score(&call.work[i], req), i, 0));
+            out[t] = Decision::Assign(call.work[i].node.id.clone());
             placed += 1;
         }
         placed
@@ -785,7 +895,7 @@ impl Pipeline {
                 set_aside.push(e);
             }
             let i = e.idx();
-            call.place(i, req);
+            call.place(i, req, self.scorer.as_ref());
             local.push(Entry::new(self.scorer.score(&call.work[i], req), i, 0));
             out[t] = Decision::Assign(call.work[i].node.id.clone());
             placed += 1;
@@ -808,7 +918,7 @@ impl Pipeline {
         };
         match first_failure(&self.filters, &call.work[i], req) {
             Ok(()) => {
-                call.place(i, req);
+                call.place(i, req, self.scorer.as_ref());
                 *out = Decision::Assign(call.work[i].node.id.clone());
                 true
             }
