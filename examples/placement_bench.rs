@@ -13,7 +13,10 @@
 //! spread, binpack, most-allocated, least-allocated), `--seed S` (default
 //! 1), `--repeat R` (time R runs, report the median; default 1),
 //! `--trace-nodes FILE` / `--trace-tasks FILE` (CSV traces replacing the
-//! generated nodes / tasks; formats in docs/swarm-sched.md).
+//! generated nodes / tasks; formats in docs/swarm-sched.md),
+//! `--write-trace PREFIX` (also write the workload as `PREFIX-nodes.csv`
+//! and `PREFIX-tasks.csv`, traces any version of this benchmark, or another
+//! tool, can read back).
 //!
 //! First it runs the offline reference packer
 //! (`swarm_sched::reference::first_fit_decreasing`: first-fit-decreasing
@@ -51,7 +54,9 @@ use swarm::id::ServiceId;
 use swarm::model::{Placement, PlacementPreference, Service, ServiceSpec, Task, TaskState, TaskStatus};
 use swarm::placement::Pipeline;
 use swarm::placement::reference::first_fit_decreasing;
-use swarm::placement::workload::{Workload, WorkloadKind, measure, parse_nodes_csv, parse_tasks_csv};
+use swarm::placement::workload::{
+    Workload, WorkloadKind, measure, nodes_csv, parse_nodes_csv, parse_tasks_csv, tasks_csv,
+};
 use swarm::scheduler::{ClusterView, Decision, Scheduler, TaskRequest};
 use swarm::state::{State, Transaction};
 use swarm::store::{MemStore, Store};
@@ -65,6 +70,7 @@ struct Args {
     repeat: usize,
     trace_nodes: Option<String>,
     trace_tasks: Option<String>,
+    write_trace: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -77,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
         repeat: 1,
         trace_nodes: None,
         trace_tasks: None,
+        write_trace: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
             "--schedulers" => a.schedulers = value()?.split(',').map(|s| s.trim().to_string()).collect(),
             "--trace-nodes" => a.trace_nodes = Some(value()?),
             "--trace-tasks" => a.trace_tasks = Some(value()?),
+            "--write-trace" => a.write_trace = Some(value()?),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -109,6 +117,15 @@ fn load() -> Result<(Args, Workload), String> {
     }
     for name in &args.schedulers {
         Pipeline::by_name(name).map_err(|e| e.to_string())?;
+    }
+    if let Some(prefix) = &args.write_trace {
+        for (path, text) in [
+            (format!("{prefix}-nodes.csv"), nodes_csv(&w.view.nodes)),
+            (format!("{prefix}-tasks.csv"), tasks_csv(&w.tasks)),
+        ] {
+            let text = text.map_err(|e| format!("{path}: {e}"))?;
+            std::fs::write(&path, text).map_err(|e| format!("cannot write {path}: {e}"))?;
+        }
     }
     Ok((args, w))
 }
@@ -219,7 +236,7 @@ fn run() -> Result<(), String> {
         Err(e) => {
             eprintln!("placement_bench: {e}");
             eprintln!(
-                "usage: placement_bench [--nodes N] [--tasks M] [--workload NAME] [--schedulers a,b] [--seed S] [--repeat R] [--trace-nodes nodes.csv] [--trace-tasks tasks.csv]"
+                "usage: placement_bench [--nodes N] [--tasks M] [--workload NAME] [--schedulers a,b] [--seed S] [--repeat R] [--trace-nodes nodes.csv] [--trace-tasks tasks.csv] [--write-trace PREFIX]"
             );
             std::process::exit(2);
         }

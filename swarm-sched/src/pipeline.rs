@@ -200,7 +200,7 @@ impl Scheduler for Pipeline {
     }
 
     fn schedule(&mut self, view: &ClusterView, batch: &[TaskRequest]) -> Vec<Decision> {
-        let mut call = Call::new(view, self.scorer.as_ref());
+        let mut call = Call::new(view);
         let mut out = vec![Decision::Unschedulable(Explanation::new(view.nodes.len())); batch.len()];
         let mut groups = group_batch(batch);
         if self.order == GroupOrder::MostConstrainedFirst {
@@ -310,12 +310,14 @@ struct Call<'a> {
     shared_entries: usize,
     /// Every placement's node, in order.
     log: Vec<usize>,
-    /// The nodes in the scorer's rank order, when it has one.
+    /// The nodes in the scorer's rank order, when it has one; built when
+    /// a group first wants it (`rank_built`), kept up to date from then.
     rank: Option<RankIndex>,
+    rank_built: bool,
 }
 
 impl<'a> Call<'a> {
-    fn new(view: &'a ClusterView, scorer: &dyn Scorer) -> Self {
+    fn new(view: &'a ClusterView) -> Self {
         let mut service_nodes: HashMap<ServiceId, Vec<usize>> = HashMap::new();
         for (i, n) in view.nodes.iter().enumerate() {
             let running = n.tasks_by_service.iter().filter(|(_, c)| **c > 0).map(|(s, _)| s);
@@ -334,8 +336,18 @@ impl<'a> Call<'a> {
             shared: HashMap::new(),
             shared_entries: 0,
             log: Vec::new(),
-            rank: RankIndex::new(&view.nodes, scorer),
+            rank: None,
+            rank_built: false,
         }
+    }
+
+    /// The rank index, built from the nodes as they now stand on first use.
+    fn rank_index(&mut self, scorer: &dyn Scorer) -> bool {
+        if !self.rank_built {
+            self.rank_built = true;
+            self.rank = RankIndex::new(&self.work, scorer);
+        }
+        self.rank.is_some()
     }
 
     /// Places `req` on node `i`: reserves, bumps the node's version,
@@ -565,7 +577,10 @@ impl Pipeline {
         let dynamic: Vec<&dyn Filter> = relevant.iter().copied().filter(|f| !f.is_static()).collect();
 
         let shareable = rep.preferences.is_empty() && self.scorer.shareable() && relevant.iter().all(|f| f.shareable());
-        let placed = if shareable && call.rank.is_some() && index_pays(group.len(), alive.count(), call.work.len()) {
+        let placed = if shareable
+            && index_pays(group.len(), alive.count(), call.work.len())
+            && call.rank_index(self.scorer.as_ref())
+        {
             self.pick_indexed(call, batch, group, out, &alive, &dynamic)
         } else if shareable && group.len() <= SHARED_GROUP_MAX && self.shared_heap(call, rep, &alive, &dynamic) {
             self.pick_shared(call, batch, group, out, &alive, &dynamic)

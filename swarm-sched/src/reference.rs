@@ -17,9 +17,10 @@
 //!
 //! Finding the first node is a descent of a tree of the largest free CPU
 //! and memory per range of nodes, one tree per constraint class (tasks with
-//! the same constraints and platforms see the same nodes), so the packer
-//! runs in about O(tasks x log nodes) plus the nodes a task skips for
-//! host ports or max replicas.
+//! the same constraints and platforms see the same nodes), starting where
+//! the group's previous task went (the nodes before it failed that shape
+//! and still do), so the packer runs in about O(tasks x log nodes) plus
+//! the nodes a group skips for host ports or max replicas.
 //!
 //! ```
 //! use swarm_sched::reference::first_fit_decreasing;
@@ -158,6 +159,10 @@ pub fn first_fit_decreasing(view: &ClusterView, tasks: &[TaskRequest]) -> Vec<De
         g
     };
     let mut explained: HashMap<usize, Explanation> = HashMap::new();
+    // Per group, the slot its last task went to: every earlier slot failed
+    // a task of the same shape, and keeps failing it (placements only
+    // consume resources, ports and replica slots).
+    let mut cursor: Vec<usize> = vec![0; tasks.len()];
     let mut out: Vec<Option<Decision>> = vec![None; tasks.len()];
     for t in order {
         let req = &tasks[t];
@@ -165,14 +170,18 @@ pub fn first_fit_decreasing(view: &ClusterView, tasks: &[TaskRequest]) -> Vec<De
         let placed = match (class_of[t], &req.node_id) {
             (Some(c), _) => {
                 let tree = &trees[c];
-                let mut from = 0;
+                let from = &mut cursor[group_of[t]];
                 loop {
-                    let Some(slot) = tree.first_fit(from, r.nano_cpus, r.memory_bytes) else { break None };
+                    let Some(slot) = tree.first_fit(*from, r.nano_cpus, r.memory_bytes) else {
+                        *from = tree.members.len();
+                        break None;
+                    };
+                    *from = slot;
                     let i = tree.members[slot];
                     if check_node(&work[i], req).is_ok() {
                         break Some(i);
                     }
-                    from = slot + 1;
+                    *from = slot + 1;
                 }
             }
             (None, Some(id)) => index.position(id).filter(|&i| check_node(&work[i], req).is_ok()),

@@ -19,6 +19,7 @@
 //! assert!(m.nodes_used >= m.lower_bound.nodes);
 //! ```
 
+use crate::batch;
 use crate::bound::{LowerBound, lower_bound};
 use crate::filter::{Filter, standard_filters};
 use crate::index::{NodeIndex, NodeSet};
@@ -106,6 +107,10 @@ pub enum WorkloadError {
         "unknown workload {0:?}: expected one of uniform, heavy-tailed, many-small, few-huge, mixed-nodes, zoned, production"
     )]
     UnknownWorkload(String),
+    /// A workload the trace format cannot hold (see [`nodes_csv`],
+    /// [`tasks_csv`]).
+    #[error("cannot write as a trace: {0}")]
+    Unwritable(String),
     /// A trace line that does not parse.
     #[error("{file} line {line}: {message}")]
     Trace {
@@ -639,6 +644,107 @@ pub fn parse_tasks_csv(text: &str) -> Result<Vec<TaskRequest>, WorkloadError> {
     Ok(tasks)
 }
 
+/// Nano-CPUs as a decimal number of CPUs, exactly.
+fn cpus_text(nano: u64) -> String {
+    format!("{}.{:09}", nano / CPU, nano % CPU)
+}
+
+/// Bytes in whole MiB, or which value is not.
+fn mib_text(what: &str, bytes: u64) -> Result<String, WorkloadError> {
+    if bytes % MIB != 0 {
+        return Err(WorkloadError::Unwritable(format!("{what}: {bytes} bytes is not a whole number of MiB")));
+    }
+    Ok((bytes / MIB).to_string())
+}
+
+/// The nodes as a nodes trace that [`parse_nodes_csv`] reads back
+/// (`id,cpus,memory_mib,labels`: ready, active, linux/amd64 workers, as
+/// the built-in workloads' nodes are). Refuses what the format cannot
+/// say: memory that is not whole MiB, a label with `,`, `;` or `=`, or a
+/// node that is not a plain ready, active linux/amd64 worker without
+/// generic resources or engine labels.
+pub fn nodes_csv(nodes: &[NodeInfo]) -> Result<String, WorkloadError> {
+    let mut out = String::from("id,cpus,memory_mib,labels\n");
+    for info in nodes {
+        let n = &info.node;
+        let plain = Node::ready(n.id.clone(), n.id.as_str(), n.description.resources.clone());
+        let r = &n.description.resources;
+        if n.spec.role != plain.spec.role
+            || n.spec.availability != plain.spec.availability
+            || n.status.state != plain.status.state
+            || n.description.platform != plain.description.platform
+            || !r.generic.is_empty()
+            || !n.description.engine_labels.is_empty()
+        {
+            return Err(WorkloadError::Unwritable(format!("node {}: not a plain ready worker", n.id)));
+        }
+        let mut labels = Vec::new();
+        for (k, v) in &n.spec.labels {
+            if [k, v].iter().any(|x| x.contains([',', ';', '='])) {
+                return Err(WorkloadError::Unwritable(format!("node {}: label {k}={v}", n.id)));
+            }
+            labels.push(format!("{k}={v}"));
+        }
+        let mem = mib_text(&format!("node {}", n.id), r.memory_bytes)?;
+        out.push_str(&format!("{},{},{mem},{}\n", n.id, cpus_text(r.nano_cpus), labels.join(";")));
+    }
+    Ok(out)
+}
+
+/// The tasks as a tasks trace that [`parse_tasks_csv`] reads back into
+/// the same requests (`<service>.<n>` task ids, spec version 1, as the
+/// built-in workloads have): consecutive tasks of one service with the
+/// same needs are one row with a `count`. Refuses what the format cannot
+/// say: memory that is not whole MiB, generic resources, platforms, fixed
+/// nodes, fields with `,` or `;`, or task ids and versions that would not
+/// read back the same.
+pub fn tasks_csv(tasks: &[TaskRequest]) -> Result<String, WorkloadError> {
+    let mut out = String::from("service,count,cpus,memory_mib,constraints,preferences,max_replicas,host_ports\n");
+    let mut seq: HashMap<&ServiceId, usize> = HashMap::new();
+    let mut rows: Vec<(&TaskRequest, usize)> = Vec::new();
+    for t in tasks {
+        let next = seq.entry(&t.service_id).or_insert(0);
+        let id = format!("{}.{}", t.service_id, *next);
+        *next += 1;
+        if t.task_id.as_str() != id || t.spec_version != 1 {
+            return Err(WorkloadError::Unwritable(format!("task {}: expected id {id}, spec version 1", t.task_id)));
+        }
+        if !t.reservations.generic.is_empty() || !t.platforms.is_empty() || t.node_id.is_some() {
+            return Err(WorkloadError::Unwritable(format!(
+                "task {}: generic resources, platforms or a fixed node",
+                t.task_id
+            )));
+        }
+        match rows.last_mut() {
+            Some((r, n)) if batch::same_shape(r, t) => *n += 1,
+            _ => rows.push((t, 1)),
+        }
+    }
+    for (t, count) in rows {
+        let constraints: Vec<String> = t.constraints.iter().map(|c| c.to_string()).collect();
+        let ports: Vec<String> = t
+            .host_ports
+            .iter()
+            .map(|(p, n)| format!("{n}/{}", if *p == Protocol::Udp { "udp" } else { "tcp" }))
+            .collect();
+        let fields = [t.service_id.to_string(), constraints.join(";"), t.preferences.join(";")];
+        if fields.iter().any(|f| f.contains(',')) || t.service_id.as_str().contains(';') {
+            return Err(WorkloadError::Unwritable(format!("task {}: a field holds ',' or ';'", t.task_id)));
+        }
+        let mem = mib_text(&format!("task {}", t.task_id), t.reservations.memory_bytes)?;
+        out.push_str(&format!(
+            "{},{count},{},{mem},{},{},{},{}\n",
+            fields[0],
+            cpus_text(t.reservations.nano_cpus),
+            fields[1],
+            fields[2],
+            t.max_replicas,
+            ports.join(";")
+        ));
+    }
+    Ok(out)
+}
+
 /// How good a placement is. See [`measure`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metrics {
@@ -792,6 +898,27 @@ mod tests {
             assert_eq!(kind.name().parse::<WorkloadKind>(), Ok(kind));
         }
         assert!("bogus".parse::<WorkloadKind>().is_err());
+    }
+
+    #[test]
+    fn generated_workloads_write_as_traces_that_read_back() {
+        for kind in [WorkloadKind::Production, WorkloadKind::FewHuge, WorkloadKind::Zoned] {
+            let w = Workload::generate(kind, 60, 700, 2);
+            let nodes = parse_nodes_csv(&nodes_csv(&w.view.nodes).unwrap()).unwrap();
+            assert_eq!(nodes.len(), w.view.nodes.len());
+            for (a, b) in nodes.iter().zip(&w.view.nodes) {
+                assert_eq!(
+                    (&a.node.id, &a.node.spec.labels, &a.available),
+                    (&b.node.id, &b.node.spec.labels, &b.available),
+                    "{kind}"
+                );
+            }
+            let text = tasks_csv(&w.tasks).unwrap();
+            assert_eq!(format!("{:?}", parse_tasks_csv(&text).unwrap()), format!("{:?}", w.tasks), "{kind}");
+        }
+        let mut odd = Workload::generate(WorkloadKind::Uniform, 2, 2, 1);
+        odd.tasks[1].reservations.memory_bytes += 1;
+        assert!(tasks_csv(&odd.tasks).unwrap_err().to_string().contains("not a whole number of MiB"));
     }
 
     #[test]
