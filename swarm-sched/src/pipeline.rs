@@ -288,12 +288,20 @@ struct SharedHeap {
     synced: usize,
 }
 
-/// A shape seen once (`None`: no heap yet) or with its shared heap.
-type Shared = HashMap<ShapeKey, Option<SharedHeap>>;
+/// How many groups of a shape asked, and its shared heap once built.
+type Shared = HashMap<ShapeKey, (u32, Option<SharedHeap>)>;
 
 /// Groups of at most this many tasks use shared heaps; larger groups pay
 /// for scoring every candidate once and amortise it.
 const SHARED_GROUP_MAX: usize = 32;
+
+/// When the rank index can serve a shape (and the scorer's scores can
+/// rise: bin packing), its shared heap is built when this many small
+/// groups have asked: scoring every candidate pays off only for a shape
+/// many groups share (`many-small`: 54 shapes for 33,000 groups); a shape
+/// seen once or twice, as in traces where nearly every service has its
+/// own, stays on the index.
+const SHARED_BUILD_AT_INDEXED: u32 = 8;
 
 /// The state of one `schedule` call.
 struct Call<'a> {
@@ -357,7 +365,13 @@ impl<'a> Call<'a> {
         self.log.push(i);
         let info = &mut self.work[i];
         if !touches(info, &req.service_id) {
-            self.service_nodes.entry(req.service_id.clone()).or_default().push(i);
+            // No key clone when the service already has an entry.
+            match self.service_nodes.get_mut(&req.service_id) {
+                Some(nodes) => nodes.push(i),
+                None => {
+                    self.service_nodes.insert(req.service_id.clone(), vec![i]);
+                }
+            }
         }
         info.reserve(req);
         self.version[i] = self.version[i].wrapping_add(1);
@@ -577,13 +591,24 @@ impl Pipeline {
         let dynamic: Vec<&dyn Filter> = relevant.iter().copied().filter(|f| !f.is_static()).collect();
 
         let shareable = rep.preferences.is_empty() && self.scorer.shareable() && relevant.iter().all(|f| f.shareable());
-        let placed = if shareable
+        let indexed = shareable
             && index_pays(group.len(), alive.count(), call.work.len())
-            && call.rank_index(self.scorer.as_ref())
+            && call.rank_index(self.scorer.as_ref());
+        // With the index, a shape needs more groups to pay for a heap; and
+        // spreading scorers (scores that never rise) stay on the index:
+        // each placement lands atop every shape's heap, which all re-sort.
+        let build_at = match (indexed, self.scorer.never_rises()) {
+            (false, _) => 2,
+            (true, false) => SHARED_BUILD_AT_INDEXED,
+            (true, true) => u32::MAX,
+        };
+        let placed = if shareable
+            && group.len() <= SHARED_GROUP_MAX
+            && self.shared_heap(call, rep, &alive, &dynamic, build_at)
         {
-            self.pick_indexed(call, batch, group, out, &alive, &dynamic)
-        } else if shareable && group.len() <= SHARED_GROUP_MAX && self.shared_heap(call, rep, &alive, &dynamic) {
             self.pick_shared(call, batch, group, out, &alive, &dynamic)
+        } else if indexed {
+            self.pick_indexed(call, batch, group, out, &alive, &dynamic)
         } else {
             self.pick_group(call, batch, group, out, &alive, &dynamic)
         };
@@ -779,17 +804,30 @@ impl Pipeline {
     }
 
     /// Makes sure the group's shape has a shared heap, building it the
-    /// second time the shape is seen (within the entry budget). False when
-    /// the group should take the per-group path.
-    fn shared_heap(&self, call: &mut Call, rep: &TaskRequest, alive: &NodeSet, dynamic: &[&dyn Filter]) -> bool {
+    /// `build_at`-th time the shape is seen (within the entry budget).
+    /// False when the group should take another path.
+    fn shared_heap(
+        &self,
+        call: &mut Call,
+        rep: &TaskRequest,
+        alive: &NodeSet,
+        dynamic: &[&dyn Filter],
+        build_at: u32,
+    ) -> bool {
         let key = ShapeKey::of(rep);
-        match call.shared.get(&key) {
-            Some(Some(_)) => return true,
-            None => {
-                call.shared.insert(key, None);
-                return false;
+        let seen = match call.shared.get_mut(&key) {
+            Some((_, Some(_))) => return true,
+            Some((seen, None)) => {
+                *seen += 1;
+                *seen
             }
-            Some(None) => {}
+            None => {
+                call.shared.insert(key.clone(), (1, None));
+                1
+            }
+        };
+        if seen < build_at {
+            return false;
         }
         let count = alive.count();
         // A heap holds at most about twice its candidates (see the sync).
@@ -804,7 +842,7 @@ impl Pipeline {
             .collect();
         call.shared_entries += 2 * count;
         let shared = SharedHeap { heap, neutral, alive: alive.clone(), alive_count: count, synced: call.log.len() };
-        call.shared.insert(key, Some(shared));
+        call.shared.insert(key, (seen, Some(shared)));
         true
     }
 
@@ -823,7 +861,7 @@ impl Pipeline {
     ) -> usize {
         let rep = &batch[group[0]];
         let key = ShapeKey::of(rep);
-        let Some(Some(mut shared)) = call.shared.remove(&key) else { return 0 };
+        let Some((seen, Some(mut shared))) = call.shared.remove(&key) else { return 0 };
         // Sync: fresh entries for the nodes changed since the last use, or
         // a rebuild when that is cheaper or stale entries pile up. Scores
         // that never rise need no sync: a stale entry overestimates, so it
@@ -918,7 +956,7 @@ impl Pipeline {
         heap.extend(set_aside);
         // This group's placements are taken in by the next sync.
         shared.synced = synced;
-        call.shared.insert(key, Some(shared));
+        call.shared.insert(key, (seen, Some(shared)));
         placed
     }
 
