@@ -26,6 +26,10 @@
 //! `nodes_ratio_to_reference`, with `reference_nodes_used` and
 //! `reference_unschedulable`).
 //!
+//! Every placement, the reference's included, is replayed through
+//! swarm-core's `check_node` (constraints, platform, resources, host
+//! ports, max replicas); one that fails stops the benchmark with an error.
+//!
 //! Prints a table, then one JSON array as the last line: per scheduler
 //! `name`, `placements_per_sec` (tasks placed / wall seconds in
 //! `schedule`, median run), `cpu_ms` (this thread's CPU time in that run,
@@ -57,7 +61,7 @@ use swarm::placement::reference::first_fit_decreasing;
 use swarm::placement::workload::{
     Workload, WorkloadKind, measure, nodes_csv, parse_nodes_csv, parse_tasks_csv, tasks_csv,
 };
-use swarm::scheduler::{ClusterView, Decision, Scheduler, TaskRequest};
+use swarm::scheduler::{ClusterView, Decision, Scheduler, TaskRequest, check_node};
 use swarm::state::{State, Transaction};
 use swarm::store::{MemStore, Store};
 
@@ -223,6 +227,28 @@ fn snapshot_of(w: &Workload, placement: Option<&[Decision]>) -> Result<std::sync
     })
 }
 
+/// Placements that break a standard filter: every assignment replayed
+/// through swarm-core's `check_node` in batch order (any order gives the
+/// same verdict: reservations, ports and replicas only add up).
+fn violations(w: &Workload, decisions: &[Decision]) -> usize {
+    let mut nodes = w.view.nodes.clone();
+    let pos: std::collections::HashMap<&str, usize> =
+        w.view.nodes.iter().enumerate().map(|(i, n)| (n.node.id.as_str(), i)).collect();
+    let mut bad = 0;
+    for (t, d) in w.tasks.iter().zip(decisions) {
+        if let Decision::Assign(id) = d {
+            match pos.get(id.as_str()) {
+                Some(&i) => {
+                    bad += usize::from(check_node(&nodes[i], t).is_err());
+                    nodes[i].reserve(t);
+                }
+                None => bad += 1,
+            }
+        }
+    }
+    bad
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("placement_bench: {e}");
@@ -301,6 +327,10 @@ fn run() -> Result<(), String> {
     // The reference packer: offline first-fit-decreasing, same filters.
     let (reference, ref_wall, ref_cpu) = timed(args.repeat, || first_fit_decreasing(&w.view, &w.tasks));
     let r = measure(&w.view, &w.tasks, &reference);
+    let bad = violations(&w, &reference);
+    if bad > 0 {
+        return Err(format!("the reference packer broke a standard filter in {bad} placements"));
+    }
     let ref_per_sec = if ref_wall > 0.0 { r.placed as f64 * 1e3 / ref_wall } else { 0.0 };
     println!(
         "{:<16} {:>12.0} {:>10.1} {:>10} {:>8} {:>8} {:>8} {:<12} {:>8} {:>9} {:>9} {:>7.3} {:>9}",
@@ -355,6 +385,10 @@ fn run() -> Result<(), String> {
         cpus.sort();
         let cpu_ms = cpus.get(cpus.len() / 2).map(|c| c.as_secs_f64() * 1e3);
         let m = measure(&w.view, &w.tasks, &decisions);
+        let bad = violations(&w, &decisions);
+        if bad > 0 {
+            return Err(format!("{name}: {bad} placements break a standard filter (check_node)"));
+        }
         // The next pass's view: this placement committed, from a snapshot.
         let (mut view_wall, mut view_cpu) = (None, None);
         if let (Some(_), Ok(placed)) = (input_wall, snapshot_of(&w, Some(&decisions))) {
@@ -412,7 +446,7 @@ fn run() -> Result<(), String> {
         }));
     }
     println!(
-        "used/ref = nodes used / the reference packer's (offline first-fit-decreasing, not a scheduler); lower = a lower bound on the nodes any valid placement of the tasks that scheduler placed uses (bound by: which one; docs/swarm-sched.md); view ms = ClusterView::from_state on a snapshot with that placement (cpu)"
+        "every placement above passes check_node (constraints, platform, resources, host ports, max replicas), replayed; used/ref = nodes used / the reference packer's (offline first-fit-decreasing, not a scheduler); lower = a lower bound on the nodes any valid placement of the tasks that scheduler placed uses (bound by: which one; docs/swarm-sched.md); view ms = ClusterView::from_state on a snapshot with that placement (cpu)"
     );
     println!("{}", serde_json::Value::Array(rows));
     Ok(())
