@@ -20,11 +20,26 @@
 //! Tasks fixed to a node (global services) are checked against that node
 //! alone.
 //!
+//! A group whose every candidate would be scored for a few tasks is
+//! wasteful when nearly every service has its own task shape (production
+//! traces). When the scorer gives rank keys ([`Scorer::rank_key`]: every
+//! built-in one), groups without preferences take the indexed path
+//! instead: a [`RankIndex`] keeps every node in the scorer's order (per
+//! class: one, or one per machine capacity), in blocks that know the
+//! skyline of their nodes' free CPU and memory; each task takes the better
+//! of the index's best fitting candidate and a local heap of the nodes its
+//! service already runs on (hidden from the index for the group). That
+//! costs O(classes x log nodes) per task plus the blocks and nodes it
+//! steps over, whatever the shape. Tightly constrained groups with many
+//! tasks still take the per-group heap.
+//!
 //! Many small services would pay O(candidates) per group for a few tasks
 //! each. So small groups (up to 32 tasks, no preferences) whose scorer and
 //! filters are [`shareable`](Scorer::shareable) share one heap per
 //! placement *shape* (constraints, platforms, reservations, host ports,
-//! max replicas), built the second time a shape shows up. Its entries are
+//! max replicas), built the second time a shape shows up (the eighth,
+//! for bin-packing scorers with rank keys; never for spreading scorers
+//! with rank keys, which stay on the index). Its entries are
 //! scored for no service in particular, which is exact on nodes the
 //! service does not touch; the few nodes it touches (runs tasks or failed
 //! recently) sit in a small per-group heap, and each task takes the better
