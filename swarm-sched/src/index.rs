@@ -301,7 +301,7 @@ impl NodeIndex {
 }
 
 /// Most node classes a [`RankIndex`] keeps (see
-/// [`Scorer::rank_key`](crate::Scorer::rank_key)); a view with more
+/// [`Scorer::rank_key`]); a view with more
 /// (nodes of many different capacities, for the share-based scorers)
 /// takes the per-group path.
 pub const MAX_RANK_CLASSES: usize = 32;
@@ -417,7 +417,7 @@ impl RankClass {
 /// their nodes' free CPU and memory, so the search skips whole blocks of
 /// nodes too full for the task. Kept up to date as
 /// tasks are placed ([`RankIndex::update`]). See
-/// [`Scorer::rank_key`](crate::Scorer::rank_key) for the contract that
+/// [`Scorer::rank_key`] for the contract that
 /// makes this the node a scan would pick.
 #[derive(Clone, Debug)]
 pub struct RankIndex {

@@ -24,7 +24,7 @@
 //! [`workload`] generates the placement benchmark's inputs, reads CSV
 //! traces and computes its metrics (nodes used, lower bound, skew,
 //! fragmentation); [`bound`] is the lower bound on nodes used;
-//! [`reference`] is the offline first-fit-decreasing packer the benchmark
+//! [`reference`](mod@reference) is the offline first-fit-decreasing packer the benchmark
 //! compares nodes used with.
 
 #![warn(missing_docs)]
