@@ -9,11 +9,26 @@
 //!
 //! Options: `--nodes N` (default 1000), `--tasks M` (default 10000),
 //! `--workload NAME` (uniform, heavy-tailed, many-small, few-huge,
-//! mixed-nodes, zoned; default uniform), `--schedulers a,b` (default all:
+//! mixed-nodes, zoned, production; default uniform), `--schedulers a,b` (default all:
 //! spread, binpack, most-allocated, least-allocated), `--seed S` (default
 //! 1), `--repeat R` (time R runs, report the median; default 1),
 //! `--trace-nodes FILE` / `--trace-tasks FILE` (CSV traces replacing the
-//! generated nodes / tasks; formats in docs/swarm-sched.md).
+//! generated nodes / tasks; formats in docs/swarm-sched.md),
+//! `--write-trace PREFIX` (also write the workload as `PREFIX-nodes.csv`
+//! and `PREFIX-tasks.csv`, traces any version of this benchmark, or another
+//! tool, can read back).
+//!
+//! First it runs the offline reference packer
+//! (`swarm_sched::reference::first_fit_decreasing`: first-fit-decreasing
+//! over the standard filters, largest nodes first; not a scheduler the
+//! manager uses), as the `reference` row; every scheduler's row then
+//! gives its nodes used as a ratio to the reference's (`used/ref`, JSON
+//! `nodes_ratio_to_reference`, with `reference_nodes_used` and
+//! `reference_unschedulable`).
+//!
+//! Every placement, the reference's included, is replayed through
+//! swarm-core's `check_node` (constraints, platform, resources, host
+//! ports, max replicas); one that fails stops the benchmark with an error.
 //!
 //! Prints a table, then one JSON array as the last line: per scheduler
 //! `name`, `placements_per_sec` (tasks placed / wall seconds in
@@ -42,8 +57,11 @@ use std::time::{Duration, Instant};
 use swarm::id::ServiceId;
 use swarm::model::{Placement, PlacementPreference, Service, ServiceSpec, Task, TaskState, TaskStatus};
 use swarm::placement::Pipeline;
-use swarm::placement::workload::{Workload, WorkloadKind, measure, parse_nodes_csv, parse_tasks_csv};
-use swarm::scheduler::{ClusterView, Decision, Scheduler, TaskRequest};
+use swarm::placement::reference::first_fit_decreasing;
+use swarm::placement::workload::{
+    Workload, WorkloadKind, measure, nodes_csv, parse_nodes_csv, parse_tasks_csv, tasks_csv,
+};
+use swarm::scheduler::{ClusterView, Decision, Scheduler, TaskRequest, check_node};
 use swarm::state::{State, Transaction};
 use swarm::store::{MemStore, Store};
 
@@ -56,6 +74,7 @@ struct Args {
     repeat: usize,
     trace_nodes: Option<String>,
     trace_tasks: Option<String>,
+    write_trace: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -68,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
         repeat: 1,
         trace_nodes: None,
         trace_tasks: None,
+        write_trace: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -82,6 +102,7 @@ fn parse_args() -> Result<Args, String> {
             "--schedulers" => a.schedulers = value()?.split(',').map(|s| s.trim().to_string()).collect(),
             "--trace-nodes" => a.trace_nodes = Some(value()?),
             "--trace-tasks" => a.trace_tasks = Some(value()?),
+            "--write-trace" => a.write_trace = Some(value()?),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -100,6 +121,15 @@ fn load() -> Result<(Args, Workload), String> {
     }
     for name in &args.schedulers {
         Pipeline::by_name(name).map_err(|e| e.to_string())?;
+    }
+    if let Some(prefix) = &args.write_trace {
+        for (path, text) in [
+            (format!("{prefix}-nodes.csv"), nodes_csv(&w.view.nodes)),
+            (format!("{prefix}-tasks.csv"), tasks_csv(&w.tasks)),
+        ] {
+            let text = text.map_err(|e| format!("{path}: {e}"))?;
+            std::fs::write(&path, text).map_err(|e| format!("cannot write {path}: {e}"))?;
+        }
     }
     Ok((args, w))
 }
@@ -197,6 +227,28 @@ fn snapshot_of(w: &Workload, placement: Option<&[Decision]>) -> Result<std::sync
     })
 }
 
+/// Placements that break a standard filter: every assignment replayed
+/// through swarm-core's `check_node` in batch order (any order gives the
+/// same verdict: reservations, ports and replicas only add up).
+fn violations(w: &Workload, decisions: &[Decision]) -> usize {
+    let mut nodes = w.view.nodes.clone();
+    let pos: std::collections::HashMap<&str, usize> =
+        w.view.nodes.iter().enumerate().map(|(i, n)| (n.node.id.as_str(), i)).collect();
+    let mut bad = 0;
+    for (t, d) in w.tasks.iter().zip(decisions) {
+        if let Decision::Assign(id) = d {
+            match pos.get(id.as_str()) {
+                Some(&i) => {
+                    bad += usize::from(check_node(&nodes[i], t).is_err());
+                    nodes[i].reserve(t);
+                }
+                None => bad += 1,
+            }
+        }
+    }
+    bad
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("placement_bench: {e}");
@@ -210,7 +262,7 @@ fn run() -> Result<(), String> {
         Err(e) => {
             eprintln!("placement_bench: {e}");
             eprintln!(
-                "usage: placement_bench [--nodes N] [--tasks M] [--workload NAME] [--schedulers a,b] [--seed S] [--repeat R] [--trace-nodes nodes.csv] [--trace-tasks tasks.csv]"
+                "usage: placement_bench [--nodes N] [--tasks M] [--workload NAME] [--schedulers a,b] [--seed S] [--repeat R] [--trace-nodes nodes.csv] [--trace-tasks tasks.csv] [--write-trace PREFIX]"
             );
             std::process::exit(2);
         }
@@ -256,12 +308,13 @@ fn run() -> Result<(), String> {
         }
     }
     println!(
-        "{:<16} {:>12} {:>10} {:>10} {:>8} {:>8} {:<12} {:>8} {:>9} {:>9} {:>7} {:>9}",
+        "{:<16} {:>12} {:>10} {:>10} {:>8} {:>8} {:>8} {:<12} {:>8} {:>9} {:>9} {:>7} {:>9}",
         "scheduler",
         "placed/s",
         "wall ms",
         "cpu ms",
         "used",
+        "used/ref",
         "lower",
         "bound by",
         "unsched",
@@ -271,6 +324,50 @@ fn run() -> Result<(), String> {
         "view ms"
     );
     let mut rows = Vec::new();
+    // The reference packer: offline first-fit-decreasing, same filters.
+    let (reference, ref_wall, ref_cpu) = timed(args.repeat, || first_fit_decreasing(&w.view, &w.tasks));
+    let r = measure(&w.view, &w.tasks, &reference);
+    let bad = violations(&w, &reference);
+    if bad > 0 {
+        return Err(format!("the reference packer broke a standard filter in {bad} placements"));
+    }
+    let ref_per_sec = if ref_wall > 0.0 { r.placed as f64 * 1e3 / ref_wall } else { 0.0 };
+    println!(
+        "{:<16} {:>12.0} {:>10.1} {:>10} {:>8} {:>8} {:>8} {:<12} {:>8} {:>9} {:>9} {:>7.3} {:>9}",
+        "reference (ffd)",
+        ref_per_sec,
+        ref_wall,
+        show(ref_cpu),
+        r.nodes_used,
+        "1.000",
+        r.lower_bound.nodes,
+        r.lower_bound.by.short(),
+        r.unschedulable,
+        r.max_skew_node,
+        r.max_skew_zone.map_or("-".to_string(), |z| z.to_string()),
+        r.fragmentation,
+        "-"
+    );
+    rows.push(serde_json::json!({
+        "name": "reference",
+        "reference": true,
+        "workload": source,
+        "nodes": w.view.nodes.len(),
+        "tasks": w.tasks.len(),
+        "seed": args.seed,
+        "elapsed_ms": ref_wall,
+        "cpu_ms": ref_cpu,
+        "placed": r.placed,
+        "placements_per_sec": ref_per_sec,
+        "nodes_used": r.nodes_used,
+        "nodes_ratio_to_reference": 1.0,
+        "lower_bound": r.lower_bound.nodes,
+        "lower_bound_by": r.lower_bound.by.to_string(),
+        "unschedulable": r.unschedulable,
+        "max_skew": { "node": r.max_skew_node, "zone": r.max_skew_zone },
+        "fragmentation": r.fragmentation,
+    }));
+    let ratio = |used: usize| if r.nodes_used > 0 { used as f64 / r.nodes_used as f64 } else { f64::NAN };
     for name in &args.schedulers {
         let Ok(mut s) = Pipeline::by_name(name) else { continue }; // checked in load()
         let mut times: Vec<(Duration, Option<Duration>)> = Vec::new();
@@ -288,6 +385,10 @@ fn run() -> Result<(), String> {
         cpus.sort();
         let cpu_ms = cpus.get(cpus.len() / 2).map(|c| c.as_secs_f64() * 1e3);
         let m = measure(&w.view, &w.tasks, &decisions);
+        let bad = violations(&w, &decisions);
+        if bad > 0 {
+            return Err(format!("{name}: {bad} placements break a standard filter (check_node)"));
+        }
         // The next pass's view: this placement committed, from a snapshot.
         let (mut view_wall, mut view_cpu) = (None, None);
         if let (Some(_), Ok(placed)) = (input_wall, snapshot_of(&w, Some(&decisions))) {
@@ -304,12 +405,13 @@ fn run() -> Result<(), String> {
         let per_sec = if elapsed > 0.0 { m.placed as f64 / elapsed } else { 0.0 };
         let zone = m.max_skew_zone.map_or("-".to_string(), |z| z.to_string());
         println!(
-            "{:<16} {:>12.0} {:>10.1} {:>10} {:>8} {:>8} {:<12} {:>8} {:>9} {:>9} {:>7.3} {:>9}",
+            "{:<16} {:>12.0} {:>10.1} {:>10} {:>8} {:>8.3} {:>8} {:<12} {:>8} {:>9} {:>9} {:>7.3} {:>9}",
             name,
             per_sec,
             elapsed * 1e3,
             show(cpu_ms),
             m.nodes_used,
+            ratio(m.nodes_used),
             m.lower_bound.nodes,
             m.lower_bound.by.short(),
             m.unschedulable,
@@ -329,6 +431,9 @@ fn run() -> Result<(), String> {
             "placed": m.placed,
             "placements_per_sec": per_sec,
             "nodes_used": m.nodes_used,
+            "nodes_ratio_to_reference": ratio(m.nodes_used),
+            "reference_nodes_used": r.nodes_used,
+            "reference_unschedulable": r.unschedulable,
             "lower_bound": m.lower_bound.nodes,
             "lower_bound_by": m.lower_bound.by.to_string(),
             "unschedulable": m.unschedulable,
@@ -341,7 +446,7 @@ fn run() -> Result<(), String> {
         }));
     }
     println!(
-        "lower = a lower bound on the nodes any valid placement of the tasks that scheduler placed uses (bound by: which one; docs/swarm-sched.md); view ms = ClusterView::from_state on a snapshot with that placement (cpu)"
+        "every placement above passes check_node (constraints, platform, resources, host ports, max replicas), replayed; used/ref = nodes used / the reference packer's (offline first-fit-decreasing, not a scheduler); lower = a lower bound on the nodes any valid placement of the tasks that scheduler placed uses (bound by: which one; docs/swarm-sched.md); view ms = ClusterView::from_state on a snapshot with that placement (cpu)"
     );
     println!("{}", serde_json::Value::Array(rows));
     Ok(())

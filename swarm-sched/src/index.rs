@@ -17,13 +17,15 @@
 //! assert_eq!(s.iter().next(), Some(0));
 //! ```
 
+use crate::score::{RankKey, Scorer};
 use std::cell::RefCell;
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use swarm_core::constraint::{Constraint, ConstraintKey, ConstraintOp, normalize_arch};
 use swarm_core::feasibility::{node_active, node_ready, platform_ok};
 use swarm_core::id::NodeId;
 use swarm_core::model::Platform;
-use swarm_core::scheduler::ClusterView;
+use swarm_core::scheduler::{ClusterView, NodeInfo, TaskRequest};
 
 /// A set of node positions (indexes into [`ClusterView::nodes`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,6 +297,292 @@ impl NodeIndex {
             }
         }
         out
+    }
+}
+
+/// Most node classes a [`RankIndex`] keeps (see
+/// [`Scorer::rank_key`]); a view with more
+/// (nodes of many different capacities, for the share-based scorers)
+/// takes the per-group path.
+pub const MAX_RANK_CLASSES: usize = 32;
+
+/// A node in a class's order: best key first, ties by position.
+type Slot = (Reverse<i128>, u32);
+
+/// Target entries per block of a class's order (a block splits at twice
+/// this).
+const BLOCK: usize = 64;
+
+/// A run of a class's order with the skyline of its nodes' free CPU and
+/// memory (the pairs no other node of the block beats on both), so a
+/// search skips a block none of whose nodes can fit the task: a node full
+/// on CPU with memory to spare ranks high in a best-fit order but takes
+/// nothing, and the largest CPU and the largest memory of a block are
+/// often on different nodes.
+/// Removing a node leaves its pair on the skyline (`stale`: the skyline
+/// may promise more than the block holds, never less); a search that
+/// scans a stale block in vain recomputes it.
+#[derive(Clone, Debug, Default)]
+struct Block {
+    slots: Vec<Slot>,
+    skyline: Vec<(u64, u64)>,
+    stale: bool,
+}
+
+impl Block {
+    /// True when some node of the block has `cpu` and `mem` free.
+    fn can_fit(&self, cpu: u64, mem: u64) -> bool {
+        self.skyline.iter().any(|&(c, m)| c >= cpu && m >= mem)
+    }
+
+    /// Adds a node's free pair to the skyline.
+    fn raise(&mut self, p: (u64, u64)) {
+        if self.skyline.iter().any(|&(c, m)| c >= p.0 && m >= p.1) {
+            return;
+        }
+        self.skyline.retain(|&(c, m)| !(p.0 >= c && p.1 >= m));
+        self.skyline.push(p);
+    }
+}
+
+/// The nodes of one class in key order, as a list of sorted blocks.
+#[derive(Clone, Debug)]
+struct RankClass {
+    class: (u64, u64),
+    blocks: Vec<Block>,
+}
+
+impl RankClass {
+    /// The block that holds (or would hold) `slot`: the first whose last
+    /// slot is not before it, else the last block.
+    fn block_of(&self, slot: &Slot) -> usize {
+        let b = self.blocks.partition_point(|b| b.slots.last().is_some_and(|l| l < slot));
+        b.min(self.blocks.len().saturating_sub(1))
+    }
+
+    fn refresh(&mut self, b: usize, free: &[(u64, u64)]) {
+        let block = &mut self.blocks[b];
+        block.stale = false;
+        let mut points: Vec<(u64, u64)> = block.slots.iter().map(|(_, i)| free[*i as usize]).collect();
+        // CPU descending, then memory descending: a point is on the
+        // skyline when its memory beats every point before it.
+        points.sort_unstable_by(|a, b| b.cmp(a));
+        block.skyline.clear();
+        let mut best_mem = None;
+        for p in points {
+            if best_mem.is_none_or(|m| p.1 > m) {
+                best_mem = Some(p.1);
+                block.skyline.push(p);
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: &Slot) {
+        if self.blocks.is_empty() {
+            return;
+        }
+        let b = self.block_of(slot);
+        if let Ok(k) = self.blocks[b].slots.binary_search(slot) {
+            self.blocks[b].slots.remove(k);
+            if self.blocks[b].slots.is_empty() {
+                self.blocks.remove(b);
+            } else {
+                self.blocks[b].stale = true;
+            }
+        }
+    }
+
+    fn insert(&mut self, slot: Slot, free: &[(u64, u64)]) {
+        if self.blocks.is_empty() {
+            self.blocks.push(Block::default());
+        }
+        let b = self.block_of(&slot);
+        let block = &mut self.blocks[b];
+        let k = block.slots.binary_search(&slot).unwrap_or_else(|k| k);
+        block.slots.insert(k, slot);
+        block.raise(free[slot.1 as usize]);
+        if block.slots.len() >= 2 * BLOCK {
+            let tail = block.slots.split_off(BLOCK);
+            self.blocks.insert(b + 1, Block { slots: tail, skyline: Vec::new(), stale: false });
+            self.refresh(b, free);
+            self.refresh(b + 1, free);
+        }
+    }
+}
+
+/// Every node of a view ordered by a scorer's [`RankKey`]: "the best node
+/// that passes these filters" is, per class, the first fitting node from
+/// the scorer's bound on, then the best of those few by score. Each class
+/// is a sorted list of blocks of about 64 nodes that know the skyline of
+/// their nodes' free CPU and memory, so the search skips whole blocks of
+/// nodes too full for the task. Kept up to date as
+/// tasks are placed ([`RankIndex::update`]). See
+/// [`Scorer::rank_key`] for the contract that
+/// makes this the node a scan would pick.
+#[derive(Clone, Debug)]
+pub struct RankIndex {
+    classes: Vec<RankClass>,
+    /// Per node: its class and key.
+    at: Vec<(u32, i128)>,
+    /// Per node: free nano-CPUs and memory bytes.
+    free: Vec<(u64, u64)>,
+    /// Nodes taken out of the order for now ([`RankIndex::hide`]).
+    hidden: Vec<bool>,
+}
+
+fn free_of(node: &NodeInfo) -> (u64, u64) {
+    (node.available.nano_cpus, node.available.memory_bytes)
+}
+
+impl RankIndex {
+    /// Orders `nodes` by `scorer`'s keys; `None` when the scorer has none
+    /// for some node or the nodes fall in more than [`MAX_RANK_CLASSES`]
+    /// classes.
+    pub fn new(nodes: &[NodeInfo], scorer: &dyn Scorer) -> Option<Self> {
+        let mut classes: Vec<(u64, u64)> = Vec::new();
+        let mut slots: Vec<Vec<Slot>> = Vec::new();
+        let mut at = Vec::with_capacity(nodes.len());
+        for (i, n) in nodes.iter().enumerate() {
+            let RankKey { class, key } = scorer.rank_key(n)?;
+            let c = match classes.iter().position(|c| *c == class) {
+                Some(c) => c,
+                None if classes.len() < MAX_RANK_CLASSES => {
+                    classes.push(class);
+                    slots.push(Vec::new());
+                    classes.len() - 1
+                }
+                None => return None,
+            };
+            slots[c].push((Reverse(key), i as u32));
+            at.push((c as u32, key));
+        }
+        let free: Vec<(u64, u64)> = nodes.iter().map(free_of).collect();
+        let classes = classes
+            .into_iter()
+            .zip(slots)
+            .map(|(class, mut slots)| {
+                slots.sort_unstable();
+                let mut rc = RankClass {
+                    class,
+                    blocks: slots
+                        .chunks(BLOCK)
+                        .map(|c| Block { slots: c.to_vec(), skyline: Vec::new(), stale: false })
+                        .collect(),
+                };
+                for b in 0..rc.blocks.len() {
+                    rc.refresh(b, &free);
+                }
+                rc
+            })
+            .collect();
+        let hidden = vec![false; nodes.len()];
+        Some(RankIndex { classes, at, free, hidden })
+    }
+
+    /// Re-keys node `i` (`node` as it now stands). False when the scorer
+    /// no longer gives it a key in its class (a broken contract: the
+    /// caller drops the index).
+    pub fn update(&mut self, i: usize, node: &NodeInfo, scorer: &dyn Scorer) -> bool {
+        let Some(&(c, old)) = self.at.get(i) else { return false };
+        let Some(RankKey { class, key }) = scorer.rank_key(node) else { return false };
+        let rc = &mut self.classes[c as usize];
+        if class != rc.class {
+            return false;
+        }
+        if !self.hidden[i] {
+            rc.remove(&(Reverse(old), i as u32));
+        }
+        self.free[i] = free_of(node);
+        self.at[i].1 = key;
+        if !self.hidden[i] {
+            rc.insert((Reverse(key), i as u32), &self.free);
+        }
+        true
+    }
+
+    /// Takes node `i` out of the order until [`RankIndex::show`]: a group
+    /// hides the nodes its service runs on (ranked by its own local heap)
+    /// so that searches do not step over them. Updates while hidden are
+    /// kept.
+    pub fn hide(&mut self, i: usize) {
+        if let Some(&(c, key)) = self.at.get(i) {
+            if !self.hidden[i] {
+                self.classes[c as usize].remove(&(Reverse(key), i as u32));
+                self.hidden[i] = true;
+            }
+        }
+    }
+
+    /// Puts a hidden node back, with its current key.
+    pub fn show(&mut self, i: usize) {
+        if let Some(&(c, key)) = self.at.get(i) {
+            if self.hidden[i] {
+                self.hidden[i] = false;
+                self.classes[c as usize].insert((Reverse(key), i as u32), &self.free);
+            }
+        }
+    }
+
+    /// The best node of `candidates` for `req` that `fits`: per class the
+    /// first node from `scorer.rank_bound` on that is a candidate and
+    /// fits, then the best of those by `score(node, neutral)` (ties to the
+    /// lowest position). Nodes that do not fit are removed from
+    /// `candidates` (for a group's filters: a node that fails once fails
+    /// the rest of the group). Returns the score and the node.
+    pub fn best(
+        &mut self,
+        nodes: &[NodeInfo],
+        scorer: &dyn Scorer,
+        req: &TaskRequest,
+        neutral: &TaskRequest,
+        candidates: &mut NodeSet,
+        fits: &mut dyn FnMut(&NodeInfo) -> bool,
+    ) -> Option<(f64, usize)> {
+        let (cpu, mem) = (req.reservations.nano_cpus, req.reservations.memory_bytes);
+        let free = &self.free;
+        let mut best: Option<(f64, usize)> = None;
+        for rc in &mut self.classes {
+            let start: Slot = (Reverse(scorer.rank_bound(rc.class, req)), 0);
+            let mut found = None;
+            for b in rc.block_of(&start)..rc.blocks.len() {
+                if !rc.blocks[b].can_fit(cpu, mem) {
+                    continue;
+                }
+                let slots = &rc.blocks[b].slots;
+                let from = slots.partition_point(|s| *s < start);
+                let mut room = false;
+                found = slots[from..].iter().map(|(_, i)| *i as usize).find(|&i| {
+                    let (c, m) = free[i];
+                    if c < cpu || m < mem {
+                        return false; // too full for this task, maybe not for the next
+                    }
+                    room = true;
+                    if !candidates.contains(i) {
+                        return false;
+                    }
+                    if !fits(&nodes[i]) {
+                        candidates.remove(i);
+                        return false;
+                    }
+                    true
+                });
+                if found.is_some() {
+                    break;
+                }
+                if !room && from == 0 && rc.blocks[b].stale {
+                    // The skyline promised room the block no longer has.
+                    rc.refresh(b, free);
+                }
+            }
+            if let Some(i) = found {
+                let s = scorer.score(&nodes[i], neutral);
+                let s = if s.is_nan() { f64::NEG_INFINITY } else { s };
+                if best.is_none_or(|(bs, bi)| s > bs || (s == bs && i < bi)) {
+                    best = Some((s, i));
+                }
+            }
+        }
+        best
     }
 }
 

@@ -20,11 +20,26 @@
 //! Tasks fixed to a node (global services) are checked against that node
 //! alone.
 //!
+//! A group whose every candidate would be scored for a few tasks is
+//! wasteful when nearly every service has its own task shape (production
+//! traces). When the scorer gives rank keys ([`Scorer::rank_key`]: every
+//! built-in one), groups without preferences take the indexed path
+//! instead: a [`RankIndex`] keeps every node in the scorer's order (per
+//! class: one, or one per machine capacity), in blocks that know the
+//! skyline of their nodes' free CPU and memory; each task takes the better
+//! of the index's best fitting candidate and a local heap of the nodes its
+//! service already runs on (hidden from the index for the group). That
+//! costs O(classes x log nodes) per task plus the blocks and nodes it
+//! steps over, whatever the shape. Tightly constrained groups with many
+//! tasks still take the per-group heap.
+//!
 //! Many small services would pay O(candidates) per group for a few tasks
 //! each. So small groups (up to 32 tasks, no preferences) whose scorer and
 //! filters are [`shareable`](Scorer::shareable) share one heap per
 //! placement *shape* (constraints, platforms, reservations, host ports,
-//! max replicas), built the second time a shape shows up. Its entries are
+//! max replicas), built the second time a shape shows up (the eighth,
+//! for bin-packing scorers with rank keys; never for spreading scorers
+//! with rank keys, which stay on the index). Its entries are
 //! scored for no service in particular, which is exact on nodes the
 //! service does not touch; the few nodes it touches (runs tasks or failed
 //! recently) sit in a small per-group heap, and each task takes the better
@@ -69,7 +84,7 @@
 
 use crate::batch::group_batch;
 use crate::filter::{Filter, first_failure, standard_filters};
-use crate::index::{NodeIndex, NodeSet};
+use crate::index::{NodeIndex, NodeSet, RankIndex};
 use crate::score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};
 use std::cmp::Ordering;
 use std::collections::binary_heap::PeekMut;
@@ -288,12 +303,20 @@ struct SharedHeap {
     synced: usize,
 }
 
-/// A shape seen once (`None`: no heap yet) or with its shared heap.
-type Shared = HashMap<ShapeKey, Option<SharedHeap>>;
+/// How many groups of a shape asked, and its shared heap once built.
+type Shared = HashMap<ShapeKey, (u32, Option<SharedHeap>)>;
 
 /// Groups of at most this many tasks use shared heaps; larger groups pay
 /// for scoring every candidate once and amortise it.
 const SHARED_GROUP_MAX: usize = 32;
+
+/// When the rank index can serve a shape (and the scorer's scores can
+/// rise: bin packing), its shared heap is built when this many small
+/// groups have asked: scoring every candidate pays off only for a shape
+/// many groups share (`many-small`: 54 shapes for 33,000 groups); a shape
+/// seen once or twice, as in traces where nearly every service has its
+/// own, stays on the index.
+const SHARED_BUILD_AT_INDEXED: u32 = 8;
 
 /// The state of one `schedule` call.
 struct Call<'a> {
@@ -310,6 +333,10 @@ struct Call<'a> {
     shared_entries: usize,
     /// Every placement's node, in order.
     log: Vec<usize>,
+    /// The nodes in the scorer's rank order, when it has one; built when
+    /// a group first wants it (`rank_built`), kept up to date from then.
+    rank: Option<RankIndex>,
+    rank_built: bool,
 }
 
 impl<'a> Call<'a> {
@@ -332,12 +359,43 @@ impl<'a> Call<'a> {
             shared: HashMap::new(),
             shared_entries: 0,
             log: Vec::new(),
+            rank: None,
+            rank_built: false,
         }
     }
 
-    /// Places `req` on node `i`.
-    fn place(&mut self, i: usize, req: &TaskRequest) {
-        place(&mut self.work, &mut self.version, &mut self.service_nodes, &mut self.log, i, req);
+    /// The rank index, built from the nodes as they now stand on first use.
+    fn rank_index(&mut self, scorer: &dyn Scorer) -> bool {
+        if !self.rank_built {
+            self.rank_built = true;
+            self.rank = RankIndex::new(&self.work, scorer);
+        }
+        self.rank.is_some()
+    }
+
+    /// Places `req` on node `i`: reserves, bumps the node's version,
+    /// records that the service now touches the node and re-keys it in the
+    /// rank index.
+    fn place(&mut self, i: usize, req: &TaskRequest, scorer: &dyn Scorer) {
+        self.log.push(i);
+        let info = &mut self.work[i];
+        if !touches(info, &req.service_id) {
+            // No key clone when the service already has an entry.
+            match self.service_nodes.get_mut(&req.service_id) {
+                Some(nodes) => nodes.push(i),
+                None => {
+                    self.service_nodes.insert(req.service_id.clone(), vec![i]);
+                }
+            }
+        }
+        info.reserve(req);
+        self.version[i] = self.version[i].wrapping_add(1);
+        if let Some(rank) = self.rank.as_mut() {
+            if !rank.update(i, &self.work[i], scorer) {
+                tracing::warn!(scorer = scorer.name(), "a rank key broke its contract (class changed): index dropped");
+                self.rank = None;
+            }
+        }
     }
 
     fn label_ids(&mut self, descriptor: &str) {
@@ -354,25 +412,6 @@ impl<'a> Call<'a> {
         });
         self.labels.insert(descriptor.to_string(), ids);
     }
-}
-
-/// Places `req` on node `i`: reserves, bumps the node's version and records
-/// that the service now touches the node.
-fn place(
-    work: &mut [NodeInfo],
-    version: &mut [u32],
-    service_nodes: &mut HashMap<ServiceId, Vec<usize>>,
-    log: &mut Vec<usize>,
-    i: usize,
-    req: &TaskRequest,
-) {
-    log.push(i);
-    let info = &mut work[i];
-    if !touches(info, &req.service_id) {
-        service_nodes.entry(req.service_id.clone()).or_default().push(i);
-    }
-    info.reserve(req);
-    version[i] = version[i].wrapping_add(1);
 }
 
 /// True when the service runs on the node or failed there recently.
@@ -517,6 +556,14 @@ impl Tree {
     }
 }
 
+/// True when the indexed path should beat scoring the group's candidates
+/// once: per task it skips about `nodes / candidates` nodes that fail the
+/// static filters, so a tightly constrained group with many tasks (a few
+/// SSD nodes, one fixed host) is cheaper on the per-group path.
+fn index_pays(tasks: usize, candidates: usize, nodes: usize) -> bool {
+    candidates > 0 && tasks.saturating_mul(nodes / candidates) <= 4 * candidates
+}
+
 /// The first dynamic filter `info` fails for `req`.
 fn dyn_check(dynamic: &[&dyn Filter], info: &NodeInfo, req: &TaskRequest) -> Result<(), FilterFailure> {
     for f in dynamic {
@@ -558,12 +605,25 @@ impl Pipeline {
         let relevant: Vec<&dyn Filter> = self.filters.iter().filter(|f| f.relevant(rep)).map(|f| f.as_ref()).collect();
         let dynamic: Vec<&dyn Filter> = relevant.iter().copied().filter(|f| !f.is_static()).collect();
 
-        let shareable = group.len() <= SHARED_GROUP_MAX
-            && rep.preferences.is_empty()
-            && self.scorer.shareable()
-            && relevant.iter().all(|f| f.shareable());
-        let placed = if shareable && self.shared_heap(call, rep, &alive, &dynamic) {
+        let shareable = rep.preferences.is_empty() && self.scorer.shareable() && relevant.iter().all(|f| f.shareable());
+        let indexed = shareable
+            && index_pays(group.len(), alive.count(), call.work.len())
+            && call.rank_index(self.scorer.as_ref());
+        // With the index, a shape needs more groups to pay for a heap; and
+        // spreading scorers (scores that never rise) stay on the index:
+        // each placement lands atop every shape's heap, which all re-sort.
+        let build_at = match (indexed, self.scorer.never_rises()) {
+            (false, _) => 2,
+            (true, false) => SHARED_BUILD_AT_INDEXED,
+            (true, true) => u32::MAX,
+        };
+        let placed = if shareable
+            && group.len() <= SHARED_GROUP_MAX
+            && self.shared_heap(call, rep, &alive, &dynamic, build_at)
+        {
             self.pick_shared(call, batch, group, out, &alive, &dynamic)
+        } else if indexed {
+            self.pick_indexed(call, batch, group, out, &alive, &dynamic)
         } else {
             self.pick_group(call, batch, group, out, &alive, &dynamic)
         };
@@ -635,36 +695,154 @@ impl Pipeline {
             }
         }
         let mut tree = Tree::build(entries, &levels, &call.work, &touched, &rep.service_id);
-        let (work, version, service_nodes, log) =
-            (&mut call.work, &mut call.version, &mut call.service_nodes, &mut call.log);
         let mut placed = 0;
         for &t in group {
             let req = &batch[t];
-            let scorer = &self.scorer;
+            let scorer = self.scorer.as_ref();
             let picked = tree.pick(&mut |i| {
-                dyn_check(dynamic, &work[i], req).ok()?;
-                place(work, version, service_nodes, log, i, req);
-                Some(scorer.score(&work[i], req))
+                dyn_check(dynamic, &call.work[i], req).ok()?;
+                call.place(i, req, scorer);
+                Some(scorer.score(&call.work[i], req))
             });
             let Some(i) = picked else { break };
-            out[t] = Decision::Assign(work[i].node.id.clone());
+            out[t] = Decision::Assign(call.work[i].node.id.clone());
+            placed += 1;
+        }
+        placed
+    }
+
+    /// The indexed path: per task, the best of the rank index's answer
+    /// (nodes the service does not touch, by the scorer's rank keys: see
+    /// [`Scorer::rank_key`]) and a small local heap of the nodes the
+    /// service touches. Costs O(classes x log nodes) per task plus the
+    /// nodes skipped because they fail the group's filters, whatever the
+    /// number of groups and shapes.
+    fn pick_indexed(
+        &self,
+        call: &mut Call,
+        batch: &[TaskRequest],
+        group: &[usize],
+        out: &mut [Decision],
+        alive: &NodeSet,
+        dynamic: &[&dyn Filter],
+    ) -> usize {
+        let rep = &batch[group[0]];
+        let scorer = self.scorer.as_ref();
+        let mut candidates = alive.clone();
+        let mut local: BinaryHeap<Entry> = BinaryHeap::new();
+        // The nodes the service touches leave the index for the group (the
+        // local heap ranks them), so searches do not step over them.
+        let mut hidden: Vec<usize> = Vec::new();
+        for &i in call.service_nodes.get(&rep.service_id).into_iter().flatten() {
+            if candidates.contains(i) {
+                candidates.remove(i);
+                hidden.push(i);
+                if dyn_check(dynamic, &call.work[i], rep).is_ok() {
+                    local.push(Entry::new(scorer.score(&call.work[i], rep), i, 0));
+                }
+            }
+        }
+        if let Some(rank) = call.rank.as_mut() {
+            for &i in &hidden {
+                rank.hide(i);
+            }
+        }
+        let placed = self.pick_indexed_tasks(call, batch, group, out, alive, dynamic, candidates, local, &mut hidden);
+        if let Some(rank) = call.rank.as_mut() {
+            for &i in &hidden {
+                rank.show(i);
+            }
+        }
+        placed
+    }
+
+    /// The task loop of [`Pipeline::pick_indexed`]; `hidden` gets the
+    /// nodes it takes out of the index.
+    #[allow(clippy::too_many_arguments)]
+    fn pick_indexed_tasks(
+        &self,
+        call: &mut Call,
+        batch: &[TaskRequest],
+        group: &[usize],
+        out: &mut [Decision],
+        alive: &NodeSet,
+        dynamic: &[&dyn Filter],
+        mut candidates: NodeSet,
+        mut local: BinaryHeap<Entry>,
+        hidden: &mut Vec<usize>,
+    ) -> usize {
+        let rep = &batch[group[0]];
+        let scorer = self.scorer.as_ref();
+        let neutral = TaskRequest { service_id: ServiceId::default(), ..rep.clone() };
+        let mut placed = 0;
+        for (k, &t) in group.iter().enumerate() {
+            let req = &batch[t];
+            let Some(rank) = call.rank.as_mut() else {
+                // The index was dropped (a scorer broke the rank contract):
+                // the rest of the group takes the per-group path.
+                return placed + self.pick_group(call, batch, &group[k..], out, alive, dynamic);
+            };
+            let mut fits = |n: &NodeInfo| dyn_check(dynamic, n, req).is_ok();
+            let indexed = rank.best(&call.work, scorer, req, &neutral, &mut candidates, &mut fits);
+            let local_best = loop {
+                let Some(&top) = local.peek() else { break None };
+                if dyn_check(dynamic, &call.work[top.idx()], req).is_err() {
+                    local.pop();
+                } else {
+                    break Some(top);
+                }
+            };
+            let i = match (indexed, local_best) {
+                (None, None) => break,
+                (Some((s, i)), Some(l)) if Entry::new(s, i, 0) > l => i,
+                (Some((_, i)), None) => i,
+                (_, Some(l)) => {
+                    local.pop();
+                    l.idx()
+                }
+            };
+            if candidates.contains(i) {
+                // From the index: the node now runs a task of the service,
+                // the local heap ranks it for the rest of the group.
+                candidates.remove(i);
+                if let Some(rank) = call.rank.as_mut() {
+                    rank.hide(i);
+                    hidden.push(i);
+                }
+            }
+            call.place(i, req, scorer);
+            local.push(Entry::new(scorer.score(&call.work[i], req), i, 0));
+            out[t] = Decision::Assign(call.work[i].node.id.clone());
             placed += 1;
         }
         placed
     }
 
     /// Makes sure the group's shape has a shared heap, building it the
-    /// second time the shape is seen (within the entry budget). False when
-    /// the group should take the per-group path.
-    fn shared_heap(&self, call: &mut Call, rep: &TaskRequest, alive: &NodeSet, dynamic: &[&dyn Filter]) -> bool {
+    /// `build_at`-th time the shape is seen (within the entry budget).
+    /// False when the group should take another path.
+    fn shared_heap(
+        &self,
+        call: &mut Call,
+        rep: &TaskRequest,
+        alive: &NodeSet,
+        dynamic: &[&dyn Filter],
+        build_at: u32,
+    ) -> bool {
         let key = ShapeKey::of(rep);
-        match call.shared.get(&key) {
-            Some(Some(_)) => return true,
-            None => {
-                call.shared.insert(key, None);
-                return false;
+        let seen = match call.shared.get_mut(&key) {
+            Some((_, Some(_))) => return true,
+            Some((seen, None)) => {
+                *seen += 1;
+                *seen
             }
-            Some(None) => {}
+            None => {
+                call.shared.insert(key.clone(), (1, None));
+                1
+            }
+        };
+        if seen < build_at {
+            return false;
         }
         let count = alive.count();
         // A heap holds at most about twice its candidates (see the sync).
@@ -679,7 +857,7 @@ impl Pipeline {
             .collect();
         call.shared_entries += 2 * count;
         let shared = SharedHeap { heap, neutral, alive: alive.clone(), alive_count: count, synced: call.log.len() };
-        call.shared.insert(key, Some(shared));
+        call.shared.insert(key, (seen, Some(shared)));
         true
     }
 
@@ -698,7 +876,7 @@ impl Pipeline {
     ) -> usize {
         let rep = &batch[group[0]];
         let key = ShapeKey::of(rep);
-        let Some(Some(mut shared)) = call.shared.remove(&key) else { return 0 };
+        let Some((seen, Some(mut shared))) = call.shared.remove(&key) else { return 0 };
         // Sync: fresh entries for the nodes changed since the last use, or
         // a rebuild when that is cheaper or stale entries pile up. Scores
         // that never rise need no sync: a stale entry overestimates, so it
@@ -785,7 +963,7 @@ impl Pipeline {
                 set_aside.push(e);
             }
             let i = e.idx();
-            call.place(i, req);
+            call.place(i, req, self.scorer.as_ref());
             local.push(Entry::new(self.scorer.score(&call.work[i], req), i, 0));
             out[t] = Decision::Assign(call.work[i].node.id.clone());
             placed += 1;
@@ -793,7 +971,7 @@ impl Pipeline {
         heap.extend(set_aside);
         // This group's placements are taken in by the next sync.
         shared.synced = synced;
-        call.shared.insert(key, Some(shared));
+        call.shared.insert(key, (seen, Some(shared)));
         placed
     }
 
@@ -808,7 +986,7 @@ impl Pipeline {
         };
         match first_failure(&self.filters, &call.work[i], req) {
             Ok(()) => {
-                call.place(i, req);
+                call.place(i, req, self.scorer.as_ref());
                 *out = Decision::Assign(call.work[i].node.id.clone());
                 true
             }

@@ -8,19 +8,26 @@
 //! took it, and the pipeline keeps candidates in a heap instead of scanning
 //! every node for every task.
 //!
+//! Every built-in scorer also gives each node a [`RankKey`]
+//! ([`Scorer::rank_key`]): a class (one, or one per node capacity) and an
+//! integer key ordering the nodes of that class as the score does for any
+//! task. The pipeline keeps the nodes ordered by it and finds a task's
+//! best node from the class's best keys, whatever the task's size, instead
+//! of scoring every candidate per group.
+//!
 //! Built in:
 //! - [`Spread`]: Swarm's rule. Fewest tasks of the service on the node,
 //!   then fewest tasks in total; nodes where the service failed
 //!   [`Spread::max_failures`] times within the failure window rank last.
-//! - [`BestFit`]: Nomad's BestFit v3 bin packing,
-//!   `20 - (10^freeCpu + 10^freeMem)` after placing the task. The default
-//!   `binpack`: the exponent punishes a node left with much of one resource
-//!   free and little of the other more than a linear score does, so it packs
-//!   while keeping CPU and memory balanced, which leaves fewer stranded
-//!   fragments (see docs/swarm-sched.md).
-//! - [`MostAllocated`]: Kubernetes' MostAllocated, the mean share of CPU
-//!   and memory requested after placing the task. Linear; offered for
-//!   comparison in the placement benchmark.
+//! - [`BestFit`]: bin packing by absolute best fit, the default
+//!   `binpack`. Nodes already running a task first, the one with the least
+//!   capacity left after placing the task (CPU plus memory at 4 GiB per
+//!   CPU); empty nodes last, the largest first. On mixed machine sizes a
+//!   score by the *share* used fills the smallest machines first; this
+//!   one opens big machines and fills them (see docs/swarm-sched.md).
+//! - [`MostAllocated`]: Kubernetes' MostAllocated (the mean share of CPU
+//!   and memory requested after placing the task) among nodes in use,
+//!   then empty nodes largest first, like [`BestFit`].
 //! - [`LeastAllocated`]: Kubernetes' LeastAllocated, the mean share left
 //!   free: spreads by load rather than by task count.
 //!
@@ -92,6 +99,44 @@ pub trait Scorer: Send + Sync {
     fn never_rises(&self) -> bool {
         false
     }
+
+    /// Opts into the pipeline's indexed fast path: the node's class and
+    /// key in an order that answers "the best node for this task" without
+    /// scoring every candidate. `None` (the default) keeps the per-group
+    /// heaps. The contract, for a request `req` and nodes `a`, `b` of the
+    /// same class that both pass every filter for `req` and run no task of
+    /// `req`'s service (nor failed it recently):
+    /// - `key(a) > key(b)` implies `score(a, req) >= score(b, req)`, and
+    ///   equal keys give equal scores (up to floating-point rounding);
+    /// - `key(a) <= rank_bound(class, req)`.
+    ///
+    /// Nodes of different classes are compared by [`Scorer::score`]. A
+    /// node's key may change as tasks are placed on it, its class may not.
+    /// Few classes keep it fast: the pipeline looks at each class's best
+    /// node per task, and keeps the per-group path when a view has more
+    /// than [`MAX_RANK_CLASSES`](crate::index::MAX_RANK_CLASSES) classes
+    /// or some node has no key. Every built-in scorer has one (see the
+    /// [module docs](self)).
+    fn rank_key(&self, _node: &NodeInfo) -> Option<RankKey> {
+        None
+    }
+
+    /// An upper bound on the key of a node of `class` that can take `req`
+    /// (see [`Scorer::rank_key`]): where the search for a fitting node
+    /// starts. Defaults to `i128::MAX` (no bound).
+    fn rank_bound(&self, _class: (u64, u64), _req: &TaskRequest) -> i128 {
+        i128::MAX
+    }
+}
+
+/// A node's place in a scorer's order: see [`Scorer::rank_key`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RankKey {
+    /// Nodes compared by `key` (the built-ins: `(0, 0)` for one class, or
+    /// the node's capacity in nano-CPUs and bytes).
+    pub class: (u64, u64),
+    /// Higher is better within the class.
+    pub key: i128,
 }
 
 impl<S: Scorer + ?Sized> Scorer for Box<S> {
@@ -106,6 +151,12 @@ impl<S: Scorer + ?Sized> Scorer for Box<S> {
     }
     fn never_rises(&self) -> bool {
         (**self).never_rises()
+    }
+    fn rank_key(&self, node: &NodeInfo) -> Option<RankKey> {
+        (**self).rank_key(node)
+    }
+    fn rank_bound(&self, class: (u64, u64), req: &TaskRequest) -> i128 {
+        (**self).rank_bound(class, req)
     }
 }
 
@@ -150,6 +201,11 @@ impl Scorer for Spread {
         let service = f64::from(node.service_tasks(&req.service_id)).min(FIELD - 1.0);
         -((f64::from(failures) * FIELD + service) * FIELD + total)
     }
+    /// One class; fewest tasks in total first (the score on a node the
+    /// service does not touch).
+    fn rank_key(&self, node: &NodeInfo) -> Option<RankKey> {
+        Some(RankKey { class: (0, 0), key: -i128::from(node.total_tasks.min(FIELD as u32 - 1)) })
+    }
 }
 
 /// `1 - (used + request) / capacity` for one resource, clamped to [0, 1];
@@ -171,8 +227,60 @@ fn shares(node: &NodeInfo, req: &TaskRequest) -> (f64, f64) {
     )
 }
 
-/// Nomad's BestFit v3: `20 - (10^freeCpu + 10^freeMem)` with the task
-/// placed, from 0 (empty node) to 18 (full node). The tightest fit wins.
+/// Bytes of memory that weigh as much as one CPU when the bin-packing
+/// scores add CPU and memory up (4 GiB: the memory per CPU of common
+/// machine shapes, and of the built-in workloads' nodes).
+pub const MEMORY_PER_CPU: u64 = 4 << 30;
+
+const NANO: u64 = 1_000_000_000;
+
+/// `cpu` nano-CPUs and `memory` bytes in one integer: nano-CPUs times
+/// [`MEMORY_PER_CPU`] plus bytes times 10^9 (exact; at most 2^97).
+pub fn cpu_equivalents(cpu: u64, memory: u64) -> i128 {
+    i128::from(cpu) * i128::from(MEMORY_PER_CPU) + i128::from(memory) * i128::from(NANO)
+}
+
+/// [`cpu_equivalents`] in CPUs (1 CPU, or 4 GiB of memory, is 1.0).
+fn in_cpus(units: i128) -> f64 {
+    units as f64 / (NANO as f64 * MEMORY_PER_CPU as f64)
+}
+
+/// Score offset of the "empty node" tier of the bin-packing scores: below
+/// every node already in use, whatever its size (scores of used nodes are
+/// above -2.3e10: a node of u64::MAX nano-CPUs and bytes).
+const EMPTY_TIER: f64 = -1e12;
+
+/// A node runs nothing (no task of the view or of this call).
+fn empty(node: &NodeInfo) -> bool {
+    node.total_tasks == 0
+}
+
+/// The score of an empty node for the bin-packing scorers: the tier's
+/// offset plus its free capacity in CPU-equivalents, so the largest empty
+/// node opens first.
+fn empty_score(node: &NodeInfo) -> f64 {
+    EMPTY_TIER + in_cpus(cpu_equivalents(node.available.nano_cpus, node.available.memory_bytes))
+}
+
+/// The rank key of an empty node: below every node in use (whose keys are
+/// above -2^98), larger free capacity first.
+fn empty_key(node: &NodeInfo) -> i128 {
+    i128::MIN / 2 + cpu_equivalents(node.available.nano_cpus, node.available.memory_bytes)
+}
+
+/// Bin packing by absolute best fit, for clusters of mixed machine sizes.
+/// Two tiers:
+/// - nodes already running a task, by the capacity left *after* placing
+///   the task, least first, in CPU-equivalents (free CPUs plus free
+///   memory at [`MEMORY_PER_CPU`] per CPU): `-(leftover)`, from 0 (the
+///   task fills the node) down;
+/// - then empty nodes, largest free capacity first (scores near -1e12).
+///
+/// The tightest fit among nodes in use wins, and a new node is opened only
+/// when none fits, the largest first: a first-fit-decreasing packer's
+/// choice of bins. Shares (Nomad's BestFit v3, Kubernetes'
+/// MostAllocated) instead rank an empty 8-CPU node above an empty 32-CPU
+/// one and fill the smallest machines first (see docs/swarm-sched.md).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BestFit;
 
@@ -184,13 +292,51 @@ impl Scorer for BestFit {
         true
     }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
-        let (cpu, mem) = shares(node, req);
-        20.0 - (10f64.powf(cpu) + 10f64.powf(mem))
+        if empty(node) {
+            return empty_score(node);
+        }
+        let (a, r) = (&node.available, &req.reservations);
+        let left =
+            cpu_equivalents(a.nano_cpus.saturating_sub(r.nano_cpus), a.memory_bytes.saturating_sub(r.memory_bytes));
+        -in_cpus(left)
+    }
+    /// One class; nodes in use by free capacity, least first (the
+    /// leftover after placing any task is the free capacity minus the
+    /// task's, the same for every node), then empty nodes.
+    fn rank_key(&self, node: &NodeInfo) -> Option<RankKey> {
+        let key = if empty(node) {
+            empty_key(node)
+        } else {
+            -cpu_equivalents(node.available.nano_cpus, node.available.memory_bytes)
+        };
+        Some(RankKey { class: (0, 0), key })
+    }
+    fn rank_bound(&self, _class: (u64, u64), req: &TaskRequest) -> i128 {
+        // A node in use that fits has at least the task's CPU and memory free.
+        -cpu_equivalents(req.reservations.nano_cpus, req.reservations.memory_bytes)
     }
 }
 
-/// Kubernetes' MostAllocated: mean requested share of CPU and memory with
-/// the task placed, 0 to 100. The fullest node wins.
+/// `available_cpu * capacity_memory + available_memory * capacity_cpu`
+/// (each capacity at least 1), saturating: orders the nodes of one
+/// capacity by their mean free share, the order of Kubernetes'
+/// MostAllocated and LeastAllocated within that capacity.
+fn share_key(cap: (u64, u64), cpu: u64, memory: u64) -> i128 {
+    let (cc, cm) = (u128::from(cap.0.max(1)), u128::from(cap.1.max(1)));
+    let k = u128::from(cpu).saturating_mul(cm).saturating_add(u128::from(memory).saturating_mul(cc));
+    i128::try_from(k).unwrap_or(i128::MAX)
+}
+
+fn capacity(node: &NodeInfo) -> (u64, u64) {
+    let c = &node.node.description.resources;
+    (c.nano_cpus, c.memory_bytes)
+}
+
+/// Kubernetes' MostAllocated on nodes already running a task: the mean
+/// requested share of CPU and memory with the task placed, 0 to 100, the
+/// fullest node wins; then, as for [`BestFit`], empty nodes, largest
+/// first (scores near -1e12). Shares alone would open the smallest empty
+/// node first.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MostAllocated;
 
@@ -202,8 +348,25 @@ impl Scorer for MostAllocated {
         true
     }
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
+        if empty(node) {
+            return empty_score(node);
+        }
         let (cpu, mem) = shares(node, req);
         100.0 * ((1.0 - cpu) + (1.0 - mem)) / 2.0
+    }
+    /// One class per capacity; within it nodes in use by mean free share,
+    /// least first, then empty nodes.
+    fn rank_key(&self, node: &NodeInfo) -> Option<RankKey> {
+        let class = capacity(node);
+        let key = if empty(node) {
+            empty_key(node)
+        } else {
+            -share_key(class, node.available.nano_cpus, node.available.memory_bytes)
+        };
+        Some(RankKey { class, key })
+    }
+    fn rank_bound(&self, class: (u64, u64), req: &TaskRequest) -> i128 {
+        -share_key(class, req.reservations.nano_cpus, req.reservations.memory_bytes)
     }
 }
 
@@ -225,6 +388,11 @@ impl Scorer for LeastAllocated {
     fn score(&self, node: &NodeInfo, req: &TaskRequest) -> f64 {
         let (cpu, mem) = shares(node, req);
         100.0 * (cpu + mem) / 2.0
+    }
+    /// One class per capacity; within it by mean free share, most first.
+    fn rank_key(&self, node: &NodeInfo) -> Option<RankKey> {
+        let class = capacity(node);
+        Some(RankKey { class, key: share_key(class, node.available.nano_cpus, node.available.memory_bytes) })
     }
 }
 
@@ -263,22 +431,34 @@ mod tests {
         assert!(Spread { max_failures: 1 }.score(&failing, &req) < s.score(&same, &req));
     }
 
+    fn empty_node(cpus: u64, mem_g: u64) -> NodeInfo {
+        NodeInfo::new(Arc::new(Node::ready("e", "h", Resources::new(cpus * CPU, mem_g * G))))
+    }
+
     #[test]
-    fn best_fit_is_nomads_formula_and_prefers_tight_balanced_fits() {
-        let req = TaskRequest { reservations: Resources::new(CPU, G), ..Default::default() };
-        // Empty 4/4 node: free 3/4 of each after placing.
-        let expected = 20.0 - 2.0 * 10f64.powf(0.75);
-        assert!((BestFit.score(&node(4, 4, 0, 0), &req) - expected).abs() < 1e-9);
-        // Filled exactly: 20 - 2.
-        assert!((BestFit.score(&node(4, 4, 3, 3), &req) - 18.0).abs() < 1e-9);
-        // Fuller beats emptier.
-        assert!(BestFit.score(&node(4, 4, 2, 2), &req) > BestFit.score(&node(4, 4, 1, 1), &req));
-        // Same total free share: balanced beats lopsided (10^x is convex),
-        // while MostAllocated sees no difference.
-        let balanced = node(8, 8, 4, 4);
-        let lopsided = node(8, 8, 7, 1);
-        assert!(BestFit.score(&balanced, &req) > BestFit.score(&lopsided, &req));
-        assert!((MostAllocated.score(&balanced, &req) - MostAllocated.score(&lopsided, &req)).abs() < 1e-9);
+    fn best_fit_is_the_least_leftover_then_the_largest_empty_node() {
+        let req = TaskRequest { reservations: Resources::new(CPU, 4 * G), ..Default::default() };
+        // In use (one task, nothing reserved), 8 CPUs / 32 GiB: 7 CPUs and
+        // 28 GiB left after placing, 7 + 7 CPU-equivalents.
+        assert!((BestFit.score(&node(8, 32, 0, 0), &req) + 14.0).abs() < 1e-9);
+        // Filled exactly: 0, the best possible.
+        assert_eq!(BestFit.score(&node(4, 8, 3, 4), &req), 0.0);
+        // Absolute, not shares: a 32-CPU node with 3 CPUs and 12 GiB free
+        // beats an 8-CPU node with 4 CPUs and 16 GiB free.
+        let big = node(32, 128, 29, 116);
+        let small = node(8, 32, 4, 16);
+        assert!(BestFit.score(&big, &req) > BestFit.score(&small, &req));
+        // Any node in use beats any empty node; among empty nodes the
+        // largest wins.
+        let (e8, e32) = (empty_node(8, 32), empty_node(32, 128));
+        assert!(BestFit.score(&node(64, 256, 0, 0), &req) > BestFit.score(&e32, &req));
+        assert!(BestFit.score(&e32, &req) > BestFit.score(&e8, &req));
+        assert!(MostAllocated.score(&node(64, 256, 0, 0), &req) > MostAllocated.score(&e32, &req));
+        assert!(MostAllocated.score(&e32, &req) > MostAllocated.score(&e8, &req));
+        // The rank keys order nodes as the scores do.
+        let key = |n: &NodeInfo| BestFit.rank_key(n).unwrap().key;
+        assert!(key(&big) > key(&small) && key(&small) > key(&e32) && key(&e32) > key(&e8));
+        assert!(key(&big) <= BestFit.rank_bound((0, 0), &req));
     }
 
     #[test]

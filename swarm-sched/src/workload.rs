@@ -19,6 +19,7 @@
 //! assert!(m.nodes_used >= m.lower_bound.nodes);
 //! ```
 
+use crate::batch;
 use crate::bound::{LowerBound, lower_bound};
 use crate::filter::{Filter, standard_filters};
 use crate::index::{NodeIndex, NodeSet};
@@ -57,17 +58,25 @@ pub enum WorkloadKind {
     /// Five zones of uneven size, two racks each; every service spreads
     /// over `node.labels.zone`, half of them then over `node.labels.rack`.
     Zoned,
+    /// Shaped like published production traces: machines of 8, 16 and 32
+    /// CPUs (4 GiB per CPU) in a 5:3:2 mix; every service draws its own
+    /// task size from a continuous heavy-tailed distribution and its
+    /// replica count from a Zipf distribution; some services constrained
+    /// to a zone or to SSD nodes, some at most one task per node. See
+    /// [`Workload::generate`] for the distributions.
+    Production,
 }
 
 impl WorkloadKind {
     /// Every workload, in the order of their names.
-    pub const ALL: [WorkloadKind; 6] = [
+    pub const ALL: [WorkloadKind; 7] = [
         WorkloadKind::Uniform,
         WorkloadKind::HeavyTailed,
         WorkloadKind::ManySmall,
         WorkloadKind::FewHuge,
         WorkloadKind::MixedNodes,
         WorkloadKind::Zoned,
+        WorkloadKind::Production,
     ];
 
     /// The command-line name.
@@ -79,6 +88,7 @@ impl WorkloadKind {
             WorkloadKind::FewHuge => "few-huge",
             WorkloadKind::MixedNodes => "mixed-nodes",
             WorkloadKind::Zoned => "zoned",
+            WorkloadKind::Production => "production",
         }
     }
 }
@@ -93,8 +103,14 @@ impl fmt::Display for WorkloadKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkloadError {
     /// An unknown workload name.
-    #[error("unknown workload {0:?}: expected one of uniform, heavy-tailed, many-small, few-huge, mixed-nodes, zoned")]
+    #[error(
+        "unknown workload {0:?}: expected one of uniform, heavy-tailed, many-small, few-huge, mixed-nodes, zoned, production"
+    )]
     UnknownWorkload(String),
+    /// A workload the trace format cannot hold (see [`nodes_csv`],
+    /// [`tasks_csv`]).
+    #[error("cannot write as a trace: {0}")]
+    Unwritable(String),
     /// A trace line that does not parse.
     #[error("{file} line {line}: {message}")]
     Trace {
@@ -135,6 +151,76 @@ impl Rng {
     fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize]
     }
+    /// True with probability `p`.
+    fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+}
+
+/// The `production` workload's parameters (see [`Workload::generate`]).
+pub mod production {
+    /// Machine sizes in CPUs, and how many in ten have each.
+    pub const MACHINES: [(u64, u64); 3] = [(8, 5), (16, 3), (32, 2)];
+    /// Memory per CPU of every machine, GiB.
+    pub const GIB_PER_CPU: u64 = 4;
+    /// Share of machines with `disk=ssd`.
+    pub const SSD_SHARE: f64 = 0.1;
+    /// Task CPU: Pareto with this shape...
+    pub const CPU_ALPHA: f64 = 1.5;
+    /// ...from this many CPUs (mean about 0.55 CPU once capped)...
+    pub const CPU_MIN: f64 = 0.2;
+    /// ...capped here (a task always fits an empty machine).
+    pub const CPU_MAX: f64 = 6.0;
+    /// Task memory: CPUs x 4 GiB x 2^u, u uniform in [-1.5, 1.5], clamped
+    /// to [64 MiB, 24 GiB].
+    pub const MEM_SPREAD_LOG2: f64 = 1.5;
+    /// Replicas per service: Zipf with this exponent over 1..=REPLICAS_MAX.
+    pub const REPLICAS_ZIPF: f64 = 1.8;
+    /// Largest replica count.
+    pub const REPLICAS_MAX: u64 = 1000;
+    /// Share of services constrained to one zone (`node.labels.zone==zone-k`).
+    pub const ZONE_SHARE: f64 = 0.15;
+    /// Share of services constrained to SSD nodes (`node.labels.disk==ssd`).
+    pub const SSD_SERVICE_SHARE: f64 = 0.05;
+    /// Share of services with at most one task per node (`max_replicas` 1).
+    pub const MAX_ONE_SHARE: f64 = 0.1;
+}
+
+/// Cumulative Zipf weights `k^-s` for k in 1..=max, normalised to 1.
+fn zipf_cdf(s: f64, max: u64) -> Vec<f64> {
+    let mut acc = 0.0;
+    let mut cdf: Vec<f64> = (1..=max)
+        .map(|k| {
+            acc += (k as f64).powf(-s);
+            acc
+        })
+        .collect();
+    for c in &mut cdf {
+        *c /= acc;
+    }
+    cdf
+}
+
+/// One `production` service: replicas and the shared task template.
+fn production_service(rng: &mut Rng, zipf: &[f64], service: usize) -> (usize, TaskRequest) {
+    use production::*;
+    let u = rng.unit();
+    let replicas = zipf.partition_point(|c| *c < u) + 1;
+    let cpus = (CPU_MIN * (1.0 - rng.unit()).powf(-1.0 / CPU_ALPHA)).min(CPU_MAX);
+    let nano = ((cpus * 1000.0).round() as u64).max(1) * (CPU / 1000); // whole milli-CPUs
+    let factor = (rng.unit() * 2.0 * MEM_SPREAD_LOG2 - MEM_SPREAD_LOG2).exp2();
+    let mem = (cpus * (GIB_PER_CPU * GIB) as f64 * factor).clamp((64 * MIB) as f64, (24 * GIB) as f64);
+    let mem = (mem / MIB as f64).round() as u64 * MIB; // whole MiB
+    let mut t = task(service, 0, &Resources::new(nano, mem));
+    if rng.chance(ZONE_SHARE) {
+        t.constraints.extend(format!("node.labels.zone==zone-{}", rng.below(3)).parse::<Constraint>().ok());
+    } else if rng.chance(SSD_SERVICE_SHARE / (1.0 - ZONE_SHARE)) {
+        t.constraints.extend("node.labels.disk==ssd".parse::<Constraint>().ok());
+    }
+    if rng.chance(MAX_ONE_SHARE) {
+        t.max_replicas = 1;
+    }
+    (replicas, t)
 }
 
 fn node(i: usize, cpus: u64, mem_gib: u64) -> Node {
@@ -154,11 +240,36 @@ fn task(service: usize, i: usize, reservations: &Resources) -> TaskRequest {
 impl Workload {
     /// A built-in workload of `nodes` nodes and `tasks` tasks; same seed,
     /// same workload.
+    ///
+    /// `production` ([`production`] holds the parameters): each machine
+    /// has 8, 16 or 32 CPUs (probabilities 0.5, 0.3, 0.2) and 4 GiB per
+    /// CPU, a zone drawn from three and `disk=ssd` with probability 0.1.
+    /// Services follow one another until `tasks` are drawn (the last one
+    /// cut short); each draws its replica count from Zipf(1.8) over
+    /// 1..=1000 (mean about 8) and one task size for all its replicas:
+    /// CPUs from a Pareto distribution (shape 1.5, from 0.2 CPU, capped at
+    /// 6), in whole milli-CPUs; memory the CPUs times 4 GiB times 2^u (u
+    /// uniform in [-1.5, 1.5]), clamped to [64 MiB, 24 GiB], in whole MiB.
+    /// So nearly every service has its own shape. 15% of the services are
+    /// constrained to one zone, 5% to SSD nodes, and 10% allow at most one
+    /// task per node. The tasks ask for about a third of the cluster's CPU.
     pub fn generate(kind: WorkloadKind, nodes: usize, tasks: usize, seed: u64) -> Workload {
         let mut rng = Rng(IdGen::seeded(seed));
         let mut ns: Vec<Node> = Vec::with_capacity(nodes);
         for i in 0..nodes {
             let mut n = match kind {
+                WorkloadKind::Production => {
+                    let mut pick = rng.below(10);
+                    let mut cpus = production::MACHINES[0].0;
+                    for (c, tenths) in production::MACHINES {
+                        if pick < tenths {
+                            cpus = c;
+                            break;
+                        }
+                        pick -= tenths;
+                    }
+                    node(i, cpus, cpus * production::GIB_PER_CPU)
+                }
                 WorkloadKind::MixedNodes => match i % 10 {
                     0..=3 => node(i, 4, 16),
                     4..=7 => node(i, 8, 32),
@@ -178,10 +289,16 @@ impl Workload {
                 };
                 labels.insert("zone".into(), format!("zone-{z}"));
                 labels.insert("rack".into(), format!("rack-{}", (i / 10) % 2));
+            } else if kind == WorkloadKind::Production {
+                labels.insert("zone".into(), format!("zone-{}", rng.below(3)));
             } else {
                 labels.insert("zone".into(), format!("zone-{}", i % 3));
             }
-            if rng.below(10) == 0 {
+            if kind == WorkloadKind::Production {
+                if rng.chance(production::SSD_SHARE) {
+                    labels.insert("disk".into(), "ssd".into());
+                }
+            } else if rng.below(10) == 0 {
                 labels.insert("disk".into(), "ssd".into());
             }
             ns.push(n);
@@ -190,6 +307,18 @@ impl Workload {
         let sizes_cpu = [CPU / 4, CPU / 2, CPU];
         let sizes_mem = [GIB / 2, GIB, 2 * GIB];
         let mut service = 0;
+        let zipf = if kind == WorkloadKind::Production {
+            zipf_cdf(production::REPLICAS_ZIPF, production::REPLICAS_MAX)
+        } else {
+            Vec::new()
+        };
+        while kind == WorkloadKind::Production && out.len() < tasks {
+            let (count, proto) = production_service(&mut rng, &zipf, service);
+            for i in 0..count.min(tasks - out.len()) {
+                out.push(TaskRequest { task_id: format!("svc-{service:06}.{i}").into(), ..proto.clone() });
+            }
+            service += 1;
+        }
         while out.len() < tasks {
             let left = tasks - out.len();
             let (count, res) = match kind {
@@ -515,6 +644,107 @@ pub fn parse_tasks_csv(text: &str) -> Result<Vec<TaskRequest>, WorkloadError> {
     Ok(tasks)
 }
 
+/// Nano-CPUs as a decimal number of CPUs, exactly.
+fn cpus_text(nano: u64) -> String {
+    format!("{}.{:09}", nano / CPU, nano % CPU)
+}
+
+/// Bytes in whole MiB, or which value is not.
+fn mib_text(what: &str, bytes: u64) -> Result<String, WorkloadError> {
+    if bytes % MIB != 0 {
+        return Err(WorkloadError::Unwritable(format!("{what}: {bytes} bytes is not a whole number of MiB")));
+    }
+    Ok((bytes / MIB).to_string())
+}
+
+/// The nodes as a nodes trace that [`parse_nodes_csv`] reads back
+/// (`id,cpus,memory_mib,labels`: ready, active, linux/amd64 workers, as
+/// the built-in workloads' nodes are). Refuses what the format cannot
+/// say: memory that is not whole MiB, a label with `,`, `;` or `=`, or a
+/// node that is not a plain ready, active linux/amd64 worker without
+/// generic resources or engine labels.
+pub fn nodes_csv(nodes: &[NodeInfo]) -> Result<String, WorkloadError> {
+    let mut out = String::from("id,cpus,memory_mib,labels\n");
+    for info in nodes {
+        let n = &info.node;
+        let plain = Node::ready(n.id.clone(), n.id.as_str(), n.description.resources.clone());
+        let r = &n.description.resources;
+        if n.spec.role != plain.spec.role
+            || n.spec.availability != plain.spec.availability
+            || n.status.state != plain.status.state
+            || n.description.platform != plain.description.platform
+            || !r.generic.is_empty()
+            || !n.description.engine_labels.is_empty()
+        {
+            return Err(WorkloadError::Unwritable(format!("node {}: not a plain ready worker", n.id)));
+        }
+        let mut labels = Vec::new();
+        for (k, v) in &n.spec.labels {
+            if [k, v].iter().any(|x| x.contains([',', ';', '='])) {
+                return Err(WorkloadError::Unwritable(format!("node {}: label {k}={v}", n.id)));
+            }
+            labels.push(format!("{k}={v}"));
+        }
+        let mem = mib_text(&format!("node {}", n.id), r.memory_bytes)?;
+        out.push_str(&format!("{},{},{mem},{}\n", n.id, cpus_text(r.nano_cpus), labels.join(";")));
+    }
+    Ok(out)
+}
+
+/// The tasks as a tasks trace that [`parse_tasks_csv`] reads back into
+/// the same requests (`<service>.<n>` task ids, spec version 1, as the
+/// built-in workloads have): consecutive tasks of one service with the
+/// same needs are one row with a `count`. Refuses what the format cannot
+/// say: memory that is not whole MiB, generic resources, platforms, fixed
+/// nodes, fields with `,` or `;`, or task ids and versions that would not
+/// read back the same.
+pub fn tasks_csv(tasks: &[TaskRequest]) -> Result<String, WorkloadError> {
+    let mut out = String::from("service,count,cpus,memory_mib,constraints,preferences,max_replicas,host_ports\n");
+    let mut seq: HashMap<&ServiceId, usize> = HashMap::new();
+    let mut rows: Vec<(&TaskRequest, usize)> = Vec::new();
+    for t in tasks {
+        let next = seq.entry(&t.service_id).or_insert(0);
+        let id = format!("{}.{}", t.service_id, *next);
+        *next += 1;
+        if t.task_id.as_str() != id || t.spec_version != 1 {
+            return Err(WorkloadError::Unwritable(format!("task {}: expected id {id}, spec version 1", t.task_id)));
+        }
+        if !t.reservations.generic.is_empty() || !t.platforms.is_empty() || t.node_id.is_some() {
+            return Err(WorkloadError::Unwritable(format!(
+                "task {}: generic resources, platforms or a fixed node",
+                t.task_id
+            )));
+        }
+        match rows.last_mut() {
+            Some((r, n)) if batch::same_shape(r, t) => *n += 1,
+            _ => rows.push((t, 1)),
+        }
+    }
+    for (t, count) in rows {
+        let constraints: Vec<String> = t.constraints.iter().map(|c| c.to_string()).collect();
+        let ports: Vec<String> = t
+            .host_ports
+            .iter()
+            .map(|(p, n)| format!("{n}/{}", if *p == Protocol::Udp { "udp" } else { "tcp" }))
+            .collect();
+        let fields = [t.service_id.to_string(), constraints.join(";"), t.preferences.join(";")];
+        if fields.iter().any(|f| f.contains(',')) || t.service_id.as_str().contains(';') {
+            return Err(WorkloadError::Unwritable(format!("task {}: a field holds ',' or ';'", t.task_id)));
+        }
+        let mem = mib_text(&format!("task {}", t.task_id), t.reservations.memory_bytes)?;
+        out.push_str(&format!(
+            "{},{count},{},{mem},{},{},{},{}\n",
+            fields[0],
+            cpus_text(t.reservations.nano_cpus),
+            fields[1],
+            fields[2],
+            t.max_replicas,
+            ports.join(";")
+        ));
+    }
+    Ok(out)
+}
+
 /// How good a placement is. See [`measure`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metrics {
@@ -668,6 +898,27 @@ mod tests {
             assert_eq!(kind.name().parse::<WorkloadKind>(), Ok(kind));
         }
         assert!("bogus".parse::<WorkloadKind>().is_err());
+    }
+
+    #[test]
+    fn generated_workloads_write_as_traces_that_read_back() {
+        for kind in [WorkloadKind::Production, WorkloadKind::FewHuge, WorkloadKind::Zoned] {
+            let w = Workload::generate(kind, 60, 700, 2);
+            let nodes = parse_nodes_csv(&nodes_csv(&w.view.nodes).unwrap()).unwrap();
+            assert_eq!(nodes.len(), w.view.nodes.len());
+            for (a, b) in nodes.iter().zip(&w.view.nodes) {
+                assert_eq!(
+                    (&a.node.id, &a.node.spec.labels, &a.available),
+                    (&b.node.id, &b.node.spec.labels, &b.available),
+                    "{kind}"
+                );
+            }
+            let text = tasks_csv(&w.tasks).unwrap();
+            assert_eq!(format!("{:?}", parse_tasks_csv(&text).unwrap()), format!("{:?}", w.tasks), "{kind}");
+        }
+        let mut odd = Workload::generate(WorkloadKind::Uniform, 2, 2, 1);
+        odd.tasks[1].reservations.memory_bytes += 1;
+        assert!(tasks_csv(&odd.tasks).unwrap_err().to_string().contains("not a whole number of MiB"));
     }
 
     #[test]
