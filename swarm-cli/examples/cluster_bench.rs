@@ -487,6 +487,22 @@ async fn networked(o: &Opts, root: &Path, ms: &[Manager], worker_token: String, 
     let by0: Vec<f64> = pids.iter().map(|p| cpu_s(*p)).collect();
     let a0 = cpu_s(std::process::id());
     let t1 = Instant::now();
+    // --trace: the containers running on the agents' runtimes, every 100 ms.
+    let sims: Vec<SimRuntime> = if o.trace { workers.iter().map(|w| w.sim.clone()).collect() } else { Vec::new() };
+    let sampler = tokio::spawn(async move {
+        let mut last = 0;
+        while !sims.is_empty() {
+            let n: usize = sims.iter().map(|s| s.running().len()).sum();
+            if n != last {
+                eprintln!(
+                    "cluster_bench: trace {:.2}s {n} containers running on the agents",
+                    t1.elapsed().as_secs_f64()
+                );
+                last = n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     leader_ctl.create_service(spec).await?;
     let none = HashSet::new();
     let within = Duration::from_secs(120 + o.replicas / 50);
@@ -498,6 +514,7 @@ async fn networked(o: &Opts, root: &Path, ms: &[Manager], worker_token: String, 
     })
     .await?;
     r.converge_s = t1.elapsed().as_secs_f64();
+    sampler.abort();
     r.converge_manager_cpu_s = total_cpu() - c0;
     r.converge_cpu_by_manager_s = pids.iter().zip(&by0).map(|(p, b)| cpu_s(*p) - b).collect();
     r.converge_agents_cpu_s = cpu_s(std::process::id()) - a0;
