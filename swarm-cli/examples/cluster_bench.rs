@@ -7,7 +7,7 @@
 //! cargo build -p swarm-cli --release --bins        # prerequisite: swarmd
 //! cargo run -p swarm-cli --release --example cluster_bench -- \
 //!     [--agents 1000] [--replicas 10000] [--vanish 100] [--heartbeat 5s] \
-//!     [--block 30] [--window DURATION] [--join-concurrency 32] [--swarmd PATH] [--no-inprocess]
+//!     [--block 30] [--window DURATION] [--join-concurrency 32] [--swarmd PATH] [--no-inprocess] [--trace]
 //! ```
 //!
 //! `swarmd` is taken from next to this example (`target/<profile>/swarmd`,
@@ -55,6 +55,10 @@
 //!    marked all V nodes DOWN (the heartbeat grace, 3 periods, plus the
 //!    detection); `heal_after_down_s` = `heal_s - down_s`, the heal
 //!    without the grace.
+//!
+//! `--trace` prints, at each poll of the converge, the seconds since the
+//! service was created and how many of its tasks are in each state (on
+//! stderr; a diagnostic, it changes no figure).
 //!
 //! The process raises its RLIMIT_NOFILE soft limit to the hard limit; the
 //! managers inherit it. Children get SIGKILL on exit, on SIGINT/SIGTERM and
@@ -104,6 +108,7 @@ struct Opts {
     join_concurrency: usize,
     swarmd: PathBuf,
     inprocess: bool,
+    trace: bool,
 }
 
 fn duration(a: &mut Args, name: &str) -> Result<Option<Duration>, Error> {
@@ -114,7 +119,7 @@ fn duration(a: &mut Args, name: &str) -> Result<Option<Duration>, Error> {
 }
 
 fn opts() -> Result<Opts, Error> {
-    let mut a = Args::parse(std::env::args().skip(1), &["no-inprocess"])?;
+    let mut a = Args::parse(std::env::args().skip(1), &["no-inprocess", "trace"])?;
     let swarmd = match a.value("swarmd") {
         Some(p) => PathBuf::from(p),
         None => {
@@ -133,6 +138,7 @@ fn opts() -> Result<Opts, Error> {
         block: a.parsed("block")?.unwrap_or(30),
         join_concurrency: a.parsed("join-concurrency")?.unwrap_or(32),
         inprocess: !a.switch("no-inprocess"),
+        trace: a.switch("trace"),
         swarmd,
     };
     a.finish()?;
@@ -337,6 +343,20 @@ async fn running(c: &RemoteCluster, avoid: &HashSet<String>) -> Option<usize> {
     )
 }
 
+/// `--trace`: the tasks of `web` by state, `t0` being the service's creation.
+async fn trace_states(c: &RemoteCluster, t0: Instant) {
+    let filter = TaskFilter { service: Some("web".into()), node: None, live_only: true };
+    let at = t0.elapsed().as_secs_f64();
+    if let Ok(tasks) = c.list_tasks(filter).await {
+        let mut by: std::collections::BTreeMap<TaskState, usize> = Default::default();
+        for t in &tasks {
+            *by.entry(t.status.state).or_default() += 1;
+        }
+        let listed = t0.elapsed().as_secs_f64() - at;
+        eprintln!("cluster_bench: trace {at:.2}s (listed in {listed:.2}s) {by:?}");
+    }
+}
+
 struct Worker {
     node_id: String,
     task: tokio::task::JoinHandle<()>,
@@ -467,14 +487,34 @@ async fn networked(o: &Opts, root: &Path, ms: &[Manager], worker_token: String, 
     let by0: Vec<f64> = pids.iter().map(|p| cpu_s(*p)).collect();
     let a0 = cpu_s(std::process::id());
     let t1 = Instant::now();
+    // --trace: the containers running on the agents' runtimes, every 100 ms.
+    let sims: Vec<SimRuntime> = if o.trace { workers.iter().map(|w| w.sim.clone()).collect() } else { Vec::new() };
+    let sampler = tokio::spawn(async move {
+        let mut last = 0;
+        while !sims.is_empty() {
+            let n: usize = sims.iter().map(|s| s.running().len()).sum();
+            if n != last {
+                eprintln!(
+                    "cluster_bench: trace {:.2}s {n} containers running on the agents",
+                    t1.elapsed().as_secs_f64()
+                );
+                last = n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     leader_ctl.create_service(spec).await?;
     let none = HashSet::new();
     let within = Duration::from_secs(120 + o.replicas / 50);
     until(o.poll, within, "all replicas running", || async {
+        if o.trace {
+            trace_states(&follower, t1).await;
+        }
         (running(&follower, &none).await? as u64 == o.replicas).then_some(())
     })
     .await?;
     r.converge_s = t1.elapsed().as_secs_f64();
+    sampler.abort();
     r.converge_manager_cpu_s = total_cpu() - c0;
     r.converge_cpu_by_manager_s = pids.iter().zip(&by0).map(|(p, b)| cpu_s(*p) - b).collect();
     r.converge_agents_cpu_s = cpu_s(std::process::id()) - a0;

@@ -12,7 +12,8 @@
 //!   every key once, then the keys each batch of changes concerns;
 //! - re-lists on [`StoreError::Lagged`] / [`StoreError::Compacted`];
 //! - waits out an optional [`Debounce`] (a quiet period, capped) before
-//!   acting on a burst of changes;
+//!   acting on a burst of changes it is interested in (other changes do
+//!   not break the quiet);
 //! - wakes a key at its plan's `wake_at` even when nothing changes;
 //! - commits large plans in chunks of at most `max_tx_ops` operations;
 //! - on a version conflict reads a new snapshot and reconciles that key
@@ -105,7 +106,9 @@ impl<K> Interest<K> {
 
 /// Wait for a quiet period before acting on a burst of changes, but never
 /// longer than `max_delay` after the first one (the scheduler's batching:
-/// Swarm waits for 50 ms of quiet, at most 1 s).
+/// Swarm waits for 50 ms of quiet, at most 1 s). Only changes the
+/// controller is interested in ([`Controller::interest`]) start a burst or
+/// break the quiet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Debounce {
     /// Quiet time that ends a burst.
@@ -286,7 +289,9 @@ async fn run_listed<C: Controller>(
                 let mut next = Some(first);
                 while let Some(c) = next.take() {
                     match c {
-                        Ok(c) => noted.add(controller, &c, &mut dirty),
+                        Ok(c) => {
+                            noted.add(controller, &c, &mut dirty);
+                        }
                         Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => return Ok(()),
                         Err(e) => return Err(e),
                     }
@@ -295,16 +300,25 @@ async fn run_listed<C: Controller>(
             }
             _ = sleep => {}
         }
-        if noted.changed
+        if noted.relevant
             && let Some(d) = controller.debounce()
         {
+            // Only changes the controller is interested in restart the
+            // quiet period: a stream of unrelated writes (workers' status
+            // reports during a deployment, say) must not hold a scheduling
+            // pass back to the cap.
             let first = tokio::time::Instant::now();
+            let mut quiet_until = first + d.quiet;
             loop {
-                let quiet = tokio::time::sleep(d.quiet);
+                let quiet = tokio::time::sleep_until(quiet_until);
                 let cap = tokio::time::sleep_until(first + d.max_delay);
                 tokio::select! {
                     c = watch.next() => match c {
-                        Ok(c) => noted.add(controller, &c, &mut dirty),
+                        Ok(c) => {
+                            if noted.add(controller, &c, &mut dirty) {
+                                quiet_until = tokio::time::Instant::now() + d.quiet;
+                            }
+                        }
                         Err(StoreError::Lagged { .. } | StoreError::Compacted { .. }) => return Ok(()),
                         Err(e) => return Err(e),
                     },
@@ -331,18 +345,27 @@ async fn run_listed<C: Controller>(
 /// What the changes seen since the last reconcile asked for.
 #[derive(Default)]
 struct Noted {
-    /// At least one change arrived.
-    changed: bool,
+    /// At least one change concerned at least one key.
+    relevant: bool,
     /// One of them concerned every key.
     everything: bool,
 }
 
 impl Noted {
-    fn add<C: Controller>(&mut self, controller: &C, change: &Change, dirty: &mut BTreeSet<C::Key>) {
-        self.changed = true;
-        match controller.interest(change) {
-            Interest::Keys(keys) => dirty.extend(keys),
-            Interest::Everything => self.everything = true,
-        }
+    /// Notes what `change` concerns; true if it concerns anything.
+    fn add<C: Controller>(&mut self, controller: &C, change: &Change, dirty: &mut BTreeSet<C::Key>) -> bool {
+        let relevant = match controller.interest(change) {
+            Interest::Keys(keys) => {
+                let any = !keys.is_empty();
+                dirty.extend(keys);
+                any
+            }
+            Interest::Everything => {
+                self.everything = true;
+                true
+            }
+        };
+        self.relevant |= relevant;
+        relevant
     }
 }

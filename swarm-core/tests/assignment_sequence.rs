@@ -102,3 +102,51 @@ async fn an_agent_that_sees_a_gap_starts_a_new_session_with_a_full_set() {
     assert_eq!(*d.sessions.lock().unwrap(), 2, "a well-numbered session is kept");
     run.abort();
 }
+
+/// A status the worker reported is not sent back to it (nothing there to
+/// act on); a change the managers make to the task is, and the sequence
+/// has no hole where the echo would have been.
+#[tokio::test(start_paused = true)]
+async fn a_workers_own_status_reports_are_not_echoed_back() {
+    use swarm_core::model::{Object, TaskState, TaskStatus};
+    use swarm_core::state::Transaction;
+    use swarm_core::store::Store;
+    let store = Arc::new(MemStore::new());
+    let manager = Manager::start(store.clone(), Box::new(FirstFit), Default::default());
+    let d = manager.dispatcher();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let req = SessionRequest {
+        node_id: "n1".into(),
+        description: NodeDescription { resources: Resources::new(4_000_000_000, 8 << 30), ..Default::default() },
+        addr: "10.0.0.1".into(),
+    };
+    let session = d.open_session(req).await.unwrap();
+    let mut stream = d.assignments(&session.session_id).await.unwrap();
+    assert!(stream.next().await.unwrap().full);
+    Cluster::new(store.clone()).create_service(ServiceSpec::replicated("web", "nginx:1.27", 1)).await.unwrap();
+    let (assigned, last) = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
+        if let Some(t) = msg.tasks.into_iter().next() {
+            break (t, msg.results_in);
+        }
+    };
+    assert_eq!(assigned.status.state, TaskState::Assigned);
+    let running = TaskStatus { state: TaskState::Running, message: "started".into(), ..Default::default() };
+    let report = TaskStatusUpdate { task_id: assigned.id.clone(), status: running, networks: None };
+    d.update_task_status(&session.session_id, vec![report]).await.unwrap();
+    let stored = store.state().task(&assigned.id).unwrap().clone();
+    assert_eq!(stored.status.state, TaskState::Running, "the report is committed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), stream.next()).await.is_err(),
+        "no message for a status the worker itself reported"
+    );
+    // The managers stop the task: that is sent, right after the last message.
+    let mut stop = stored.as_ref().clone();
+    stop.desired_state = TaskState::Shutdown;
+    store.commit(Transaction::new().update(Object::Task(stop))).await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
+    assert_eq!(msg.applies_to, last, "no message was skipped in the sequence");
+    let t = msg.tasks.iter().find(|t| t.id == assigned.id).expect("the stopped task is sent");
+    assert_eq!((t.desired_state, t.status.state), (TaskState::Shutdown, TaskState::Running));
+}

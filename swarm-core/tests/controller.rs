@@ -266,6 +266,61 @@ async fn a_burst_of_changes_is_one_reconcile_after_a_quiet_period_capped() {
     task.abort();
 }
 
+/// Debounced like [`Batcher`], but interested only in new nodes.
+struct NewNodes(Arc<Mutex<Vec<(time::Timestamp, usize)>>>);
+
+impl Controller for NewNodes {
+    type Key = ();
+    fn name(&self) -> &str {
+        "new-nodes"
+    }
+    fn keys(&self, _: &State) -> Vec<()> {
+        vec![()]
+    }
+    fn interest(&self, change: &Change) -> Interest<()> {
+        let created = change
+            .events
+            .iter()
+            .any(|e| e.action == swarm_core::state::Action::Create && matches!(e.object, Object::Node(_)));
+        if created { Interest::Keys(vec![()]) } else { Interest::nothing() }
+    }
+    fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
+        self.0.lock().unwrap().push((cx.now, cx.state.nodes().count()));
+        Plan::default()
+    }
+    fn debounce(&self) -> Option<Debounce> {
+        Some(Debounce { quiet: Duration::from_millis(50), max_delay: Duration::from_secs(1) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_a_controller_is_not_interested_in_do_not_break_its_quiet_period() {
+    let store = Arc::new(MemStore::new());
+    store.commit(Transaction::new().create(node(0))).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let task = start(store.clone(), NewNodes(seen.clone()));
+    settle().await;
+    assert_eq!(seen.lock().unwrap().len(), 1, "the first list");
+    // A new node, then an update of node 0 every 10 ms for half a second:
+    // the updates concern nothing, so the reconcile comes 50 ms after the
+    // new node, not at the 1 s cap.
+    let t0 = time::now();
+    store.commit(Transaction::new().create(node(1))).await.unwrap();
+    for i in 0..50 {
+        let mut n = store.state().node(&NodeId::new("n0")).unwrap().as_ref().clone();
+        n.spec.labels.insert("tick".into(), i.to_string());
+        store.commit(Transaction::new().update(n)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "one reconcile for the new node, none for the updates: {seen:?}");
+    assert_eq!(seen[1].1, 2);
+    let after = seen[1].0.since(t0);
+    assert!(after >= Duration::from_millis(50) && after <= Duration::from_millis(60), "{after:?}");
+    drop(seen);
+    task.abort();
+}
+
 /// Creates `n` nodes in one plan, once.
 struct Creator(usize);
 

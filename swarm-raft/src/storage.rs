@@ -9,6 +9,12 @@
 //! Every method here blocks on disk: they are only called from the manager's
 //! own driver thread (see `node`), never from async workers.
 //!
+//! The newest entries are also kept in memory ([`Tail`], up to
+//! [`TAIL_MAX_BYTES`]): raft asks for the term of recent indexes and for
+//! recent entries (to send to followers, to apply) many times per batch,
+//! and raft-engine reads each entry back from its file, decompressing the
+//! whole block it was written in. Older entries are read from disk.
+//!
 //! Torn or corrupted tails: raft-engine checksums every record. Opened in
 //! [`Recovery::TolerateTornTail`] (the default) a damaged *tail* is cut off
 //! at the last intact record and reported in the log; a damaged record in
@@ -19,8 +25,9 @@ use crate::error::RaftError;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use raft_engine::{Engine, LogBatch, MessageExt};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The raft group id inside the engine (one group per manager).
 const GROUP: u64 = 1;
@@ -54,6 +61,92 @@ struct Cached {
     snapshot: Snapshot,
 }
 
+/// The in-memory tail keeps at most this many bytes of entry payload...
+pub const TAIL_MAX_BYTES: usize = 64 << 20;
+/// ... and at most this many entries.
+const TAIL_MAX_ENTRIES: usize = 65_536;
+
+/// The newest entries of the log as they were appended, contiguous and
+/// ending at the last index: the same entries raft-engine holds for those
+/// indexes (an append that overwrites a suffix overwrites it here too), so
+/// reads of them need not go to disk. Entry payloads are reference-counted
+/// `Bytes`: keeping and handing out copies copies no data.
+#[derive(Default)]
+struct Tail {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+fn payload(e: &Entry) -> usize {
+    e.data.len() + e.context.len() + 32
+}
+
+impl Tail {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index)
+    }
+
+    fn get(&self, index: u64) -> Option<&Entry> {
+        let first = self.first()?;
+        let i = usize::try_from(index.checked_sub(first)?).ok()?;
+        self.entries.get(i)
+    }
+
+    /// `[low, high)` if every one of them is here.
+    fn range(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
+        let first = self.first()?;
+        let last = first + self.entries.len() as u64 - 1;
+        if low < first || high <= low || high - 1 > last {
+            return None;
+        }
+        let (a, b) = ((low - first) as usize, (high - first) as usize);
+        Some(self.entries.range(a..b).cloned().collect())
+    }
+
+    /// Records entries just written: they replace any at the same or
+    /// later indexes, as in raft-engine.
+    fn append(&mut self, new: &[Entry]) {
+        let Some(head) = new.first() else { return };
+        match self.first() {
+            Some(first) if head.index >= first && head.index <= first + self.entries.len() as u64 => {
+                let keep = (head.index - first) as usize;
+                for e in self.entries.drain(keep..) {
+                    self.bytes -= payload(&e);
+                }
+            }
+            _ => self.clear(),
+        }
+        for e in new {
+            if self.entries.back().is_some_and(|b| b.index + 1 != e.index) {
+                // Not contiguous (never expected from raft): keep only
+                // what can be vouched for.
+                self.clear();
+            }
+            self.bytes += payload(e);
+            self.entries.push_back(e.clone());
+        }
+        while self.entries.len() > 1 && (self.bytes > TAIL_MAX_BYTES || self.entries.len() > TAIL_MAX_ENTRIES) {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= payload(&e);
+            }
+        }
+    }
+
+    /// Forgets the entries below `index` (compacted).
+    fn compact(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.index < index) {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= payload(&e);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
 /// raft-rs [`Storage`] on raft-engine. Cheap to clone (shared engine).
 #[derive(Clone)]
 pub struct DiskStorage {
@@ -61,6 +154,7 @@ pub struct DiskStorage {
     id: u64,
     dir: PathBuf,
     cached: Arc<RwLock<Cached>>,
+    tail: Arc<Mutex<Tail>>,
 }
 
 fn engine_err(dir: &Path, e: raft_engine::Error) -> RaftError {
@@ -122,6 +216,7 @@ impl DiskStorage {
             id,
             dir: dir.to_path_buf(),
             cached: Arc::new(RwLock::new(Cached { hard_state, snapshot })),
+            tail: Arc::default(),
         };
         let (first, last) = (storage.first(), storage.last());
         let hs = storage.hard_state();
@@ -154,6 +249,12 @@ impl DiskStorage {
 
     fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cached> {
         self.cached.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        // Every change of the tail completes before the lock is released
+        // (no call that can panic midway), so poison is safe to clear.
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The persisted hard state.
@@ -206,7 +307,12 @@ impl DiskStorage {
         if batch.is_empty() {
             return Ok(());
         }
-        self.engine.write(&mut batch, true).map_err(|e| engine_err(&self.dir, e))?;
+        if let Err(e) = self.engine.write(&mut batch, true) {
+            // What is on disk now is not known: read it from there.
+            self.tail().clear();
+            return Err(engine_err(&self.dir, e));
+        }
+        self.tail().append(entries);
         if let Some(hs) = hs {
             self.write_cache().hard_state = hs.clone();
         }
@@ -244,6 +350,7 @@ impl DiskStorage {
             .map_err(|e| engine_err(&self.dir, e))?;
         batch.put_message(GROUP, KEY_SNAPSHOT.to_vec(), snap).map_err(|e| engine_err(&self.dir, e))?;
         batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs).map_err(|e| engine_err(&self.dir, e))?;
+        self.tail().clear();
         self.engine.write(&mut batch, true).map_err(|e| engine_err(&self.dir, e))?;
         let mut c = self.write_cache();
         c.snapshot = snap.clone();
@@ -260,6 +367,7 @@ impl DiskStorage {
         self.write_cache().snapshot = snap.clone();
         let first = self.engine.first_index(GROUP).unwrap_or(0);
         if compact_to > first {
+            self.tail().compact(compact_to);
             self.engine.compact_to(GROUP, compact_to);
             if let Err(e) = self.engine.purge_expired_files() {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "purging old raft log files failed");
@@ -308,9 +416,14 @@ impl Storage for DiskStorage {
         if high > last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
+        let max_size = max_size.into();
+        if let Some(mut out) = self.tail().range(low, high) {
+            raft::util::limit_size(&mut out, max_size);
+            return Ok(out);
+        }
         let mut out = Vec::with_capacity((high - low) as usize);
         if high > low {
-            let max = max_size.into().map(|m| m as usize);
+            let max = max_size.map(|m| m as usize);
             self.engine.fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out).map_err(store_err)?;
             // raft-rs expects at least one entry even above the size limit.
             if out.is_empty() {
@@ -331,6 +444,9 @@ impl Storage for DiskStorage {
         }
         if idx > last {
             return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if let Some(e) = self.tail().get(idx) {
+            return Ok(e.term);
         }
         match self.engine.get_entry::<EntryExt>(GROUP, idx).map_err(store_err)? {
             Some(e) => Ok(e.term),
@@ -401,6 +517,75 @@ mod tests {
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
         let got = s.entries(6, 11, None, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![6, 7, 8, 9, 10]);
+    }
+
+    fn entry_in_term(index: u64, term: u64, data: &[u8]) -> Entry {
+        let mut e = entry(index, term);
+        e.data = data.to_vec().into();
+        e
+    }
+
+    /// What the log holds for `[low, high)`, read from the engine itself.
+    fn on_disk(s: &DiskStorage, low: u64, high: u64) -> Vec<Entry> {
+        s.entries_between(low, high).unwrap()
+    }
+
+    #[test]
+    fn the_in_memory_tail_answers_as_the_disk_does_through_overwrites_and_compaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        s.bootstrap(&[1]).unwrap();
+        s.append(&(1..=10).map(|i| entry_in_term(i, 1, b"a")).collect::<Vec<_>>(), None).unwrap();
+        // A new leader overwrites the suffix from 7 on.
+        s.append(&(7..=8).map(|i| entry_in_term(i, 2, b"b")).collect::<Vec<_>>(), None).unwrap();
+        assert_eq!(s.bounds(), (1, 8));
+        let all = s.entries(1, 9, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(all, on_disk(&s, 1, 9));
+        assert_eq!(all.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>()[5..], [(6, 1), (7, 2), (8, 2)]);
+        for i in 1..=8 {
+            assert_eq!(s.term(i).unwrap(), on_disk(&s, i, i + 1)[0].term, "term of {i}");
+        }
+        // The size limit: at least one entry, then as raft-rs counts.
+        let one = s.entries(1, 9, Some(0), GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(one.len(), 1);
+        // Compaction forgets the head in memory too.
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 6;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
+        s.save_snapshot(&snap, 5).unwrap();
+        assert!(matches!(
+            s.entries(4, 6, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(s.entries(5, 9, None, GetEntriesContext::empty(false)).unwrap(), on_disk(&s, 5, 9));
+        // After a reopen nothing is in memory: the same answers from disk.
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert_eq!(s.entries(5, 9, None, GetEntriesContext::empty(false)).unwrap(), all[4..]);
+        assert_eq!(s.term(8).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_tail_keeps_the_newest_entries_within_its_bounds() {
+        let mut t = Tail::default();
+        t.append(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        assert_eq!(t.range(1, 4).map(|v| v.len()), Some(3));
+        assert_eq!(t.range(2, 2), None);
+        assert_eq!(t.range(0, 2), None);
+        assert_eq!(t.range(3, 5), None);
+        // A gap (never expected from raft) keeps only the new entries.
+        t.append(&[entry(9, 2)]);
+        assert_eq!((t.first(), t.entries.len()), (Some(9), 1));
+        // Over the entry bound, the oldest go first.
+        let many: Vec<Entry> = (10..10 + TAIL_MAX_ENTRIES as u64).map(|i| entry(i, 2)).collect();
+        t.append(&many);
+        assert_eq!(t.entries.len(), TAIL_MAX_ENTRIES);
+        assert_eq!(t.first(), Some(10));
+        assert_eq!(t.bytes, t.entries.iter().map(payload).sum::<usize>());
+        t.compact(20);
+        assert_eq!(t.first(), Some(20));
+        assert_eq!(t.bytes, t.entries.iter().map(payload).sum::<usize>());
     }
 
     #[test]

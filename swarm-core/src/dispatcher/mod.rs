@@ -21,6 +21,9 @@
 //! not follow the last one it applied) ends the session and opens a new
 //! one, which starts with the full set.
 //!
+//! Status reports are group-committed ([`reports`]): the reports of every
+//! session that arrive while a write is in flight share the next write.
+//!
 //! Secrets and configs travel with the assignments, and only to the node
 //! whose tasks reference them.
 //!
@@ -67,11 +70,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub mod follow;
+pub mod reports;
 pub mod sessions;
 
 pub use follow::LeaderDispatcher;
 
 use crate::controller::{Context, Controller, Interest, Plan};
+use reports::StatusWriter;
 use sessions::SessionTable;
 
 /// A worker asks for a session.
@@ -194,7 +199,8 @@ pub trait Dispatcher: Send + Sync + 'static {
     async fn heartbeat(&self, session_id: &str) -> Result<HeartbeatResponse, DispatchError>;
     /// Applies the worker's task status reports. Reports that would move a
     /// task backwards, or about tasks not on the session's node, are
-    /// ignored.
+    /// ignored. Returns once they are committed ([`LocalDispatcher`]
+    /// commits the reports of many sessions together: [`reports`]).
     async fn update_task_status(&self, session_id: &str, updates: Vec<TaskStatusUpdate>) -> Result<(), DispatchError>;
     /// The node's assignments: first the whole set, then changes.
     async fn assignments(&self, session_id: &str) -> Result<AssignmentStream, DispatchError>;
@@ -241,6 +247,8 @@ pub struct LocalDispatcher {
     inner: Arc<Mutex<Inner>>,
     subscribe_tx: mpsc::UnboundedSender<Subscribe>,
     subscribe_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Subscribe>>>,
+    /// Writes status reports, many sessions' at a time ([`reports`]).
+    reports: StatusWriter,
 }
 
 fn is_assigned(t: &Task) -> bool {
@@ -253,6 +261,7 @@ impl LocalDispatcher {
     pub fn new(store: Arc<dyn Store>) -> Self {
         let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
         LocalDispatcher {
+            reports: StatusWriter::new(store.clone()),
             store,
             subscribe_tx,
             subscribe_rx: Arc::new(tokio::sync::Mutex::new(subscribe_rx)),
@@ -360,7 +369,7 @@ impl LocalDispatcher {
             let msg = per_node.entry(node.clone()).or_default();
             match ev.action {
                 Action::Delete => msg.removed.push(task.id.clone()),
-                _ if is_assigned(task) => msg.tasks.push(task.clone()),
+                _ if is_assigned(task) && !is_worker_report(ev) => msg.tasks.push(task.clone()),
                 _ => {}
             }
         }
@@ -405,6 +414,46 @@ impl LocalDispatcher {
             }
         }
     }
+}
+
+/// Whether `ev` only records a status past ASSIGNED, which the node's own
+/// worker reported: nothing for the worker to act on, so it is not echoed
+/// back to it (SwarmKit's dispatcher skips these too). Statuses up to
+/// ASSIGNED are the managers' and are always sent; so is any other change
+/// of the task (desired state, spec, networks...).
+fn is_worker_report(ev: &crate::state::Event) -> bool {
+    let (Object::Task(new), Some(Object::Task(old))) = (&ev.object, &ev.old) else { return false };
+    if new.status.state <= TaskState::Assigned {
+        return false;
+    }
+    // Every field but `meta` and `status`, named so that a new field of
+    // Task has to be considered here.
+    let Task {
+        id,
+        meta: _,
+        service_id,
+        service_name,
+        slot,
+        node_id,
+        spec,
+        spec_version,
+        job_iteration,
+        endpoint,
+        desired_state,
+        status: _,
+        networks,
+    } = new;
+    *id == old.id
+        && *service_id == old.service_id
+        && *service_name == old.service_name
+        && *slot == old.slot
+        && *node_id == old.node_id
+        && *spec_version == old.spec_version
+        && *job_iteration == old.job_iteration
+        && *desired_state == old.desired_state
+        && *networks == old.networks
+        && *endpoint == old.endpoint
+        && *spec == old.spec
 }
 
 /// Stops tracking `node` and ends its session and assignment stream.
@@ -585,37 +634,7 @@ impl Dispatcher for LocalDispatcher {
         if updates.is_empty() {
             return Ok(());
         }
-        crate::store::update_with_retry(self.store.as_ref(), 10, |state| {
-            let mut latest: BTreeMap<&TaskId, &TaskStatusUpdate> = BTreeMap::new();
-            for u in &updates {
-                latest.insert(&u.task_id, u);
-            }
-            let mut tx = Transaction::new();
-            for (id, u) in latest {
-                let Some(t) = state.task(id) else { continue };
-                if t.node_id.as_ref() != Some(&node) {
-                    tracing::warn!(task = %id, node = %node, "status update for a task of another node ignored");
-                    continue;
-                }
-                if !t.status.state.can_move_to(u.status.state) {
-                    tracing::debug!(task = %id, from = %t.status.state, to = %u.status.state, "stale status ignored");
-                    continue;
-                }
-                let networks = u.networks.as_ref();
-                if t.status == u.status && networks.is_none_or(|n| *n == t.networks) {
-                    continue;
-                }
-                let mut t = t.as_ref().clone();
-                t.status = u.status.clone();
-                if let Some(n) = networks {
-                    t.networks = n.clone();
-                }
-                tx = tx.update(t);
-            }
-            if tx.is_empty() { None } else { Some(tx) }
-        })
-        .await?;
-        Ok(())
+        self.reports.submit(node, updates).await
     }
 
     async fn assignments(&self, session_id: &str) -> Result<AssignmentStream, DispatchError> {
