@@ -367,39 +367,52 @@ pub async fn rotate_join_token<S: Store + ?Sized>(store: &S, role: Role) -> Resu
     Ok(tokens)
 }
 
+/// Adds `key` with the time to one of the security plane's deny maps
+/// (`map` picks it), unless it is there. Returns the revision of the write
+/// (or of the state that already had it) and whether it was added.
+async fn add_denied<S, K>(
+    store: &S,
+    key: K,
+    map: fn(&mut ClusterSecurity) -> &mut std::collections::BTreeMap<K, swarm_core::time::Timestamp>,
+) -> Result<(Revision, bool), CaStoreError>
+where
+    S: Store + ?Sized,
+    K: Ord + Clone + Send + Sync,
+{
+    let mut already: Option<Result<Revision, CaStoreError>> = None;
+    let change = update_with_retry(store, ATTEMPTS, |state| {
+        already = None;
+        let Some(c) = state.cluster().filter(|c| !c.security.ca_cert_pem.is_empty()) else {
+            already = Some(Err(CaStoreError::NotInitialized));
+            return None;
+        };
+        let mut c = c.as_ref().clone();
+        let entries = map(&mut c.security);
+        if entries.contains_key(&key) {
+            already = Some(Ok(state.revision()));
+            return None;
+        }
+        entries.insert(key.clone(), swarm_core::time::now());
+        Some(Transaction::new().update(c))
+    })
+    .await?;
+    match (change, already) {
+        (Some(change), _) => Ok((change.revision, true)),
+        (None, Some(r)) => r.map(|rev| (rev, false)),
+        (None, None) => Err(CaStoreError::NotInitialized),
+    }
+}
+
 /// Puts `node_id` on the deny-list (with the time of the removal): its
 /// certificate is refused by [`DenyList`] and the CA stops renewing it.
 /// Returns the revision of the write (or of the state that already had
 /// it), for [`DenyList::caught_up`].
 pub async fn record_removed_node<S: Store + ?Sized>(store: &S, node_id: &str) -> Result<Revision, CaStoreError> {
-    let mut already: Option<Result<Revision, CaStoreError>> = None;
-    let change = update_with_retry(store, ATTEMPTS, |state| {
-        already = None;
-        match state.cluster() {
-            None => {
-                already = Some(Err(CaStoreError::NotInitialized));
-                None
-            }
-            Some(c) if c.security.removed_nodes.contains_key(node_id) => {
-                already = Some(Ok(state.revision()));
-                None
-            }
-            Some(c) => {
-                let mut c = c.as_ref().clone();
-                c.security.removed_nodes.insert(NodeId::new(node_id), swarm_core::time::now());
-                Some(Transaction::new().update(c))
-            }
-        }
-    })
-    .await?;
-    match (change, already) {
-        (Some(change), _) => {
-            tracing::info!(node_id, "node put on the deny-list: its certificate is refused from now on");
-            Ok(change.revision)
-        }
-        (None, Some(r)) => r,
-        (None, None) => Err(CaStoreError::NotInitialized),
+    let (revision, added) = add_denied(store, NodeId::new(node_id), |s| &mut s.removed_nodes).await?;
+    if added {
+        tracing::info!(node_id, "node put on the deny-list: its certificate is refused from now on");
     }
+    Ok(revision)
 }
 
 /// Whether operator `name`'s certificates are revoked.
@@ -413,38 +426,11 @@ pub fn is_revoked_operator(state: &State, name: &str) -> bool {
 /// write (or of the state that already had it), for
 /// [`DenyList::caught_up`].
 pub async fn revoke_operator<S: Store + ?Sized>(store: &S, name: &str) -> Result<Revision, CaStoreError> {
-    let mut already: Option<Result<Revision, CaStoreError>> = None;
-    let change = update_with_retry(store, ATTEMPTS, |state| {
-        already = None;
-        match state.cluster() {
-            Some(c) if c.security.ca_cert_pem.is_empty() => {
-                already = Some(Err(CaStoreError::NotInitialized));
-                None
-            }
-            None => {
-                already = Some(Err(CaStoreError::NotInitialized));
-                None
-            }
-            Some(c) if c.security.revoked_operators.contains_key(name) => {
-                already = Some(Ok(state.revision()));
-                None
-            }
-            Some(c) => {
-                let mut c = c.as_ref().clone();
-                c.security.revoked_operators.insert(name.to_owned(), swarm_core::time::now());
-                Some(Transaction::new().update(c))
-            }
-        }
-    })
-    .await?;
-    match (change, already) {
-        (Some(change), _) => {
-            tracing::info!(operator = name, "operator certificates revoked: refused from now on");
-            Ok(change.revision)
-        }
-        (None, Some(r)) => r,
-        (None, None) => Err(CaStoreError::NotInitialized),
+    let (revision, added) = add_denied(store, name.to_owned(), |s| &mut s.revoked_operators).await?;
+    if added {
+        tracing::info!(operator = name, "operator certificates revoked: refused from now on");
     }
+    Ok(revision)
 }
 
 /// The message a revoked operator's calls are refused with.
