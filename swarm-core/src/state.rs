@@ -3,7 +3,11 @@
 //!
 //! A [`Transaction`] is a list of [`Op`]s applied atomically: all of them or
 //! none. Updates and deletes carry the version they read; a mismatch is a
-//! [`TxError::VersionConflict`] and nothing changes. The machine validates
+//! [`TxError::VersionConflict`] and nothing changes. [`Op::UpdateTaskStatus`]
+//! is a compact form of a task update that changes only its status (the
+//! common write of a running cluster): a replicated log entry carries the
+//! status instead of the whole task, and it applies and notifies exactly as
+//! the full update would. The machine validates
 //! specs, keeps names unique, checks references (a service's secrets,
 //! configs and networks exist; a secret in use cannot be deleted) and
 //! enforces the task state machine: `status.state` and `desired_state` only
@@ -52,6 +56,19 @@ pub enum Op {
         /// Expected version, if the caller wants the check.
         version: Option<Version>,
     },
+    /// Replace a task's `status` and nothing else: applied exactly as an
+    /// [`Op::Update`] of the stored task with this status would be (same
+    /// checks, version bump, timestamps and [`Action::Update`] event), but a
+    /// log entry carries only the status rather than the whole task and its
+    /// spec. With `version`, only if the task is still that version.
+    UpdateTaskStatus {
+        /// The task.
+        id: TaskId,
+        /// Expected version, if the caller wants the check.
+        version: Option<Version>,
+        /// The new status.
+        status: TaskStatus,
+    },
 }
 
 /// Operations applied atomically, in order.
@@ -88,6 +105,12 @@ impl Transaction {
     /// Adds a delete without a version check.
     pub fn delete_any(mut self, kind: ObjectKind, id: impl Into<String>) -> Self {
         self.ops.push(Op::Delete { kind, id: id.into(), version: None });
+        self
+    }
+    /// Adds a status-only update of a task with a version check (see
+    /// [`Op::UpdateTaskStatus`]).
+    pub fn update_task_status(mut self, id: TaskId, version: Version, status: TaskStatus) -> Self {
+        self.ops.push(Op::UpdateTaskStatus { id, version: Some(version), status });
         self
     }
     /// Adds an operation.
@@ -432,17 +455,28 @@ impl State {
                 if expected != actual {
                     return Err(TxError::VersionConflict { kind, id, expected: expected.0, actual: actual.0 });
                 }
-                self.check(obj, Some(&old))?;
-                let mut obj = obj.clone();
-                *obj.meta_mut() = Meta {
-                    version,
-                    created_revision: old.meta().created_revision,
-                    created_at: old.meta().created_at,
-                    updated_at: ts,
-                };
-                self.remove(&old);
-                self.put(obj.clone());
-                Ok(Event { action: Action::Update, object: obj, old: Some(old) })
+                self.replace(obj.clone(), old, version, ts)
+            }
+            Op::UpdateTaskStatus { id, version: want, status } => {
+                let kind = ObjectKind::Task;
+                let old = self.tasks.get(id).ok_or_else(|| TxError::NotFound { kind, id: id.to_string() })?;
+                let actual = old.meta.version;
+                if let Some(want) = want
+                    && *want != actual
+                {
+                    return Err(TxError::VersionConflict {
+                        kind,
+                        id: id.to_string(),
+                        expected: want.0,
+                        actual: actual.0,
+                    });
+                }
+                // The full update this op stands for: the stored task, at
+                // its stored version, with the new status.
+                let mut task = old.as_ref().clone();
+                task.status = status.clone();
+                let old = Object::Task(old.as_ref().clone());
+                self.replace(Object::Task(task), old, version, ts)
             }
             Op::Delete { kind, id, version: want } => {
                 let kind = *kind;
@@ -462,6 +496,22 @@ impl State {
                 Ok(Event { action: Action::Delete, object: old, old: None })
             }
         }
+    }
+
+    /// The rest of an update once its version check passed: `obj` replaces
+    /// `old` after the integrity checks, stamped with the new `version` and
+    /// `ts`.
+    fn replace(&mut self, mut obj: Object, old: Object, version: Version, ts: Timestamp) -> Result<Event, TxError> {
+        self.check(&obj, Some(&old))?;
+        *obj.meta_mut() = Meta {
+            version,
+            created_revision: old.meta().created_revision,
+            created_at: old.meta().created_at,
+            updated_at: ts,
+        };
+        self.remove(&old);
+        self.put(obj.clone());
+        Ok(Event { action: Action::Update, object: obj, old: Some(old) })
     }
 
     /// Validation and integrity checks for a create (`old` = None) or an

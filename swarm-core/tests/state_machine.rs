@@ -839,3 +839,173 @@ async fn update_with_retry_gives_up_with_the_conflict_and_skips_empty_builds() {
     assert!(matches!(err, StoreError::Rejected(TxError::AlreadyExists { .. })), "{err}");
     assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+// ------------------------------------------------ status-only task updates
+
+/// The full update a status-only op stands for: the stored task with the
+/// new status.
+fn full_status_update(s: &State, id: &str, status: &TaskStatus) -> Transaction {
+    let mut t = get_task(s, id);
+    t.status = status.clone();
+    Transaction::new().update(t)
+}
+
+fn status(state: TaskState, message: &str) -> TaskStatus {
+    TaskStatus { state, message: message.into(), container_id: Some("c-new".into()), ..Default::default() }
+}
+
+#[test]
+fn a_status_op_is_applied_as_the_full_update_would_be() {
+    let s = rich_state();
+    let t0 = get_task(&s, "t0");
+    let st = status(TaskState::Complete, "finished");
+    let full = try_apply(&s, full_status_update(&s, "t0", &st)).unwrap();
+    let short =
+        try_apply(&s, Transaction::new().update_task_status(t0.id.clone(), t0.meta.version, st.clone())).unwrap();
+    // Same events (an Update of the task with the new status, and the old
+    // task), same revision and timestamp, same state, indexes included.
+    assert_eq!(short.1, full.1);
+    assert_eq!(short.1.events.len(), 1);
+    assert_eq!(short.1.events[0].action, Action::Update);
+    assert_eq!(short.1.events[0].old, Some(Object::Task(t0.clone())));
+    assert_eq!(short.0.to_image(), full.0.to_image());
+    assert_eq!(index_snapshot(&short.0), index_snapshot(&full.0));
+    let after = get_task(&short.0, "t0");
+    assert_eq!(after.status, st);
+    assert_eq!(after.meta.version, Version(short.1.revision));
+    assert_eq!(after.meta.updated_at, TS);
+    assert_eq!(after.meta.created_at, t0.meta.created_at);
+    assert_eq!(after.meta.created_revision, t0.meta.created_revision);
+    // Everything but the status and the meta is the stored task's.
+    let mut expected = t0;
+    expected.status = st;
+    expected.meta = after.meta.clone();
+    assert_eq!(after, expected);
+}
+
+#[test]
+fn a_stale_status_op_is_a_version_conflict_and_changes_nothing() {
+    let s = rich_state();
+    let t0 = get_task(&s, "t0");
+    let s2 = apply(
+        &s,
+        Transaction::new().update_task_status(t0.id.clone(), t0.meta.version, status(TaskState::Running, "a")),
+    );
+    let err = reject(
+        &s2,
+        Transaction::new().update_task_status(t0.id.clone(), t0.meta.version, status(TaskState::Complete, "b")),
+    );
+    let full_err = {
+        let mut stale = t0.clone();
+        stale.status = status(TaskState::Complete, "b");
+        reject(&s2, Transaction::new().update(stale))
+    };
+    assert_eq!(err, full_err, "the same refusal as the full update's");
+    assert!(matches!(err, TxError::VersionConflict { kind: ObjectKind::Task, ref id, .. } if id == "t0"), "{err}");
+    // In a transaction with other ops, the conflict refuses them all.
+    let tx = Transaction::new().create(node("n9")).update_task_status(
+        t0.id.clone(),
+        t0.meta.version,
+        status(TaskState::Complete, "b"),
+    );
+    reject(&s2, tx);
+    // Without a version the check is skipped, as for an unchecked delete.
+    let mut tx = Transaction::new();
+    tx.push(Op::UpdateTaskStatus { id: t0.id.clone(), version: None, status: status(TaskState::Complete, "c") });
+    assert_eq!(get_task(&apply(&s2, tx), "t0").status.message, "c");
+}
+
+#[test]
+fn a_status_op_is_refused_where_the_full_update_is() {
+    let s = rich_state();
+    let t0 = get_task(&s, "t0");
+    // Backwards.
+    let back = status(TaskState::Assigned, "back");
+    let err = reject(&s, Transaction::new().update_task_status(t0.id.clone(), t0.meta.version, back.clone()));
+    assert_eq!(err, reject(&s, full_status_update(&s, "t0", &back)));
+    assert!(matches!(err, TxError::IllegalTransition { field: "status.state", .. }), "{err}");
+    // Missing (t1 was deleted).
+    let err =
+        reject(&s, Transaction::new().update_task_status("t1".into(), Version(1), status(TaskState::Running, "")));
+    assert!(matches!(err, TxError::NotFound { kind: ObjectKind::Task, ref id } if id == "t1"), "{err}");
+}
+
+#[test]
+fn a_status_op_gives_every_replica_the_same_state() {
+    let s = rich_state();
+    let replica = State::from_image(s.to_image());
+    let t0 = get_task(&s, "t0");
+    let t2 = get_task(&s, "t2");
+    let mut tx = Transaction::new()
+        .update_task_status(t0.id, t0.meta.version, status(TaskState::Failed, "exit 1"))
+        .update_task_status(t2.id, t2.meta.version, status(TaskState::Complete, "exit 0"));
+    tx.timestamp = Some(TS);
+    // Through the log's encoding, as a follower gets it.
+    let json = serde_json::to_string(&tx).unwrap();
+    assert!(json.contains(r#""op":"updatetaskstatus""#), "{json}");
+    assert!(!json.contains("nginx"), "the entry carries no spec: {json}");
+    let decoded: Transaction = serde_json::from_str(&json).unwrap();
+    assert_eq!(decoded, tx);
+    let (a, ca) = s.apply(&tx).unwrap();
+    let (b, cb) = replica.apply(&decoded).unwrap();
+    assert_eq!(ca, cb);
+    assert_eq!(a.to_image(), b.to_image());
+    assert_eq!(index_snapshot(&a), index_snapshot(&b));
+    // Applying it again is a version conflict everywhere, and changes nothing.
+    assert_eq!(reject(&a, tx.clone()), reject(&b, decoded));
+}
+
+/// Any sequence of status reports, some of them stale or backwards, leaves
+/// the same states, changes and refusals whether written as status-only
+/// ops or as full updates.
+#[test]
+fn status_ops_and_full_updates_agree_on_any_sequence() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as PtConfig, RngAlgorithm, RngSeed, TestRunner};
+    let runner = |seed| {
+        TestRunner::new(PtConfig {
+            cases: 64,
+            rng_algorithm: RngAlgorithm::ChaCha,
+            rng_seed: RngSeed::Fixed(seed),
+            failure_persistence: None,
+            ..PtConfig::default()
+        })
+    };
+    // (task, state, message, use a stale version)
+    let step = (0..5usize, 0..TaskState::ALL.len(), "[a-z]{0,3}", prop::bool::weighted(0.2));
+    let steps = prop::collection::vec(step, 1..12);
+    for seed in [0x5747_u64, swarm_core::harness::test_seed("status_ops_and_full_updates_agree_on_any_sequence")] {
+        runner(seed)
+            .run(&steps, |steps| {
+                let (mut short, mut full) = (rich_state(), rich_state());
+                for (i, state, message, stale) in steps {
+                    let id = format!("t{i}");
+                    let st = status(TaskState::ALL[state], &message);
+                    let Some(current) = short.task(&TaskId::from(id.as_str())).cloned() else {
+                        continue;
+                    };
+                    let version =
+                        if stale { Version(current.meta.version.0.saturating_sub(1)) } else { current.meta.version };
+                    let mut t = current.as_ref().clone();
+                    t.status = st.clone();
+                    t.meta.version = version;
+                    let a = try_apply(&short, Transaction::new().update_task_status(current.id.clone(), version, st));
+                    let b = try_apply(&full, Transaction::new().update(t));
+                    match (a, b) {
+                        (Ok((sa, ca)), Ok((sb, cb))) => {
+                            prop_assert_eq!(ca, cb);
+                            prop_assert_eq!(sa.to_image(), sb.to_image());
+                            (short, full) = (sa, sb);
+                        }
+                        (Err(ea), Err(eb)) => prop_assert_eq!(ea, eb),
+                        (a, b) => {
+                            prop_assert!(false, "status op {:?} but full update {:?}", a.map(|_| ()), b.map(|_| ()))
+                        }
+                    }
+                }
+                prop_assert_eq!(index_snapshot(&short), index_snapshot(&full));
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
+    }
+}

@@ -147,3 +147,62 @@ async fn a_follower_watch_continues_across_a_leader_crash() {
     assert_eq!((a.revision, b.revision), (1, 2));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_only_task_updates_replicate_and_replay_identically() {
+    use swarm_core::model::{Object, Service, ServiceSpec, Task, TaskState, TaskStatus};
+    use swarm_core::state::{Action, Transaction};
+    let mut c = Cluster::start(3, 14).await;
+    let leader = c.leader(Duration::from_secs(5)).await;
+    let follower = *c.ids.iter().find(|&&i| i != leader).expect("a follower");
+    let svc = Service { id: "s".into(), spec: ServiceSpec::replicated("web", "nginx:1.27", 1), ..Default::default() };
+    let mut t = Task {
+        id: "t1".into(),
+        service_id: "s".into(),
+        slot: Some(1),
+        node_id: Some("n1".into()),
+        ..Default::default()
+    };
+    t.spec.container.image = "nginx:1.27".into();
+    t.status.state = TaskState::Assigned;
+    let setup = node_tx("n1").create(svc).create(t);
+    commit_retry(c.store(leader), setup, Duration::from_secs(5)).await.expect("setup");
+    c.converge(Duration::from_secs(5)).await;
+    let mut watches = Vec::new();
+    for s in c.stores.values() {
+        watches.push(s.watch(1).await.expect("watch"));
+    }
+    let stored = read_retry(c.store(follower), Duration::from_secs(5)).await.task(&"t1".into()).expect("t1").clone();
+    // Proposed on a follower (forwarded), as a dispatcher there would.
+    let running = TaskStatus { state: TaskState::Running, message: "started".into(), ..Default::default() };
+    let tx = Transaction::new().update_task_status(stored.id.clone(), stored.meta.version, running.clone());
+    let change = commit_retry(c.store(follower), tx.clone(), Duration::from_secs(5)).await.expect("status write");
+    assert_eq!(change.revision, 2);
+    c.converge(Duration::from_secs(5)).await;
+    // Every manager's watchers see the same change: an update of the whole
+    // task with the new status, and the task before it.
+    for w in &mut watches {
+        let got = w.next().await.expect("change");
+        assert_eq!(*got, *change);
+    }
+    let ev = &change.events[0];
+    assert_eq!(ev.action, Action::Update);
+    assert_eq!(ev.old, Some(Object::Task(stored.as_ref().clone())));
+    let Object::Task(after) = &ev.object else { panic!("a task event: {ev:?}") };
+    assert_eq!(after.status, running);
+    assert_eq!(after.spec, stored.spec);
+    // The same state everywhere, and again after a follower replays its log.
+    let images = |c: &Cluster| c.stores.values().map(|s| s.stale_snapshot().to_image()).collect::<Vec<_>>();
+    let before = images(&c);
+    assert!(before.windows(2).all(|w| w[0] == w[1]));
+    c.stop(follower).await;
+    c.restart(follower).await;
+    c.converge(Duration::from_secs(5)).await;
+    assert_eq!(read_retry(c.store(follower), Duration::from_secs(5)).await.to_image(), before[0]);
+    // A stale status write (the version read before) is refused everywhere.
+    let err = c.store(leader).commit(tx).await.expect_err("stale status write");
+    assert!(matches!(err, StoreError::Rejected(_)), "{err}");
+    c.converge(Duration::from_secs(5)).await;
+    assert_eq!(images(&c), before);
+    c.shutdown().await;
+}

@@ -18,6 +18,11 @@
 //! reports, each report is written again on its own, so one worker's bad
 //! report fails only that worker's call.
 //!
+//! A report that changes only a task's status is written as an
+//! [`Op::UpdateTaskStatus`](crate::state::Op::UpdateTaskStatus) at the
+//! version read, so the replicated entry carries the status rather than the
+//! whole task; one that also changes the task's networks is a full update.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! use std::sync::Arc;
@@ -234,5 +239,76 @@ fn transaction(state: &State, reports: &[Report]) -> Option<Transaction> {
     if changed.is_empty() {
         return None;
     }
-    Some(changed.into_values().fold(Transaction::new(), Transaction::update))
+    let mut tx = Transaction::new();
+    for (id, t) in changed {
+        // `changed` holds clones of the stored tasks (their version is the
+        // stored one): a pure status change is written as a status-only
+        // op, which replicates the status instead of the whole task.
+        match state.task(id) {
+            Some(stored) if stored.networks == t.networks => tx = tx.update_task_status(t.id, t.meta.version, t.status),
+            _ => tx = tx.update(t),
+        }
+    }
+    Some(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NetworkAttachment, Object, Service, ServiceSpec, TaskState, TaskStatus};
+    use crate::state::Op;
+
+    fn report(node: &str, updates: Vec<TaskStatusUpdate>) -> Report {
+        Report { node: node.into(), updates, done: oneshot::channel().0 }
+    }
+
+    fn update(task: &str, state: TaskState, networks: Option<Vec<NetworkAttachment>>) -> TaskStatusUpdate {
+        TaskStatusUpdate { task_id: task.into(), status: TaskStatus { state, ..Default::default() }, networks }
+    }
+
+    fn state() -> State {
+        let svc =
+            Service { id: "s".into(), spec: ServiceSpec::replicated("web", "nginx:1.27", 3), ..Default::default() };
+        let node = crate::model::Node::ready("n1", "host1", Default::default());
+        let mut tx = Transaction::new().create(node).create(svc);
+        for i in 1..=3 {
+            let mut t =
+                Task { id: format!("t{i}").into(), service_id: "s".into(), slot: Some(i), ..Default::default() };
+            t.node_id = Some("n1".into());
+            t.status.state = TaskState::Assigned;
+            tx = tx.create(t);
+        }
+        State::default().apply(&tx).expect("the fixture commits").0
+    }
+
+    #[test]
+    fn pure_status_changes_are_status_ops_and_the_rest_full_updates() {
+        let s = state();
+        let net = vec![NetworkAttachment { network: "backend".into(), addresses: vec!["10.0.0.2".into()] }];
+        let reports = [
+            report(
+                "n1",
+                vec![update("t1", TaskState::Running, None), update("t2", TaskState::Running, Some(net.clone()))],
+            ),
+            // The same networks as stored: still a pure status change.
+            report("n1", vec![update("t3", TaskState::Running, Some(Vec::new()))]),
+        ];
+        let tx = transaction(&s, &reports).expect("the reports change something");
+        let t1 = s.task(&"t1".into()).expect("t1");
+        let t3 = s.task(&"t3".into()).expect("t3");
+        let running = TaskStatus { state: TaskState::Running, ..Default::default() };
+        let mut t2 = s.task(&"t2".into()).expect("t2").as_ref().clone();
+        t2.status = running.clone();
+        t2.networks = net;
+        assert_eq!(
+            tx.ops,
+            vec![
+                Op::UpdateTaskStatus { id: "t1".into(), version: Some(t1.meta.version), status: running.clone() },
+                Op::Update(Object::Task(t2)),
+                Op::UpdateTaskStatus { id: "t3".into(), version: Some(t3.meta.version), status: running },
+            ]
+        );
+        let (after, _) = s.apply(&tx).expect("the write commits");
+        assert!(after.tasks().all(|t| t.status.state == TaskState::Running));
+    }
 }
