@@ -651,12 +651,12 @@ async fn manager_parts(
     let roles = move |node: &str| {
         roles_raft.stale_snapshot().node(&swarm_core::id::NodeId::new(node)).map(|n| n.spec.role.as_str().to_owned())
     };
-    let hint_raft = raft.clone();
+    let (hint_raft, hints) = (raft.clone(), rotation::HintCache::default());
     let dispatcher = DispatcherService::new(Arc::new(manager.dispatcher()), store.leadership())
         .with_leader(leader_addr)
         .with_managers(managers)
         .with_roles(roles)
-        .with_ca_hint(move || rotation::hint(&hint_raft.stale_snapshot()));
+        .with_ca_hint(move || hints.get(&hint_raft.stale_snapshot()));
     let voters_raft = raft.clone();
     let cluster = Cluster::new(store.clone()).with_voters(move || voters_raft.status().voters);
     let router = Arc::new(
@@ -875,17 +875,30 @@ async fn ca_loop(
     dispatcher: Arc<RemoteDispatcher>,
     managers: impl Fn() -> Vec<String> + Send + 'static,
 ) {
+    // The hint last seen settled: the files are read again only when the
+    // managers' hint changes (or until it is settled).
+    let mut settled: Option<rotation::CaHint> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(hint) = dispatcher.ca_hint() else { continue };
-        if let Err(e) = follow_ca(&shared, &hint, &managers()).await {
-            tracing::warn!(error = %e, "cannot follow the cluster's CA now; will retry");
-            tokio::time::sleep(Duration::from_secs(2)).await;
+        if settled.as_ref() == Some(&hint) {
+            continue;
+        }
+        match follow_ca(&shared, &hint, &managers()).await {
+            Ok(true) => settled = Some(hint),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow the cluster's CA now; will retry");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
         }
     }
 }
 
-async fn follow_ca(shared: &Shared, hint: &rotation::CaHint, managers: &[String]) -> Result<(), NodeError> {
+/// Brings this node's roots and certificate in line with `hint`; `true`
+/// once they are (`false`: the manager answered roots that do not match
+/// the hint yet, try again).
+async fn follow_ca(shared: &Shared, hint: &rotation::CaHint, managers: &[String]) -> Result<bool, NodeError> {
     let files = shared.dir.certs();
     let node = join::JoinedNode::load(&files).map_err(sec)?;
     if rotation::bundle_digest(&node.ca_cert_pem).map_err(sec)? != hint.trust {
@@ -918,13 +931,13 @@ async fn follow_ca(shared: &Shared, hint: &rotation::CaHint, managers: &[String]
     // The signing root is among ours once the refresh above caught up
     // with the manager that sent the hint.
     let Some(signing) = roots.iter().find(|r| swarm_security::token::ca_digest(r) == hint.signing_root) else {
-        return Ok(());
+        return Ok(false);
     };
     if !creds.issued_by(signing) {
         tracing::info!("the cluster's CA signs with another root (a CA rotation): renewing the certificate now");
         renew_until_done(shared, managers).await;
     }
-    Ok(())
+    Ok(rotation::bundle_digest(&node.ca_cert_pem).map_err(sec)? == hint.trust)
 }
 
 /// Follows the role the store gives this node (reported with every

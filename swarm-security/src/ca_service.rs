@@ -427,7 +427,7 @@ impl CaService {
                 other => Fault::new(Code::Unavailable, format!("cannot issue the certificate: {other}")),
             }
         })?;
-        if rotation::status(state).is_ok_and(|s| s.in_progress) {
+        if rotation::in_progress(state) {
             // The rotation waits for this record; without it the node,
             // which now holds a new certificate, would never be counted.
             rotation::record_renewed(&*self.store, node_id, ca.cert_pem()).await.map_err(store_fault)?;

@@ -88,6 +88,12 @@ fn rotation(state: &State) -> Option<&CaRotation> {
     state.cluster().and_then(|c| c.security.rotation.as_ref())
 }
 
+/// Whether a rotation is in progress in `state` (cheap: no walk over the
+/// nodes, unlike [`status`]).
+pub fn in_progress(state: &State) -> bool {
+    rotation(state).is_some()
+}
+
 /// The root certificates nodes must trust (PEM): the cluster's root, and
 /// during a rotation the new root after it.
 pub fn trust_bundle_pem(state: &State) -> Result<String, CaStoreError> {
@@ -129,6 +135,31 @@ pub fn hint(state: &State) -> Option<CaHint> {
     let trust = bundle_digest(&trust_bundle_pem(state).ok()?).ok()?;
     let signing_root = bundle_digest(signing_root_pem(state).ok()?).ok()?;
     Some(CaHint { trust, signing_root })
+}
+
+/// [`hint`] computed once per Cluster object: heartbeat answers ask for
+/// it on every heartbeat, and it changes only when the Cluster object
+/// does (a rotation starts or finishes).
+#[derive(Debug, Default)]
+pub struct HintCache {
+    last: std::sync::Mutex<Option<(Arc<swarm_core::model::Cluster>, Option<CaHint>)>>,
+}
+
+impl HintCache {
+    /// The hint of `state`, from the cache while its Cluster object is the
+    /// same one.
+    pub fn get(&self, state: &State) -> Option<CaHint> {
+        let cluster = state.cluster()?;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, h)) = last.as_ref()
+            && Arc::ptr_eq(c, cluster)
+        {
+            return h.clone();
+        }
+        let h = hint(state);
+        *last = Some((cluster.clone(), h.clone()));
+        h
+    }
 }
 
 /// Where the rotation of `state` stands.
@@ -313,7 +344,7 @@ pub async fn rotation_loop(store: Arc<dyn Store>, period: Duration) {
         if !*leadership.borrow() {
             continue;
         }
-        let in_progress = store.local_snapshot().is_some_and(|s| rotation(&s).is_some());
+        let in_progress = store.local_snapshot().is_some_and(|s| self::in_progress(&s));
         if !in_progress {
             continue;
         }
@@ -411,6 +442,20 @@ mod tests {
         // No node: it finishes at once.
         assert!(finish_if_done(&store).await.unwrap().is_some());
         assert_eq!(crate::castore::ca_cert_pem(&store.snapshot().await.unwrap()).unwrap(), mine.cert_pem());
+    }
+
+    #[tokio::test]
+    async fn the_hint_cache_follows_the_cluster_object() {
+        let store = with_nodes(&[("a", NodeState::Ready)]).await;
+        let cache = HintCache::default();
+        let before = store.snapshot().await.unwrap();
+        assert_eq!(cache.get(&before), hint(&before));
+        assert!(!in_progress(&before));
+        start_rotation(&store, None, None).await.unwrap();
+        let during = store.snapshot().await.unwrap();
+        assert!(in_progress(&during));
+        assert_eq!(cache.get(&during), hint(&during));
+        assert_ne!(cache.get(&during), cache.get(&before));
     }
 
     #[tokio::test]
