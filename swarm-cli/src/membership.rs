@@ -18,7 +18,6 @@
 use crate::peers::{Member, leader_api_addr, members};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use swarm_core::cluster::{check_voter_removal, voter_reach};
@@ -162,7 +161,7 @@ impl MembershipService {
 
 #[async_trait]
 impl Handler for MembershipService {
-    async fn call(&self, peer: &Peer, method: &str, body: Value) -> Result<Reply, Fault> {
+    async fn call(&self, peer: &Peer, method: &str, body: rpc::Body) -> Result<Reply, Fault> {
         if method == "status" {
             if !peer.local {
                 peer.require(&[Role::Manager, Role::Operator], "raft.status")?;

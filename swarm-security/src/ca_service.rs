@@ -46,7 +46,6 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use swarm_core::state::State;
 use swarm_core::store::Store;
 
@@ -55,7 +54,7 @@ use crate::castore::{self, CaStoreError};
 use crate::identity::NodeIdentity;
 use crate::role::Role;
 use crate::rotation;
-use crate::rpc::{Code, Fault, Handler, Peer, Reply, body};
+use crate::rpc::{Body, Code, Fault, Handler, Peer, Reply, body};
 use crate::token::{JoinToken, TokenError};
 
 /// The service's name on a [`Router`](crate::rpc::Router).
@@ -521,7 +520,7 @@ impl CaService {
 
 #[async_trait]
 impl Handler for CaService {
-    async fn call(&self, peer: &Peer, method: &str, request: Value) -> Result<Reply, Fault> {
+    async fn call(&self, peer: &Peer, method: &str, request: Body) -> Result<Reply, Fault> {
         match method {
             "root_ca" => {
                 let state = self.state().await?;

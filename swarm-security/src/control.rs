@@ -70,8 +70,7 @@ use async_trait::async_trait;
 use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use swarm_core::cluster::{Cluster, ClusterError, ClusterEvent, QuorumLoss, TaskFilter};
+use swarm_core::cluster::{Cluster, ClusterError, ClusterEvent, QuorumLoss, ServiceStatus, TaskFilter};
 use swarm_core::id::{ConfigId, NetworkId, SecretId, ServiceId, VolumeId};
 use swarm_core::model::{
     Availability, ClusterSpec, Config, Network, NetworkSpec, Node, NodeRole, ObjectKind, Revision, Secret, SecretBytes,
@@ -164,6 +163,13 @@ pub enum ControlRequest {
     },
     /// [`Cluster::list_services`].
     ListServices,
+    /// [`Cluster::service_status`].
+    ServiceStatus {
+        /// Service name or id.
+        name: String,
+    },
+    /// [`Cluster::list_services_with_status`].
+    ListServicesWithStatus,
     /// [`Cluster::list_tasks`].
     ListTasks {
         /// Which tasks.
@@ -275,6 +281,8 @@ impl ControlRequest {
             ControlRequest::RemoveService { .. } => "remove_service",
             ControlRequest::InspectService { .. } => "inspect_service",
             ControlRequest::ListServices => "list_services",
+            ControlRequest::ServiceStatus { .. } => "service_status",
+            ControlRequest::ListServicesWithStatus => "list_services_with_status",
             ControlRequest::ListTasks { .. } => "list_tasks",
             ControlRequest::InspectTask { .. } => "inspect_task",
             ControlRequest::ListNodes => "list_nodes",
@@ -303,6 +311,8 @@ impl ControlRequest {
             self,
             ControlRequest::InspectService { .. }
                 | ControlRequest::ListServices
+                | ControlRequest::ServiceStatus { .. }
+                | ControlRequest::ListServicesWithStatus
                 | ControlRequest::ListTasks { .. }
                 | ControlRequest::InspectTask { .. }
                 | ControlRequest::ListNodes
@@ -337,6 +347,10 @@ pub enum ControlReply {
     Service(Service),
     /// Services.
     Services(Vec<Service>),
+    /// A service's task counts.
+    ServiceStatus(ServiceStatus),
+    /// Services with their task counts.
+    ServicesWithStatus(Vec<(Service, ServiceStatus)>),
     /// One task.
     Task(Task),
     /// Tasks.
@@ -381,6 +395,8 @@ impl ControlReply {
             ControlReply::VolumeId(_) => "volume_id",
             ControlReply::Service(_) => "service",
             ControlReply::Services(_) => "services",
+            ControlReply::ServiceStatus(_) => "service_status",
+            ControlReply::ServicesWithStatus(_) => "services_with_status",
             ControlReply::Task(_) => "task",
             ControlReply::Tasks(_) => "tasks",
             ControlReply::Node(_) => "node",
@@ -837,6 +853,10 @@ impl ControlService {
             ControlRequest::RemoveService { name } => done(c.remove_service(&name).await),
             ControlRequest::InspectService { name } => Ok(ControlReply::Service(c.inspect_service(&name).await?)),
             ControlRequest::ListServices => Ok(ControlReply::Services(c.list_services().await?)),
+            ControlRequest::ServiceStatus { name } => Ok(ControlReply::ServiceStatus(c.service_status(&name).await?)),
+            ControlRequest::ListServicesWithStatus => {
+                Ok(ControlReply::ServicesWithStatus(c.list_services_with_status().await?))
+            }
             ControlRequest::ListTasks { filter } => Ok(ControlReply::Tasks(c.list_tasks(filter).await?)),
             ControlRequest::InspectTask { id } => Ok(ControlReply::Task(c.inspect_task(&id).await?)),
             ControlRequest::ListNodes => Ok(ControlReply::Nodes(c.list_nodes().await?)),
@@ -921,8 +941,8 @@ impl ControlService {
             None => self.cluster.store().snapshot().await?.revision(),
         };
         let mut stream = self.cluster.events_since(from).await?;
-        let (tx, rx) = mpsc::channel::<Result<Value, Fault>>(64);
-        let watching = serde_json::to_value(EventsItem::Watching { from })
+        let (tx, rx) = mpsc::channel::<Result<rpc::Body, Fault>>(64);
+        let watching = serde_json::value::to_raw_value(&EventsItem::Watching { from })
             .map_err(|e| ControlError::Transport { message: format!("cannot encode the stream's start: {e}") })?;
         // The channel is new and has room: this cannot fail.
         let _ = tx.try_send(Ok(watching));
@@ -933,7 +953,7 @@ impl ControlService {
                     next = stream.next() => next,
                 };
                 let item = match next {
-                    Ok(ev) => serde_json::to_value(EventsItem::Event(ev))
+                    Ok(ev) => serde_json::value::to_raw_value(&EventsItem::Event(ev))
                         .map_err(|e| Fault::new(Code::Service, format!("cannot encode an event: {e}"))),
                     Err(e) => Err(ControlError::from(e).fault()),
                 };
@@ -997,7 +1017,7 @@ impl ControlService {
 
 #[async_trait]
 impl Handler for ControlService {
-    async fn call(&self, peer: &Peer, method: &str, body: Value) -> Result<Reply, Fault> {
+    async fn call(&self, peer: &Peer, method: &str, body: rpc::Body) -> Result<Reply, Fault> {
         match method {
             "call" => {
                 Self::admit(peer, "the control API")?;
@@ -1289,6 +1309,18 @@ impl RemoteCluster {
     pub async fn list_services(&self) -> Result<Vec<Service>, ControlError> {
         let r = self.answer(&ControlRequest::ListServices).await?;
         expect_reply!("list_services", r, ControlReply::Services(s) => s)
+    }
+
+    /// A service's task counts (`docker service ls`'s REPLICAS).
+    pub async fn service_status(&self, name: &str) -> Result<ServiceStatus, ControlError> {
+        let r = self.answer(&ControlRequest::ServiceStatus { name: name.into() }).await?;
+        expect_reply!("service_status", r, ControlReply::ServiceStatus(s) => s)
+    }
+
+    /// Every service with its task counts.
+    pub async fn list_services_with_status(&self) -> Result<Vec<(Service, ServiceStatus)>, ControlError> {
+        let r = self.answer(&ControlRequest::ListServicesWithStatus).await?;
+        expect_reply!("list_services_with_status", r, ControlReply::ServicesWithStatus(s) => s)
     }
 
     /// Tasks, filtered.

@@ -111,7 +111,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use swarm_core::dispatcher::{
     AssignmentStream, Assignments, DispatchError, Dispatcher, HeartbeatResponse, SessionInfo, SessionRequest,
     TaskStatusUpdate,
@@ -321,7 +320,7 @@ impl DispatcherService {
 
     /// Forwards a session's assignments to the connection until the
     /// session ends, the client goes away, or this manager stops leading.
-    fn forward(&self, mut stream: AssignmentStream) -> mpsc::Receiver<Result<Value, Fault>> {
+    fn forward(&self, mut stream: AssignmentStream) -> mpsc::Receiver<Result<rpc::Body, Fault>> {
         let (tx, rx) = mpsc::channel(16);
         let mut leadership = self.leadership.clone();
         let leader_addr = self.leader_addr.clone();
@@ -331,7 +330,7 @@ impl DispatcherService {
                 tokio::select! {
                     msg = stream.next() => {
                         let Some(msg) = msg else { return };
-                        let item = serde_json::to_value(&msg)
+                        let item = serde_json::value::to_raw_value(&msg)
                             .map_err(|e| Fault::new(Code::Service, format!("cannot encode assignments: {e}")));
                         let failed = item.is_err();
                         if tx.send(item).await.is_err() || failed {
@@ -367,7 +366,7 @@ fn not_leader(leader_addr: &LeaderAddr) -> Fault {
 
 #[async_trait]
 impl Handler for DispatcherService {
-    async fn call(&self, peer: &Peer, method: &str, body: Value) -> Result<Reply, Fault> {
+    async fn call(&self, peer: &Peer, method: &str, body: rpc::Body) -> Result<Reply, Fault> {
         let node = peer.require(&[Role::Manager, Role::Worker], "the dispatcher")?.node_id.clone();
         self.check_leader()?;
         match method {

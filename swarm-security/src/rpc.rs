@@ -44,6 +44,7 @@ use rustls::{ClientConfig, ServerConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use swarm_core::frame::{FrameError, read_frame, write_frame};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -160,37 +161,50 @@ impl Peer {
     }
 }
 
+/// A message body as it crosses the wire: JSON text, encoded once by the
+/// sender and decoded once, straight into its type, by the receiver (no
+/// intermediate [`Value`] tree on either side).
+pub type Body = Box<RawValue>;
+
+/// Encodes `v` as a [`Body`].
+pub fn encode(v: &impl Serialize) -> Result<Body, Fault> {
+    serde_json::value::to_raw_value(v).map_err(|e| Fault::new(Code::Service, format!("cannot encode the answer: {e}")))
+}
+
 /// What a handler answers.
 pub enum Reply {
     /// One answer.
-    Unary(Value),
+    Unary(Body),
     /// Items until the sender is dropped (the stream ends) or sends a
     /// fault (the stream fails). The server stops reading the receiver
-    /// when the client goes away, which closes the channel.
-    Stream(mpsc::Receiver<Result<Value, Fault>>),
+    /// when the client goes away, which closes the channel. Items are
+    /// encoded by the producer ([`encode`]).
+    Stream(mpsc::Receiver<Result<Body, Fault>>),
 }
 
 impl Reply {
     /// A unary answer serialized from `v`.
     pub fn unary(v: &impl Serialize) -> Result<Reply, Fault> {
-        serde_json::to_value(v)
-            .map(Reply::Unary)
-            .map_err(|e| Fault::new(Code::Service, format!("cannot encode the answer: {e}")))
+        encode(v).map(Reply::Unary)
     }
 }
 
 /// Reads a request body as `T`, or a [`Code::BadRequest`] fault naming
 /// the method and what was wrong.
-pub fn body<T: DeserializeOwned>(method: &str, body: Value) -> Result<T, Fault> {
-    serde_json::from_value(body)
+pub fn body<T: DeserializeOwned>(method: &str, body: Body) -> Result<T, Fault> {
+    serde_json::from_str(body.get())
         .map_err(|e| Fault::new(Code::BadRequest, format!("{method}: cannot read the request: {e}")))
+}
+
+fn null_body() -> Body {
+    RawValue::NULL.to_owned()
 }
 
 /// One service of the node API (everything under `service.`).
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Serves `method` (the part after `service.`) for `peer`.
-    async fn call(&self, peer: &Peer, method: &str, body: Value) -> Result<Reply, Fault>;
+    async fn call(&self, peer: &Peer, method: &str, body: Body) -> Result<Reply, Fault>;
 }
 
 /// Decides, before any handler, whether a peer may call at all: the
@@ -235,7 +249,7 @@ impl Router {
     }
 
     /// Serves one call: the gate, then the service's handler.
-    pub async fn dispatch(&self, peer: &Peer, method: &str, body: Value) -> Result<Reply, Fault> {
+    pub async fn dispatch(&self, peer: &Peer, method: &str, body: Body) -> Result<Reply, Fault> {
         if let Some(gate) = &self.gate {
             gate.admit(peer)?;
         }
@@ -276,15 +290,15 @@ impl<T> Reloadable<T> {
 struct Request {
     id: u64,
     method: String,
-    #[serde(default)]
-    body: Value,
+    #[serde(default = "null_body")]
+    body: Body,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Response {
-    Ok { id: u64, body: Value },
-    Item { id: u64, body: Value },
+    Ok { id: u64, body: Body },
+    Item { id: u64, body: Body },
     End { id: u64 },
     Err { id: u64, fault: Fault },
 }
@@ -617,7 +631,7 @@ impl<T: DeserializeOwned> RpcStream<T> {
             RpcError::Protocol { addr: self.addr.clone(), method: self.method.clone(), reason: e.to_string() }
         })?;
         match resp {
-            Response::Item { id, body } if id == self.id => serde_json::from_value(body).map(Some).map_err(|e| {
+            Response::Item { id, body } if id == self.id => serde_json::from_str(body.get()).map(Some).map_err(|e| {
                 RpcError::Protocol { addr: self.addr.clone(), method: self.method.clone(), reason: e.to_string() }
             }),
             Response::End { id } if id == self.id => {
@@ -756,7 +770,7 @@ impl RpcClient {
     // does not matter, and boxing a variant would change the public enum.
     #[allow(clippy::result_large_err)]
     fn request(&self, method: &str, req: &impl Serialize) -> Result<Request, RpcError> {
-        let body = serde_json::to_value(req).map_err(|e| RpcError::Protocol {
+        let body = serde_json::value::to_raw_value(req).map_err(|e| RpcError::Protocol {
             addr: self.addr.clone(),
             method: method.to_owned(),
             reason: e.to_string(),
@@ -794,7 +808,7 @@ impl RpcClient {
             }
         };
         match resp {
-            Response::Ok { id, body } if id == request.id => serde_json::from_value(body).map_err(|e| {
+            Response::Ok { id, body } if id == request.id => serde_json::from_str(body.get()).map_err(|e| {
                 RpcError::Protocol { addr: self.addr.clone(), method: method.to_owned(), reason: e.to_string() }
             }),
             Response::Err { fault, .. } => {

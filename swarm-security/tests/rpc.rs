@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use swarm_security::ca::{ClusterCa, NodeCsr, SigningPolicy};
 use swarm_security::role::Role;
 use swarm_security::rpc::{
-    Code, Fault, Gate, Handler, Peer, Reloadable, Reply, Router, RpcClient, RpcError, RpcServer, ServerLimits,
+    self, Code, Fault, Gate, Handler, Peer, Reloadable, Reply, Router, RpcClient, RpcError, RpcServer, ServerLimits,
 };
 use swarm_security::tls::{
     PeerPolicy, TlsCredentials, anonymous_client_config, client_config, server_config_optional_client,
@@ -29,7 +29,7 @@ struct Echo;
 
 #[async_trait]
 impl Handler for Echo {
-    async fn call(&self, peer: &Peer, method: &str, body: Value) -> Result<Reply, Fault> {
+    async fn call(&self, peer: &Peer, method: &str, body: rpc::Body) -> Result<Reply, Fault> {
         match method {
             "who" => {
                 let who = match (&peer.identity, peer.local) {
@@ -44,11 +44,12 @@ impl Handler for Echo {
                 Reply::unary(&id.node_id)
             }
             "count" => {
+                let body: Value = rpc::body("echo.count", body)?;
                 let n = body["n"].as_u64().ok_or_else(|| Fault::new(Code::BadRequest, "count needs n"))?;
                 let (tx, rx) = mpsc::channel(4);
                 tokio::spawn(async move {
                     for i in 0..n {
-                        if tx.send(Ok(json!(i))).await.is_err() {
+                        if tx.send(rpc::encode(&i)).await.is_err() {
                             return;
                         }
                     }
