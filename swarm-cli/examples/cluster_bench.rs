@@ -42,9 +42,12 @@
 //!    the cost of a heartbeat.
 //! 4. `converge_s`: one service of R replicas created through m1's local
 //!    control socket (`RemoteCluster::unix`), until R of its tasks are
-//!    RUNNING in a follower's store (`service ps` through the follower's
-//!    socket, polled every `--poll`, default 250 ms; the follower is polled
-//!    so the reads do not load the leader). `converge_manager_cpu_s` and
+//!    RUNNING in a follower's store (the service's task counts,
+//!    `RemoteCluster::service_status`, as `service ls` shows them, through
+//!    the follower's socket, polled every `--poll`, default 250 ms; the
+//!    follower is polled so the reads do not load the leader; before
+//!    2026-11-30 this listed every task, `service ps`, which cost the
+//!    follower about a second of CPU per converge). `converge_manager_cpu_s` and
 //!    `converge_agents_cpu_s`: the CPU the three managers and this process
 //!    (the agents and the polling) used meanwhile;
 //!    `converge_cpu_by_manager_s`: the managers' share, m1 (the leader:
@@ -504,13 +507,13 @@ async fn networked(o: &Opts, root: &Path, ms: &[Manager], worker_token: String, 
         }
     });
     leader_ctl.create_service(spec).await?;
-    let none = HashSet::new();
     let within = Duration::from_secs(120 + o.replicas / 50);
     until(o.poll, within, "all replicas running", || async {
         if o.trace {
             trace_states(&follower, t1).await;
         }
-        (running(&follower, &none).await? as u64 == o.replicas).then_some(())
+        let st = follower.service_status("web").await.ok()?;
+        (st.running_tasks == o.replicas).then_some(())
     })
     .await?;
     r.converge_s = t1.elapsed().as_secs_f64();

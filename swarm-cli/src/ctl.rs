@@ -27,8 +27,8 @@ use crate::membership::RaftStatus;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::io::Read;
-use swarm_core::cluster::TaskFilter;
-use swarm_core::id::{NodeId, ServiceId};
+use swarm_core::cluster::{ServiceStatus, TaskFilter};
+use swarm_core::id::NodeId;
 use swarm_core::model::*;
 use swarm_core::time::SpecDuration;
 use swarm_security::control::{ControlError, RemoteCluster};
@@ -232,22 +232,13 @@ fn short(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
-fn running(tasks: &[Task], service: &ServiceId) -> usize {
-    tasks.iter().filter(|t| &t.service_id == service && t.status.state == TaskState::Running).count()
-}
-
-fn replicas(s: &Service, tasks: &[Task]) -> String {
-    let run = running(tasks, &s.id);
+fn replicas(s: &Service, st: &ServiceStatus) -> String {
+    let (run, desired) = (st.running_tasks, st.desired_tasks);
     match s.spec.mode.kind {
-        ModeKind::Replicated => format!("{run}/{}", s.spec.mode.replicas()),
         ModeKind::ReplicatedJob => {
-            let done = tasks.iter().filter(|t| t.service_id == s.id && t.status.state == TaskState::Complete).count();
-            format!("{run}/{} ({done}/{} completed)", s.spec.mode.max_concurrent(), s.spec.mode.total_completions())
+            format!("{run}/{desired} ({}/{} completed)", st.completed_tasks, s.spec.mode.total_completions())
         }
-        _ => {
-            let live = tasks.iter().filter(|t| t.service_id == s.id && t.desired_state <= TaskState::Running).count();
-            format!("{run}/{live}")
-        }
+        _ => format!("{run}/{desired}"),
     }
 }
 
@@ -282,26 +273,23 @@ async fn service(t: &Target, format: &Format, a: &mut Args) -> Result<String, Ct
             let id = c.create_service(spec).await?;
             format!("{id}\n")
         }
-        "ls" => {
-            let services = c.list_services().await?;
-            let tasks = c.list_tasks(TaskFilter::default()).await?;
-            match format {
-                Format::Json => json(&services)?,
-                Format::Table => {
-                    let mut tb = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"]);
-                    for s in &services {
-                        tb.row(vec![
-                            short(s.id.as_str()),
-                            s.spec.name.clone(),
-                            format!("{:?}", s.spec.mode.kind).to_lowercase(),
-                            replicas(s, &tasks),
-                            s.spec.task_template.container.image.clone(),
-                        ]);
-                    }
-                    tb.render()
+        "ls" => match format {
+            Format::Json => json(&c.list_services().await?)?,
+            Format::Table => {
+                let services = c.list_services_with_status().await?;
+                let mut tb = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"]);
+                for (s, st) in &services {
+                    tb.row(vec![
+                        short(s.id.as_str()),
+                        s.spec.name.clone(),
+                        format!("{:?}", s.spec.mode.kind).to_lowercase(),
+                        replicas(s, st),
+                        s.spec.task_template.container.image.clone(),
+                    ]);
                 }
+                tb.render()
             }
-        }
+        },
         "ps" => {
             let name = a.word("the service name")?;
             let tasks = c.list_tasks(TaskFilter { service: Some(name), node: None, live_only: false }).await?;

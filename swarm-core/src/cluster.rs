@@ -99,6 +99,21 @@ pub struct TaskFilter {
     pub live_only: bool,
 }
 
+/// A service's task counts, as `docker service ls` shows them (the Engine
+/// API's `ServiceStatus`, `GET /services?status=true`): computed by the
+/// manager that answers, so a client learns them without listing every task.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceStatus {
+    /// Tasks whose last reported state is RUNNING.
+    pub running_tasks: u64,
+    /// Tasks the managers want: the replica count for a replicated
+    /// service, the concurrency for a replicated job, and for global
+    /// services and jobs the tasks still wanted running (desired <= RUNNING).
+    pub desired_tasks: u64,
+    /// Tasks that completed (jobs).
+    pub completed_tasks: u64,
+}
+
 /// Something that happened in the cluster, like a line of `docker events`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterEvent {
@@ -549,6 +564,47 @@ impl Cluster {
     /// Every service.
     pub async fn list_services(&self) -> Result<Vec<Service>, ClusterError> {
         Ok(self.state().await?.services().map(|s| s.as_ref().clone()).collect())
+    }
+
+    /// The task counts of a service by name or id, as `docker service ls`
+    /// shows them.
+    pub async fn service_status(&self, name: &str) -> Result<ServiceStatus, ClusterError> {
+        let state = self.state().await?;
+        let service = Self::find_service(&state, name)?;
+        Ok(Self::status_of(&state, &service))
+    }
+
+    /// Every service with its task counts (`docker service ls`).
+    pub async fn list_services_with_status(&self) -> Result<Vec<(Service, ServiceStatus)>, ClusterError> {
+        let state = self.state().await?;
+        Ok(state
+            .services()
+            .map(|s| {
+                let status = Self::status_of(&state, s);
+                (s.as_ref().clone(), status)
+            })
+            .collect())
+    }
+
+    fn status_of(state: &State, service: &Service) -> ServiceStatus {
+        let mut st = ServiceStatus::default();
+        let mut live = 0;
+        for t in state.tasks_of_service(&service.id) {
+            match t.status.state {
+                TaskState::Running => st.running_tasks += 1,
+                TaskState::Complete => st.completed_tasks += 1,
+                _ => {}
+            }
+            if t.desired_state <= TaskState::Running {
+                live += 1;
+            }
+        }
+        st.desired_tasks = match service.spec.mode.kind {
+            ModeKind::Replicated => service.spec.mode.replicas(),
+            ModeKind::ReplicatedJob => service.spec.mode.max_concurrent(),
+            _ => live,
+        };
+        st
     }
 
     /// Tasks, filtered.

@@ -63,3 +63,42 @@ async fn scaling_a_global_service_is_refused_and_changes_nothing() {
     assert_eq!(store.snapshot().await.unwrap().revision(), before);
     assert_eq!(cluster.inspect_service("agent").await.unwrap().spec.mode.kind, ModeKind::Global);
 }
+
+#[tokio::test]
+async fn service_status_counts_tasks_as_service_ls_shows_them() {
+    use swarm_core::id::TaskId;
+    use swarm_core::model::{Task, TaskState};
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let cluster = Cluster::with_seed(store.clone(), 1);
+    let web = cluster.create_service(ServiceSpec::replicated("web", "nginx:1.27", 3)).await.unwrap();
+    let mut batch = ServiceSpec::replicated("batch", "busybox", 0);
+    batch.mode = swarm_core::model::ServiceMode::replicated_job(4, 2);
+    let job = cluster.create_service(batch).await.unwrap();
+    let task = |id: &str, service: &swarm_core::id::ServiceId, state: TaskState, desired: TaskState| {
+        let mut t =
+            Task { id: TaskId::new(id), service_id: service.clone(), desired_state: desired, ..Default::default() };
+        t.status.state = state;
+        t
+    };
+    let mut tx = Transaction::new();
+    for t in [
+        task("w1", &web, TaskState::Running, TaskState::Running),
+        task("w2", &web, TaskState::Running, TaskState::Running),
+        task("w3", &web, TaskState::Pending, TaskState::Running),
+        // An old task being shut down still counts while it runs, as in Docker.
+        task("w0", &web, TaskState::Failed, TaskState::Shutdown),
+        task("b1", &job, TaskState::Complete, TaskState::Complete),
+        task("b2", &job, TaskState::Running, TaskState::Complete),
+    ] {
+        tx = tx.create(t);
+    }
+    store.commit(tx).await.unwrap();
+    let st = cluster.service_status("web").await.unwrap();
+    assert_eq!((st.running_tasks, st.desired_tasks, st.completed_tasks), (2, 3, 0));
+    let st = cluster.service_status(job.as_str()).await.unwrap();
+    assert_eq!((st.running_tasks, st.desired_tasks, st.completed_tasks), (1, 2, 1), "a job's concurrency is desired");
+    let all = cluster.list_services_with_status().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|(s, st)| s.spec.name == "web" && st.running_tasks == 2));
+    assert!(matches!(cluster.service_status("nope").await, Err(ClusterError::NotFound { .. })));
+}
