@@ -263,6 +263,9 @@ struct PendingProposal {
     deadline: Instant,
     ctx: Vec<u8>,
     data: Vec<u8>,
+    /// The transaction `data` encodes: this manager applies its own
+    /// entries from it rather than decoding the bytes it just encoded.
+    tx: Box<Transaction>,
     last_sent: Instant,
     leader: u64,
 }
@@ -654,6 +657,7 @@ impl Driver {
                             deadline: now + self.cfg.commit_timeout,
                             ctx: id.encode(),
                             data,
+                            tx,
                             last_sent: now,
                             leader,
                         };
@@ -898,17 +902,30 @@ impl Driver {
             return;
         }
         let origin = req.filter(|r| r.origin == self.id && r.incarnation == self.incarnation);
-        let result = match serde_json::from_slice::<Transaction>(&e.data) {
-            Ok(tx) => lock(&self.replica).apply(&tx).map_err(StoreError::Rejected),
-            Err(err) => {
-                // Same bytes on every manager: skipped identically everywhere.
-                tracing::error!(id = self.id, index = e.index, error = %err, "skipping an undecodable log entry");
-                Err(StoreError::Unavailable(format!("log entry {} could not be decoded: {err}", e.index)))
+        // An entry this manager proposed (in this incarnation) carries the
+        // bytes of a transaction it still holds: apply that one. Every
+        // other manager decodes the same bytes into an equal transaction
+        // (serde_json round-trips every type of the model; debug builds
+        // check it on every such entry).
+        let own = origin.and_then(|r| self.proposals.remove(&r.seq));
+        let result = match own.as_ref() {
+            Some(p) => {
+                #[cfg(debug_assertions)]
+                if let Ok(decoded) = serde_json::from_slice::<Transaction>(&e.data) {
+                    debug_assert_eq!(decoded, *p.tx, "log entry {} does not decode to what was proposed", e.index);
+                }
+                lock(&self.replica).apply(&p.tx).map_err(StoreError::Rejected)
             }
+            None => match serde_json::from_slice::<Transaction>(&e.data) {
+                Ok(tx) => lock(&self.replica).apply(&tx).map_err(StoreError::Rejected),
+                Err(err) => {
+                    // Same bytes on every manager: skipped identically everywhere.
+                    tracing::error!(id = self.id, index = e.index, error = %err, "skipping an undecodable log entry");
+                    Err(StoreError::Unavailable(format!("log entry {} could not be decoded: {err}", e.index)))
+                }
+            },
         };
-        if let Some(r) = origin
-            && let Some(p) = self.proposals.remove(&r.seq)
-        {
+        if let Some(p) = own {
             let _ = p.reply.send(result);
         }
     }
