@@ -85,8 +85,8 @@
 use crate::batch::group_batch;
 use crate::filter::{Filter, first_failure, standard_filters};
 use crate::index::{NodeIndex, NodeSet, RankIndex};
-use crate::score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};
-use std::cmp::Ordering;
+use crate::score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread, cpu_equivalents};
+use std::cmp::{Ordering, Reverse};
 use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, HashMap};
 use swarm_core::constraint::Constraint;
@@ -124,7 +124,23 @@ pub enum GroupOrder {
     /// bin-packing schedulers, which otherwise fill the first nodes
     /// whatever their labels.
     MostConstrainedFirst,
+    /// Scarce groups first (fewer eligible nodes than a quarter of the
+    /// view's nodes, after the static filters), fewest eligible first;
+    /// then every other group by task size, largest first (CPU plus
+    /// memory at [`MEMORY_PER_CPU`](crate::score::MEMORY_PER_CPU) per
+    /// CPU); ties by fewer eligible nodes, then batch order. The default
+    /// of the bin-packing schedulers: scarce nodes still go to the tasks
+    /// that can only run there, and the rest of the pass is packed as a
+    /// first-fit-decreasing packer would order it (large tasks first,
+    /// small ones filling the gaps they leave). Only the order of the
+    /// groups within one `schedule` call changes: a pass still places
+    /// every task it can, and each task sees every placement before it.
+    ScarceFirstThenLargest,
 }
+
+/// A group is scarce for [`GroupOrder::ScarceFirstThenLargest`] when fewer
+/// than `1 / SCARCE_SHARE` of the view's nodes pass its static filters.
+const SCARCE_SHARE: usize = 4;
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,16 +167,18 @@ impl Pipeline {
         Self::new("spread", Spread::default())
     }
 
-    /// Bin packing with Nomad's BestFit v3 ([`BestFit`]), most
-    /// constrained groups first.
+    /// Bin packing by absolute best fit ([`BestFit`]), scarce groups
+    /// first, then largest tasks first
+    /// ([`GroupOrder::ScarceFirstThenLargest`]).
     pub fn binpack() -> Self {
-        Self::new("binpack", BestFit).with_order(GroupOrder::MostConstrainedFirst)
+        Self::new("binpack", BestFit).with_order(GroupOrder::ScarceFirstThenLargest)
     }
 
-    /// Bin packing with Kubernetes' MostAllocated ([`MostAllocated`]), most
-    /// constrained groups first.
+    /// Bin packing with Kubernetes' MostAllocated ([`MostAllocated`]),
+    /// scarce groups first, then largest tasks first
+    /// ([`GroupOrder::ScarceFirstThenLargest`]).
     pub fn most_allocated() -> Self {
-        Self::new("most-allocated", MostAllocated).with_order(GroupOrder::MostConstrainedFirst)
+        Self::new("most-allocated", MostAllocated).with_order(GroupOrder::ScarceFirstThenLargest)
     }
 
     /// Sets the order in which a batch's groups are scheduled.
@@ -218,7 +236,7 @@ impl Scheduler for Pipeline {
         let mut call = Call::new(view);
         let mut out = vec![Decision::Unschedulable(Explanation::new(view.nodes.len())); batch.len()];
         let mut groups = group_batch(batch);
-        if self.order == GroupOrder::MostConstrainedFirst {
+        if self.order != GroupOrder::Batch {
             // Fewest eligible nodes first (fixed-node tasks: one); stable.
             let mut keyed: Vec<(usize, Vec<usize>)> = groups
                 .into_iter()
@@ -228,7 +246,21 @@ impl Scheduler for Pipeline {
                     (eligible, g)
                 })
                 .collect();
-            keyed.sort_by_key(|(eligible, _)| *eligible);
+            if self.order == GroupOrder::ScarceFirstThenLargest {
+                let n = call.work.len();
+                let size = |g: &[usize]| {
+                    let r = &batch[g[0]].reservations;
+                    Reverse(cpu_equivalents(r.nano_cpus, r.memory_bytes))
+                };
+                // Scarce groups (fewest eligible first), then the others
+                // largest task first; stable (batch order last).
+                keyed.sort_by_key(|(e, g)| {
+                    let scarce = e.saturating_mul(SCARCE_SHARE) < n;
+                    (!scarce, if scarce { *e } else { 0 }, size(g), *e)
+                });
+            } else {
+                keyed.sort_by_key(|(eligible, _)| *eligible);
+            }
             groups = keyed.into_iter().map(|(_, g)| g).collect();
         }
         let mut placed = 0usize;
