@@ -409,9 +409,17 @@ impl<'a> Call<'a> {
     /// records that the service now touches the node and re-keys it in the
     /// rank index.
     fn place(&mut self, i: usize, req: &TaskRequest, scorer: &dyn Scorer) {
+        let untouched = !touches(&self.work[i], &req.service_id);
+        self.place_known(i, req, scorer, untouched);
+    }
+
+    /// [`Call::place`] when the caller knows whether the service touched
+    /// the node (`untouched`: it ran no task of it there and did not fail
+    /// there recently): one hash lookup fewer per placement.
+    fn place_known(&mut self, i: usize, req: &TaskRequest, scorer: &dyn Scorer, untouched: bool) {
         self.log.push(i);
         let info = &mut self.work[i];
-        if !touches(info, &req.service_id) {
+        if untouched {
             // No key clone when the service already has an entry.
             match self.service_nodes.get_mut(&req.service_id) {
                 Some(nodes) => nodes.push(i),
@@ -833,16 +841,19 @@ impl Pipeline {
                     l.idx()
                 }
             };
-            if candidates.contains(i) {
-                // From the index: the node now runs a task of the service,
-                // the local heap ranks it for the rest of the group.
+            // From the index: the service did not touch the node (those it
+            // touches are out of `candidates`, in the local heap).
+            let from_index = candidates.contains(i);
+            if from_index {
+                // The node now runs a task of the service, the local heap
+                // ranks it for the rest of the group.
                 candidates.remove(i);
                 if let Some(rank) = call.rank.as_mut() {
                     rank.hide(i);
                     hidden.push(i);
                 }
             }
-            call.place(i, req, scorer);
+            call.place_known(i, req, scorer, from_index);
             local.push(Entry::new(scorer.score(&call.work[i], req), i, 0));
             out[t] = Decision::Assign(call.work[i].node.id.clone());
             placed += 1;
