@@ -243,7 +243,8 @@ impl NodeIndex {
             put(&mut fixed[2], n.spec.role.as_str(), i, len);
             put(&mut fixed[3], &n.description.platform.os, i, len);
             put(&mut fixed[4], &normalize_arch(&n.description.platform.architecture), i, len);
-            for (labels, by_key) in [(&n.spec.labels, &mut node_labels), (&n.description.engine_labels, &mut engine_labels)]
+            for (labels, by_key) in
+                [(&n.spec.labels, &mut node_labels), (&n.description.engine_labels, &mut engine_labels)]
             {
                 for (k, v) in labels {
                     let by_value = match by_key.get_mut(k.as_str()) {
