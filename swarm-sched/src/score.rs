@@ -301,9 +301,10 @@ fn empty_key(node: &NodeInfo) -> i128 {
 /// its zone had room) then takes only what the large machines in use
 /// cannot; ranked by leftover alone it looked like the tightest fit and
 /// drew tasks away from half-full large machines, which ended up less
-/// full while more small machines were opened (see docs/swarm-sched.md). Shares (Nomad's BestFit v3, Kubernetes'
-/// MostAllocated) instead rank an empty 8-CPU node above an empty 32-CPU
-/// one and fill the smallest machines first (see docs/swarm-sched.md).
+/// full while more small machines were opened. Shares (Nomad's BestFit
+/// v3, Kubernetes' MostAllocated) instead rank an empty 8-CPU node above
+/// an empty 32-CPU one and fill the smallest machines first (see
+/// docs/swarm-sched.md).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BestFit;
 
