@@ -1247,6 +1247,25 @@ mod tests {
         assert_eq!(d.iter().filter(|x| matches!(x, Decision::Unschedulable(_))).count(), 0);
     }
 
+    #[test]
+    fn binpack_places_a_pass_largest_tasks_first() {
+        // Nodes of 4 CPUs. In batch order, best fit puts the two 1-CPU
+        // tasks on n00, then neither 3-CPU task fits there: 3 nodes.
+        // Largest first (as first-fit-decreasing): each 3-CPU task opens a
+        // node and a 1-CPU task fills each: 2 nodes.
+        let v = view(&["", "", ""]);
+        let mut batch = tasks("small", 2, |t| t.reservations = Resources::new(1_000_000_000, 0));
+        batch.extend(tasks("large", 2, |t| t.reservations = Resources::new(3_000_000_000, 0)));
+        let d = Pipeline::new("b", BestFit).schedule(&v, &batch);
+        assert_eq!(counts(&d).len(), 3, "{d:?}");
+        for packer in [Pipeline::binpack(), Pipeline::most_allocated()] {
+            let mut packer = packer;
+            let d = packer.schedule(&v, &batch);
+            let c = counts(&d);
+            assert_eq!((c.len(), c["n00"], c["n01"]), (2, 2, 2), "{}: {d:?}", packer.name());
+        }
+    }
+
     /// What `Scorer::score` documents: when ranking a candidate the node
     /// does not include the request; right after a placement the node is
     /// re-scored with the placed task on it. On both paths: per group
