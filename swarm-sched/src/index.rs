@@ -127,6 +127,63 @@ impl NodeSet {
     }
 }
 
+/// The nodes with one attribute value: a list while there are few (node
+/// ids and hostnames have one node each: a bit set of every node per value
+/// would cost nodes^2 / 8 bytes), a set from [`Members::SPARSE`] nodes on.
+#[derive(Clone, Debug)]
+enum Members {
+    Few(Vec<u32>),
+    Set(NodeSet),
+}
+
+impl Members {
+    const SPARSE: usize = 32;
+
+    fn add(&mut self, i: usize, len: usize) {
+        match self {
+            Members::Few(v) if v.len() < Self::SPARSE => v.push(i as u32),
+            Members::Few(v) => {
+                let mut set = NodeSet::empty(len);
+                for &j in v.iter() {
+                    set.insert(j as usize);
+                }
+                set.insert(i);
+                *self = Members::Set(set);
+            }
+            Members::Set(set) => set.insert(i),
+        }
+    }
+
+    fn to_set(&self, len: usize) -> NodeSet {
+        match self {
+            Members::Few(v) => {
+                let mut set = NodeSet::empty(len);
+                for &j in v {
+                    set.insert(j as usize);
+                }
+                set
+            }
+            Members::Set(set) => set.clone(),
+        }
+    }
+}
+
+/// Lower-cased value -> the nodes with it, for one attribute.
+type Values = HashMap<String, Members>;
+
+/// Adds node `i` (of `len`) to the nodes with `value`.
+fn put(by_value: &mut Values, value: &str, i: usize, len: usize) {
+    // Values are mostly lower case already: no allocation to look them up.
+    let members = if value.bytes().any(|b| b.is_ascii_uppercase()) {
+        by_value.entry(value.to_ascii_lowercase()).or_insert(Members::Few(Vec::new()))
+    } else if let Some(m) = by_value.get_mut(value) {
+        m
+    } else {
+        by_value.entry(value.to_string()).or_insert(Members::Few(Vec::new()))
+    };
+    members.add(i, len);
+}
+
 /// Which node attribute an index entry is about (every constraint key but
 /// `node.ip`, which is matched as a CIDR by a scan).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -149,7 +206,7 @@ pub struct NodeIndex {
     ready: NodeSet,
     active: NodeSet,
     /// attribute -> lower-cased value -> nodes with it.
-    values: HashMap<Attr, HashMap<String, NodeSet>>,
+    values: HashMap<Attr, Values>,
     /// Distinct platforms with their nodes.
     platforms: Vec<(Platform, NodeSet)>,
     /// Constraints already evaluated during this call.
@@ -169,6 +226,9 @@ impl NodeIndex {
             platforms: Vec::new(),
             memo: RefCell::new(HashMap::new()),
         };
+        let mut fixed: [Values; 5] = Default::default();
+        let mut node_labels: HashMap<String, Values> = HashMap::new();
+        let mut engine_labels: HashMap<String, Values> = HashMap::new();
         for (i, info) in view.nodes.iter().enumerate() {
             let n = &info.node;
             idx.by_id.insert(n.id.clone(), i);
@@ -178,16 +238,21 @@ impl NodeIndex {
             if node_active(n) {
                 idx.active.insert(i);
             }
-            idx.put(Attr::Id, n.id.as_str(), i);
-            idx.put(Attr::Hostname, &n.description.hostname, i);
-            idx.put(Attr::Role, n.spec.role.as_str(), i);
-            idx.put(Attr::Os, &n.description.platform.os, i);
-            idx.put(Attr::Arch, &normalize_arch(&n.description.platform.architecture), i);
-            for (k, v) in &n.spec.labels {
-                idx.put(Attr::NodeLabel(k.clone()), v, i);
-            }
-            for (k, v) in &n.description.engine_labels {
-                idx.put(Attr::EngineLabel(k.clone()), v, i);
+            put(&mut fixed[0], n.id.as_str(), i, len);
+            put(&mut fixed[1], &n.description.hostname, i, len);
+            put(&mut fixed[2], n.spec.role.as_str(), i, len);
+            put(&mut fixed[3], &n.description.platform.os, i, len);
+            put(&mut fixed[4], &normalize_arch(&n.description.platform.architecture), i, len);
+            for (labels, by_key) in
+                [(&n.spec.labels, &mut node_labels), (&n.description.engine_labels, &mut engine_labels)]
+            {
+                for (k, v) in labels {
+                    let by_value = match by_key.get_mut(k.as_str()) {
+                        Some(m) => m,
+                        None => by_key.entry(k.clone()).or_default(),
+                    };
+                    put(by_value, v, i, len);
+                }
             }
             let p = &n.description.platform;
             match idx.platforms.iter_mut().find(|(q, _)| q == p) {
@@ -199,17 +264,17 @@ impl NodeIndex {
                 }
             }
         }
+        let [id, hostname, role, os, arch] = fixed;
+        idx.values.extend([
+            (Attr::Id, id),
+            (Attr::Hostname, hostname),
+            (Attr::Role, role),
+            (Attr::Os, os),
+            (Attr::Arch, arch),
+        ]);
+        idx.values.extend(node_labels.into_iter().map(|(k, v)| (Attr::NodeLabel(k), v)));
+        idx.values.extend(engine_labels.into_iter().map(|(k, v)| (Attr::EngineLabel(k), v)));
         idx
-    }
-
-    fn put(&mut self, attr: Attr, value: &str, i: usize) {
-        let len = self.len;
-        self.values
-            .entry(attr)
-            .or_default()
-            .entry(value.to_ascii_lowercase())
-            .or_insert_with(|| NodeSet::empty(len))
-            .insert(i);
     }
 
     /// Number of nodes indexed.
@@ -256,8 +321,11 @@ impl NodeIndex {
             ConstraintKey::PlatformArch => normalize_arch(&c.value),
             _ => c.value.to_ascii_lowercase(),
         };
-        let equal =
-            self.values.get(&attr).and_then(|m| m.get(&value)).cloned().unwrap_or_else(|| NodeSet::empty(self.len));
+        let equal = self
+            .values
+            .get(&attr)
+            .and_then(|m| m.get(&value))
+            .map_or_else(|| NodeSet::empty(self.len), |m| m.to_set(self.len));
         Some(match c.op {
             ConstraintOp::Eq => equal,
             // A node without the label holds `!=`, like Constraint::matches.
@@ -325,6 +393,9 @@ const BLOCK: usize = 64;
 #[derive(Clone, Debug, Default)]
 struct Block {
     slots: Vec<Slot>,
+    /// Free (CPU, memory) of each slot's node, in slot order: a search
+    /// reads these in sequence instead of looking every node up.
+    free: Vec<(u64, u64)>,
     skyline: Vec<(u64, u64)>,
     stale: bool,
 }
@@ -360,10 +431,10 @@ impl RankClass {
         b.min(self.blocks.len().saturating_sub(1))
     }
 
-    fn refresh(&mut self, b: usize, free: &[(u64, u64)]) {
+    fn refresh(&mut self, b: usize) {
         let block = &mut self.blocks[b];
         block.stale = false;
-        let mut points: Vec<(u64, u64)> = block.slots.iter().map(|(_, i)| free[*i as usize]).collect();
+        let mut points: Vec<(u64, u64)> = block.free.clone();
         // CPU descending, then memory descending: a point is on the
         // skyline when its memory beats every point before it.
         points.sort_unstable_by(|a, b| b.cmp(a));
@@ -384,6 +455,7 @@ impl RankClass {
         let b = self.block_of(slot);
         if let Ok(k) = self.blocks[b].slots.binary_search(slot) {
             self.blocks[b].slots.remove(k);
+            self.blocks[b].free.remove(k);
             if self.blocks[b].slots.is_empty() {
                 self.blocks.remove(b);
             } else {
@@ -392,7 +464,7 @@ impl RankClass {
         }
     }
 
-    fn insert(&mut self, slot: Slot, free: &[(u64, u64)]) {
+    fn insert(&mut self, slot: Slot, free: (u64, u64)) {
         if self.blocks.is_empty() {
             self.blocks.push(Block::default());
         }
@@ -400,12 +472,14 @@ impl RankClass {
         let block = &mut self.blocks[b];
         let k = block.slots.binary_search(&slot).unwrap_or_else(|k| k);
         block.slots.insert(k, slot);
-        block.raise(free[slot.1 as usize]);
+        block.free.insert(k, free);
+        block.raise(free);
         if block.slots.len() >= 2 * BLOCK {
             let tail = block.slots.split_off(BLOCK);
-            self.blocks.insert(b + 1, Block { slots: tail, skyline: Vec::new(), stale: false });
-            self.refresh(b, free);
-            self.refresh(b + 1, free);
+            let tail_free = block.free.split_off(BLOCK);
+            self.blocks.insert(b + 1, Block { slots: tail, free: tail_free, skyline: Vec::new(), stale: false });
+            self.refresh(b);
+            self.refresh(b + 1);
         }
     }
 }
@@ -466,11 +540,16 @@ impl RankIndex {
                     class,
                     blocks: slots
                         .chunks(BLOCK)
-                        .map(|c| Block { slots: c.to_vec(), skyline: Vec::new(), stale: false })
+                        .map(|c| Block {
+                            slots: c.to_vec(),
+                            free: c.iter().map(|(_, i)| free[*i as usize]).collect(),
+                            skyline: Vec::new(),
+                            stale: false,
+                        })
                         .collect(),
                 };
                 for b in 0..rc.blocks.len() {
-                    rc.refresh(b, &free);
+                    rc.refresh(b);
                 }
                 rc
             })
@@ -495,7 +574,7 @@ impl RankIndex {
         self.free[i] = free_of(node);
         self.at[i].1 = key;
         if !self.hidden[i] {
-            rc.insert((Reverse(key), i as u32), &self.free);
+            rc.insert((Reverse(key), i as u32), self.free[i]);
         }
         true
     }
@@ -518,7 +597,7 @@ impl RankIndex {
         if let Some(&(c, key)) = self.at.get(i) {
             if self.hidden[i] {
                 self.hidden[i] = false;
-                self.classes[c as usize].insert((Reverse(key), i as u32), &self.free);
+                self.classes[c as usize].insert((Reverse(key), i as u32), self.free[i]);
             }
         }
     }
@@ -539,7 +618,6 @@ impl RankIndex {
         fits: &mut dyn FnMut(&NodeInfo) -> bool,
     ) -> Option<(f64, usize)> {
         let (cpu, mem) = (req.reservations.nano_cpus, req.reservations.memory_bytes);
-        let free = &self.free;
         let mut best: Option<(f64, usize)> = None;
         for rc in &mut self.classes {
             let start: Slot = (Reverse(scorer.rank_bound(rc.class, req)), 0);
@@ -548,30 +626,30 @@ impl RankIndex {
                 if !rc.blocks[b].can_fit(cpu, mem) {
                     continue;
                 }
-                let slots = &rc.blocks[b].slots;
-                let from = slots.partition_point(|s| *s < start);
+                let block = &rc.blocks[b];
+                let from = block.slots.partition_point(|s| *s < start);
                 let mut room = false;
-                found = slots[from..].iter().map(|(_, i)| *i as usize).find(|&i| {
-                    let (c, m) = free[i];
+                found = block.slots[from..].iter().zip(&block.free[from..]).find_map(|(&(_, i), &(c, m))| {
                     if c < cpu || m < mem {
-                        return false; // too full for this task, maybe not for the next
+                        return None; // too full for this task, maybe not for the next
                     }
+                    let i = i as usize;
                     room = true;
                     if !candidates.contains(i) {
-                        return false;
+                        return None;
                     }
                     if !fits(&nodes[i]) {
                         candidates.remove(i);
-                        return false;
+                        return None;
                     }
-                    true
+                    Some(i)
                 });
                 if found.is_some() {
                     break;
                 }
                 if !room && from == 0 && rc.blocks[b].stale {
                     // The skyline promised room the block no longer has.
-                    rc.refresh(b, free);
+                    rc.refresh(b);
                 }
             }
             if let Some(i) = found {

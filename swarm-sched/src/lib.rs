@@ -7,15 +7,15 @@
 //! | scheduler         | scorer                | rule                                                          |
 //! |-------------------|-----------------------|---------------------------------------------------------------|
 //! | `spread`          | [`Spread`]            | Swarm's: fewest tasks of the service, then fewest in total    |
-//! | `binpack`         | [`BestFit`]           | nodes in use by least capacity left, then largest empty node  |
-//! | `most-allocated`  | [`MostAllocated`]     | nodes in use by Kubernetes' MostAllocated, then largest empty |
+//! | `binpack`         | [`BestFit`]           | nodes in use, largest machine then least capacity left; then largest empty node |
+//! | `most-allocated`  | [`MostAllocated`]     | nodes in use, largest machine then Kubernetes' MostAllocated; then largest empty |
 //! | `least-allocated` | [`LeastAllocated`]    | Kubernetes' LeastAllocated (spread by load)                   |
 //!
 //! Every scheduler honours the standard filters (ready and active, fixed
 //! node, constraints, platform, resources, host ports, max replicas, in
 //! SwarmKit's order), spread preferences as a hierarchy, batches grouped
-//! by service and spec version (the bin-packing ones schedule the most
-//! constrained groups first, see [`GroupOrder`]), and explains
+//! by service and spec version (the bin-packing ones schedule scarce
+//! groups first, then the largest tasks first, see [`GroupOrder`]), and explains
 //! unschedulable tasks with failures counted per filter. Node indexes
 //! ([`index`]: label sets, and the nodes in each scorer's rank order) keep
 //! 100,000 tasks onto 10,000 nodes well under a second on one core, also

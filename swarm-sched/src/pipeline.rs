@@ -85,8 +85,8 @@
 use crate::batch::group_batch;
 use crate::filter::{Filter, first_failure, standard_filters};
 use crate::index::{NodeIndex, NodeSet, RankIndex};
-use crate::score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread};
-use std::cmp::Ordering;
+use crate::score::{BestFit, LeastAllocated, MostAllocated, Scorer, Spread, cpu_equivalents};
+use std::cmp::{Ordering, Reverse};
 use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, HashMap};
 use swarm_core::constraint::Constraint;
@@ -124,7 +124,23 @@ pub enum GroupOrder {
     /// bin-packing schedulers, which otherwise fill the first nodes
     /// whatever their labels.
     MostConstrainedFirst,
+    /// Scarce groups first (fewer eligible nodes than a quarter of the
+    /// view's nodes, after the static filters), fewest eligible first;
+    /// then every other group by task size, largest first (CPU plus
+    /// memory at [`MEMORY_PER_CPU`](crate::score::MEMORY_PER_CPU) per
+    /// CPU); ties by fewer eligible nodes, then batch order. The default
+    /// of the bin-packing schedulers: scarce nodes still go to the tasks
+    /// that can only run there, and the rest of the pass is packed as a
+    /// first-fit-decreasing packer would order it (large tasks first,
+    /// small ones filling the gaps they leave). Only the order of the
+    /// groups within one `schedule` call changes: a pass still places
+    /// every task it can, and each task sees every placement before it.
+    ScarceFirstThenLargest,
 }
+
+/// A group is scarce for [`GroupOrder::ScarceFirstThenLargest`] when fewer
+/// than `1 / SCARCE_SHARE` of the view's nodes pass its static filters.
+const SCARCE_SHARE: usize = 4;
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,16 +167,18 @@ impl Pipeline {
         Self::new("spread", Spread::default())
     }
 
-    /// Bin packing with Nomad's BestFit v3 ([`BestFit`]), most
-    /// constrained groups first.
+    /// Bin packing by absolute best fit ([`BestFit`]), scarce groups
+    /// first, then largest tasks first
+    /// ([`GroupOrder::ScarceFirstThenLargest`]).
     pub fn binpack() -> Self {
-        Self::new("binpack", BestFit).with_order(GroupOrder::MostConstrainedFirst)
+        Self::new("binpack", BestFit).with_order(GroupOrder::ScarceFirstThenLargest)
     }
 
-    /// Bin packing with Kubernetes' MostAllocated ([`MostAllocated`]), most
-    /// constrained groups first.
+    /// Bin packing with Kubernetes' MostAllocated ([`MostAllocated`]),
+    /// scarce groups first, then largest tasks first
+    /// ([`GroupOrder::ScarceFirstThenLargest`]).
     pub fn most_allocated() -> Self {
-        Self::new("most-allocated", MostAllocated).with_order(GroupOrder::MostConstrainedFirst)
+        Self::new("most-allocated", MostAllocated).with_order(GroupOrder::ScarceFirstThenLargest)
     }
 
     /// Sets the order in which a batch's groups are scheduled.
@@ -218,7 +236,7 @@ impl Scheduler for Pipeline {
         let mut call = Call::new(view);
         let mut out = vec![Decision::Unschedulable(Explanation::new(view.nodes.len())); batch.len()];
         let mut groups = group_batch(batch);
-        if self.order == GroupOrder::MostConstrainedFirst {
+        if self.order != GroupOrder::Batch {
             // Fewest eligible nodes first (fixed-node tasks: one); stable.
             let mut keyed: Vec<(usize, Vec<usize>)> = groups
                 .into_iter()
@@ -228,7 +246,21 @@ impl Scheduler for Pipeline {
                     (eligible, g)
                 })
                 .collect();
-            keyed.sort_by_key(|(eligible, _)| *eligible);
+            if self.order == GroupOrder::ScarceFirstThenLargest {
+                let n = call.work.len();
+                let size = |g: &[usize]| {
+                    let r = &batch[g[0]].reservations;
+                    Reverse(cpu_equivalents(r.nano_cpus, r.memory_bytes))
+                };
+                // Scarce groups (fewest eligible first), then the others
+                // largest task first; stable (batch order last).
+                keyed.sort_by_key(|(e, g)| {
+                    let scarce = e.saturating_mul(SCARCE_SHARE) < n;
+                    (!scarce, if scarce { *e } else { 0 }, size(g), *e)
+                });
+            } else {
+                keyed.sort_by_key(|(eligible, _)| *eligible);
+            }
             groups = keyed.into_iter().map(|(_, g)| g).collect();
         }
         let mut placed = 0usize;
@@ -377,9 +409,17 @@ impl<'a> Call<'a> {
     /// records that the service now touches the node and re-keys it in the
     /// rank index.
     fn place(&mut self, i: usize, req: &TaskRequest, scorer: &dyn Scorer) {
+        let untouched = !touches(&self.work[i], &req.service_id);
+        self.place_known(i, req, scorer, untouched);
+    }
+
+    /// [`Call::place`] when the caller knows whether the service touched
+    /// the node (`untouched`: it ran no task of it there and did not fail
+    /// there recently): one hash lookup fewer per placement.
+    fn place_known(&mut self, i: usize, req: &TaskRequest, scorer: &dyn Scorer, untouched: bool) {
         self.log.push(i);
         let info = &mut self.work[i];
-        if !touches(info, &req.service_id) {
+        if untouched {
             // No key clone when the service already has an entry.
             match self.service_nodes.get_mut(&req.service_id) {
                 Some(nodes) => nodes.push(i),
@@ -801,16 +841,19 @@ impl Pipeline {
                     l.idx()
                 }
             };
-            if candidates.contains(i) {
-                // From the index: the node now runs a task of the service,
-                // the local heap ranks it for the rest of the group.
+            // From the index: the service did not touch the node (those it
+            // touches are out of `candidates`, in the local heap).
+            let from_index = candidates.contains(i);
+            if from_index {
+                // The node now runs a task of the service, the local heap
+                // ranks it for the rest of the group.
                 candidates.remove(i);
                 if let Some(rank) = call.rank.as_mut() {
                     rank.hide(i);
                     hidden.push(i);
                 }
             }
-            call.place(i, req, scorer);
+            call.place_known(i, req, scorer, from_index);
             local.push(Entry::new(scorer.score(&call.work[i], req), i, 0));
             out[t] = Decision::Assign(call.work[i].node.id.clone());
             placed += 1;
@@ -1202,6 +1245,25 @@ mod tests {
         let c = counts(&d);
         assert_eq!((c["n00"], c["n01"]), (8, 4), "{c:?}");
         assert_eq!(d.iter().filter(|x| matches!(x, Decision::Unschedulable(_))).count(), 0);
+    }
+
+    #[test]
+    fn binpack_places_a_pass_largest_tasks_first() {
+        // Nodes of 4 CPUs. In batch order, best fit puts the two 1-CPU
+        // tasks on n00, then neither 3-CPU task fits there: 3 nodes.
+        // Largest first (as first-fit-decreasing): each 3-CPU task opens a
+        // node and a 1-CPU task fills each: 2 nodes.
+        let v = view(&["", "", ""]);
+        let mut batch = tasks("small", 2, |t| t.reservations = Resources::new(1_000_000_000, 0));
+        batch.extend(tasks("large", 2, |t| t.reservations = Resources::new(3_000_000_000, 0)));
+        let d = Pipeline::new("b", BestFit).schedule(&v, &batch);
+        assert_eq!(counts(&d).len(), 3, "{d:?}");
+        for packer in [Pipeline::binpack(), Pipeline::most_allocated()] {
+            let mut packer = packer;
+            let d = packer.schedule(&v, &batch);
+            let c = counts(&d);
+            assert_eq!((c.len(), c["n00"], c["n01"]), (2, 2, 2), "{}: {d:?}", packer.name());
+        }
     }
 
     /// What `Scorer::score` documents: when ranking a candidate the node

@@ -246,13 +246,30 @@ fn in_cpus(units: i128) -> f64 {
 }
 
 /// Score offset of the "empty node" tier of the bin-packing scores: below
-/// every node already in use, whatever its size (scores of used nodes are
-/// above -2.3e10: a node of u64::MAX nano-CPUs and bytes).
+/// every node already in use, whatever its size (scores of nodes in use
+/// are above -[`TIER_SPAN`]; empty nodes score at most -1e12 + 2.3e10: a
+/// node of u64::MAX nano-CPUs and bytes).
 const EMPTY_TIER: f64 = -1e12;
 
 /// A node runs nothing (no task of the view or of this call).
 fn empty(node: &NodeInfo) -> bool {
     node.total_tasks == 0
+}
+
+/// Width of a machine-size tier in the bin-packing scores of nodes in use
+/// (see [`size_tier`]): a node's measure within its tier (leftover
+/// CPU-equivalents, or a share from 0 to 100) stays below it.
+const TIER_SPAN: f64 = (1u64 << 24) as f64;
+
+/// The machine size of a node in whole CPU-equivalents of its capacity
+/// (CPUs plus memory at [`MEMORY_PER_CPU`] per CPU, rounded down): the
+/// first criterion of the bin-packing scores among nodes in use, larger
+/// first. Capped at 2^28 (a machine of 134 million CPUs) so the score stays
+/// exact to 2^-4 of a CPU.
+pub fn size_tier(node: &NodeInfo) -> u64 {
+    let c = &node.node.description.resources;
+    let t = cpu_equivalents(c.nano_cpus, c.memory_bytes) / (i128::from(NANO) * i128::from(MEMORY_PER_CPU));
+    u64::try_from(t).unwrap_or(u64::MAX).min(1 << 28)
 }
 
 /// The score of an empty node for the bin-packing scorers: the tier's
@@ -270,17 +287,24 @@ fn empty_key(node: &NodeInfo) -> i128 {
 
 /// Bin packing by absolute best fit, for clusters of mixed machine sizes.
 /// Two tiers:
-/// - nodes already running a task, by the capacity left *after* placing
-///   the task, least first, in CPU-equivalents (free CPUs plus free
-///   memory at [`MEMORY_PER_CPU`] per CPU): `-(leftover)`, from 0 (the
-///   task fills the node) down;
+/// - nodes already running a task: the largest machine first
+///   ([`size_tier`]: whole CPU-equivalents of capacity), then by the
+///   capacity left *after* placing the task, least first, in
+///   CPU-equivalents (free CPUs plus free memory at [`MEMORY_PER_CPU`] per
+///   CPU): `size_tier x 2^24 - leftover`;
 /// - then empty nodes, largest free capacity first (scores near -1e12).
 ///
-/// The tightest fit among nodes in use wins, and a new node is opened only
-/// when none fits, the largest first: a first-fit-decreasing packer's
-/// choice of bins. Shares (Nomad's BestFit v3, Kubernetes'
-/// MostAllocated) instead rank an empty 8-CPU node above an empty 32-CPU
-/// one and fill the smallest machines first (see docs/swarm-sched.md).
+/// The tightest fit on the largest machines in use wins, and a new node is
+/// opened only when none fits, the largest first: a first-fit-decreasing
+/// packer's choice of bins, which tries every large bin before a small
+/// one. A smaller machine opened for a constrained task (no large one of
+/// its zone had room) then takes only what the large machines in use
+/// cannot; ranked by leftover alone it looked like the tightest fit and
+/// drew tasks away from half-full large machines, which ended up less
+/// full while more small machines were opened. Shares (Nomad's BestFit
+/// v3, Kubernetes' MostAllocated) instead rank an empty 8-CPU node above
+/// an empty 32-CPU one and fill the smallest machines first (see
+/// docs/swarm-sched.md).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BestFit;
 
@@ -298,18 +322,19 @@ impl Scorer for BestFit {
         let (a, r) = (&node.available, &req.reservations);
         let left =
             cpu_equivalents(a.nano_cpus.saturating_sub(r.nano_cpus), a.memory_bytes.saturating_sub(r.memory_bytes));
-        -in_cpus(left)
+        size_tier(node) as f64 * TIER_SPAN - in_cpus(left).min(TIER_SPAN - 1.0)
     }
-    /// One class; nodes in use by free capacity, least first (the
-    /// leftover after placing any task is the free capacity minus the
-    /// task's, the same for every node), then empty nodes.
+    /// One class per machine size ([`size_tier`]); within it nodes in use
+    /// by free capacity, least first (the leftover after placing any task
+    /// is the free capacity minus the task's, the same for every node),
+    /// then empty nodes.
     fn rank_key(&self, node: &NodeInfo) -> Option<RankKey> {
         let key = if empty(node) {
             empty_key(node)
         } else {
             -cpu_equivalents(node.available.nano_cpus, node.available.memory_bytes)
         };
-        Some(RankKey { class: (0, 0), key })
+        Some(RankKey { class: (size_tier(node), 0), key })
     }
     fn rank_bound(&self, _class: (u64, u64), req: &TaskRequest) -> i128 {
         // A node in use that fits has at least the task's CPU and memory free.
@@ -332,11 +357,12 @@ fn capacity(node: &NodeInfo) -> (u64, u64) {
     (c.nano_cpus, c.memory_bytes)
 }
 
-/// Kubernetes' MostAllocated on nodes already running a task: the mean
+/// Kubernetes' MostAllocated on nodes already running a task, the largest
+/// machine first as for [`BestFit`] ([`size_tier`]), then the mean
 /// requested share of CPU and memory with the task placed, 0 to 100, the
-/// fullest node wins; then, as for [`BestFit`], empty nodes, largest
-/// first (scores near -1e12). Shares alone would open the smallest empty
-/// node first.
+/// fullest node wins: `size_tier x 2^24 + share`; then, as for
+/// [`BestFit`], empty nodes, largest first (scores near -1e12). Shares
+/// alone would open the smallest empty node first.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MostAllocated;
 
@@ -352,7 +378,7 @@ impl Scorer for MostAllocated {
             return empty_score(node);
         }
         let (cpu, mem) = shares(node, req);
-        100.0 * ((1.0 - cpu) + (1.0 - mem)) / 2.0
+        size_tier(node) as f64 * TIER_SPAN + 100.0 * ((1.0 - cpu) + (1.0 - mem)) / 2.0
     }
     /// One class per capacity; within it nodes in use by mean free share,
     /// least first, then empty nodes.
@@ -436,18 +462,28 @@ mod tests {
     }
 
     #[test]
-    fn best_fit_is_the_least_leftover_then_the_largest_empty_node() {
+    fn best_fit_is_the_largest_machine_then_the_least_leftover_then_the_largest_empty_node() {
         let req = TaskRequest { reservations: Resources::new(CPU, 4 * G), ..Default::default() };
-        // In use (one task, nothing reserved), 8 CPUs / 32 GiB: 7 CPUs and
-        // 28 GiB left after placing, 7 + 7 CPU-equivalents.
-        assert!((BestFit.score(&node(8, 32, 0, 0), &req) + 14.0).abs() < 1e-9);
-        // Filled exactly: 0, the best possible.
-        assert_eq!(BestFit.score(&node(4, 8, 3, 4), &req), 0.0);
+        // In use (one task, nothing reserved), 8 CPUs / 32 GiB (tier 16
+        // CPU-equivalents): 7 CPUs and 28 GiB left after placing, 7 + 7
+        // CPU-equivalents.
+        assert_eq!(size_tier(&node(8, 32, 0, 0)), 16);
+        assert!((BestFit.score(&node(8, 32, 0, 0), &req) - (16.0 * TIER_SPAN - 14.0)).abs() < 1e-9);
+        // Filled exactly: nothing left, the best on its machine size.
+        assert_eq!(BestFit.score(&node(4, 8, 3, 4), &req), 6.0 * TIER_SPAN);
         // Absolute, not shares: a 32-CPU node with 3 CPUs and 12 GiB free
         // beats an 8-CPU node with 4 CPUs and 16 GiB free.
         let big = node(32, 128, 29, 116);
         let small = node(8, 32, 4, 16);
         assert!(BestFit.score(&big, &req) > BestFit.score(&small, &req));
+        // The larger machine first: a roomy 32-CPU node in use beats an
+        // 8-CPU node the task fills exactly; on one machine size the
+        // tighter fit wins.
+        let (roomy, tight) = (node(32, 128, 8, 32), node(8, 32, 7, 28));
+        assert!(BestFit.score(&roomy, &req) > BestFit.score(&tight, &req));
+        assert!(MostAllocated.score(&roomy, &req) > MostAllocated.score(&tight, &req));
+        assert!(BestFit.score(&big, &req) > BestFit.score(&roomy, &req));
+        assert!(MostAllocated.score(&big, &req) > MostAllocated.score(&roomy, &req));
         // Any node in use beats any empty node; among empty nodes the
         // largest wins.
         let (e8, e32) = (empty_node(8, 32), empty_node(32, 128));
@@ -456,16 +492,22 @@ mod tests {
         assert!(MostAllocated.score(&node(64, 256, 0, 0), &req) > MostAllocated.score(&e32, &req));
         assert!(MostAllocated.score(&e32, &req) > MostAllocated.score(&e8, &req));
         // The rank keys order nodes as the scores do.
-        let key = |n: &NodeInfo| BestFit.rank_key(n).unwrap().key;
-        assert!(key(&big) > key(&small) && key(&small) > key(&e32) && key(&e32) > key(&e8));
-        assert!(key(&big) <= BestFit.rank_bound((0, 0), &req));
+        // The rank keys order nodes as the scores do, within a class (a
+        // machine size).
+        let rank = |n: &NodeInfo| BestFit.rank_key(n).unwrap();
+        assert_eq!(rank(&big).class, rank(&e32).class);
+        assert_ne!(rank(&big).class, rank(&small).class);
+        assert!(rank(&big).key > rank(&roomy).key && rank(&roomy).key > rank(&e32).key);
+        assert!(rank(&small).key > rank(&e8).key);
+        assert!(rank(&big).key <= BestFit.rank_bound(rank(&big).class, &req));
     }
 
     #[test]
     fn allocated_scores_are_mirror_images() {
         let req = TaskRequest { reservations: Resources::new(CPU, G), ..Default::default() };
         let a = node(4, 8, 1, 2);
-        assert!((MostAllocated.score(&a, &req) - 43.75).abs() < 1e-9);
+        // 4 CPUs and 8 GiB: the machine-size tier of 6 CPU-equivalents.
+        assert!((MostAllocated.score(&a, &req) - 6.0 * TIER_SPAN - 43.75).abs() < 1e-9);
         assert!((LeastAllocated.score(&a, &req) - 56.25).abs() < 1e-9);
         assert!(LeastAllocated.score(&node(4, 4, 0, 0), &req) > LeastAllocated.score(&node(4, 4, 1, 0), &req));
         // A node declaring no capacity counts as full: never preferred by
