@@ -247,7 +247,7 @@ impl RaftStore {
                 tracing::info!(id = cfg.id, voters = ?cfg.initial_voters, "bootstrapped a new cluster");
             }
         }
-        let snap = storage.latest_snapshot();
+        let snap = storage.latest_snapshot()?;
         let applied = snap.get_metadata().index;
         let (state, dedupe) = node::decode_snapshot(&snap.data).map_err(RaftError::Corrupt)?;
         let replica = Replica::with_limits(state, cfg.watch_history, swarm_core::store::DEFAULT_WATCH_BUFFER);
@@ -468,7 +468,7 @@ impl RaftStore {
     pub fn force_new_cluster(dir: &Path, id: u64) -> Result<u64, RaftError> {
         use protobuf::Message as _;
         let storage = DiskStorage::open(dir, Recovery::TolerateTornTail, id)?;
-        let snap = storage.latest_snapshot();
+        let snap = storage.latest_snapshot()?;
         let (mut state, mut dedupe) = node::decode_snapshot(&snap.data).map_err(RaftError::Corrupt)?;
         let hs = storage.hard_state();
         let (_, last) = storage.bounds();
