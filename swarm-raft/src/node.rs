@@ -16,7 +16,7 @@
 //! transaction rejected there is rejected identically everywhere.
 
 use crate::guard;
-use crate::storage::DiskStorage;
+use crate::storage::{DiskStorage, write_snapshot_file};
 use crate::transport::Transport;
 use protobuf::Message as PbMessage;
 use raft::prelude::{
@@ -1012,14 +1012,16 @@ impl Driver {
         let applied_ids = self.dedupe.ids();
         let Some(back) = self.self_tx.clone() else { return Ok(()) };
         let id = self.id;
-        let storage = self.storage.clone();
+        // The directory only: the thread must not keep the engine open.
+        let snap_dir = self.storage.snapshot_dir();
         let spawned = std::thread::Builder::new().name(format!("raft-{id}-snapshot")).spawn(move || {
             // Streamed to the image file: no buffer of the whole encoding.
             let data = SnapshotData { image: state.to_image(), applied_ids };
-            let result = storage
-                .write_snapshot_file(&meta, |w| serde_json::to_writer(w, &data).map_err(std::io::Error::from))
-                .map(|()| meta)
-                .map_err(|e| format!("writing the snapshot at index {index}: {e}"));
+            let result = write_snapshot_file(&snap_dir, &meta, |w| {
+                serde_json::to_writer(w, &data).map_err(std::io::Error::from)
+            })
+            .map(|()| meta)
+            .map_err(|e| format!("writing the snapshot at index {index}: {e}"));
             drop(data);
             let _ = back.send(Input::SnapshotBuilt { result, compact_to });
         });

@@ -179,6 +179,41 @@ impl Tail {
     }
 }
 
+/// The directory of a log's snapshot images, without the log: a helper
+/// thread writing an image must not keep the engine (and its lock) alive
+/// after the manager stopped.
+#[derive(Clone, Debug)]
+pub struct SnapshotDir(PathBuf);
+
+/// Writes the image of the snapshot `meta` to its file in `dir` with
+/// `write` (buffered), durably: a temporary file, fsynced, renamed, the
+/// directory fsynced. The snapshot becomes the latest only with
+/// [`DiskStorage::commit_snapshot`]. Any thread may call it.
+pub fn write_snapshot_file(
+    dir: &SnapshotDir,
+    meta: &SnapshotMetadata,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), RaftError> {
+    let dir = &dir.0;
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let name = snapshot_file_name(meta);
+    let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(&name));
+    let file = std::fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+    let mut w = std::io::BufWriter::with_capacity(256 << 10, file);
+    write(&mut w).and_then(|()| w.flush()).map_err(io_err(format!("writing the snapshot image {}", tmp.display())))?;
+    let file = w.into_inner().map_err(|e| RaftError::Io {
+        what: format!("writing the snapshot image {}", tmp.display()),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io_err(format!("syncing {}", tmp.display())))?;
+    drop(file);
+    std::fs::rename(&tmp, &path).map_err(io_err(format!("renaming {} to {name}", tmp.display())))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("syncing the directory {}", dir.display())))?;
+    Ok(())
+}
+
 /// raft-rs [`Storage`] on raft-engine. Cheap to clone (shared engine).
 #[derive(Clone)]
 pub struct DiskStorage {
@@ -332,35 +367,17 @@ impl DiskStorage {
         self.dir.join(SNAP_DIR)
     }
 
-    /// Writes the image of the snapshot `meta` to its file with `write`
-    /// (buffered), durably: a temporary file, fsynced, renamed, the
-    /// directory fsynced. The snapshot becomes the latest only with
-    /// [`DiskStorage::commit_snapshot`]. Safe to call from any thread.
-    pub fn write_snapshot_file(
+    /// Where [`write_snapshot_file`] puts the images of this log.
+    pub fn snapshot_dir(&self) -> SnapshotDir {
+        SnapshotDir(self.snap_dir())
+    }
+
+    fn write_snapshot_file(
         &self,
         meta: &SnapshotMetadata,
         write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
     ) -> Result<(), RaftError> {
-        let dir = self.snap_dir();
-        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let name = snapshot_file_name(meta);
-        let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(&name));
-        let file = std::fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-        let mut w = std::io::BufWriter::with_capacity(256 << 10, file);
-        write(&mut w)
-            .and_then(|()| w.flush())
-            .map_err(io_err(format!("writing the snapshot image {}", tmp.display())))?;
-        let file = w.into_inner().map_err(|e| RaftError::Io {
-            what: format!("writing the snapshot image {}", tmp.display()),
-            source: e.into_error(),
-        })?;
-        file.sync_all().map_err(io_err(format!("syncing {}", tmp.display())))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io_err(format!("renaming {} to {name}", tmp.display())))?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(format!("syncing the directory {}", dir.display())))?;
-        Ok(())
+        write_snapshot_file(&self.snapshot_dir(), meta, write)
     }
 
     /// Removes image files other than the latest snapshot's: older ones,
@@ -736,6 +753,66 @@ mod tests {
         t.compact(20);
         assert_eq!(t.first(), Some(20));
         assert_eq!(t.bytes, t.entries.iter().map(payload).sum::<usize>());
+    }
+
+    fn images(s: &DiskStorage) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(s.snap_dir())
+            .map(|d| d.flatten().map(|f| f.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn snap_at(index: u64, data: &[u8]) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
+        snap.data = data.to_vec().into();
+        snap
+    }
+
+    #[test]
+    fn snapshot_images_live_in_files_one_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        s.bootstrap(&[1]).unwrap();
+        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).unwrap();
+        s.save_snapshot(&snap_at(4, b"four"), 3).unwrap();
+        s.save_snapshot(&snap_at(8, b"eight"), 6).unwrap();
+        // Only the latest image is kept; the engine holds no image.
+        assert_eq!(images(&s), vec![snapshot_file_name(snap_at(8, b"").get_metadata())]);
+        let head: Snapshot = s.engine.get_message(GROUP, KEY_SNAPSHOT).unwrap().unwrap();
+        assert!(head.data.is_empty());
+        assert_eq!(s.latest_snapshot().unwrap().data.as_ref(), b"eight");
+        assert_eq!(s.snapshot(8, 2).unwrap().data.as_ref(), b"eight");
+        // An image written for a snapshot that does not become the latest
+        // is discarded; a partial one (crash mid-write) is removed at open.
+        let orphan = snap_at(6, b"six");
+        s.write_snapshot_file(orphan.get_metadata(), |w| w.write_all(b"six")).unwrap();
+        s.discard_snapshot_file(orphan.get_metadata());
+        std::fs::write(s.snap_dir().join("snapshot-9.json.tmp"), b"partial").unwrap();
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert_eq!(images(&s).len(), 1);
+        assert_eq!(s.latest_snapshot().unwrap().data.as_ref(), b"eight");
+        // A lost image is an error, never an empty state.
+        std::fs::remove_file(s.snap_dir().join(&images(&s)[0])).unwrap();
+        assert!(s.latest_snapshot().is_err());
+    }
+
+    #[test]
+    fn an_image_inline_in_the_engine_from_older_logs_is_still_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        s.bootstrap(&[1]).unwrap();
+        let mut batch = LogBatch::default();
+        batch.put_message(GROUP, KEY_SNAPSHOT.to_vec(), &snap_at(5, b"inline")).unwrap();
+        s.engine.write(&mut batch, true).unwrap();
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert_eq!(s.snapshot_index(), 5);
+        assert_eq!(s.latest_snapshot().unwrap().data.as_ref(), b"inline");
     }
 
     #[test]
