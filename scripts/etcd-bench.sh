@@ -14,7 +14,7 @@
 #      key space, and values of the size of raft_bench's replicated
 #      transaction (`entry_bytes` of the run just before); then stopped and
 #      their data removed.
-# RSS lines (`rss t=...`) go to stderr files in the work directory; each
+# The RSS samples are in each JSON (`rss_samples_mib`, [seconds, MiB]); each
 # run prints the two JSON objects (prefixed `raft ` and `etcd `) and a
 # line of ratios. Defaults: 64 clients, 10 s, 10,000 keys, DIR = $TMPDIR or
 # /tmp. RSS: raft_bench measures its own process (all three managers and
