@@ -195,7 +195,7 @@ pub fn write_snapshot_file(
     write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
 ) -> Result<(), RaftError> {
     let dir = &dir.0;
-    std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let name = snapshot_file_name(meta);
     let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(&name));
     let file = std::fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
@@ -208,7 +208,7 @@ pub fn write_snapshot_file(
     file.sync_all().map_err(io_err(format!("syncing {}", tmp.display())))?;
     drop(file);
     std::fs::rename(&tmp, &path).map_err(io_err(format!("renaming {} to {name}", tmp.display())))?;
-    std::fs::File::open(&dir)
+    std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(format!("syncing the directory {}", dir.display())))?;
     Ok(())
