@@ -22,17 +22,42 @@
 //! `"transport": "tcp-mtls"` instead of `"tcp-loopback"`:
 //! `cargo run --release --features raft-tls --example raft_bench -- --tls`
 //!
+//! Load shape: by default every transaction creates a new node, so the
+//! state grows with the number of commits. `--keys K` bounds it: each
+//! client owns K / clients nodes, creates them on its first round and then
+//! updates them in turn (an update carries the version the client last got
+//! back), so the state holds K nodes however long the run. `etcd_bench
+//! --keys K` puts the same key space; `entry_bytes` in the JSON is the size
+//! of one transaction as it is replicated, the value size to give etcd.
+//!
+//! Memory: the managers, their drivers and the clients share this process,
+//! so its resident set size is what is measured. Every `--sample-every`
+//! seconds (default 10) a line `rss t=<s> mib=<MiB> commits=<n>` is
+//! printed; the JSON reports `peak_rss_mib` (the kernel's high-water mark,
+//! VmHWM), `baseline_rss_mib` (the process before the managers started:
+//! the clients' own memory is their latency histograms, fixed size, about
+//! 60 KiB each), the samples, and `rss_flat`: the largest sample of the
+//! second half of the run at most 5 % above the largest of the first half.
+//! `--watch-history N` overrides the changes each manager keeps for
+//! resuming watchers (to measure what they cost).
+//!
+//! A soak run: `raft_bench --managers 3 --clients 64 --keys 10000 --seconds 600`.
+//!
 //! Prints one JSON object as the last line.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use swarm::model::{Node, Resources};
+use swarm::model::{Node, ObjectKind, Resources, Version};
 use swarm::raft::{RaftStore, RaftStoreConfig, Role, TcpTransport, TcpTransportConfig};
 use swarm::state::Transaction;
 use swarm::store::{Store, StoreError};
 use tokio::net::TcpListener;
+
+mod bench_load;
+use bench_load::{Histogram, RssSamples};
 
 struct Args {
     managers: u64,
@@ -41,11 +66,23 @@ struct Args {
     dir: PathBuf,
     allow_tmpfs: bool,
     tls: bool,
+    keys: usize,
+    sample_every: u64,
+    watch_history: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a =
-        Args { managers: 3, clients: 64, seconds: 10, dir: std::env::temp_dir(), allow_tmpfs: false, tls: false };
+    let mut a = Args {
+        managers: 3,
+        clients: 64,
+        seconds: 10,
+        dir: std::env::temp_dir(),
+        allow_tmpfs: false,
+        tls: false,
+        keys: 0,
+        sample_every: 10,
+        watch_history: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--allow-tmpfs" {
@@ -66,15 +103,22 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => a.clients = value.parse().map_err(bad)?,
             "--seconds" => a.seconds = value.parse().map_err(bad)?,
             "--dir" => a.dir = PathBuf::from(value),
+            "--keys" => a.keys = value.parse().map_err(bad)?,
+            "--sample-every" => a.sample_every = value.parse().map_err(bad)?,
+            "--watch-history" => a.watch_history = Some(value.parse().map_err(bad)?),
             other => {
                 return Err(format!(
-                    "unknown flag {other} (use --managers, --clients, --seconds, --dir, --allow-tmpfs, --tls)"
+                    "unknown flag {other} (use --managers, --clients, --seconds, --keys, --sample-every, \
+                     --watch-history, --dir, --allow-tmpfs, --tls)"
                 ));
             }
         }
     }
-    if !(1..=7).contains(&a.managers) || a.clients == 0 || a.seconds == 0 {
-        return Err("--managers must be 1..7, --clients and --seconds positive".into());
+    if !(1..=7).contains(&a.managers) || a.clients == 0 || a.seconds == 0 || a.sample_every == 0 {
+        return Err("--managers must be 1..7, --clients, --seconds and --sample-every positive".into());
+    }
+    if a.keys != 0 && a.keys < a.clients {
+        return Err(format!("--keys {} must be 0 (a new node per transaction) or at least --clients", a.keys));
     }
     Ok(a)
 }
@@ -119,13 +163,6 @@ fn filesystem_of(dir: &Path) -> Result<String, String> {
     best.map(|(_, fs)| fs).ok_or_else(|| format!("no mount in /proc/self/mounts holds {}", path.display()))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// In-memory PKI for `--tls`: one cluster CA, one manager certificate per
 /// raft id (node id `m<id>`).
 #[cfg(feature = "raft-tls")]
@@ -152,13 +189,36 @@ mod tls {
     }
 }
 
+fn node(name: &str) -> Node {
+    Node::ready(name, "bench-host", Resources::default())
+}
+
 fn tx(name: String) -> Transaction {
-    Transaction::new().create(Node::ready(name.as_str(), "bench-host", Resources::default()))
+    Transaction::new().create(node(&name))
+}
+
+/// One client's next transaction. Unbounded (`per_client == 0`): a new
+/// node. Bounded: the `i % per_client`-th of its own nodes, created on the
+/// first round and updated (at the version last committed) after.
+fn next_tx(c: usize, i: u64, per_client: usize, versions: &[Option<Version>]) -> Transaction {
+    if per_client == 0 {
+        return tx(format!("c{c}-{i}"));
+    }
+    let k = (i % per_client as u64) as usize;
+    let mut n = node(&format!("c{c}-k{k}"));
+    match versions[k] {
+        None => Transaction::new().create(n),
+        Some(v) => {
+            n.meta.version = v;
+            Transaction::new().update(n)
+        }
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
+    let baseline_rss_mib = bench_load::rss_mib("self").unwrap_or(f64::NAN);
     let dir = args.dir.join(format!("swarm-raft-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating the log directory {}: {e}", dir.display()))?;
     let log_fs = match filesystem_of(&dir) {
@@ -201,7 +261,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let transport = TcpTransport::new(tcfg)?;
         transports.push(transport.clone());
-        let cfg = RaftStoreConfig::new(id, dir.join(format!("m{id}")), ids.clone());
+        let mut cfg = RaftStoreConfig::new(id, dir.join(format!("m{id}")), ids.clone());
+        if let Some(h) = args.watch_history {
+            cfg.watch_history = h;
+        }
         let store = RaftStore::open_async(cfg, transport).await?;
         #[cfg(feature = "raft-tls")]
         if let Some(t) = my_tls {
@@ -226,40 +289,78 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let stores = Arc::new(stores);
+    let per_client = args.keys / args.clients;
+    let entry_bytes = serde_json::to_vec(&next_tx(0, 0, per_client, &[Some(Version(1_000_000))]))?.len();
+    let commits = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let stores = stores.clone();
+        let commits = commits.clone();
         tasks.push(tokio::spawn(async move {
             let store = &stores[c % stores.len()];
-            let (mut lat, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
+            let (mut lat, mut errors, mut i) = (Histogram::default(), 0u64, 0u64);
+            let mut versions: Vec<Option<Version>> = vec![None; per_client];
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match store.commit(tx(format!("c{c}-{i}"))).await {
-                    Ok(_) => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                match store.commit(next_tx(c, i, per_client, &versions)).await {
+                    Ok(change) => {
+                        lat.record(t.elapsed());
+                        commits.fetch_add(1, Ordering::Relaxed);
+                        if per_client > 0
+                            && let Some(e) = change.events.first()
+                        {
+                            versions[(i % per_client as u64) as usize] = Some(e.object.meta().version);
+                        }
+                        i += 1;
+                    }
                     Err(e) => {
                         if errors == 0 {
                             eprintln!("client {c}: {e}");
                         }
-                        errors += 1
+                        errors += 1;
+                        if per_client == 0 {
+                            i += 1;
+                        } else {
+                            // Unknown outcome: learn the node's version (or
+                            // that it is absent) before the next write.
+                            let k = (i % per_client as u64) as usize;
+                            if let Ok(snap) = store.snapshot().await {
+                                versions[k] =
+                                    snap.get(ObjectKind::Node, &format!("c{c}-k{k}")).map(|o| o.meta().version);
+                            }
+                        }
                     }
                 }
-                i += 1;
             }
             (lat, errors)
         }));
     }
-    let mut lat = Vec::new();
+    // RSS of this process every `sample_every` seconds while the load runs.
+    let mut rss = RssSamples::default();
+    let every = Duration::from_secs(args.sample_every);
+    let mut next = started + every;
+    while next <= deadline {
+        tokio::time::sleep_until(next.into()).await;
+        let at = started.elapsed().as_secs_f64();
+        if let Some(m) = bench_load::rss_mib("self") {
+            rss.push(at, m);
+            println!("rss t={at:.0} mib={m:.1} commits={}", commits.load(Ordering::Relaxed));
+        }
+        next += every;
+    }
+    let mut lat = Histogram::default();
     let mut errors = 0;
     for t in tasks {
         let (l, e) = t.await?;
-        lat.extend(l);
+        lat.merge(&l);
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let committed = lat.len();
+    let committed = lat.count();
+    let peak_rss_mib = bench_load::peak_rss_mib("self").unwrap_or(f64::NAN);
+    let halves = rss.halves(args.seconds as f64);
 
     let reproposals: u64 = stores.iter().map(|s| s.status().reproposals).sum();
     // Failover: stop the leader, time until a survivor commits.
@@ -297,9 +398,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "committed": committed,
         "errors": errors,
         "tx_per_sec": committed as f64 / elapsed,
-        "p50_ms": percentile(&lat, 0.50),
-        "p99_ms": percentile(&lat, 0.99),
-        "max_ms": lat.last().copied().unwrap_or(f64::NAN),
+        "keys": if args.keys == 0 { serde_json::Value::from("unbounded") } else { (per_client * args.clients).into() },
+        "entry_bytes": entry_bytes,
+        "p50_ms": lat.quantile_ms(0.50),
+        "p99_ms": lat.quantile_ms(0.99),
+        "max_ms": lat.max_ms(),
+        "peak_rss_mib": peak_rss_mib,
+        "baseline_rss_mib": baseline_rss_mib,
+        "rss_first_half_max_mib": halves.map(|h| h.0),
+        "rss_second_half_max_mib": halves.map(|h| h.1),
+        "rss_flat": halves.map(|h| h.2 <= bench_load::FLAT_TOLERANCE),
+        "rss_samples_mib": rss.json(),
+        "rss_of": "the whole bench process: all managers and the clients",
         "failover_ms": failover_ms,
         "reproposals": reproposals,
         "dropped_frames": transports.iter().map(|t| t.dropped_frames()).sum::<u64>(),

@@ -16,10 +16,12 @@
 //! transaction rejected there is rejected identically everywhere.
 
 use crate::guard;
-use crate::storage::DiskStorage;
+use crate::storage::{DiskStorage, write_snapshot_file};
 use crate::transport::Transport;
 use protobuf::Message as PbMessage;
-use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use raft::prelude::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
+};
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole, Storage};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -116,7 +118,8 @@ pub(crate) enum Input {
     },
     Campaign,
     SnapshotBuilt {
-        result: Result<Box<Snapshot>, String>,
+        /// The snapshot whose image file was written, or why not.
+        result: Result<SnapshotMetadata, String>,
         compact_to: u64,
     },
     Stop,
@@ -1026,15 +1029,17 @@ impl Driver {
         let applied_ids = self.dedupe.ids();
         let Some(back) = self.self_tx.clone() else { return Ok(()) };
         let id = self.id;
+        // The directory only: the thread must not keep the engine open.
+        let snap_dir = self.storage.snapshot_dir();
         let spawned = std::thread::Builder::new().name(format!("raft-{id}-snapshot")).spawn(move || {
-            let result = serde_json::to_vec(&SnapshotData { image: state.to_image(), applied_ids })
-                .map(|data| {
-                    let mut snap = Snapshot::default();
-                    snap.data = data.into();
-                    snap.set_metadata(meta);
-                    Box::new(snap)
-                })
-                .map_err(|e| format!("encoding the snapshot at index {index}: {e}"));
+            // Streamed to the image file: no buffer of the whole encoding.
+            let data = SnapshotData { image: state.to_image(), applied_ids };
+            let result = write_snapshot_file(&snap_dir, &meta, |w| {
+                serde_json::to_writer(w, &data).map_err(std::io::Error::from)
+            })
+            .map(|()| meta)
+            .map_err(|e| format!("writing the snapshot at index {index}: {e}"));
+            drop(data);
             let _ = back.send(Input::SnapshotBuilt { result, compact_to });
         });
         match spawned {
@@ -1044,21 +1049,22 @@ impl Driver {
         Ok(())
     }
 
-    fn on_snapshot_built(&mut self, result: Result<Box<Snapshot>, String>, compact_to: u64) {
+    fn on_snapshot_built(&mut self, result: Result<SnapshotMetadata, String>, compact_to: u64) {
         self.snapshot_building = false;
-        let snap = match result {
-            Ok(s) => s,
+        let meta = match result {
+            Ok(m) => m,
             Err(e) => {
                 tracing::error!(id = self.id, error = %e, "building a snapshot failed; the log is kept");
                 return;
             }
         };
-        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        let (index, term) = (meta.index, meta.term);
         if index <= self.storage.snapshot_index() {
             // A newer snapshot was installed from the leader meanwhile.
+            self.storage.discard_snapshot_file(&meta);
             return;
         }
-        match self.storage.save_snapshot(&snap, compact_to) {
+        match self.storage.commit_snapshot(&meta, compact_to) {
             Ok(()) => tracing::debug!(id = self.id, index, term, compact_to, "snapshot taken, log compacted"),
             Err(e) => tracing::error!(id = self.id, index, error = %e, "saving a snapshot failed; the log is kept"),
         }

@@ -10,10 +10,27 @@
 //! own driver thread (see `node`), never from async workers.
 //!
 //! The newest entries are also kept in memory ([`Tail`], up to
-//! [`TAIL_MAX_BYTES`]): raft asks for the term of recent indexes and for
-//! recent entries (to send to followers, to apply) many times per batch,
-//! and raft-engine reads each entry back from its file, decompressing the
-//! whole block it was written in. Older entries are read from disk.
+//! [`TAIL_MAX_BYTES`] and [`TAIL_MAX_ENTRIES`]): raft asks for the term of
+//! recent indexes and for recent entries (to send to followers, to apply)
+//! many times per batch, and raft-engine reads each entry back from its
+//! file, decompressing the whole block it was written in. Older entries
+//! are read from disk. The bound is small on purpose: it only has to cover
+//! what is in flight (appended, not yet acknowledged by every follower or
+//! not yet applied), a fraction of a second of writes at full load.
+//!
+//! Snapshots: the metadata (index, term, membership) is a key/value of the
+//! group, written in the same fsynced batch as the compaction it allows;
+//! the state machine image is a file of its own,
+//! `<dir>/snap/snapshot-<index>-<term>.json`, written (to a temporary name,
+//! fsynced, renamed, directory fsynced) *before* the metadata naming it, so
+//! a crash leaves either the old snapshot or the new one complete. The
+//! image is not kept in memory: raft-engine holds its key/values in its
+//! memtable and copies them through its write batches, so an image stored
+//! there would sit in memory for good and pass through three more buffers
+//! at every snapshot; a file is streamed from the encoder and read back only
+//! when raft asks for it (to send to a follower that fell behind the log).
+//! Logs written before snapshot files (image inline in the key/value) are
+//! still read.
 //!
 //! Torn or corrupted tails: raft-engine checksums every record. Opened in
 //! [`Recovery::TolerateTornTail`] (the default) a damaged *tail* is cut off
@@ -26,6 +43,7 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use raft_engine::{Engine, LogBatch, MessageExt};
 use std::collections::VecDeque;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -34,6 +52,19 @@ const GROUP: u64 = 1;
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_MANAGER_ID: &[u8] = b"manager_id";
+/// The file name of the latest snapshot's image, when it is in a file.
+const KEY_SNAPSHOT_FILE: &[u8] = b"snapshot_file";
+/// Subdirectory of the log directory holding snapshot images.
+const SNAP_DIR: &str = "snap";
+const SNAP_PREFIX: &str = "snapshot-";
+
+fn snapshot_file_name(meta: &SnapshotMetadata) -> String {
+    format!("{SNAP_PREFIX}{:020}-{:020}.json", meta.index, meta.term)
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> RaftError {
+    move |source| RaftError::Io { what, source }
+}
 
 /// How to treat a damaged log tail when opening.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -58,13 +89,14 @@ impl MessageExt for EntryExt {
 #[derive(Default)]
 struct Cached {
     hard_state: HardState,
-    snapshot: Snapshot,
+    /// The latest snapshot's metadata; its image stays in the engine.
+    snapshot: SnapshotMetadata,
 }
 
 /// The in-memory tail keeps at most this many bytes of entry payload...
-pub const TAIL_MAX_BYTES: usize = 64 << 20;
+pub const TAIL_MAX_BYTES: usize = 4 << 20;
 /// ... and at most this many entries.
-const TAIL_MAX_ENTRIES: usize = 65_536;
+pub const TAIL_MAX_ENTRIES: usize = 4_096;
 
 /// The newest entries of the log as they were appended, contiguous and
 /// ending at the last index: the same entries raft-engine holds for those
@@ -147,6 +179,41 @@ impl Tail {
     }
 }
 
+/// The directory of a log's snapshot images, without the log: a helper
+/// thread writing an image must not keep the engine (and its lock) alive
+/// after the manager stopped.
+#[derive(Clone, Debug)]
+pub struct SnapshotDir(PathBuf);
+
+/// Writes the image of the snapshot `meta` to its file in `dir` with
+/// `write` (buffered), durably: a temporary file, fsynced, renamed, the
+/// directory fsynced. The snapshot becomes the latest only with
+/// [`DiskStorage::commit_snapshot`]. Any thread may call it.
+pub fn write_snapshot_file(
+    dir: &SnapshotDir,
+    meta: &SnapshotMetadata,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), RaftError> {
+    let dir = &dir.0;
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let name = snapshot_file_name(meta);
+    let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(&name));
+    let file = std::fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+    let mut w = std::io::BufWriter::with_capacity(256 << 10, file);
+    write(&mut w).and_then(|()| w.flush()).map_err(io_err(format!("writing the snapshot image {}", tmp.display())))?;
+    let file = w.into_inner().map_err(|e| RaftError::Io {
+        what: format!("writing the snapshot image {}", tmp.display()),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io_err(format!("syncing {}", tmp.display())))?;
+    drop(file);
+    std::fs::rename(&tmp, &path).map_err(io_err(format!("renaming {} to {name}", tmp.display())))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("syncing the directory {}", dir.display())))?;
+    Ok(())
+}
+
 /// raft-rs [`Storage`] on raft-engine. Cheap to clone (shared engine).
 #[derive(Clone)]
 pub struct DiskStorage {
@@ -196,6 +263,7 @@ impl DiskStorage {
             engine.get_message(GROUP, KEY_HARD_STATE).map_err(|e| engine_err(dir, e))?.unwrap_or_default();
         let snapshot: Snapshot =
             engine.get_message(GROUP, KEY_SNAPSHOT).map_err(|e| engine_err(dir, e))?.unwrap_or_default();
+        let snapshot = snapshot.get_metadata().clone();
         match engine.get(GROUP, KEY_MANAGER_ID) {
             Some(v) if v.as_slice() != id.to_be_bytes().as_slice() => {
                 let other = <[u8; 8]>::try_from(v.as_slice()).map(u64::from_be_bytes).unwrap_or(0);
@@ -218,6 +286,7 @@ impl DiskStorage {
             cached: Arc::new(RwLock::new(Cached { hard_state, snapshot })),
             tail: Arc::default(),
         };
+        storage.remove_stale_snapshot_files(true);
         let (first, last) = (storage.first(), storage.last());
         let hs = storage.hard_state();
         if hs.commit > last {
@@ -236,7 +305,7 @@ impl DiskStorage {
     /// Whether this log has never been initialised (no membership, no state).
     pub fn is_blank(&self) -> bool {
         let c = self.read();
-        c.snapshot.get_metadata().get_conf_state() == &ConfState::default()
+        c.snapshot.get_conf_state() == &ConfState::default()
             && c.hard_state == HardState::default()
             && self.engine.last_index(GROUP).is_none()
     }
@@ -262,13 +331,86 @@ impl DiskStorage {
         self.read().hard_state.clone()
     }
 
-    /// The latest snapshot (metadata and state machine image).
-    pub fn latest_snapshot(&self) -> Snapshot {
-        self.read().snapshot.clone()
+    /// The latest snapshot (metadata and state machine image), read from
+    /// the engine: the caller holds the only other copy of the image.
+    pub fn latest_snapshot(&self) -> Result<Snapshot, RaftError> {
+        let meta = self.snapshot_metadata();
+        let mut snap: Snapshot =
+            self.engine.get_message(GROUP, KEY_SNAPSHOT).map_err(|e| engine_err(&self.dir, e))?.unwrap_or_default();
+        if snap.get_metadata() != &meta {
+            // Written under the driver's control only, together with the
+            // cache: a mismatch is a bug, not a race.
+            return Err(RaftError::Corrupt(format!(
+                "the stored snapshot is at index {}, the cached metadata at {}",
+                snap.get_metadata().index,
+                meta.index
+            )));
+        }
+        if let Some(name) = self.engine.get(GROUP, KEY_SNAPSHOT_FILE) {
+            let expected = snapshot_file_name(&meta);
+            if name != expected.as_bytes() {
+                return Err(RaftError::Corrupt(format!(
+                    "the snapshot at index {} names the image file {:?}, expected {expected}",
+                    meta.index,
+                    String::from_utf8_lossy(&name)
+                )));
+            }
+            let path = self.snap_dir().join(&expected);
+            let data =
+                std::fs::read(&path).map_err(io_err(format!("reading the snapshot image {}", path.display())))?;
+            snap.data = data.into();
+        }
+        Ok(snap)
+    }
+
+    fn snap_dir(&self) -> PathBuf {
+        self.dir.join(SNAP_DIR)
+    }
+
+    /// Where [`write_snapshot_file`] puts the images of this log.
+    pub fn snapshot_dir(&self) -> SnapshotDir {
+        SnapshotDir(self.snap_dir())
+    }
+
+    fn write_snapshot_file(
+        &self,
+        meta: &SnapshotMetadata,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), RaftError> {
+        write_snapshot_file(&self.snapshot_dir(), meta, write)
+    }
+
+    /// Removes image files other than the latest snapshot's: older ones,
+    /// and with `temporaries` the partial files of interrupted writes
+    /// (only when no snapshot is being written: at open).
+    fn remove_stale_snapshot_files(&self, temporaries: bool) {
+        let dir = self.snap_dir();
+        let current = snapshot_file_name(&self.snapshot_metadata());
+        let Ok(list) = std::fs::read_dir(&dir) else { return };
+        for f in list.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let stale = name.starts_with(SNAP_PREFIX)
+                && name != current
+                && (name.ends_with(".json") || temporaries && name.ends_with(".tmp"));
+            if stale && let Err(e) = std::fs::remove_file(f.path()) {
+                tracing::warn!(file = %f.path().display(), error = %e, "removing an old snapshot image failed");
+            }
+        }
+    }
+
+    /// Removes the image file of a snapshot that was written but will not
+    /// become the latest (a newer one was installed meanwhile).
+    pub fn discard_snapshot_file(&self, meta: &SnapshotMetadata) {
+        if snapshot_file_name(meta) != snapshot_file_name(&self.snapshot_metadata()) {
+            let path = self.snap_dir().join(snapshot_file_name(meta));
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "removing an unused snapshot image failed");
+            }
+        }
     }
 
     fn snapshot_metadata(&self) -> SnapshotMetadata {
-        self.read().snapshot.get_metadata().clone()
+        self.read().snapshot.clone()
     }
 
     fn first(&self) -> u64 {
@@ -291,7 +433,7 @@ impl DiskStorage {
         let mut batch = LogBatch::default();
         batch.put_message(GROUP, KEY_SNAPSHOT.to_vec(), &snap).map_err(|e| engine_err(&self.dir, e))?;
         self.engine.write(&mut batch, true).map_err(|e| engine_err(&self.dir, e))?;
-        self.write_cache().snapshot = snap;
+        self.write_cache().snapshot = snap.get_metadata().clone();
         Ok(())
     }
 
@@ -337,34 +479,63 @@ impl DiskStorage {
 
     /// Index of the latest snapshot (without cloning its data).
     pub fn snapshot_index(&self) -> u64 {
-        self.read().snapshot.get_metadata().index
+        self.read().snapshot.index
     }
 
     /// Installs a snapshot received from the leader: the whole log is
     /// replaced by it (one fsynced batch: clean, snapshot, hard state).
     pub fn install_snapshot(&self, snap: &Snapshot, hs: &HardState) -> Result<(), RaftError> {
+        let meta = snap.get_metadata();
+        self.write_snapshot_file(meta, |w| w.write_all(&snap.data))?;
         let mut batch = LogBatch::default();
         batch.add_command(GROUP, raft_engine::Command::Clean);
         batch
             .put(GROUP, KEY_MANAGER_ID.to_vec(), self.id.to_be_bytes().to_vec())
             .map_err(|e| engine_err(&self.dir, e))?;
-        batch.put_message(GROUP, KEY_SNAPSHOT.to_vec(), snap).map_err(|e| engine_err(&self.dir, e))?;
+        self.put_snapshot_meta(&mut batch, meta)?;
         batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs).map_err(|e| engine_err(&self.dir, e))?;
         self.tail().clear();
         self.engine.write(&mut batch, true).map_err(|e| engine_err(&self.dir, e))?;
-        let mut c = self.write_cache();
-        c.snapshot = snap.clone();
-        c.hard_state = hs.clone();
+        {
+            let mut c = self.write_cache();
+            c.snapshot = meta.clone();
+            c.hard_state = hs.clone();
+        }
+        self.remove_stale_snapshot_files(false);
+        Ok(())
+    }
+
+    /// Adds the snapshot `meta` (image in its file) to `batch`.
+    fn put_snapshot_meta(&self, batch: &mut LogBatch, meta: &SnapshotMetadata) -> Result<(), RaftError> {
+        let mut head = Snapshot::default();
+        head.set_metadata(meta.clone());
+        batch.put_message(GROUP, KEY_SNAPSHOT.to_vec(), &head).map_err(|e| engine_err(&self.dir, e))?;
+        batch
+            .put(GROUP, KEY_SNAPSHOT_FILE.to_vec(), snapshot_file_name(meta).into_bytes())
+            .map_err(|e| engine_err(&self.dir, e))?;
         Ok(())
     }
 
     /// Saves a snapshot taken locally at `meta.index` and compacts the log
-    /// below `compact_to` (entries kept for slow followers stay).
+    /// below `compact_to` (entries kept for slow followers stay): the image
+    /// file, then [`DiskStorage::commit_snapshot`] (tests; the driver writes
+    /// the file on a helper thread).
+    #[cfg(test)]
     pub fn save_snapshot(&self, snap: &Snapshot, compact_to: u64) -> Result<(), RaftError> {
+        self.write_snapshot_file(snap.get_metadata(), |w| w.write_all(&snap.data))?;
+        self.commit_snapshot(snap.get_metadata(), compact_to)
+    }
+
+    /// Makes the snapshot `meta`, whose image file was written
+    /// ([`DiskStorage::write_snapshot_file`]), the latest (fsynced), removes
+    /// the older image and compacts the log below `compact_to` (entries
+    /// kept for slow followers stay).
+    pub fn commit_snapshot(&self, meta: &SnapshotMetadata, compact_to: u64) -> Result<(), RaftError> {
         let mut batch = LogBatch::default();
-        batch.put_message(GROUP, KEY_SNAPSHOT.to_vec(), snap).map_err(|e| engine_err(&self.dir, e))?;
+        self.put_snapshot_meta(&mut batch, meta)?;
         self.engine.write(&mut batch, true).map_err(|e| engine_err(&self.dir, e))?;
-        self.write_cache().snapshot = snap.clone();
+        self.write_cache().snapshot = meta.clone();
+        self.remove_stale_snapshot_files(false);
         let first = self.engine.first_index(GROUP).unwrap_or(0);
         if compact_to > first {
             self.tail().compact(compact_to);
@@ -396,10 +567,7 @@ impl DiskStorage {
 impl Storage for DiskStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let c = self.read();
-        Ok(RaftState {
-            hard_state: c.hard_state.clone(),
-            conf_state: c.snapshot.get_metadata().get_conf_state().clone(),
-        })
+        Ok(RaftState { hard_state: c.hard_state.clone(), conf_state: c.snapshot.get_conf_state().clone() })
     }
 
     fn entries(
@@ -463,11 +631,10 @@ impl Storage for DiskStorage {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let snap = self.latest_snapshot();
-        if snap.get_metadata().index < request_index {
+        if self.snapshot_metadata().index < request_index {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
-        Ok(snap)
+        self.latest_snapshot().map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))
     }
 }
 
@@ -588,6 +755,66 @@ mod tests {
         assert_eq!(t.bytes, t.entries.iter().map(payload).sum::<usize>());
     }
 
+    fn images(s: &DiskStorage) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(s.snap_dir())
+            .map(|d| d.flatten().map(|f| f.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn snap_at(index: u64, data: &[u8]) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
+        snap.data = data.to_vec().into();
+        snap
+    }
+
+    #[test]
+    fn snapshot_images_live_in_files_one_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        s.bootstrap(&[1]).unwrap();
+        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).unwrap();
+        s.save_snapshot(&snap_at(4, b"four"), 3).unwrap();
+        s.save_snapshot(&snap_at(8, b"eight"), 6).unwrap();
+        // Only the latest image is kept; the engine holds no image.
+        assert_eq!(images(&s), vec![snapshot_file_name(snap_at(8, b"").get_metadata())]);
+        let head: Snapshot = s.engine.get_message(GROUP, KEY_SNAPSHOT).unwrap().unwrap();
+        assert!(head.data.is_empty());
+        assert_eq!(s.latest_snapshot().unwrap().data.as_ref(), b"eight");
+        assert_eq!(s.snapshot(8, 2).unwrap().data.as_ref(), b"eight");
+        // An image written for a snapshot that does not become the latest
+        // is discarded; a partial one (crash mid-write) is removed at open.
+        let orphan = snap_at(6, b"six");
+        s.write_snapshot_file(orphan.get_metadata(), |w| w.write_all(b"six")).unwrap();
+        s.discard_snapshot_file(orphan.get_metadata());
+        std::fs::write(s.snap_dir().join("snapshot-9.json.tmp"), b"partial").unwrap();
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert_eq!(images(&s).len(), 1);
+        assert_eq!(s.latest_snapshot().unwrap().data.as_ref(), b"eight");
+        // A lost image is an error, never an empty state.
+        std::fs::remove_file(s.snap_dir().join(&images(&s)[0])).unwrap();
+        assert!(s.latest_snapshot().is_err());
+    }
+
+    #[test]
+    fn an_image_inline_in_the_engine_from_older_logs_is_still_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        s.bootstrap(&[1]).unwrap();
+        let mut batch = LogBatch::default();
+        batch.put_message(GROUP, KEY_SNAPSHOT.to_vec(), &snap_at(5, b"inline")).unwrap();
+        s.engine.write(&mut batch, true).unwrap();
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert_eq!(s.snapshot_index(), 5);
+        assert_eq!(s.latest_snapshot().unwrap().data.as_ref(), b"inline");
+    }
+
     #[test]
     fn installing_a_snapshot_replaces_the_log_durably() {
         let tmp = tempfile::tempdir().unwrap();
@@ -610,7 +837,7 @@ mod tests {
         let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
         assert_eq!(s.bounds(), (21, 21));
         assert_eq!(s.term(20).unwrap(), 3);
-        assert_eq!(s.latest_snapshot().data.as_ref(), b"image");
+        assert_eq!(s.latest_snapshot().unwrap().data.as_ref(), b"image");
         assert_eq!(s.hard_state().commit, 20);
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 4]);
         drop(s);
