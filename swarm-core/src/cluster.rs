@@ -433,7 +433,7 @@ impl Cluster {
             let spec = next(&svc)?;
             validate::validate_service_spec(&spec)?;
             if task_affecting(&svc.spec, &spec) {
-                svc.previous_spec = Some(svc.spec.clone());
+                svc.previous_spec = Some(Box::new(svc.spec.clone()));
                 svc.spec_version += 1;
                 if spec.mode.is_job() {
                     svc.job_iteration += 1;
@@ -479,8 +479,8 @@ impl Cluster {
         self.write(|state| {
             let mut svc = Self::find_service(state, name)?;
             let prev = svc.previous_spec.take().ok_or_else(|| ClusterError::NoPreviousSpec(name.to_string()))?;
-            let cur = std::mem::replace(&mut svc.spec, prev);
-            svc.previous_spec = Some(cur);
+            let cur = std::mem::replace(&mut svc.spec, *prev);
+            svc.previous_spec = Some(Box::new(cur));
             svc.spec_version += 1;
             svc.update_status = Some(UpdateStatus {
                 state: UpdateState::RollbackStarted,

@@ -180,13 +180,17 @@ impl Default for RuntimeConfig {
 /// Commits `ops` in transactions of at most `max` operations, in order.
 pub async fn commit_chunks(store: &dyn Store, ops: Vec<Op>, max: usize) -> Result<(), StoreError> {
     let max = max.max(1);
-    let mut ops = ops;
-    while !ops.is_empty() {
-        let rest = if ops.len() > max { ops.split_off(max) } else { Vec::new() };
-        store.commit(Transaction { ops, timestamp: None }).await?;
-        ops = rest;
+    // Each operation is moved once: splitting the rest off the front each
+    // time would copy the remainder per chunk, quadratic in a plan's size
+    // (100,000 task creates copied 50,000 operations per chunk on average).
+    let mut ops = ops.into_iter();
+    loop {
+        let chunk: Vec<Op> = ops.by_ref().take(max).collect();
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        store.commit(Transaction { ops: chunk, timestamp: None }).await?;
     }
-    Ok(())
 }
 
 /// Runs `controller` against `store` until the task is aborted: lists,

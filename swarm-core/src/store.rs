@@ -188,7 +188,12 @@ impl Watch {
     }
 }
 
-/// Default number of changes kept for watchers that resume.
+/// Default size of the history kept for watchers that resume, in events
+/// (objects changed): a change of n operations counts n. Counted in events,
+/// not changes, so that the history's memory is bounded: a change may hold
+/// up to `max_tx_ops` objects (1,000 by default), and 100,000 changes of
+/// task creates and updates held 2-3 KB per task event (converge_bench at
+/// 100,000 replicas kept every event of the run, about 600 MB).
 pub const DEFAULT_HISTORY: usize = 100_000;
 /// Default capacity of the live channel before a slow watcher lags.
 pub const DEFAULT_WATCH_BUFFER: usize = 1 << 16;
@@ -197,6 +202,8 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1 << 16;
 pub struct Replica {
     state: Arc<State>,
     history: VecDeque<Arc<Change>>,
+    /// Events in `history`.
+    history_events: usize,
     history_limit: usize,
     live: broadcast::Sender<Arc<Change>>,
 }
@@ -213,10 +220,17 @@ impl Replica {
         Self::with_limits(state, DEFAULT_HISTORY, DEFAULT_WATCH_BUFFER)
     }
 
-    /// A replica with explicit history length and watch buffer.
+    /// A replica with explicit history length (in events, see
+    /// [`DEFAULT_HISTORY`]; the last change is always kept) and watch buffer.
     pub fn with_limits(state: State, history_limit: usize, watch_buffer: usize) -> Self {
         let (live, _) = broadcast::channel(watch_buffer.max(16));
-        Replica { state: Arc::new(state), history: VecDeque::new(), history_limit: history_limit.max(1), live }
+        Replica {
+            state: Arc::new(state),
+            history: VecDeque::new(),
+            history_events: 0,
+            history_limit: history_limit.max(1),
+            live,
+        }
     }
 
     /// The current state.
@@ -229,10 +243,13 @@ impl Replica {
         let (next, change) = self.state.apply(tx)?;
         let change = Arc::new(change);
         self.state = Arc::new(next);
-        if self.history.len() >= self.history_limit {
-            self.history.pop_front();
-        }
+        self.history_events += change.events.len();
         self.history.push_back(change.clone());
+        while self.history_events > self.history_limit && self.history.len() > 1 {
+            if let Some(old) = self.history.pop_front() {
+                self.history_events -= old.events.len();
+            }
+        }
         let _ = self.live.send(change.clone());
         Ok(change)
     }
@@ -243,6 +260,7 @@ impl Replica {
     pub fn restore(&mut self, state: State) {
         self.state = Arc::new(state);
         self.history.clear();
+        self.history_events = 0;
         // Keep the live channel (and its configured capacity): a live
         // watcher sees the jump in revisions at the next change and gets
         // `Lagged`. A new channel would close its receiver, which reads as
@@ -276,7 +294,8 @@ impl MemStore {
         Self::default()
     }
 
-    /// An empty store with explicit history length and watch buffer.
+    /// An empty store with explicit history length (in events) and watch
+    /// buffer.
     pub fn with_limits(history: usize, watch_buffer: usize) -> Self {
         MemStore { inner: Arc::new(Mutex::new(Replica::with_limits(State::default(), history, watch_buffer))) }
     }

@@ -560,7 +560,7 @@ fn a_full_spec_round_trips_through_json() {
         meta: Meta { version: Version(7), ..Default::default() },
         spec: spec.clone(),
         spec_version: 3,
-        previous_spec: Some(base()),
+        previous_spec: Some(Box::new(base())),
         ..Default::default()
     };
     let back: Service = serde_json::from_str(&serde_json::to_string(&svc).unwrap()).unwrap();

@@ -175,6 +175,36 @@ async fn resuming_below_the_retained_history_is_compacted() {
 }
 
 #[tokio::test]
+async fn the_history_is_bounded_in_events_not_changes() {
+    // Room for 5 events; each change creates 2 nodes.
+    let store = MemStore::with_limits(5, 16);
+    for i in 0..4 {
+        let (a, b) = (format!("a{i}"), format!("b{i}"));
+        store.commit(Transaction::new().create(node(&a)).create(node(&b))).await.unwrap();
+    }
+    // Revisions 3 and 4 (4 events) are kept; 2 would make 6.
+    for r in 2..=4 {
+        let mut w = store.watch(r).await.unwrap_or_else(|e| panic!("watch({r}): {e}"));
+        let revs: Vec<u64> = drain(&mut w).iter().map(|c| c.revision).collect();
+        assert_eq!(revs, (r + 1..=4).collect::<Vec<_>>());
+    }
+    match store.watch(1).await {
+        Err(StoreError::Compacted { requested, oldest }) => assert_eq!((requested, oldest), (1, 2)),
+        Err(e) => panic!("expected Compacted, got {e}"),
+        Ok(_) => panic!("expected Compacted, got a watch"),
+    }
+    // A change larger than the whole history is still kept, alone.
+    let mut big = Transaction::new();
+    for i in 0..7 {
+        big = big.create(node(&format!("c{i}")));
+    }
+    store.commit(big).await.unwrap();
+    let mut w = store.watch(4).await.expect("the last change is always kept");
+    assert_eq!(drain(&mut w).iter().map(|c| (c.revision, c.events.len())).collect::<Vec<_>>(), vec![(5, 7)]);
+    assert!(matches!(store.watch(3).await, Err(StoreError::Compacted { requested: 3, oldest: 4 })));
+}
+
+#[tokio::test]
 async fn resuming_from_a_future_revision_is_refused() {
     let store = MemStore::new();
     commit_nodes(&store, "n", 3).await;

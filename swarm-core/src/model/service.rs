@@ -17,8 +17,11 @@ pub struct Service {
     /// Bumped each time `spec.task_template` (or a forced update) changes,
     /// so tasks record which spec they run. Scaling does not bump it.
     pub spec_version: u64,
-    /// The spec before the last update, for rollback.
-    pub previous_spec: Option<ServiceSpec>,
+    /// The spec before the last update, for rollback. Boxed: a service
+    /// that carried two specs inline made every [`Object`](super::Object)
+    /// (and every store event, which holds two) twice the size of a task,
+    /// and tasks are most of what a store holds and streams.
+    pub previous_spec: Option<Box<ServiceSpec>>,
     /// The rolling update's progress, if one ever ran.
     pub update_status: Option<UpdateStatus>,
     /// Resolved endpoint: virtual IPs and the published ports in use.

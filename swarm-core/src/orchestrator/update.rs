@@ -121,8 +121,8 @@ pub(crate) fn rolling_update(ctx: &mut Ctx<'_>, slots: &[Slot]) {
                     let now = ctx.now;
                     let s = ctx.edit_service();
                     if let Some(prev) = s.previous_spec.take() {
-                        let failed_spec = std::mem::replace(&mut s.spec, prev);
-                        s.previous_spec = Some(failed_spec);
+                        let failed_spec = std::mem::replace(&mut s.spec, *prev);
+                        s.previous_spec = Some(Box::new(failed_spec));
                         s.spec_version += 1;
                         s.update_status = Some(UpdateStatus {
                             state: UpdateState::RollbackStarted,
