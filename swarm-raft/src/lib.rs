@@ -64,10 +64,12 @@ use swarm_core::state::{Change, State, Transaction};
 use swarm_core::store::{Replica, Store, StoreError, Watch};
 use tokio::sync::oneshot;
 
-/// Default number of changes a manager keeps for watchers that resume
-/// ([`RaftStoreConfig::watch_history`]): a tenth of the in-memory store's,
-/// because every manager keeps its own (issue 17: in raft_bench, 100,000
-/// changes of updated nodes held about 365 MB per manager).
+/// Default number of change events a manager keeps for watchers that
+/// resume ([`RaftStoreConfig::watch_history`]; counted in events, as
+/// swarm-core's `Replica` counts them, the newest change always kept): a
+/// tenth of the in-memory store's, because every manager keeps its own
+/// (issue 17: in raft_bench, 100,000 one-event changes of updated nodes
+/// held about 365 MB per manager).
 pub const DEFAULT_WATCH_HISTORY: usize = 10_000;
 
 /// Settings of one manager's raft store.
@@ -98,10 +100,11 @@ pub struct RaftStoreConfig {
     pub commit_timeout: Option<Duration>,
     /// How to treat a damaged log tail when opening.
     pub recovery: Recovery,
-    /// Changes kept for watchers that resume (per manager). Each change
-    /// holds the objects it wrote (and, for an update, the previous
-    /// version), so this bounds memory: about `watch_history` x twice the
-    /// size of a changed object. A watcher resuming from further back gets
+    /// Change events kept for watchers that resume (per manager; the
+    /// newest change is always kept whatever its size). Each event holds
+    /// the object written (and, for an update, the previous version), so
+    /// this bounds memory: about `watch_history` x twice the size of a
+    /// changed object. A watcher resuming from further back gets
     /// [`StoreError::Compacted`] and lists again. Default
     /// [`DEFAULT_WATCH_HISTORY`].
     pub watch_history: usize,
