@@ -62,11 +62,13 @@ pub enum Op {
         /// Expected version, if the caller wants the check.
         version: Option<Version>,
     },
-    /// Replace a task's `status` and nothing else: applied exactly as an
-    /// [`Op::Update`] of the stored task with this status would be (same
-    /// checks, version bump, timestamps and [`Action::Update`] event), but a
-    /// log entry carries only the status rather than the whole task and its
-    /// spec. With `version`, only if the task is still that version.
+    /// Replace what a node observed of a task, its `status` and (when
+    /// given) its network attachments, and nothing else: applied exactly
+    /// as an [`Op::Update`] of the stored task with these would be (same
+    /// checks, version bump, timestamps and [`Action::Update`] event), but
+    /// a log entry carries only the observation rather than the whole task
+    /// and its spec. With `version`, only if the task is still that
+    /// version.
     UpdateTaskStatus {
         /// The task.
         id: TaskId,
@@ -74,6 +76,9 @@ pub enum Op {
         version: Option<Version>,
         /// The new status.
         status: TaskStatus,
+        /// New network attachments (addresses), if they changed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        networks: Option<Vec<NetworkAttachment>>,
     },
 }
 
@@ -116,7 +121,19 @@ impl Transaction {
     /// Adds a status-only update of a task with a version check (see
     /// [`Op::UpdateTaskStatus`]).
     pub fn update_task_status(mut self, id: TaskId, version: Version, status: TaskStatus) -> Self {
-        self.ops.push(Op::UpdateTaskStatus { id, version: Some(version), status });
+        self.ops.push(Op::UpdateTaskStatus { id, version: Some(version), status, networks: None });
+        self
+    }
+    /// Adds an update of a task's status and network attachments with a
+    /// version check (see [`Op::UpdateTaskStatus`]).
+    pub fn update_task_observed(
+        mut self,
+        id: TaskId,
+        version: Version,
+        status: TaskStatus,
+        networks: Option<Vec<NetworkAttachment>>,
+    ) -> Self {
+        self.ops.push(Op::UpdateTaskStatus { id, version: Some(version), status, networks });
         self
     }
     /// Adds an operation.
@@ -463,7 +480,7 @@ impl State {
                 }
                 self.replace(obj.clone(), old, version, ts)
             }
-            Op::UpdateTaskStatus { id, version: want, status } => {
+            Op::UpdateTaskStatus { id, version: want, status, networks } => {
                 let kind = ObjectKind::Task;
                 let old = self.tasks.get(id).ok_or_else(|| TxError::NotFound { kind, id: id.to_string() })?;
                 let actual = old.meta.version;
@@ -478,9 +495,12 @@ impl State {
                     });
                 }
                 // The full update this op stands for: the stored task, at
-                // its stored version, with the new status.
+                // its stored version, with the new status (and networks).
                 let mut task = old.as_ref().clone();
                 task.status = status.clone();
+                if let Some(n) = networks {
+                    task.networks = n.clone();
+                }
                 let old = Object::Task(old.as_ref().clone());
                 self.replace(Object::Task(task), old, version, ts)
             }

@@ -911,7 +911,12 @@ fn a_stale_status_op_is_a_version_conflict_and_changes_nothing() {
     reject(&s2, tx);
     // Without a version the check is skipped, as for an unchecked delete.
     let mut tx = Transaction::new();
-    tx.push(Op::UpdateTaskStatus { id: t0.id.clone(), version: None, status: status(TaskState::Complete, "c") });
+    tx.push(Op::UpdateTaskStatus {
+        id: t0.id.clone(),
+        version: None,
+        status: status(TaskState::Complete, "c"),
+        networks: None,
+    });
     assert_eq!(get_task(&apply(&s2, tx), "t0").status.message, "c");
 }
 

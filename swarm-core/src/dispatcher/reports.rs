@@ -18,10 +18,11 @@
 //! reports, each report is written again on its own, so one worker's bad
 //! report fails only that worker's call.
 //!
-//! A report that changes only a task's status is written as an
+//! Each task's reports become one
 //! [`Op::UpdateTaskStatus`](crate::state::Op::UpdateTaskStatus) at the
-//! version read, so the replicated entry carries the status rather than the
-//! whole task; one that also changes the task's networks is a full update.
+//! version read: its newest status, and its network attachments when they
+//! changed, so the replicated entry carries what the node observed rather
+//! than the whole task (and building it copies no task).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
@@ -61,7 +62,7 @@
 
 use super::{DispatchError, TaskStatusUpdate};
 use crate::id::{NodeId, TaskId};
-use crate::model::Task;
+use crate::model::{NetworkAttachment, Task, TaskStatus};
 use crate::state::{State, Transaction};
 use crate::store::{Store, StoreError};
 use std::collections::{BTreeMap, VecDeque};
@@ -201,61 +202,62 @@ async fn commit(store: &dyn Store, reports: &[Report]) -> Result<(), StoreError>
 /// The transaction that applies `reports` in order to `state`, or `None`
 /// when none of them changes anything.
 fn transaction(state: &State, reports: &[Report]) -> Option<Transaction> {
-    let mut changed: BTreeMap<&TaskId, Task> = BTreeMap::new();
+    // What the reports say of each task so far: its stored version, the
+    // newest status and network attachments (no copy of the task itself).
+    let mut changed: BTreeMap<&TaskId, Observed<'_>> = BTreeMap::new();
     for r in reports {
-        // The last report about a task in one call wins.
         let mut latest: BTreeMap<&TaskId, &TaskStatusUpdate> = BTreeMap::new();
         for u in &r.updates {
             latest.insert(&u.task_id, u);
         }
         for (id, u) in latest {
-            let current = match changed.get(id) {
-                Some(t) => t,
-                None => match state.task(id) {
-                    Some(t) => t.as_ref(),
-                    None => continue,
-                },
+            let Some(stored) = state.task(id) else { continue };
+            let stored = stored.as_ref();
+            let (status, networks) = match changed.get(id) {
+                Some(o) => (&o.status, o.networks.as_ref().unwrap_or(&stored.networks)),
+                None => (&stored.status, &stored.networks),
             };
-            if current.node_id.as_ref() != Some(&r.node) {
+            if stored.node_id.as_ref() != Some(&r.node) {
                 tracing::warn!(task = %id, node = %r.node, "status update for a task of another node ignored");
                 continue;
             }
-            if !current.status.state.can_move_to(u.status.state) {
-                tracing::debug!(task = %id, from = %current.status.state, to = %u.status.state, "stale status ignored");
+            if !status.state.can_move_to(u.status.state) {
+                tracing::debug!(task = %id, from = %status.state, to = %u.status.state, "stale status ignored");
                 continue;
             }
-            let networks = u.networks.as_ref();
-            if current.status == u.status && networks.is_none_or(|n| *n == current.networks) {
+            if *status == u.status && u.networks.as_ref().is_none_or(|n| n == networks) {
                 continue;
             }
-            let mut t = current.clone();
-            t.status = u.status.clone();
-            if let Some(n) = networks {
-                t.networks = n.clone();
-            }
-            changed.insert(id, t);
+            let networks = match &u.networks {
+                Some(n) => Some(n.clone()),
+                None => changed.get(id).and_then(|o| o.networks.clone()),
+            };
+            changed.insert(id, Observed { stored, status: u.status.clone(), networks });
         }
     }
     if changed.is_empty() {
         return None;
     }
     let mut tx = Transaction::new();
-    for (id, t) in changed {
-        // `changed` holds clones of the stored tasks (their version is the
-        // stored one): a pure status change is written as a status-only
-        // op, which replicates the status instead of the whole task.
-        match state.task(id) {
-            Some(stored) if stored.networks == t.networks => tx = tx.update_task_status(t.id, t.meta.version, t.status),
-            _ => tx = tx.update(t),
-        }
+    for (id, o) in changed {
+        // Networks go in only when they differ from the stored ones.
+        let networks = o.networks.filter(|n| *n != o.stored.networks);
+        tx = tx.update_task_observed(id.clone(), o.stored.meta.version, o.status, networks);
     }
     Some(tx)
+}
+
+/// A task's observed state as the reports of one write leave it.
+struct Observed<'a> {
+    stored: &'a Task,
+    status: TaskStatus,
+    networks: Option<Vec<NetworkAttachment>>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NetworkAttachment, Object, Service, ServiceSpec, TaskState, TaskStatus};
+    use crate::model::{Service, ServiceSpec, TaskState};
     use crate::state::Op;
 
     fn report(node: &str, updates: Vec<TaskStatusUpdate>) -> Report {
@@ -282,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn pure_status_changes_are_status_ops_and_the_rest_full_updates() {
+    fn reports_become_compact_observation_ops() {
         let s = state();
         let net = vec![NetworkAttachment { network: "backend".into(), addresses: vec!["10.0.0.2".into()] }];
         let reports = [
@@ -290,25 +292,38 @@ mod tests {
                 "n1",
                 vec![update("t1", TaskState::Running, None), update("t2", TaskState::Running, Some(net.clone()))],
             ),
-            // The same networks as stored: still a pure status change.
+            // Networks equal to the stored ones (none) are not written.
             report("n1", vec![update("t3", TaskState::Running, Some(Vec::new()))]),
         ];
         let tx = transaction(&s, &reports).expect("the reports change something");
-        let t1 = s.task(&"t1".into()).expect("t1");
-        let t3 = s.task(&"t3".into()).expect("t3");
+        let version = |id: &str| Some(s.task(&id.into()).expect("task").meta.version);
         let running = TaskStatus { state: TaskState::Running, ..Default::default() };
-        let mut t2 = s.task(&"t2".into()).expect("t2").as_ref().clone();
-        t2.status = running.clone();
-        t2.networks = net;
-        assert_eq!(
-            tx.ops,
-            vec![
-                Op::UpdateTaskStatus { id: "t1".into(), version: Some(t1.meta.version), status: running.clone() },
-                Op::Update(Object::Task(t2)),
-                Op::UpdateTaskStatus { id: "t3".into(), version: Some(t3.meta.version), status: running },
-            ]
-        );
+        let op = |id: &str, networks| Op::UpdateTaskStatus {
+            id: id.into(),
+            version: version(id),
+            status: running.clone(),
+            networks,
+        };
+        assert_eq!(tx.ops, vec![op("t1", None), op("t2", Some(net.clone())), op("t3", None)]);
         let (after, _) = s.apply(&tx).expect("the write commits");
         assert!(after.tasks().all(|t| t.status.state == TaskState::Running));
+        assert_eq!(after.task(&"t2".into()).expect("t2").networks, net);
+    }
+
+    #[test]
+    fn a_later_report_in_the_same_write_keeps_earlier_networks() {
+        let s = state();
+        let net = vec![NetworkAttachment { network: "backend".into(), addresses: vec!["10.0.0.2".into()] }];
+        let reports = [
+            report("n1", vec![update("t1", TaskState::Starting, Some(net.clone()))]),
+            report("n1", vec![update("t1", TaskState::Running, None)]),
+            // Another node's report on t1 is ignored.
+            report("n2", vec![update("t1", TaskState::Failed, None)]),
+        ];
+        let tx = transaction(&s, &reports).expect("the reports change something");
+        let (after, _) = s.apply(&tx).expect("the write commits");
+        let t1 = after.task(&"t1".into()).expect("t1");
+        assert_eq!((t1.status.state, &t1.networks), (TaskState::Running, &net));
+        assert_eq!(tx.ops.len(), 1);
     }
 }
