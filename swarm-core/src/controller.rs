@@ -177,19 +177,62 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// Chunks of one plan a controller has in flight at once.
+pub const COMMIT_PIPELINE: usize = 8;
+
 /// Commits `ops` in transactions of at most `max` operations, in order.
+///
+/// Up to [`COMMIT_PIPELINE`] chunks are in flight at once, submitted in
+/// order: a replicated store then logs, replicates and applies them
+/// together (one fsync and one round trip for several) instead of one
+/// round trip per chunk. Each chunk is atomic, the plan as a whole is not
+/// (it never was: a plan is committed chunk by chunk). After a failed
+/// chunk no new one is submitted, the ones already in flight finish, and
+/// the first failure in plan order is returned; the caller reconciles
+/// again from a fresh snapshot, as after any failure.
 pub async fn commit_chunks(store: &dyn Store, ops: Vec<Op>, max: usize) -> Result<(), StoreError> {
+    type Commit<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<Change>, StoreError>> + Send + 'a>>;
     let max = max.max(1);
     // Each operation is moved once: splitting the rest off the front each
     // time would copy the remainder per chunk, quadratic in a plan's size
     // (100,000 task creates copied 50,000 operations per chunk on average).
-    let mut ops = ops.into_iter();
+    let mut ops = ops.into_iter().peekable();
+    // In plan order: a commit still running, or its result.
+    let mut in_flight: std::collections::VecDeque<(Option<Commit<'_>>, Option<Result<(), StoreError>>)> =
+        std::collections::VecDeque::new();
+    let mut first_error: Option<StoreError> = None;
     loop {
-        let chunk: Vec<Op> = ops.by_ref().take(max).collect();
-        if chunk.is_empty() {
-            return Ok(());
+        while first_error.is_none() && in_flight.len() < COMMIT_PIPELINE && ops.peek().is_some() {
+            let chunk: Vec<Op> = ops.by_ref().take(max).collect();
+            in_flight.push_back((Some(store.commit(Transaction { ops: chunk, timestamp: None })), None));
         }
-        store.commit(Transaction { ops: chunk, timestamp: None }).await?;
+        if in_flight.is_empty() {
+            return first_error.map_or(Ok(()), Err);
+        }
+        // Poll every commit in flight (the first poll submits it, in order)
+        // until the oldest has finished.
+        std::future::poll_fn(|cx| {
+            for (commit, result) in in_flight.iter_mut() {
+                if let Some(f) = commit
+                    && let std::task::Poll::Ready(r) = f.as_mut().poll(cx)
+                {
+                    *result = Some(r.map(|_| ()));
+                    *commit = None;
+                }
+            }
+            match in_flight.front() {
+                Some((_, Some(_))) | None => std::task::Poll::Ready(()),
+                Some((_, None)) => std::task::Poll::Pending,
+            }
+        })
+        .await;
+        while let Some((_, Some(_))) = in_flight.front() {
+            if let Some((_, Some(Err(e)))) = in_flight.pop_front()
+                && first_error.is_none()
+            {
+                first_error = Some(e);
+            }
+        }
     }
 }
 

@@ -425,3 +425,80 @@ async fn ids_are_seeded_and_mixed_with_the_starting_revision() {
     store.commit(Transaction::new().create(node(0))).await.unwrap();
     assert_ne!(a, run(store.clone()).await, "a later start does not repeat them");
 }
+
+/// A store whose commits finish only when released, in any order, and
+/// that refuses the chunk it is told to: shows what `commit_chunks` keeps
+/// in flight and what it returns.
+struct Gated {
+    inner: MemStore,
+    submitted: Mutex<Vec<usize>>,
+    refuse: usize,
+    release: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl Store for Gated {
+    async fn commit(&self, tx: Transaction) -> Result<Arc<Change>, StoreError> {
+        let chunk = {
+            let mut s = self.submitted.lock().unwrap();
+            s.push(tx.ops.len());
+            s.len()
+        };
+        self.release.acquire().await.unwrap().forget();
+        if chunk == self.refuse {
+            return Err(StoreError::Rejected(swarm_core::state::TxError::Empty));
+        }
+        self.inner.commit(tx).await
+    }
+    async fn snapshot(&self) -> Result<Arc<State>, StoreError> {
+        self.inner.snapshot().await
+    }
+    async fn watch(&self, from: swarm_core::model::Revision) -> Result<Watch, StoreError> {
+        self.inner.watch(from).await
+    }
+}
+
+fn node_ops(n: usize) -> Vec<Op> {
+    (0..n)
+        .map(|i| {
+            Op::Create(Object::Node(Node::ready(
+                format!("n{i}").as_str(),
+                format!("h{i}").as_str(),
+                Resources::default(),
+            )))
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunks_are_pipelined_and_the_first_failure_stops_new_ones() {
+    // 25 ops in chunks of 2: 13 chunks; chunk 3 is refused.
+    let store = Arc::new(Gated {
+        inner: MemStore::new(),
+        submitted: Mutex::new(Vec::new()),
+        refuse: 3,
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let s = store.clone();
+    let run = tokio::spawn(async move { controller::commit_chunks(s.as_ref(), node_ops(25), 2).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Nothing finished yet: a full window is in flight, submitted in order.
+    assert_eq!(store.submitted.lock().unwrap().len(), controller::COMMIT_PIPELINE);
+    store.release.add_permits(100);
+    let err = run.await.unwrap().unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err}");
+    // The window in flight when chunk 3 failed finished; no chunk was
+    // submitted after the failure was seen.
+    let submitted = store.submitted.lock().unwrap().clone();
+    assert!(submitted.len() >= controller::COMMIT_PIPELINE && submitted.len() < 13, "{submitted:?}");
+    let nodes = store.inner.state().nodes().count();
+    assert_eq!(nodes, 2 * (submitted.len() - 1), "every chunk but the refused one committed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pipelined_plan_commits_every_chunk() {
+    let store = MemStore::new();
+    controller::commit_chunks(&store, node_ops(25), 2).await.unwrap();
+    assert_eq!(store.state().nodes().count(), 25);
+    assert_eq!(store.state().revision(), 13, "one revision per chunk");
+}
