@@ -309,6 +309,24 @@ pub(crate) struct Driver {
     /// Where the transport delivers this manager's frames: handed back to
     /// the transport when the driver stops ([`Transport::leave`]).
     pub own_inbox: Option<crate::Inbox>,
+    /// Where the current loop iteration's time went (see [`Phases`]).
+    phases: Phases,
+}
+
+/// Time spent in the phases of one driver loop iteration; an iteration
+/// over [`Phases::SLOW`] is logged at debug level (target
+/// `swarm_raft::stall`) with the breakdown, to find what delays commits.
+#[derive(Default)]
+struct Phases {
+    inputs: usize,
+    handle: Duration,
+    apply: Duration,
+    persist: Duration,
+    snapshot: Duration,
+}
+
+impl Phases {
+    const SLOW: Duration = Duration::from_millis(10);
 }
 
 /// How many frames (and bytes) wait in a manager's input channel, and how
@@ -400,6 +418,7 @@ impl Driver {
             self_tx: None,
             leading: None,
             own_inbox: None,
+            phases: Phases::default(),
         }
     }
 
@@ -434,11 +453,14 @@ impl Driver {
             // Messages from peers first: requests in the same batch then see
             // the freshest view of who is reachable (after a stall of this
             // thread, e.g. a slow fsync, peers' heartbeats wait in the queue).
+            let started = Instant::now();
+            self.phases = Phases { inputs: batch.len(), ..Phases::default() };
             let (frames, requests): (Vec<Input>, Vec<Input>) =
                 batch.drain(..).partition(|i| matches!(i, Input::Frame { .. }));
             for input in frames.into_iter().chain(requests) {
                 self.handle(input);
             }
+            self.phases.handle = started.elapsed();
             if stop {
                 break 'outer;
             }
@@ -461,6 +483,21 @@ impl Driver {
                 break;
             }
             self.publish(false);
+            let took = started.elapsed();
+            if took >= Phases::SLOW {
+                let p = &self.phases;
+                tracing::debug!(
+                    target: "swarm_raft::stall",
+                    id = self.id,
+                    took_ms = took.as_secs_f64() * 1e3,
+                    inputs = p.inputs,
+                    handle_ms = p.handle.as_secs_f64() * 1e3,
+                    apply_ms = p.apply.as_secs_f64() * 1e3,
+                    persist_ms = p.persist.as_secs_f64() * 1e3,
+                    snapshot_ms = p.snapshot.as_secs_f64() * 1e3,
+                    "slow driver loop iteration"
+                );
+            }
         }
         self.fail_all(StoreError::Unavailable(format!("manager {} is stopped", self.id)));
         self.publish(true);
@@ -581,7 +618,11 @@ impl Driver {
                     tracing::debug!(id = self.id, error = %e, "campaign refused");
                 }
             }
-            Input::SnapshotBuilt { result, compact_to } => self.on_snapshot_built(result, compact_to),
+            Input::SnapshotBuilt { result, compact_to } => {
+                let t = Instant::now();
+                self.on_snapshot_built(result, compact_to);
+                self.phases.snapshot += t.elapsed();
+            }
             Input::Stop => {}
         }
     }
@@ -830,11 +871,15 @@ impl Driver {
             hs.commit = hs.commit.max(snap.get_metadata().index);
             self.install_snapshot(&snap, &hs)?;
         }
+        let t = Instant::now();
         self.apply_entries(rd.take_committed_entries())?;
+        self.phases.apply += t.elapsed();
         for rs in rd.take_read_states() {
             self.on_read_state(rs);
         }
+        let t = Instant::now();
         self.storage.append(rd.entries(), rd.hs()).map_err(|e| e.to_string())?;
+        self.phases.persist += t.elapsed();
         self.send(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
@@ -845,10 +890,14 @@ impl Driver {
             }
         }
         self.send(light.take_messages());
+        let t = Instant::now();
         self.apply_entries(light.take_committed_entries())?;
+        self.phases.apply += t.elapsed();
         self.raw.advance_apply();
         self.answer_reads();
+        let t = Instant::now();
         self.maybe_snapshot()?;
+        self.phases.snapshot += t.elapsed();
         Ok(())
     }
 

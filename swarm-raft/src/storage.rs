@@ -437,8 +437,27 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Appends entries and/or a new hard state, fsynced, in one batch.
+    /// Appends entries and/or a new hard state in one batch, fsynced when
+    /// raft needs it durable: new entries, or a new term or vote. A hard
+    /// state that only raises the commit index is written without fsync
+    /// (as [`DiskStorage::note_commit`], and etcd's `mustSync`): the commit
+    /// index can always be learned again from the leader, and `open`
+    /// lowers a commit index past the log.
     pub fn append(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), RaftError> {
+        let sync = !entries.is_empty()
+            || hs.is_some_and(|hs| {
+                let old = &self.read().hard_state;
+                hs.term != old.term || hs.vote != old.vote
+            });
+        self.write_append(entries, hs, sync)
+    }
+
+    /// Persists only a hard state, fsynced.
+    pub fn put_hard_state(&self, hs: &HardState) -> Result<(), RaftError> {
+        self.write_append(&[], Some(hs), true)
+    }
+
+    fn write_append(&self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<(), RaftError> {
         let mut batch = LogBatch::default();
         if !entries.is_empty() {
             batch.add_entries::<EntryExt>(GROUP, entries).map_err(|e| engine_err(&self.dir, e))?;
@@ -449,7 +468,7 @@ impl DiskStorage {
         if batch.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.engine.write(&mut batch, true) {
+        if let Err(e) = self.engine.write(&mut batch, sync) {
             // What is on disk now is not known: read it from there.
             self.tail().clear();
             return Err(engine_err(&self.dir, e));
@@ -459,11 +478,6 @@ impl DiskStorage {
             self.write_cache().hard_state = hs.clone();
         }
         Ok(())
-    }
-
-    /// Persists only a hard state, fsynced.
-    pub fn put_hard_state(&self, hs: &HardState) -> Result<(), RaftError> {
-        self.append(&[], Some(hs))
     }
 
     /// Records a higher commit index without fsync: the commit index can
