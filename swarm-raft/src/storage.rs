@@ -107,6 +107,10 @@ pub const TAIL_MAX_ENTRIES: usize = 4_096;
 struct Tail {
     entries: VecDeque<Entry>,
     bytes: usize,
+    /// Appends staged ([`DiskStorage::stage`]) and not yet written to
+    /// raft-engine: while there are any, the tail holds every entry not
+    /// yet written (nothing is evicted) and its last index is the log's.
+    staged: usize,
 }
 
 fn payload(e: &Entry) -> usize {
@@ -157,6 +161,14 @@ impl Tail {
             self.bytes += payload(e);
             self.entries.push_back(e.clone());
         }
+        self.trim();
+    }
+
+    /// Evicts the oldest entries over the limits, unless writes are staged.
+    fn trim(&mut self) {
+        if self.staged > 0 {
+            return;
+        }
         while self.entries.len() > 1 && (self.bytes > TAIL_MAX_BYTES || self.entries.len() > TAIL_MAX_ENTRIES) {
             if let Some(e) = self.entries.pop_front() {
                 self.bytes -= payload(&e);
@@ -176,6 +188,10 @@ impl Tail {
     fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.index)
     }
 }
 
@@ -423,7 +439,61 @@ impl DiskStorage {
 
     fn last(&self) -> u64 {
         let snap_index = self.snapshot_metadata().index;
+        {
+            let tail = self.tail();
+            if tail.staged > 0
+                && let Some(last) = tail.last()
+            {
+                return last.max(snap_index);
+            }
+        }
         self.engine.last_index(GROUP).unwrap_or(snap_index).max(snap_index)
+    }
+
+    /// Makes `entries` readable (raft reads them back to send appends and
+    /// answer term queries) before they are written: the driver stages a
+    /// Ready's entries, hands them to the log writer thread
+    /// ([`crate::node`]), and raft learns they are durable only once that
+    /// thread wrote and fsynced them ([`DiskStorage::write_staged`]).
+    pub fn stage(&self, entries: &[Entry]) {
+        let mut tail = self.tail();
+        tail.staged += 1;
+        tail.append(entries);
+    }
+
+    /// Fsyncs what was written.
+    pub fn sync(&self) -> Result<(), RaftError> {
+        self.engine.sync().map_err(|e| engine_err(&self.dir, e))
+    }
+
+    /// Writes a staged append (entries and/or hard state), fsynced if
+    /// `sync`. Called once per [`DiskStorage::stage`], in the same order.
+    pub fn write_staged(&self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<(), RaftError> {
+        let mut batch = LogBatch::default();
+        if !entries.is_empty() {
+            batch.add_entries::<EntryExt>(GROUP, entries).map_err(|e| engine_err(&self.dir, e))?;
+        }
+        if let Some(hs) = hs {
+            batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs).map_err(|e| engine_err(&self.dir, e))?;
+        }
+        let written = if batch.is_empty() {
+            if sync { self.engine.sync() } else { Ok(()) }
+        } else {
+            self.engine.write(&mut batch, sync).map(|_| ())
+        };
+        let mut tail = self.tail();
+        tail.staged = tail.staged.saturating_sub(1);
+        if let Err(e) = written {
+            // What is on disk now is not known: read it from there.
+            tail.clear();
+            return Err(engine_err(&self.dir, e));
+        }
+        tail.trim();
+        drop(tail);
+        if let Some(hs) = hs {
+            self.write_cache().hard_state = hs.clone();
+        }
+        Ok(())
     }
 
     /// Writes the very first snapshot: membership `voters` at index 0.
@@ -599,11 +669,36 @@ impl Storage for DiskStorage {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into();
-        if let Some(mut out) = self.tail().range(low, high) {
+        let tail_first = {
+            let tail = self.tail();
+            if let Some(mut out) = tail.range(low, high) {
+                drop(tail);
+                raft::util::limit_size(&mut out, max_size);
+                return Ok(out);
+            }
+            tail.first()
+        };
+        let mut out = Vec::with_capacity((high - low) as usize);
+        // Staged entries are only in the tail: read below it from the
+        // engine, the rest from the tail.
+        if let Some(tf) = tail_first
+            && tf > low
+            && high > tf
+            && high > low
+        {
+            let max = max_size.map(|m| m as usize);
+            self.engine.fetch_entries_to::<EntryExt>(GROUP, low, tf, max, &mut out).map_err(store_err)?;
+            if out.is_empty() {
+                self.engine.fetch_entries_to::<EntryExt>(GROUP, low, low + 1, None, &mut out).map_err(store_err)?;
+            }
+            if out.last().is_some_and(|e| e.index + 1 == tf)
+                && let Some(rest) = self.tail().range(tf, high)
+            {
+                out.extend(rest);
+            }
             raft::util::limit_size(&mut out, max_size);
             return Ok(out);
         }
-        let mut out = Vec::with_capacity((high - low) as usize);
         if high > low {
             let max = max_size.map(|m| m as usize);
             self.engine.fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out).map_err(store_err)?;
