@@ -137,7 +137,7 @@ enum Job {
     /// then the messages raft allows only once they are durable.
     Append { number: u64, entries: Vec<Entry>, hs: Option<HardState>, sync: bool, messages: Vec<Message> },
     /// Record a snapshot whose image file was written, and compact.
-    CommitSnapshot { meta: SnapshotMetadata, compact_to: u64 },
+    CommitSnapshot { meta: SnapshotMetadata, compact_to: u64, done: Arc<std::sync::atomic::AtomicBool> },
     /// Answer once everything before is written.
     Barrier(std::sync::mpsc::Sender<()>),
 }
@@ -183,12 +183,13 @@ fn log_writer(
                         Err(e) => failed = Some((number, e.to_string())),
                     }
                 }
-                Job::CommitSnapshot { meta, compact_to } => {
+                Job::CommitSnapshot { meta, compact_to, done } => {
                     let index = meta.index;
                     match storage.commit_snapshot(&meta, compact_to) {
                         Ok(()) => tracing::debug!(id, index, compact_to, "snapshot taken, log compacted"),
                         Err(e) => tracing::error!(id, index, error = %e, "saving a snapshot failed; the log is kept"),
                     }
+                    done.store(false, std::sync::atomic::Ordering::Release);
                 }
                 Job::Barrier(done) => {
                     // Everything before it is written, but an fsync may be
@@ -399,8 +400,8 @@ pub(crate) struct Driver {
     /// member only accepts a snapshot whose membership includes it).
     snapshot_now: bool,
     snapshot_building: bool,
-    /// The latest snapshot handed to the log writer to record.
-    snapshot_queued: u64,
+    /// True while a snapshot waits for the log writer to record it.
+    snapshot_queued: Arc<std::sync::atomic::AtomicBool>,
     reproposals: u64,
     rejected: u64,
     /// Frames queued in the input channel (shared with the [`crate::Inbox`]).
@@ -520,7 +521,7 @@ impl Driver {
             removed: false,
             snapshot_now: false,
             snapshot_building: false,
-            snapshot_queued: 0,
+            snapshot_queued: Arc::default(),
             reproposals: 0,
             rejected: 0,
             inbox: Arc::default(),
@@ -1244,10 +1245,12 @@ impl Driver {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
-        if self.snapshot_building {
+        let last_snap = self.storage.snapshot_index();
+        // One at a time: building, or recorded by the log writer (which
+        // removes older image files when it records one).
+        if self.snapshot_building || self.snapshot_queued.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        let last_snap = self.storage.snapshot_index().max(self.snapshot_queued);
         let due = self.applied >= last_snap + self.cfg.snapshot_interval.max(1);
         if !(due || self.snapshot_now && self.applied > last_snap) {
             return Ok(());
@@ -1302,11 +1305,13 @@ impl Driver {
             self.storage.discard_snapshot_file(&meta);
             return;
         }
-        if let Some(writer) = &self.writer
-            && writer.send(Job::CommitSnapshot { meta: meta.clone(), compact_to }).is_ok()
-        {
-            self.snapshot_queued = index;
-            return;
+        if let Some(writer) = &self.writer {
+            self.snapshot_queued.store(true, std::sync::atomic::Ordering::Release);
+            let done = self.snapshot_queued.clone();
+            if writer.send(Job::CommitSnapshot { meta: meta.clone(), compact_to, done }).is_ok() {
+                return;
+            }
+            self.snapshot_queued.store(false, std::sync::atomic::Ordering::Release);
         }
         match self.storage.commit_snapshot(&meta, compact_to) {
             Ok(()) => tracing::debug!(id = self.id, index, term, compact_to, "snapshot taken, log compacted"),

@@ -237,6 +237,9 @@ pub struct DiskStorage {
     id: u64,
     dir: PathBuf,
     cached: Arc<RwLock<Cached>>,
+    /// Held while the latest snapshot changes or is read back: the log
+    /// writer thread records snapshots while the driver may read one.
+    snapshots: Arc<Mutex<()>>,
     tail: Arc<Mutex<Tail>>,
 }
 
@@ -301,6 +304,7 @@ impl DiskStorage {
             dir: dir.to_path_buf(),
             cached: Arc::new(RwLock::new(Cached { hard_state, snapshot })),
             tail: Arc::default(),
+            snapshots: Arc::default(),
         };
         storage.remove_stale_snapshot_files(true);
         let (first, last) = (storage.first(), storage.last());
@@ -350,6 +354,7 @@ impl DiskStorage {
     /// The latest snapshot (metadata and state machine image), read from
     /// the engine: the caller holds the only other copy of the image.
     pub fn latest_snapshot(&self) -> Result<Snapshot, RaftError> {
+        let _held = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let meta = self.snapshot_metadata();
         let mut snap: Snapshot =
             self.engine.get_message(GROUP, KEY_SNAPSHOT).map_err(|e| engine_err(&self.dir, e))?.unwrap_or_default();
@@ -571,6 +576,7 @@ impl DiskStorage {
     pub fn install_snapshot(&self, snap: &Snapshot, hs: &HardState) -> Result<(), RaftError> {
         let meta = snap.get_metadata();
         self.write_snapshot_file(meta, |w| w.write_all(&snap.data))?;
+        let _held = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = LogBatch::default();
         batch.add_command(GROUP, raft_engine::Command::Clean);
         batch
@@ -615,11 +621,13 @@ impl DiskStorage {
     /// the older image and compacts the log below `compact_to` (entries
     /// kept for slow followers stay).
     pub fn commit_snapshot(&self, meta: &SnapshotMetadata, compact_to: u64) -> Result<(), RaftError> {
+        let held = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = LogBatch::default();
         self.put_snapshot_meta(&mut batch, meta)?;
         self.engine.write(&mut batch, true).map_err(|e| engine_err(&self.dir, e))?;
         self.write_cache().snapshot = meta.clone();
         self.remove_stale_snapshot_files(false);
+        drop(held);
         let first = self.engine.first_index(GROUP).unwrap_or(0);
         if compact_to > first {
             self.tail().compact(compact_to);
@@ -659,6 +667,41 @@ impl Storage for DiskStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        // The log writer thread compacts after recording a snapshot: a
+        // read that lost that race reports the entries compacted.
+        self.read_entries(low, high, max_size.into(), context).map_err(|e| {
+            if low < self.first() { raft::Error::Store(StorageError::Compacted) } else { e }
+        })
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.read_term(idx).map_err(|e| if idx < self.first() { raft::Error::Store(StorageError::Compacted) } else { e })
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot_metadata().index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        self.latest_snapshot().map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))
+    }
+}
+
+impl DiskStorage {
+    fn read_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let (first, last) = (self.first(), self.last());
@@ -668,7 +711,6 @@ impl Storage for DiskStorage {
         if high > last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let max_size = max_size.into();
         let tail_first = {
             let tail = self.tail();
             if let Some(mut out) = tail.range(low, high) {
@@ -710,7 +752,7 @@ impl Storage for DiskStorage {
         Ok(out)
     }
 
-    fn term(&self, idx: u64) -> raft::Result<u64> {
+    fn read_term(&self, idx: u64) -> raft::Result<u64> {
         let meta = self.snapshot_metadata();
         if idx == meta.index {
             return Ok(meta.term);
@@ -729,21 +771,6 @@ impl Storage for DiskStorage {
             Some(e) => Ok(e.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
-    }
-
-    fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.first())
-    }
-
-    fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last())
-    }
-
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_metadata().index < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
-        }
-        self.latest_snapshot().map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))
     }
 }
 
