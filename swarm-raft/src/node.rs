@@ -168,6 +168,7 @@ fn log_writer(
         let mut persisted = None;
         let mut messages = Vec::new();
         let mut failed = None;
+        let (started, jobs_in_group) = (Instant::now(), queue.len());
         for (i, job) in queue.drain(..).enumerate() {
             match job {
                 Job::Append { number, entries, hs, sync: _, messages: m } => {
@@ -203,6 +204,17 @@ fn log_writer(
                     let _ = done.send(());
                 }
             }
+        }
+        let took = started.elapsed();
+        if took >= Phases::SLOW {
+            tracing::debug!(
+                target: "swarm_raft::stall",
+                id,
+                took_ms = took.as_secs_f64() * 1e3,
+                jobs = jobs_in_group,
+                sync,
+                "slow log write"
+            );
         }
         // The driver learns what is durable before any answer to these
         // messages can reach it (it handles its inputs in order).

@@ -671,13 +671,13 @@ impl Storage for DiskStorage {
     ) -> raft::Result<Vec<Entry>> {
         // The log writer thread compacts after recording a snapshot: a
         // read that lost that race reports the entries compacted.
-        self.read_entries(low, high, max_size.into(), context).map_err(|e| {
-            if low < self.first() { raft::Error::Store(StorageError::Compacted) } else { e }
-        })
+        self.read_entries(low, high, max_size.into(), context)
+            .map_err(|e| if low < self.first() { raft::Error::Store(StorageError::Compacted) } else { e })
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.read_term(idx).map_err(|e| if idx < self.first() { raft::Error::Store(StorageError::Compacted) } else { e })
+        self.read_term(idx)
+            .map_err(|e| if idx < self.first() { raft::Error::Store(StorageError::Compacted) } else { e })
     }
 
     fn first_index(&self) -> raft::Result<u64> {
