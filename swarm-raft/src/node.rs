@@ -1010,12 +1010,12 @@ impl Driver {
     }
 
     fn on_ready(&mut self) -> Result<(), String> {
+        if let Some(e) = &self.write_failed {
+            return Err(e.clone());
+        }
         if !self.raw.has_ready() {
             self.answer_reads();
             return Ok(());
-        }
-        if let Some(e) = &self.write_failed {
-            return Err(e.clone());
         }
         let mut rd = self.raw.ready();
         self.send(rd.take_messages());

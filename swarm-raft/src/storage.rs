@@ -787,6 +787,42 @@ mod tests {
     }
 
     #[test]
+    fn staged_entries_are_readable_before_they_are_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        let ctx = || GetEntriesContext::empty(false);
+        s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).unwrap();
+        // Staged: 6..=8 readable, the last index is 8, nothing on disk yet.
+        let staged: Vec<Entry> = (6..=8).map(|i| entry(i, 2)).collect();
+        s.stage(&staged);
+        assert_eq!(s.last_index().unwrap(), 8);
+        assert_eq!(s.term(7).unwrap(), 2);
+        let got = s.entries(1, 9, None, ctx()).unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+        assert_eq!(s.engine.last_index(GROUP), Some(5));
+        // A second staged append overwrites a staged suffix (a new leader).
+        let over: Vec<Entry> = (7..=7).map(|i| entry(i, 3)).collect();
+        s.stage(&over);
+        assert_eq!(s.last_index().unwrap(), 7);
+        assert_eq!(s.term(7).unwrap(), 3);
+        // Written in order: the engine ends where the tail does.
+        let mut hs = HardState::default();
+        hs.term = 3;
+        s.write_staged(&staged, Some(&hs), false).unwrap();
+        s.write_staged(&over, None, true).unwrap();
+        assert_eq!(s.engine.last_index(GROUP), Some(7));
+        assert_eq!(s.last_index().unwrap(), 7);
+        assert_eq!(s.term(7).unwrap(), 3);
+        assert_eq!(s.hard_state().term, 3);
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert_eq!(s.last_index().unwrap(), 7);
+        assert_eq!(s.term(6).unwrap(), 2);
+        assert_eq!(s.term(7).unwrap(), 3);
+        assert_eq!(s.hard_state().term, 3);
+    }
+
+    #[test]
     fn entries_hard_state_and_snapshots_survive_reopening() {
         let tmp = tempfile::tempdir().unwrap();
         let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
