@@ -218,6 +218,11 @@ fn next_tx(c: usize, i: u64, per_client: usize, versions: &[Option<Version>]) ->
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
+    // RUST_LOG=swarm_raft::stall=debug shows the drivers' slow iterations.
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let baseline_rss_mib = bench_load::rss_mib("self").unwrap_or(f64::NAN);
     let dir = args.dir.join(format!("swarm-raft-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating the log directory {}: {e}", dir.display()))?;

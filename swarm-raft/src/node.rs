@@ -122,7 +122,122 @@ pub(crate) enum Input {
         result: Result<SnapshotMetadata, String>,
         compact_to: u64,
     },
+    /// The log writer wrote (and fsynced as needed) every Ready up to
+    /// `number`, or failed.
+    Persisted {
+        number: u64,
+        result: Result<(), String>,
+    },
     Stop,
+}
+
+/// Work for the log writer thread, done in order.
+enum Job {
+    /// A Ready's entries and hard state (already staged in the storage),
+    /// then the messages raft allows only once they are durable.
+    Append { number: u64, entries: Vec<Entry>, hs: Option<HardState>, sync: bool, messages: Vec<Message> },
+    /// Record a snapshot whose image file was written, and compact.
+    CommitSnapshot { meta: SnapshotMetadata, compact_to: u64, done: Arc<std::sync::atomic::AtomicBool> },
+    /// Answer once everything before is written.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// The log writer: writes Readies to raft-engine off the driver thread, so
+/// the driver keeps stepping messages, forwarding proposals and sending
+/// appends while an fsync runs (raft-rs's asynchronous Ready). Jobs
+/// queued meanwhile are written together with one fsync (group commit).
+/// Messages that must follow persistence (a follower's acknowledgements,
+/// votes) are sent from here right after the fsync; the driver learns the
+/// Readies are durable through [`Input::Persisted`].
+fn log_writer(
+    id: u64,
+    storage: DiskStorage,
+    transport: Arc<dyn Transport>,
+    jobs: Receiver<Job>,
+    back: std::sync::mpsc::Sender<Input>,
+) {
+    let mut queue: Vec<Job> = Vec::new();
+    while let Ok(job) = jobs.recv() {
+        queue.push(job);
+        while let Ok(job) = jobs.try_recv() {
+            queue.push(job);
+        }
+        // The last append of the group carries the fsync for all of them.
+        let last_append = queue.iter().rposition(|j| matches!(j, Job::Append { .. }));
+        let sync = queue.iter().any(|j| matches!(j, Job::Append { sync: true, .. }));
+        let mut persisted = None;
+        let mut messages = Vec::new();
+        let mut failed = None;
+        let (started, jobs_in_group) = (Instant::now(), queue.len());
+        for (i, job) in queue.drain(..).enumerate() {
+            match job {
+                Job::Append { number, entries, hs, sync: _, messages: m } => {
+                    if failed.is_some() {
+                        continue;
+                    }
+                    let sync_now = sync && Some(i) == last_append;
+                    match storage.write_staged(&entries, hs.as_ref(), sync_now) {
+                        Ok(()) => {
+                            persisted = Some(number);
+                            messages.extend(m);
+                        }
+                        Err(e) => failed = Some((number, e.to_string())),
+                    }
+                }
+                Job::CommitSnapshot { meta, compact_to, done } => {
+                    let index = meta.index;
+                    match storage.commit_snapshot(&meta, compact_to) {
+                        Ok(()) => tracing::debug!(id, index, compact_to, "snapshot taken, log compacted"),
+                        Err(e) => tracing::error!(id, index, error = %e, "saving a snapshot failed; the log is kept"),
+                    }
+                    done.store(false, std::sync::atomic::Ordering::Release);
+                }
+                Job::Barrier(done) => {
+                    // Everything before it is written, but an fsync may be
+                    // due: do it now.
+                    if sync
+                        && failed.is_none()
+                        && let Err(e) = storage.sync()
+                    {
+                        failed = Some((persisted.unwrap_or(0), e.to_string()));
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+        let took = started.elapsed();
+        if took >= Phases::SLOW {
+            tracing::debug!(
+                target: "swarm_raft::stall",
+                id,
+                took_ms = took.as_secs_f64() * 1e3,
+                jobs = jobs_in_group,
+                sync,
+                "slow log write"
+            );
+        }
+        // The driver learns what is durable before any answer to these
+        // messages can reach it (it handles its inputs in order).
+        if let Some(number) = persisted {
+            let _ = back.send(Input::Persisted { number, result: Ok(()) });
+        }
+        for m in messages {
+            match m.write_to_bytes() {
+                Ok(frame) => transport.send(m.to, frame),
+                Err(e) => tracing::error!(id, to = m.to, error = %e, "cannot encode a raft message"),
+            }
+        }
+        if let Some((number, e)) = failed {
+            let _ = back.send(Input::Persisted { number, result: Err(e) });
+            // Nothing more is written: the driver stops.
+            while let Ok(job) = jobs.recv() {
+                if let Job::Barrier(done) = job {
+                    let _ = done.send(());
+                }
+            }
+            return;
+        }
+    }
 }
 
 /// Driver settings derived from the store configuration.
@@ -297,6 +412,8 @@ pub(crate) struct Driver {
     /// member only accepts a snapshot whose membership includes it).
     snapshot_now: bool,
     snapshot_building: bool,
+    /// True while a snapshot waits for the log writer to record it.
+    snapshot_queued: Arc<std::sync::atomic::AtomicBool>,
     reproposals: u64,
     rejected: u64,
     /// Frames queued in the input channel (shared with the [`crate::Inbox`]).
@@ -309,6 +426,28 @@ pub(crate) struct Driver {
     /// Where the transport delivers this manager's frames: handed back to
     /// the transport when the driver stops ([`Transport::leave`]).
     pub own_inbox: Option<crate::Inbox>,
+    /// Where the current loop iteration's time went (see [`Phases`]).
+    phases: Phases,
+    /// The log writer's queue (see [`log_writer`]), while it runs.
+    writer: Option<std::sync::mpsc::Sender<Job>>,
+    /// Why the log writer failed: the driver stops.
+    write_failed: Option<String>,
+}
+
+/// Time spent in the phases of one driver loop iteration; an iteration
+/// over [`Phases::SLOW`] is logged at debug level (target
+/// `swarm_raft::stall`) with the breakdown, to find what delays commits.
+#[derive(Default)]
+struct Phases {
+    inputs: usize,
+    handle: Duration,
+    apply: Duration,
+    persist: Duration,
+    snapshot: Duration,
+}
+
+impl Phases {
+    const SLOW: Duration = Duration::from_millis(10);
 }
 
 /// How many frames (and bytes) wait in a manager's input channel, and how
@@ -394,12 +533,16 @@ impl Driver {
             removed: false,
             snapshot_now: false,
             snapshot_building: false,
+            snapshot_queued: Arc::default(),
             reproposals: 0,
             rejected: 0,
             inbox: Arc::default(),
             self_tx: None,
             leading: None,
             own_inbox: None,
+            phases: Phases::default(),
+            writer: None,
+            write_failed: None,
         }
     }
 
@@ -410,6 +553,21 @@ impl Driver {
 
     /// Runs until [`Input::Stop`] or until every sender is gone.
     pub fn run(mut self, rx: Receiver<Input>) {
+        let mut writer_thread = None;
+        if let Some(back) = self.self_tx.clone() {
+            let (jobs_tx, jobs) = std::sync::mpsc::channel();
+            let (id, storage, transport) = (self.id, self.storage.clone(), self.transport.clone());
+            match std::thread::Builder::new()
+                .name(format!("raft-{id}-log"))
+                .spawn(move || log_writer(id, storage, transport, jobs, back))
+            {
+                Ok(t) => {
+                    self.writer = Some(jobs_tx);
+                    writer_thread = Some(t);
+                }
+                Err(e) => tracing::warn!(id, error = %e, "cannot start the log writer thread; writing on the driver"),
+            }
+        }
         let mut next_tick = Instant::now() + self.cfg.tick;
         self.publish(false);
         let mut batch: Vec<Input> = Vec::new();
@@ -433,12 +591,17 @@ impl Driver {
             }
             // Messages from peers first: requests in the same batch then see
             // the freshest view of who is reachable (after a stall of this
-            // thread, e.g. a slow fsync, peers' heartbeats wait in the queue).
+            // thread, peers' heartbeats wait in the queue). The log
+            // writer's reports stay in order with the frames: an answer to
+            // a message sent after an fsync comes after the report of it.
+            let started = Instant::now();
+            self.phases = Phases { inputs: batch.len(), ..Phases::default() };
             let (frames, requests): (Vec<Input>, Vec<Input>) =
-                batch.drain(..).partition(|i| matches!(i, Input::Frame { .. }));
+                batch.drain(..).partition(|i| matches!(i, Input::Frame { .. } | Input::Persisted { .. }));
             for input in frames.into_iter().chain(requests) {
                 self.handle(input);
             }
+            self.phases.handle = started.elapsed();
             if stop {
                 break 'outer;
             }
@@ -461,6 +624,27 @@ impl Driver {
                 break;
             }
             self.publish(false);
+            let took = started.elapsed();
+            if took >= Phases::SLOW {
+                let p = &self.phases;
+                tracing::debug!(
+                    target: "swarm_raft::stall",
+                    id = self.id,
+                    took_ms = took.as_secs_f64() * 1e3,
+                    inputs = p.inputs,
+                    handle_ms = p.handle.as_secs_f64() * 1e3,
+                    apply_ms = p.apply.as_secs_f64() * 1e3,
+                    persist_ms = p.persist.as_secs_f64() * 1e3,
+                    snapshot_ms = p.snapshot.as_secs_f64() * 1e3,
+                    "slow driver loop iteration"
+                );
+            }
+        }
+        // The writer finishes what is queued (nothing is acknowledged that
+        // was not written) and lets go of the engine.
+        self.writer = None;
+        if let Some(t) = writer_thread {
+            let _ = t.join();
         }
         self.fail_all(StoreError::Unavailable(format!("manager {} is stopped", self.id)));
         self.publish(true);
@@ -581,7 +765,15 @@ impl Driver {
                     tracing::debug!(id = self.id, error = %e, "campaign refused");
                 }
             }
-            Input::SnapshotBuilt { result, compact_to } => self.on_snapshot_built(result, compact_to),
+            Input::Persisted { number, result } => match result {
+                Ok(()) => self.raw.on_persist_ready(number),
+                Err(e) => self.write_failed = Some(e),
+            },
+            Input::SnapshotBuilt { result, compact_to } => {
+                let t = Instant::now();
+                self.on_snapshot_built(result, compact_to);
+                self.phases.snapshot += t.elapsed();
+            }
             Input::Stop => {}
         }
     }
@@ -818,23 +1010,38 @@ impl Driver {
     }
 
     fn on_ready(&mut self) -> Result<(), String> {
+        if let Some(e) = &self.write_failed {
+            return Err(e.clone());
+        }
         if !self.raw.has_ready() {
             self.answer_reads();
             return Ok(());
         }
         let mut rd = self.raw.ready();
         self.send(rd.take_messages());
+        if rd.snapshot().is_empty()
+            && let Some(writer) = self.writer.clone()
+        {
+            return self.on_ready_async(rd, &writer);
+        }
+        // A snapshot from the leader (or no writer thread): persist here,
+        // after everything the writer has queued.
+        self.drain_writer();
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             let mut hs = rd.hs().cloned().unwrap_or_else(|| self.storage.hard_state());
             hs.commit = hs.commit.max(snap.get_metadata().index);
             self.install_snapshot(&snap, &hs)?;
         }
+        let t = Instant::now();
         self.apply_entries(rd.take_committed_entries())?;
+        self.phases.apply += t.elapsed();
         for rs in rd.take_read_states() {
             self.on_read_state(rs);
         }
+        let t = Instant::now();
         self.storage.append(rd.entries(), rd.hs()).map_err(|e| e.to_string())?;
+        self.phases.persist += t.elapsed();
         self.send(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
@@ -845,11 +1052,55 @@ impl Driver {
             }
         }
         self.send(light.take_messages());
+        let t = Instant::now();
         self.apply_entries(light.take_committed_entries())?;
+        self.phases.apply += t.elapsed();
         self.raw.advance_apply();
         self.answer_reads();
+        let t = Instant::now();
         self.maybe_snapshot()?;
+        self.phases.snapshot += t.elapsed();
         Ok(())
+    }
+
+    /// The usual Ready: applied and answered here, persisted by the log
+    /// writer while this thread goes on.
+    fn on_ready_async(&mut self, mut rd: raft::Ready, writer: &std::sync::mpsc::Sender<Job>) -> Result<(), String> {
+        let t = Instant::now();
+        self.apply_entries(rd.take_committed_entries())?;
+        self.phases.apply += t.elapsed();
+        for rs in rd.take_read_states() {
+            self.on_read_state(rs);
+        }
+        let t = Instant::now();
+        let number = rd.number();
+        let entries = rd.take_entries();
+        let hs = rd.hs().cloned();
+        let sync = rd.must_sync();
+        let messages = rd.take_persisted_messages();
+        if !entries.is_empty() || hs.is_some() || !messages.is_empty() {
+            self.storage.stage(&entries);
+            if writer.send(Job::Append { number, entries, hs, sync, messages }).is_err() {
+                return Err("the log writer thread stopped".into());
+            }
+        }
+        self.raw.advance_append_async(rd);
+        self.phases.persist += t.elapsed();
+        self.raw.advance_apply();
+        self.answer_reads();
+        let t = Instant::now();
+        self.maybe_snapshot()?;
+        self.phases.snapshot += t.elapsed();
+        Ok(())
+    }
+
+    /// Waits until the log writer wrote everything queued.
+    fn drain_writer(&mut self) {
+        let Some(writer) = &self.writer else { return };
+        let (done, wait) = std::sync::mpsc::channel();
+        if writer.send(Job::Barrier(done)).is_ok() {
+            let _ = wait.recv();
+        }
     }
 
     fn install_snapshot(&mut self, snap: &Snapshot, hs: &HardState) -> Result<(), String> {
@@ -1006,10 +1257,12 @@ impl Driver {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
-        if self.snapshot_building {
+        let last_snap = self.storage.snapshot_index();
+        // One at a time: building, or recorded by the log writer (which
+        // removes older image files when it records one).
+        if self.snapshot_building || self.snapshot_queued.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        let last_snap = self.storage.snapshot_index();
         let due = self.applied >= last_snap + self.cfg.snapshot_interval.max(1);
         if !(due || self.snapshot_now && self.applied > last_snap) {
             return Ok(());
@@ -1063,6 +1316,14 @@ impl Driver {
             // A newer snapshot was installed from the leader meanwhile.
             self.storage.discard_snapshot_file(&meta);
             return;
+        }
+        if let Some(writer) = &self.writer {
+            self.snapshot_queued.store(true, std::sync::atomic::Ordering::Release);
+            let done = self.snapshot_queued.clone();
+            if writer.send(Job::CommitSnapshot { meta: meta.clone(), compact_to, done }).is_ok() {
+                return;
+            }
+            self.snapshot_queued.store(false, std::sync::atomic::Ordering::Release);
         }
         match self.storage.commit_snapshot(&meta, compact_to) {
             Ok(()) => tracing::debug!(id = self.id, index, term, compact_to, "snapshot taken, log compacted"),

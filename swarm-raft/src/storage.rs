@@ -107,6 +107,10 @@ pub const TAIL_MAX_ENTRIES: usize = 4_096;
 struct Tail {
     entries: VecDeque<Entry>,
     bytes: usize,
+    /// Appends staged ([`DiskStorage::stage`]) and not yet written to
+    /// raft-engine: while there are any, the tail holds every entry not
+    /// yet written (nothing is evicted) and its last index is the log's.
+    staged: usize,
 }
 
 fn payload(e: &Entry) -> usize {
@@ -157,6 +161,14 @@ impl Tail {
             self.bytes += payload(e);
             self.entries.push_back(e.clone());
         }
+        self.trim();
+    }
+
+    /// Evicts the oldest entries over the limits, unless writes are staged.
+    fn trim(&mut self) {
+        if self.staged > 0 {
+            return;
+        }
         while self.entries.len() > 1 && (self.bytes > TAIL_MAX_BYTES || self.entries.len() > TAIL_MAX_ENTRIES) {
             if let Some(e) = self.entries.pop_front() {
                 self.bytes -= payload(&e);
@@ -176,6 +188,10 @@ impl Tail {
     fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.index)
     }
 }
 
@@ -221,6 +237,9 @@ pub struct DiskStorage {
     id: u64,
     dir: PathBuf,
     cached: Arc<RwLock<Cached>>,
+    /// Held while the latest snapshot changes or is read back: the log
+    /// writer thread records snapshots while the driver may read one.
+    snapshots: Arc<Mutex<()>>,
     tail: Arc<Mutex<Tail>>,
 }
 
@@ -285,6 +304,7 @@ impl DiskStorage {
             dir: dir.to_path_buf(),
             cached: Arc::new(RwLock::new(Cached { hard_state, snapshot })),
             tail: Arc::default(),
+            snapshots: Arc::default(),
         };
         storage.remove_stale_snapshot_files(true);
         let (first, last) = (storage.first(), storage.last());
@@ -334,6 +354,7 @@ impl DiskStorage {
     /// The latest snapshot (metadata and state machine image), read from
     /// the engine: the caller holds the only other copy of the image.
     pub fn latest_snapshot(&self) -> Result<Snapshot, RaftError> {
+        let _held = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let meta = self.snapshot_metadata();
         let mut snap: Snapshot =
             self.engine.get_message(GROUP, KEY_SNAPSHOT).map_err(|e| engine_err(&self.dir, e))?.unwrap_or_default();
@@ -423,7 +444,61 @@ impl DiskStorage {
 
     fn last(&self) -> u64 {
         let snap_index = self.snapshot_metadata().index;
+        {
+            let tail = self.tail();
+            if tail.staged > 0
+                && let Some(last) = tail.last()
+            {
+                return last.max(snap_index);
+            }
+        }
         self.engine.last_index(GROUP).unwrap_or(snap_index).max(snap_index)
+    }
+
+    /// Makes `entries` readable (raft reads them back to send appends and
+    /// answer term queries) before they are written: the driver stages a
+    /// Ready's entries, hands them to the log writer thread
+    /// ([`crate::node`]), and raft learns they are durable only once that
+    /// thread wrote and fsynced them ([`DiskStorage::write_staged`]).
+    pub fn stage(&self, entries: &[Entry]) {
+        let mut tail = self.tail();
+        tail.staged += 1;
+        tail.append(entries);
+    }
+
+    /// Fsyncs what was written.
+    pub fn sync(&self) -> Result<(), RaftError> {
+        self.engine.sync().map_err(|e| engine_err(&self.dir, e))
+    }
+
+    /// Writes a staged append (entries and/or hard state), fsynced if
+    /// `sync`. Called once per [`DiskStorage::stage`], in the same order.
+    pub fn write_staged(&self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<(), RaftError> {
+        let mut batch = LogBatch::default();
+        if !entries.is_empty() {
+            batch.add_entries::<EntryExt>(GROUP, entries).map_err(|e| engine_err(&self.dir, e))?;
+        }
+        if let Some(hs) = hs {
+            batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs).map_err(|e| engine_err(&self.dir, e))?;
+        }
+        let written = if batch.is_empty() {
+            if sync { self.engine.sync() } else { Ok(()) }
+        } else {
+            self.engine.write(&mut batch, sync).map(|_| ())
+        };
+        let mut tail = self.tail();
+        tail.staged = tail.staged.saturating_sub(1);
+        if let Err(e) = written {
+            // What is on disk now is not known: read it from there.
+            tail.clear();
+            return Err(engine_err(&self.dir, e));
+        }
+        tail.trim();
+        drop(tail);
+        if let Some(hs) = hs {
+            self.write_cache().hard_state = hs.clone();
+        }
+        Ok(())
     }
 
     /// Writes the very first snapshot: membership `voters` at index 0.
@@ -437,8 +512,27 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Appends entries and/or a new hard state, fsynced, in one batch.
+    /// Appends entries and/or a new hard state in one batch, fsynced when
+    /// raft needs it durable: new entries, or a new term or vote. A hard
+    /// state that only raises the commit index is written without fsync
+    /// (as [`DiskStorage::note_commit`], and etcd's `mustSync`): the commit
+    /// index can always be learned again from the leader, and `open`
+    /// lowers a commit index past the log.
     pub fn append(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), RaftError> {
+        let sync = !entries.is_empty()
+            || hs.is_some_and(|hs| {
+                let old = &self.read().hard_state;
+                hs.term != old.term || hs.vote != old.vote
+            });
+        self.write_append(entries, hs, sync)
+    }
+
+    /// Persists only a hard state, fsynced.
+    pub fn put_hard_state(&self, hs: &HardState) -> Result<(), RaftError> {
+        self.write_append(&[], Some(hs), true)
+    }
+
+    fn write_append(&self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<(), RaftError> {
         let mut batch = LogBatch::default();
         if !entries.is_empty() {
             batch.add_entries::<EntryExt>(GROUP, entries).map_err(|e| engine_err(&self.dir, e))?;
@@ -449,7 +543,7 @@ impl DiskStorage {
         if batch.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.engine.write(&mut batch, true) {
+        if let Err(e) = self.engine.write(&mut batch, sync) {
             // What is on disk now is not known: read it from there.
             self.tail().clear();
             return Err(engine_err(&self.dir, e));
@@ -459,11 +553,6 @@ impl DiskStorage {
             self.write_cache().hard_state = hs.clone();
         }
         Ok(())
-    }
-
-    /// Persists only a hard state, fsynced.
-    pub fn put_hard_state(&self, hs: &HardState) -> Result<(), RaftError> {
-        self.append(&[], Some(hs))
     }
 
     /// Records a higher commit index without fsync: the commit index can
@@ -487,6 +576,7 @@ impl DiskStorage {
     pub fn install_snapshot(&self, snap: &Snapshot, hs: &HardState) -> Result<(), RaftError> {
         let meta = snap.get_metadata();
         self.write_snapshot_file(meta, |w| w.write_all(&snap.data))?;
+        let _held = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = LogBatch::default();
         batch.add_command(GROUP, raft_engine::Command::Clean);
         batch
@@ -531,11 +621,13 @@ impl DiskStorage {
     /// the older image and compacts the log below `compact_to` (entries
     /// kept for slow followers stay).
     pub fn commit_snapshot(&self, meta: &SnapshotMetadata, compact_to: u64) -> Result<(), RaftError> {
+        let held = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = LogBatch::default();
         self.put_snapshot_meta(&mut batch, meta)?;
         self.engine.write(&mut batch, true).map_err(|e| engine_err(&self.dir, e))?;
         self.write_cache().snapshot = meta.clone();
         self.remove_stale_snapshot_files(false);
+        drop(held);
         let first = self.engine.first_index(GROUP).unwrap_or(0);
         if compact_to > first {
             self.tail().compact(compact_to);
@@ -575,6 +667,41 @@ impl Storage for DiskStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        // The log writer thread compacts after recording a snapshot: a
+        // read that lost that race reports the entries compacted.
+        self.read_entries(low, high, max_size.into(), context)
+            .map_err(|e| if low < self.first() { raft::Error::Store(StorageError::Compacted) } else { e })
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.read_term(idx)
+            .map_err(|e| if idx < self.first() { raft::Error::Store(StorageError::Compacted) } else { e })
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot_metadata().index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        self.latest_snapshot().map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))
+    }
+}
+
+impl DiskStorage {
+    fn read_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let (first, last) = (self.first(), self.last());
@@ -584,12 +711,36 @@ impl Storage for DiskStorage {
         if high > last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let max_size = max_size.into();
-        if let Some(mut out) = self.tail().range(low, high) {
+        let tail_first = {
+            let tail = self.tail();
+            if let Some(mut out) = tail.range(low, high) {
+                drop(tail);
+                raft::util::limit_size(&mut out, max_size);
+                return Ok(out);
+            }
+            tail.first()
+        };
+        let mut out = Vec::with_capacity((high - low) as usize);
+        // Staged entries are only in the tail: read below it from the
+        // engine, the rest from the tail.
+        if let Some(tf) = tail_first
+            && tf > low
+            && high > tf
+            && high > low
+        {
+            let max = max_size.map(|m| m as usize);
+            self.engine.fetch_entries_to::<EntryExt>(GROUP, low, tf, max, &mut out).map_err(store_err)?;
+            if out.is_empty() {
+                self.engine.fetch_entries_to::<EntryExt>(GROUP, low, low + 1, None, &mut out).map_err(store_err)?;
+            }
+            if out.last().is_some_and(|e| e.index + 1 == tf)
+                && let Some(rest) = self.tail().range(tf, high)
+            {
+                out.extend(rest);
+            }
             raft::util::limit_size(&mut out, max_size);
             return Ok(out);
         }
-        let mut out = Vec::with_capacity((high - low) as usize);
         if high > low {
             let max = max_size.map(|m| m as usize);
             self.engine.fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out).map_err(store_err)?;
@@ -601,7 +752,7 @@ impl Storage for DiskStorage {
         Ok(out)
     }
 
-    fn term(&self, idx: u64) -> raft::Result<u64> {
+    fn read_term(&self, idx: u64) -> raft::Result<u64> {
         let meta = self.snapshot_metadata();
         if idx == meta.index {
             return Ok(meta.term);
@@ -621,21 +772,6 @@ impl Storage for DiskStorage {
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
-
-    fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.first())
-    }
-
-    fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last())
-    }
-
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_metadata().index < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
-        }
-        self.latest_snapshot().map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))
-    }
 }
 
 #[cfg(test)]
@@ -648,6 +784,42 @@ mod tests {
         e.term = term;
         e.data = vec![index as u8].into();
         e
+    }
+
+    #[test]
+    fn staged_entries_are_readable_before_they_are_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        let ctx = || GetEntriesContext::empty(false);
+        s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None).unwrap();
+        // Staged: 6..=8 readable, the last index is 8, nothing on disk yet.
+        let staged: Vec<Entry> = (6..=8).map(|i| entry(i, 2)).collect();
+        s.stage(&staged);
+        assert_eq!(s.last_index().unwrap(), 8);
+        assert_eq!(s.term(7).unwrap(), 2);
+        let got = s.entries(1, 9, None, ctx()).unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+        assert_eq!(s.engine.last_index(GROUP), Some(5));
+        // A second staged append overwrites a staged suffix (a new leader).
+        let over: Vec<Entry> = (7..=7).map(|i| entry(i, 3)).collect();
+        s.stage(&over);
+        assert_eq!(s.last_index().unwrap(), 7);
+        assert_eq!(s.term(7).unwrap(), 3);
+        // Written in order: the engine ends where the tail does.
+        let mut hs = HardState::default();
+        hs.term = 3;
+        s.write_staged(&staged, Some(&hs), false).unwrap();
+        s.write_staged(&over, None, true).unwrap();
+        assert_eq!(s.engine.last_index(GROUP), Some(7));
+        assert_eq!(s.last_index().unwrap(), 7);
+        assert_eq!(s.term(7).unwrap(), 3);
+        assert_eq!(s.hard_state().term, 3);
+        drop(s);
+        let s = DiskStorage::open(tmp.path(), Recovery::Strict, 1).unwrap();
+        assert_eq!(s.last_index().unwrap(), 7);
+        assert_eq!(s.term(6).unwrap(), 2);
+        assert_eq!(s.term(7).unwrap(), 3);
+        assert_eq!(s.hard_state().term, 3);
     }
 
     #[test]
