@@ -44,7 +44,8 @@
 //!    control socket (`RemoteCluster::unix`), until R of its tasks are
 //!    RUNNING in a follower's store (the service's task counts,
 //!    `RemoteCluster::service_status`, as `service ls` shows them, through
-//!    the follower's socket, polled every `--poll`, default 250 ms; the
+//!    the follower's socket, polled every `--converge-poll`, default 50 ms
+//!    (250 ms before 2026-11-30, as `--poll` for the other phases); the
 //!    follower is polled so the reads do not load the leader; before
 //!    2026-11-30 this listed every task, `service ps`, which cost the
 //!    follower about a second of CPU per converge). `converge_manager_cpu_s` and
@@ -107,6 +108,7 @@ struct Opts {
     heartbeat: Duration,
     window: Option<Duration>,
     poll: Duration,
+    converge_poll: Duration,
     block: u8,
     join_concurrency: usize,
     swarmd: PathBuf,
@@ -138,6 +140,7 @@ fn opts() -> Result<Opts, Error> {
         heartbeat: duration(&mut a, "heartbeat")?.unwrap_or(Duration::from_secs(5)),
         window: duration(&mut a, "window")?,
         poll: duration(&mut a, "poll")?.unwrap_or(Duration::from_millis(250)),
+        converge_poll: duration(&mut a, "converge-poll")?.unwrap_or(Duration::from_millis(50)),
         block: a.parsed("block")?.unwrap_or(30),
         join_concurrency: a.parsed("join-concurrency")?.unwrap_or(32),
         inprocess: !a.switch("no-inprocess"),
@@ -508,7 +511,7 @@ async fn networked(o: &Opts, root: &Path, ms: &[Manager], worker_token: String, 
     });
     leader_ctl.create_service(spec).await?;
     let within = Duration::from_secs(120 + o.replicas / 50);
-    until(o.poll, within, "all replicas running", || async {
+    until(o.converge_poll, within, "all replicas running", || async {
         if o.trace {
             trace_states(&follower, t1).await;
         }

@@ -178,7 +178,7 @@ impl Default for RuntimeConfig {
 }
 
 /// Chunks of one plan a controller has in flight at once.
-pub const COMMIT_PIPELINE: usize = 8;
+pub const COMMIT_PIPELINE: usize = 16;
 
 /// Commits `ops` in transactions of at most `max` operations, in order.
 ///
@@ -303,8 +303,9 @@ async fn run_listed<C: Controller>(
                 continue;
             }
             tracing::debug!(key = ?key, ops = plan.ops.len(), "committing a plan");
+            let committing = tokio::time::Instant::now();
             match commit_chunks(store, plan.ops, config.max_tx_ops).await {
-                Ok(()) => {}
+                Ok(()) => tracing::debug!(key = ?key, took = ?committing.elapsed(), "plan committed"),
                 Err(e) if e.is_conflict() => {
                     tracing::debug!(key = ?key, error = %e, "conflict: reconciling again on a new snapshot");
                     conflicted = true;

@@ -377,19 +377,22 @@ pub fn plan_schedule(state: &State, scheduler: &mut dyn Scheduler, now: Timestam
     }
     let decisions = scheduler.schedule(&view, &requests);
     let mut out = PassOutcome::default();
+    // Compact operations (the decision, not the whole task) at the version
+    // read: the pass's write is a few hundred bytes per task.
     for (t, d) in tasks.iter().zip(decisions) {
-        let mut t = t.as_ref().clone();
+        let version = Some(t.meta.version);
         match d {
             Decision::Assign(node) => {
                 if t.node_id.as_ref().is_some_and(|n| n != &node) {
                     tracing::error!(task = %t.id, "scheduler moved a task off its fixed node; ignored");
                     continue;
                 }
-                t.node_id = Some(node);
-                t.status.state = TaskState::Assigned;
-                t.status.message = "scheduler assigned task to node".into();
-                t.status.timestamp = now;
+                let mut status = t.status.clone();
+                status.state = TaskState::Assigned;
+                status.message = "scheduler assigned task to node".into();
+                status.timestamp = now;
                 out.placed += 1;
+                ops.push(Op::AssignTask { id: t.id.clone(), version, node, status });
             }
             Decision::Unschedulable(why) => {
                 out.unplaced += 1;
@@ -397,11 +400,12 @@ pub fn plan_schedule(state: &State, scheduler: &mut dyn Scheduler, now: Timestam
                 if t.status.message == msg {
                     continue;
                 }
-                t.status.message = msg;
-                t.status.timestamp = now;
+                let mut status = t.status.clone();
+                status.message = msg;
+                status.timestamp = now;
+                ops.push(Op::UpdateTaskStatus { id: t.id.clone(), version, status, networks: None });
             }
         }
-        ops.push(Op::Update(Object::Task(t)));
     }
     (ops, out)
 }

@@ -80,6 +80,21 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         networks: Option<Vec<NetworkAttachment>>,
     },
+    /// Place a task: set its node and its status (the scheduler's
+    /// decision), nothing else. Applied exactly as an [`Op::Update`] of the
+    /// stored task with these would be; a log entry carries the decision
+    /// rather than the whole task. With `version`, only if the task is
+    /// still that version.
+    AssignTask {
+        /// The task.
+        id: TaskId,
+        /// Expected version, if the caller wants the check.
+        version: Option<Version>,
+        /// The node it goes to.
+        node: NodeId,
+        /// Its new status (ASSIGNED).
+        status: TaskStatus,
+    },
 }
 
 /// Operations applied atomically, in order.
@@ -479,6 +494,26 @@ impl State {
                     return Err(TxError::VersionConflict { kind, id, expected: expected.0, actual: actual.0 });
                 }
                 self.replace(obj.clone(), old, version, ts)
+            }
+            Op::AssignTask { id, version: want, node, status } => {
+                let kind = ObjectKind::Task;
+                let old = self.tasks.get(id).ok_or_else(|| TxError::NotFound { kind, id: id.to_string() })?;
+                let actual = old.meta.version;
+                if let Some(want) = want
+                    && *want != actual
+                {
+                    return Err(TxError::VersionConflict {
+                        kind,
+                        id: id.to_string(),
+                        expected: want.0,
+                        actual: actual.0,
+                    });
+                }
+                let mut task = old.as_ref().clone();
+                task.node_id = Some(node.clone());
+                task.status = status.clone();
+                let old = Object::Task(old.as_ref().clone());
+                self.replace(Object::Task(task), old, version, ts)
             }
             Op::UpdateTaskStatus { id, version: want, status, networks } => {
                 let kind = ObjectKind::Task;

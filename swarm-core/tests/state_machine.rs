@@ -1014,3 +1014,42 @@ fn status_ops_and_full_updates_agree_on_any_sequence() {
             .unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
     }
 }
+
+#[test]
+fn an_assign_op_applies_and_refuses_as_the_full_update() {
+    let s = rich_state();
+    let t4 = get_task(&s, "t4");
+    let assigned = status(TaskState::Assigned, "scheduler assigned task to node");
+    let op = |version| Op::AssignTask { id: t4.id.clone(), version, node: "n1".into(), status: assigned.clone() };
+    let mut full = t4.clone();
+    full.node_id = Some("n1".into());
+    full.status = assigned.clone();
+    let mut tx = Transaction::new();
+    tx.push(op(Some(t4.meta.version)));
+    tx.timestamp = Some(TS);
+    let mut full_tx = Transaction::new().update(full);
+    full_tx.timestamp = tx.timestamp;
+    // Through the log's encoding: compact, and the same state and events.
+    let json = serde_json::to_string(&tx).unwrap();
+    assert!(json.contains(r#""op":"assigntask""#) && !json.contains("nginx"), "{json}");
+    let decoded: Transaction = serde_json::from_str(&json).unwrap();
+    let (a, ca) = s.apply(&decoded).unwrap();
+    let (b, cb) = s.apply(&full_tx).unwrap();
+    assert_eq!(get_task(&a, "t4"), get_task(&b, "t4"));
+    assert_eq!(ca, cb);
+    // A stale version is the full update's conflict, and changes nothing.
+    let s2 = apply(&s, tx);
+    let mut stale = Transaction::new();
+    stale.push(op(Some(t4.meta.version)));
+    assert!(matches!(reject(&s2, stale), TxError::VersionConflict { ref id, .. } if id == "t4"));
+    // Backwards (RUNNING -> ASSIGNED) is refused as the full update is.
+    let t0 = get_task(&s, "t0");
+    let mut back = Transaction::new();
+    back.push(Op::AssignTask {
+        id: t0.id.clone(),
+        version: Some(t0.meta.version),
+        node: "n2".into(),
+        status: assigned,
+    });
+    assert!(matches!(reject(&s, back), TxError::IllegalTransition { field: "status.state", .. }));
+}

@@ -191,8 +191,8 @@ impl Reply {
 
 /// Reads a request body as `T`, or a [`Code::BadRequest`] fault naming
 /// the method and what was wrong.
-pub fn body<T: DeserializeOwned>(method: &str, body: Body) -> Result<T, Fault> {
-    serde_json::from_str(body.get())
+pub fn body<T: DeserializeOwned>(method: &str, body: impl AsRef<RawValue>) -> Result<T, Fault> {
+    serde_json::from_str(body.as_ref().get())
         .map_err(|e| Fault::new(Code::BadRequest, format!("{method}: cannot read the request: {e}")))
 }
 
