@@ -198,8 +198,8 @@ pub async fn commit_chunks(store: &dyn Store, ops: Vec<Op>, max: usize) -> Resul
     // (100,000 task creates copied 50,000 operations per chunk on average).
     let mut ops = ops.into_iter().peekable();
     // In plan order: a commit still running, or its result.
-    let mut in_flight: std::collections::VecDeque<(Option<Commit<'_>>, Option<Result<(), StoreError>>)> =
-        std::collections::VecDeque::new();
+    type Slot<'a> = (Option<Commit<'a>>, Option<Result<(), StoreError>>);
+    let mut in_flight: std::collections::VecDeque<Slot<'_>> = std::collections::VecDeque::new();
     let mut first_error: Option<StoreError> = None;
     loop {
         while first_error.is_none() && in_flight.len() < COMMIT_PIPELINE && ops.peek().is_some() {
