@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod bench_load;
-use bench_load::{Histogram, RssSamples};
+use bench_load::Histogram;
 
 struct Args {
     endpoints: Vec<String>,
@@ -246,26 +246,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (lat, errors)
         }));
     }
-    let mut rss = RssSamples::default();
     let every = Duration::from_secs(args.sample_every);
-    let mut next = started + every;
-    while next <= deadline {
-        tokio::time::sleep_until(next.into()).await;
-        let at = started.elapsed().as_secs_f64();
+    let rss = bench_load::sample_rss(started, deadline, every, &commits, || {
         let sum: Option<f64> = args.pids.iter().map(|p| bench_load::rss_mib(p)).sum();
-        if let Some(m) = sum.filter(|_| !args.pids.is_empty()) {
-            rss.push(at, m);
-            println!("rss t={at:.0} mib={m:.1} commits={}", commits.load(Ordering::Relaxed));
-        }
-        next += every;
-    }
-    let mut lat = Histogram::default();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        lat.merge(&l);
-        errors += e;
-    }
+        sum.filter(|_| !args.pids.is_empty())
+    })
+    .await;
+    let (lat, errors) = bench_load::join_clients(tasks).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let committed = lat.count();
     let peak: Option<f64> = args.pids.iter().map(|p| bench_load::peak_rss_mib(p)).sum();

@@ -57,7 +57,7 @@ use swarm::store::{Store, StoreError};
 use tokio::net::TcpListener;
 
 mod bench_load;
-use bench_load::{Histogram, RssSamples};
+use bench_load::Histogram;
 
 struct Args {
     managers: u64,
@@ -343,25 +343,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
     // RSS of this process every `sample_every` seconds while the load runs.
-    let mut rss = RssSamples::default();
     let every = Duration::from_secs(args.sample_every);
-    let mut next = started + every;
-    while next <= deadline {
-        tokio::time::sleep_until(next.into()).await;
-        let at = started.elapsed().as_secs_f64();
-        if let Some(m) = bench_load::rss_mib("self") {
-            rss.push(at, m);
-            println!("rss t={at:.0} mib={m:.1} commits={}", commits.load(Ordering::Relaxed));
-        }
-        next += every;
-    }
-    let mut lat = Histogram::default();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        lat.merge(&l);
-        errors += e;
-    }
+    let rss = bench_load::sample_rss(started, deadline, every, &commits, || bench_load::rss_mib("self")).await;
+    let (lat, errors) = bench_load::join_clients(tasks).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let committed = lat.count();
     let peak_rss_mib = bench_load::peak_rss_mib("self").unwrap_or(f64::NAN);

@@ -155,3 +155,41 @@ impl RssSamples {
 
 /// Second-half peak at most 5 % above the first half's: "flat".
 pub const FLAT_TOLERANCE: f64 = 1.05;
+
+/// While the load runs: every `every` from `started` until `deadline`,
+/// reads the RSS (`read`, in MiB), records it and prints a line
+/// `rss t=<s> mib=<MiB> commits=<n>`. Returns the samples.
+pub async fn sample_rss(
+    started: std::time::Instant,
+    deadline: std::time::Instant,
+    every: Duration,
+    commits: &std::sync::atomic::AtomicU64,
+    read: impl Fn() -> Option<f64>,
+) -> RssSamples {
+    let mut rss = RssSamples::default();
+    let mut next = started + every;
+    while next <= deadline {
+        tokio::time::sleep_until(next.into()).await;
+        let at = started.elapsed().as_secs_f64();
+        if let Some(m) = read() {
+            rss.push(at, m);
+            println!("rss t={at:.0} mib={m:.1} commits={}", commits.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        next += every;
+    }
+    rss
+}
+
+/// Waits for the clients and merges what they measured: latencies, errors.
+pub async fn join_clients(
+    tasks: Vec<tokio::task::JoinHandle<(Histogram, u64)>>,
+) -> Result<(Histogram, u64), tokio::task::JoinError> {
+    let mut lat = Histogram::default();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.merge(&l);
+        errors += e;
+    }
+    Ok((lat, errors))
+}

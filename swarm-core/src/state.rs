@@ -496,19 +496,9 @@ impl State {
                 self.replace(obj.clone(), old, version, ts)
             }
             Op::AssignTask { id, version: want, node, status } => {
-                let kind = ObjectKind::Task;
-                let old = self.tasks.get(id).ok_or_else(|| TxError::NotFound { kind, id: id.to_string() })?;
-                let actual = old.meta.version;
-                if let Some(want) = want
-                    && *want != actual
-                {
-                    return Err(TxError::VersionConflict {
-                        kind,
-                        id: id.to_string(),
-                        expected: want.0,
-                        actual: actual.0,
-                    });
-                }
+                // The full update this op stands for: the stored task, at
+                // its stored version, placed on `node` with the new status.
+                let old = self.task_at(id, *want)?;
                 let mut task = old.as_ref().clone();
                 task.node_id = Some(node.clone());
                 task.status = status.clone();
@@ -516,19 +506,7 @@ impl State {
                 self.replace(Object::Task(task), old, version, ts)
             }
             Op::UpdateTaskStatus { id, version: want, status, networks } => {
-                let kind = ObjectKind::Task;
-                let old = self.tasks.get(id).ok_or_else(|| TxError::NotFound { kind, id: id.to_string() })?;
-                let actual = old.meta.version;
-                if let Some(want) = want
-                    && *want != actual
-                {
-                    return Err(TxError::VersionConflict {
-                        kind,
-                        id: id.to_string(),
-                        expected: want.0,
-                        actual: actual.0,
-                    });
-                }
+                let old = self.task_at(id, *want)?;
                 // The full update this op stands for: the stored task, at
                 // its stored version, with the new status (and networks).
                 let mut task = old.as_ref().clone();
@@ -556,6 +534,20 @@ impl State {
                 self.remove(&old);
                 Ok(Event { action: Action::Delete, object: old, old: None })
             }
+        }
+    }
+
+    /// The stored task `id`, at version `want` when one is given: what a
+    /// compact task operation applies to.
+    fn task_at(&self, id: &TaskId, want: Option<Version>) -> Result<Arc<Task>, TxError> {
+        let kind = ObjectKind::Task;
+        let task = self.tasks.get(id).ok_or_else(|| TxError::NotFound { kind, id: id.to_string() })?;
+        let actual = task.meta.version;
+        match want {
+            Some(want) if want != actual => {
+                Err(TxError::VersionConflict { kind, id: id.to_string(), expected: want.0, actual: actual.0 })
+            }
+            _ => Ok(task.clone()),
         }
     }
 
