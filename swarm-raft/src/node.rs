@@ -1033,12 +1033,7 @@ impl Driver {
             hs.commit = hs.commit.max(snap.get_metadata().index);
             self.install_snapshot(&snap, &hs)?;
         }
-        let t = Instant::now();
-        self.apply_entries(rd.take_committed_entries())?;
-        self.phases.apply += t.elapsed();
-        for rs in rd.take_read_states() {
-            self.on_read_state(rs);
-        }
+        self.apply_ready(&mut rd)?;
         let t = Instant::now();
         self.storage.append(rd.entries(), rd.hs()).map_err(|e| e.to_string())?;
         self.phases.persist += t.elapsed();
@@ -1063,15 +1058,21 @@ impl Driver {
         Ok(())
     }
 
-    /// The usual Ready: applied and answered here, persisted by the log
-    /// writer while this thread goes on.
-    fn on_ready_async(&mut self, mut rd: raft::Ready, writer: &std::sync::mpsc::Sender<Job>) -> Result<(), String> {
+    /// Applies a Ready's committed entries and answers its reads.
+    fn apply_ready(&mut self, rd: &mut raft::Ready) -> Result<(), String> {
         let t = Instant::now();
         self.apply_entries(rd.take_committed_entries())?;
         self.phases.apply += t.elapsed();
         for rs in rd.take_read_states() {
             self.on_read_state(rs);
         }
+        Ok(())
+    }
+
+    /// The usual Ready: applied and answered here, persisted by the log
+    /// writer while this thread goes on.
+    fn on_ready_async(&mut self, mut rd: raft::Ready, writer: &std::sync::mpsc::Sender<Job>) -> Result<(), String> {
+        self.apply_ready(&mut rd)?;
         let t = Instant::now();
         let number = rd.number();
         let entries = rd.take_entries();
