@@ -1050,6 +1050,11 @@ impl Driver {
         let t = Instant::now();
         self.apply_entries(light.take_committed_entries())?;
         self.phases.apply += t.elapsed();
+        self.finish_ready()
+    }
+
+    /// The end of every Ready: applied, reads answered, snapshot if due.
+    fn finish_ready(&mut self) -> Result<(), String> {
         self.raw.advance_apply();
         self.answer_reads();
         let t = Instant::now();
@@ -1087,12 +1092,7 @@ impl Driver {
         }
         self.raw.advance_append_async(rd);
         self.phases.persist += t.elapsed();
-        self.raw.advance_apply();
-        self.answer_reads();
-        let t = Instant::now();
-        self.maybe_snapshot()?;
-        self.phases.snapshot += t.elapsed();
-        Ok(())
+        self.finish_ready()
     }
 
     /// Waits until the log writer wrote everything queued.
