@@ -155,21 +155,31 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> Resul
 
 /// Writes one frame (not flushed). Refuses frames over `max` bytes.
 ///
-/// The length and the body go to `w` in one write: over TLS each write is
-/// a record and, on a socket with `TCP_NODELAY`, a segment of its own, so
-/// two writes per frame doubled the records, the system calls and the
-/// packets of every message (the leader's largest cost with a thousand
-/// agents).
+/// A small frame's length and body go to `w` in one write: over TLS each
+/// write is a record and, on a socket with `TCP_NODELAY`, a segment of its
+/// own, so two writes per frame doubled the records, the system calls and
+/// the packets of every message (the leader's largest cost with a thousand
+/// agents). A frame over [`COALESCE_MAX`] is written after its length
+/// rather than copied: one more write is nothing next to its size.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8], max: usize) -> Result<(), FrameError> {
     if frame.len() > max || u32::try_from(frame.len()).is_err() {
         return Err(FrameError::TooLarge { len: frame.len(), max });
     }
-    let mut wire = Vec::with_capacity(4 + frame.len());
-    wire.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-    wire.extend_from_slice(frame);
-    w.write_all(&wire).await?;
+    let len = (frame.len() as u32).to_be_bytes();
+    if frame.len() > COALESCE_MAX {
+        w.write_all(&len).await?;
+        w.write_all(frame).await?;
+    } else {
+        let mut wire = Vec::with_capacity(4 + frame.len());
+        wire.extend_from_slice(&len);
+        wire.extend_from_slice(frame);
+        w.write_all(&wire).await?;
+    }
     Ok(())
 }
+
+/// Largest frame [`write_frame`] copies to write it in one go (64 KiB).
+pub const COALESCE_MAX: usize = 64 << 10;
 
 #[cfg(test)]
 mod tests {
@@ -235,6 +245,44 @@ mod tests {
         let mut r = tokio::io::BufReader::new(&[0u8, 0, 0, 9, 1, 2][..]);
         let err = read_frame(&mut r, 16).await.unwrap_err();
         assert_eq!(err.to_string(), "stream ended after 6 of 13 bytes of a frame");
+    }
+
+    #[tokio::test]
+    async fn small_frames_are_one_write_and_large_ones_are_not_copied() {
+        /// Records the size of every write.
+        #[derive(Default)]
+        struct Writes(Vec<usize>, Vec<u8>);
+        impl AsyncWrite for Writes {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.0.push(buf.len());
+                self.1.extend_from_slice(buf);
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let big = vec![7u8; COALESCE_MAX + 1];
+        let mut w = Writes::default();
+        write_frame(&mut w, b"hello", 1 << 20).await.unwrap();
+        write_frame(&mut w, &big, 1 << 20).await.unwrap();
+        assert_eq!(w.0, vec![9, 4, COALESCE_MAX + 1]);
+        let mut r = tokio::io::BufReader::new(&w.1[..]);
+        assert_eq!(read_frame(&mut r, 1 << 20).await.unwrap(), b"hello");
+        assert_eq!(read_frame(&mut r, 1 << 20).await.unwrap(), big);
     }
 
     /// Feeds `wire` in pieces of the given sizes; returns the frames and
