@@ -198,13 +198,16 @@ pub async fn commit_chunks(store: &dyn Store, ops: Vec<Op>, max: usize) -> Resul
     // (100,000 task creates copied 50,000 operations per chunk on average).
     let mut ops = ops.into_iter().peekable();
     // In plan order: a commit still running, or its result.
-    type Slot<'a> = (Option<Commit<'a>>, Option<Result<(), StoreError>>);
+    enum Slot<'a> {
+        Running(Commit<'a>),
+        Done(Result<(), StoreError>),
+    }
     let mut in_flight: std::collections::VecDeque<Slot<'_>> = std::collections::VecDeque::new();
     let mut first_error: Option<StoreError> = None;
     loop {
         while first_error.is_none() && in_flight.len() < COMMIT_PIPELINE && ops.peek().is_some() {
             let chunk: Vec<Op> = ops.by_ref().take(max).collect();
-            in_flight.push_back((Some(store.commit(Transaction { ops: chunk, timestamp: None })), None));
+            in_flight.push_back(Slot::Running(store.commit(Transaction { ops: chunk, timestamp: None })));
         }
         if in_flight.is_empty() {
             return first_error.map_or(Ok(()), Err);
@@ -212,22 +215,21 @@ pub async fn commit_chunks(store: &dyn Store, ops: Vec<Op>, max: usize) -> Resul
         // Poll every commit in flight (the first poll submits it, in order)
         // until the oldest has finished.
         std::future::poll_fn(|cx| {
-            for (commit, result) in in_flight.iter_mut() {
-                if let Some(f) = commit
+            for slot in in_flight.iter_mut() {
+                if let Slot::Running(f) = slot
                     && let std::task::Poll::Ready(r) = f.as_mut().poll(cx)
                 {
-                    *result = Some(r.map(|_| ()));
-                    *commit = None;
+                    *slot = Slot::Done(r.map(|_| ()));
                 }
             }
             match in_flight.front() {
-                Some((_, Some(_))) | None => std::task::Poll::Ready(()),
-                Some((_, None)) => std::task::Poll::Pending,
+                Some(Slot::Running(_)) => std::task::Poll::Pending,
+                _ => std::task::Poll::Ready(()),
             }
         })
         .await;
-        while let Some((_, Some(_))) = in_flight.front() {
-            if let Some((_, Some(Err(e)))) = in_flight.pop_front()
+        while let Some(Slot::Done(_)) = in_flight.front() {
+            if let Some(Slot::Done(Err(e))) = in_flight.pop_front()
                 && first_error.is_none()
             {
                 first_error = Some(e);
