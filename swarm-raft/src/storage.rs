@@ -56,6 +56,9 @@ const KEY_MANAGER_ID: &[u8] = b"manager_id";
 const KEY_SNAPSHOT_FILE: &[u8] = b"snapshot_file";
 /// Subdirectory of the log directory holding snapshot images.
 const SNAP_DIR: &str = "snap";
+/// Index (and term) of the snapshot a new cluster starts from
+/// ([`DiskStorage::bootstrap`]).
+pub const BOOTSTRAP_INDEX: u64 = 1;
 const SNAP_PREFIX: &str = "snapshot-";
 
 fn snapshot_file_name(meta: &SnapshotMetadata) -> String {
@@ -501,14 +504,32 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Writes the very first snapshot: membership `voters` at index 0.
+    /// Writes the very first snapshot: membership `voters` (and the empty
+    /// state) at index 1, term 1, with a hard state that commits it.
+    ///
+    /// Not at index 0: the log then starts at 2, so a manager that joins
+    /// later with an empty log is sent this snapshot (or a newer one)
+    /// before any entry, and learns the founders' membership. At index 0
+    /// the founders' log would start at 1, a joiner could be sent entries
+    /// alone, apply "add me" to an empty membership and believe itself
+    /// the only voter (raft-rs's `MemStorage::initialize_with_conf_state`
+    /// discusses the same choice).
     pub fn bootstrap(&self, voters: &[u64]) -> Result<(), RaftError> {
         let mut snap = Snapshot::default();
-        snap.mut_metadata().mut_conf_state().voters = voters.to_vec();
+        let meta = snap.mut_metadata();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = BOOTSTRAP_INDEX;
+        meta.mut_conf_state().voters = voters.to_vec();
+        let mut hs = HardState::default();
+        hs.term = BOOTSTRAP_INDEX;
+        hs.commit = BOOTSTRAP_INDEX;
         let mut batch = LogBatch::default();
         batch.put_message(GROUP, KEY_SNAPSHOT.to_vec(), &snap).map_err(|e| engine_err(&self.dir, e))?;
+        batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), &hs).map_err(|e| engine_err(&self.dir, e))?;
         self.engine.write(&mut batch, true).map_err(|e| engine_err(&self.dir, e))?;
-        self.write_cache().snapshot = snap.get_metadata().clone();
+        let mut c = self.write_cache();
+        c.snapshot = snap.get_metadata().clone();
+        c.hard_state = hs;
         Ok(())
     }
 

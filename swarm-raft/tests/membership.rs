@@ -118,3 +118,31 @@ async fn force_new_cluster_recovers_from_one_survivor() {
     wait_for("the new manager to catch up", Duration::from_secs(5), || new.stale_snapshot().revision() == 21).await;
     c.shutdown().await;
 }
+
+/// A manager that joins with an empty log must learn the founders'
+/// membership before it applies the log: the bootstrap membership lives in
+/// a snapshot, so the founders' log starts after it and a joiner is sent
+/// that snapshot first. (With the bootstrap snapshot at index 0 a joiner
+/// could be sent the log from index 1 instead, apply "add me" to an empty
+/// membership, believe itself the only voter and, after a restart, elect
+/// itself: the CI failure of quorum_of_2_managers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_learns_the_founders_membership_even_before_any_snapshot() {
+    // No snapshot is taken and no entry is compacted during the test.
+    let mut c = Cluster::start_with(1, 35, |cfg| cfg.with_snapshot_interval(1_000_000, 1_000_000)).await;
+    c.leader(Duration::from_secs(5)).await;
+    commit_retry(c.store(1), node_tx("before"), Duration::from_secs(5)).await.expect("write");
+    let new = c.open(2, vec![]).await;
+    let voters = c.store(1).add_voter(2).await.expect("add a voter");
+    assert_eq!(voters, vec![1, 2]);
+    wait_for("the joiner to apply its own addition", Duration::from_secs(5), || !new.status().voters.is_empty()).await;
+    assert_eq!(new.status().voters, vec![1, 2], "the joiner's membership");
+    // Restarted, the joiner still knows it is one of two: it cannot elect
+    // itself alone, and the pair keeps committing.
+    c.stop(2).await;
+    let new = c.restart(2).await;
+    assert_eq!(new.status().voters, vec![1, 2], "the joiner's membership after a restart");
+    commit_retry(&new, node_tx("after"), Duration::from_secs(5)).await.expect("write through the joiner");
+    assert_eq!(c.store(1).status().role, Role::Leader, "the founder still leads");
+    c.shutdown().await;
+}
