@@ -234,7 +234,7 @@ async fn service(
         spec: state.service(&svc).map(|s| s.spec.task_template.clone()).unwrap_or_default(),
         desired_state: TaskState::Running,
         status: TaskStatus { state: TaskState::Running, ..Default::default() },
-        networks: vec![NetworkAttachment { network: "default".into(), addresses: vec![task_ip.into()] }],
+        networks: vec![NetworkAttachment { network: "default".into(), addresses: vec![task_ip.into()], overlay: None }],
         ..Default::default()
     };
     store.commit(Transaction::new().create(task)).await?;

@@ -55,7 +55,8 @@ use crate::dispatcher::{Assignments, DispatchError, Dispatcher, SessionInfo, Ses
 use crate::id::{NodeId, TaskId};
 use crate::model::*;
 use crate::runtime::{
-    ContainerConfig, ContainerState, ExitStatus, FileMaterial, ProbeResult, Runtime, RuntimeError, labels,
+    ContainerConfig, ContainerState, ExitStatus, FileMaterial, NetworkEndpoint, ProbeResult, Runtime, RuntimeError,
+    labels,
 };
 use crate::time;
 use std::collections::{BTreeMap, HashMap};
@@ -391,9 +392,11 @@ impl WorkerCtx {
     fn report_networks(&mut self, task: &Task, addrs: &[std::net::IpAddr]) {
         let mut nets = self.networks.clone();
         if nets.is_empty() {
-            nets.push(NetworkAttachment { network: "default".into(), addresses: Vec::new() });
+            nets.push(NetworkAttachment { network: "default".into(), addresses: Vec::new(), overlay: None });
         }
-        for n in &mut nets {
+        // Overlay attachments keep the addresses the manager allocated;
+        // the others get what the runtime reports.
+        for n in nets.iter_mut().filter(|n| n.overlay.is_none()) {
             n.addresses = addrs.iter().map(|a| a.to_string()).collect();
         }
         let _ = self.status.send(TaskStatusUpdate {
@@ -436,6 +439,12 @@ impl WorkerCtx {
                 mode: r.target.mode,
             });
         }
+        let mut endpoints = Vec::new();
+        for n in &task.networks {
+            if let Some(e) = NetworkEndpoint::from_attachment(n, vec![task.service_name.clone()]) {
+                endpoints.push(e?);
+            }
+        }
         let mut l = c.labels.clone();
         l.extend(ContainerConfig::task_labels(task, &self.node));
         let mut spec = c.clone();
@@ -451,9 +460,11 @@ impl WorkerCtx {
             node_id: self.node.clone(),
             spec,
             resources: task.spec.resources.clone(),
+            endpoints,
             networks: task
                 .networks
                 .iter()
+                .filter(|n| n.overlay.is_none())
                 .map(|n| NetworkAttachmentConfig {
                     target: n.network.clone(),
                     aliases: vec![task.service_name.clone()],

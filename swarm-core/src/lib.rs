@@ -31,6 +31,7 @@ pub mod image;
 pub mod manager;
 pub mod model;
 pub mod orchestrator;
+pub mod overlay;
 pub mod runtime;
 pub mod scheduler;
 pub mod sim;

@@ -101,6 +101,11 @@ pub struct ContainerConfig {
     /// Networks to attach to (by name), with aliases (the service name is
     /// always an alias).
     pub networks: Vec<NetworkAttachmentConfig>,
+    /// The task's places on overlay networks, allocated by the manager:
+    /// the runtime attaches the container to each endpoint's bridge with
+    /// exactly that address and MAC. A network listed here is not also in
+    /// `networks`.
+    pub endpoints: Vec<NetworkEndpoint>,
     /// Ports to publish on the host (host mode).
     pub host_ports: Vec<PortConfig>,
     /// Secrets to materialise as files (in memory only).
@@ -109,6 +114,67 @@ pub struct ContainerConfig {
     pub configs: Vec<FileMaterial>,
     /// Labels to put on the container: the spec's plus the project's.
     pub labels: Labels,
+}
+
+/// A container's interface on an overlay network (see
+/// [`ContainerConfig::endpoints`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NetworkEndpoint {
+    /// The network's name.
+    pub network: String,
+    /// The host bridge to attach to
+    /// ([`overlay_bridge_name`](crate::model::overlay_bridge_name)).
+    pub bridge: String,
+    /// The network's VXLAN identifier.
+    pub vni: u32,
+    /// The network's subnet.
+    pub subnet: ipnet::Ipv4Net,
+    /// The container's address (in `subnet`).
+    pub address: std::net::Ipv4Addr,
+    /// The interface's MAC ([`overlay_mac`](crate::model::overlay_mac) of
+    /// `address`).
+    pub mac: [u8; 6],
+    /// The default gateway through this network (the bridge's address on
+    /// the node); `None` on internal networks.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// No route outside the network.
+    pub internal: bool,
+    /// DNS names of the container on this network (the service name first).
+    pub aliases: Vec<String>,
+}
+
+impl NetworkEndpoint {
+    /// The endpoint of a task's attachment, if it is an overlay one with a
+    /// valid address; `Err` names what is wrong.
+    pub fn from_attachment(a: &NetworkAttachment, aliases: Vec<String>) -> Option<Result<Self, String>> {
+        let o = a.overlay.as_ref()?;
+        Some((|| {
+            let subnet: ipnet::Ipv4Net =
+                o.subnet.parse().map_err(|e| format!("network {:?}: subnet {:?}: {e}", a.network, o.subnet))?;
+            let first = a.addresses.first().ok_or_else(|| format!("network {:?}: no address allocated", a.network))?;
+            let address: std::net::Ipv4Addr =
+                first.parse().map_err(|e| format!("network {:?}: address {first:?}: {e}", a.network))?;
+            if !subnet.contains(&address) {
+                return Err(format!("network {:?}: address {address} is not in {subnet}", a.network));
+            }
+            let gateway = if o.internal || o.gateway.is_empty() {
+                None
+            } else {
+                Some(o.gateway.parse().map_err(|e| format!("network {:?}: gateway {:?}: {e}", a.network, o.gateway))?)
+            };
+            Ok(NetworkEndpoint {
+                network: a.network.clone(),
+                bridge: crate::model::overlay_bridge_name(o.vni),
+                vni: o.vni,
+                subnet,
+                address,
+                mac: crate::model::overlay_mac(address),
+                gateway,
+                internal: o.internal,
+                aliases,
+            })
+        })())
+    }
 }
 
 impl ContainerConfig {

@@ -31,7 +31,7 @@ fn running(id: &str, slot: u64, node: &str, addr: Option<&str>) -> Task {
     };
     t.status.state = TaskState::Running;
     if let Some(a) = addr {
-        t.networks = vec![NetworkAttachment { network: "backend".into(), addresses: vec![a.into()] }];
+        t.networks = vec![NetworkAttachment { network: "backend".into(), addresses: vec![a.into()], overlay: None }];
     }
     t
 }

@@ -289,7 +289,8 @@ mod tests {
     #[test]
     fn reports_become_compact_observation_ops() {
         let s = state();
-        let net = vec![NetworkAttachment { network: "backend".into(), addresses: vec!["10.0.0.2".into()] }];
+        let net =
+            vec![NetworkAttachment { network: "backend".into(), addresses: vec!["10.0.0.2".into()], overlay: None }];
         let reports = [
             report(
                 "n1",
@@ -316,7 +317,8 @@ mod tests {
     #[test]
     fn a_later_report_in_the_same_write_keeps_earlier_networks() {
         let s = state();
-        let net = vec![NetworkAttachment { network: "backend".into(), addresses: vec!["10.0.0.2".into()] }];
+        let net =
+            vec![NetworkAttachment { network: "backend".into(), addresses: vec!["10.0.0.2".into()], overlay: None }];
         let reports = [
             report("n1", vec![update("t1", TaskState::Starting, Some(net.clone()))]),
             report("n1", vec![update("t1", TaskState::Running, None)]),

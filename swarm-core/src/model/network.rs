@@ -15,6 +15,57 @@ pub struct Network {
     pub spec: NetworkSpec,
     /// The subnet allocated to it (CIDR), if the allocator gave one.
     pub subnet: Option<String>,
+    /// The gateway address in `subnet` (IP, no prefix), allocated with it
+    /// for overlay networks: the spec's, else the subnet's first host.
+    pub gateway: Option<String>,
+    /// The VXLAN network identifier of an overlay network (from
+    /// [`FIRST_VNI`] up), allocated with its subnet.
+    pub vni: Option<u32>,
+}
+
+/// The first VXLAN network identifier the allocator gives (as Swarm: VNIs
+/// below 4096 are left to VLAN-style uses).
+pub const FIRST_VNI: u32 = 4096;
+
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The default UDP port of VXLAN (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+
+impl Network {
+    /// True for networks that span nodes (driver `overlay`, and the ingress
+    /// network): the manager allocates their subnet, VNI and every task's
+    /// address, and each node joins them with a bridge and a VXLAN device.
+    pub fn is_overlay(&self) -> bool {
+        self.spec.is_overlay()
+    }
+}
+
+/// Name of the host bridge of overlay network `vni` on every node (the
+/// runtimes attach containers to it, the overlay plane joins its VXLAN
+/// device to it). Linux names are at most 15 bytes: `swbr` + 8 digits.
+pub fn overlay_bridge_name(vni: u32) -> String {
+    format!("swbr{vni}")
+}
+
+/// Name of the VXLAN device of overlay network `vni` on every node.
+pub fn overlay_vxlan_name(vni: u32) -> String {
+    format!("swvx{vni}")
+}
+
+/// The MAC address of a task's interface with IPv4 address `ip` on an
+/// overlay network: locally administered, `02:42` then the four address
+/// bytes (as Docker derives it). Derived, not stored: every node computes
+/// the forwarding entries of remote tasks from their addresses alone.
+pub fn overlay_mac(ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+/// [`overlay_mac`] as text (`02:42:0a:00:01:02`).
+pub fn overlay_mac_string(ip: std::net::Ipv4Addr) -> String {
+    overlay_mac(ip).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// A network's spec.
@@ -35,6 +86,31 @@ pub struct NetworkSpec {
     pub attachable: bool,
     /// The routing mesh's network.
     pub ingress: bool,
+    /// Gateway address (IP) in `subnet`, as `docker network create
+    /// --gateway`; empty = the subnet's first host.
+    pub gateway: String,
+    /// The range (CIDR inside `subnet`) task addresses are taken from, as
+    /// `docker network create --ip-range`; empty = the whole subnet.
+    pub ip_range: String,
+    /// Driver options, as `docker network create --opt`: `encrypted`
+    /// (present, and not `false`) encrypts an overlay network's traffic
+    /// between nodes.
+    pub options: BTreeMap<String, String>,
+}
+
+/// The driver option that encrypts an overlay network (`--opt encrypted`).
+pub const OPT_ENCRYPTED: &str = "encrypted";
+
+impl NetworkSpec {
+    /// True for driver `overlay` and for the ingress network.
+    pub fn is_overlay(&self) -> bool {
+        self.driver == "overlay" || self.ingress
+    }
+
+    /// True when the `encrypted` option is set (to anything but `false`).
+    pub fn is_encrypted(&self) -> bool {
+        self.options.get(OPT_ENCRYPTED).is_some_and(|v| v != "false")
+    }
 }
 
 /// A named volume.

@@ -205,4 +205,30 @@ pub struct NetworkAttachment {
     pub network: String,
     /// Addresses (IP, no prefix) of the task on it.
     pub addresses: Vec<String>,
+    /// On an overlay network, what the allocator gave (the task's address
+    /// is then `addresses[0]`, set before the task is scheduled): enough
+    /// for a node to plumb the task without reading the network object.
+    /// `None` on node-local networks, where the runtime picks the address
+    /// and the agent reports it.
+    pub overlay: Option<OverlayAttachment>,
+}
+
+/// The network side of a task's overlay attachment (see
+/// [`NetworkAttachment::overlay`]).
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OverlayAttachment {
+    /// The network's id.
+    pub network_id: crate::id::NetworkId,
+    /// Its VXLAN network identifier.
+    pub vni: u32,
+    /// Its subnet (CIDR).
+    pub subnet: String,
+    /// Its gateway (IP); empty on internal networks, which have no route
+    /// out.
+    pub gateway: String,
+    /// No route outside the network.
+    pub internal: bool,
+    /// Traffic between nodes is encrypted.
+    pub encrypted: bool,
 }

@@ -131,7 +131,7 @@ impl<'a> Ctx<'a> {
                 .spec
                 .networks
                 .iter()
-                .map(|n| NetworkAttachment { network: n.target.clone(), addresses: Vec::new() })
+                .map(|n| NetworkAttachment { network: n.target.clone(), addresses: Vec::new(), overlay: None })
                 .collect(),
             desired_state: TaskState::Running,
             status: TaskStatus {

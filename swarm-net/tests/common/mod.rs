@@ -29,7 +29,11 @@ pub async fn add_task(store: &MemStore, service: &str, node: &str, slot: u64, ad
     for (net, addr) in addrs {
         match networks.iter_mut().find(|n| n.network == *net) {
             Some(n) => n.addresses.push(addr.to_string()),
-            None => networks.push(NetworkAttachment { network: net.to_string(), addresses: vec![addr.to_string()] }),
+            None => networks.push(NetworkAttachment {
+                network: net.to_string(),
+                addresses: vec![addr.to_string()],
+                overlay: None,
+            }),
         }
     }
     let task = Task {
