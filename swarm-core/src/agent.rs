@@ -54,6 +54,7 @@
 use crate::dispatcher::{Assignments, DispatchError, Dispatcher, SessionInfo, SessionRequest, TaskStatusUpdate};
 use crate::id::{NodeId, TaskId};
 use crate::model::*;
+use crate::overlay::OverlayView;
 use crate::runtime::{
     ContainerConfig, ContainerState, ExitStatus, FileMaterial, NetworkEndpoint, ProbeResult, Runtime, RuntimeError,
     labels,
@@ -95,6 +96,7 @@ pub struct Agent {
     config: AgentConfig,
     runtime: Arc<dyn Runtime>,
     dispatcher: Arc<dyn Dispatcher>,
+    overlay: watch::Sender<OverlayView>,
 }
 
 struct Worker {
@@ -119,7 +121,15 @@ impl Drop for Workers {
 impl Agent {
     /// An agent for one node.
     pub fn new(config: AgentConfig, runtime: Arc<dyn Runtime>, dispatcher: Arc<dyn Dispatcher>) -> Self {
-        Agent { config, runtime, dispatcher }
+        Agent { config, runtime, dispatcher, overlay: watch::channel(OverlayView::default()).0 }
+    }
+
+    /// The node's overlay networks as the managers last sent them: feed it
+    /// to the node's overlay data plane (`swarm_net::overlay`). It keeps
+    /// its last value while the agent is disconnected, so the plane (like
+    /// the tasks) keeps running.
+    pub fn overlay(&self) -> watch::Receiver<OverlayView> {
+        self.overlay.subscribe()
     }
 
     /// Runs until the node is removed. Session failures reconnect.
@@ -250,6 +260,13 @@ impl Agent {
         workers: &mut Workers,
     ) {
         let workers = &mut workers.0;
+        if let Some(view) = msg.overlay {
+            self.overlay.send_if_modified(|v| {
+                let changed = *v != view;
+                *v = view;
+                changed
+            });
+        }
         {
             let mut r = refs.lock().unwrap_or_else(|p| p.into_inner());
             for s in msg.secrets {

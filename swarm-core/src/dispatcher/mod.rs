@@ -59,6 +59,7 @@
 
 use crate::id::{NodeId, TaskId};
 use crate::model::*;
+use crate::overlay::{OverlayView, overlay_relevant};
 use crate::state::{Action, Change, Op, State, Transaction};
 use crate::store::{Store, StoreError};
 use crate::time::{self, Timestamp};
@@ -138,6 +139,10 @@ pub struct Assignments {
     pub secrets: Vec<Secret>,
     /// Configs the tasks above reference.
     pub configs: Vec<Config>,
+    /// The node's overlay networks, when they changed (always in a full
+    /// set): the node programs its overlay data plane from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayView>,
 }
 
 /// Why a session call failed. Serializable so that a network transport
@@ -211,6 +216,8 @@ pub trait Dispatcher: Send + Sync + 'static {
 struct Subscriber {
     sender: mpsc::UnboundedSender<Assignments>,
     seq: u64,
+    /// The overlay view last sent (sent again only when it changes).
+    overlay: OverlayView,
 }
 
 impl Subscriber {
@@ -373,24 +380,57 @@ impl LocalDispatcher {
                 _ => {}
             }
         }
-        if per_node.is_empty() {
+        let overlay = self.overlay_views(change).await;
+        if per_node.is_empty() && overlay.is_none() {
             return;
         }
         let needs_refs = per_node.values().any(|m| m.tasks.iter().any(has_refs));
-        let state = if needs_refs { self.store.snapshot().await.ok() } else { None };
+        let mut state = None;
+        if let Some((s, views)) = overlay {
+            for (node, view) in views {
+                per_node.entry(node).or_default().overlay = Some(view);
+            }
+            state = Some(s);
+        }
+        if needs_refs && state.is_none() {
+            state = self.store.snapshot().await.ok();
+        }
+        let state = if needs_refs { state } else { None };
         let mut g = self.lock();
         let g = &mut *g;
         for (node, mut msg) in per_node {
-            if msg.tasks.is_empty() && msg.removed.is_empty() {
+            if msg.tasks.is_empty() && msg.removed.is_empty() && msg.overlay.is_none() {
                 continue;
             }
             if let Some(state) = &state {
                 attach_refs(state, &mut msg);
             }
             if let Some(sub) = g.table.session_of(&node).and_then(|sid| g.subscribers.get_mut(sid)) {
+                if let Some(view) = &msg.overlay {
+                    if *view == sub.overlay {
+                        msg.overlay = None;
+                        if msg.tasks.is_empty() && msg.removed.is_empty() {
+                            continue;
+                        }
+                    } else {
+                        sub.overlay = view.clone();
+                    }
+                }
                 sub.send(msg);
             }
         }
+    }
+
+    /// Every connected node's overlay view after `change`, when it may
+    /// have changed one (see [`overlay_relevant`]).
+    async fn overlay_views(&self, change: &Change) -> Option<(Arc<State>, BTreeMap<NodeId, OverlayView>)> {
+        if !overlay_relevant(change) {
+            return None;
+        }
+        let state = self.store.snapshot().await.ok()?;
+        let nodes = self.connected_nodes();
+        let views = OverlayView::for_nodes(&state, &nodes);
+        Some((state, views))
     }
 
     /// Sends the full set, then attaches the sender for deltas. Done by the
@@ -399,8 +439,9 @@ impl LocalDispatcher {
         let Ok(state) = self.store.snapshot().await else { return };
         let mut g = self.lock();
         let Some(node) = g.table.node_of(&session_id).cloned() else { return };
-        let mut sub = Subscriber { sender, seq: 0 };
-        sub.send(full_set(&state, &node));
+        let msg = full_set(&state, &node);
+        let mut sub = Subscriber { sender, seq: 0, overlay: msg.overlay.clone().unwrap_or_default() };
+        sub.send(msg);
         g.subscribers.insert(session_id, sub);
     }
 
@@ -410,7 +451,9 @@ impl LocalDispatcher {
         let g = &mut *g;
         for (sid, sub) in g.subscribers.iter_mut() {
             if let Some(node) = g.table.node_of(sid) {
-                sub.send(full_set(&state, node));
+                let msg = full_set(&state, node);
+                sub.overlay = msg.overlay.clone().unwrap_or_default();
+                sub.send(msg);
             }
         }
     }
@@ -547,6 +590,7 @@ pub fn full_set(state: &State, node: &NodeId) -> Assignments {
     let mut msg = Assignments {
         full: true,
         tasks: state.tasks_on_node(node).filter(|t| is_assigned(t)).map(|t| t.as_ref().clone()).collect(),
+        overlay: Some(OverlayView::from_state(state, node)),
         ..Default::default()
     };
     attach_refs(state, &mut msg);
