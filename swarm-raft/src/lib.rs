@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 #![allow(clippy::field_reassign_with_default)] // protobuf messages are built field by field
 
+pub mod crypt;
 mod error;
 /// Length-prefixed frames (moved to [`swarm_core::frame`], shared with the node API).
 pub use swarm_core::frame;

@@ -38,6 +38,7 @@
 //! the middle of a file, or any damage in [`Recovery::Strict`] mode, makes
 //! [`DiskStorage::open`] fail. Damaged records are never applied.
 
+use crate::crypt::{Cipher, KeyFiles, SealingWriter};
 use crate::error::RaftError;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -56,6 +57,8 @@ const KEY_MANAGER_ID: &[u8] = b"manager_id";
 const KEY_SNAPSHOT_FILE: &[u8] = b"snapshot_file";
 /// Subdirectory of the log directory holding snapshot images.
 const SNAP_DIR: &str = "snap";
+/// Where the data keys live in a manager's raft directory (crate::crypt).
+const KEYS_DIR: &str = "keys";
 /// Index (and term) of the snapshot a new cluster starts from
 /// ([`DiskStorage::bootstrap`]).
 pub const BOOTSTRAP_INDEX: u64 = 1;
@@ -202,7 +205,7 @@ impl Tail {
 /// thread writing an image must not keep the engine (and its lock) alive
 /// after the manager stopped.
 #[derive(Clone, Debug)]
-pub struct SnapshotDir(PathBuf);
+pub struct SnapshotDir(PathBuf, Arc<Cipher>);
 
 /// Writes the image of the snapshot `meta` to its file in `dir` with
 /// `write` (buffered), durably: a temporary file, fsynced, renamed, the
@@ -213,13 +216,20 @@ pub fn write_snapshot_file(
     meta: &SnapshotMetadata,
     write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
 ) -> Result<(), RaftError> {
-    let dir = &dir.0;
+    let (dir, cipher) = (&dir.0, dir.1.clone());
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let name = snapshot_file_name(meta);
     let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(&name));
     let file = std::fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     let mut w = std::io::BufWriter::with_capacity(256 << 10, file);
-    write(&mut w).and_then(|()| w.flush()).map_err(io_err(format!("writing the snapshot image {}", tmp.display())))?;
+    {
+        // Sealed as it is written (crate::crypt): no plaintext image on disk.
+        let mut sealing = SealingWriter::new(&mut w, &cipher, meta.index, meta.term);
+        write(&mut sealing)
+            .and_then(|()| sealing.finish())
+            .and_then(|()| w.flush())
+            .map_err(io_err(format!("writing the snapshot image {}", tmp.display())))?;
+    }
     let file = w.into_inner().map_err(|e| RaftError::Io {
         what: format!("writing the snapshot image {}", tmp.display()),
         source: e.into_error(),
@@ -244,6 +254,8 @@ pub struct DiskStorage {
     /// writer thread records snapshots while the driver may read one.
     snapshots: Arc<Mutex<()>>,
     tail: Arc<Mutex<Tail>>,
+    /// Seals entry payloads and snapshot images on disk (crate::crypt).
+    cipher: Arc<Cipher>,
 }
 
 fn engine_err(dir: &Path, e: raft_engine::Error) -> RaftError {
@@ -286,6 +298,7 @@ impl DiskStorage {
         let snapshot: Snapshot =
             engine.get_message(GROUP, KEY_SNAPSHOT).map_err(|e| engine_err(dir, e))?.unwrap_or_default();
         let snapshot = snapshot.get_metadata().clone();
+        let cipher = Arc::new(open_keys(dir, &engine, &hard_state, &snapshot)?);
         match engine.get(GROUP, KEY_MANAGER_ID) {
             Some(v) if v.as_slice() != id.to_be_bytes().as_slice() => {
                 let other = <[u8; 8]>::try_from(v.as_slice()).map(u64::from_be_bytes).unwrap_or(0);
@@ -308,6 +321,7 @@ impl DiskStorage {
             cached: Arc::new(RwLock::new(Cached { hard_state, snapshot })),
             tail: Arc::default(),
             snapshots: Arc::default(),
+            cipher,
         };
         storage.remove_stale_snapshot_files(true);
         let (first, last) = (storage.first(), storage.last());
@@ -380,8 +394,12 @@ impl DiskStorage {
                 )));
             }
             let path = self.snap_dir().join(&expected);
-            let data =
+            let sealed =
                 std::fs::read(&path).map_err(io_err(format!("reading the snapshot image {}", path.display())))?;
+            let data = self
+                .cipher
+                .open_image(meta.index, meta.term, &sealed)
+                .map_err(|e| RaftError::Corrupt(e.to_string()))?;
             snap.data = data.into();
         }
         Ok(snap)
@@ -393,7 +411,7 @@ impl DiskStorage {
 
     /// Where [`write_snapshot_file`] puts the images of this log.
     pub fn snapshot_dir(&self) -> SnapshotDir {
-        SnapshotDir(self.snap_dir())
+        SnapshotDir(self.snap_dir(), self.cipher.clone())
     }
 
     fn write_snapshot_file(
@@ -479,7 +497,8 @@ impl DiskStorage {
     pub fn write_staged(&self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<(), RaftError> {
         let mut batch = LogBatch::default();
         if !entries.is_empty() {
-            batch.add_entries::<EntryExt>(GROUP, entries).map_err(|e| engine_err(&self.dir, e))?;
+            let sealed = self.seal_entries(entries)?;
+            batch.add_entries::<EntryExt>(GROUP, &sealed).map_err(|e| engine_err(&self.dir, e))?;
         }
         if let Some(hs) = hs {
             batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs).map_err(|e| engine_err(&self.dir, e))?;
@@ -556,7 +575,8 @@ impl DiskStorage {
     fn write_append(&self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<(), RaftError> {
         let mut batch = LogBatch::default();
         if !entries.is_empty() {
-            batch.add_entries::<EntryExt>(GROUP, entries).map_err(|e| engine_err(&self.dir, e))?;
+            let sealed = self.seal_entries(entries)?;
+            batch.add_entries::<EntryExt>(GROUP, &sealed).map_err(|e| engine_err(&self.dir, e))?;
         }
         if let Some(hs) = hs {
             batch.put_message(GROUP, KEY_HARD_STATE.to_vec(), hs).map_err(|e| engine_err(&self.dir, e))?;
@@ -664,9 +684,7 @@ impl DiskStorage {
     pub fn entries_between(&self, low: u64, high: u64) -> Result<Vec<Entry>, RaftError> {
         let mut out = Vec::new();
         if high > low {
-            self.engine
-                .fetch_entries_to::<EntryExt>(GROUP, low, high, None, &mut out)
-                .map_err(|e| engine_err(&self.dir, e))?;
+            self.fetch(low, high, None, &mut out).map_err(|e| RaftError::Corrupt(e.to_string()))?;
         }
         Ok(out)
     }
@@ -675,6 +693,62 @@ impl DiskStorage {
     pub fn bounds(&self) -> (u64, u64) {
         (self.first(), self.last())
     }
+}
+
+impl DiskStorage {
+    /// `entries` with their payloads sealed, as they go to disk.
+    fn seal_entries(&self, entries: &[Entry]) -> Result<Vec<Entry>, RaftError> {
+        entries
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                if !e.data.is_empty() {
+                    let sealed = self
+                        .cipher
+                        .seal(&Cipher::entry_aad(e.index, e.term), &e.data)
+                        .map_err(|err| RaftError::Corrupt(format!("sealing log entry {}: {err}", e.index)))?;
+                    e.data = sealed.into();
+                }
+                Ok(e)
+            })
+            .collect()
+    }
+
+    /// Reads entries `[low, high)` from the engine into `out`, opened.
+    fn fetch(&self, low: u64, high: u64, max: Option<usize>, out: &mut Vec<Entry>) -> raft::Result<()> {
+        let from = out.len();
+        self.engine.fetch_entries_to::<EntryExt>(GROUP, low, high, max, out).map_err(store_err)?;
+        for e in &mut out[from..] {
+            if !e.data.is_empty() {
+                let index = e.index;
+                let plain = self
+                    .cipher
+                    .open(&|| format!("raft log entry {index}"), &Cipher::entry_aad(e.index, e.term), &e.data)
+                    .map_err(|err| raft::Error::Store(StorageError::Other(Box::new(err))))?;
+                e.data = plain.into();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The manager's data keys: loaded from `<dir>/keys`, or created with a
+/// new log. A log written before encryption at rest is refused.
+fn open_keys(dir: &Path, engine: &Engine, hs: &HardState, snapshot: &SnapshotMetadata) -> Result<Cipher, RaftError> {
+    let files = KeyFiles::new(&dir.join(KEYS_DIR));
+    let crypt =
+        |e: crate::crypt::CryptError| RaftError::Config(format!("the raft log's keys in {}: {e}", dir.display()));
+    if files.exist() {
+        return files.load().map_err(crypt);
+    }
+    let blank = engine.last_index(GROUP).is_none() && *hs == HardState::default() && snapshot.index == 0;
+    if !blank {
+        return Err(RaftError::Config(format!(
+            "{} holds a raft log without data keys (written before encryption at rest, or {KEYS_DIR}/ was lost): it cannot be read",
+            dir.display()
+        )));
+    }
+    files.create().map_err(crypt)
 }
 
 impl Storage for DiskStorage {
@@ -750,9 +824,9 @@ impl DiskStorage {
             && high > low
         {
             let max = max_size.map(|m| m as usize);
-            self.engine.fetch_entries_to::<EntryExt>(GROUP, low, tf, max, &mut out).map_err(store_err)?;
+            self.fetch(low, tf, max, &mut out)?;
             if out.is_empty() {
-                self.engine.fetch_entries_to::<EntryExt>(GROUP, low, low + 1, None, &mut out).map_err(store_err)?;
+                self.fetch(low, low + 1, None, &mut out)?;
             }
             if out.last().is_some_and(|e| e.index + 1 == tf)
                 && let Some(rest) = self.tail().range(tf, high)
@@ -764,10 +838,10 @@ impl DiskStorage {
         }
         if high > low {
             let max = max_size.map(|m| m as usize);
-            self.engine.fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out).map_err(store_err)?;
+            self.fetch(low, high, max, &mut out)?;
             // raft-rs expects at least one entry even above the size limit.
             if out.is_empty() {
-                self.engine.fetch_entries_to::<EntryExt>(GROUP, low, low + 1, None, &mut out).map_err(store_err)?;
+                self.fetch(low, low + 1, None, &mut out)?;
             }
         }
         Ok(out)
