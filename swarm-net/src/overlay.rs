@@ -746,6 +746,13 @@ pub async fn observe(handle: &Handle) -> Result<Observed, OverlayError> {
                 NeighbourAttribute::LinkLayerAddress(b) => mac = <Mac>::try_from(b.as_slice()).ok(),
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(IpAddr::V4(*d)),
                 NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => dst = Some(IpAddr::V6(*d)),
+                // In the bridge family the destination comes as raw bytes.
+                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                    dst = <[u8; 4]>::try_from(b.as_slice())
+                        .map(IpAddr::from)
+                        .or_else(|_| <[u8; 16]>::try_from(b.as_slice()).map(IpAddr::from))
+                        .ok()
+                }
                 _ => {}
             }
         }
@@ -1299,8 +1306,13 @@ mod tests {
             o.links.insert(n.bridge.clone(), b);
             let mut v = ObservedLink::new(2 * i as u32 + 11, LinkKind::Vxlan);
             v.master = Some(n.bridge.clone());
-            v.vxlan =
-                Some(VxlanParams { id: n.vni, port: n.port, local: Some(ME.parse().unwrap()), learning: false, proxy: true });
+            v.vxlan = Some(VxlanParams {
+                id: n.vni,
+                port: n.port,
+                local: Some(ME.parse().unwrap()),
+                learning: false,
+                proxy: true,
+            });
             for (a, dst) in &n.remote {
                 v.fdb.insert(overlay_mac(*a), [*dst].into());
                 v.neigh.insert(*a, (overlay_mac(*a), true));
@@ -1380,11 +1392,7 @@ mod tests {
             vec![
                 Change::DelLink { name: "swbr5002".into() },
                 Change::DelLink { name: "swvx5002".into() },
-                Change::DelFdb {
-                    vxlan: "swvx5001".into(),
-                    mac: overlay_mac(gone),
-                    dst: "10.211.0.2".parse().unwrap()
-                },
+                Change::DelFdb { vxlan: "swvx5001".into(), mac: overlay_mac(gone), dst: "10.211.0.2".parse().unwrap() },
                 Change::DelNeigh { vxlan: "swvx5001".into(), ip: gone },
             ]
         );
@@ -1473,11 +1481,17 @@ mod tests {
         assert_eq!(d.networks[&5003].port, 4789);
         assert_eq!(d.networks[&5004].port, 4799);
         let r = rules(&d, &cfg());
-        assert!(r.filter.contains(&"-A SWARM-OVERLAY -i swbr5003 -m comment --comment \"overlay 5003\" -j DROP".into()));
-        assert!(r.filter.contains(&"-A SWARM-OVERLAY -o swbr5003 -m comment --comment \"overlay 5003\" -j DROP".into()));
+        assert!(
+            r.filter.contains(&"-A SWARM-OVERLAY -i swbr5003 -m comment --comment \"overlay 5003\" -j DROP".into())
+        );
+        assert!(
+            r.filter.contains(&"-A SWARM-OVERLAY -o swbr5003 -m comment --comment \"overlay 5003\" -j DROP".into())
+        );
         assert_eq!(
             r.nat,
-            vec!["-A SWARM-OVERLAY-POST -s 10.210.4.0/24 ! -o swbr+ -m comment --comment \"overlay 5004\" -j MASQUERADE"]
+            vec![
+                "-A SWARM-OVERLAY-POST -s 10.210.4.0/24 ! -o swbr+ -m comment --comment \"overlay 5004\" -j MASQUERADE"
+            ]
         );
         // An internal network's bridge keeps no address of the plane's.
         let mut o = converged(&d);
