@@ -108,6 +108,11 @@ pub struct OverlayConfig {
     /// Write 1 to `/proc/sys/net/ipv4/ip_forward` at start (default true;
     /// needed for traffic out of non-internal networks).
     pub enable_forwarding: bool,
+    /// The MTU of the VXLAN devices (a bridge takes the smallest of its
+    /// ports'); `None` (default): the kernel's. Set it to the underlay's
+    /// MTU minus 50 (1450 on a 1500-byte underlay) when the runtimes give
+    /// task interfaces that MTU, so encapsulated frames are not fragmented.
+    pub mtu: Option<u32>,
     /// The `iptables` command.
     pub iptables: PathBuf,
     /// The `iptables-restore` command.
@@ -126,6 +131,7 @@ impl OverlayConfig {
             chain_prefix: "SWARM-OVERLAY".into(),
             uplinks: Vec::new(),
             enable_forwarding: true,
+            mtu: None,
             iptables: "iptables".into(),
             iptables_restore: "iptables-restore".into(),
         }
@@ -196,6 +202,8 @@ pub struct DesiredNetwork {
     pub vxlan: String,
     /// The VXLAN device's UDP destination port.
     pub port: u16,
+    /// The VXLAN device's MTU, if set.
+    pub mtu: Option<u32>,
     /// The subnet (network address, prefix length).
     pub subnet: (Ipv4Addr, u8),
     /// The gateway address on the bridge, with the subnet's prefix length
@@ -281,6 +289,7 @@ pub fn desired(view: &OverlayView, config: &OverlayConfig) -> (Desired, Vec<Stri
                 bridge: overlay_bridge_name(vni),
                 vxlan: overlay_vxlan_name(vni),
                 port: if n.encrypted { config.encrypted_port } else { config.vxlan_port },
+                mtu: config.mtu,
                 subnet,
                 gateway,
                 internal: n.internal,
@@ -329,6 +338,8 @@ pub struct ObservedLink {
     pub kind: LinkKind,
     /// Administratively up.
     pub up: bool,
+    /// Its MTU.
+    pub mtu: u32,
     /// The name of its master (bridge), if any.
     pub master: Option<String>,
     /// Carries [`BRIDGE_ALIAS`]: the plane made it.
@@ -350,6 +361,7 @@ impl ObservedLink {
             index,
             kind,
             up: true,
+            mtu: 1500,
             master: None,
             ours: false,
             vxlan: None,
@@ -402,8 +414,17 @@ pub enum Change {
         port: u16,
         /// Local (underlay) address.
         local: IpAddr,
+        /// Its MTU (`None`: the kernel's).
+        mtu: Option<u32>,
         /// The bridge.
         master: String,
+    },
+    /// Set the MTU of link `name`.
+    SetMtu {
+        /// Its name.
+        name: String,
+        /// The MTU.
+        mtu: u32,
     },
     /// Delete link `name`.
     DelLink {
@@ -542,6 +563,9 @@ pub fn diff(desired: &Desired, observed: &Observed, underlay: IpAddr) -> (Vec<Ch
                 if v.master.as_deref() != Some(n.bridge.as_str()) {
                     changes.push(Change::SetMaster { name: n.vxlan.clone(), master: n.bridge.clone() });
                 }
+                if let Some(mtu) = n.mtu.filter(|m| *m != v.mtu) {
+                    changes.push(Change::SetMtu { name: n.vxlan.clone(), mtu });
+                }
                 if !v.up {
                     changes.push(Change::SetUp { name: n.vxlan.clone() });
                 }
@@ -556,6 +580,7 @@ pub fn diff(desired: &Desired, observed: &Observed, underlay: IpAddr) -> (Vec<Ch
                     vni: n.vni,
                     port: n.port,
                     local: underlay,
+                    mtu: n.mtu,
                     master: n.bridge.clone(),
                 });
                 // A new device has no entries.
@@ -687,11 +712,13 @@ pub async fn observe(handle: &Handle) -> Result<Observed, OverlayError> {
         let index = m.header.index;
         let mut name = None;
         let (mut kind, mut master, mut ours, mut vxlan) = (LinkKind::Other(String::new()), None, false, None);
+        let mut mtu = 0;
         for a in &m.attributes {
             match a {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
                 LinkAttribute::Controller(i) => master = Some(*i),
                 LinkAttribute::IfAlias(s) => ours = s == BRIDGE_ALIAS,
+                LinkAttribute::Mtu(m) => mtu = *m,
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         match i {
@@ -715,6 +742,7 @@ pub async fn observe(handle: &Handle) -> Result<Observed, OverlayError> {
         l.up = m.header.flags.contains(LinkFlags::Up);
         l.ours = ours;
         l.vxlan = vxlan;
+        l.mtu = mtu;
         links.insert(name, (l, master));
     }
     let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
@@ -830,9 +858,12 @@ pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), Overla
             let msg = LinkUnspec::new_with_index(index).alias(BRIDGE_ALIAS).up().build();
             handle.link().set(msg).execute().await.map_err(nl(format!("setting bridge {name} up")))
         }
-        Change::AddVxlan { name, vni, port, local, master } => {
+        Change::AddVxlan { name, vni, port, local, mtu, master } => {
             let bridge = index_of(handle, master).await?;
-            let b = LinkVxlan::new(name, *vni).port(*port).learning(false).proxy(true);
+            let mut b = LinkVxlan::new(name, *vni).port(*port).learning(false).proxy(true);
+            if let Some(m) = mtu {
+                b = b.mtu(*m);
+            }
             let b = match local {
                 IpAddr::V4(a) => b.local(*a),
                 IpAddr::V6(a) => b.local6(*a),
@@ -855,6 +886,11 @@ pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), Overla
                 Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
                 Err(e) => Err(nl(format!("deleting link {name}"))(e)),
             }
+        }
+        Change::SetMtu { name, mtu } => {
+            let index = index_of(handle, name).await?;
+            let msg = LinkUnspec::new_with_index(index).mtu(*mtu).build();
+            handle.link().set(msg).execute().await.map_err(nl(format!("setting the MTU of {name} to {mtu}")))
         }
         Change::SetUp { name } => {
             let index = index_of(handle, name).await?;
@@ -1345,6 +1381,7 @@ mod tests {
                     vni: 5001,
                     port: 4789,
                     local: ME.parse().unwrap(),
+                    mtu: None,
                     master: "swbr5001".into()
                 },
                 Change::SetFdb { vxlan: "swvx5001".into(), mac, dst: "10.211.0.2".parse().unwrap() },
@@ -1553,6 +1590,22 @@ mod tests {
         assert!(check_config(&c).is_err());
         let c = OverlayConfig::new("0.0.0.0".parse().unwrap());
         assert!(check_config(&c).is_err());
+    }
+
+    #[test]
+    fn vxlan_mtu_is_set_when_configured() {
+        let mut c = cfg();
+        c.mtu = Some(1450);
+        let v = view(vec![net(5001, "10.210.1.0/24", "10.210.1.1", &[])]);
+        let (d, _) = desired(&v, &c);
+        let o = converged(&d);
+        let (changes, _) = diff(&d, &o, ME.parse().unwrap());
+        assert_eq!(changes, vec![Change::SetMtu { name: "swvx5001".into(), mtu: 1450 }]);
+        let (changes, _) = diff(&d, &Observed::default(), ME.parse().unwrap());
+        assert!(changes.iter().any(|c| matches!(c, Change::AddVxlan { mtu: Some(1450), .. })), "{changes:?}");
+        // Unset: whatever the kernel has is fine.
+        let (d, _) = desired(&v, &cfg());
+        assert_eq!(diff(&d, &o, ME.parse().unwrap()).0, vec![]);
     }
 
     #[test]

@@ -63,6 +63,10 @@ struct Host {
 
 impl Host {
     fn start(lan: &Lan, name: &str, i: u8, resync: Duration) -> Host {
+        Host::start_with(lan, name, i, resync, |_| {})
+    }
+
+    fn start_with(lan: &Lan, name: &str, i: u8, resync: Duration, tune: impl FnOnce(&mut OverlayConfig)) -> Host {
         let addr = underlay(i);
         let ns = lan.host(name, &[&format!("{addr}/24")]).expect("host namespace");
         let rt = ns.runtime().expect("host runtime");
@@ -70,6 +74,7 @@ impl Host {
         let mut config = OverlayConfig::new(addr);
         config.resync = resync;
         config.retry = Duration::from_millis(200);
+        tune(&mut config);
         let overlay = on(&rt, Overlay::start(rx, config)).expect("overlay starts");
         Host { overlay: Some(overlay), views, rt: Some(rt), ns, addr }
     }
@@ -249,13 +254,25 @@ fn tasks_reach_each_other_across_hosts() {
     }
     let pre = prefix("x");
     let lan = Lan::create(&pre).unwrap();
-    let (h1, h2) = (Host::start(&lan, "h1", 1, LONG), Host::start(&lan, "h2", 2, LONG));
+    // VXLAN devices at 1450 bytes (a 1500-byte underlay minus the
+    // encapsulation), as the task interfaces.
+    let mtu = |c: &mut OverlayConfig| c.mtu = Some(1450);
+    let (h1, h2) = (Host::start_with(&lan, "h1", 1, LONG, mtu), Host::start_with(&lan, "h2", 2, LONG, mtu));
     let (a, b) = ("10.210.1.2", "10.210.1.3");
     h1.set(view(vec![network(5001, "10.210.1.0/24", "10.210.1.1", &[a], &[(b, h2.addr)])]));
     h2.set(view(vec![network(5001, "10.210.1.0/24", "10.210.1.1", &[b], &[(a, h1.addr)])]));
     // What the plane programmed.
     let vx = h1.sh("ip", &["-d", "link", "show", "swvx5001"]);
-    for want in ["vxlan id 5001", "local 10.211.0.1", "dstport 4789", "nolearning", "proxy", "master swbr5001", "UP"] {
+    for want in [
+        "vxlan id 5001",
+        "local 10.211.0.1",
+        "dstport 4789",
+        "nolearning",
+        "proxy",
+        "master swbr5001",
+        "UP",
+        "mtu 1450",
+    ] {
         assert!(vx.contains(want), "{want:?} not in {vx}");
     }
     let br = h1.sh("ip", &["addr", "show", "swbr5001"]);
@@ -266,9 +283,16 @@ fn tasks_reach_each_other_across_hosts() {
 
     let ta = Task::plug(&pre, &h1, "xa", 5001, a, 24, Some("10.210.1.1"));
     let tb = Task::plug(&pre, &h2, "xb", 5001, b, 24, Some("10.210.1.1"));
+    for (host, t, outer) in [(&h1, &ta, "swovxa"), (&h2, &tb, "swovxb")] {
+        t.ns.ip(&["link", "set", "eth0", "mtu", "1450"]).unwrap();
+        host.ns.ip(&["link", "set", outer, "mtu", "1450"]).unwrap();
+    }
     tb.serve(7000);
     let back = ta.echo(b.parse().unwrap(), 7000, b"across the overlay", Duration::from_secs(5)).unwrap();
     assert_eq!(back, b"across the overlay");
+    // Full-size segments, both ways.
+    static BIG: [u8; 64 * 1024] = [0x5a; 64 * 1024];
+    assert_eq!(ta.echo(b.parse().unwrap(), 7000, &BIG, Duration::from_secs(5)).unwrap(), BIG);
     assert!(tb.ping(a), "b -> a");
     // Each task reaches its own node's gateway.
     assert!(ta.ping("10.210.1.1") && tb.ping("10.210.1.1"));
