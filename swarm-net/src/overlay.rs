@@ -807,6 +807,10 @@ pub async fn observe(handle: &Handle) -> Result<Observed, OverlayError> {
     Ok(out)
 }
 
+fn indices(observed: &Observed) -> BTreeMap<String, u32> {
+    observed.links.iter().map(|(n, l)| (n.clone(), l.index)).collect()
+}
+
 fn vxlan_params(v: &[InfoVxlan]) -> VxlanParams {
     let mut p = VxlanParams { id: 0, port: 0, local: None, learning: true, proxy: false };
     for i in v {
@@ -823,7 +827,17 @@ fn vxlan_params(v: &[InfoVxlan]) -> VxlanParams {
     p
 }
 
-async fn index_of(handle: &Handle, name: &str) -> Result<u32, OverlayError> {
+/// The index of link `name`, from `indices` or asked (and remembered).
+async fn index_of(handle: &Handle, indices: &mut BTreeMap<String, u32>, name: &str) -> Result<u32, OverlayError> {
+    if let Some(i) = indices.get(name) {
+        return Ok(*i);
+    }
+    let i = lookup_index(handle, name).await?;
+    indices.insert(name.to_string(), i);
+    Ok(i)
+}
+
+async fn lookup_index(handle: &Handle, name: &str) -> Result<u32, OverlayError> {
     let mut s = handle.link().get().match_name(name.to_string()).execute();
     match s.try_next().await {
         Ok(Some(m)) => Ok(m.header.index),
@@ -844,8 +858,17 @@ fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
     }
 }
 
-/// Applies one change.
-pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), OverlayError> {
+/// Applies one change. `indices` maps link names to indices (seeded from
+/// [`Observed`], completed as links are looked up, updated as they are
+/// created and deleted), so a change costs one netlink round trip.
+pub async fn apply_change(
+    handle: &Handle,
+    indices: &mut BTreeMap<String, u32>,
+    change: &Change,
+) -> Result<(), OverlayError> {
+    if let Change::AddBridge { name } | Change::AddVxlan { name, .. } | Change::DelLink { name } = change {
+        indices.remove(name);
+    }
     match change {
         Change::AddBridge { name } => {
             let r = handle.link().add(LinkBridge::new(name).build()).execute().await;
@@ -854,12 +877,12 @@ pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), Overla
                 Err(e) if errno(&e) == Some(libc::EEXIST) => {}
                 Err(e) => return Err(nl(format!("creating bridge {name}"))(e)),
             }
-            let index = index_of(handle, name).await?;
+            let index = index_of(handle, indices, name).await?;
             let msg = LinkUnspec::new_with_index(index).alias(BRIDGE_ALIAS).up().build();
             handle.link().set(msg).execute().await.map_err(nl(format!("setting bridge {name} up")))
         }
         Change::AddVxlan { name, vni, port, local, mtu, master } => {
-            let bridge = index_of(handle, master).await?;
+            let bridge = index_of(handle, indices, master).await?;
             let mut b = LinkVxlan::new(name, *vni).port(*port).learning(false).proxy(true);
             if let Some(m) = mtu {
                 b = b.mtu(*m);
@@ -876,7 +899,7 @@ pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), Overla
                 .map_err(nl(format!("creating VXLAN device {name} (VNI {vni}, port {port}, local {local})")))
         }
         Change::DelLink { name } => {
-            let index = match index_of(handle, name).await {
+            let index = match lookup_index(handle, name).await {
                 Ok(i) => i,
                 Err(OverlayError::Link(_)) => return Ok(()),
                 Err(e) => return Err(e),
@@ -888,22 +911,22 @@ pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), Overla
             }
         }
         Change::SetMtu { name, mtu } => {
-            let index = index_of(handle, name).await?;
+            let index = index_of(handle, indices, name).await?;
             let msg = LinkUnspec::new_with_index(index).mtu(*mtu).build();
             handle.link().set(msg).execute().await.map_err(nl(format!("setting the MTU of {name} to {mtu}")))
         }
         Change::SetUp { name } => {
-            let index = index_of(handle, name).await?;
+            let index = index_of(handle, indices, name).await?;
             let msg = LinkUnspec::new_with_index(index).up().build();
             handle.link().set(msg).execute().await.map_err(nl(format!("setting {name} up")))
         }
         Change::SetMaster { name, master } => {
-            let (index, bridge) = (index_of(handle, name).await?, index_of(handle, master).await?);
+            let (index, bridge) = (index_of(handle, indices, name).await?, index_of(handle, indices, master).await?);
             let msg = LinkUnspec::new_with_index(index).controller(bridge).build();
             handle.link().set(msg).execute().await.map_err(nl(format!("enslaving {name} to {master}")))
         }
         Change::AddAddr { link, addr, prefix } => {
-            let index = index_of(handle, link).await?;
+            let index = index_of(handle, indices, link).await?;
             match handle.address().add(index, IpAddr::V4(*addr), *prefix).execute().await {
                 Ok(()) => Ok(()),
                 Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
@@ -911,7 +934,7 @@ pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), Overla
             }
         }
         Change::DelAddr { link, addr, prefix } => {
-            let index = index_of(handle, link).await?;
+            let index = index_of(handle, indices, link).await?;
             let mut m = AddressMessage::default();
             m.header.family = AddressFamily::Inet;
             m.header.prefix_len = *prefix;
@@ -925,13 +948,13 @@ pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), Overla
             }
         }
         Change::SetFdb { vxlan, mac, dst } => {
-            let index = index_of(handle, vxlan).await?;
+            let index = index_of(handle, indices, vxlan).await?;
             let mut req = handle.neighbours().add_bridge(index, mac).flags(NeighbourFlags::Own).replace();
             req.message_mut().attributes.push(NeighbourAttribute::Destination(neighbour_address(*dst)));
             req.execute().await.map_err(nl(format!("setting forwarding entry {} dst {dst} on {vxlan}", mac_text(mac))))
         }
         Change::DelFdb { vxlan, mac, dst } => {
-            let index = index_of(handle, vxlan).await?;
+            let index = index_of(handle, indices, vxlan).await?;
             let mut m = NeighbourMessage::default();
             m.header.family = AddressFamily::Bridge;
             m.header.ifindex = index;
@@ -946,7 +969,7 @@ pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), Overla
             }
         }
         Change::SetNeigh { vxlan, ip, mac } => {
-            let index = index_of(handle, vxlan).await?;
+            let index = index_of(handle, indices, vxlan).await?;
             handle
                 .neighbours()
                 .add(index, IpAddr::V4(*ip))
@@ -958,7 +981,7 @@ pub async fn apply_change(handle: &Handle, change: &Change) -> Result<(), Overla
                 .map_err(nl(format!("setting neighbour entry {ip} lladdr {} on {vxlan}", mac_text(mac))))
         }
         Change::DelNeigh { vxlan, ip } => {
-            let index = index_of(handle, vxlan).await?;
+            let index = index_of(handle, indices, vxlan).await?;
             let mut m = NeighbourMessage::default();
             m.header.family = AddressFamily::Inet;
             m.header.ifindex = index;
@@ -1172,8 +1195,9 @@ async fn sync(shared: &Shared, view: &OverlayView, force: bool) -> bool {
         Ok(observed) => {
             let (changes, problems) = diff(&want, &observed, shared.config.underlay);
             errors.extend(problems);
+            let mut indices = indices(&observed);
             for c in &changes {
-                match apply_change(&shared.handle, c).await {
+                match apply_change(&shared.handle, &mut indices, c).await {
                     Ok(()) => tracing::debug!(change = ?c, "overlay: applied"),
                     Err(e) => {
                         tracing::warn!(error = %e, "overlay: change failed, will retry");
@@ -1245,8 +1269,9 @@ async fn teardown(shared: &Shared) -> Result<(), OverlayError> {
     match observe(&shared.handle).await {
         Ok(observed) => {
             let (changes, _) = diff(&Desired::default(), &observed, shared.config.underlay);
+            let mut indices = indices(&observed);
             for c in &changes {
-                if let Err(e) = apply_change(&shared.handle, c).await {
+                if let Err(e) = apply_change(&shared.handle, &mut indices, c).await {
                     tracing::warn!(error = %e, "overlay: not removed at stop");
                     first.get_or_insert(e);
                 }
