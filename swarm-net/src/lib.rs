@@ -9,6 +9,9 @@
 //! - [`kernel`] (Linux): the same two data paths as iptables NAT rules
 //!   (kube-proxy's iptables mode; Swarm uses IPVS): no userspace hop.
 //! - [`netns`] (Linux): network namespaces for tests and benchmarks.
+//! - [`overlay`] (Linux): the node's overlay data plane: bridges, VXLAN
+//!   devices, forwarding and neighbour entries (netlink) and isolation rules
+//!   following the node's `OverlayView`.
 //! - [`node`]: one node's plane in one call: discovery, DNS and the data
 //!   path (userspace or kernel).
 //! - [`workload`]: synthetic discovery states for benchmarks.
@@ -47,6 +50,8 @@ pub mod mesh;
 #[cfg(target_os = "linux")]
 pub mod netns;
 pub mod node;
+#[cfg(target_os = "linux")]
+pub mod overlay;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod vip;
