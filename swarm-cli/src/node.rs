@@ -139,6 +139,12 @@ pub struct NodeOptions {
     /// `init` only: an external CA signs every certificate; its key is not
     /// in the store (docs/security.md, "External CA").
     pub external_ca: Option<ExternalSignerConfig>,
+    /// Run the overlay data plane (`swarm_net::overlay`: bridges, VXLAN
+    /// devices and forwarding entries of the node's overlay networks,
+    /// following the view the managers send), with the advertised IP as
+    /// the VXLAN underlay address. Linux, root. Off: tasks on overlay
+    /// networks get their addresses but no node joins the segments.
+    pub overlay: bool,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -759,8 +765,16 @@ fn start_agent(shared: &Arc<Shared>, managers: Vec<String>) -> Result<(Task, Arc
         opts.runtime.clone(),
         dispatcher.clone(),
     );
+    let plane = opts.overlay.then(|| {
+        let views = agent.overlay();
+        let cfg = swarm_net::overlay::OverlayConfig::new(opts.advertised(opts.listen_addr).ip());
+        run_overlay(views, cfg)
+    });
     let removed = shared.clone();
     let task = spawn(async move {
+        // The plane lives as long as the agent: both stop with this task
+        // (the kernel state stays, like the containers).
+        let _plane = plane.map(spawn);
         match agent.run().await {
             Ok(()) => tracing::info!("agent stopped"),
             Err(AgentError::Removed(node)) => {
@@ -770,6 +784,28 @@ fn start_agent(shared: &Arc<Shared>, managers: Vec<String>) -> Result<(Task, Arc
         }
     });
     Ok((task, dispatcher))
+}
+
+/// Runs the overlay data plane on `views` until aborted, retrying its
+/// start (netlink or iptables may not be usable yet).
+async fn run_overlay(
+    views: tokio::sync::watch::Receiver<swarm_core::overlay::OverlayView>,
+    cfg: swarm_net::overlay::OverlayConfig,
+) {
+    loop {
+        match swarm_net::overlay::Overlay::start(views.clone(), cfg.clone()).await {
+            Ok(plane) => {
+                tracing::info!(underlay = %cfg.underlay, "overlay data plane started");
+                // Held until this task is aborted with the agent.
+                std::future::pending::<()>().await;
+                drop(plane);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the overlay data plane; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
 }
 
 /// Presents `creds` on every new connection from now on: the node API

@@ -15,6 +15,7 @@
 //!   --cpus N --memory BYTES   capacity reported             default: the host's
 //!   --raft-tick DURATION      default 100ms (election after 10 ticks)
 //!   --allow-short-certs       certificate lifetimes under an hour (tests; every manager)
+//!   --overlay                 run the overlay data plane (root; VXLAN underlay = the advertised IP)
 //!   --force-new-cluster       run: this manager alone forms a new cluster from its log
 //!                             (after losing the quorum for good; re-join the others)
 //! ```
@@ -38,7 +39,7 @@ type Error = Box<dyn std::error::Error>;
 fn usage() -> &'static str {
     "usage: swarmd init|join|run --state-dir DIR [--listen-addr HOST:PORT] [--raft-addr HOST:PORT] \
      [--advertise-addr IP] [--hostname NAME] [--runtime sim|docker|containerd] [--cpus N] [--memory BYTES] \
-     [--raft-tick DURATION] [--allow-short-certs]\n  init: [--heartbeat DURATION] [--cert-expiry DURATION] [--external-ca URL --external-ca-cert FILE]\n  join: --token TOKEN MANAGER_ADDR\n  run: [--force-new-cluster]"
+     [--raft-tick DURATION] [--allow-short-certs] [--overlay]\n  init: [--heartbeat DURATION] [--cert-expiry DURATION] [--external-ca URL --external-ca-cert FILE]\n  join: --token TOKEN MANAGER_ADDR\n  run: [--force-new-cluster]"
 }
 
 fn duration(a: &mut Args, name: &str) -> Result<Option<Duration>, ArgError> {
@@ -74,7 +75,7 @@ fn host_name() -> String {
 }
 
 async fn run() -> Result<(), Error> {
-    let mut a = Args::parse(std::env::args().skip(1), &["allow-short-certs", "force-new-cluster"])?;
+    let mut a = Args::parse(std::env::args().skip(1), &["allow-short-certs", "force-new-cluster", "overlay"])?;
     let command = a.next_word().ok_or(usage())?;
     let state_dir = PathBuf::from(a.required("state-dir")?);
     let listen_addr: SocketAddr = a.parsed("listen-addr")?.unwrap_or_else(|| ([127, 0, 0, 1], 4242).into());
@@ -93,6 +94,7 @@ async fn run() -> Result<(), Error> {
     let cert_lifetime = duration(&mut a, "cert-expiry")?;
     let allow_short_certs = a.switch("allow-short-certs");
     let force_new_cluster = a.switch("force-new-cluster");
+    let overlay = a.switch("overlay");
     let token = a.value("token");
     let external_ca = match (a.value("external-ca"), a.value("external-ca-cert")) {
         (Some(url), Some(path)) => {
@@ -123,6 +125,7 @@ async fn run() -> Result<(), Error> {
         allow_short_certs,
         force_new_cluster,
         external_ca,
+        overlay,
     };
     let node = match command.as_str() {
         "init" => {
