@@ -11,6 +11,8 @@
 //! - [`netns`] (Linux): network namespaces for tests and benchmarks.
 //! - [`node`]: one node's plane in one call: discovery, DNS and the data
 //!   path (userspace or kernel).
+//! - [`tunnel`] (Linux): the userspace ChaCha20-Poly1305 tunnel carrying
+//!   the VXLAN traffic of encrypted overlay networks between nodes.
 //! - [`workload`]: synthetic discovery states for benchmarks.
 //! - [`vip`]: the VIP data path: each node serves every service VIP on the
 //!   service's target ports with the mesh's proxy (the userspace
@@ -49,5 +51,7 @@ pub mod netns;
 pub mod node;
 #[cfg(target_os = "linux")]
 pub mod splice;
+#[cfg(target_os = "linux")]
+pub mod tunnel;
 pub mod vip;
 pub mod workload;
