@@ -762,15 +762,21 @@ impl Tunnel {
         let dev = config.device.as_str();
         let mtu = tun_mtu(config.underlay_mtu).to_string();
         run(&config.ip, &["link", "set", "dev", dev, "mtu", &mtu, "up"]).await?;
-        sysctl(&format!("net/ipv4/conf/{dev}/rp_filter"), "2")?;
         if let Err(e) = sysctl(&format!("net/ipv6/conf/{dev}/disable_ipv6"), "1") {
             tracing::debug!(error = %e, "IPv6 not disabled on the tunnel device (no IPv6?)");
         }
         let (table, prio) = (config.route_table.to_string(), config.rule_priority.to_string());
         let (port, local) = (config.encrypted_port.to_string(), format!("{}/32", config.local));
         run(&config.ip, &["route", "replace", "default", "dev", dev, "table", &table]).await?;
-        let rule = ["rule", "add", "priority", &prio, "from", &local, "ipproto", "udp", "dport", &port, "lookup", &table];
-        run(&config.ip, &rule).await?;
+        // Outbound: this node's VXLAN packets into the device. Inbound: the
+        // reverse-path check of a packet written into the device (from the
+        // peer's port P to our 4799) looks up the reverse flow (from us,
+        // sport 4799, to P): the same table routes it through the device,
+        // so the packet passes rp_filter, strict or loose, unchanged.
+        for dir in ["dport", "sport"] {
+            let rule = ["rule", "add", "priority", &prio, "from", &local, "ipproto", "udp", dir, &port, "lookup", &table];
+            run(&config.ip, &rule).await?;
+        }
         let ipt = &config.iptables;
         let chain = config.chain.as_str();
         run(ipt, &["-w", "-N", chain]).await?;
@@ -1037,7 +1043,9 @@ async fn remove(config: &TunnelConfig) -> Result<(), TunnelError> {
         }
     };
     let (table, prio) = (config.route_table.to_string(), config.rule_priority.to_string());
-    note(run(&config.ip, &["rule", "del", "priority", &prio]).await);
+    for _ in 0..2 {
+        note(run(&config.ip, &["rule", "del", "priority", &prio]).await);
+    }
     note(run(&config.ip, &["route", "flush", "table", &table]).await);
     let (ipt, chain) = (&config.iptables, config.chain.as_str());
     note(run(ipt, &["-w", "-D", "INPUT", "-j", chain]).await);
