@@ -556,20 +556,29 @@ fn plain_vxlan_from_the_underlay_is_dropped_and_forged_or_replayed_records_are_c
             assert!(!seen.records_in.is_empty(), "records to host 1 captured: {:?}", seen.udp_to);
             let before = world.tunnel(1).stats();
 
-            // 1. Plain VXLAN to 4799 from the underlay: dropped before the
-            // VXLAN device, by the tunnel's iptables rule.
+            // 1. Plain VXLAN to 4799 from the underlay is dropped: with
+            // strict rp_filter already by the reverse-path check (the reverse
+            // route of such a packet is the tunnel device), otherwise by the
+            // tunnel's iptables rule.
             let tunnel_port = SocketAddr::new(underlay(2, 1).into(), 4798);
             let vxlan_port = SocketAddr::new(underlay(2, 1).into(), 4799);
             send(vxlan_port, plain_vxlan(2, 7000, b"injected")).await.unwrap();
-            assert_eq!(received(inbox.clone()).await, None, "injected plain VXLAN reached the task");
-            let rules = world.hosts[0].exec("iptables", &["-w", "-L", "SWARM-TUNNEL", "-v", "-x", "-n"]).unwrap();
-            let dropped: u64 = rules
-                .lines()
-                .find(|l| l.contains("DROP"))
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no DROP rule: {rules}"));
-            assert!(dropped >= 1, "{rules}");
+            assert_eq!(received(inbox.clone()).await, None, "injected plain VXLAN reached the task (strict rp_filter)");
+            let dropped_by_rule = || {
+                let rules = world.hosts[0].exec("iptables", &["-w", "-L", "SWARM-TUNNEL", "-v", "-x", "-n"]).unwrap();
+                rules
+                    .lines()
+                    .find(|l| l.contains("DROP"))
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("no DROP rule: {rules}"))
+            };
+            let before_rule = dropped_by_rule();
+            let sysctl = ["-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.lan0.rp_filter=0"];
+            world.hosts[0].exec("sysctl", &sysctl).unwrap();
+            send(vxlan_port, plain_vxlan(2, 7000, b"injected")).await.unwrap();
+            assert_eq!(received(inbox.clone()).await, None, "injected plain VXLAN reached the task (no rp_filter)");
+            assert_eq!(dropped_by_rule(), before_rule + 1, "the iptables rule dropped it");
 
             // 2. A record with a bad tag (right network and key id).
             let mut forged = vec![1u8, 0, 0x17, 0x71];
