@@ -8,6 +8,9 @@
 //! 2. A policy-routing rule (`from <local> ipproto udp dport 4799 lookup
 //!    <table>`) sends those kernel-generated UDP packets into a TUN device
 //!    (`swtun0`), whose table holds a single `default dev swtun0` route.
+//!    (Tested on 6.18: the rule matches the VXLAN driver's route lookup; no
+//!    fwmark needed. The VXLAN device must have no `dev`: a lower device
+//!    fixes the lookup's output interface, which the table cannot match.)
 //! 3. The tunnel reads each IP packet from the TUN device, takes the VNI
 //!    from its VXLAN header, seals the whole packet with ChaCha20-Poly1305
 //!    under that network's current key and sends the record over its own
@@ -15,8 +18,12 @@
 //! 4. The peer opens it with the key the record names (current or
 //!    previous), checks that it is a VXLAN packet of that network addressed
 //!    to itself, and writes it into its TUN device; the kernel delivers it to
-//!    its VXLAN socket. Plain VXLAN to 4799 arriving on any other interface
-//!    is dropped by an iptables rule (chain `SWARM-TUNNEL`).
+//!    its VXLAN socket. A second rule (`from <local> ipproto udp sport 4799
+//!    lookup <table>`) makes the reverse path of such a packet the TUN
+//!    device, so it passes rp_filter in any mode without changing it. Plain
+//!    VXLAN to 4799 arriving on any other interface is dropped: by strict
+//!    rp_filter (its reverse path is the TUN device) and in any case by an
+//!    iptables rule (chain `SWARM-TUNNEL`, jumped to from INPUT).
 //!
 //! # The record
 //!
@@ -738,9 +745,9 @@ impl std::fmt::Debug for Tunnel {
 }
 
 impl Tunnel {
-    /// Creates the TUN device (up, MTU [`tun_mtu`], rp_filter loose on it
-    /// alone, IPv6 off), the route and the policy rule sending this node's
-    /// UDP to `encrypted_port` into it, the iptables chain dropping plain
+    /// Creates the TUN device (up, MTU [`tun_mtu`], IPv6 off), the route
+    /// and the two policy rules (this node's UDP to `encrypted_port` into
+    /// it; the reverse path of what it delivers), the iptables chain dropping plain
     /// VXLAN to `encrypted_port` from anywhere else, and the tunnel socket,
     /// then starts moving packets. Runs in the network namespace of the
     /// calling thread; the runtime's threads must all be in it (the tasks'
@@ -774,7 +781,8 @@ impl Tunnel {
         // sport 4799, to P): the same table routes it through the device,
         // so the packet passes rp_filter, strict or loose, unchanged.
         for dir in ["dport", "sport"] {
-            let rule = ["rule", "add", "priority", &prio, "from", &local, "ipproto", "udp", dir, &port, "lookup", &table];
+            let rule =
+                ["rule", "add", "priority", &prio, "from", &local, "ipproto", "udp", dir, &port, "lookup", &table];
             run(&config.ip, &rule).await?;
         }
         let ipt = &config.iptables;
@@ -981,7 +989,11 @@ fn open_tun(name: &str) -> Result<AsyncFd<OwnedFd>, TunnelError> {
     }
     // SAFETY: the AsyncFd owns the descriptor, which nothing replaces or
     // closes while it is registered.
-    unsafe { AsyncFd::register(fd) }.map_err(|source| TunnelError::Sys { call: "register with tokio", what: name.to_string(), source: source.into() })
+    unsafe { AsyncFd::register(fd) }.map_err(|source| TunnelError::Sys {
+        call: "register with tokio",
+        what: name.to_string(),
+        source: source.into(),
+    })
 }
 
 async fn read_tun(tun: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<usize> {

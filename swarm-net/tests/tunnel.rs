@@ -5,6 +5,9 @@
 //! veth on the bridge. Needs root, iproute2, iptables and /dev/net/tun:
 //! skipped without them (recorded), failing under CI.
 #![cfg(target_os = "linux")]
+// Servers are started on a task's runtime and their JoinHandle returned to
+// the test, which awaits it after the client is done: on purpose.
+#![allow(clippy::async_yields_async)]
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -68,7 +71,8 @@ impl World {
             let host = lan.host(&i.to_string(), &[&format!("{}/24", underlay(test, i))]).unwrap();
             // Strict reverse-path filtering everywhere, as hardened hosts
             // have it: the tunnel must not need it relaxed.
-            host.exec("sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1"]).unwrap();
+            host.exec("sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1"])
+                .unwrap();
             let local = underlay(test, i).to_string();
             host.ip(&["link", "add", "swtnbr0", "type", "bridge"]).unwrap();
             // No `dev`: a lower device would pin the route lookup of the
@@ -78,8 +82,22 @@ impl World {
             host.ip(&["link", "set", "swtnvx0", "mtu", &mtu, "master", "swtnbr0", "up"]).unwrap();
             let task = NetNs::create(format!("{prefix}-t{i}")).unwrap();
             netns::ip(&[
-                "link", "add", "eth0", "netns", task.name(), "mtu", &mtu, "type", "veth", "peer", "name", "swtnv0",
-                "mtu", &mtu, "netns", host.name(),
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                task.name(),
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "swtnv0",
+                "mtu",
+                &mtu,
+                "netns",
+                host.name(),
             ])
             .unwrap();
             host.ip(&["link", "set", "swtnv0", "master", "swtnbr0", "up"]).unwrap();
@@ -126,13 +144,21 @@ impl World {
                 ("ip", &["route", "show", "table", "all"]),
                 ("bridge", &["fdb", "show", "dev", "swtnvx0"]),
                 ("iptables", &["-w", "-L", "-v", "-n"]),
-                ("cat", &["/proc/net/snmp", "/proc/sys/net/ipv4/conf/all/rp_filter", "/proc/sys/net/ipv4/conf/swtun0/rp_filter"]),
+                (
+                    "cat",
+                    &[
+                        "/proc/net/snmp",
+                        "/proc/sys/net/ipv4/conf/all/rp_filter",
+                        "/proc/sys/net/ipv4/conf/swtun0/rp_filter",
+                    ],
+                ),
             ] {
                 out += &format!("-- {cmd} {args:?}\n{}\n", h.exec(cmd, args).unwrap_or_else(|e| e.to_string()));
             }
         }
         for (i, t) in self.tasks.iter().enumerate() {
-            out += &format!("== task {}\n{}\n", i + 1, t.exec("ip", &["-s", "neigh"]).unwrap_or_else(|e| e.to_string()));
+            out +=
+                &format!("== task {}\n{}\n", i + 1, t.exec("ip", &["-s", "neigh"]).unwrap_or_else(|e| e.to_string()));
         }
         out
     }
@@ -279,7 +305,9 @@ fn capture(ns: &str, dev: &'static str, marker: Vec<u8>, record_dst: Ipv4Addr) -
         let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
         let size = std::mem::size_of::<libc::timeval>() as u32;
         // SAFETY: tv lives for the call.
-        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), size) };
+        unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), size)
+        };
         let big: libc::c_int = 16 << 20;
         // SAFETY: big lives for the call.
         unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&big as *const i32).cast(), 4) };
@@ -300,7 +328,10 @@ fn capture(ns: &str, dev: &'static str, marker: Vec<u8>, record_dst: Ipv4Addr) -
             seen.frames += 1;
             seen.bytes += frame.len();
             seen.largest = seen.largest.max(frame.len());
-            if frame.len() > 21 && frame[12..14] == [0x08, 0x00] && u16::from_be_bytes([frame[20], frame[21]]) & 0x3fff != 0 {
+            if frame.len() > 21
+                && frame[12..14] == [0x08, 0x00]
+                && u16::from_be_bytes([frame[20], frame[21]]) & 0x3fff != 0
+            {
                 seen.fragments += 1;
             }
             if frame.windows(marker.len()).any(|w| w == marker) {
@@ -683,7 +714,8 @@ fn a_key_rotation_during_a_long_stream_loses_no_connection_and_corrupts_no_byte(
             // Two-step rotation to key 3: every node accepts it before any
             // sends with it, so nothing is dropped for an unknown key.
             let unknown = |w: &World| {
-                w.tunnel(1).stats().dropped(DropReason::UnknownKey) + w.tunnel(2).stats().dropped(DropReason::UnknownKey)
+                w.tunnel(1).stats().dropped(DropReason::UnknownKey)
+                    + w.tunnel(2).stats().dropped(DropReason::UnknownKey)
             };
             let unknown_before = unknown(&world);
             let k3 = k2.rotated().unwrap();
