@@ -9,8 +9,7 @@
 //!    <table>`) sends those kernel-generated UDP packets into a TUN device
 //!    (`swtun0`), whose table holds a single `default dev swtun0` route.
 //!    (Tested on 6.18: the rule matches the VXLAN driver's route lookup; no
-//!    fwmark needed. The VXLAN device must have no `dev`: a lower device
-//!    fixes the lookup's output interface, which the table cannot match.)
+//!    fwmark needed; a VXLAN device with or without `dev` is routed alike.)
 //! 3. The tunnel reads each IP packet from the TUN device, takes the VNI
 //!    from its VXLAN header, seals the whole packet with ChaCha20-Poly1305
 //!    under that network's current key and sends the record over its own
@@ -933,9 +932,15 @@ async fn inbound(
             _ = stopped.changed() => return,
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, _)) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    // An ICMP port unreachable for an earlier send (a peer
+                    // without a tunnel): not this socket's failure.
+                    tracing::debug!(error = %e, "tunnel peer unreachable");
+                    continue;
+                }
                 Err(e) => {
-                    // ICMP errors of earlier sends surface here: not fatal.
-                    tracing::debug!(error = %e, "tunnel socket receive error");
+                    tracing::warn!(error = %e, "tunnel socket receive error");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             },

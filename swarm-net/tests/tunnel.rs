@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use swarm_conformance::skip::skip;
 use swarm_net::netns::{self, Lan, NetNs};
-use swarm_net::tunnel::{DropReason, KeySet, Tunnel, TunnelConfig, TunnelStats, overlay_mtu};
+use swarm_net::tunnel::{DropReason, KeySet, NetworkKey, Tunnel, TunnelConfig, TunnelStats, overlay_mtu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
@@ -39,8 +39,15 @@ fn underlay(test: u8, host: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 221, test, host as u8)
 }
 
+/// Host `host`'s task on network 0 (VNI 6001).
 fn task_ip(test: u8, host: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 220, test, 10 + host as u8)
+    net_ip(test, 0, host)
+}
+
+/// Host `host`'s task on network `k` (a /24 per test and network).
+fn net_ip(test: u8, k: usize, host: usize) -> Ipv4Addr {
+    let third = if k == 0 { test } else { 100 + 10 * test + k as u8 };
+    Ipv4Addr::new(10, 220, third, 10 + host as u8)
 }
 
 fn mac(ip: Ipv4Addr) -> String {
@@ -48,88 +55,99 @@ fn mac(ip: Ipv4Addr) -> String {
     format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
-/// Hosts 1..=n on a LAN, each with a tunnel, a bridge, a VXLAN device and
-/// a task; fields drop in order (tunnels, runtimes, then namespaces).
+/// Hosts 1..=n on a LAN, each with a tunnel; networks (bridge, VXLAN
+/// device, a task per member host); fields drop in order (tunnels,
+/// runtimes, then namespaces).
 struct World {
     test: u8,
+    prefix: String,
     tunnels: Vec<Option<Tunnel>>,
-    task_rts: Vec<Runtime>,
+    /// (network, host) -> the task's runtime.
+    task_rts: Vec<((usize, usize), Runtime)>,
     host_rts: Vec<Runtime>,
-    tasks: Vec<NetNs>,
+    tasks: Vec<((usize, usize), NetNs)>,
     hosts: Vec<NetNs>,
     lan: Lan,
 }
 
 impl World {
+    /// `n` hosts with network 0 (VNI 6001) on all of them.
     fn new(test: u8, n: usize) -> World {
         let prefix = format!("swtn{}{}", std::process::id(), (b'a' + test) as char);
         let lan = Lan::create(&prefix).unwrap();
         let mut hosts = Vec::new();
-        let mut tasks = Vec::new();
-        let mtu = overlay_mtu(1500).to_string();
         for i in 1..=n {
             let host = lan.host(&i.to_string(), &[&format!("{}/24", underlay(test, i))]).unwrap();
             // Strict reverse-path filtering everywhere, as hardened hosts
             // have it: the tunnel must not need it relaxed.
             host.exec("sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1"])
                 .unwrap();
-            let local = underlay(test, i).to_string();
-            host.ip(&["link", "add", "swtnbr0", "type", "bridge"]).unwrap();
-            // No `dev`: a lower device would pin the route lookup of the
-            // VXLAN packets to it, past the tunnel's table.
-            let vx = ["link", "add", "swtnvx0", "type", "vxlan", "id", "6001", "dstport", "4799", "local", &local];
-            host.ip(&[&vx[..], &["nolearning"]].concat()).unwrap();
-            host.ip(&["link", "set", "swtnvx0", "mtu", &mtu, "master", "swtnbr0", "up"]).unwrap();
-            let task = NetNs::create(format!("{prefix}-t{i}")).unwrap();
-            netns::ip(&[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                task.name(),
-                "mtu",
-                &mtu,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "swtnv0",
-                "mtu",
-                &mtu,
-                "netns",
-                host.name(),
-            ])
-            .unwrap();
-            host.ip(&["link", "set", "swtnv0", "master", "swtnbr0", "up"]).unwrap();
-            host.ip(&["link", "set", "swtnbr0", "up"]).unwrap();
-            let ip = task_ip(test, i);
-            task.ip(&["link", "set", "eth0", "address", &mac(ip)]).unwrap();
-            task.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]).unwrap();
-            task.ip(&["link", "set", "eth0", "up"]).unwrap();
             hosts.push(host);
-            tasks.push(task);
-        }
-        // Every task's address on every other host: FDB and neighbour.
-        for (i, host) in hosts.iter().enumerate() {
-            for j in 1..=n {
-                if j == i + 1 {
-                    continue;
-                }
-                let (m, dst) = (mac(task_ip(test, j)), underlay(test, j).to_string());
-                host.exec("bridge", &["fdb", "append", &m, "dev", "swtnvx0", "dst", &dst]).unwrap();
-                let ip = task_ip(test, j).to_string();
-                tasks[i].ip(&["neigh", "add", &ip, "lladdr", &m, "dev", "eth0", "nud", "permanent"]).unwrap();
-            }
         }
         let host_rts: Vec<Runtime> = hosts.iter().map(|h| h.runtime().unwrap()).collect();
-        let task_rts: Vec<Runtime> = tasks.iter().map(|t| t.runtime().unwrap()).collect();
         let mut tunnels = Vec::new();
         for (i, rt) in host_rts.iter().enumerate() {
             let config = TunnelConfig::new(underlay(test, i + 1));
             let t = rt.block_on(rt.spawn(Tunnel::start(config))).unwrap().expect("tunnel starts");
             tunnels.push(Some(t));
         }
-        World { test, tunnels, task_rts, host_rts, tasks, hosts, lan }
+        let mut world = World { test, prefix, tunnels, task_rts: Vec::new(), host_rts, tasks: Vec::new(), hosts, lan };
+        world.add_network(0, VNI, &(1..=n).collect::<Vec<_>>());
+        world
+    }
+
+    /// Network `k` with VNI `vni` on the `members` hosts: bridge
+    /// `swtnbr<k>`, VXLAN device `swtnvx<k>` (dstport 4799, the overlay
+    /// MTU), a task namespace per member with a veth on the bridge, and
+    /// every other member's task in the FDB and the task's neighbours.
+    fn add_network(&mut self, k: usize, vni: u32, members: &[usize]) {
+        let (test, mtu) = (self.test, overlay_mtu(1500).to_string());
+        let (br, vx, veth) = (format!("swtnbr{k}"), format!("swtnvx{k}"), format!("swtnv{k}"));
+        for &i in members {
+            let host = &self.hosts[i - 1];
+            let local = underlay(test, i).to_string();
+            host.ip(&["link", "add", &br, "type", "bridge"]).unwrap();
+            let id = vni.to_string();
+            host.ip(&[
+                "link",
+                "add",
+                &vx,
+                "type",
+                "vxlan",
+                "id",
+                &id,
+                "dstport",
+                "4799",
+                "local",
+                &local,
+                "nolearning",
+            ])
+            .unwrap();
+            host.ip(&["link", "set", &vx, "mtu", &mtu, "master", &br, "up"]).unwrap();
+            let task = NetNs::create(format!("{}-n{k}t{i}", self.prefix)).unwrap();
+            let (task_ns, host_ns) = (task.name(), host.name());
+            let link = ["link", "add", "eth0", "netns", task_ns, "mtu", &mtu, "type", "veth", "peer", "name"];
+            netns::ip(&[&link[..], &[&veth, "mtu", &mtu, "netns", host_ns]].concat()).unwrap();
+            host.ip(&["link", "set", &veth, "master", &br, "up"]).unwrap();
+            host.ip(&["link", "set", &br, "up"]).unwrap();
+            let ip = net_ip(test, k, i);
+            task.ip(&["link", "set", "eth0", "address", &mac(ip)]).unwrap();
+            task.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]).unwrap();
+            task.ip(&["link", "set", "eth0", "up"]).unwrap();
+            for &j in members.iter().filter(|j| **j != i) {
+                let (m, dst) = (mac(net_ip(test, k, j)), underlay(test, j).to_string());
+                host.exec("bridge", &["fdb", "append", &m, "dev", &vx, "dst", &dst]).unwrap();
+                let peer = net_ip(test, k, j).to_string();
+                task.ip(&["neigh", "add", &peer, "lladdr", &m, "dev", "eth0", "nud", "permanent"]).unwrap();
+            }
+            self.task_rts.push(((k, i), task.runtime().unwrap()));
+            self.tasks.push(((k, i), task));
+        }
+    }
+
+    /// The runtime of host `host`'s task on network `k`.
+    fn task_rt(&self, k: usize, host: usize) -> &Runtime {
+        &self.task_rts.iter().find(|(at, _)| *at == (k, host)).expect("a task there").1
     }
 
     /// The hosts' tunnel counters, links, rules and routes, for failures.
@@ -142,7 +160,7 @@ impl World {
                 ("ip", &["-s", "link"][..]),
                 ("ip", &["rule"]),
                 ("ip", &["route", "show", "table", "all"]),
-                ("bridge", &["fdb", "show", "dev", "swtnvx0"]),
+                ("bridge", &["fdb", "show"]),
                 ("iptables", &["-w", "-L", "-v", "-n"]),
                 (
                     "cat",
@@ -156,9 +174,9 @@ impl World {
                 out += &format!("-- {cmd} {args:?}\n{}\n", h.exec(cmd, args).unwrap_or_else(|e| e.to_string()));
             }
         }
-        for (i, t) in self.tasks.iter().enumerate() {
-            out +=
-                &format!("== task {}\n{}\n", i + 1, t.exec("ip", &["-s", "neigh"]).unwrap_or_else(|e| e.to_string()));
+        for ((k, i), t) in &self.tasks {
+            let neigh = t.exec("ip", &["-s", "neigh"]).unwrap_or_else(|e| e.to_string());
+            out += &format!("== network {k} task {i}\n{neigh}\n");
         }
         out
     }
@@ -386,8 +404,13 @@ async fn until_stats(world: &World, host: usize, what: &str, f: impl Fn(&TunnelS
 /// Connects from task `from` to task `to`'s `port`, retrying briefly (the
 /// first SYN may race the listener).
 async fn connect(world: &World, from: usize, to: usize, port: u16) -> tokio::net::TcpStream {
-    let addr = SocketAddr::new(task_ip(world.test, to).into(), port);
-    let rt = &world.task_rts[from - 1];
+    connect_on(world, 0, from, to, port).await
+}
+
+/// [`connect`] on network `k`.
+async fn connect_on(world: &World, k: usize, from: usize, to: usize, port: u16) -> tokio::net::TcpStream {
+    let addr = SocketAddr::new(net_ip(world.test, k, to).into(), port);
+    let rt = world.task_rt(k, from);
     rt.spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -406,7 +429,8 @@ async fn connect(world: &World, from: usize, to: usize, port: u16) -> tokio::net
 /// Sends `mib` MiB from task `from` to a sink on task `to`; MiB/s.
 async fn throughput(world: &World, from: usize, to: usize, port: u16, mib: usize) -> f64 {
     let addr = SocketAddr::new(task_ip(world.test, to).into(), port);
-    let sink = world.task_rts[to - 1]
+    let sink = world
+        .task_rt(0, to)
         .spawn(async move {
             let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
             tokio::spawn(async move {
@@ -425,7 +449,8 @@ async fn throughput(world: &World, from: usize, to: usize, port: u16, mib: usize
         .unwrap();
     let mut s = connect(world, from, to, port).await;
     let started = Instant::now();
-    world.task_rts[from - 1]
+    world
+        .task_rt(0, from)
         .spawn(async move {
             let chunk = vec![0x5au8; 1024 * 1024];
             for _ in 0..mib {
@@ -470,12 +495,12 @@ fn tcp_between_tasks_on_two_hosts_crosses_the_underlay_only_sealed() {
 
             let addr = SocketAddr::new(task_ip(1, 2).into(), 5001);
             let m = marker.clone();
-            let served = world.task_rts[1].spawn(async move { verifier(addr, m).await }).await.unwrap();
+            let served = world.task_rt(0, 2).spawn(async move { verifier(addr, m).await }).await.unwrap();
             let s = connect(&world, 1, 2, 5001).await;
             const BLOCKS: u64 = 16 * 1024; // 16 MiB
             let m = marker.clone();
             let (sent, good) =
-                world.task_rts[0].spawn(async move { send_blocks(s, &m, BLOCKS, |_| false).await }).await.unwrap();
+                world.task_rt(0, 1).spawn(async move { send_blocks(s, &m, BLOCKS, |_| false).await }).await.unwrap();
             assert_eq!(served.await.unwrap().unwrap(), sent * 1024);
             assert_eq!(good, sent * 1024, "every byte arrived intact");
             let seen = cap.finish();
@@ -558,7 +583,7 @@ fn plain_vxlan_from_the_underlay_is_dropped_and_forged_or_replayed_records_are_c
         tokio::time::timeout(LIMIT, async {
             // Task 1 listens for datagrams.
             let at = SocketAddr::new(task_ip(2, 1).into(), 7000);
-            let inbox = world.task_rts[0].spawn(async move { tokio::net::UdpSocket::bind(at).await.unwrap() });
+            let inbox = world.task_rt(0, 1).spawn(async move { tokio::net::UdpSocket::bind(at).await.unwrap() });
             let inbox = Arc::new(inbox.await.unwrap());
             let send = |to: SocketAddr, bytes: Vec<u8>| {
                 attacker_rt.spawn(async move {
@@ -577,10 +602,10 @@ fn plain_vxlan_from_the_underlay_is_dropped_and_forged_or_replayed_records_are_c
             // Traffic through the tunnel, captured on host 1, to replay.
             let cap = capture(world.hosts[0].name(), "lan0", b"unused-marker".to_vec(), underlay(2, 1));
             let addr = SocketAddr::new(task_ip(2, 2).into(), 5002);
-            let served = world.task_rts[1].spawn(async move { verifier(addr, b"r".to_vec()).await }).await.unwrap();
+            let served = world.task_rt(0, 2).spawn(async move { verifier(addr, b"r".to_vec()).await }).await.unwrap();
             let s = connect(&world, 1, 2, 5002).await;
             let (sent, good) =
-                world.task_rts[0].spawn(async move { send_blocks(s, b"r", 256, |_| false).await }).await.unwrap();
+                world.task_rt(0, 1).spawn(async move { send_blocks(s, b"r", 256, |_| false).await }).await.unwrap();
             assert_eq!(good, sent * 1024);
             served.await.unwrap().unwrap();
             let seen = cap.finish();
@@ -668,11 +693,11 @@ fn a_key_rotation_during_a_long_stream_loses_no_connection_and_corrupts_no_byte(
     main_rt().block_on(async {
         tokio::time::timeout(LIMIT, async {
             let addr = SocketAddr::new(task_ip(3, 2).into(), 5003);
-            let served = world.task_rts[1].spawn(async move { verifier(addr, b"rot".to_vec()).await }).await.unwrap();
+            let served = world.task_rt(0, 2).spawn(async move { verifier(addr, b"rot".to_vec()).await }).await.unwrap();
             let s = connect(&world, 1, 2, 5003).await;
             let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
             let p = phase.clone();
-            let stream = world.task_rts[0].spawn(async move {
+            let stream = world.task_rt(0, 1).spawn(async move {
                 // Runs until the rotations are done, plus 4 MiB more.
                 let done_at = std::sync::Mutex::new(None);
                 send_blocks(s, b"rot", 1024, |i| {
@@ -740,6 +765,78 @@ fn a_key_rotation_during_a_long_stream_loses_no_connection_and_corrupts_no_byte(
                 assert_eq!(s.dropped(DropReason::BadTag), 0, "host {h}: {s:?}");
             }
             eprintln!("rotation stream: {} MiB intact", sent / 1024);
+        })
+        .await
+        .expect("within the time limit");
+    });
+}
+
+/// Sends `blocks` KiB from host `from`'s task to host `to`'s on network
+/// `k` and checks that every byte arrived.
+async fn transfer(world: &World, k: usize, from: usize, to: usize, port: u16, blocks: u64) {
+    let addr = SocketAddr::new(net_ip(world.test, k, to).into(), port);
+    let served = world.task_rt(k, to).spawn(async move { verifier(addr, b"net".to_vec()).await }).await.unwrap();
+    let s = connect_on(world, k, from, to, port).await;
+    let (sent, good) =
+        world.task_rt(k, from).spawn(async move { send_blocks(s, b"net", blocks, |_| false).await }).await.unwrap();
+    assert_eq!((sent * 1024, good), (blocks * 1024, blocks * 1024), "network {k}: {from} -> {to}");
+    assert_eq!(served.await.unwrap().unwrap(), blocks * 1024);
+}
+
+/// True when a TCP connection from host `from`'s task to `addr` opens
+/// within 2 s (nothing need listen: a refusal also proves the path).
+async fn reaches(world: &World, k: usize, from: usize, addr: SocketAddr) -> bool {
+    world
+        .task_rt(k, from)
+        .spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                Err(_) => false,
+            }
+        })
+        .await
+        .unwrap()
+}
+
+#[test]
+fn each_network_is_sealed_under_its_own_key_and_a_removed_network_is_cut() {
+    if !can_run() {
+        return;
+    }
+    // Network 0 (VNI 6001) on hosts 1, 2, 3; network 1 (VNI 6002) on 1 and 3.
+    let mut world = World::new(4, 3);
+    world.add_network(1, 6002, &[1, 3]);
+    let (k0, k1) = (KeySet::generate().unwrap(), KeySet::generate().unwrap());
+    world.set_keys(&k0);
+    for h in [1, 3] {
+        world.tunnel(h).set_keys(6002, k1.clone()).unwrap();
+    }
+    main_rt().block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            transfer(&world, 0, 2, 3, 5010, 1024).await;
+            transfer(&world, 1, 1, 3, 5011, 1024).await;
+            transfer(&world, 0, 1, 2, 5012, 256).await;
+
+            // Host 3 holds another secret under network 1's key id: its
+            // records fail their tag there, network 0 is untouched.
+            let wrong = KeySet { current: NetworkKey { id: k1.current.id, secret: [0x42; 32] }, previous: None };
+            world.tunnel(3).set_keys(6002, wrong).unwrap();
+            let bad_before = world.tunnel(3).stats().dropped(DropReason::BadTag);
+            let on_1 = SocketAddr::new(net_ip(4, 1, 3).into(), 5013);
+            assert!(!reaches(&world, 1, 1, on_1).await, "network 1 works with mismatched keys");
+            assert!(world.tunnel(3).stats().dropped(DropReason::BadTag) > bad_before, "{:?}", world.tunnel(3).stats());
+            transfer(&world, 0, 1, 3, 5014, 256).await;
+            world.tunnel(3).set_keys(6002, k1.clone()).unwrap();
+            transfer(&world, 1, 1, 3, 5015, 256).await;
+
+            // Host 1 leaves network 1: its packets there are dropped
+            // before sealing (no key), network 0 goes on.
+            world.tunnel(1).remove_network(6002);
+            let no_key = world.tunnel(1).stats().dropped(DropReason::NoKey);
+            assert!(!reaches(&world, 1, 1, on_1).await, "network 1 works after host 1 removed it");
+            assert!(world.tunnel(1).stats().dropped(DropReason::NoKey) > no_key, "{:?}", world.tunnel(1).stats());
+            transfer(&world, 0, 1, 3, 5016, 256).await;
         })
         .await
         .expect("within the time limit");
