@@ -842,3 +842,49 @@ fn each_network_is_sealed_under_its_own_key_and_a_removed_network_is_cut() {
         .expect("within the time limit");
     });
 }
+
+#[test]
+fn a_tunnel_dropped_without_stop_is_replaced_by_the_next_start_and_stop_leaves_nothing() {
+    if !can_run() {
+        return;
+    }
+    let mut world = World::new(5, 2);
+    let keys = KeySet::generate().unwrap();
+    world.set_keys(&keys);
+    let count = |out: &str, what: &str| out.lines().filter(|l| l.contains(what)).count();
+    main_rt().block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            transfer(&world, 0, 1, 2, 5020, 64).await;
+            // Dropped: its tasks end and its device goes with them, but its
+            // rules, route and chain stay until the next start.
+            drop(world.tunnels[0].take());
+            let h = &world.hosts[0];
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while h.exec("ip", &["link", "show", "swtun0"]).is_ok() {
+                assert!(Instant::now() < deadline, "the dropped tunnel's device stayed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(count(&h.exec("ip", &["rule"]).unwrap(), "lookup 4799"), 2);
+            let config = TunnelConfig::new(underlay(5, 1));
+            let t = world.host_rts[0].spawn(Tunnel::start(config)).await.unwrap().expect("a new start");
+            t.set_keys(VNI, keys.clone()).unwrap();
+            world.tunnels[0] = Some(t);
+            assert_eq!(count(&h.exec("ip", &["rule"]).unwrap(), "lookup 4799"), 2, "leftover rules replaced");
+            let saved = h.exec("iptables-save", &[]).unwrap();
+            assert_eq!(count(&saved, "-A INPUT -j SWARM-TUNNEL"), 1, "{saved}");
+            assert_eq!(count(&saved, "-A SWARM-TUNNEL"), 1, "{saved}");
+            transfer(&world, 0, 1, 2, 5021, 64).await;
+
+            for host in [1, 2] {
+                world.stop(host).await;
+                let h = &world.hosts[host - 1];
+                assert_eq!(count(&h.exec("ip", &["rule"]).unwrap(), "4799"), 0);
+                assert!(h.exec("ip", &["route", "show", "table", "4799"]).unwrap().trim().is_empty());
+                assert!(h.exec("ip", &["link", "show", "swtun0"]).is_err(), "the device is gone");
+                assert!(!h.exec("iptables-save", &[]).unwrap().contains("SWARM-TUNNEL"));
+            }
+        })
+        .await
+        .expect("within the time limit");
+    });
+}
