@@ -524,7 +524,7 @@ impl Sealer {
     pub fn seal_in_place(&mut self, buf: &mut [u8], len: usize) -> Result<(Ipv4Addr, usize), DropReason> {
         let end = HEADER_LEN + len;
         if buf.len() < end + TAG_LEN {
-            return Err(DropReason::NotVxlan);
+            return Err(DropReason::Malformed); // the caller's buffer, not the packet
         }
         let packet = parse_vxlan(&buf[HEADER_LEN..end], self.port)?;
         let key = self.keys.get_mut(&packet.vni).ok_or(DropReason::NoKey)?;
@@ -539,7 +539,8 @@ impl Sealer {
         let tag = key
             .sealing
             .seal_in_place_separate_tag(nonce(header.counter), Aad::from(&*head), body)
-            .map_err(|_| DropReason::NoKey)?;
+            // ring refuses only inputs beyond ChaCha20's 256 GiB.
+            .map_err(|_| DropReason::Malformed)?;
         tail[..TAG_LEN].copy_from_slice(tag.as_ref());
         Ok((packet.dst, end + TAG_LEN))
     }
@@ -748,9 +749,10 @@ impl Tunnel {
     /// and the two policy rules (this node's UDP to `encrypted_port` into
     /// it; the reverse path of what it delivers), the iptables chain dropping plain
     /// VXLAN to `encrypted_port` from anywhere else, and the tunnel socket,
-    /// then starts moving packets. Runs in the network namespace of the
-    /// calling thread; the runtime's threads must all be in it (the tasks'
-    /// sockets are opened here, but keep to one namespace).
+    /// then starts moving packets. The device, rules and socket are made in
+    /// the calling thread's network namespace and the packet tasks run on
+    /// the current runtime: call it on a runtime whose threads are all in
+    /// the node's namespace (tests: `NetNs::runtime`), and `stop` there too.
     pub async fn start(config: TunnelConfig) -> Result<Tunnel, TunnelError> {
         config.check()?;
         cleanup(&config).await;
