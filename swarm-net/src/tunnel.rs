@@ -49,9 +49,9 @@
 //! salt). A counter above the highest seen is accepted and slides the
 //! window; one inside the window is accepted once; one older than the
 //! window is dropped. The window is updated only after the tag verified.
-//! Gap: a record from an earlier run of a sender (an old salt) under a key
-//! still accepted can be replayed once to a receiver that no longer tracks
-//! that salt (it keeps the 4096 most recent); key rotation bounds this.
+//! Gap: a record under a key still accepted can be replayed once to its
+//! receiver after that receiver restarted or forgot the sender instance (it
+//! keeps the 4096 most recent); key rotation bounds this.
 //!
 //! # Keys
 //!
@@ -1063,7 +1063,7 @@ async fn remove(config: &TunnelConfig) -> Result<(), TunnelError> {
     };
     let (table, prio) = (config.route_table.to_string(), config.rule_priority.to_string());
     for _ in 0..2 {
-        note(run(&config.ip, &["rule", "del", "priority", &prio]).await);
+        note(run(&config.ip, &["rule", "del", "priority", &prio, "lookup", &table]).await);
     }
     note(run(&config.ip, &["route", "flush", "table", &table]).await);
     let (ipt, chain) = (&config.iptables, config.chain.as_str());
@@ -1080,9 +1080,9 @@ async fn remove(config: &TunnelConfig) -> Result<(), TunnelError> {
 
 /// Removes leftovers of an earlier tunnel with this configuration, quietly.
 async fn cleanup(config: &TunnelConfig) {
-    let prio = config.rule_priority.to_string();
-    while run(&config.ip, &["rule", "del", "priority", &prio]).await.is_ok() {}
-    let _ = run(&config.ip, &["route", "flush", "table", &config.route_table.to_string()]).await;
+    let (table, prio) = (config.route_table.to_string(), config.rule_priority.to_string());
+    while run(&config.ip, &["rule", "del", "priority", &prio, "lookup", &table]).await.is_ok() {}
+    let _ = run(&config.ip, &["route", "flush", "table", &table]).await;
     let (ipt, chain) = (&config.iptables, config.chain.as_str());
     while run(ipt, &["-w", "-D", "INPUT", "-j", chain]).await.is_ok() {}
     let _ = run(ipt, &["-w", "-F", chain]).await;
