@@ -14,6 +14,8 @@
 //!   following the node's `OverlayView`.
 //! - [`node`]: one node's plane in one call: discovery, DNS and the data
 //!   path (userspace or kernel).
+//! - [`tunnel`] (Linux): the userspace ChaCha20-Poly1305 tunnel carrying
+//!   the VXLAN traffic of encrypted overlay networks between nodes.
 //! - [`workload`]: synthetic discovery states for benchmarks.
 //! - [`vip`]: the VIP data path: each node serves every service VIP on the
 //!   service's target ports with the mesh's proxy (the userspace
@@ -54,5 +56,7 @@ pub mod node;
 pub mod overlay;
 #[cfg(target_os = "linux")]
 pub mod splice;
+#[cfg(target_os = "linux")]
+pub mod tunnel;
 pub mod vip;
 pub mod workload;
