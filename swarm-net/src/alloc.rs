@@ -980,6 +980,15 @@ pub struct NetworkAllocation {
     errors: Arc<watch::Sender<Vec<AllocError>>>,
 }
 
+impl NetworkAllocation {
+    /// The pass on its own, for a [`TaskAllocator`] of the embedder's (or
+    /// a test); its errors go nowhere but the `tracing` warnings.
+    pub fn new(config: AllocatorConfig) -> Result<Self, AllocError> {
+        config.validate()?;
+        Ok(NetworkAllocation { config, errors: Arc::new(watch::channel(Vec::new()).0) })
+    }
+}
+
 impl Allocate for NetworkAllocation {
     fn allocate(&mut self, state: &State) -> Allocation {
         let p = plan(state, &self.config);
