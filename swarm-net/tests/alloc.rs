@@ -226,6 +226,7 @@ async fn tasks_wait_as_new_until_their_service_is_allocated() {
 
 mod ipam {
     use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::net::Ipv4Addr;
     use swarm_core::allocator::{Allocate, TaskAllocation, admit_new_tasks};
     use swarm_core::id::TaskId;
@@ -640,6 +641,117 @@ mod ipam {
         assert!(w.addr(&a, "ingress").is_some());
         let nets: Vec<String> = w.t(&b).networks.iter().map(|n| n.network.clone()).collect();
         assert_eq!(nets, vec!["app".to_string()]);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// A NEW task of service `0` ("a", VIP) or `1` ("b", DNSRR).
+        Create(bool),
+        /// The n-th live task (mod count) reaches RUNNING.
+        Run(usize),
+        /// ... ends (FAILED).
+        End(usize),
+        /// ... is told to stop while still running.
+        Stop(usize),
+        /// ... leaves the store.
+        Remove(usize),
+        /// An allocation pass.
+        Pass,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => any::<bool>().prop_map(Step::Create),
+            2 => any::<usize>().prop_map(Step::Run),
+            1 => any::<usize>().prop_map(Step::End),
+            1 => any::<usize>().prop_map(Step::Stop),
+            1 => any::<usize>().prop_map(Step::Remove),
+            3 => Just(Step::Pass),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+        /// Over random sequences of task creations, state changes and
+        /// removals on a small network: the addresses of tasks that hold
+        /// one are unique, inside the range, never the network, broadcast,
+        /// gateway or a VIP; an admitted task keeps its address; and a task
+        /// waits for an address only while the range is full.
+        #[test]
+        fn addresses_stay_unique_inside_the_range(steps in proptest::collection::vec(step(), 1..80)) {
+            let mut w = World::new();
+            w.network(NetworkSpec {
+                name: "p".into(),
+                driver: "overlay".into(),
+                subnet: "10.5.0.0/27".into(),
+                gateway: "10.5.0.17".into(),
+                ip_range: "10.5.0.16/29".into(),
+                ..Default::default()
+            });
+            w.service("a", &["p"], EndpointMode::Vip);
+            w.service("b", &["p"], EndpointMode::Dnsrr);
+            w.settle();
+            let range: ipnet::Ipv4Net = "10.5.0.16/29".parse().unwrap();
+            let vip = match w.vip("a", "p") { Some(IpAddr::V4(v)) => v, other => panic!("vip {other:?}") };
+            // .16-.23, less the gateway .17 and the VIP: 6 addresses.
+            let capacity = 6;
+            let mut first: BTreeMap<TaskId, Ipv4Addr> = BTreeMap::new();
+            let live = |w: &World| -> Vec<TaskId> { w.state.tasks().map(|t| t.id.clone()).collect() };
+            for s in steps {
+                let ids = live(&w);
+                let pick = |n: usize| ids.get(n % ids.len().max(1)).cloned();
+                match s {
+                    Step::Create(a) => { w.task(if a { "a" } else { "b" }); }
+                    Step::Run(n) => if let Some(id) = pick(n) {
+                        let t = w.t(&id);
+                        if !t.status.state.is_terminal() && t.status.state >= TaskState::Pending {
+                            w.set_state(&id, TaskState::Running, t.desired_state);
+                        }
+                    },
+                    Step::End(n) => if let Some(id) = pick(n) {
+                        if !w.t(&id).status.state.is_terminal() {
+                            w.set_state(&id, TaskState::Failed, TaskState::Shutdown);
+                        }
+                    },
+                    Step::Stop(n) => if let Some(id) = pick(n) {
+                        let t = w.t(&id);
+                        if !t.status.state.is_terminal() {
+                            w.set_state(&id, t.status.state, TaskState::Shutdown);
+                        }
+                    },
+                    Step::Remove(n) => if let Some(id) = pick(n) { w.remove_task(&id); },
+                    Step::Pass => { w.pass(); }
+                }
+                let mut held = BTreeSet::new();
+                for t in w.state.tasks() {
+                    if t.status.state == TaskState::New {
+                        proptest::prop_assert!(t.networks.iter().all(|a| a.overlay.is_none()));
+                        continue;
+                    }
+                    let Some(a) = w.addr(&t.id, "p") else {
+                        // Ended before it was ever admitted.
+                        proptest::prop_assert!(t.status.state.is_terminal() && !first.contains_key(&t.id));
+                        continue;
+                    };
+                    proptest::prop_assert_eq!(*first.entry(t.id.clone()).or_insert(a), a, "re-addressed");
+                    if t.status.state.is_terminal() {
+                        continue;
+                    }
+                    proptest::prop_assert!(range.contains(&a), "{} outside the range", a);
+                    proptest::prop_assert!(a != v4("10.5.0.17") && a != vip, "{} is reserved", a);
+                    proptest::prop_assert!(held.insert(a), "{} held twice", a);
+                }
+                let waiting = w.state.tasks().any(|t| {
+                    t.status.state == TaskState::New
+                        && t.desired_state <= TaskState::Running
+                        && t.status.message.contains("no free address")
+                });
+                if waiting && matches!(s, Step::Pass) {
+                    proptest::prop_assert_eq!(held.len(), capacity, "a task waits while addresses are free");
+                }
+            }
+        }
     }
 
     #[test]
