@@ -574,19 +574,51 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
     }
     let any_overlay = pools.values().any(|p| p.overlay.is_some());
 
+    let services = by_age(state.services(), |s| (s.meta.created_revision, s.id.to_string()));
+    let attached: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            service_networks(state, &s.spec).unwrap_or_else(|e| {
+                out.errors.push(e);
+                Vec::new()
+            })
+        })
+        .collect();
+
+    // NEW tasks that need an address on an overlay network.
+    let needs_overlay = |t: &Task| {
+        t.networks.iter().any(|a| state.network_by_name(&a.network).is_some_and(|n| n.is_overlay()))
+            || (ingress.is_some() && t.endpoint.ports.iter().any(|p| p.publish_mode == PublishMode::Ingress))
+    };
+    let candidates: Vec<&Arc<Task>> = if any_overlay {
+        state
+            .tasks()
+            .filter(|t| t.status.state == TaskState::New && t.desired_state <= TaskState::Running && needs_overlay(t))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // A VIP-mode service without a valid stored VIP on an overlay network.
+    let vip_needed = services.iter().zip(&attached).any(|(s, nets)| {
+        s.spec.endpoint_spec.mode == EndpointMode::Vip
+            && nets.iter().any(|n| {
+                pools.get(n).is_some_and(|p| {
+                    p.overlay.is_some()
+                        && !s
+                            .endpoint
+                            .virtual_ips
+                            .iter()
+                            .any(|v| &v.network == n && matches!(v.addr, IpAddr::V4(a) if p.usable(a)))
+                })
+            })
+    });
     // Addresses held by tasks admitted earlier (PENDING up to RUNNING, as
     // long as they are in the store): their containers may be running.
-    // NEW tasks are the candidates for new addresses.
-    let mut candidates: Vec<&Arc<Task>> = Vec::new();
-    if any_overlay {
+    // Only looked at when some address is to be given (a pass with nothing
+    // to give stays as cheap as without overlay networks).
+    if !candidates.is_empty() || vip_needed {
         for t in state.tasks() {
-            if t.status.state == TaskState::New {
-                if t.desired_state <= TaskState::Running {
-                    candidates.push(t);
-                }
-                continue;
-            }
-            if t.status.state.is_terminal() {
+            if t.status.state == TaskState::New || t.status.state.is_terminal() {
                 continue;
             }
             for a in &t.networks {
@@ -600,17 +632,6 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
             }
         }
     }
-
-    let services = by_age(state.services(), |s| (s.meta.created_revision, s.id.to_string()));
-    let attached: Vec<Vec<String>> = services
-        .iter()
-        .map(|s| {
-            service_networks(state, &s.spec).unwrap_or_else(|e| {
-                out.errors.push(e);
-                Vec::new()
-            })
-        })
-        .collect();
 
     // VIPs: keep valid stored ones, then give the lowest free address.
     let mut vips: Vec<BTreeMap<String, IpAddr>> = vec![BTreeMap::new(); services.len()];
@@ -716,7 +737,7 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
 
     // Task addresses, oldest task first, for tasks of services that are
     // allocated (the others wait with their service's reason).
-    if any_overlay {
+    if !candidates.is_empty() {
         let blocked = blocked_services(state, &out.errors);
         let mut candidates: Vec<&Arc<Task>> =
             candidates.into_iter().filter(|t| !blocked.contains_key(&t.service_id)).collect();
