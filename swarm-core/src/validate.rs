@@ -382,7 +382,7 @@ pub const NETWORK_DRIVERS: [&str; 6] = ["overlay", "bridge", "host", "null", "ma
 
 /// The VNI `spec` requests through [`OPT_VXLANID_LIST`], if any; `Err`
 /// says why the option is not one VNI from 1 to
-/// [`MAX_VNI`](crate::model::MAX_VNI).
+/// [`MAX_VNI`].
 pub fn requested_vni(spec: &NetworkSpec) -> Result<Option<u32>, String> {
     let Some(v) = spec.options.get(OPT_VXLANID_LIST) else { return Ok(None) };
     let ids: Vec<&str> = v.split(',').map(str::trim).collect();
@@ -591,4 +591,84 @@ fn raft(e: &mut Errors, r: &RaftConfig) {
     e.at_most("raft.snapshot_interval", r.snapshot_interval, MAX_RAFT_LOG_ENTRIES);
     e.at_most("raft.log_entries_for_slow_followers", r.log_entries_for_slow_followers, MAX_RAFT_LOG_ENTRIES);
     e.at_most("raft.keep_old_snapshots", r.keep_old_snapshots, MAX_KEPT_SNAPSHOTS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlay(f: impl FnOnce(&mut NetworkSpec)) -> NetworkSpec {
+        let mut s = NetworkSpec { name: "net".into(), driver: "overlay".into(), ..Default::default() };
+        f(&mut s);
+        s
+    }
+
+    fn fields(spec: &NetworkSpec) -> Vec<String> {
+        match validate_network_spec(spec) {
+            Ok(()) => vec![],
+            Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn overlay_network_specs() {
+        assert!(fields(&overlay(|_| {})).is_empty());
+        assert!(
+            fields(&overlay(|s| {
+                s.subnet = "10.1.0.0/24".into();
+                s.gateway = "10.1.0.254".into();
+                s.ip_range = "10.1.0.128/25".into();
+                s.options.insert(OPT_VXLANID_LIST.into(), " 4100 ".into());
+            }))
+            .is_empty()
+        );
+        assert_eq!(
+            fields(&overlay(|s| s.subnet = "10.1.0.0/31".into())),
+            vec!["subnet: \"10.1.0.0/31\" is smaller than a /30 and leaves no address for tasks"]
+        );
+        // A bridge network may take a /31 and an IPv6 subnet: the runtime
+        // allocates those.
+        assert!(
+            fields(&overlay(|s| {
+                s.driver = "bridge".into();
+                s.subnet = "fd00::/64".into();
+            }))
+            .is_empty()
+        );
+        assert_eq!(
+            fields(&overlay(|s| {
+                s.driver = "bridge".into();
+                s.ingress = true;
+            })),
+            vec!["driver: the ingress network is an overlay network, not \"bridge\""]
+        );
+        assert_eq!(fields(&overlay(|s| s.gateway = "nope".into())), vec!["gateway: \"nope\" is not an IP address"]);
+        assert_eq!(
+            fields(&overlay(|s| {
+                s.subnet = "10.1.0.0/24".into();
+                s.gateway = "10.1.0.0".into();
+            })),
+            vec!["gateway: 10.1.0.0 is the network or broadcast address of subnet 10.1.0.0/24"]
+        );
+        assert_eq!(
+            fields(&overlay(|s| s.ip_range = "10.1.0.0/28".into())),
+            vec!["ip_range: \"10.1.0.0/28\" needs a subnet to be part of (set subnet)"]
+        );
+    }
+
+    #[test]
+    fn requested_vnis() {
+        let with = |v: &str| {
+            overlay(|s| {
+                s.options.insert(OPT_VXLANID_LIST.into(), v.into());
+            })
+        };
+        assert_eq!(requested_vni(&overlay(|_| {})), Ok(None));
+        assert_eq!(requested_vni(&with("4097")), Ok(Some(4097)));
+        assert_eq!(requested_vni(&with("1")), Ok(Some(1)));
+        assert!(requested_vni(&with("0")).is_err());
+        assert!(requested_vni(&with("x")).is_err());
+        assert!(requested_vni(&with("1,2")).is_err());
+        assert!(requested_vni(&with(&(MAX_VNI + 1).to_string())).is_err());
+    }
 }

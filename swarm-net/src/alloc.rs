@@ -35,7 +35,7 @@
 //! An overlay network ([`Network::is_overlay`]: driver `overlay`, or the
 //! ingress network) gets its gateway (the spec's, else the subnet's first
 //! host) and its VNI (the one requested with the
-//! [`OPT_VXLANID_LIST`](swarm_core::validate::OPT_VXLANID_LIST) option,
+//! [`OPT_VXLANID_LIST`] option,
 //! else the lowest free from [`FIRST_VNI`]), written with its subnet. Each
 //! NEW task gets, per overlay network it attaches to (plus the ingress
 //! network when its service publishes ingress ports), the lowest free host
