@@ -238,4 +238,31 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    #[test]
+    fn a_task_releasing_an_overlay_address_wakes_the_allocator() {
+        use crate::model::{ObjectKind, OverlayAttachment};
+        let (state, _) = state_with(&[("t1", TaskState::Running, TaskState::Running)]);
+        let mut t = state.task(&"t1".into()).unwrap().as_ref().clone();
+        // Without an overlay address, a task ending concerns no allocation.
+        t.status.state = TaskState::Failed;
+        let (_, c) = state.apply(&Transaction::new().update(t.clone())).unwrap();
+        assert!(!allocation_relevant(&c));
+        // With one, it frees an address a waiting task may take.
+        t.networks = vec![NetworkAttachment {
+            network: "o".into(),
+            addresses: vec!["10.0.9.3".into()],
+            overlay: Some(OverlayAttachment::default()),
+        }];
+        t.status.state = TaskState::Running;
+        let (state, c) = state.apply(&Transaction::new().update(t.clone())).unwrap();
+        assert!(!allocation_relevant(&c), "still running: nothing released");
+        let mut t = state.task(&"t1".into()).unwrap().as_ref().clone();
+        t.status.state = TaskState::Complete;
+        let (_, c) = state.apply(&Transaction::new().update(t.clone())).unwrap();
+        assert!(allocation_relevant(&c));
+        let v = state.task(&"t1".into()).unwrap().meta.version;
+        let (_, c) = state.apply(&Transaction::new().delete(ObjectKind::Task, "t1".to_string(), v)).unwrap();
+        assert!(allocation_relevant(&c), "a deleted task releases too");
+    }
 }
