@@ -7,36 +7,45 @@
 //!
 //! The core knows nothing to allocate by itself: [`TaskAllocator`], the
 //! manager's default allocator, admits every NEW task at once. A network
-//! allocator (swarm-net's) replaces it and calls [`admit_new_tasks`] with
-//! the services it could not allocate.
+//! allocator (swarm-net's) replaces it: its [`Allocation`] names the
+//! services it could not allocate and, per task, the network attachments
+//! (overlay addresses) to write in the very update that moves the task to
+//! PENDING ([`TaskAllocation`]), so a task is written once on admission.
 //!
 //! ```
-//! use std::collections::BTreeMap;
-//! use swarm_core::allocator::admit_new_tasks;
+//! use swarm_core::allocator::{admit_new_tasks, Allocation};
 //! use swarm_core::state::State;
 //! use swarm_core::time::Timestamp;
 //! // Nothing NEW in an empty state: nothing to do.
-//! assert!(admit_new_tasks(&State::default(), &BTreeMap::new(), Timestamp::EPOCH).is_empty());
+//! assert!(admit_new_tasks(&State::default(), &Allocation::default(), Timestamp::EPOCH).is_empty());
 //! ```
 
 use crate::controller::{Context, Controller, Interest, Plan};
-use crate::id::ServiceId;
-use crate::model::{Object, TaskState};
-use crate::state::{Change, Op, State};
+use crate::id::{ServiceId, TaskId};
+use crate::model::{NetworkAttachment, Object, TaskState};
+use crate::state::{Action, Change, Op, State};
 use crate::time::Timestamp;
 use std::collections::BTreeMap;
 
 /// Status message of a task admitted to scheduling.
 pub const PENDING_MESSAGE: &str = "pending task scheduling";
 
-/// Operations moving every NEW task that is still wanted to PENDING,
-/// except tasks of the services in `blocked`, which stay NEW with the
-/// reason as their status message (written only when it changed).
-pub fn admit_new_tasks(state: &State, blocked: &BTreeMap<ServiceId, String>, now: Timestamp) -> Vec<Op> {
+/// Operations moving every NEW task that is still wanted to PENDING, with
+/// the attachments `alloc` gives it ([`TaskAllocation::Ready`]), except
+/// tasks of the services in `alloc.blocked` and tasks blocked on their own
+/// ([`TaskAllocation::Blocked`]), which stay NEW with the reason as their
+/// status message (written only when it changed), and tasks that wait
+/// ([`TaskAllocation::Wait`]), left untouched.
+pub fn admit_new_tasks(state: &State, alloc: &Allocation, now: Timestamp) -> Vec<Op> {
     let mut ops = Vec::new();
     for t in state.tasks().filter(|t| t.status.state == TaskState::New && t.desired_state <= TaskState::Running) {
+        let why = match (alloc.blocked.get(&t.service_id), alloc.tasks.get(&t.id)) {
+            (Some(why), _) | (None, Some(TaskAllocation::Blocked(why))) => Some(why),
+            (None, Some(TaskAllocation::Wait)) => continue,
+            _ => None,
+        };
         let mut t = t.as_ref().clone();
-        match blocked.get(&t.service_id) {
+        match why {
             Some(why) => {
                 let msg = format!("allocation failed: {why}");
                 if t.status.message == msg {
@@ -45,6 +54,9 @@ pub fn admit_new_tasks(state: &State, blocked: &BTreeMap<ServiceId, String>, now
                 t.status.message = msg;
             }
             None => {
+                if let Some(TaskAllocation::Ready(networks)) = alloc.tasks.get(&t.id) {
+                    t.networks = networks.clone();
+                }
                 t.status.state = TaskState::Pending;
                 t.status.message = PENDING_MESSAGE.into();
             }
@@ -55,11 +67,17 @@ pub fn admit_new_tasks(state: &State, blocked: &BTreeMap<ServiceId, String>, now
     ops
 }
 
-/// True when a change creates a NEW task or changes a service (whose
-/// allocation may now succeed or fail).
+/// True when a change creates a NEW task, changes a service or a network
+/// (whose allocation may now succeed or fail), or releases a task's
+/// overlay addresses (the task ended or was deleted), which a task waiting
+/// for a free address may now take.
 pub fn allocation_relevant(change: &Change) -> bool {
     change.events.iter().any(|e| match &e.object {
-        Object::Task(t) => t.status.state == TaskState::New,
+        Object::Task(t) => {
+            t.status.state == TaskState::New
+                || (t.networks.iter().any(|a| a.overlay.is_some())
+                    && (e.action == Action::Delete || t.status.state.is_terminal()))
+        }
         Object::Service(_) | Object::Network(_) => true,
         _ => false,
     })
@@ -80,6 +98,22 @@ pub struct Allocation {
     pub ops: Vec<Op>,
     /// Services whose tasks must stay NEW, with why.
     pub blocked: BTreeMap<ServiceId, String>,
+    /// What NEW tasks of services not blocked get; a task not listed is
+    /// admitted as it is.
+    pub tasks: BTreeMap<TaskId, TaskAllocation>,
+}
+
+/// What one NEW task gets from an allocation pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskAllocation {
+    /// Admitted to scheduling with these network attachments (replacing
+    /// the task's own), written in the same update that makes it PENDING.
+    Ready(Vec<NetworkAttachment>),
+    /// Stays NEW with the reason (e.g. no free address on a network).
+    Blocked(String),
+    /// Stays NEW, untouched: it waits for this pass's own writes (its
+    /// network's allocation) to be committed, and the next pass admits it.
+    Wait,
 }
 
 /// The core has nothing to allocate: every NEW task may be scheduled.
@@ -112,8 +146,10 @@ impl<A: Allocate> Controller for TaskAllocator<A> {
         if allocation_relevant(change) { Interest::Keys(vec![()]) } else { Interest::nothing() }
     }
     fn reconcile(&mut self, cx: &mut Context<'_>, _: &()) -> Plan {
-        let Allocation { mut ops, blocked } = self.0.allocate(cx.state);
-        ops.extend(admit_new_tasks(cx.state, &blocked, cx.now));
+        let mut alloc = self.0.allocate(cx.state);
+        let admitted = admit_new_tasks(cx.state, &alloc, cx.now);
+        alloc.ops.extend(admitted);
+        let ops = alloc.ops;
         Plan { ops, wake_at: None }
     }
 }
@@ -154,11 +190,12 @@ mod tests {
         ]);
         let now = Timestamp(5);
         assert_eq!(
-            updated(&admit_new_tasks(&state, &BTreeMap::new(), now)),
+            updated(&admit_new_tasks(&state, &Allocation::default(), now)),
             vec![("t1".into(), TaskState::Pending, PENDING_MESSAGE.into())],
             "only the wanted NEW task moves"
         );
-        let blocked = BTreeMap::from([(svc, "port 80 in use".to_string())]);
+        let blocked =
+            Allocation { blocked: BTreeMap::from([(svc, "port 80 in use".to_string())]), ..Default::default() };
         let ops = admit_new_tasks(&state, &blocked, now);
         assert_eq!(
             updated(&ops),
@@ -168,5 +205,64 @@ mod tests {
         // Once the reason is written, nothing more to do.
         let (state, _) = state.apply(&Transaction { ops, timestamp: None }).unwrap();
         assert!(admit_new_tasks(&state, &blocked, now).is_empty());
+    }
+
+    #[test]
+    fn a_task_is_admitted_with_its_attachments_blocked_alone_or_left_waiting() {
+        let (state, _) = state_with(&[
+            ("t1", TaskState::New, TaskState::Running),
+            ("t2", TaskState::New, TaskState::Running),
+            ("t3", TaskState::New, TaskState::Running),
+        ]);
+        let att = NetworkAttachment { network: "backend".into(), addresses: vec!["10.0.9.2".into()], overlay: None };
+        let alloc = Allocation {
+            tasks: BTreeMap::from([
+                ("t1".into(), TaskAllocation::Ready(vec![att.clone()])),
+                ("t2".into(), TaskAllocation::Blocked("network \"backend\": no free address".into())),
+                ("t3".into(), TaskAllocation::Wait),
+            ]),
+            ..Default::default()
+        };
+        let ops = admit_new_tasks(&state, &alloc, Timestamp(1));
+        assert_eq!(
+            updated(&ops),
+            vec![
+                ("t1".into(), TaskState::Pending, PENDING_MESSAGE.into()),
+                ("t2".into(), TaskState::New, "allocation failed: network \"backend\": no free address".into()),
+            ],
+            "t3 waits untouched"
+        );
+        // One write moves t1 to PENDING and stores its attachments.
+        match &ops[0] {
+            Op::Update(Object::Task(t)) => assert_eq!(t.networks, vec![att]),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_task_releasing_an_overlay_address_wakes_the_allocator() {
+        use crate::model::{ObjectKind, OverlayAttachment};
+        let (state, _) = state_with(&[("t1", TaskState::Running, TaskState::Running)]);
+        let mut t = state.task(&"t1".into()).unwrap().as_ref().clone();
+        // Without an overlay address, a task ending concerns no allocation.
+        t.status.state = TaskState::Failed;
+        let (_, c) = state.apply(&Transaction::new().update(t.clone())).unwrap();
+        assert!(!allocation_relevant(&c));
+        // With one, it frees an address a waiting task may take.
+        t.networks = vec![NetworkAttachment {
+            network: "o".into(),
+            addresses: vec!["10.0.9.3".into()],
+            overlay: Some(OverlayAttachment::default()),
+        }];
+        t.status.state = TaskState::Running;
+        let (state, c) = state.apply(&Transaction::new().update(t.clone())).unwrap();
+        assert!(!allocation_relevant(&c), "still running: nothing released");
+        let mut t = state.task(&"t1".into()).unwrap().as_ref().clone();
+        t.status.state = TaskState::Complete;
+        let (_, c) = state.apply(&Transaction::new().update(t.clone())).unwrap();
+        assert!(allocation_relevant(&c));
+        let v = state.task(&"t1".into()).unwrap().meta.version;
+        let (_, c) = state.apply(&Transaction::new().delete(ObjectKind::Task, "t1".to_string(), v)).unwrap();
+        assert!(allocation_relevant(&c), "a deleted task releases too");
     }
 }

@@ -750,6 +750,7 @@ impl Cluster {
     /// Creates a network.
     pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkId, ClusterError> {
         validate::validate_network_spec(&spec)?;
+        validate::validate_network_in(&*self.state().await?, &spec)?;
         let id: NetworkId = self.next_id();
         self.store.commit(Transaction::new().create(Network { id: id.clone(), spec, ..Default::default() })).await?;
         Ok(id)

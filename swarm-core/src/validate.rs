@@ -370,15 +370,136 @@ pub fn validate_node(node: &Node) -> Result<(), ValidationError> {
     e.finish(format!("node {:?}", node.id.as_str()))
 }
 
-/// Validates a network spec.
+/// The driver option requesting an overlay network's VXLAN identifier, as
+/// Docker's (`--opt com.docker.network.driver.overlay.vxlanid_list=4097`).
+/// Docker takes one VNI per subnet; a network here has one subnet, so one
+/// VNI.
+pub const OPT_VXLANID_LIST: &str = "com.docker.network.driver.overlay.vxlanid_list";
+
+/// Network drivers a spec may name (empty = the runtime's default): the
+/// engine's built-in ones.
+pub const NETWORK_DRIVERS: [&str; 6] = ["overlay", "bridge", "host", "null", "macvlan", "ipvlan"];
+
+/// The VNI `spec` requests through [`OPT_VXLANID_LIST`], if any; `Err`
+/// says why the option is not one VNI from 1 to
+/// [`MAX_VNI`].
+pub fn requested_vni(spec: &NetworkSpec) -> Result<Option<u32>, String> {
+    let Some(v) = spec.options.get(OPT_VXLANID_LIST) else { return Ok(None) };
+    let ids: Vec<&str> = v.split(',').map(str::trim).collect();
+    if ids.len() != 1 {
+        return Err(format!("{v:?} lists {} VNIs; the network has one subnet, so give one", ids.len()));
+    }
+    match ids[0].parse::<u32>() {
+        Ok(n) if (1..=MAX_VNI).contains(&n) => Ok(Some(n)),
+        _ => Err(format!("{v:?} is not a VXLAN identifier (1-{MAX_VNI})")),
+    }
+}
+
+/// Validates a network spec: the name, a known driver, and an addressing
+/// that holds together (subnet a CIDR, IPv4 with room for tasks on an
+/// overlay network; gateway an address of the subnet but not its network
+/// or broadcast address; ip_range inside the subnet; a requested VNI only
+/// on an overlay network).
 pub fn validate_network_spec(spec: &NetworkSpec) -> Result<(), ValidationError> {
     let mut e = Errors::default();
     if let Some(p) = dns_label_problem(&spec.name) {
         e.add("name", p);
     }
     labels(&mut e, "labels", &spec.labels);
-    if !spec.subnet.is_empty() && spec.subnet.parse::<ipnet::IpNet>().is_err() {
-        e.add("subnet", format!("{:?} is not a CIDR", spec.subnet));
+    if !spec.driver.is_empty() && !NETWORK_DRIVERS.contains(&spec.driver.as_str()) {
+        e.add("driver", format!("{:?} is not a known driver (one of {})", spec.driver, NETWORK_DRIVERS.join(", ")));
+    }
+    if spec.ingress && !matches!(spec.driver.as_str(), "" | "overlay") {
+        e.add("driver", format!("the ingress network is an overlay network, not {:?}", spec.driver));
+    }
+    let overlay = spec.is_overlay();
+    let subnet = if spec.subnet.is_empty() {
+        None
+    } else {
+        match spec.subnet.parse::<ipnet::IpNet>() {
+            Err(_) => {
+                e.add("subnet", format!("{:?} is not a CIDR", spec.subnet));
+                None
+            }
+            Ok(ipnet::IpNet::V6(_)) if overlay => {
+                e.add("subnet", format!("{:?}: overlay networks take IPv4 subnets only", spec.subnet));
+                None
+            }
+            Ok(n) if overlay && n.prefix_len() > 30 => {
+                e.add("subnet", format!("{:?} is smaller than a /30 and leaves no address for tasks", spec.subnet));
+                None
+            }
+            Ok(n) => Some(n.trunc()),
+        }
+    };
+    if !spec.gateway.is_empty() {
+        match (spec.gateway.parse::<std::net::IpAddr>(), subnet) {
+            (Err(_), _) => e.add("gateway", format!("{:?} is not an IP address", spec.gateway)),
+            (Ok(_), None) if spec.subnet.is_empty() => {
+                e.add("gateway", format!("{:?} needs a subnet to belong to (set subnet)", spec.gateway))
+            }
+            (Ok(_), None) => {}
+            (Ok(g), Some(n)) if !n.contains(&g) => {
+                e.add("gateway", format!("{g} is not in subnet {n}"));
+            }
+            (Ok(g), Some(n)) if g == n.network() || g == n.broadcast() => {
+                e.add("gateway", format!("{g} is the network or broadcast address of subnet {n}"));
+            }
+            (Ok(_), Some(_)) => {}
+        }
+    }
+    if !spec.ip_range.is_empty() {
+        match (spec.ip_range.parse::<ipnet::IpNet>(), subnet) {
+            (Err(_), _) => e.add("ip_range", format!("{:?} is not a CIDR", spec.ip_range)),
+            (Ok(_), None) if spec.subnet.is_empty() => {
+                e.add("ip_range", format!("{:?} needs a subnet to be part of (set subnet)", spec.ip_range))
+            }
+            (Ok(_), None) => {}
+            (Ok(r), Some(n)) if !n.contains(&r) => e.add("ip_range", format!("{r} is not inside subnet {n}")),
+            (Ok(_), Some(_)) => {}
+        }
+    }
+    match requested_vni(spec) {
+        Err(why) => e.add(format!("options.{OPT_VXLANID_LIST}"), why),
+        Ok(Some(_)) if !overlay => {
+            e.add(format!("options.{OPT_VXLANID_LIST}"), "a VXLAN identifier is only for an overlay network")
+        }
+        Ok(_) => {}
+    }
+    e.finish(format!("network {:?}", spec.name))
+}
+
+/// Checks a new network `spec` against the networks of `state`: its
+/// subnet may not overlap another network's (requested or allocated), its
+/// requested VNI may not be another network's, and there is at most one
+/// ingress network. (The allocator applies the same rules to networks
+/// created behind this check's back: the older network keeps what it has.)
+pub fn validate_network_in(state: &crate::state::State, spec: &NetworkSpec) -> Result<(), ValidationError> {
+    let mut e = Errors::default();
+    let subnet = spec.subnet.parse::<ipnet::IpNet>().ok().map(|n| n.trunc());
+    let vni = requested_vni(spec).ok().flatten();
+    for other in state.networks().filter(|n| n.spec.name != spec.name) {
+        if let Some(mine) = subnet {
+            let theirs = [Some(other.spec.subnet.as_str()), other.subnet.as_deref()];
+            if let Some(t) = theirs.iter().flatten().filter_map(|t| t.parse::<ipnet::IpNet>().ok()).find(|t| {
+                let t = t.trunc();
+                t.contains(&mine.network()) || mine.contains(&t.network())
+            }) {
+                e.add("subnet", format!("{mine} overlaps subnet {t} of network {:?}", other.spec.name));
+            }
+        }
+        if let Some(v) = vni {
+            let taken = other.vni == Some(v) || requested_vni(&other.spec).ok().flatten() == Some(v);
+            if taken {
+                e.add(
+                    format!("options.{OPT_VXLANID_LIST}"),
+                    format!("VNI {v} is in use by network {:?}", other.spec.name),
+                );
+            }
+        }
+        if spec.ingress && other.spec.ingress {
+            e.add("ingress", format!("network {:?} is already the ingress network", other.spec.name));
+        }
     }
     e.finish(format!("network {:?}", spec.name))
 }
@@ -470,4 +591,84 @@ fn raft(e: &mut Errors, r: &RaftConfig) {
     e.at_most("raft.snapshot_interval", r.snapshot_interval, MAX_RAFT_LOG_ENTRIES);
     e.at_most("raft.log_entries_for_slow_followers", r.log_entries_for_slow_followers, MAX_RAFT_LOG_ENTRIES);
     e.at_most("raft.keep_old_snapshots", r.keep_old_snapshots, MAX_KEPT_SNAPSHOTS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlay(f: impl FnOnce(&mut NetworkSpec)) -> NetworkSpec {
+        let mut s = NetworkSpec { name: "net".into(), driver: "overlay".into(), ..Default::default() };
+        f(&mut s);
+        s
+    }
+
+    fn fields(spec: &NetworkSpec) -> Vec<String> {
+        match validate_network_spec(spec) {
+            Ok(()) => vec![],
+            Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn overlay_network_specs() {
+        assert!(fields(&overlay(|_| {})).is_empty());
+        assert!(
+            fields(&overlay(|s| {
+                s.subnet = "10.1.0.0/24".into();
+                s.gateway = "10.1.0.254".into();
+                s.ip_range = "10.1.0.128/25".into();
+                s.options.insert(OPT_VXLANID_LIST.into(), " 4100 ".into());
+            }))
+            .is_empty()
+        );
+        assert_eq!(
+            fields(&overlay(|s| s.subnet = "10.1.0.0/31".into())),
+            vec!["subnet: \"10.1.0.0/31\" is smaller than a /30 and leaves no address for tasks"]
+        );
+        // A bridge network may take a /31 and an IPv6 subnet: the runtime
+        // allocates those.
+        assert!(
+            fields(&overlay(|s| {
+                s.driver = "bridge".into();
+                s.subnet = "fd00::/64".into();
+            }))
+            .is_empty()
+        );
+        assert_eq!(
+            fields(&overlay(|s| {
+                s.driver = "bridge".into();
+                s.ingress = true;
+            })),
+            vec!["driver: the ingress network is an overlay network, not \"bridge\""]
+        );
+        assert_eq!(fields(&overlay(|s| s.gateway = "nope".into())), vec!["gateway: \"nope\" is not an IP address"]);
+        assert_eq!(
+            fields(&overlay(|s| {
+                s.subnet = "10.1.0.0/24".into();
+                s.gateway = "10.1.0.0".into();
+            })),
+            vec!["gateway: 10.1.0.0 is the network or broadcast address of subnet 10.1.0.0/24"]
+        );
+        assert_eq!(
+            fields(&overlay(|s| s.ip_range = "10.1.0.0/28".into())),
+            vec!["ip_range: \"10.1.0.0/28\" needs a subnet to be part of (set subnet)"]
+        );
+    }
+
+    #[test]
+    fn requested_vnis() {
+        let with = |v: &str| {
+            overlay(|s| {
+                s.options.insert(OPT_VXLANID_LIST.into(), v.into());
+            })
+        };
+        assert_eq!(requested_vni(&overlay(|_| {})), Ok(None));
+        assert_eq!(requested_vni(&with("4097")), Ok(Some(4097)));
+        assert_eq!(requested_vni(&with("1")), Ok(Some(1)));
+        assert!(requested_vni(&with("0")).is_err());
+        assert!(requested_vni(&with("x")).is_err());
+        assert!(requested_vni(&with("1,2")).is_err());
+        assert!(requested_vni(&with(&(MAX_VNI + 1).to_string())).is_err());
+    }
 }

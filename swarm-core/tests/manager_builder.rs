@@ -105,7 +105,7 @@ async fn tasks_start_pending_with_the_default_allocator_and_new_with_another() {
                 .filter(|s| !s.spec.labels.contains_key("ok"))
                 .map(|s| (s.id.clone(), "not labelled ok".to_string()))
                 .collect();
-            Allocation { ops: Vec::new(), blocked }
+            Allocation { blocked, ..Default::default() }
         }
     }
 

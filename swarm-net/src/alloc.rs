@@ -2,8 +2,10 @@
 //!
 //! [`plan`] is a pure function over a [`State`]: it gives every network a
 //! subnet (a /24 slice of the pool, unless the operator asked for one),
-//! every VIP-mode service one virtual IP per attached network, and every
-//! ingress port without a number one from 30000-32767, like Swarm. It keeps
+//! every overlay network a gateway and a VXLAN identifier, every VIP-mode
+//! service one virtual IP per attached network, every NEW task one address
+//! per overlay network it attaches to (IPAM, below), and every ingress port
+//! without a number one from 30000-32767, like Swarm. It keeps
 //! what the store already holds whenever that is still valid, so a restarted
 //! allocator (or a new leader) reproduces the same allocations, and an
 //! existing allocation is never taken away by a newer object. Objects are
@@ -27,19 +29,43 @@
 //! Services with no network attachment are on the implicit network
 //! [`DEFAULT_NETWORK`] (the agent reports their addresses under that name),
 //! which always gets the first slice of the pool.
+//!
+//! # Overlay IPAM
+//!
+//! An overlay network ([`Network::is_overlay`]: driver `overlay`, or the
+//! ingress network) gets its gateway (the spec's, else the subnet's first
+//! host) and its VNI (the one requested with the
+//! [`OPT_VXLANID_LIST`] option,
+//! else the lowest free from [`FIRST_VNI`]), written with its subnet. Each
+//! NEW task gets, per overlay network it attaches to (plus the ingress
+//! network when its service publishes ingress ports), the lowest free host
+//! of the network's `ip_range` (else its subnet), skipping the network and
+//! broadcast addresses, the gateway, every VIP and every address held by
+//! another task. The attachment ([`NetworkAttachment::overlay`]) is written
+//! in the update that moves the task to PENDING
+//! ([`TaskAllocation::Ready`]); a task's address is held from then until
+//! the task reaches a terminal state (its container is gone) or leaves the
+//! store, so a replacement never reuses the address of a container still
+//! running. VIPs come from the same range and never collide with task
+//! addresses, whichever came first. A task that finds no free address stays
+//! NEW with the reason and is admitted once an address is released. Tasks
+//! of a network whose allocation this very pass writes wait for the next
+//! pass ([`TaskAllocation::Wait`]), so no task carries a VNI or subnet the
+//! store does not hold yet.
 
 use ipnet::Ipv4Net;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use swarm_core::allocator::{Allocate, Allocation, TaskAllocator};
+use swarm_core::allocator::{Allocate, Allocation, TaskAllocation, TaskAllocator};
 use swarm_core::cluster::{Cluster, ClusterError};
 use swarm_core::controller::{self, RuntimeConfig};
-use swarm_core::id::{NetworkId, ServiceId};
+use swarm_core::id::{NetworkId, ServiceId, TaskId};
 use swarm_core::model::*;
 use swarm_core::state::{State, Transaction};
 use swarm_core::store::{Store, StoreError};
+use swarm_core::validate::{OPT_VXLANID_LIST, requested_vni};
 use tokio::sync::watch;
 
 /// The network of services that attach to none.
@@ -152,6 +178,38 @@ pub enum AllocError {
         /// Why it cannot have it.
         reason: String,
     },
+    /// A network's gateway, address range or requested VNI cannot be
+    /// given (the network gets no allocation until it is fixed).
+    #[error("network {network:?}: {field} {value:?} {reason}")]
+    BadNetwork {
+        /// The network.
+        network: String,
+        /// The spec field (`gateway`, `ip_range`, `options.<name>`).
+        field: String,
+        /// What it asked for.
+        value: String,
+        /// Why it cannot have it.
+        reason: String,
+    },
+    /// Every VXLAN identifier is taken.
+    #[error("network {network:?}: no free VXLAN identifier left ({first}-{last})")]
+    VniExhausted {
+        /// The network asking.
+        network: String,
+        /// The first VNI the allocator gives.
+        first: u32,
+        /// The last.
+        last: u32,
+    },
+    /// Every address of an overlay network's range is held: its NEW tasks
+    /// wait until one is released.
+    #[error("network {network:?}: no free address in {range}")]
+    AddressesExhausted {
+        /// The network.
+        network: String,
+        /// The range addresses come from (`ip_range`, else the subnet).
+        range: Ipv4Net,
+    },
     /// The allocator settings are wrong.
     #[error("allocator settings: {0}")]
     InvalidConfig(String),
@@ -162,27 +220,49 @@ pub enum AllocError {
 pub struct Plan {
     /// Subnet of every network (including [`DEFAULT_NETWORK`]), by name.
     pub subnets: BTreeMap<String, Ipv4Net>,
-    /// Networks whose stored `subnet` must change: id and new CIDR.
-    pub network_updates: Vec<(NetworkId, String)>,
+    /// Networks whose stored allocation must change.
+    pub network_updates: Vec<NetworkUpdate>,
     /// Services whose stored endpoint must change.
     pub service_updates: Vec<(ServiceId, Endpoint)>,
+    /// What NEW tasks on overlay networks get (their attachments with
+    /// addresses, or why they wait); tasks on no overlay network are not
+    /// listed. Written by the controller with each task's move to PENDING.
+    pub tasks: BTreeMap<TaskId, TaskAllocation>,
     /// What could not be allocated.
     pub errors: Vec<AllocError>,
 }
 
+/// A network's allocation as [`plan`] decided it (written to the
+/// network's `subnet`, `gateway` and `vni`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkUpdate {
+    /// The network.
+    pub id: NetworkId,
+    /// Its subnet (CIDR).
+    pub subnet: String,
+    /// Its gateway (overlay networks; others keep what they hold).
+    pub gateway: Option<String>,
+    /// Its VXLAN identifier (overlay networks; others keep what they hold).
+    pub vni: Option<u32>,
+}
+
 impl Plan {
-    /// True when nothing needs writing.
+    /// True when no network or service needs writing (task admissions
+    /// are not counted: the controller writes them).
     pub fn is_empty(&self) -> bool {
         self.network_updates.is_empty() && self.service_updates.is_empty()
     }
 
-    /// The transaction carrying the writes, against `state`'s versions.
+    /// The transaction carrying the network and service writes, against
+    /// `state`'s versions.
     pub fn transaction(&self, state: &State) -> Option<Transaction> {
         let mut tx = Transaction::new();
-        for (id, subnet) in &self.network_updates {
-            if let Some(n) = state.network(id) {
+        for u in &self.network_updates {
+            if let Some(n) = state.network(&u.id) {
                 let mut n = n.as_ref().clone();
-                n.subnet = Some(subnet.clone());
+                n.subnet = Some(u.subnet.clone());
+                n.gateway = u.gateway.clone();
+                n.vni = u.vni;
                 tx = tx.update(n);
             }
         }
@@ -228,8 +308,156 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// Decides subnets, VIPs and published ports for everything in `state`.
-/// See the [module docs](self).
+/// The addresses of one network in one plan: where they come from, what
+/// is reserved, what is held. `cursor` only moves forward while addresses
+/// are taken, so a pass hands out n addresses in O(n + held), not O(n²).
+struct Pool {
+    name: String,
+    subnet: Ipv4Net,
+    /// Where VIPs and task addresses come from (`ip_range`, else `subnet`).
+    range: Ipv4Net,
+    gateway: Ipv4Addr,
+    used: HashSet<u32>,
+    /// Every candidate of `range` below it is reserved or used.
+    cursor: u64,
+    /// What a task's attachment carries (overlay networks only).
+    overlay: Option<OverlayAttachment>,
+    /// Its allocation is written by this very plan: its tasks wait.
+    pending: bool,
+}
+
+impl Pool {
+    fn new(name: String, subnet: Ipv4Net, range: Ipv4Net, gateway: Ipv4Addr) -> Pool {
+        let cursor = u64::from(u32::from(range.network()));
+        Pool { name, subnet, range, gateway, used: HashSet::new(), cursor, overlay: None, pending: false }
+    }
+
+    /// Not the subnet's network or broadcast address, nor the gateway, and
+    /// in the range.
+    fn usable(&self, a: Ipv4Addr) -> bool {
+        self.range.contains(&a)
+            && self.subnet.contains(&a)
+            && a != self.subnet.network()
+            && a != self.subnet.broadcast()
+            && a != self.gateway
+    }
+
+    /// Takes `a` if it is usable and free.
+    fn take(&mut self, a: Ipv4Addr) -> bool {
+        self.usable(a) && self.used.insert(u32::from(a))
+    }
+
+    /// Takes the lowest free address.
+    fn next(&mut self) -> Option<Ipv4Addr> {
+        let end = u64::from(u32::from(self.range.broadcast()));
+        while self.cursor <= end {
+            let a = Ipv4Addr::from(self.cursor as u32);
+            self.cursor += 1;
+            if self.take(a) {
+                return Some(a);
+            }
+        }
+        None
+    }
+
+    fn release(&mut self, a: Ipv4Addr) {
+        if self.used.remove(&u32::from(a)) {
+            self.cursor = self.cursor.min(u64::from(u32::from(a)));
+        }
+    }
+}
+
+/// A network's gateway and address range from its spec (validated again
+/// here: a network written behind the validation's back gets an error).
+fn addressing(n: &Network, subnet: Ipv4Net) -> Result<(Ipv4Addr, Ipv4Net), AllocError> {
+    let bad = |field: &str, value: &str, reason: String| AllocError::BadNetwork {
+        network: n.spec.name.clone(),
+        field: field.into(),
+        value: value.into(),
+        reason,
+    };
+    let gateway = if n.spec.gateway.is_empty() {
+        Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
+    } else {
+        match n.spec.gateway.parse::<Ipv4Addr>() {
+            Ok(g) if subnet.contains(&g) && g != subnet.network() && g != subnet.broadcast() => g,
+            Ok(_) => {
+                return Err(bad("gateway", &n.spec.gateway, format!("is not a host address of subnet {subnet}")));
+            }
+            Err(e) => return Err(bad("gateway", &n.spec.gateway, format!("is not an IPv4 address ({e})"))),
+        }
+    };
+    let range = if n.spec.ip_range.is_empty() {
+        subnet
+    } else {
+        match n.spec.ip_range.parse::<Ipv4Net>() {
+            Ok(r) if subnet.contains(&r.trunc()) => r.trunc(),
+            Ok(_) => return Err(bad("ip_range", &n.spec.ip_range, format!("is not inside subnet {subnet}"))),
+            Err(e) => return Err(bad("ip_range", &n.spec.ip_range, format!("is not an IPv4 CIDR ({e})"))),
+        }
+    };
+    Ok((gateway, range))
+}
+
+/// VNIs of the overlay networks, oldest network first: requested ones and
+/// valid stored ones are kept (an older network's wins), the others get
+/// the lowest free from [`FIRST_VNI`].
+fn allocate_vnis(networks: &[&Arc<Network>], errors: &mut Vec<AllocError>) -> BTreeMap<NetworkId, u32> {
+    let mut owner: BTreeMap<u32, String> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    let mut failed = Vec::new();
+    for n in networks.iter().filter(|n| n.is_overlay()) {
+        let want = match requested_vni(&n.spec) {
+            Err(why) => {
+                errors.push(AllocError::BadNetwork {
+                    network: n.spec.name.clone(),
+                    field: format!("options.{OPT_VXLANID_LIST}"),
+                    value: n.spec.options.get(OPT_VXLANID_LIST).cloned().unwrap_or_default(),
+                    reason: why,
+                });
+                failed.push(n.id.clone());
+                continue;
+            }
+            Ok(Some(v)) => match owner.get(&v) {
+                Some(o) => {
+                    errors.push(AllocError::BadNetwork {
+                        network: n.spec.name.clone(),
+                        field: format!("options.{OPT_VXLANID_LIST}"),
+                        value: v.to_string(),
+                        reason: format!("is the VNI of network {o:?}"),
+                    });
+                    failed.push(n.id.clone());
+                    continue;
+                }
+                None => Some(v),
+            },
+            Ok(None) => n.vni.filter(|v| (1..=MAX_VNI).contains(v) && !owner.contains_key(v)),
+        };
+        if let Some(v) = want {
+            owner.insert(v, n.spec.name.clone());
+            out.insert(n.id.clone(), v);
+        }
+    }
+    let mut next = FIRST_VNI;
+    for n in networks.iter().filter(|n| n.is_overlay()) {
+        if out.contains_key(&n.id) || failed.contains(&n.id) {
+            continue;
+        }
+        while next <= MAX_VNI && owner.contains_key(&next) {
+            next += 1;
+        }
+        if next > MAX_VNI {
+            errors.push(AllocError::VniExhausted { network: n.spec.name.clone(), first: FIRST_VNI, last: MAX_VNI });
+            continue;
+        }
+        owner.insert(next, n.spec.name.clone());
+        out.insert(n.id.clone(), next);
+    }
+    out
+}
+
+/// Decides subnets, gateways, VNIs, VIPs, task addresses and published
+/// ports for everything in `state`. See the [module docs](self).
 pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
     let mut out = Plan::default();
     if let Err(e) = cfg.validate() {
@@ -238,7 +466,8 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
     }
     let networks = by_age(state.networks(), |n| (n.meta.created_revision, n.id.to_string()));
 
-    // Subnets: requested ones first, then kept ones, then new slices.
+    // Subnets: requested and valid stored ones, oldest network first (an
+    // older network keeps what it has), then new slices.
     let mut slices = cfg.pool.subnets(cfg.slice_prefix).into_iter().flatten();
     let default_slice = slices.next();
     let mut taken: Vec<Ipv4Net> = default_slice.into_iter().collect();
@@ -248,6 +477,16 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
     let mut chosen: BTreeMap<NetworkId, Ipv4Net> = BTreeMap::new();
     for n in &networks {
         if n.spec.subnet.is_empty() {
+            let kept = n.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok()).filter(|net| {
+                net.prefix_len() == cfg.slice_prefix
+                    && cfg.pool.contains(net)
+                    && *net == net.trunc()
+                    && !taken.iter().any(|t| overlaps(t, net))
+            });
+            if let Some(net) = kept {
+                taken.push(net);
+                chosen.insert(n.id.clone(), net);
+            }
             continue;
         }
         match n.spec.subnet.parse::<Ipv4Net>() {
@@ -268,21 +507,6 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
         }
     }
     for n in &networks {
-        if !n.spec.subnet.is_empty() {
-            continue;
-        }
-        let kept = n.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok()).filter(|net| {
-            net.prefix_len() == cfg.slice_prefix
-                && cfg.pool.contains(net)
-                && *net == net.trunc()
-                && !taken.iter().any(|t| overlaps(t, net))
-        });
-        if let Some(net) = kept {
-            taken.push(net);
-            chosen.insert(n.id.clone(), net);
-        }
-    }
-    for n in &networks {
         if chosen.contains_key(&n.id) || !n.spec.subnet.is_empty() {
             continue;
         }
@@ -298,14 +522,57 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
             }),
         }
     }
-    for n in &networks {
-        if let Some(net) = chosen.get(&n.id) {
-            out.subnets.insert(n.spec.name.clone(), *net);
-            if n.subnet.as_deref() != Some(net.to_string().as_str()) {
-                out.network_updates.push((n.id.clone(), net.to_string()));
-            }
-        }
+    let vnis = allocate_vnis(&networks, &mut out.errors);
+
+    // Each allocated network's pool of addresses.
+    let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
+    if let Some(d) = default_slice {
+        let gateway = Ipv4Addr::from(u32::from(d.network()).wrapping_add(1));
+        pools.insert(DEFAULT_NETWORK.to_string(), Pool::new(DEFAULT_NETWORK.into(), d, d, gateway));
     }
+    let mut names_by_id: BTreeMap<&NetworkId, &str> = BTreeMap::new();
+    let mut ingress: Option<String> = None;
+    for n in &networks {
+        let Some(subnet) = chosen.get(&n.id).copied() else { continue };
+        let (gateway, range) = match addressing(n, subnet) {
+            Ok(a) => a,
+            Err(e) => {
+                out.errors.push(e);
+                continue;
+            }
+        };
+        let mut pool = Pool::new(n.spec.name.clone(), subnet, range, gateway);
+        let update = if n.is_overlay() {
+            let Some(vni) = vnis.get(&n.id).copied() else { continue };
+            pool.overlay = Some(OverlayAttachment {
+                network_id: n.id.clone(),
+                vni,
+                subnet: subnet.to_string(),
+                gateway: if n.spec.internal { String::new() } else { gateway.to_string() },
+                internal: n.spec.internal,
+                encrypted: n.spec.is_encrypted(),
+            });
+            if n.spec.ingress && ingress.is_none() {
+                ingress = Some(n.spec.name.clone());
+            }
+            NetworkUpdate {
+                id: n.id.clone(),
+                subnet: subnet.to_string(),
+                gateway: Some(gateway.to_string()),
+                vni: Some(vni),
+            }
+        } else {
+            NetworkUpdate { id: n.id.clone(), subnet: subnet.to_string(), gateway: n.gateway.clone(), vni: n.vni }
+        };
+        if n.subnet.as_ref() != Some(&update.subnet) || n.gateway != update.gateway || n.vni != update.vni {
+            pool.pending = true;
+            out.network_updates.push(update);
+        }
+        out.subnets.insert(n.spec.name.clone(), subnet);
+        names_by_id.insert(&n.id, n.spec.name.as_str());
+        pools.insert(n.spec.name.clone(), pool);
+    }
+    let any_overlay = pools.values().any(|p| p.overlay.is_some());
 
     let services = by_age(state.services(), |s| (s.meta.created_revision, s.id.to_string()));
     let attached: Vec<Vec<String>> = services
@@ -318,21 +585,67 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
         })
         .collect();
 
+    // NEW tasks that need an address on an overlay network.
+    let needs_overlay = |t: &Task| {
+        t.networks.iter().any(|a| state.network_by_name(&a.network).is_some_and(|n| n.is_overlay()))
+            || (ingress.is_some() && t.endpoint.ports.iter().any(|p| p.publish_mode == PublishMode::Ingress))
+    };
+    let candidates: Vec<&Arc<Task>> = if any_overlay {
+        state
+            .tasks()
+            .filter(|t| t.status.state == TaskState::New && t.desired_state <= TaskState::Running && needs_overlay(t))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // A VIP-mode service without a valid stored VIP on an overlay network.
+    let vip_needed = services.iter().zip(&attached).any(|(s, nets)| {
+        s.spec.endpoint_spec.mode == EndpointMode::Vip
+            && nets.iter().any(|n| {
+                pools.get(n).is_some_and(|p| {
+                    p.overlay.is_some()
+                        && !s
+                            .endpoint
+                            .virtual_ips
+                            .iter()
+                            .any(|v| &v.network == n && matches!(v.addr, IpAddr::V4(a) if p.usable(a)))
+                })
+            })
+    });
+    // Addresses held by tasks admitted earlier (PENDING up to RUNNING, as
+    // long as they are in the store): their containers may be running.
+    // Only looked at when some address is to be given (a pass with nothing
+    // to give stays as cheap as without overlay networks).
+    if !candidates.is_empty() || vip_needed {
+        for t in state.tasks() {
+            if t.status.state == TaskState::New || t.status.state.is_terminal() {
+                continue;
+            }
+            for a in &t.networks {
+                let Some(o) = &a.overlay else { continue };
+                let Some(pool) = names_by_id.get(&o.network_id).and_then(|name| pools.get_mut(*name)) else { continue };
+                for ip in a.addresses.iter().filter_map(|s| s.parse::<Ipv4Addr>().ok()) {
+                    if pool.subnet.contains(&ip) && !pool.used.insert(u32::from(ip)) {
+                        tracing::warn!(network = %pool.name, address = %ip, task = %t.id, "address held by two tasks");
+                    }
+                }
+            }
+        }
+    }
+
     // VIPs: keep valid stored ones, then give the lowest free address.
-    let mut used_ips: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     let mut vips: Vec<BTreeMap<String, IpAddr>> = vec![BTreeMap::new(); services.len()];
     for (i, s) in services.iter().enumerate() {
         if s.spec.endpoint_spec.mode != EndpointMode::Vip {
             continue;
         }
         for net_name in &attached[i] {
-            let Some(subnet) = out.subnets.get(net_name) else { continue };
+            let Some(pool) = pools.get_mut(net_name) else { continue };
             let stored = s.endpoint.virtual_ips.iter().find(|v| &v.network == net_name);
-            if let Some(VirtualIp { addr: IpAddr::V4(a), .. }) = stored {
-                let used = used_ips.entry(net_name.clone()).or_default();
-                if usable_host(subnet, *a) && used.insert(*a) {
-                    vips[i].insert(net_name.clone(), IpAddr::V4(*a));
-                }
+            if let Some(VirtualIp { addr: IpAddr::V4(a), .. }) = stored
+                && pool.take(*a)
+            {
+                vips[i].insert(net_name.clone(), IpAddr::V4(*a));
             }
         }
     }
@@ -341,20 +654,18 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
             continue;
         }
         for net_name in &attached[i] {
-            let Some(subnet) = out.subnets.get(net_name) else { continue };
+            let Some(pool) = pools.get_mut(net_name) else { continue };
             if vips[i].contains_key(net_name) {
                 continue;
             }
-            let used = used_ips.entry(net_name.clone()).or_default();
-            match subnet.hosts().find(|a| usable_host(subnet, *a) && !used.contains(a)) {
+            match pool.next() {
                 Some(a) => {
-                    used.insert(a);
                     vips[i].insert(net_name.clone(), IpAddr::V4(a));
                 }
                 None => out.errors.push(AllocError::SubnetExhausted {
                     service: s.spec.name.clone(),
                     network: net_name.clone(),
-                    subnet: *subnet,
+                    subnet: pool.subnet,
                 }),
             }
         }
@@ -424,6 +735,22 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
         }
     }
 
+    // Task addresses, oldest task first, for tasks of services that are
+    // allocated (the others wait with their service's reason).
+    if !candidates.is_empty() {
+        let blocked = blocked_services(state, &out.errors);
+        let mut candidates: Vec<&Arc<Task>> =
+            candidates.into_iter().filter(|t| !blocked.contains_key(&t.service_id)).collect();
+        candidates
+            .sort_by(|a, b| (a.meta.created_revision, a.id.as_str()).cmp(&(b.meta.created_revision, b.id.as_str())));
+        let mut exhausted: Vec<String> = Vec::new();
+        for t in candidates {
+            if let Some(a) = allocate_task(state, t, &mut pools, ingress.as_deref(), &mut exhausted, &mut out.errors) {
+                out.tasks.insert(t.id.clone(), a);
+            }
+        }
+    }
+
     for (i, s) in services.iter().enumerate() {
         let endpoint = Endpoint {
             ports: resolved[i].iter().flatten().cloned().collect(),
@@ -439,11 +766,78 @@ pub fn plan(state: &State, cfg: &AllocatorConfig) -> Plan {
     out
 }
 
-/// Not the subnet's network or broadcast address, nor its first host (the
-/// gateway, as in Swarm).
-fn usable_host(subnet: &Ipv4Net, a: Ipv4Addr) -> bool {
-    let gateway = Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1));
-    subnet.contains(&a) && a != subnet.network() && a != subnet.broadcast() && a != gateway
+/// The attachments of NEW task `t` with an address on each overlay
+/// network (and on the ingress network if its service publishes ingress
+/// ports), or why it waits; `None` for a task on no overlay network (it is
+/// admitted as it is). Attachments to node-local networks are kept as
+/// they are: the runtime picks those addresses.
+fn allocate_task(
+    state: &State,
+    t: &Task,
+    pools: &mut BTreeMap<String, Pool>,
+    ingress: Option<&str>,
+    exhausted: &mut Vec<String>,
+    errors: &mut Vec<AllocError>,
+) -> Option<TaskAllocation> {
+    let resolve = |target: &str| state.network_by_name(target).map(|n| n.as_ref());
+    let mut wanted: Vec<NetworkAttachment> = Vec::with_capacity(t.networks.len() + 1);
+    if let Some(ing) = ingress {
+        let publishes = t.endpoint.ports.iter().any(|p| p.publish_mode == PublishMode::Ingress);
+        let listed = t.networks.iter().any(|a| resolve(&a.network).is_some_and(|n| n.spec.name == ing));
+        if publishes && !listed {
+            wanted.push(NetworkAttachment { network: ing.to_string(), ..Default::default() });
+        }
+    }
+    wanted.extend(t.networks.iter().cloned());
+    let mut out = Vec::with_capacity(wanted.len());
+    let mut given: Vec<(String, Ipv4Addr)> = Vec::new();
+    let mut outcome = None;
+    for a in wanted {
+        let Some(n) = resolve(&a.network).filter(|n| n.is_overlay()) else {
+            out.push(a);
+            continue;
+        };
+        let name = n.spec.name.clone();
+        let Some(pool) = pools.get_mut(&name) else {
+            outcome = Some(TaskAllocation::Blocked(format!("network {name:?} has no subnet and VNI allocated")));
+            break;
+        };
+        if pool.pending {
+            outcome = Some(TaskAllocation::Wait);
+            break;
+        }
+        let Some(overlay) = pool.overlay.clone() else {
+            outcome = Some(TaskAllocation::Blocked(format!("network {name:?} has no VNI allocated")));
+            break;
+        };
+        match pool.next() {
+            Some(ip) => {
+                given.push((name.clone(), ip));
+                out.push(NetworkAttachment { network: name, addresses: vec![ip.to_string()], overlay: Some(overlay) });
+            }
+            None => {
+                let e = AllocError::AddressesExhausted { network: name.clone(), range: pool.range };
+                outcome = Some(TaskAllocation::Blocked(e.to_string()));
+                if !exhausted.contains(&name) {
+                    exhausted.push(name);
+                    errors.push(e);
+                }
+                break;
+            }
+        }
+    }
+    match outcome {
+        Some(o) => {
+            for (name, ip) in given {
+                if let Some(p) = pools.get_mut(&name) {
+                    p.release(ip);
+                }
+            }
+            Some(o)
+        }
+        None if out.iter().any(|a| a.overlay.is_some()) => Some(TaskAllocation::Ready(out)),
+        None => None,
+    }
 }
 
 /// Checks that `spec`'s explicitly published ingress ports are free in
@@ -577,7 +971,10 @@ pub fn blocked_services(state: &State, errors: &[AllocError]) -> BTreeMap<Servic
                     out.entry(svc.id.clone()).or_insert_with(|| e.to_string());
                 }
             }
-            AllocError::PoolExhausted { network, .. } | AllocError::BadSubnet { network, .. } => {
+            AllocError::PoolExhausted { network, .. }
+            | AllocError::BadSubnet { network, .. }
+            | AllocError::BadNetwork { network, .. }
+            | AllocError::VniExhausted { network, .. } => {
                 let id = state.networks().find(|n| &n.spec.name == network).map(|n| n.id.to_string());
                 for svc in state.services() {
                     let attached =
@@ -588,17 +985,29 @@ pub fn blocked_services(state: &State, errors: &[AllocError]) -> BTreeMap<Servic
                     }
                 }
             }
-            AllocError::InvalidConfig(_) => {}
+            // Tasks wait one by one (TaskAllocation::Blocked), not the
+            // whole service: some of its tasks may hold addresses already.
+            AllocError::AddressesExhausted { .. } | AllocError::InvalidConfig(_) => {}
         }
     }
     out
 }
 
-/// swarm-net's allocation pass (VIPs, subnets, published ports), run by
+/// swarm-net's allocation pass (subnets, VNIs, VIPs, task addresses,
+/// published ports), run by
 /// the core's allocator controller; made by [`Allocator::controller`].
 pub struct NetworkAllocation {
     config: AllocatorConfig,
     errors: Arc<watch::Sender<Vec<AllocError>>>,
+}
+
+impl NetworkAllocation {
+    /// The pass on its own, for a [`TaskAllocator`] of the embedder's (or
+    /// a test); its errors go nowhere but the `tracing` warnings.
+    pub fn new(config: AllocatorConfig) -> Result<Self, AllocError> {
+        config.validate()?;
+        Ok(NetworkAllocation { config, errors: Arc::new(watch::channel(Vec::new()).0) })
+    }
 }
 
 impl Allocate for NetworkAllocation {
@@ -608,6 +1017,7 @@ impl Allocate for NetworkAllocation {
         Allocation {
             ops: p.transaction(state).map(|tx| tx.ops).unwrap_or_default(),
             blocked: blocked_services(state, &p.errors),
+            tasks: p.tasks,
         }
     }
 }
