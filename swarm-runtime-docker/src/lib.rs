@@ -40,5 +40,6 @@ mod runtime;
 mod secrets;
 pub mod tarball;
 
+pub use convert::NETWORK_VNI_LABEL;
 pub use events::{ContainerEvent, ContainerEventKind};
-pub use runtime::{DockerRuntime, DockerRuntimeOptions};
+pub use runtime::{DEFAULT_OVERLAY_MTU, DockerRuntime, DockerRuntimeOptions};
