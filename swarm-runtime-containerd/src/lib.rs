@@ -49,7 +49,7 @@ mod tls;
 
 pub use net::BridgeConfig;
 pub use pull::{Credentials, PullOptions, RegistryCredentials};
-pub use runtime::{ContainerdConfig, ContainerdRuntime, ExitEvent};
+pub use runtime::{ContainerdConfig, ContainerdRuntime, DEFAULT_OVERLAY_MTU, ExitEvent};
 
 /// A short random-enough token (8 hex digits) naming one task's objects:
 /// a hash of the process id, the time and a counter.

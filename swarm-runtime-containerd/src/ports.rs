@@ -9,11 +9,14 @@
 //! accepts let outside traffic reach the bridge even where Docker set the
 //! `FORWARD` policy to DROP. The rules are the kernel's: they outlive an
 //! agent restart, and adoption needs nothing more than the labels.
+//!
+//! With a `host_netns` (see `ContainerdConfig::host_netns`) the rules go
+//! into that namespace's tables (`nsenter --net=<path> iptables`).
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use swarm_core::model::{PortConfig, Protocol, PublishMode};
 use swarm_core::runtime::RuntimeError;
-use tokio::process::Command;
 use tokio::sync::Mutex;
 use tracing::debug;
 
@@ -22,8 +25,8 @@ pub const CHAIN: &str = "SWARM-CTD";
 
 static LOCK: Mutex<()> = Mutex::const_new(());
 
-async fn iptables(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("iptables")
+async fn iptables(netns: Option<&Path>, args: &[&str]) -> Result<String, String> {
+    let out = crate::net::command_in(netns, "iptables")
         .arg("-w")
         .args(args)
         .output()
@@ -37,35 +40,42 @@ async fn iptables(args: &[&str]) -> Result<String, String> {
 }
 
 /// Adds `rule` to `chain` of `table` unless it is there (`-C`).
-async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), String> {
+async fn ensure_rule(
+    netns: Option<&Path>,
+    table: &str,
+    chain: &str,
+    rule: &[&str],
+    insert: bool,
+) -> Result<(), String> {
     let mut check = vec!["-t", table, "-C", chain];
     check.extend_from_slice(rule);
-    if iptables(&check).await.is_ok() {
+    if iptables(netns, &check).await.is_ok() {
         return Ok(());
     }
     let mut add = vec!["-t", table, if insert { "-I" } else { "-A" }, chain];
     add.extend_from_slice(rule);
-    iptables(&add).await.map(|_| ())
+    iptables(netns, &add).await.map(|_| ())
 }
 
-async fn ensure_chains(bridge: &str) -> Result<(), String> {
-    if iptables(&["-t", "nat", "-S", CHAIN]).await.is_err() {
-        if let Err(e) = iptables(&["-t", "nat", "-N", CHAIN]).await {
+async fn ensure_chains(netns: Option<&Path>, bridge: &str) -> Result<(), String> {
+    if iptables(netns, &["-t", "nat", "-S", CHAIN]).await.is_err() {
+        if let Err(e) = iptables(netns, &["-t", "nat", "-N", CHAIN]).await {
             if !e.contains("exists") {
                 return Err(e);
             }
         }
     }
-    ensure_rule("nat", "PREROUTING", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN], false).await?;
+    ensure_rule(netns, "nat", "PREROUTING", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN], false).await?;
     ensure_rule(
+        netns,
         "nat",
         "OUTPUT",
         &["!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN],
         false,
     )
     .await?;
-    ensure_rule("filter", "FORWARD", &["-o", bridge, "-j", "ACCEPT"], true).await?;
-    ensure_rule("filter", "FORWARD", &["-i", bridge, "-j", "ACCEPT"], true).await?;
+    ensure_rule(netns, "filter", "FORWARD", &["-o", bridge, "-j", "ACCEPT"], true).await?;
+    ensure_rule(netns, "filter", "FORWARD", &["-i", bridge, "-j", "ACCEPT"], true).await?;
     Ok(())
 }
 
@@ -151,15 +161,22 @@ pub fn decode(s: &str) -> Vec<PortConfig> {
         .collect()
 }
 
-/// Adds the DNAT rules of a task; on failure removes what it added.
-pub async fn publish(bridge: &str, token: &str, addr: Ipv4Addr, ports: &[PortConfig]) -> Result<(), RuntimeError> {
+/// Adds the DNAT rules of a task (in `netns` if given); on failure removes
+/// what it added.
+pub async fn publish(
+    netns: Option<&Path>,
+    bridge: &str,
+    token: &str,
+    addr: Ipv4Addr,
+    ports: &[PortConfig],
+) -> Result<(), RuntimeError> {
     if ports.is_empty() {
         return Ok(());
     }
     let _g = LOCK.lock().await;
     let r = async {
-        ensure_chains(bridge).await?;
-        let existing = iptables(&["-t", "nat", "-S", CHAIN]).await?;
+        ensure_chains(netns, bridge).await?;
+        let existing = iptables(netns, &["-t", "nat", "-S", CHAIN]).await?;
         for (i, p) in ports.iter().enumerate() {
             let dport = p.published_port.unwrap_or(0).to_string();
             let clash = existing.lines().any(|l| {
@@ -178,45 +195,48 @@ pub async fn publish(bridge: &str, token: &str, addr: Ipv4Addr, ports: &[PortCon
             let dport = p.published_port.unwrap_or(0).to_string();
             let to = format!("{addr}:{}", p.target_port);
             let proto = p.protocol.as_str();
-            iptables(&[
-                "-t",
-                "nat",
-                "-A",
-                CHAIN,
-                "-p",
-                proto,
-                "--dport",
-                &dport,
-                "-m",
-                "comment",
-                "--comment",
-                &c,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ])
+            iptables(
+                netns,
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    CHAIN,
+                    "-p",
+                    proto,
+                    "--dport",
+                    &dport,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &c,
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to,
+                ],
+            )
             .await?;
         }
         Ok::<(), String>(())
     }
     .await;
     if let Err(e) = r {
-        remove_locked(token).await;
+        remove_locked(netns, token).await;
         return Err(RuntimeError::Engine(format!("publishing host ports: {e}")));
     }
     Ok(())
 }
 
 /// Removes every rule of a task (idempotent, best effort).
-pub async fn unpublish(token: &str) {
+pub async fn unpublish(netns: Option<&Path>, token: &str) {
     let _g = LOCK.lock().await;
-    remove_locked(token).await;
+    remove_locked(netns, token).await;
 }
 
-async fn remove_locked(token: &str) {
+async fn remove_locked(netns: Option<&Path>, token: &str) {
     let c = comment(token);
-    let Ok(rules) = iptables(&["-t", "nat", "-S", CHAIN]).await else { return };
+    let Ok(rules) = iptables(netns, &["-t", "nat", "-S", CHAIN]).await else { return };
     for line in rules.lines().filter(|l| l.split_whitespace().any(|w| w == c)) {
         let mut args: Vec<&str> = vec!["-t", "nat"];
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -225,16 +245,16 @@ async fn remove_locked(token: &str) {
         }
         args.push("-D");
         args.extend_from_slice(&words[1..]);
-        if let Err(e) = iptables(&args).await {
+        if let Err(e) = iptables(netns, &args).await {
             debug!(error = %e, "cannot delete a port rule");
         }
     }
 }
 
 /// Whether any rule of a task is left (for tests and diagnostics).
-pub async fn has_rules(token: &str) -> bool {
+pub async fn has_rules(netns: Option<&Path>, token: &str) -> bool {
     let c = comment(token);
-    iptables(&["-t", "nat", "-S", CHAIN]).await.map(|r| r.split_whitespace().any(|w| w == c)).unwrap_or(false)
+    iptables(netns, &["-t", "nat", "-S", CHAIN]).await.map(|r| r.split_whitespace().any(|w| w == c)).unwrap_or(false)
 }
 
 #[cfg(test)]
