@@ -265,7 +265,8 @@ pub fn validate_endpoint(ep: &NetworkEndpoint) -> Result<(), RuntimeError> {
 
 /// Makes sure an endpoint's bridge exists and is up (in `netns` if
 /// given), with the gateway address (and the subnet's prefix) unless the
-/// network is internal, and the alias naming its network. A bridge made
+/// network is internal, the alias naming its network, and a `FORWARD`
+/// accept for traffic within it ([`accept_within_bridge`](crate::ports::accept_within_bridge)). A bridge made
 /// first by the overlay plane is taken as it is (addresses added, none
 /// removed).
 pub async fn ensure_endpoint_bridge(ep: &NetworkEndpoint, netns: Option<&Path>) -> Result<(), RuntimeError> {
@@ -278,7 +279,8 @@ pub async fn ensure_endpoint_bridge(ep: &NetworkEndpoint, netns: Option<&Path>) 
         let cidr = format!("{gw}/{}", ep.subnet.prefix_len());
         ip(netns, &["addr", "replace", &cidr, "dev", &ep.bridge]).await.map_err(fail)?;
     }
-    ip(netns, &["link", "set", "dev", &ep.bridge, "up"]).await.map_err(fail)
+    ip(netns, &["link", "set", "dev", &ep.bridge, "up"]).await.map_err(fail)?;
+    crate::ports::accept_within_bridge(netns, &ep.bridge).await
 }
 
 /// Removes the bridges of network `name` (found by their alias, in
@@ -303,7 +305,10 @@ pub async fn remove_endpoint_bridges(name: &str, netns: Option<&Path>) -> Result
             continue;
         }
         match ip(netns, &["link", "del", "dev", &br]).await {
-            Ok(()) => removed.push(br),
+            Ok(()) => {
+                crate::ports::forget_bridge(netns, &br).await;
+                removed.push(br)
+            }
             // Gone meanwhile.
             Err(_) if ip(netns, &["link", "show", "dev", &br]).await.is_err() => {}
             Err(e) => return Err(fail(e)),

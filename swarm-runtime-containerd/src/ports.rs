@@ -79,6 +79,25 @@ async fn ensure_chains(netns: Option<&Path>, bridge: &str) -> Result<(), String>
     Ok(())
 }
 
+/// Lets traffic between the ports of `bridge` through the filter table's
+/// `FORWARD` chain (in `netns` if given): with `br_netfilter` loaded,
+/// bridged frames pass `FORWARD`, whose policy Docker sets to DROP. Only
+/// within the bridge: traffic to other interfaces is the overlay plane's
+/// to allow or drop.
+pub async fn accept_within_bridge(netns: Option<&Path>, bridge: &str) -> Result<(), RuntimeError> {
+    let _g = LOCK.lock().await;
+    ensure_rule(netns, "filter", "FORWARD", &["-i", bridge, "-o", bridge, "-j", "ACCEPT"], true)
+        .await
+        .map_err(|e| RuntimeError::Engine(format!("allowing traffic within bridge {bridge}: {e}")))
+}
+
+/// Removes [`accept_within_bridge`]'s rule (best effort).
+pub async fn forget_bridge(netns: Option<&Path>, bridge: &str) {
+    let _g = LOCK.lock().await;
+    let rule = ["-t", "filter", "-D", "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"];
+    while iptables(netns, &rule).await.is_ok() {}
+}
+
 /// The comment marking a task's rules.
 pub fn comment(token: &str) -> String {
     format!("swarm-ctd-{token}")

@@ -67,6 +67,31 @@ impl Drop for HostNs {
     }
 }
 
+/// Interfaces made in the test process's own namespace, deleted on drop
+/// (with the FORWARD accepts the runtime made for them).
+struct RootLinks(Vec<&'static str>);
+
+impl Drop for RootLinks {
+    fn drop(&mut self) {
+        for l in &self.0 {
+            let _ = Command::new("ip").args(["link", "del", l]).output();
+            let rule = ["-w", "-D", "FORWARD", "-i", l, "-o", l, "-j", "ACCEPT"];
+            while Command::new("iptables").args(rule).output().is_ok_and(|o| o.status.success()) {}
+        }
+    }
+}
+
+fn forward_accepts(bridge: &str) -> bool {
+    let out = Command::new("iptables").args(["-w", "-S", "FORWARD"]).output().expect("run iptables");
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| l == format!("-A FORWARD -i {bridge} -o {bridge} -j ACCEPT"))
+}
+
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|u| u.split_whitespace().nth(1));
+    euid == Some("0")
+}
+
 fn root_has_link(name: &str) -> bool {
     Command::new("ip").args(["link", "show", "dev", name]).output().is_ok_and(|o| o.status.success())
 }
@@ -88,13 +113,17 @@ fn endpoint(network: &str, vni: u32, subnet: &str, address: &str, internal: bool
 }
 
 fn task(name: &str, endpoints: Vec<NetworkEndpoint>) -> ContainerConfig {
+    task_in(NS, name, endpoints)
+}
+
+fn task_in(run: &str, name: &str, endpoints: Vec<NetworkEndpoint>) -> ContainerConfig {
     let mut c = ContainerConfig::default();
     c.spec.image = IMAGE.into();
     c.spec.command =
         ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"].iter().map(|s| s.to_string()).collect();
     c.name = format!("swrt-{name}.1");
     c.service_name = format!("swrt-{name}");
-    c.labels.insert(RUN.into(), NS.into());
+    c.labels.insert(RUN.into(), run.into());
     c.labels.insert(labels::MANAGED.into(), "true".into());
     c.endpoints = endpoints;
     c
@@ -125,9 +154,7 @@ async fn fetch_soon(rt: &ContainerdRuntime, id: &str, addr: std::net::Ipv4Addr) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_in_a_host_namespace() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|u| u.split_whitespace().nth(1));
-    if euid != Some("0") {
+    if !is_root() {
         swarm_conformance::skip::skip("needs root (network namespaces, bridges)");
         return;
     }
@@ -276,6 +303,73 @@ async fn endpoints_in_a_host_namespace() {
         let _ = rt.remove(&c.id).await;
     }
     drop(host);
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => panic!("the test did not finish within 240 s"),
+    }
+}
+
+/// Without `host_netns`: the bridges in the runtime's own namespace, where
+/// Docker's FORWARD policy is DROP and `br_netfilter` sends bridged frames
+/// through it: tasks on one endpoint bridge still reach each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_in_the_runtimes_own_namespace() {
+    const NS2: &str = "swrt-ctd-overlay-test-root";
+    if !is_root() {
+        swarm_conformance::skip::skip("needs root (bridges, iptables)");
+        return;
+    }
+    let links = RootLinks(vec!["swbr7211", "swbr7212", "swrtctd1"]);
+    let mut cfg = ContainerdConfig::new(NS2);
+    cfg.bridge = BridgeConfig { name: "swrtctd1".into(), subnet: "10.230.41.0".parse().unwrap(), prefix: 24 };
+    cfg.state_dir = PathBuf::from("/var/lib/swarm-rs-containerd-test").join(NS2);
+    let rt = match ContainerdRuntime::connect(cfg).await {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => {
+            swarm_conformance::skip::skip(&format!("needs containerd (set CONTAINERD_ADDRESS): {e}"));
+            return;
+        }
+    };
+    import_busybox(&rt.config().address, NS2, IMAGE, true).await.expect("importing the busybox fixture image");
+    let body_rt = rt.clone();
+    let body = async move {
+        let rt = body_rt;
+        let t1_ep = endpoint("swrt-n11", 7211, "10.230.31.0/24", "10.230.31.10", false);
+        let t2_ep = endpoint("swrt-n11", 7211, "10.230.31.0/24", "10.230.31.11", false);
+        let t3_ep = endpoint("swrt-n12", 7212, "10.230.32.0/24", "10.230.32.10", true);
+        let mut ids = Vec::new();
+        for c in [
+            task_in(NS2, "t1", vec![t1_ep.clone()]),
+            task_in(NS2, "t2", vec![t2_ep.clone()]),
+            task_in(NS2, "t3", vec![t3_ep.clone()]),
+        ] {
+            rt.prepare(&c).await.expect("prepare");
+            let id = rt.create(&c).await.expect("create");
+            rt.start(&id).await.expect("start");
+            ids.push(id);
+        }
+        assert!(root_has_link("swbr7211") && forward_accepts("swbr7211"));
+        assert!(fetch_soon(&rt, &ids[0], t2_ep.address).await.ends_with(INDEX_HTML));
+        let r = sh(&rt, &ids[2], "ip route").await.output;
+        assert!(!r.contains("default"), "an internal endpoint has no default route: {r}");
+        assert_eq!(fetch(&rt, &ids[2], t1_ep.address).await, None, "internal n12 reaches n11");
+        assert_eq!(fetch(&rt, &ids[0], t3_ep.address).await, None, "n11 reaches internal n12");
+        for id in &ids {
+            rt.remove(id).await.unwrap();
+        }
+        for (net, br) in [("swrt-n11", "swbr7211"), ("swrt-n12", "swbr7212")] {
+            rt.remove_network(net).await.unwrap();
+            assert!(!root_has_link(br) && !forward_accepts(br), "{br} and its rule are gone");
+        }
+    };
+    let r = tokio::time::timeout(Duration::from_secs(240), tokio::spawn(body)).await;
+    let mut sel = Labels::new();
+    sel.insert(RUN.into(), NS2.into());
+    for c in rt.list(&sel).await.unwrap_or_default() {
+        let _ = rt.remove(&c.id).await;
+    }
+    drop(links);
     match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
