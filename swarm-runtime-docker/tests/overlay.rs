@@ -207,11 +207,13 @@ async fn overlay_endpoints_have_exact_addresses_and_networks_are_isolated() {
         let path = format!("/fetch?host={}-yy&port={}&path=/id", s.prefix, fixture::PORT);
         assert_eq!(get_ok(x_ep.address, &path, Duration::from_secs(10)).await, y.task_id.as_str());
         let path = format!("/fetch?host={}&port={}&path=/id", z_ep.address, fixture::PORT);
-        let r = fixture::http_get(SocketAddr::from((x_ep.address, fixture::PORT)), &path, Duration::from_secs(10)).await;
+        let r =
+            fixture::http_get(SocketAddr::from((x_ep.address, fixture::PORT)), &path, Duration::from_secs(10)).await;
         assert!(matches!(&r, Ok((502, _))), "front must not reach back: {r:?}");
         // z (internal) does not reach front either; w, on both, reaches z.
         let path = format!("/fetch?host={}&port={}&path=/id", x_ep.address, fixture::PORT);
-        let r = fixture::http_get(SocketAddr::from((z_ep.address, fixture::PORT)), &path, Duration::from_secs(10)).await;
+        let r =
+            fixture::http_get(SocketAddr::from((z_ep.address, fixture::PORT)), &path, Duration::from_secs(10)).await;
         assert!(matches!(&r, Ok((502, _))), "back must not reach front: {r:?}");
         let path = format!("/fetch?host={}&port={}&path=/id", z_ep.address, fixture::PORT);
         assert_eq!(get_ok(w_ep.address, &path, Duration::from_secs(10)).await, z.task_id.as_str());
