@@ -57,7 +57,19 @@ async fn ensure_rule(
     iptables(netns, &add).await.map(|_| ())
 }
 
-async fn ensure_chains(netns: Option<&Path>, bridge: &str) -> Result<(), String> {
+/// Which FORWARD accepts let outside traffic reach a task's published ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// The node bridge: accept everything to and from it (two rules shared
+    /// by its tasks; the node bridge has no isolation to keep).
+    WholeBridge,
+    /// An overlay endpoint's bridge: only the task's published ports and
+    /// their answers (rules commented with the task's token), so that the
+    /// overlay plane's isolation of the bridge stays whole.
+    TaskPorts,
+}
+
+async fn ensure_chains(netns: Option<&Path>, bridge: &str, forward: Forward) -> Result<(), String> {
     if iptables(netns, &["-t", "nat", "-S", CHAIN]).await.is_err() {
         if let Err(e) = iptables(netns, &["-t", "nat", "-N", CHAIN]).await {
             if !e.contains("exists") {
@@ -74,8 +86,10 @@ async fn ensure_chains(netns: Option<&Path>, bridge: &str) -> Result<(), String>
         false,
     )
     .await?;
-    ensure_rule(netns, "filter", "FORWARD", &["-o", bridge, "-j", "ACCEPT"], true).await?;
-    ensure_rule(netns, "filter", "FORWARD", &["-i", bridge, "-j", "ACCEPT"], true).await?;
+    if forward == Forward::WholeBridge {
+        ensure_rule(netns, "filter", "FORWARD", &["-o", bridge, "-j", "ACCEPT"], true).await?;
+        ensure_rule(netns, "filter", "FORWARD", &["-i", bridge, "-j", "ACCEPT"], true).await?;
+    }
     Ok(())
 }
 
@@ -180,10 +194,11 @@ pub fn decode(s: &str) -> Vec<PortConfig> {
         .collect()
 }
 
-/// Adds the DNAT rules of a task (in `netns` if given); on failure removes
-/// what it added.
+/// Adds the DNAT rules of a task (in `netns` if given) and the FORWARD
+/// accepts `forward` says; on failure removes what it added.
 pub async fn publish(
     netns: Option<&Path>,
+    forward: Forward,
     bridge: &str,
     token: &str,
     addr: Ipv4Addr,
@@ -194,7 +209,7 @@ pub async fn publish(
     }
     let _g = LOCK.lock().await;
     let r = async {
-        ensure_chains(netns, bridge).await?;
+        ensure_chains(netns, bridge, forward).await?;
         let existing = iptables(netns, &["-t", "nat", "-S", CHAIN]).await?;
         for (i, p) in ports.iter().enumerate() {
             let dport = p.published_port.unwrap_or(0).to_string();
@@ -236,6 +251,33 @@ pub async fn publish(
                 ],
             )
             .await?;
+            if forward == Forward::TaskPorts {
+                let target = p.target_port.to_string();
+                let a = addr.to_string();
+                for (dir, peer, port) in [("-o", "-d", "--dport"), ("-i", "-s", "--sport")] {
+                    let rule = [
+                        "-t",
+                        "filter",
+                        "-I",
+                        "FORWARD",
+                        dir,
+                        bridge,
+                        peer,
+                        &a,
+                        "-p",
+                        proto,
+                        port,
+                        &target,
+                        "-m",
+                        "comment",
+                        "--comment",
+                        &c,
+                        "-j",
+                        "ACCEPT",
+                    ];
+                    iptables(netns, &rule).await?;
+                }
+            }
         }
         Ok::<(), String>(())
     }
@@ -255,17 +297,19 @@ pub async fn unpublish(netns: Option<&Path>, token: &str) {
 
 async fn remove_locked(netns: Option<&Path>, token: &str) {
     let c = comment(token);
-    let Ok(rules) = iptables(netns, &["-t", "nat", "-S", CHAIN]).await else { return };
-    for line in rules.lines().filter(|l| l.split_whitespace().any(|w| w == c)) {
-        let mut args: Vec<&str> = vec!["-t", "nat"];
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.first() != Some(&"-A") {
-            continue;
-        }
-        args.push("-D");
-        args.extend_from_slice(&words[1..]);
-        if let Err(e) = iptables(netns, &args).await {
-            debug!(error = %e, "cannot delete a port rule");
+    for (table, chain) in [("nat", CHAIN), ("filter", "FORWARD")] {
+        let Ok(rules) = iptables(netns, &["-t", table, "-S", chain]).await else { continue };
+        for line in rules.lines().filter(|l| l.split_whitespace().any(|w| w == c)) {
+            let mut args: Vec<&str> = vec!["-t", table];
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.first() != Some(&"-A") {
+                continue;
+            }
+            args.push("-D");
+            args.extend_from_slice(&words[1..]);
+            if let Err(e) = iptables(netns, &args).await {
+                debug!(error = %e, "cannot delete a port rule");
+            }
         }
     }
 }
@@ -273,7 +317,12 @@ async fn remove_locked(netns: Option<&Path>, token: &str) {
 /// Whether any rule of a task is left (for tests and diagnostics).
 pub async fn has_rules(netns: Option<&Path>, token: &str) -> bool {
     let c = comment(token);
-    iptables(netns, &["-t", "nat", "-S", CHAIN]).await.map(|r| r.split_whitespace().any(|w| w == c)).unwrap_or(false)
+    for (table, chain) in [("nat", CHAIN), ("filter", "FORWARD")] {
+        if iptables(netns, &["-t", table, "-S", chain]).await.is_ok_and(|r| r.split_whitespace().any(|w| w == c)) {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]

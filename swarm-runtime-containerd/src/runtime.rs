@@ -520,7 +520,10 @@ impl ContainerdRuntime {
         let primary = plan.ifaces.first().cloned().ok_or_else(|| engine_err(format!("task {id} has no interface")))?;
         let net = TaskNet::for_token(token);
         net.setup(&plan, self.host_netns()).await?;
-        ports::publish(self.host_netns(), &primary.bridge, token, primary.address, host_ports).await?;
+        // Published ports reach the first interface; on an overlay bridge
+        // only they are let through, so the overlay plane's isolation holds.
+        let forward = if config.endpoints.is_empty() { ports::Forward::WholeBridge } else { ports::Forward::TaskPorts };
+        ports::publish(self.host_netns(), forward, &primary.bridge, token, primary.address, host_ports).await?;
         for s in ["stdout", "stderr"] {
             tokio::fs::write(self.log_path(id, s), b"").await.map_err(io)?;
         }

@@ -275,9 +275,17 @@ async fn endpoints_in_a_host_namespace() {
         // the overlay plane still has a device on it.
         let err = rt.remove_network("swrt-n1").await.unwrap_err();
         assert!(err.to_string().contains("task interfaces"), "{err}");
+        // Only a's published port is let through its overlay bridge.
+        let a_token = token_of(a);
+        let (_, fwd) = host.exec(&["iptables", "-w", "-S", "FORWARD"]);
+        let a_rules: Vec<&str> = fwd.lines().filter(|l| l.contains(&format!("swarm-ctd-{a_token}"))).collect();
+        assert_eq!(a_rules.len(), 2, "{fwd}");
+        assert!(a_rules.iter().all(|l| l.contains("10.230.21.10") && l.contains("8080")), "{a_rules:?}");
+        assert!(!fwd.contains("-A FORWARD -i swbr7201 -j ACCEPT"), "the whole bridge is let through: {fwd}");
         for id in &ids {
             rt.remove(id).await.unwrap();
             let token = token_of(id);
+            assert!(!swarm_runtime_containerd::ports::has_rules(Some(&host.path()), &token).await);
             assert!(!PathBuf::from(format!("/var/run/netns/swarm-ctd-{token}")).exists());
             assert!(!host.has_link(&format!("swv{token}")) && !host.has_link(&format!("swv{token}1")));
         }
