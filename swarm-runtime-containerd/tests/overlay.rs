@@ -271,6 +271,21 @@ async fn endpoints_in_a_host_namespace() {
         assert!(fetch_soon(&rt, a, e_ep.address).await.ends_with(INDEX_HTML));
         assert_eq!(fetch(&rt, c, a_ep.address).await, None, "internal n2 has no route out");
 
+        // From another host (a namespace on a veth), with FORWARD dropping
+        // by default: the published port's own accepts let it through.
+        let client = HostNs::new(&format!("swrt-c{}", std::process::id()));
+        host.ip(&["link", "add", "swrtcl0", "type", "veth", "peer", "name", "swrtcl1", "netns", &client.0]);
+        host.ip(&["addr", "add", "10.230.50.1/30", "dev", "swrtcl0"]);
+        host.ip(&["link", "set", "swrtcl0", "up"]);
+        client.ip(&["addr", "add", "10.230.50.2/30", "dev", "swrtcl1"]);
+        client.ip(&["link", "set", "swrtcl1", "up"]);
+        host.exec(&["iptables", "-w", "-P", "FORWARD", "DROP"]);
+        let get = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 10.230.50.1 18201";
+        let (ok, out) = client.exec(&["sh", "-c", get]);
+        assert!(ok && out.ends_with(INDEX_HTML), "published port from another host: {out:?}");
+        host.exec(&["iptables", "-w", "-P", "FORWARD", "ACCEPT"]);
+        drop(client);
+
         // A network with tasks cannot go; without, its bridge goes, unless
         // the overlay plane still has a device on it.
         let err = rt.remove_network("swrt-n1").await.unwrap_err();
