@@ -5,6 +5,8 @@
 //!   namespace of the project's own (never Docker's `moby`), rootfs from
 //!   overlayfs snapshots of the image's layers, an OCI spec generated from
 //!   the task ([`spec`]), a network namespace per task on a node bridge
+//!   and on the `swbr<vni>` bridge of each overlay endpoint, with the
+//!   manager's address and MAC, optionally in a given host namespace
 //!   ([`net`]), host-mode published ports as DNAT rules ([`ports`]),
 //!   secrets and configs on a tmpfs ([`files`]), stats from the
 //!   task's cgroup metrics ([`metrics`]).
@@ -49,7 +51,7 @@ mod tls;
 
 pub use net::BridgeConfig;
 pub use pull::{Credentials, PullOptions, RegistryCredentials};
-pub use runtime::{ContainerdConfig, ContainerdRuntime, ExitEvent};
+pub use runtime::{ContainerdConfig, ContainerdRuntime, DEFAULT_OVERLAY_MTU, ExitEvent};
 
 /// A short random-enough token (8 hex digits) naming one task's objects:
 /// a hash of the process id, the time and a counter.

@@ -9,11 +9,14 @@
 //! accepts let outside traffic reach the bridge even where Docker set the
 //! `FORWARD` policy to DROP. The rules are the kernel's: they outlive an
 //! agent restart, and adoption needs nothing more than the labels.
+//!
+//! With a `host_netns` (see `ContainerdConfig::host_netns`) the rules go
+//! into that namespace's tables (`nsenter --net=<path> iptables`).
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use swarm_core::model::{PortConfig, Protocol, PublishMode};
 use swarm_core::runtime::RuntimeError;
-use tokio::process::Command;
 use tokio::sync::Mutex;
 use tracing::debug;
 
@@ -22,8 +25,8 @@ pub const CHAIN: &str = "SWARM-CTD";
 
 static LOCK: Mutex<()> = Mutex::const_new(());
 
-async fn iptables(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("iptables")
+async fn iptables(netns: Option<&Path>, args: &[&str]) -> Result<String, String> {
+    let out = crate::net::command_in(netns, "iptables")
         .arg("-w")
         .args(args)
         .output()
@@ -37,36 +40,76 @@ async fn iptables(args: &[&str]) -> Result<String, String> {
 }
 
 /// Adds `rule` to `chain` of `table` unless it is there (`-C`).
-async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), String> {
+async fn ensure_rule(
+    netns: Option<&Path>,
+    table: &str,
+    chain: &str,
+    rule: &[&str],
+    insert: bool,
+) -> Result<(), String> {
     let mut check = vec!["-t", table, "-C", chain];
     check.extend_from_slice(rule);
-    if iptables(&check).await.is_ok() {
+    if iptables(netns, &check).await.is_ok() {
         return Ok(());
     }
     let mut add = vec!["-t", table, if insert { "-I" } else { "-A" }, chain];
     add.extend_from_slice(rule);
-    iptables(&add).await.map(|_| ())
+    iptables(netns, &add).await.map(|_| ())
 }
 
-async fn ensure_chains(bridge: &str) -> Result<(), String> {
-    if iptables(&["-t", "nat", "-S", CHAIN]).await.is_err() {
-        if let Err(e) = iptables(&["-t", "nat", "-N", CHAIN]).await {
+/// Which FORWARD accepts let outside traffic reach a task's published ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// The node bridge: accept everything to and from it (two rules shared
+    /// by its tasks; the node bridge has no isolation to keep).
+    WholeBridge,
+    /// An overlay endpoint's bridge: only the task's published ports and
+    /// their answers (rules commented with the task's token), so that the
+    /// overlay plane's isolation of the bridge stays whole.
+    TaskPorts,
+}
+
+async fn ensure_chains(netns: Option<&Path>, bridge: &str, forward: Forward) -> Result<(), String> {
+    if iptables(netns, &["-t", "nat", "-S", CHAIN]).await.is_err() {
+        if let Err(e) = iptables(netns, &["-t", "nat", "-N", CHAIN]).await {
             if !e.contains("exists") {
                 return Err(e);
             }
         }
     }
-    ensure_rule("nat", "PREROUTING", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN], false).await?;
+    ensure_rule(netns, "nat", "PREROUTING", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN], false).await?;
     ensure_rule(
+        netns,
         "nat",
         "OUTPUT",
         &["!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN],
         false,
     )
     .await?;
-    ensure_rule("filter", "FORWARD", &["-o", bridge, "-j", "ACCEPT"], true).await?;
-    ensure_rule("filter", "FORWARD", &["-i", bridge, "-j", "ACCEPT"], true).await?;
+    if forward == Forward::WholeBridge {
+        ensure_rule(netns, "filter", "FORWARD", &["-o", bridge, "-j", "ACCEPT"], true).await?;
+        ensure_rule(netns, "filter", "FORWARD", &["-i", bridge, "-j", "ACCEPT"], true).await?;
+    }
     Ok(())
+}
+
+/// Lets traffic between the ports of `bridge` through the filter table's
+/// `FORWARD` chain (in `netns` if given): with `br_netfilter` loaded,
+/// bridged frames pass `FORWARD`, whose policy Docker sets to DROP. Only
+/// within the bridge: traffic to other interfaces is the overlay plane's
+/// to allow or drop.
+pub async fn accept_within_bridge(netns: Option<&Path>, bridge: &str) -> Result<(), RuntimeError> {
+    let _g = LOCK.lock().await;
+    ensure_rule(netns, "filter", "FORWARD", &["-i", bridge, "-o", bridge, "-j", "ACCEPT"], true)
+        .await
+        .map_err(|e| RuntimeError::Engine(format!("allowing traffic within bridge {bridge}: {e}")))
+}
+
+/// Removes [`accept_within_bridge`]'s rule (best effort).
+pub async fn forget_bridge(netns: Option<&Path>, bridge: &str) {
+    let _g = LOCK.lock().await;
+    let rule = ["-t", "filter", "-D", "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"];
+    while iptables(netns, &rule).await.is_ok() {}
 }
 
 /// The comment marking a task's rules.
@@ -151,15 +194,23 @@ pub fn decode(s: &str) -> Vec<PortConfig> {
         .collect()
 }
 
-/// Adds the DNAT rules of a task; on failure removes what it added.
-pub async fn publish(bridge: &str, token: &str, addr: Ipv4Addr, ports: &[PortConfig]) -> Result<(), RuntimeError> {
+/// Adds the DNAT rules of a task (in `netns` if given) and the FORWARD
+/// accepts `forward` says; on failure removes what it added.
+pub async fn publish(
+    netns: Option<&Path>,
+    forward: Forward,
+    bridge: &str,
+    token: &str,
+    addr: Ipv4Addr,
+    ports: &[PortConfig],
+) -> Result<(), RuntimeError> {
     if ports.is_empty() {
         return Ok(());
     }
     let _g = LOCK.lock().await;
     let r = async {
-        ensure_chains(bridge).await?;
-        let existing = iptables(&["-t", "nat", "-S", CHAIN]).await?;
+        ensure_chains(netns, bridge, forward).await?;
+        let existing = iptables(netns, &["-t", "nat", "-S", CHAIN]).await?;
         for (i, p) in ports.iter().enumerate() {
             let dport = p.published_port.unwrap_or(0).to_string();
             let clash = existing.lines().any(|l| {
@@ -178,63 +229,100 @@ pub async fn publish(bridge: &str, token: &str, addr: Ipv4Addr, ports: &[PortCon
             let dport = p.published_port.unwrap_or(0).to_string();
             let to = format!("{addr}:{}", p.target_port);
             let proto = p.protocol.as_str();
-            iptables(&[
-                "-t",
-                "nat",
-                "-A",
-                CHAIN,
-                "-p",
-                proto,
-                "--dport",
-                &dport,
-                "-m",
-                "comment",
-                "--comment",
-                &c,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ])
+            iptables(
+                netns,
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    CHAIN,
+                    "-p",
+                    proto,
+                    "--dport",
+                    &dport,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &c,
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to,
+                ],
+            )
             .await?;
+            if forward == Forward::TaskPorts {
+                let target = p.target_port.to_string();
+                let a = addr.to_string();
+                for (dir, peer, port) in [("-o", "-d", "--dport"), ("-i", "-s", "--sport")] {
+                    let rule = [
+                        "-t",
+                        "filter",
+                        "-I",
+                        "FORWARD",
+                        dir,
+                        bridge,
+                        peer,
+                        &a,
+                        "-p",
+                        proto,
+                        port,
+                        &target,
+                        "-m",
+                        "comment",
+                        "--comment",
+                        &c,
+                        "-j",
+                        "ACCEPT",
+                    ];
+                    iptables(netns, &rule).await?;
+                }
+            }
         }
         Ok::<(), String>(())
     }
     .await;
     if let Err(e) = r {
-        remove_locked(token).await;
+        remove_locked(netns, token).await;
         return Err(RuntimeError::Engine(format!("publishing host ports: {e}")));
     }
     Ok(())
 }
 
 /// Removes every rule of a task (idempotent, best effort).
-pub async fn unpublish(token: &str) {
+pub async fn unpublish(netns: Option<&Path>, token: &str) {
     let _g = LOCK.lock().await;
-    remove_locked(token).await;
+    remove_locked(netns, token).await;
 }
 
-async fn remove_locked(token: &str) {
+async fn remove_locked(netns: Option<&Path>, token: &str) {
     let c = comment(token);
-    let Ok(rules) = iptables(&["-t", "nat", "-S", CHAIN]).await else { return };
-    for line in rules.lines().filter(|l| l.split_whitespace().any(|w| w == c)) {
-        let mut args: Vec<&str> = vec!["-t", "nat"];
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.first() != Some(&"-A") {
-            continue;
-        }
-        args.push("-D");
-        args.extend_from_slice(&words[1..]);
-        if let Err(e) = iptables(&args).await {
-            debug!(error = %e, "cannot delete a port rule");
+    for (table, chain) in [("nat", CHAIN), ("filter", "FORWARD")] {
+        let Ok(rules) = iptables(netns, &["-t", table, "-S", chain]).await else { continue };
+        for line in rules.lines().filter(|l| l.split_whitespace().any(|w| w == c)) {
+            let mut args: Vec<&str> = vec!["-t", table];
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.first() != Some(&"-A") {
+                continue;
+            }
+            args.push("-D");
+            args.extend_from_slice(&words[1..]);
+            if let Err(e) = iptables(netns, &args).await {
+                debug!(error = %e, "cannot delete a port rule");
+            }
         }
     }
 }
 
 /// Whether any rule of a task is left (for tests and diagnostics).
-pub async fn has_rules(token: &str) -> bool {
+pub async fn has_rules(netns: Option<&Path>, token: &str) -> bool {
     let c = comment(token);
-    iptables(&["-t", "nat", "-S", CHAIN]).await.map(|r| r.split_whitespace().any(|w| w == c)).unwrap_or(false)
+    for (table, chain) in [("nat", CHAIN), ("filter", "FORWARD")] {
+        if iptables(netns, &["-t", table, "-S", chain]).await.is_ok_and(|r| r.split_whitespace().any(|w| w == c)) {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]

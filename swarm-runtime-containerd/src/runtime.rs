@@ -16,7 +16,10 @@
 use crate::engine::{Engine, is_not_found, status_err};
 use crate::image::{ensure_unpacked, image_exists, resolve};
 use crate::metrics::{self, Sample};
-use crate::net::{BridgeConfig, IpAllocator, TaskNet, ensure_bridge};
+use crate::net::{
+    BridgeConfig, IpAllocator, MAX_ENDPOINTS, TaskNet, TaskNetPlan, ensure_bridge, ensure_endpoint_bridge,
+    remove_endpoint_bridges, validate_endpoint,
+};
 use crate::pull::{PullOptions, pull};
 use crate::spec::{
     Accounts, PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecContext, build_spec, parse_signal, user_needs_accounts, user_string,
@@ -46,8 +49,12 @@ use tracing::{debug, info, warn};
 /// Label keys this runtime adds to its containers (besides the project's
 /// [`labels`]).
 pub mod ctd_labels {
-    /// The task's IPv4 address.
+    /// The task's IPv4 address on the node bridge (absent when the task
+    /// has only overlay endpoints).
     pub const ADDRESS: &str = "io.swarm-rs.containerd.address";
+    /// The task's overlay endpoints, in interface order:
+    /// `<address>@<bridge>,...`.
+    pub const ENDPOINTS: &str = "io.swarm-rs.containerd.endpoints";
     /// The token naming the task's network namespace and veth.
     pub const TOKEN: &str = "io.swarm-rs.containerd.token";
     /// The stop signal number.
@@ -89,7 +96,18 @@ pub struct ContainerdConfig {
     /// Credentials for pulls (by registry as references name it:
     /// `docker.io`, `registry.example.com:5000`) and extra TLS roots.
     pub registry: PullOptions,
+    /// The network namespace (a path, e.g. `/run/netns/<name>`) holding the
+    /// bridges, the host ends of the tasks' veths and the port rules;
+    /// `None`: the runtime's own. Tests run hosts as namespaces.
+    pub host_netns: Option<PathBuf>,
+    /// MTU of tasks' interfaces on overlay endpoints (both veth ends):
+    /// VXLAN adds 50 bytes, so 1450 under a 1500 byte underlay; 0 leaves
+    /// the kernel's default (1500). Default 1450.
+    pub overlay_mtu: u32,
 }
+
+/// Default [`ContainerdConfig::overlay_mtu`]: 1500 minus VXLAN's 50 bytes.
+pub const DEFAULT_OVERLAY_MTU: u32 = 1450;
 
 impl ContainerdConfig {
     /// Defaults for `namespace`: [`ContainerdConfig::default_address`],
@@ -107,6 +125,8 @@ impl ContainerdConfig {
             nofile: crate::spec::default_nofile(),
             pull: true,
             registry: PullOptions::default(),
+            host_netns: None,
+            overlay_mtu: DEFAULT_OVERLAY_MTU,
         }
     }
 
@@ -278,7 +298,15 @@ impl ContainerdRuntime {
             Err(s) if s.code() == tonic::Code::AlreadyExists => {}
             Err(s) => return Err(status_err(&format!("namespaces.create {}", cfg.namespace), "", s)),
         }
-        ensure_bridge(&cfg.bridge).await?;
+        if let Some(ns) = &cfg.host_netns {
+            if !ns.exists() {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "host network namespace {} does not exist",
+                    ns.display()
+                )));
+            }
+        }
+        ensure_bridge(&cfg.bridge, cfg.host_netns.as_deref()).await?;
         for d in [cfg.state_dir.join("containers"), cfg.state_dir.join("volumes"), cfg.state_dir.join("bin")] {
             tokio::fs::create_dir_all(&d)
                 .await
@@ -302,6 +330,10 @@ impl ContainerdRuntime {
     /// The containerd namespace.
     pub fn namespace(&self) -> &str {
         &self.cfg.namespace
+    }
+
+    fn host_netns(&self) -> Option<&Path> {
+        self.cfg.host_netns.as_deref()
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -410,6 +442,7 @@ impl ContainerdRuntime {
         token: Option<&str>,
         ip: Option<Ipv4Addr>,
         has_ports: bool,
+        ifaces: usize,
     ) -> Result<(), RuntimeError> {
         let mut first: Option<RuntimeError> = None;
         let mut note = |e: RuntimeError| {
@@ -443,9 +476,9 @@ impl ContainerdRuntime {
         }
         if let Some(t) = token {
             if has_ports {
-                ports::unpublish(t).await;
+                ports::unpublish(self.host_netns(), t).await;
             }
-            TaskNet::for_token(t).teardown().await;
+            TaskNet::for_token(t).teardown(ifaces, self.host_netns()).await;
         }
         let dir = self.dir(id);
         files::unmount(&dir.join("files")).await;
@@ -469,7 +502,7 @@ impl ContainerdRuntime {
         config: &ContainerConfig,
         id: &str,
         token: &str,
-        ip: Ipv4Addr,
+        ip: Option<Ipv4Addr>,
         stop_signal: u32,
         host_ports: &[PortConfig],
     ) -> Result<(), RuntimeError> {
@@ -480,9 +513,17 @@ impl ContainerdRuntime {
         let dir = self.dir(id);
         let io = |e: std::io::Error| engine_err(format!("preparing {}: {e}", dir.display()));
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        for ep in &config.endpoints {
+            ensure_endpoint_bridge(ep, self.host_netns()).await?;
+        }
+        let plan = TaskNetPlan::new(&config.endpoints, self.cfg.overlay_mtu, ip.map(|a| (&self.cfg.bridge, a)));
+        let primary = plan.ifaces.first().cloned().ok_or_else(|| engine_err(format!("task {id} has no interface")))?;
         let net = TaskNet::for_token(token);
-        net.setup(&self.cfg.bridge, ip).await?;
-        ports::publish(&self.cfg.bridge.name, token, ip, host_ports).await?;
+        net.setup(&plan, self.host_netns()).await?;
+        // Published ports reach the first interface; on an overlay bridge
+        // only they are let through, so the overlay plane's isolation holds.
+        let forward = if config.endpoints.is_empty() { ports::Forward::WholeBridge } else { ports::Forward::TaskPorts };
+        ports::publish(self.host_netns(), forward, &primary.bridge, token, primary.address, host_ports).await?;
         for s in ["stdout", "stderr"] {
             tokio::fs::write(self.log_path(id, s), b"").await.map_err(io)?;
         }
@@ -504,9 +545,12 @@ impl ContainerdRuntime {
         }
         let host = crate::spec::hostname(config, id);
         let hosts = dir.join("hosts");
-        tokio::fs::write(&hosts, format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{ip}\t{host}\n"))
-            .await
-            .map_err(io)?;
+        tokio::fs::write(
+            &hosts,
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n{}\t{host}\n", primary.address),
+        )
+        .await
+        .map_err(io)?;
         // The rootfs snapshot, labelled as a GC root so the collector
         // cannot take it before the container record references it (an
         // earlier order lost it to a collection in between). It is removed
@@ -545,7 +589,13 @@ impl ContainerdRuntime {
             serde_json::to_vec(&spec).map_err(|e| engine_err(format!("encoding the spec of {id}: {e}")))?;
 
         let mut labels: HashMap<String, String> = config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        labels.insert(ctd_labels::ADDRESS.into(), ip.to_string());
+        if let Some(ip) = ip {
+            labels.insert(ctd_labels::ADDRESS.into(), ip.to_string());
+        }
+        if !config.endpoints.is_empty() {
+            let eps: Vec<String> = config.endpoints.iter().map(|e| format!("{}@{}", e.address, e.bridge)).collect();
+            labels.insert(ctd_labels::ENDPOINTS.into(), eps.join(","));
+        }
         labels.insert(ctd_labels::TOKEN.into(), token.into());
         labels.insert(ctd_labels::STOP_SIGNAL.into(), stop_signal.to_string());
         labels.insert(ctd_labels::NAME.into(), config.name.clone());
@@ -615,7 +665,8 @@ impl ContainerdRuntime {
             // The token is the id's suffix (see `container_id`).
             let token = id.rsplit('-').next().filter(|t| t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit()));
             info!(id, "removing the leftovers of a task whose container is gone");
-            self.teardown(&id, token, None, true).await?;
+            // The labels are gone: every interface a task may have.
+            self.teardown(&id, token, None, true, MAX_ENDPOINTS + 1).await?;
             cleaned.push(id);
         }
         Ok(cleaned)
@@ -704,14 +755,37 @@ impl Runtime for ContainerdRuntime {
             Some(s) if !s.is_empty() => parse_signal(s)?,
             _ => SIGTERM,
         };
+        if config.endpoints.len() > MAX_ENDPOINTS {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "container {:?}: {} overlay endpoints, at most {MAX_ENDPOINTS}",
+                config.name,
+                config.endpoints.len()
+            )));
+        }
+        for (i, ep) in config.endpoints.iter().enumerate() {
+            validate_endpoint(ep)?;
+            if config.endpoints[..i].iter().any(|e| e.network == ep.network || e.bridge == ep.bridge) {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "container {:?}: network {:?} ({}) has two endpoints",
+                    config.name, ep.network, ep.bridge
+                )));
+            }
+        }
         let token = token();
         let id = container_id(&config.name, &token);
-        let ip = self.alloc.allocate(&self.addresses_in_use().await?)?;
-        debug!(id, %ip, image = %config.spec.image, "creating task container");
+        // The node bridge: for tasks without overlay endpoints (today's
+        // networking) and for node-local networks, which all map to it.
+        let ip = if config.endpoints.is_empty() || !config.networks.is_empty() {
+            Some(self.alloc.allocate(&self.addresses_in_use().await?)?)
+        } else {
+            None
+        };
+        let ifaces = config.endpoints.len() + usize::from(ip.is_some());
+        debug!(id, ?ip, endpoints = config.endpoints.len(), image = %config.spec.image, "creating task container");
         match self.create_parts(config, &id, &token, ip, stop_signal, &host_ports).await {
             Ok(()) => Ok(id),
             Err(e) => {
-                if let Err(t) = self.teardown(&id, Some(&token), Some(ip), !host_ports.is_empty()).await {
+                if let Err(t) = self.teardown(&id, Some(&token), ip, !host_ports.is_empty(), ifaces).await {
                     warn!(id, error = %t, "cleanup after a failed create was incomplete");
                 }
                 Err(e)
@@ -786,7 +860,8 @@ impl Runtime for ContainerdRuntime {
         let token = c.labels.get(ctd_labels::TOKEN).cloned();
         let ip = c.labels.get(ctd_labels::ADDRESS).and_then(|a| a.parse().ok());
         let has_ports = c.labels.contains_key(ctd_labels::HOST_PORTS);
-        self.teardown(id, token.as_deref(), ip, has_ports).await
+        let ifaces = endpoint_addresses(&c.labels).len() + usize::from(ip.is_some());
+        self.teardown(id, token.as_deref(), ip, has_ports, ifaces.max(1)).await
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
@@ -800,13 +875,15 @@ impl Runtime for ContainerdRuntime {
             }
             None => (ContainerState::Unknown, None, Some("the container has no task (containerd restarted?)".into())),
         };
-        let addresses = c.labels.get(ctd_labels::ADDRESS).and_then(|a| a.parse::<Ipv4Addr>().ok()).map(IpAddr::V4);
+        // The endpoints' addresses in interface order, then the node bridge's.
+        let mut addresses: Vec<IpAddr> = endpoint_addresses(&c.labels).into_iter().map(IpAddr::V4).collect();
+        addresses.extend(c.labels.get(ctd_labels::ADDRESS).and_then(|a| a.parse::<Ipv4Addr>().ok()).map(IpAddr::V4));
         Ok(ContainerStatus {
             id: id.into(),
             state,
             exit_code,
             error,
-            addresses: addresses.into_iter().collect(),
+            addresses,
             host_ports: c.labels.get(ctd_labels::HOST_PORTS).map(|p| ports::decode(p)).unwrap_or_default(),
             labels: c.labels.into_iter().collect(),
         })
@@ -946,13 +1023,20 @@ impl Runtime for ContainerdRuntime {
         Ok(ExecResult { exit_code: code, output })
     }
 
-    /// Every network maps to the node bridge: tasks of all networks share
-    /// it (no isolation between networks on one node; see the crate docs).
+    /// Node-local networks map to the node bridge: tasks of all of them
+    /// share it (no isolation between them on one node; see the crate
+    /// docs). An overlay network needs nothing ahead: its bridge is made
+    /// when a task's endpoint on it is created (the spec alone lacks the
+    /// VNI and the allocation).
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<(), RuntimeError> {
         match spec.driver.as_str() {
-            "" | "bridge" | "overlay" => {
+            "overlay" => {
+                debug!(network = %spec.name, "overlay network: its bridge is made with its first endpoint");
+                Ok(())
+            }
+            "" | "bridge" => {
                 debug!(network = %spec.name, bridge = %self.cfg.bridge.name, "network maps to the node bridge");
-                ensure_bridge(&self.cfg.bridge).await
+                ensure_bridge(&self.cfg.bridge, self.host_netns()).await
             }
             d => Err(RuntimeError::Unsupported {
                 runtime: "containerd",
@@ -965,8 +1049,15 @@ impl Runtime for ContainerdRuntime {
         }
     }
 
-    /// Nothing to remove: networks map to the node bridge, which stays.
-    async fn remove_network(&self, _name: &str) -> Result<(), RuntimeError> {
+    /// Removes the bridge of overlay network `name` when nothing is
+    /// plugged into it (an error when tasks are; left to the overlay plane
+    /// when only its devices are). Node-local networks map to the node
+    /// bridge, which stays.
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        let removed = remove_endpoint_bridges(name, self.host_netns()).await?;
+        if !removed.is_empty() {
+            info!(network = name, bridges = ?removed, "removed the bridge of an overlay network");
+        }
         Ok(())
     }
 
@@ -999,9 +1090,25 @@ impl Runtime for ContainerdRuntime {
     }
 }
 
+/// The endpoint addresses recorded in a container's labels, in order.
+fn endpoint_addresses(labels: &HashMap<String, String>) -> Vec<Ipv4Addr> {
+    labels
+        .get(ctd_labels::ENDPOINTS)
+        .map(|v| v.split(',').filter_map(|e| e.split('@').next()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_labels_give_the_addresses_in_order() {
+        let mut l = HashMap::new();
+        assert!(endpoint_addresses(&l).is_empty());
+        l.insert(ctd_labels::ENDPOINTS.to_string(), "10.0.1.5@swbr4100,10.0.2.9@swbr4101".to_string());
+        assert_eq!(endpoint_addresses(&l), [Ipv4Addr::new(10, 0, 1, 5), Ipv4Addr::new(10, 0, 2, 9)]);
+    }
 
     #[test]
     fn ids_are_valid_containerd_ids() {

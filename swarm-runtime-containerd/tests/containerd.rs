@@ -102,7 +102,7 @@ async fn leftovers_of(rt: &ContainerdRuntime, id: &str) -> Vec<String> {
     if link.map(|o| o.status.success()).unwrap_or(false) {
         out.push(format!("veth swv{token}"));
     }
-    if swarm_runtime_containerd::ports::has_rules(token).await {
+    if swarm_runtime_containerd::ports::has_rules(None, token).await {
         out.push(format!("iptables rules swarm-ctd-{token}"));
     }
     let dir = rt.config().state_dir.join("containers").join(id);

@@ -7,13 +7,23 @@
 
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerStatsResponse,
-    ContainerSummaryStateEnum, EndpointSettings, HealthConfig, HostConfig, Mount as DockerMount, MountTmpfsOptions,
-    MountType, NetworkingConfig, PortBinding,
+    ContainerSummaryStateEnum, EndpointIpamConfig, EndpointSettings, HealthConfig, HostConfig, Ipam, IpamConfig,
+    Mount as DockerMount, MountTmpfsOptions, MountType, NetworkCreateRequest, NetworkInspect, NetworkingConfig,
+    PortBinding,
 };
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use swarm_core::model::{HealthProbe, Labels, MountKind, NetworkAttachmentConfig, PortConfig, Protocol, PublishMode};
-use swarm_core::runtime::{ContainerConfig, ContainerState, ContainerStats, ContainerStatus, RuntimeError, labels};
+use swarm_core::runtime::{
+    ContainerConfig, ContainerState, ContainerStats, ContainerStatus, NetworkEndpoint, RuntimeError, labels,
+};
+
+/// The Engine's bridge driver option naming the Linux bridge of a network.
+pub(crate) const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+/// The Engine's driver option setting the MTU of the network's interfaces.
+pub(crate) const OPT_MTU: &str = "com.docker.network.driver.mtu";
+/// Label on the Engine networks made for overlay endpoints: the network's VNI.
+pub const NETWORK_VNI_LABEL: &str = "io.swarm-rs.network.vni";
 
 /// What [`create_body`] produced: the body, and the networks to connect
 /// after create (API 1.41 takes one endpoint in the create call).
@@ -63,6 +73,141 @@ fn endpoint(cfg: &ContainerConfig, att: &NetworkAttachmentConfig) -> EndpointSet
         }
     }
     EndpointSettings { aliases: Some(aliases), ..Default::default() }
+}
+
+/// The Engine network behind an overlay endpoint (see [`endpoint_network`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EndpointNetwork {
+    /// The network's name (the Engine network's name).
+    pub name: String,
+    /// The Linux bridge (`swbr<vni>`).
+    pub bridge: String,
+    /// The VNI (a label only: the Engine knows nothing of VXLAN).
+    pub vni: u32,
+    /// The subnet, as the Engine spells it (`10.0.1.0/24`).
+    pub subnet: String,
+    /// The gateway the Engine's IPAM reserves and puts on the bridge.
+    pub gateway: Ipv4Addr,
+    /// No route outside the network.
+    pub internal: bool,
+}
+
+/// The Engine network an endpoint needs, checked: a valid bridge name, the
+/// address inside the subnet and not its network, broadcast or gateway
+/// address. The gateway is the endpoint's; an internal network has none in
+/// the endpoint, yet the Engine's IPAM always reserves one and puts it on
+/// the bridge, so it gets the subnet's first host: the address the
+/// manager's allocator reserves for the gateway of every overlay network
+/// (unless the spec names another gateway; see docs/overlay.md, gaps).
+pub(crate) fn endpoint_network(ep: &NetworkEndpoint) -> Result<EndpointNetwork, RuntimeError> {
+    let at = format!("overlay endpoint on network {:?}", ep.network);
+    if ep.network.is_empty() {
+        return Err(invalid("an overlay endpoint has an empty network name".into()));
+    }
+    if ep.bridge.is_empty()
+        || ep.bridge.len() > 15
+        || !ep.bridge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid(format!("{at}: bridge name {:?} must be 1-15 of [A-Za-z0-9_-]", ep.bridge)));
+    }
+    let net = ep.subnet.trunc();
+    if ep.subnet.prefix_len() > 30 {
+        return Err(invalid(format!("{at}: subnet {net} is too small for a gateway and a task (/30 at most)")));
+    }
+    let first_host = Ipv4Addr::from(u32::from(net.network()) + 1);
+    let gateway = ep.gateway.unwrap_or(first_host);
+    if !net.contains(&ep.address) || ep.address == net.network() || ep.address == net.broadcast() {
+        return Err(invalid(format!("{at}: address {} is not a host address of {net}", ep.address)));
+    }
+    if !net.contains(&gateway) {
+        return Err(invalid(format!("{at}: gateway {gateway} is not in {net}")));
+    }
+    if ep.address == gateway {
+        return Err(invalid(format!("{at}: address {} is the network's gateway on this engine", ep.address)));
+    }
+    Ok(EndpointNetwork {
+        name: ep.network.clone(),
+        bridge: ep.bridge.clone(),
+        vni: ep.vni,
+        subnet: net.to_string(),
+        gateway,
+        internal: ep.internal,
+    })
+}
+
+/// The create call of an endpoint's Engine network: driver bridge on the
+/// endpoint's bridge, its subnet and gateway, `internal`, the project's
+/// label and the VNI, and the MTU (0: the Engine's default).
+pub(crate) fn endpoint_network_request(n: &EndpointNetwork, mtu: u32) -> NetworkCreateRequest {
+    let mut options = HashMap::from([(OPT_BRIDGE_NAME.to_string(), n.bridge.clone())]);
+    if mtu > 0 {
+        options.insert(OPT_MTU.into(), mtu.to_string());
+    }
+    let labels = HashMap::from([
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (NETWORK_VNI_LABEL.to_string(), n.vni.to_string()),
+    ]);
+    NetworkCreateRequest {
+        name: n.name.clone(),
+        driver: Some("bridge".into()),
+        internal: Some(n.internal),
+        attachable: Some(true),
+        ipam: Some(Ipam {
+            config: Some(vec![IpamConfig {
+                subnet: Some(n.subnet.clone()),
+                gateway: Some(n.gateway.to_string()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        options: Some(options),
+        labels: Some(labels),
+        ..Default::default()
+    }
+}
+
+/// How an existing Engine network differs from what the endpoint needs
+/// (driver, bridge, subnet, gateway, internal); `None` when it fits.
+pub(crate) fn endpoint_network_mismatch(n: &EndpointNetwork, found: &NetworkInspect) -> Option<String> {
+    let mut diffs = Vec::new();
+    let driver = found.driver.as_deref().unwrap_or_default();
+    if driver != "bridge" {
+        diffs.push(format!("driver {driver:?} (not \"bridge\")"));
+    }
+    let bridge = found.options.as_ref().and_then(|o| o.get(OPT_BRIDGE_NAME)).map(String::as_str).unwrap_or_default();
+    if bridge != n.bridge {
+        diffs.push(format!("bridge {bridge:?} (not {:?})", n.bridge));
+    }
+    let cfg = found.ipam.as_ref().and_then(|i| i.config.as_ref()).and_then(|c| c.first());
+    let subnet = cfg.and_then(|c| c.subnet.as_deref()).unwrap_or_default();
+    if subnet != n.subnet {
+        diffs.push(format!("subnet {subnet:?} (not {:?})", n.subnet));
+    }
+    let gateway = cfg.and_then(|c| c.gateway.as_deref()).unwrap_or_default();
+    if gateway != n.gateway.to_string() {
+        diffs.push(format!("gateway {gateway:?} (not \"{}\")", n.gateway));
+    }
+    let internal = found.internal.unwrap_or(false);
+    if internal != n.internal {
+        diffs.push(format!("internal {internal} (not {})", n.internal));
+    }
+    (!diffs.is_empty()).then(|| diffs.join(", "))
+}
+
+/// `aa:bb:..` of a MAC.
+fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Endpoint settings for an overlay endpoint: exactly its address and
+/// MAC; the service name, then the endpoint's aliases.
+fn overlay_endpoint(cfg: &ContainerConfig, ep: &NetworkEndpoint) -> EndpointSettings {
+    let att = NetworkAttachmentConfig { target: ep.network.clone(), aliases: ep.aliases.clone() };
+    EndpointSettings {
+        ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(ep.address.to_string()), ..Default::default() }),
+        mac_address: Some(mac_string(&ep.mac)),
+        ..endpoint(cfg, &att)
+    }
 }
 
 /// The Engine's port key, e.g. `8080/tcp`.
@@ -168,28 +313,40 @@ pub(crate) fn create_body(
         i64::try_from(v).map_err(|_| invalid(format!("container {:?}: {what} {v} is too large", cfg.name)))
     };
     let nz = |v: i64| (v > 0).then_some(v);
-    let host_config = HostConfig {
+    let mut host_config = HostConfig {
         mounts: (!mounts.is_empty()).then_some(mounts),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         nano_cpus: nz(to_i64(limits.nano_cpus, "cpu limit")?),
         memory: nz(to_i64(limits.memory_bytes, "memory limit")?),
         memory_reservation: nz(to_i64(cfg.resources.reservations.memory_bytes, "memory reservation")?),
-        network_mode: cfg.networks.first().map(|n| n.target.clone()),
         ..Default::default()
     };
 
-    let mut endpoints = HashMap::new();
-    let mut extra_networks = Vec::new();
+    // Overlay endpoints first (the first is the primary network), then the
+    // node-local networks; API 1.41 takes one in the create call.
+    let mut all: Vec<(String, EndpointSettings)> = Vec::new();
+    for ep in &cfg.endpoints {
+        endpoint_network(ep).map_err(|e| invalid(format!("container {:?}: {e}", cfg.name)))?;
+        all.push((ep.network.clone(), overlay_endpoint(cfg, ep)));
+    }
     for (i, att) in cfg.networks.iter().enumerate() {
         if att.target.is_empty() {
             return Err(invalid(format!("container {:?}: network attachment {i} has no target", cfg.name)));
         }
-        if i == 0 {
-            endpoints.insert(att.target.clone(), endpoint(cfg, att));
-        } else {
-            extra_networks.push((att.target.clone(), endpoint(cfg, att)));
+        all.push((att.target.clone(), endpoint(cfg, att)));
+    }
+    for (i, (name, _)) in all.iter().enumerate() {
+        if all[..i].iter().any(|(n, _)| n == name) {
+            return Err(invalid(format!("container {:?}: network {name:?} is attached twice", cfg.name)));
         }
     }
+    let mut all = all.into_iter();
+    let mut endpoints = HashMap::new();
+    if let Some((name, ep)) = all.next() {
+        host_config.network_mode = Some(name.clone());
+        endpoints.insert(name, ep);
+    }
+    let extra_networks: Vec<(String, EndpointSettings)> = all.collect();
 
     let healthcheck = match (&spec.health_check, docker_healthcheck) {
         (Some(hc), true) => match &hc.probe {
@@ -436,6 +593,108 @@ mod tests {
         assert_eq!(plan.extra_networks.len(), 1);
         assert_eq!(plan.extra_networks[0].0, "back");
         assert!(b.healthcheck.is_none());
+    }
+
+    fn overlay_ep(network: &str, vni: u32, subnet: &str, address: &str, internal: bool) -> NetworkEndpoint {
+        let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+        let address: Ipv4Addr = address.parse().unwrap();
+        NetworkEndpoint {
+            network: network.into(),
+            bridge: swarm_core::model::overlay_bridge_name(vni),
+            vni,
+            subnet,
+            address,
+            mac: swarm_core::model::overlay_mac(address),
+            gateway: (!internal).then(|| Ipv4Addr::from(u32::from(subnet.network()) + 1)),
+            internal,
+            aliases: vec!["web".into(), "www".into()],
+        }
+    }
+
+    #[test]
+    fn overlay_endpoints_come_first_with_their_address_and_mac() {
+        let mut c = cfg();
+        c.endpoints = vec![
+            overlay_ep("ovl-a", 4100, "10.0.1.0/24", "10.0.1.5", false),
+            overlay_ep("ovl-b", 4101, "10.0.2.0/24", "10.0.2.9", true),
+        ];
+        c.networks = vec![NetworkAttachmentConfig { target: "local".into(), aliases: vec![] }];
+        let plan = create_body(&c, vec![], false).unwrap();
+        let h = plan.body.host_config.as_ref().unwrap();
+        assert_eq!(h.network_mode.as_deref(), Some("ovl-a"));
+        let eps = plan.body.networking_config.as_ref().unwrap().endpoints_config.as_ref().unwrap();
+        assert_eq!(eps.len(), 1);
+        let a = &eps["ovl-a"];
+        assert_eq!(a.ipam_config.as_ref().unwrap().ipv4_address.as_deref(), Some("10.0.1.5"));
+        assert_eq!(a.mac_address.as_deref(), Some("02:42:0a:00:01:05"));
+        // The service name once, then the endpoint's other aliases.
+        assert_eq!(a.aliases.as_deref(), Some(&["web".to_string(), "www".to_string()][..]));
+        let names: Vec<&str> = plan.extra_networks.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["ovl-b", "local"]);
+        let b = &plan.extra_networks[0].1;
+        assert_eq!(b.ipam_config.as_ref().unwrap().ipv4_address.as_deref(), Some("10.0.2.9"));
+        assert_eq!(b.mac_address.as_deref(), Some("02:42:0a:00:02:09"));
+        assert!(plan.extra_networks[1].1.ipam_config.is_none());
+    }
+
+    #[test]
+    fn bad_overlay_endpoints_are_rejected() {
+        let cases = [
+            (overlay_ep("n", 4100, "10.0.1.0/24", "10.0.1.1", false), "gateway"),
+            (overlay_ep("n", 4100, "10.0.1.0/24", "10.0.1.1", true), "gateway"),
+            (overlay_ep("n", 4100, "10.0.1.0/24", "10.0.1.255", false), "not a host address"),
+            (
+                NetworkEndpoint {
+                    bridge: "a-bridge-name-too-long".into(),
+                    ..overlay_ep("n", 4100, "10.0.1.0/24", "10.0.1.2", false)
+                },
+                "bridge name",
+            ),
+            (overlay_ep("", 4100, "10.0.1.0/24", "10.0.1.2", false), "empty network name"),
+        ];
+        for (ep, want) in cases {
+            let mut c = cfg();
+            c.endpoints = vec![ep.clone()];
+            let e = create_body(&c, vec![], false).unwrap_err().to_string();
+            assert!(e.contains(want), "{ep:?}: {e}");
+        }
+        let mut c = cfg();
+        c.endpoints = vec![overlay_ep("n", 4100, "10.0.1.0/24", "10.0.1.2", false)];
+        c.networks = vec![NetworkAttachmentConfig { target: "n".into(), aliases: vec![] }];
+        let e = create_body(&c, vec![], false).unwrap_err().to_string();
+        assert!(e.contains("attached twice"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_networks_are_created_and_compared() {
+        let ep = overlay_ep("ovl", 4100, "10.0.1.0/24", "10.0.1.5", true);
+        let n = endpoint_network(&ep).unwrap();
+        // Internal: the engine still needs a gateway; the subnet's first host.
+        assert_eq!(n.gateway, Ipv4Addr::new(10, 0, 1, 1));
+        let req = endpoint_network_request(&n, 1450);
+        assert_eq!(req.name, "ovl");
+        assert_eq!(req.driver.as_deref(), Some("bridge"));
+        assert_eq!(req.internal, Some(true));
+        let opts = req.options.clone().unwrap();
+        assert_eq!(opts[OPT_BRIDGE_NAME], "swbr4100");
+        assert_eq!(opts[OPT_MTU], "1450");
+        assert_eq!(req.labels.as_ref().unwrap()[NETWORK_VNI_LABEL], "4100");
+        let ipam = &req.ipam.as_ref().unwrap().config.as_ref().unwrap()[0];
+        assert_eq!((ipam.subnet.as_deref(), ipam.gateway.as_deref()), (Some("10.0.1.0/24"), Some("10.0.1.1")));
+        assert!(!endpoint_network_request(&n, 0).options.unwrap().contains_key(OPT_MTU));
+        let same = NetworkInspect {
+            driver: req.driver.clone(),
+            options: req.options.clone(),
+            ipam: req.ipam.clone(),
+            internal: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(endpoint_network_mismatch(&n, &same), None);
+        let other = endpoint_network(&overlay_ep("ovl", 4200, "10.0.9.0/24", "10.0.9.5", false)).unwrap();
+        let d = endpoint_network_mismatch(&other, &same).unwrap();
+        for want in ["bridge \"swbr4100\"", "subnet \"10.0.1.0/24\"", "gateway", "internal true"] {
+            assert!(d.contains(want), "{want}: {d}");
+        }
     }
 
     #[test]

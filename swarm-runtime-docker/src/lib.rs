@@ -3,7 +3,9 @@
 //!
 //! - [`DockerRuntime`]: images (present, or pulled with credentials),
 //!   containers with the project's labels, limits, mounts, networks (the
-//!   service name as alias), host-mode ports; stop with grace then kill,
+//!   service name as alias), overlay endpoints (a bridge network per overlay
+//!   network on its `swbr<vni>` bridge, the manager's address and MAC:
+//!   [`DockerRuntime::ensure_endpoint_network`]), host-mode ports; stop with grace then kill,
 //!   inspect, list by labels (agent restart: adopt or remove), logs, stats,
 //!   exec, health probes (the agent's, see [`swarm_core::runtime::default_probe`]),
 //!   networks and named volumes, and the Engine's event stream
@@ -40,5 +42,6 @@ mod runtime;
 mod secrets;
 pub mod tarball;
 
+pub use convert::NETWORK_VNI_LABEL;
 pub use events::{ContainerEvent, ContainerEventKind};
-pub use runtime::{DockerRuntime, DockerRuntimeOptions};
+pub use runtime::{DEFAULT_OVERLAY_MTU, DockerRuntime, DockerRuntimeOptions};

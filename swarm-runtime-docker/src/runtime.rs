@@ -11,7 +11,10 @@
 //! without the request timeout, since the Engine answers them only when
 //! the container has stopped.
 
-use crate::convert::{create_body, stats_from_sample, status_from_inspect, summary_state_of};
+use crate::convert::{
+    create_body, endpoint_network, endpoint_network_mismatch, endpoint_network_request, stats_from_sample,
+    status_from_inspect, summary_state_of,
+};
 use crate::events::{ContainerEvent, event_stream};
 use crate::secrets::SecretStore;
 use async_trait::async_trait;
@@ -33,7 +36,7 @@ use swarm_core::image::ImageRef;
 use swarm_core::model::{Labels, MountKind, NetworkSpec, VolumeSpec};
 use swarm_core::runtime::{
     ContainerConfig, ContainerStats, ContainerStatus, ContainerSummary, ExecResult, ExitStatus, FileMaterial, LogLine,
-    Runtime, RuntimeError, labels,
+    NetworkEndpoint, Runtime, RuntimeError, labels,
 };
 use tracing::{debug, info, warn};
 
@@ -41,6 +44,8 @@ use tracing::{debug, info, warn};
 const LONG_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Serialises network creation in this process (see `ensure_network`).
 static NETWORK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Default [`DockerRuntimeOptions::overlay_mtu`]: 1500 minus VXLAN's 50 bytes.
+pub const DEFAULT_OVERLAY_MTU: u32 = 1450;
 /// Most bytes of exec output kept.
 const EXEC_OUTPUT_LIMIT: usize = 64 * 1024;
 
@@ -63,6 +68,11 @@ pub struct DockerRuntimeOptions {
     pub registry_auth: HashMap<String, DockerCredentials>,
     /// Longest a pull may take. Default 5 minutes.
     pub pull_timeout: Duration,
+    /// MTU of containers' interfaces on overlay networks (the Engine
+    /// option `com.docker.network.driver.mtu` of their bridge networks):
+    /// frames cross nodes in VXLAN, 50 bytes more, so 1450 under a 1500
+    /// byte underlay. 0 leaves the Engine's default (1500). Default 1450.
+    pub overlay_mtu: u32,
 }
 
 impl Default for DockerRuntimeOptions {
@@ -73,6 +83,7 @@ impl Default for DockerRuntimeOptions {
             docker_healthcheck: false,
             registry_auth: HashMap::new(),
             pull_timeout: Duration::from_secs(300),
+            overlay_mtu: DEFAULT_OVERLAY_MTU,
         }
     }
 }
@@ -243,6 +254,50 @@ impl DockerRuntime {
         Ok(())
     }
 
+    /// Makes sure the Engine network of an overlay endpoint exists as it
+    /// should: a bridge network named as the overlay network, on the
+    /// endpoint's bridge (`swbr<vni>`; an existing bridge of that name, e.g.
+    /// made first by the overlay plane, is taken as it is), with its subnet,
+    /// gateway and `internal`. A network of that name that differs (left
+    /// from an earlier network of the same name) is removed and made again
+    /// when no container is on it, else this fails saying what differs and
+    /// which containers hold it.
+    pub async fn ensure_endpoint_network(&self, ep: &NetworkEndpoint) -> Result<(), RuntimeError> {
+        let want = endpoint_network(ep)?;
+        let _guard = NETWORK_LOCK.lock().await;
+        if !self.networks_named(&want.name).await?.is_empty() {
+            self.dedupe_network(&want.name).await?;
+            if let Some(id) = self.networks_named(&want.name).await?.into_iter().next() {
+                let found =
+                    self.docker.inspect_network(&id, None).await.map_err(|e| map_err("inspect network", &id, e))?;
+                let Some(diff) = endpoint_network_mismatch(&want, &found) else { return Ok(()) };
+                let users: Vec<String> =
+                    found.containers.unwrap_or_default().into_iter().map(|(id, c)| c.name.unwrap_or(id)).collect();
+                if !users.is_empty() {
+                    return Err(RuntimeError::Engine(format!(
+                        "network {:?} exists on the engine with {diff}, and containers {users:?} still use it: \
+                         remove them or the network",
+                        want.name
+                    )));
+                }
+                warn!(network = %want.name, %diff, "replacing a stale network");
+                match self.docker.remove_network(&id).await {
+                    Ok(()) => {}
+                    Err(e) if status_of(&e) == Some(404) => {}
+                    Err(e) => return Err(map_err("remove stale network", &want.name, e)),
+                }
+            }
+        }
+        match self.docker.create_network(endpoint_network_request(&want, self.opts.overlay_mtu)).await {
+            Ok(_) => {
+                info!(network = %want.name, bridge = %want.bridge, subnet = %want.subnet, "created overlay network")
+            }
+            Err(e) if status_of(&e) == Some(409) => {} // created concurrently
+            Err(e) => return Err(map_err("create network", &want.name, e)),
+        }
+        self.dedupe_network(&want.name).await
+    }
+
     async fn name_of(&self, id: &str) -> Result<String, RuntimeError> {
         let r = self.docker.inspect_container(id, None).await.map_err(|e| container_err("inspect", id, e))?;
         Ok(r.name.unwrap_or_default().trim_start_matches('/').to_string())
@@ -257,6 +312,15 @@ impl Runtime for DockerRuntime {
 
     async fn prepare(&self, cfg: &ContainerConfig) -> Result<(), RuntimeError> {
         self.ensure_image(&cfg.spec.image).await?;
+        for ep in &cfg.endpoints {
+            if cfg.networks.iter().any(|n| n.target == ep.network) {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "container {:?}: network {:?} is both an overlay endpoint and a node-local network",
+                    cfg.name, ep.network
+                )));
+            }
+            self.ensure_endpoint_network(ep).await?;
+        }
         // A network the agent has not made yet (with its spec, through
         // ensure_network) is made here as a node-local bridge.
         for att in &cfg.networks {
@@ -519,14 +583,10 @@ impl Runtime for DockerRuntime {
         }
         let driver = if spec.driver.is_empty() { "bridge" } else { spec.driver.as_str() };
         if driver == "overlay" {
-            return Err(RuntimeError::Unsupported {
-                runtime: "docker",
-                op: "ensure_network",
-                detail: format!(
-                    "network {:?}: overlay networks need the engine's own swarm mode; this runtime makes node-local bridge networks",
-                    spec.name
-                ),
-            });
+            // The spec alone lacks the allocation (subnet, gateway, VNI):
+            // the network is made from a container's endpoint, in prepare.
+            debug!(network = %spec.name, "overlay network: made when a container's endpoint needs it");
+            return Ok(());
         }
         // The Engine allows two bridge networks with one name (and then
         // refuses to attach by that name as "ambiguous"), so creations are
