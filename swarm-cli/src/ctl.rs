@@ -170,6 +170,29 @@ pub fn service_spec(name: String, a: &mut Args) -> Result<ServiceSpec, ArgError>
     for p in a.values("publish") {
         spec.endpoint_spec.ports.push(port(&p)?);
     }
+    // `--network NAME[,alias=A...]`, repeatable (as `docker service create
+    // --network name=N,alias=A` in its short form).
+    for n in a.values("network") {
+        let mut parts = n.split(',');
+        let target = parts.next().unwrap_or_default().trim_start_matches("name=").to_string();
+        if target.is_empty() {
+            return Err(ArgError::BadValue {
+                flag: "network".into(),
+                value: n.clone(),
+                reason: "no network name".into(),
+            });
+        }
+        let mut aliases = Vec::new();
+        for p in parts {
+            let alias = p.strip_prefix("alias=").ok_or_else(|| ArgError::BadValue {
+                flag: "network".into(),
+                value: n.clone(),
+                reason: format!("{p:?}: expected alias=NAME"),
+            })?;
+            aliases.push(alias.to_string());
+        }
+        spec.networks.push(NetworkAttachmentConfig { target, aliases });
+    }
     if let Some(v) = a.parsed("update-parallelism")? {
         spec.update_config.parallelism = v;
     }
@@ -249,11 +272,12 @@ async fn raft_status(t: &Target) -> Option<RaftStatus> {
 /// Runs one command (the words and flags after the global flags) and
 /// returns what to print.
 pub async fn run(t: &Target, format: &Format, mut a: Args) -> Result<String, CtlError> {
-    let group = a.word("a command (service, node, secret, config, join-token, ca, operator-cert)")?;
+    let group = a.word("a command (service, node, network, secret, config, join-token, ca, operator-cert)")?;
     let out = match group.as_str() {
         "service" => service(t, format, &mut a).await?,
         "node" => node(t, format, &mut a).await?,
         "secret" | "config" => blob(t, format, &group, &mut a).await?,
+        "network" => network(t, format, &mut a).await?,
         "join-token" => join_token(t, format, &mut a).await?,
         "ca" => ca(t, format, &mut a).await?,
         "operator-cert" => operator_cert(t, &mut a).await?,
@@ -522,6 +546,92 @@ async fn blob(t: &Target, format: &Format, kind: &str, a: &mut Args) -> Result<S
             out
         }
         other => return Err(CtlError::Other(format!("unknown {kind} command {other:?}"))),
+    })
+}
+
+/// `network create|ls|inspect|rm`, as `docker network`.
+async fn network(t: &Target, format: &Format, a: &mut Args) -> Result<String, CtlError> {
+    let c = &t.cluster;
+    let verb = a.word("a network command (create, ls, inspect, rm)")?;
+    Ok(match verb.as_str() {
+        "create" => {
+            let name = a.word("the network name")?;
+            let mut spec = NetworkSpec {
+                name,
+                driver: a.value("driver").unwrap_or_else(|| "overlay".into()),
+                subnet: a.value("subnet").unwrap_or_default(),
+                gateway: a.value("gateway").unwrap_or_default(),
+                ip_range: a.value("ip-range").unwrap_or_default(),
+                internal: a.switch("internal"),
+                attachable: a.switch("attachable"),
+                ingress: a.switch("ingress"),
+                ..Default::default()
+            };
+            for o in a.values("opt") {
+                // `--opt encrypted` (no value) as docker accepts it.
+                let (k, v) = match o.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (o.clone(), String::new()),
+                };
+                spec.options.insert(k, v);
+            }
+            for l in a.values("label") {
+                let (k, v) = key_value(&l, "label")?;
+                spec.labels.insert(k, v);
+            }
+            format!("{}\n", c.create_network(spec).await?)
+        }
+        "ls" => {
+            let nets = c.list_networks().await?;
+            match format {
+                Format::Json => json(&nets)?,
+                Format::Table => {
+                    let mut tb = Table::new(&["ID", "NAME", "DRIVER", "SUBNET", "VNI", "FLAGS"]);
+                    for n in nets {
+                        let mut flags = Vec::new();
+                        for (on, f) in [
+                            (n.spec.internal, "internal"),
+                            (n.spec.attachable, "attachable"),
+                            (n.spec.ingress, "ingress"),
+                            (n.spec.is_encrypted(), "encrypted"),
+                        ] {
+                            if on {
+                                flags.push(f);
+                            }
+                        }
+                        tb.row(vec![
+                            n.id.to_string(),
+                            n.spec.name.clone(),
+                            if n.spec.driver.is_empty() { "bridge".into() } else { n.spec.driver.clone() },
+                            n.subnet.clone().unwrap_or_else(|| "-".into()),
+                            n.vni.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                            flags.join(","),
+                        ]);
+                    }
+                    tb.render()
+                }
+            }
+        }
+        "inspect" => {
+            let name = a.word("the network name")?;
+            let n = c
+                .list_networks()
+                .await?
+                .into_iter()
+                .find(|n| n.spec.name == name || n.id.as_str() == name)
+                .ok_or_else(|| CtlError::Other(format!("no network {name:?}")))?;
+            json(&n)?
+        }
+        "rm" => {
+            let mut out = String::new();
+            let first = a.word("the network name")?;
+            for name in std::iter::once(first).chain(std::iter::from_fn(|| a.next_word())) {
+                c.remove_object(ObjectKind::Network, &name).await?;
+                let _ = writeln!(out, "{name}");
+            }
+            out
+        }
+        other => return Err(CtlError::Other(format!("unknown network command {other:?}"))),
     })
 }
 

@@ -639,9 +639,15 @@ async fn manager_parts(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }));
+    // swarm-net's allocator: subnets, VIPs, published ports, and every
+    // task's addresses on its overlay networks (docs/overlay.md, IPAM).
+    // Tasks with nothing to allocate are created PENDING at once.
+    let allocator = swarm_net::alloc::Allocator::new(store.clone(), swarm_net::alloc::AllocatorConfig::default())
+        .map_err(|e| NodeError::Raft(format!("the network allocator: {e}")))?;
     let manager = Manager::builder(store.clone())
         .scheduler(Box::new(swarm_sched::Pipeline::spread()))
-        .config(ManagerConfig::default())
+        .allocator(move || allocator.controller())
+        .config(ManagerConfig { admission: swarm_core::allocator::Admission::WithoutAllocation, ..Default::default() })
         .start()
         .map_err(|e| NodeError::Raft(format!("starting the control loops: {e}")))?;
 

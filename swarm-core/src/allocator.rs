@@ -27,6 +27,32 @@ use crate::state::{Action, Change, Op, State};
 use crate::time::Timestamp;
 use std::collections::BTreeMap;
 
+/// Which new tasks the orchestrator may create PENDING at once, skipping
+/// the allocator's admission write (one write per task fewer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// Every task: the allocator has nothing to give (the manager's default
+    /// allocator).
+    #[default]
+    Everything,
+    /// Tasks with nothing to allocate ([`needs_allocation`] is false): for
+    /// a network allocator whose only per-task work is addresses on the
+    /// task's networks (swarm-net's). Such a task is scheduled even while
+    /// its service's own allocation (VIPs, published ports) is pending or
+    /// failed: both are service-level and concern no single task.
+    WithoutAllocation,
+    /// None: every task waits for the allocator.
+    Nothing,
+}
+
+/// Whether a task of `service` needs an allocator's work before it can be
+/// scheduled: it has network attachments, or its service publishes ports
+/// through the routing mesh (its tasks join the ingress network).
+pub fn needs_allocation(service: &crate::model::Service, task: &crate::model::Task) -> bool {
+    !task.networks.is_empty()
+        || service.spec.endpoint_spec.ports.iter().any(|p| p.publish_mode == crate::model::PublishMode::Ingress)
+}
+
 /// Status message of a task admitted to scheduling.
 pub const PENDING_MESSAGE: &str = "pending task scheduling";
 

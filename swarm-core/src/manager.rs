@@ -31,7 +31,7 @@
 //! # }
 //! ```
 
-use crate::allocator::{NothingToAllocate, TaskAllocator};
+use crate::allocator::{Admission, NothingToAllocate, TaskAllocator};
 use crate::controller::{self, Context, Controller, Debounce, Interest, Plan, RuntimeConfig};
 use crate::dispatcher::LocalDispatcher;
 use crate::id::{IdGen, ServiceId, TaskId};
@@ -59,6 +59,11 @@ pub struct ManagerConfig {
     pub schedule_max_delay: Duration,
     /// Largest number of operations per transaction.
     pub max_tx_ops: usize,
+    /// With an allocator of the embedder's ([`ManagerBuilder::allocator`]):
+    /// which new tasks the orchestrator creates PENDING at once (default
+    /// [`Admission::Nothing`]: all wait for the allocator). Ignored with
+    /// the default allocator, which admits everything at creation.
+    pub admission: Admission,
 }
 
 impl Default for ManagerConfig {
@@ -68,6 +73,7 @@ impl Default for ManagerConfig {
             schedule_debounce: Duration::from_millis(50),
             schedule_max_delay: Duration::from_secs(1),
             max_tx_ops: 1000,
+            admission: Admission::Nothing,
         }
     }
 }
@@ -165,10 +171,13 @@ fn launch(
     let scheduler = Arc::new(std::sync::Mutex::new(scheduler));
     let debounce = Debounce { quiet: config.schedule_debounce, max_delay: config.schedule_max_delay };
     let d = dispatcher.clone();
-    let admit_at_creation = allocator.is_none();
+    let admission = match (&allocator, config.admission) {
+        (None, _) => Admission::Everything,
+        (Some(_), a) => a,
+    };
     let mut spawners: Vec<Spawner> = vec![
         Box::new(move |set, store, rt| {
-            set.spawn(controller::run(store, Orchestrator { admit_at_creation }, rt));
+            set.spawn(controller::run(store, Orchestrator { admission }, rt));
         }),
         allocator.unwrap_or_else(|| spawner(TaskAllocator::<NothingToAllocate>::default)),
         Box::new(move |set, store, rt| {
@@ -416,14 +425,16 @@ pub fn plan_schedule(state: &State, scheduler: &mut dyn Scheduler, now: Timestam
 ///
 /// Tasks are created NEW, for the allocator to admit. With the manager's
 /// default allocator ([`TaskAllocator`]: nothing to allocate) the builder
-/// sets `admit_at_creation`, and the orchestrator writes them PENDING in
-/// the transaction that creates them: the admission the allocator would
-/// make at once, without a second write of every task.
+/// sets [`Admission::Everything`], and the orchestrator writes them
+/// PENDING in the transaction that creates them: the admission the
+/// allocator would make at once, without a second write of every task.
+/// [`ManagerConfig::admission`] extends that to an embedder's allocator
+/// for the tasks it has nothing to give.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Orchestrator {
-    /// Create tasks PENDING rather than NEW (only when nothing is
-    /// allocated between the two).
-    pub admit_at_creation: bool,
+    /// Which new tasks are created PENDING rather than NEW (those with
+    /// nothing to allocate between the two).
+    pub admission: Admission,
 }
 
 impl Controller for Orchestrator {
@@ -443,10 +454,11 @@ impl Controller for Orchestrator {
     fn reconcile(&mut self, cx: &mut Context<'_>, id: &ServiceId) -> Plan {
         let Some(svc) = cx.state.service(id) else { return Plan::default() };
         let mut plan = reconcile_service(cx.state, svc, cx.now, cx.ids);
-        if self.admit_at_creation {
+        if self.admission != Admission::Nothing {
             for op in &mut plan.ops {
                 if let Op::Create(Object::Task(t)) = op
                     && t.status.state == TaskState::New
+                    && (self.admission == Admission::Everything || !crate::allocator::needs_allocation(svc, t))
                 {
                     t.status.state = TaskState::Pending;
                     t.status.message = crate::allocator::PENDING_MESSAGE.into();

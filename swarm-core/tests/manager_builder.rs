@@ -139,3 +139,57 @@ async fn tasks_start_pending_with_the_default_allocator_and_new_with_another() {
         }
     }
 }
+
+/// With `Admission::WithoutAllocation`, tasks that need nothing from the
+/// allocator (no network, no port through the mesh) are created PENDING;
+/// the others are created NEW and wait for it.
+#[tokio::test(start_paused = true)]
+async fn admission_without_allocation_admits_only_tasks_with_nothing_to_allocate() {
+    use swarm_core::allocator::{Admission, Allocate, Allocation, TaskAllocator};
+    use swarm_core::manager::ManagerConfig;
+    use swarm_core::model::{NetworkAttachmentConfig, NetworkSpec, PortConfig, PublishMode};
+    use swarm_core::state::Action;
+
+    /// Blocks every service: only admission at creation lets a task run.
+    struct Nothing;
+    impl Allocate for Nothing {
+        fn allocate(&mut self, state: &State) -> Allocation {
+            let blocked = state.services().map(|s| (s.id.clone(), "held".to_string())).collect();
+            Allocation { blocked, ..Default::default() }
+        }
+    }
+    let store = Arc::new(MemStore::new());
+    let mut watch = store.watch(0).await.unwrap();
+    let _m = Manager::builder(store.clone())
+        .scheduler(Box::new(common::LeastLoaded))
+        .allocator(|| TaskAllocator(Nothing))
+        .config(ManagerConfig { admission: Admission::WithoutAllocation, ..Default::default() })
+        .start()
+        .unwrap();
+    let cluster = Cluster::with_seed(store.clone(), 3);
+    cluster.create_network(NetworkSpec { name: "back".into(), ..Default::default() }).await.unwrap();
+    cluster.create_service(ServiceSpec::replicated("plain", "nginx:1.27", 1)).await.unwrap();
+    let mut on_net = ServiceSpec::replicated("netted", "nginx:1.27", 1);
+    on_net.networks = vec![NetworkAttachmentConfig { target: "back".into(), aliases: vec![] }];
+    cluster.create_service(on_net).await.unwrap();
+    let mut published = ServiceSpec::replicated("published", "nginx:1.27", 1);
+    published.endpoint_spec.ports = vec![PortConfig {
+        target_port: 80,
+        published_port: Some(8080),
+        publish_mode: PublishMode::Ingress,
+        ..Default::default()
+    }];
+    cluster.create_service(published).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut created = std::collections::BTreeMap::new();
+    while let Some(Ok(c)) = watch.try_next() {
+        for e in &c.events {
+            if let (Action::Create, Object::Task(t)) = (e.action, &e.object) {
+                created.insert(t.service_name.clone(), t.status.state);
+            }
+        }
+    }
+    assert_eq!(created.get("plain"), Some(&TaskState::Pending), "{created:?}");
+    assert_eq!(created.get("netted"), Some(&TaskState::New), "{created:?}");
+    assert_eq!(created.get("published"), Some(&TaskState::New), "{created:?}");
+}

@@ -27,6 +27,7 @@ type Error = Box<dyn std::error::Error>;
 
 const USAGE: &str = "usage: swarmctl [--socket PATH | --host HOST:PORT[,...] --cert-dir DIR] [--format table|json] \
 COMMAND ...\ncommands: service (create|ls|ps|inspect|scale|update|rollback|rm), node (ls|inspect|update|promote|demote|rm), \
+network (create [--driver overlay|bridge] [--subnet CIDR] [--gateway IP] [--ip-range CIDR] [--internal] [--attachable] [--opt encrypted]|ls|inspect|rm), \
 secret (create|ls|rm), config (create|ls|rm), join-token (worker|manager) [--rotate], ca [--rotate], \
 operator-cert --name NAME --out DIR";
 
@@ -51,7 +52,10 @@ fn target(socket: Option<String>, host: Option<String>, cert_dir: Option<String>
 }
 
 async fn run() -> Result<String, Error> {
-    let mut a = Args::parse(std::env::args().skip(1), &["rotate", "quiet", "force", "help", "detach"])?;
+    let mut a = Args::parse(
+        std::env::args().skip(1),
+        &["rotate", "quiet", "force", "help", "detach", "internal", "attachable", "ingress"],
+    )?;
     if a.switch("help") || a.positional().is_empty() {
         return Ok(format!("{USAGE}\n"));
     }
