@@ -900,7 +900,18 @@ impl ControlService {
             }
             ControlRequest::ListNetworks => {
                 let state = c.store().snapshot().await?;
-                Ok(ControlReply::Networks(state.networks().map(|o| o.as_ref().clone()).collect()))
+                // An encrypted network's keys go only to the nodes on it
+                // (in their overlay views), never to control clients.
+                Ok(ControlReply::Networks(
+                    state
+                        .networks()
+                        .map(|o| {
+                            let mut n = o.as_ref().clone();
+                            n.keys.clear();
+                            n
+                        })
+                        .collect(),
+                ))
             }
             ControlRequest::ListVolumes => {
                 let state = c.store().snapshot().await?;
