@@ -284,7 +284,9 @@ mod tests {
         let ids: Vec<NodeId> = ["n1", "n4"].iter().map(|n| NodeId::from(*n)).collect();
         assert!(OverlayView::for_nodes(&enc, &ids)[&ids[1]].networks.is_empty(), "no task there: no keys");
         let shown = String::from_utf8_lossy(&marker).to_string();
-        for text in [format!("{v:?}"), format!("{v:#?}"), format!("{net:?}"), format!("{:?}", enc.network(&"net".into()))] {
+        for text in
+            [format!("{v:?}"), format!("{v:#?}"), format!("{net:?}"), format!("{:?}", enc.network(&"net".into()))]
+        {
             assert!(!text.contains(&shown), "a secret in Debug output: {text}");
             assert!(text.contains("redacted"), "{text}");
         }

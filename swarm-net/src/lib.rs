@@ -51,9 +51,9 @@ pub mod dns;
 #[cfg(target_os = "linux")]
 pub mod kernel;
 pub mod mesh;
+pub mod netkeys;
 #[cfg(target_os = "linux")]
 pub mod netns;
-pub mod netkeys;
 pub mod node;
 #[cfg(target_os = "linux")]
 pub mod overlay;

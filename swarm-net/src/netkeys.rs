@@ -184,10 +184,8 @@ pub fn step(
     let switch = newest.created.plus(config.grace);
     if now >= switch {
         // Step 2: it becomes current; the old current stays accepted.
-        let mut out: Vec<NetworkKey> = current
-            .map(|k| NetworkKey { current: false, ..k.clone() })
-            .into_iter()
-            .collect();
+        let mut out: Vec<NetworkKey> =
+            current.map(|k| NetworkKey { current: false, ..k.clone() }).into_iter().collect();
         out.push(NetworkKey { current: true, ..newest.clone() });
         return Ok(KeyStep { keys: Some(out), wake_at: Some(newest.created.plus(config.rotation)) });
     }
@@ -377,7 +375,10 @@ mod tests {
         // Three keys, the last current: keep the last and the one before.
         n.keys = vec![key(1, false), key(2, false), key(3, true)];
         let s = step(&n, t0, &cfg, &mut secret_counter()).expect("step");
-        assert_eq!(s.keys.map(|k| k.iter().map(|k| (k.id, k.current)).collect::<Vec<_>>()), Some(vec![(2, false), (3, true)]));
+        assert_eq!(
+            s.keys.map(|k| k.iter().map(|k| (k.id, k.current)).collect::<Vec<_>>()),
+            Some(vec![(2, false), (3, true)])
+        );
         // Nothing current before the switch: the newest becomes current now.
         n.keys = vec![key(1, false)];
         let s = step(&n, t0, &cfg, &mut secret_counter()).expect("step");
@@ -426,7 +427,10 @@ mod tests {
             for k in &enc.keys {
                 assert_eq!(k.secret.0.len(), SECRET_LEN);
                 let hex: String = k.secret.0.iter().map(|b| format!("{b:02x}")).collect();
-                assert!(!text.contains(&hex) && !text.contains(&format!("{:?}", k.secret.0)), "secret in Debug: {text}");
+                assert!(
+                    !text.contains(&hex) && !text.contains(&format!("{:?}", k.secret.0)),
+                    "secret in Debug: {text}"
+                );
             }
             out.push(shape(&enc.keys, t0));
         }
@@ -437,7 +441,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_controller_keys_and_rotates_on_the_paused_clock_deterministically() {
         let ms = Duration::from_millis;
-        let probes = [ms(10), HOUR - ms(10), HOUR + ms(10), HOUR + MIN - ms(10), HOUR + MIN + ms(10), 2 * HOUR + ms(10)];
+        let probes =
+            [ms(10), HOUR - ms(10), HOUR + ms(10), HOUR + MIN - ms(10), HOUR + MIN + ms(10), 2 * HOUR + ms(10)];
         let got = run_controller(&probes).await;
         let z = Duration::ZERO;
         assert_eq!(

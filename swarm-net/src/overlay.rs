@@ -152,9 +152,7 @@ impl OverlayConfig {
             return Ok(t.clone());
         }
         match self.underlay {
-            IpAddr::V4(local) => {
-                Ok(TunnelConfig { encrypted_port: self.encrypted_port, ..TunnelConfig::new(local) })
-            }
+            IpAddr::V4(local) => Ok(TunnelConfig { encrypted_port: self.encrypted_port, ..TunnelConfig::new(local) }),
             IpAddr::V6(_) => Err(OverlayError::Config {
                 field: "underlay",
                 reason: format!("encrypted networks need an IPv4 underlay address, not {}", self.underlay),
@@ -286,7 +284,12 @@ pub fn key_set(n: &NetworkView) -> Result<KeySet, String> {
     let mut keys = Vec::with_capacity(n.keys.len());
     for k in &n.keys {
         let secret: [u8; 32] = k.secret.0.as_slice().try_into().map_err(|_| {
-            format!("network {:?} (VNI {vni}): key {} has {} bytes, not 32: not installed", n.name, k.id, k.secret.0.len())
+            format!(
+                "network {:?} (VNI {vni}): key {} has {} bytes, not 32: not installed",
+                n.name,
+                k.id,
+                k.secret.0.len()
+            )
         })?;
         keys.push((k.current, crate::tunnel::NetworkKey { id: k.id, secret }));
     }
