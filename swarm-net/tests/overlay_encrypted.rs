@@ -398,3 +398,143 @@ fn key_rotations_through_views_during_a_long_stream_lose_no_connection() {
     }
     eprintln!("rotation stream: {} MiB intact", sent / 1024);
 }
+
+/// The managers' side end to end, no root needed: a manager running the
+/// allocator and the key controller, agents on a `SimRuntime` receiving
+/// their overlay views from the dispatcher. The keys reach exactly the
+/// nodes with tasks on the network, and a rotation reaches them in its
+/// two steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_key_an_encrypted_network_and_only_nodes_with_its_tasks_get_the_keys() {
+    use swarm_core::agent::{Agent, AgentConfig};
+    use swarm_core::cluster::Cluster;
+    use swarm_core::dispatcher::Dispatcher;
+    use swarm_core::manager::Manager;
+    use swarm_core::model::{
+        Labels, NetworkAttachmentConfig, NodeDescription, Platform, Resources, ServiceSpec, TaskState,
+    };
+    use swarm_core::store::{MemStore, Store};
+    use swarm_net::alloc::{Allocator, AllocatorConfig};
+    use swarm_net::netkeys::NetworkKeys;
+
+    let store = Arc::new(MemStore::new());
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let cluster = Cluster::with_seed(dyn_store.clone(), 1);
+    let alloc = Allocator::new(dyn_store, AllocatorConfig::default()).expect("config");
+    let config =
+        NetKeysConfig { rotation: Duration::from_secs(3), grace: Duration::from_millis(1500), ..Default::default() };
+    let keys = NetworkKeys::new(config).expect("config");
+    let manager = Manager::builder(store.clone())
+        .scheduler(Box::new(swarm_sched::Pipeline::spread()))
+        .allocator(move || alloc.controller())
+        .controller(move || keys.clone())
+        .start()
+        .unwrap();
+    let mut views = Vec::new();
+    let mut agents = Vec::new();
+    for i in 0..3u32 {
+        let agent = Agent::new(
+            AgentConfig {
+                node_id: format!("node-{i}").into(),
+                description: NodeDescription {
+                    hostname: format!("host-{i}"),
+                    platform: Platform::new("linux", "amd64"),
+                    resources: Resources::new(4_000_000_000, 8 << 30),
+                    engine_labels: Labels::new(),
+                },
+                addr: format!("10.241.9.{}", i + 1),
+            },
+            Arc::new(swarm_core::sim::SimRuntime::with_index(format!("node-{i}"), i)),
+            Arc::new(manager.dispatcher()) as Arc<dyn Dispatcher>,
+        );
+        views.push(agent.overlay());
+        agents.push(tokio::spawn(agent.run()));
+    }
+    let mut spec = NetworkSpec {
+        name: "secure".into(),
+        driver: "overlay".into(),
+        subnet: "10.240.9.0/24".into(),
+        ..Default::default()
+    };
+    spec.options.insert(OPT_ENCRYPTED.into(), "".into());
+    cluster.create_network(spec).await.unwrap();
+    let mut svc = ServiceSpec::replicated("api", "nginx:1.27", 2);
+    svc.networks = vec![NetworkAttachmentConfig { target: "secure".into(), aliases: vec![] }];
+    cluster.create_service(svc).await.unwrap();
+
+    // Two tasks running (spread: on two of the three nodes).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let with_tasks = loop {
+        let s = store.state();
+        let nodes: std::collections::BTreeSet<String> = s
+            .tasks()
+            .filter(|t| t.status.state == TaskState::Running)
+            .filter_map(|t| t.node_id.as_ref().map(|n| n.to_string()))
+            .collect();
+        if nodes.len() == 2 && s.network_by_name("secure").is_some_and(|n| !n.keys.is_empty()) {
+            break nodes;
+        }
+        assert!(Instant::now() < deadline, "tasks not running: {}", swarm_core::harness::summary(&s));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stored = |s: &MemStore| s.state().network_by_name("secure").expect("network").keys.clone();
+    let shape = |k: &[NetworkKey]| k.iter().map(|k| (k.id, k.current)).collect::<Vec<_>>();
+    let vni = store.state().network_by_name("secure").unwrap().vni.expect("a VNI");
+    let node_keys = |i: usize| views[i].borrow().networks.get(&vni).map(|n| n.keys.clone());
+    // Every step of the keys in the store reaches the nodes with tasks, and
+    // only them; record the steps node by node.
+    let mut steps: Vec<Vec<Vec<(u32, bool)>>> = vec![Vec::new(); 3];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while steps.iter().any(|s| s.len() < 4) {
+        for i in 0..3 {
+            let name = format!("node-{i}");
+            match node_keys(i) {
+                Some(k) => {
+                    assert!(with_tasks.contains(&name), "{name} has no task but got the network");
+                    assert_eq!(k.len(), k.iter().filter(|k| k.secret.0.len() == 32).count());
+                    let s = shape(&k);
+                    if steps[i].last() != Some(&s) {
+                        steps[i].push(s);
+                    }
+                }
+                None => {
+                    assert!(!with_tasks.contains(&name) || steps[i].is_empty(), "{name} lost the network");
+                    if !with_tasks.contains(&name) {
+                        steps[i] = vec![vec![]; 4];
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "steps seen: {steps:?}, store: {:?}", shape(&stored(&store)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, s) in steps.iter().enumerate() {
+        if with_tasks.contains(&format!("node-{i}")) {
+            assert_eq!(
+                &s[..4],
+                &[
+                    vec![(1, true)],
+                    vec![(1, true), (2, false)],
+                    vec![(1, false), (2, true)],
+                    vec![(2, true), (3, false)]
+                ],
+                "node-{i}: the keys arrive in the controller's two steps"
+            );
+        }
+    }
+    // The views hold what the store holds (secrets included).
+    let now = stored(&store);
+    for i in 0..3 {
+        if with_tasks.contains(&format!("node-{i}")) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while node_keys(i).as_deref() != Some(now.as_slice()) && stored(&store) == now {
+                assert!(Instant::now() < deadline, "node-{i} keys differ from the store's");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    for a in agents {
+        a.abort();
+    }
+    drop(manager);
+}
