@@ -1620,6 +1620,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn networks_are_listed_without_their_encryption_keys() {
+        let mem = swarm_core::store::MemStore::new();
+        let mut n = Network {
+            id: "enc".into(),
+            spec: NetworkSpec { name: "enc".into(), driver: "overlay".into(), ..Default::default() },
+            ..Default::default()
+        };
+        n.spec.options.insert("encrypted".into(), String::new());
+        n.keys = vec![swarm_core::model::NetworkKey {
+            id: 1,
+            secret: SecretBytes(vec![7; 32]),
+            created: Default::default(),
+            current: true,
+        }];
+        mem.commit(swarm_core::state::Transaction::new().create(n)).await.unwrap();
+        let svc = ControlService::new(Cluster::new(Arc::new(mem)), None);
+        match svc.execute(ControlRequest::ListNetworks).await.unwrap() {
+            ControlReply::Networks(ns) => {
+                assert_eq!(ns.len(), 1);
+                assert!(ns[0].keys.is_empty(), "keys handed to a control client");
+            }
+            other => panic!("expected networks, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn reads_without_a_quorum_answer_the_local_replica_marked_stale() {
         let mem = swarm_core::store::MemStore::new();
         Cluster::new(Arc::new(mem.clone()))
