@@ -9,10 +9,16 @@
 //!   network is internal;
 //! - the VXLAN device `swvx<v>`: id `v`, UDP destination port
 //!   [`OverlayConfig::vxlan_port`] (encrypted networks:
-//!   [`OverlayConfig::encrypted_port`], whose packets a userspace tunnel
-//!   carries), `local` the node's underlay address, learning off, ARP proxy
-//!   on (ARP requests are answered from the device's neighbour entries, so
-//!   no broadcast crosses nodes), enslaved to the bridge, up;
+//!   [`OverlayConfig::encrypted_port`], whose packets the plane's userspace
+//!   tunnel carries, and MTU [`OverlayConfig::encrypted_mtu`]), `local` the
+//!   node's underlay address, learning off, ARP proxy on (ARP requests are
+//!   answered from the device's neighbour entries, so no broadcast crosses
+//!   nodes), enslaved to the bridge, up;
+//! - while the view has an encrypted network: one [`Tunnel`] (started
+//!   before any encrypted network's VXLAN device exists, stopped when the
+//!   last one leaves) holding each encrypted network's keys from the view
+//!   ([`key_set`]: seal under the key marked current, open under it or the
+//!   other one);
 //! - for every remote task `ip` on node `n`: a forwarding entry
 //!   `overlay_mac(ip) dst n` on the VXLAN device (permanent, self) and a
 //!   permanent neighbour entry `ip lladdr overlay_mac(ip)` on it; entries
