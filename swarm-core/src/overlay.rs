@@ -16,7 +16,7 @@
 //! ```
 
 use crate::id::NodeId;
-use crate::model::{Network, Object, TaskState};
+use crate::model::{Network, NetworkKey, Object, TaskState};
 use crate::state::{Action, Change, State};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +53,12 @@ pub struct NetworkView {
     pub local: BTreeSet<Ipv4Addr>,
     /// Tasks on other nodes: address -> the underlay address of their node.
     pub remote: BTreeMap<Ipv4Addr, IpAddr>,
+    /// The keys of an encrypted network (as the store holds them: oldest
+    /// first, the one to seal under marked `current`, the others only
+    /// accepted); empty for other networks. Only nodes taking part in the
+    /// network get its view, so only they get its keys. `Debug` redacts
+    /// the secrets.
+    pub keys: Vec<NetworkKey>,
 }
 
 /// True while a task holds its place on its networks: assigned to a node
@@ -117,6 +123,7 @@ impl OverlayView {
                     internal: n.spec.internal,
                     encrypted: n.spec.is_encrypted(),
                     ingress: n.spec.ingress,
+                    keys: if n.spec.is_encrypted() { n.keys.clone() } else { Vec::new() },
                     ..Default::default()
                 };
                 for (ip, on) in endpoints.get(&vni).into_iter().flatten() {
@@ -251,5 +258,37 @@ mod tests {
         let mut n = s.node(&"n2".into()).expect("node").as_ref().clone();
         n.status.message = "hello".into();
         assert!(!overlay_relevant(&apply(Transaction::new().update(n))));
+    }
+
+    #[test]
+    fn keys_go_only_to_nodes_on_an_encrypted_network_and_never_show_in_debug() {
+        let s = state();
+        let marker = b"SWEN-SECRET-MARKER-0123456789abc".to_vec();
+        let key = |id: u32, current: bool| NetworkKey {
+            id,
+            secret: SecretBytes(marker.clone()),
+            created: crate::time::Timestamp(id as u64),
+            current,
+        };
+        let mut net = s.network(&"net".into()).expect("network").as_ref().clone();
+        net.keys = vec![key(1, true), key(2, false)];
+        // Not encrypted: the keys (there only by mistake) are not handed out.
+        let (plain, _) = s.apply(&Transaction::new().update(net.clone())).expect("valid");
+        assert!(OverlayView::from_state(&plain, &"n1".into()).networks[&4096].keys.is_empty());
+        net.spec.options.insert(OPT_ENCRYPTED.into(), "".into());
+        let (enc, change) = s.apply(&Transaction::new().update(net.clone())).expect("valid");
+        assert!(overlay_relevant(&change), "new keys change the views");
+        let v = OverlayView::from_state(&enc, &"n1".into());
+        assert_eq!(v.networks[&4096].keys, net.keys, "a node with a task on the network gets its keys");
+        assert!(v.networks[&4096].encrypted);
+        let ids: Vec<NodeId> = ["n1", "n4"].iter().map(|n| NodeId::from(*n)).collect();
+        assert!(OverlayView::for_nodes(&enc, &ids)[&ids[1]].networks.is_empty(), "no task there: no keys");
+        let shown = String::from_utf8_lossy(&marker).to_string();
+        for text in
+            [format!("{v:?}"), format!("{v:#?}"), format!("{net:?}"), format!("{:?}", enc.network(&"net".into()))]
+        {
+            assert!(!text.contains(&shown), "a secret in Debug output: {text}");
+            assert!(text.contains("redacted"), "{text}");
+        }
     }
 }

@@ -8,6 +8,8 @@
 //!   and forwards TCP and UDP to a healthy endpoint anywhere.
 //! - [`kernel`] (Linux): the same two data paths as iptables NAT rules
 //!   (kube-proxy's iptables mode; Swarm uses IPVS): no userspace hop.
+//! - [`netkeys`]: the managers' keys of encrypted overlay networks: a
+//!   leader-only controller making and rotating them in the store.
 //! - [`netns`] (Linux): network namespaces for tests and benchmarks.
 //! - [`overlay`] (Linux): the node's overlay data plane: bridges, VXLAN
 //!   devices, forwarding and neighbour entries (netlink) and isolation rules
@@ -49,6 +51,7 @@ pub mod dns;
 #[cfg(target_os = "linux")]
 pub mod kernel;
 pub mod mesh;
+pub mod netkeys;
 #[cfg(target_os = "linux")]
 pub mod netns;
 pub mod node;

@@ -9,10 +9,16 @@
 //!   network is internal;
 //! - the VXLAN device `swvx<v>`: id `v`, UDP destination port
 //!   [`OverlayConfig::vxlan_port`] (encrypted networks:
-//!   [`OverlayConfig::encrypted_port`], whose packets a userspace tunnel
-//!   carries), `local` the node's underlay address, learning off, ARP proxy
-//!   on (ARP requests are answered from the device's neighbour entries, so
-//!   no broadcast crosses nodes), enslaved to the bridge, up;
+//!   [`OverlayConfig::encrypted_port`], whose packets the plane's userspace
+//!   tunnel carries, and MTU [`OverlayConfig::encrypted_mtu`]), `local` the
+//!   node's underlay address, learning off, ARP proxy on (ARP requests are
+//!   answered from the device's neighbour entries, so no broadcast crosses
+//!   nodes), enslaved to the bridge, up;
+//! - while the view has an encrypted network: one [`Tunnel`] (started
+//!   before any encrypted network's VXLAN device exists, stopped when the
+//!   last one leaves) holding each encrypted network's keys from the view
+//!   ([`key_set`]: seal under the key marked current, open under it or the
+//!   other one);
 //! - for every remote task `ip` on node `n`: a forwarding entry
 //!   `overlay_mac(ip) dst n` on the VXLAN device (permanent, self) and a
 //!   permanent neighbour entry `ip lladdr overlay_mac(ip)` on it; entries
@@ -51,6 +57,7 @@
 //! ```
 
 use crate::kernel::{Rules, restore_input};
+use crate::tunnel::{KeySet, Tunnel, TunnelConfig, TunnelStats, overlay_mtu};
 use futures_util::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -66,7 +73,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swarm_core::id::NodeId;
 use swarm_core::model::{MAX_VNI, ObjectKind, VXLAN_PORT, overlay_bridge_name, overlay_mac, overlay_vxlan_name};
-use swarm_core::overlay::OverlayView;
+use swarm_core::overlay::{NetworkView, OverlayView};
 use swarm_core::store::Store;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -89,9 +96,15 @@ pub struct OverlayConfig {
     /// [`VXLAN_PORT`], 4789).
     pub vxlan_port: u16,
     /// The UDP destination port of the VXLAN devices of encrypted networks
-    /// (default 4799): the userspace tunnel module carries those packets;
-    /// the plane only creates the devices.
+    /// (default 4799): the plane's userspace tunnel ([`crate::tunnel`])
+    /// carries those packets.
     pub encrypted_port: u16,
+    /// The tunnel's settings (encrypted networks); `None` (default):
+    /// [`TunnelConfig::new`] of the underlay address with
+    /// `encrypted_port`. Its `local` must be `underlay` and its
+    /// `encrypted_port` this one; its `underlay_mtu` sets the MTU of
+    /// encrypted networks' VXLAN devices ([`overlay_mtu`]: 1382 on 1500).
+    pub tunnel: Option<TunnelConfig>,
     /// Compare the kernel with the view and repair it this often even when
     /// the view does not change (default 10 s).
     pub resync: Duration,
@@ -126,6 +139,7 @@ impl OverlayConfig {
             underlay,
             vxlan_port: VXLAN_PORT,
             encrypted_port: 4799,
+            tunnel: None,
             resync: Duration::from_secs(10),
             retry: Duration::from_secs(1),
             chain_prefix: "SWARM-OVERLAY".into(),
@@ -135,6 +149,29 @@ impl OverlayConfig {
             iptables: "iptables".into(),
             iptables_restore: "iptables-restore".into(),
         }
+    }
+
+    /// The tunnel's settings: [`OverlayConfig::tunnel`], else the defaults
+    /// for this node. Encrypted networks need an IPv4 underlay.
+    pub fn tunnel_config(&self) -> Result<TunnelConfig, OverlayError> {
+        if let Some(t) = &self.tunnel {
+            return Ok(t.clone());
+        }
+        match self.underlay {
+            IpAddr::V4(local) => Ok(TunnelConfig { encrypted_port: self.encrypted_port, ..TunnelConfig::new(local) }),
+            IpAddr::V6(_) => Err(OverlayError::Config {
+                field: "underlay",
+                reason: format!("encrypted networks need an IPv4 underlay address, not {}", self.underlay),
+            }),
+        }
+    }
+
+    /// The MTU of an encrypted network's VXLAN device: [`overlay_mtu`] of
+    /// the tunnel's underlay MTU, or [`OverlayConfig::mtu`] if lower.
+    pub fn encrypted_mtu(&self) -> u32 {
+        let underlay = self.tunnel.as_ref().map_or(1500, |t| t.underlay_mtu);
+        let m = overlay_mtu(underlay);
+        self.mtu.map_or(m, |c| c.min(m))
     }
 
     fn post_chain(&self) -> String {
@@ -183,6 +220,9 @@ pub enum OverlayError {
         /// The error.
         source: std::io::Error,
     },
+    /// The tunnel of encrypted networks failed.
+    #[error("overlay: tunnel: {0}")]
+    Tunnel(String),
     /// The plane's task ended abnormally.
     #[error("overlay: the plane's task failed: {0}")]
     Task(String),
@@ -202,8 +242,13 @@ pub struct DesiredNetwork {
     pub vxlan: String,
     /// The VXLAN device's UDP destination port.
     pub port: u16,
-    /// The VXLAN device's MTU, if set.
+    /// The VXLAN device's MTU, if set (always for encrypted networks).
     pub mtu: Option<u32>,
+    /// Traffic between nodes goes through the tunnel.
+    pub encrypted: bool,
+    /// An encrypted network's keys for the tunnel (none when the view has
+    /// none usable: its traffic between nodes is then dropped).
+    pub keys: Option<KeySet>,
     /// The subnet (network address, prefix length).
     pub subnet: (Ipv4Addr, u8),
     /// The gateway address on the bridge, with the subnet's prefix length
@@ -235,6 +280,37 @@ fn in_subnet(ip: Ipv4Addr, (net, p): (Ipv4Addr, u8)) -> bool {
     u32::from(ip) & mask == u32::from(net)
 }
 
+/// The tunnel's keys of an encrypted network from its view: seal under the
+/// key marked current (the newest such if several, the oldest key if
+/// none is), accept the newest other key too. An error (naming the network
+/// and the key, never a secret) when there is no key or one is not 32
+/// bytes.
+pub fn key_set(n: &NetworkView) -> Result<KeySet, String> {
+    let vni = n.vni;
+    let mut keys = Vec::with_capacity(n.keys.len());
+    for k in &n.keys {
+        let secret: [u8; 32] = k.secret.0.as_slice().try_into().map_err(|_| {
+            format!(
+                "network {:?} (VNI {vni}): key {} has {} bytes, not 32: not installed",
+                n.name,
+                k.id,
+                k.secret.0.len()
+            )
+        })?;
+        keys.push((k.current, crate::tunnel::NetworkKey { id: k.id, secret }));
+    }
+    let at = keys.iter().rposition(|(current, _)| *current).unwrap_or(0);
+    if keys.is_empty() {
+        return Err(format!(
+            "network {:?} (VNI {vni}): encrypted, but the managers gave it no key yet: its traffic between nodes is dropped",
+            n.name
+        ));
+    }
+    let (_, current) = keys.remove(at);
+    let previous = keys.into_iter().rev().map(|(_, k)| k).find(|k| k.id != current.id);
+    Ok(KeySet { current, previous })
+}
+
 /// The desired state for `view` (pure), and what of the view cannot be
 /// programmed, and why (a network left out, a remote entry left out).
 pub fn desired(view: &OverlayView, config: &OverlayConfig) -> (Desired, Vec<String>) {
@@ -264,6 +340,18 @@ pub fn desired(view: &OverlayView, config: &OverlayConfig) -> (Desired, Vec<Stri
                 }
             }
         };
+        let keys = if n.encrypted {
+            if !config.underlay.is_ipv4() {
+                problems.push(format!(
+                    "network {:?} (VNI {vni}): encrypted networks need an IPv4 underlay, this node has {}: not joined",
+                    n.name, config.underlay
+                ));
+                continue;
+            }
+            key_set(n).map_err(|e| problems.push(e)).ok()
+        } else {
+            None
+        };
         let mut remote = BTreeMap::new();
         for (ip, node) in &n.remote {
             if node.is_ipv4() != config.underlay.is_ipv4() {
@@ -289,7 +377,9 @@ pub fn desired(view: &OverlayView, config: &OverlayConfig) -> (Desired, Vec<Stri
                 bridge: overlay_bridge_name(vni),
                 vxlan: overlay_vxlan_name(vni),
                 port: if n.encrypted { config.encrypted_port } else { config.vxlan_port },
-                mtu: config.mtu,
+                mtu: if n.encrypted { Some(config.encrypted_mtu()) } else { config.mtu },
+                encrypted: n.encrypted,
+                keys,
                 subnet,
                 gateway,
                 internal: n.internal,
@@ -684,6 +774,23 @@ pub fn check_config(config: &OverlayConfig) -> Result<(), OverlayError> {
     if config.underlay.is_unspecified() {
         return Err(OverlayError::Config { field: "underlay", reason: "must be this node's address".into() });
     }
+    if let Some(t) = &config.tunnel {
+        if IpAddr::V4(t.local) != config.underlay {
+            return Err(OverlayError::Config {
+                field: "tunnel",
+                reason: format!("its local address {} is not the underlay address {}", t.local, config.underlay),
+            });
+        }
+        if t.encrypted_port != config.encrypted_port {
+            return Err(OverlayError::Config {
+                field: "tunnel",
+                reason: format!(
+                    "its encrypted_port {} differs from the plane's {}",
+                    t.encrypted_port, config.encrypted_port
+                ),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -1050,6 +1157,14 @@ struct Shared {
     errors: Mutex<Vec<String>>,
     /// The last view applied without error.
     applied: watch::Sender<Option<OverlayView>>,
+    /// The tunnel of encrypted networks, while the view has any.
+    tunnel: Mutex<Option<RunningTunnel>>,
+}
+
+/// The plane's tunnel and the keys installed in it, by VNI.
+struct RunningTunnel {
+    tunnel: Tunnel,
+    keys: BTreeMap<u32, KeySet>,
 }
 
 /// A node's running overlay plane. See the [module docs](self).
@@ -1089,6 +1204,7 @@ impl Overlay {
             full_rules: std::sync::atomic::AtomicBool::new(true),
             errors: Mutex::new(Vec::new()),
             applied: watch::channel(None).0,
+            tunnel: Mutex::new(None),
         });
         let base = rules(&Desired::default(), &shared.config);
         let started = async {
@@ -1121,6 +1237,12 @@ impl Overlay {
     pub async fn synced(&self, view: &OverlayView, timeout: Duration) -> bool {
         let mut rx = self.applied();
         tokio::time::timeout(timeout, rx.wait_for(|v| v.as_ref() == Some(view))).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// The counters of the tunnel of encrypted networks, while it runs
+    /// (the view has an encrypted network).
+    pub fn tunnel_stats(&self) -> Option<TunnelStats> {
+        crate::mesh::lock(&self.shared.tunnel).as_ref().map(|t| t.tunnel.stats())
     }
 
     /// The iptables rules in force.
@@ -1190,7 +1312,21 @@ async fn supervise(
 /// Makes the kernel match `view`; records errors. True when all of it is
 /// in force. `force`: rewrite every rule chain and check the jumps.
 async fn sync(shared: &Shared, view: &OverlayView, force: bool) -> bool {
-    let (want, mut errors) = desired(view, &shared.config);
+    let (mut want, mut errors) = desired(view, &shared.config);
+    // The tunnel first: an encrypted network's VXLAN device sends in the
+    // clear until the tunnel's rule routes its packets into the tunnel, so
+    // without a tunnel such a network is not joined.
+    if want.networks.values().any(|n| n.encrypted)
+        && let Err(e) = ensure_tunnel(shared).await
+    {
+        tracing::warn!(error = %e, "overlay: the tunnel of encrypted networks did not start, will retry");
+        want.networks.retain(|vni, n| {
+            if n.encrypted {
+                errors.push(format!("network with VNI {vni}: encrypted, not joined: {e}"));
+            }
+            !n.encrypted
+        });
+    }
     match observe(&shared.handle).await {
         Ok(observed) => {
             let (changes, problems) = diff(&want, &observed, shared.config.underlay);
@@ -1227,9 +1363,59 @@ async fn sync(shared: &Shared, view: &OverlayView, force: bool) -> bool {
             errors.push(e.to_string());
         }
     }
+    sync_keys(shared, &want, &mut errors).await;
     let ok = errors.is_empty();
     *crate::mesh::lock(&shared.errors) = errors;
     ok
+}
+
+/// Starts the tunnel if it is not running.
+async fn ensure_tunnel(shared: &Shared) -> Result<(), OverlayError> {
+    if crate::mesh::lock(&shared.tunnel).is_some() {
+        return Ok(());
+    }
+    let config = shared.config.tunnel_config()?;
+    let tunnel = Tunnel::start(config).await.map_err(|e| OverlayError::Tunnel(e.to_string()))?;
+    *crate::mesh::lock(&shared.tunnel) = Some(RunningTunnel { tunnel, keys: BTreeMap::new() });
+    Ok(())
+}
+
+/// Installs the encrypted networks' keys in the tunnel (only those that
+/// changed), removes the networks that left, and stops the tunnel when no
+/// encrypted network is left (their VXLAN devices are gone by then).
+async fn sync_keys(shared: &Shared, want: &Desired, errors: &mut Vec<String>) {
+    if !want.networks.values().any(|n| n.encrypted) {
+        let running = crate::mesh::lock(&shared.tunnel).take();
+        if let Some(r) = running {
+            match r.tunnel.stop().await {
+                Ok(()) => tracing::info!("overlay: no encrypted network left: tunnel stopped"),
+                Err(e) => errors.push(format!("overlay: stopping the tunnel: {e}")),
+            }
+        }
+        return;
+    }
+    let mut guard = crate::mesh::lock(&shared.tunnel);
+    let Some(r) = guard.as_mut() else { return };
+    let wanted: BTreeMap<u32, &KeySet> =
+        want.networks.iter().filter_map(|(vni, n)| n.keys.as_ref().map(|k| (*vni, k))).collect();
+    for (vni, keys) in &wanted {
+        if r.keys.get(vni) == Some(*keys) {
+            continue;
+        }
+        match r.tunnel.set_keys(*vni, (*keys).clone()) {
+            Ok(()) => {
+                tracing::info!(vni, current = keys.current.id, previous = ?keys.previous.as_ref().map(|k| k.id), "overlay: tunnel keys set");
+                r.keys.insert(*vni, (*keys).clone());
+            }
+            Err(e) => errors.push(format!("overlay: network with VNI {vni}: tunnel keys not set: {e}")),
+        }
+    }
+    let gone: Vec<u32> = r.keys.keys().copied().filter(|v| !wanted.contains_key(v)).collect();
+    for vni in gone {
+        r.tunnel.remove_network(vni);
+        r.keys.remove(&vni);
+        tracing::info!(vni, "overlay: tunnel keys removed");
+    }
 }
 
 async fn apply_rules(shared: &Shared, rules: &Rules) -> Result<(), OverlayError> {
@@ -1280,6 +1466,12 @@ async fn teardown(shared: &Shared) -> Result<(), OverlayError> {
         Err(e) => {
             first.get_or_insert(e);
         }
+    }
+    let running = crate::mesh::lock(&shared.tunnel).take();
+    if let Some(r) = running
+        && let Err(e) = r.tunnel.stop().await
+    {
+        first.get_or_insert(OverlayError::Tunnel(e.to_string()));
     }
     if let Err(e) = teardown_rules(shared).await {
         first.get_or_insert(e);
@@ -1538,10 +1730,15 @@ mod tests {
         let mut e = net(5004, "10.210.4.0/24", "10.210.4.1", &[]);
         e.encrypted = true;
         let (d, problems) = desired(&view(vec![n, e]), &cfg());
-        assert!(problems.is_empty());
         assert_eq!(d.networks[&5003].gateway, None);
         assert_eq!(d.networks[&5003].port, 4789);
         assert_eq!(d.networks[&5004].port, 4799);
+        // Encrypted: the tunnel's MTU, and no keys yet is reported.
+        assert_eq!(d.networks[&5004].mtu, Some(1382));
+        assert_eq!(d.networks[&5003].mtu, None);
+        assert!(d.networks[&5004].encrypted && d.networks[&5004].keys.is_none());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("no key yet"), "{problems:?}");
         let r = rules(&d, &cfg());
         assert!(
             r.filter.contains(&"-A SWARM-OVERLAY -i swbr5003 -m comment --comment \"overlay 5003\" -j DROP".into())
@@ -1559,7 +1756,14 @@ mod tests {
         let mut o = converged(&d);
         o.links.get_mut("swbr5003").unwrap().addrs.insert((ip("10.210.3.1"), 24));
         let (changes, _) = diff(&d, &o, ME.parse().unwrap());
-        assert_eq!(changes, vec![Change::DelAddr { link: "swbr5003".into(), addr: ip("10.210.3.1"), prefix: 24 }]);
+        assert_eq!(
+            changes,
+            vec![
+                Change::DelAddr { link: "swbr5003".into(), addr: ip("10.210.3.1"), prefix: 24 },
+                // The encrypted network's device at 1500: lowered.
+                Change::SetMtu { name: "swvx5004".into(), mtu: 1382 },
+            ]
+        );
     }
 
     #[test]
@@ -1637,5 +1841,72 @@ mod tests {
     fn plane_names() {
         assert!(plane_name("swbr5001") && plane_name("swvx4096"));
         assert!(!plane_name("swbr") && !plane_name("swbrx1") && !plane_name("eth0"));
+    }
+
+    fn model_key(id: u32, byte: u8, len: usize, current: bool) -> swarm_core::model::NetworkKey {
+        swarm_core::model::NetworkKey {
+            id,
+            secret: swarm_core::model::SecretBytes(vec![byte; len]),
+            created: swarm_core::time::Timestamp(u64::from(id)),
+            current,
+        }
+    }
+
+    #[test]
+    fn key_sets_follow_the_views_two_step_rotation() {
+        let mut n = net(5004, "10.210.4.0/24", "10.210.4.1", &[]);
+        n.encrypted = true;
+        n.name = "sec".into();
+        let ids = |k: &KeySet| (k.current.id, k.previous.as_ref().map(|p| p.id));
+        // One key.
+        n.keys = vec![model_key(1, 0xa1, 32, true)];
+        let k = key_set(&n).unwrap();
+        assert_eq!((ids(&k), k.current.secret), ((1, None), [0xa1; 32]));
+        // Step one: the new key accepted only.
+        n.keys.push(model_key(2, 0xa2, 32, false));
+        assert_eq!(ids(&key_set(&n).unwrap()), (1, Some(2)));
+        // Step two: the new key current, the old one accepted.
+        n.keys[0].current = false;
+        n.keys[1].current = true;
+        let k = key_set(&n).unwrap();
+        assert_eq!((ids(&k), k.previous.unwrap().secret), ((2, Some(1)), [0xa1; 32]));
+        // Nothing marked current: the oldest seals.
+        n.keys[1].current = false;
+        assert_eq!(ids(&key_set(&n).unwrap()), (1, Some(2)));
+        // A bad key length is an error naming the network and the key, not the secret.
+        n.keys = vec![model_key(7, 0x5e, 16, true)];
+        let e = key_set(&n).unwrap_err();
+        assert!(e.contains("\"sec\"") && e.contains("key 7") && e.contains("16 bytes"), "{e}");
+        let (d, problems) = desired(&view(vec![n.clone()]), &cfg());
+        assert!(d.networks[&5004].keys.is_none());
+        assert_eq!(problems, vec![e]);
+        // Debug of the desired state shows no secret.
+        n.keys = vec![model_key(1, 0x5e, 32, true)];
+        let (d, _) = desired(&view(vec![n]), &cfg());
+        let text = format!("{d:?}");
+        assert!(!text.contains("94") && text.contains("redacted"), "{text}");
+        // An IPv6 underlay cannot carry encrypted networks.
+        let mut n = net(5004, "10.210.4.0/24", "10.210.4.1", &[]);
+        n.encrypted = true;
+        let (d, problems) = desired(&view(vec![n]), &OverlayConfig::new("fd00::1".parse().unwrap()));
+        assert!(d.networks.is_empty() && problems[0].contains("IPv4 underlay"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_tunnel_config_matches_the_plane() {
+        let c = cfg();
+        let t = c.tunnel_config().unwrap();
+        assert_eq!((IpAddr::V4(t.local), t.encrypted_port), (c.underlay, c.encrypted_port));
+        let mut c = cfg();
+        c.tunnel = Some(TunnelConfig { underlay_mtu: 9000, ..TunnelConfig::new("10.211.0.9".parse().unwrap()) });
+        assert!(matches!(check_config(&c), Err(OverlayError::Config { field: "tunnel", .. })));
+        c.tunnel = Some(TunnelConfig { underlay_mtu: 9000, encrypted_port: 4800, ..TunnelConfig::new(ip(ME)) });
+        assert!(matches!(check_config(&c), Err(OverlayError::Config { field: "tunnel", .. })));
+        c.encrypted_port = 4800;
+        assert!(check_config(&c).is_ok());
+        assert_eq!(c.encrypted_mtu(), 9000 - 118);
+        c.mtu = Some(1400);
+        assert_eq!(c.encrypted_mtu(), 1400);
+        assert!(OverlayConfig::new("fd00::1".parse().unwrap()).tunnel_config().is_err());
     }
 }

@@ -900,7 +900,18 @@ impl ControlService {
             }
             ControlRequest::ListNetworks => {
                 let state = c.store().snapshot().await?;
-                Ok(ControlReply::Networks(state.networks().map(|o| o.as_ref().clone()).collect()))
+                // An encrypted network's keys go only to the nodes on it
+                // (in their overlay views), never to control clients.
+                Ok(ControlReply::Networks(
+                    state
+                        .networks()
+                        .map(|o| {
+                            let mut n = o.as_ref().clone();
+                            n.keys.clear();
+                            n
+                        })
+                        .collect(),
+                ))
             }
             ControlRequest::ListVolumes => {
                 let state = c.store().snapshot().await?;
@@ -1605,6 +1616,32 @@ mod tests {
         }
         fn local_snapshot(&self) -> Option<Arc<State>> {
             Some(self.0.state())
+        }
+    }
+
+    #[tokio::test]
+    async fn networks_are_listed_without_their_encryption_keys() {
+        let mem = swarm_core::store::MemStore::new();
+        let mut n = Network {
+            id: "enc".into(),
+            spec: NetworkSpec { name: "enc".into(), driver: "overlay".into(), ..Default::default() },
+            ..Default::default()
+        };
+        n.spec.options.insert("encrypted".into(), String::new());
+        n.keys = vec![swarm_core::model::NetworkKey {
+            id: 1,
+            secret: SecretBytes(vec![7; 32]),
+            created: Default::default(),
+            current: true,
+        }];
+        mem.commit(swarm_core::state::Transaction::new().create(n)).await.unwrap();
+        let svc = ControlService::new(Cluster::new(Arc::new(mem)), None);
+        match svc.execute(ControlRequest::ListNetworks).await.unwrap() {
+            ControlReply::Networks(ns) => {
+                assert_eq!(ns.len(), 1);
+                assert!(ns[0].keys.is_empty(), "keys handed to a control client");
+            }
+            other => panic!("expected networks, got {other:?}"),
         }
     }
 

@@ -1,5 +1,6 @@
-use super::{Labels, Meta};
+use super::{Labels, Meta, SecretBytes};
 use crate::id::{NetworkId, VolumeId};
+use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -21,6 +22,33 @@ pub struct Network {
     /// The VXLAN network identifier of an overlay network (from
     /// [`FIRST_VNI`] up), allocated with its subnet.
     pub vni: Option<u32>,
+    /// The encryption keys of an encrypted overlay network, oldest first
+    /// (at most two once a rotation's first step ran), written by the
+    /// managers' key controller (`swarm_net::netkeys`); empty for other
+    /// networks. Every node with tasks on the network gets them in its
+    /// overlay view. `Debug` never shows the secrets.
+    pub keys: Vec<NetworkKey>,
+}
+
+/// One encryption key of an encrypted overlay network.
+///
+/// A rotation is two steps so no node drops a record sealed under a key it
+/// does not know yet: a new key is first only *accepted* (`current: false`:
+/// nodes open records under it but still seal under the current one), and
+/// becomes *current* (nodes seal under it) a grace period later; the key it
+/// replaces stays accepted until the next rotation drops it.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkKey {
+    /// Names the key within its network (each sealed record carries it).
+    pub id: u32,
+    /// The 32-byte secret (from the OS CSPRNG); `Debug` redacts it.
+    pub secret: SecretBytes,
+    /// When the managers made it.
+    pub created: Timestamp,
+    /// Nodes seal under this key (exactly one key of a network is
+    /// current); the others are accepted only.
+    pub current: bool,
 }
 
 /// The first VXLAN network identifier the allocator gives (as Swarm: VNIs
