@@ -644,9 +644,14 @@ async fn manager_parts(
     // Tasks with nothing to allocate are created PENDING at once.
     let allocator = swarm_net::alloc::Allocator::new(store.clone(), swarm_net::alloc::AllocatorConfig::default())
         .map_err(|e| NodeError::Raft(format!("the network allocator: {e}")))?;
+    let keys = swarm_net::netkeys::NetworkKeys::new(swarm_net::netkeys::NetKeysConfig::default())
+        .map_err(|e| NodeError::Raft(format!("the network key controller: {e}")))?;
     let manager = Manager::builder(store.clone())
         .scheduler(Box::new(swarm_sched::Pipeline::spread()))
         .allocator(move || allocator.controller())
+        // Keys of encrypted overlay networks: made, rotated every 12 h,
+        // sent only to nodes with tasks on the network (docs/overlay.md).
+        .controller(move || keys.clone())
         .config(ManagerConfig { admission: swarm_core::allocator::Admission::WithoutAllocation, ..Default::default() })
         .start()
         .map_err(|e| NodeError::Raft(format!("starting the control loops: {e}")))?;

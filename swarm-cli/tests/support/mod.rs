@@ -330,9 +330,42 @@ impl Lab {
         command: &[&str],
         extra: &[String],
     ) -> Result<Started, String> {
+        let prefix: Vec<String> = ["netns", "exec", netns, SWARMD].iter().map(|s| s.to_string()).collect();
+        self.spawn_with("ip", prefix, netns, name, ip, runtime, command, extra)
+    }
+
+    /// As [`Lab::spawn_in`], but swarmd enters only the network namespace
+    /// (`nsenter --net`), not the mount namespace of its own that `ip
+    /// netns exec` makes: what it mounts (a containerd task's network
+    /// namespace) is then visible to containerd.
+    pub fn spawn_in_net(
+        &self,
+        netns: &str,
+        name: &str,
+        ip: std::net::IpAddr,
+        runtime: &str,
+        command: &[&str],
+        extra: &[String],
+    ) -> Result<Started, String> {
+        let prefix = vec![format!("--net=/run/netns/{netns}"), SWARMD.to_string()];
+        self.spawn_with("nsenter", prefix, netns, name, ip, runtime, command, extra)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_with(
+        &self,
+        program: &str,
+        prefix: Vec<String>,
+        netns: &str,
+        name: &str,
+        ip: std::net::IpAddr,
+        runtime: &str,
+        command: &[&str],
+        extra: &[String],
+    ) -> Result<Started, String> {
         let (api, raft) = (SocketAddr::new(ip, 4242), SocketAddr::new(ip, 4243));
         let dir = self.dir.path().join(name);
-        let mut args: Vec<String> = ["netns", "exec", netns, SWARMD].iter().map(|s| s.to_string()).collect();
+        let mut args = prefix;
         args.extend(command.iter().map(|s| s.to_string()));
         for (flag, value) in [
             ("--state-dir", dir.display().to_string()),
@@ -347,6 +380,6 @@ impl Lab {
             args.push(value);
         }
         args.extend(extra.iter().cloned());
-        self.launch("ip", &args, name, api, raft, format!("swarmd {name} (netns {netns})"))
+        self.launch(program, &args, name, api, raft, format!("swarmd {name} (netns {netns})"))
     }
 }
