@@ -261,11 +261,18 @@ impl Agent {
     ) {
         let workers = &mut workers.0;
         if let Some(view) = msg.overlay {
+            let mut left = Vec::new();
             self.overlay.send_if_modified(|v| {
                 let changed = *v != view;
+                let names = |v: &OverlayView| v.networks.values().map(|n| n.name.clone()).collect::<Vec<_>>();
+                let kept = names(&view);
+                left = names(v).into_iter().filter(|n| !kept.contains(n)).collect();
                 *v = view;
                 changed
             });
+            for name in left {
+                tokio::spawn(remove_left_network(self.runtime.clone(), self.overlay.subscribe(), name));
+            }
         }
         {
             let mut r = refs.lock().unwrap_or_else(|p| p.into_inner());
@@ -493,6 +500,33 @@ impl WorkerCtx {
             labels: l,
         })
     }
+}
+
+/// How long the agent keeps trying to remove the runtime's network of an
+/// overlay network the node left (its last containers may still be
+/// stopping), and how often.
+const NETWORK_REMOVAL_TRIES: u32 = 24;
+const NETWORK_REMOVAL_EVERY: Duration = Duration::from_secs(5);
+
+/// Removes the runtime's network for overlay network `name`, which left
+/// the node's view: the runtime refuses while a container still uses it,
+/// so it is tried again every few seconds for two minutes, and given up
+/// as soon as the network is back in the view.
+async fn remove_left_network(runtime: Arc<dyn Runtime>, view: watch::Receiver<OverlayView>, name: String) {
+    for _ in 0..NETWORK_REMOVAL_TRIES {
+        if view.borrow().networks.values().any(|n| n.name == name) {
+            return;
+        }
+        match runtime.remove_network(&name).await {
+            Ok(()) => {
+                tracing::info!(network = %name, "removed the network of an overlay network this node left");
+                return;
+            }
+            Err(e) => tracing::debug!(network = %name, error = %e, "cannot remove the network yet; retrying"),
+        }
+        tokio::time::sleep(NETWORK_REMOVAL_EVERY).await;
+    }
+    tracing::warn!(network = %name, "gave up removing the network of an overlay network this node left");
 }
 
 /// Expands Swarm's service templates in `s`: `{{.Task.ID}}`,

@@ -139,11 +139,27 @@ pub struct NetworkEndpoint {
     pub gateway: Option<std::net::Ipv4Addr>,
     /// No route outside the network.
     pub internal: bool,
+    /// Traffic between nodes is encrypted (the tunnel's overhead lowers
+    /// the MTU: [`NetworkEndpoint::mtu`]).
+    pub encrypted: bool,
     /// DNS names of the container on this network (the service name first).
     pub aliases: Vec<String>,
 }
 
 impl NetworkEndpoint {
+    /// The MTU of the container's interface on this endpoint, given the
+    /// runtime's MTU for overlay endpoints (`0`: the kernel's default, 1500
+    /// less nothing): on encrypted networks [`ENCRYPTED_OVERHEAD`] lower
+    /// (from a 1500-byte underlay: 1500 - 50 - 68 = 1382, what the tunnel
+    /// carries whole).
+    pub fn mtu(&self, overlay_mtu: u32) -> u32 {
+        match (self.encrypted, overlay_mtu) {
+            (false, m) => m,
+            (true, 0) => 1500 - crate::model::VXLAN_OVERHEAD - crate::model::ENCRYPTED_OVERHEAD,
+            (true, m) => m.saturating_sub(crate::model::ENCRYPTED_OVERHEAD),
+        }
+    }
+
     /// The endpoint of a task's attachment, if it is an overlay one with a
     /// valid address; `Err` names what is wrong.
     pub fn from_attachment(a: &NetworkAttachment, aliases: Vec<String>) -> Option<Result<Self, String>> {
@@ -171,6 +187,7 @@ impl NetworkEndpoint {
                 mac: crate::model::overlay_mac(address),
                 gateway,
                 internal: o.internal,
+                encrypted: o.encrypted,
                 aliases,
             })
         })())

@@ -390,6 +390,11 @@ impl Runtime for SimRuntime {
         for n in &config.networks {
             g.networks.insert(n.target.clone());
         }
+        // Overlay endpoints: the node's network for each (as the real
+        // runtimes make a bridge network per overlay network).
+        for e in &config.endpoints {
+            g.networks.insert(e.network.clone());
+        }
         for m in &config.spec.mounts {
             if m.kind == crate::model::MountKind::Volume && !m.source.is_empty() {
                 g.volumes.insert(m.source.clone());

@@ -209,3 +209,52 @@ async fn the_agent_publishes_its_nodes_view() {
     assert_eq!(*views.borrow(), seen);
     run.abort();
 }
+
+/// When the node leaves an overlay network (its last task there stops),
+/// the agent removes the runtime's network for it.
+#[tokio::test(start_paused = true)]
+async fn the_agent_removes_the_runtimes_network_of_a_network_it_left() {
+    use swarm_core::agent::{Agent, AgentConfig};
+    use swarm_core::sim::SimRuntime;
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let d = LocalDispatcher::new(store.clone());
+    let router = {
+        let d = d.clone();
+        tokio::spawn(async move { d.run().await })
+    };
+    let net = network("net1", "back", 4096, "10.10.1.0/24");
+    let svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "img:1", 1), ..Default::default() };
+    store.commit(Transaction::new().create(net.clone()).create(svc)).await.unwrap();
+    let sim = Arc::new(SimRuntime::new("n1"));
+    let agent = Agent::new(
+        AgentConfig { node_id: "n1".into(), description: NodeDescription::default(), addr: "192.168.0.1".into() },
+        sim.clone(),
+        Arc::new(d.clone()),
+    );
+    let run = tokio::spawn(agent.run());
+    while store.snapshot().await.unwrap().node(&"n1".into()).is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut t = task("t1", "n1", &net, "10.10.1.2", TaskState::Assigned);
+    t.spec.container.image = "img:1".into();
+    store.commit(Transaction::new().create(t)).await.unwrap();
+    let mut waited = 0;
+    while !sim.networks().contains(&"back".to_string()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+        assert!(waited < 100, "the task's container was created with its network: {:?}", sim.networks());
+    }
+    // Told to stop: the node leaves the network, then the agent removes it
+    // once the container is gone.
+    let mut t = store.snapshot().await.unwrap().task(&"t1".into()).unwrap().as_ref().clone();
+    t.desired_state = TaskState::Shutdown;
+    store.commit(Transaction::new().update(t)).await.unwrap();
+    let mut waited = 0;
+    while sim.networks().contains(&"back".to_string()) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        waited += 1;
+        assert!(waited < 200, "the network was removed: {:?}", sim.networks());
+    }
+    run.abort();
+    router.abort();
+}

@@ -1909,4 +1909,31 @@ mod tests {
         assert_eq!(c.encrypted_mtu(), 1400);
         assert!(OverlayConfig::new("fd00::1".parse().unwrap()).tunnel_config().is_err());
     }
+
+    /// The runtimes lower a task's MTU on encrypted networks by the
+    /// tunnel's overhead, from swarm-core's constants (they do not depend
+    /// on swarm-net): those must be the tunnel's.
+    #[test]
+    fn the_runtimes_mtu_for_encrypted_endpoints_is_what_the_tunnel_carries() {
+        use swarm_core::model::{ENCRYPTED_OVERHEAD, VXLAN_OVERHEAD};
+        assert_eq!(ENCRYPTED_OVERHEAD, crate::tunnel::TUNNEL_OVERHEAD);
+        assert_eq!(VXLAN_OVERHEAD, crate::tunnel::VXLAN_OVERHEAD);
+        let ep = |encrypted| swarm_core::runtime::NetworkEndpoint {
+            network: "n".into(),
+            bridge: "swbr4096".into(),
+            vni: 4096,
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            address: "10.0.1.2".parse().unwrap(),
+            mac: [0; 6],
+            gateway: None,
+            internal: false,
+            encrypted,
+            aliases: vec![],
+        };
+        // A runtime's default overlay MTU (1500-byte underlay less VXLAN).
+        assert_eq!(ep(false).mtu(1450), 1450);
+        assert_eq!(ep(true).mtu(1450), crate::tunnel::overlay_mtu(1500));
+        assert_eq!(ep(true).mtu(0), crate::tunnel::overlay_mtu(1500));
+        assert_eq!(ep(false).mtu(0), 0);
+    }
 }

@@ -366,7 +366,7 @@ impl TaskNetPlan {
                 address: ep.address,
                 prefix: ep.subnet.prefix_len(),
                 mac: Some(ep.mac),
-                mtu: (mtu > 0).then_some(mtu),
+                mtu: Some(ep.mtu(mtu)).filter(|m| *m > 0),
             });
         }
         if let Some((b, addr)) = node {
@@ -553,6 +553,7 @@ mod tests {
             mac: swarm_core::model::overlay_mac(address),
             gateway: (!internal).then(|| Ipv4Addr::from(u32::from(subnet.network()) + 1)),
             internal,
+            encrypted: false,
             aliases: vec![],
         }
     }

@@ -108,6 +108,7 @@ fn endpoint(network: &str, vni: u32, subnet: &str, address: &str, internal: bool
         mac: overlay_mac(address),
         gateway: (!internal).then(|| std::net::Ipv4Addr::from(u32::from(subnet.network()) + 1)),
         internal,
+        encrypted: false,
         aliases: vec![],
     }
 }

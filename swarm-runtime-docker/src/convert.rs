@@ -607,6 +607,7 @@ mod tests {
             mac: swarm_core::model::overlay_mac(address),
             gateway: (!internal).then(|| Ipv4Addr::from(u32::from(subnet.network()) + 1)),
             internal,
+            encrypted: false,
             aliases: vec!["web".into(), "www".into()],
         }
     }

@@ -288,7 +288,7 @@ impl DockerRuntime {
                 }
             }
         }
-        match self.docker.create_network(endpoint_network_request(&want, self.opts.overlay_mtu)).await {
+        match self.docker.create_network(endpoint_network_request(&want, ep.mtu(self.opts.overlay_mtu))).await {
             Ok(_) => {
                 info!(network = %want.name, bridge = %want.bridge, subnet = %want.subnet, "created overlay network")
             }

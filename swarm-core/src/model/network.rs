@@ -61,6 +61,15 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// The default UDP port of VXLAN (IANA).
 pub const VXLAN_PORT: u16 = 4789;
 
+/// Bytes VXLAN adds to a task's frame on the underlay (outer IPv4, UDP,
+/// VXLAN header, inner Ethernet header).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Bytes the encrypted networks' tunnel adds on top of VXLAN
+/// (`swarm_net::tunnel`: outer IPv4 and UDP, its record header, the AEAD
+/// tag): a task on an encrypted network needs an MTU this much lower.
+pub const ENCRYPTED_OVERHEAD: u32 = 68;
+
 impl Network {
     /// True for networks that span nodes (driver `overlay`, and the ingress
     /// network): the manager allocates their subnet, VNI and every task's
