@@ -422,6 +422,20 @@ fn measure(world: &World, o: &Options) -> Result<Vec<Figures>, Error> {
         figures[i].p50_us = percentile(&rtts, 0.5);
         figures[i].p99_us = percentile(&rtts, 0.99);
     }
+    for h in [h1, h2] {
+        if let Some(t) = &h.tunnel {
+            let s = t.stats();
+            let dropped: BTreeMap<String, u64> =
+                s.dropped.iter().filter(|(_, n)| **n > 0).map(|(r, n)| (format!("{r:?}"), *n)).collect();
+            eprintln!("  {}: tunnel sealed {} opened {} dropped {dropped:?}", h.ns.name(), s.sealed, s.opened);
+        }
+        if std::env::var_os("SWBN_DIAG").is_some() {
+            let snmp = h.ns.exec("cat", &["/proc/net/snmp"]).unwrap_or_default();
+            let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+            let link = h.ns.exec("ip", &["-s", "link", "show", "swtun0"]).unwrap_or_default();
+            eprintln!("  {}: {udp:?}\n{link}", h.ns.name());
+        }
+    }
     Ok(figures)
 }
 
