@@ -882,9 +882,8 @@ impl Drop for Tunnel {
 
 /// The TUN device's transmit queue (packets waiting to be sealed).
 const TUN_QUEUE: u32 = 1000;
-static ZERO_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// Packets read (or records received) per wakeup at most.
-const BATCH: usize = 64;
+const BATCH: usize = 32;
 
 /// What both packet threads share.
 #[derive(Clone)]
@@ -940,22 +939,14 @@ fn wait(fd: std::os::fd::RawFd, events: libc::c_short, stop: &OwnedFd) -> bool {
     }
 }
 
-/// TUN device -> seal -> underlay. Reads packets until the device is
-/// empty, each with its `virtio_net_hdr`: a GSO super-packet (a VXLAN
-/// packet carrying up to 64 KiB of one TCP stream, as the kernel hands it
-/// over with `TUN_F_UDP_TUNNEL_GSO`) is cut here into the VXLAN packets
-/// the kernel would have sent; a packet whose checksum was left to the
-/// device gets it. Each packet is sealed in place into a slot; full slots
-/// (or an empty device) go out with one `sendmmsg`.
+/// TUN device -> seal -> underlay: reads up to [`BATCH`] packets per
+/// wakeup, seals each in place and sends them with one `sendmmsg`.
 fn outbound(p: Path) {
     let mut sealer = Sealer::new(p.config.encrypted_port);
     let mut generation = u64::MAX;
-    let mut read = vec![0u8; VNET_HDR_LEN + 65_536];
-    let slot = (tun_mtu(p.config.underlay_mtu) as usize).max(1500) + HEADER_LEN + TAG_LEN;
-    let mut slots: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; slot]).collect();
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUF_LEN]).collect();
     let mut lens = [0usize; BATCH];
     let mut dsts = [Ipv4Addr::UNSPECIFIED; BATCH];
-    let mut n = 0;
     loop {
         let g = p.keys.generation.load(Ordering::SeqCst);
         if g != generation {
@@ -965,53 +956,32 @@ fn outbound(p: Path) {
                 generation = g;
             }
         }
-        // SAFETY: read is valid for writes of its length for the call.
-        let r = unsafe { libc::read(p.tun.as_raw_fd(), read.as_mut_ptr().cast(), read.len()) };
-        if r < 0 {
-            let e = errno();
-            match e.kind() {
-                std::io::ErrorKind::WouldBlock => {
-                    if n > 0 {
-                        send_batch(&p, &slots, &lens[..n], &dsts[..n]);
-                        n = 0;
+        let mut n = 0;
+        let mut empty = false;
+        while n < BATCH {
+            let buf = &mut bufs[n];
+            let room = &mut buf[HEADER_LEN..BUF_LEN - TAG_LEN];
+            // SAFETY: room is valid for writes of its length for the call.
+            let r = unsafe { libc::read(p.tun.as_raw_fd(), room.as_mut_ptr().cast(), room.len()) };
+            if r < 0 {
+                let e = errno();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock => {
+                        empty = true;
+                        break;
                     }
-                    if !wait(p.tun.as_raw_fd(), libc::POLLIN, &p.stop) {
+                    std::io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        tracing::error!(error = %e, device = %p.config.device, "reading the tunnel device failed; tunnel outbound stops");
                         return;
                     }
-                    continue;
-                }
-                std::io::ErrorKind::Interrupted => continue,
-                _ => {
-                    tracing::error!(error = %e, device = %p.config.device, "reading the tunnel device failed; tunnel outbound stops");
-                    return;
                 }
             }
-        }
-        let got = r as usize;
-        if got < VNET_HDR_LEN {
-            p.counters.count_drop(DropReason::NotVxlan);
-            continue;
-        }
-        let (hdr, packet) = read.split_at_mut(VNET_HDR_LEN);
-        let packet = &mut packet[..got - VNET_HDR_LEN];
-        let vnet = VnetHdr::parse(hdr);
-        let mut pieces = match Pieces::new(packet, &vnet) {
-            Ok(pieces) => pieces,
-            Err(reason) => {
-                p.counters.count_drop(reason);
-                continue;
-            }
-        };
-        while let Some(len) = pieces.next_into(&mut slots[n][HEADER_LEN..slot - TAG_LEN]) {
-            match sealer.seal_in_place(&mut slots[n], len) {
+            match sealer.seal_in_place(buf, r as usize) {
                 Ok((peer, len)) => {
                     dsts[n] = peer;
                     lens[n] = len;
                     n += 1;
-                    if n == BATCH {
-                        send_batch(&p, &slots, &lens, &dsts);
-                        n = 0;
-                    }
                 }
                 Err(reason) => {
                     tracing::trace!(?reason, "outbound packet dropped");
@@ -1019,221 +989,15 @@ fn outbound(p: Path) {
                 }
             }
         }
-        if let Some(reason) = pieces.failed {
-            p.counters.count_drop(reason);
+        if n > 0 {
+            send_batch(&p, &bufs, &lens[..n], &dsts[..n]);
         }
-        if n == 0 && is_signalled(&p.stop) {
+        if empty && !wait(p.tun.as_raw_fd(), libc::POLLIN, &p.stop) {
             return;
         }
-    }
-}
-
-/// Bytes of the `virtio_net_hdr` before each packet on the TUN device:
-/// `virtio_net_hdr_v1_hash_tunnel` (the v1 header, the hash fields and
-/// the outer/inner offsets), which UDP tunnel GSO needs.
-const VNET_HDR_LEN: usize = 24;
-const VNET_NEEDS_CSUM: u8 = 1;
-const VNET_GSO_TCPV4: u8 = 1;
-const VNET_GSO_ECN: u8 = 0x80;
-const VNET_GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
-const VNET_GSO_UDP_TUNNEL_IPV6: u8 = 0x40;
-/// `TUN_F_UDP_TUNNEL_GSO` (Linux 6.17): the device takes GSO packets
-/// encapsulated in UDP (VXLAN) whole.
-const TUN_F_UDP_TUNNEL_GSO: libc::c_uint = 0x80;
-/// `TUN_F_UDP_TUNNEL_GSO_CSUM`: also those whose outer UDP header wants a
-/// checksum (VXLAN devices with `udpcsum`, iproute2's default). The
-/// segments cut here carry a zero outer UDP checksum, valid on IPv4.
-const TUN_F_UDP_TUNNEL_GSO_CSUM: libc::c_uint = 0x100;
-
-/// The fields of a `virtio_net_hdr` the tunnel uses (little-endian, as
-/// on every architecture Linux runs the v1 header in).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct VnetHdr {
-    flags: u8,
-    gso_type: u8,
-    gso_size: u16,
-    csum_start: u16,
-    csum_offset: u16,
-}
-
-impl VnetHdr {
-    fn parse(h: &[u8]) -> VnetHdr {
-        let le = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]);
-        VnetHdr { flags: h[0], gso_type: h[1], gso_size: le(4), csum_start: le(6), csum_offset: le(8) }
-    }
-}
-
-/// One's-complement sum of `data` as big-endian 16-bit words, added to
-/// `sum` (not folded).
-fn csum_add(mut sum: u64, data: &[u8]) -> u64 {
-    let mut words = data.chunks_exact(8);
-    for w in &mut words {
-        let v = u64::from_be_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        sum += (v >> 32) + (v & 0xffff_ffff);
-    }
-    let mut rest = words.remainder().chunks_exact(2);
-    for w in &mut rest {
-        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = rest.remainder() {
-        sum += u64::from(*last) << 8;
-    }
-    sum
-}
-
-fn csum_fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn ipv4_header_csum(p: &mut [u8], at: usize, ihl: usize) {
-    p[at + 10..at + 12].copy_from_slice(&[0, 0]);
-    let c = csum_fold(csum_add(0, &p[at..at + ihl]));
-    p[at + 10..at + 12].copy_from_slice(&c.to_be_bytes());
-}
-
-/// Offsets in a VXLAN-over-IPv4 packet carrying IPv4 TCP.
-#[derive(Debug, Clone, Copy)]
-struct TcpInVxlan {
-    outer_ihl: usize,
-    inner_ip: usize,
-    tcp: usize,
-    payload: usize,
-}
-
-impl TcpInVxlan {
-    fn parse(p: &[u8]) -> Option<TcpInVxlan> {
-        if p.len() < 20 || p[0] >> 4 != 4 || p[9] != libc::IPPROTO_UDP as u8 {
-            return None;
+        if !empty && is_signalled(&p.stop) {
+            return;
         }
-        let outer_ihl = usize::from(p[0] & 0x0f) * 4;
-        let eth = outer_ihl + 8 + 8;
-        let inner_ip = eth + 14;
-        if outer_ihl < 20 || p.len() < inner_ip + 20 || p[eth + 12..eth + 14] != [0x08, 0x00] {
-            return None;
-        }
-        if p[inner_ip] >> 4 != 4 || p[inner_ip + 9] != libc::IPPROTO_TCP as u8 {
-            return None;
-        }
-        let tcp = inner_ip + usize::from(p[inner_ip] & 0x0f) * 4;
-        if tcp < inner_ip + 20 || p.len() < tcp + 20 {
-            return None;
-        }
-        let payload = tcp + usize::from(p[tcp + 12] >> 4) * 4;
-        (payload >= tcp + 20 && payload <= p.len()).then_some(TcpInVxlan { outer_ihl, inner_ip, tcp, payload })
-    }
-}
-
-/// The VXLAN packets one packet read from the TUN device stands for: itself
-/// (its checksum completed if the kernel left it to the device), or the
-/// segments of a UDP-tunnel TCP GSO super-packet, each a complete VXLAN
-/// packet (lengths, IDs, sequence numbers, flags and checksums as the
-/// kernel's segmentation would write them; outer UDP checksum 0, as the
-/// VXLAN devices send on IPv4).
-struct Pieces<'a> {
-    packet: &'a [u8],
-    /// (offsets, segment payload size, payload bytes) for a super-packet.
-    gso: Option<(TcpInVxlan, usize, usize)>,
-    /// Next payload offset (GSO) or whether the packet was emitted.
-    at: usize,
-    failed: Option<DropReason>,
-}
-
-impl<'a> Pieces<'a> {
-    fn new(packet: &'a mut [u8], vnet: &VnetHdr) -> Result<Pieces<'a>, DropReason> {
-        let gso = vnet.gso_type & !VNET_GSO_ECN;
-        if gso == 0 {
-            if vnet.flags & VNET_NEEDS_CSUM != 0 {
-                let (start, off) = (usize::from(vnet.csum_start), usize::from(vnet.csum_offset));
-                if start + off + 2 > packet.len() {
-                    return Err(DropReason::Malformed);
-                }
-                // The field holds the pseudo-header's sum already.
-                let c = csum_fold(csum_add(0, &packet[start..]));
-                packet[start + off..start + off + 2].copy_from_slice(&c.to_be_bytes());
-            }
-            return Ok(Pieces { packet, gso: None, at: 0, failed: None });
-        }
-        if gso & VNET_GSO_UDP_TUNNEL_IPV6 != 0
-            || gso & VNET_GSO_UDP_TUNNEL_IPV4 == 0
-            || gso & !VNET_GSO_UDP_TUNNEL_IPV4 != VNET_GSO_TCPV4
-        {
-            return Err(DropReason::NotVxlan);
-        }
-        let offsets = TcpInVxlan::parse(packet).ok_or(DropReason::NotVxlan)?;
-        let mss = usize::from(vnet.gso_size);
-        if mss == 0 {
-            return Err(DropReason::Malformed);
-        }
-        let bytes = packet.len() - offsets.payload;
-        Ok(Pieces { packet, gso: Some((offsets, mss, bytes)), at: 0, failed: None })
-    }
-
-    /// Writes the next packet into `out`; its length, or None when done
-    /// (`failed` says why if a piece did not fit).
-    fn next_into(&mut self, out: &mut [u8]) -> Option<usize> {
-        let Some((o, mss, bytes)) = self.gso else {
-            if self.at > 0 {
-                return None;
-            }
-            self.at = 1;
-            if self.packet.len() > out.len() {
-                self.failed = Some(DropReason::Malformed);
-                return None;
-            }
-            out[..self.packet.len()].copy_from_slice(self.packet);
-            return Some(self.packet.len());
-        };
-        if self.at >= bytes && !(bytes == 0 && self.at == 0) {
-            return None;
-        }
-        let start = self.at;
-        let len = mss.min(bytes - start);
-        let (first, last) = (start == 0, start + len >= bytes);
-        let index = (start / mss) as u16;
-        let p = self.packet;
-        let hl = o.payload;
-        let total = hl + len;
-        if total > out.len() {
-            self.failed = Some(DropReason::Malformed);
-            self.at = bytes.max(1);
-            return None;
-        }
-        self.at = if len == 0 { 1 } else { start + len };
-        out[..hl].copy_from_slice(&p[..hl]);
-        out[hl..total].copy_from_slice(&p[hl + start..hl + start + len]);
-        let put16 = |out: &mut [u8], at: usize, v: u16| out[at..at + 2].copy_from_slice(&v.to_be_bytes());
-        let get16 = |at: usize| u16::from_be_bytes([p[at], p[at + 1]]);
-        // Outer IPv4 and UDP.
-        put16(out, 2, total as u16);
-        put16(out, 4, get16(4).wrapping_add(index));
-        ipv4_header_csum(out, 0, o.outer_ihl);
-        put16(out, o.outer_ihl + 4, (total - o.outer_ihl) as u16);
-        put16(out, o.outer_ihl + 6, 0);
-        // Inner IPv4.
-        let ip = o.inner_ip;
-        put16(out, ip + 2, (total - ip) as u16);
-        put16(out, ip + 4, get16(ip + 4).wrapping_add(index));
-        ipv4_header_csum(out, ip, o.tcp - ip);
-        // TCP: sequence, flags, checksum.
-        let t = o.tcp;
-        let seq = u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]).wrapping_add(start as u32);
-        out[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
-        if !last {
-            out[t + 13] &= !(0x01 | 0x08); // FIN, PSH: the last segment's
-        }
-        if !first {
-            out[t + 13] &= !0x80; // CWR: the first segment's
-        }
-        put16(out, t + 16, 0);
-        let tcp_len = (total - t) as u16;
-        let mut sum = csum_add(0, &out[ip + 12..ip + 20]);
-        sum += u64::from(libc::IPPROTO_TCP as u16) + u64::from(tcp_len);
-        let c = csum_fold(csum_add(sum, &out[t..total]));
-        put16(out, t + 16, c);
-        Some(total)
     }
 }
 
@@ -1353,14 +1117,8 @@ fn inbound(p: Path) {
             match opener.open_in_place(&mut buf[..n]) {
                 Ok(inner) => {
                     let packet = &buf[inner];
-                    // No offload asked for: a zero virtio_net_hdr first.
-                    let iov = [
-                        libc::iovec { iov_base: ZERO_VNET.as_ptr() as *mut libc::c_void, iov_len: VNET_HDR_LEN },
-                        libc::iovec { iov_base: packet.as_ptr() as *mut libc::c_void, iov_len: packet.len() },
-                    ];
-                    // SAFETY: both buffers are valid for reads of their
-                    // lengths for the call.
-                    let w = unsafe { libc::writev(p.tun.as_raw_fd(), iov.as_ptr(), 2) };
+                    // SAFETY: packet is valid for reads of its length.
+                    let w = unsafe { libc::write(p.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
                     if w < 0 {
                         tracing::debug!(error = %errno(), "writing to the tunnel device failed");
                         p.counters.count_drop(DropReason::TunWriteFailed);
@@ -1399,27 +1157,10 @@ fn open_tun(name: &str) -> Result<OwnedFd, TunnelError> {
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
         *d = s as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one ifreq, which lives for the call.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut libc::ifreq) } < 0 {
         return Err(sys("ioctl(TUNSETIFF)", name));
-    }
-    let size = VNET_HDR_LEN as libc::c_int;
-    // SAFETY: TUNSETVNETHDRSZ reads one int, which lives for the call.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size as *const libc::c_int) } < 0 {
-        return Err(sys("ioctl(TUNSETVNETHDRSZ)", name));
-    }
-    // Whole GSO super-packets (VXLAN around up to 64 KiB of TCP) instead
-    // of one packet per MTU; kernels before 6.17 lack UDP tunnel GSO and
-    // then hand over single packets (still with a header).
-    let gso = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM;
-    // SAFETY: TUNSETOFFLOAD takes its flags by value.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, gso as libc::c_ulong) } < 0 {
-        tracing::info!(error = %errno(), device = name, "no UDP tunnel GSO on the tunnel device (Linux 6.17+): one packet per read");
-        // SAFETY: as above.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
-            return Err(sys("ioctl(TUNSETOFFLOAD)", name));
-        }
     }
     Ok(fd)
 }
