@@ -28,7 +28,8 @@
 //! iptables and /dev/net/tun; without them it says so and exits with 2.
 //! Prints a table on stderr and ONE JSON object as the last stdout line:
 //! the first MTU's figures and ratios at the top level, every MTU's under
-//! `by_mtu`. MiB/s are 2^20 bytes per second. Every namespace and
+//! `by_mtu`. MiB/s are 2^20 bytes per second. `SWBN_DIAG=1` adds each
+//! host's UDP counters and TUN device statistics to the stderr report. Every namespace and
 //! interface it makes starts with `swbn`; they are removed on exit, on
 //! error and on SIGINT/SIGTERM.
 
@@ -117,7 +118,15 @@ impl Host {
         let ns = lan.host(name, &[&format!("{addr}/24")])?;
         // Both ends of the LAN veth and the LAN bridge at the underlay MTU.
         ns.ip(&["link", "set", "lan0", "mtu", &mtu.to_string()])?;
-        netns::ip(&["-n", &format!("{prefix}-lan"), "link", "set", &format!("{prefix}{name}"), "mtu", &mtu.to_string()])?;
+        netns::ip(&[
+            "-n",
+            &format!("{prefix}-lan"),
+            "link",
+            "set",
+            &format!("{prefix}{name}"),
+            "mtu",
+            &mtu.to_string(),
+        ])?;
         let rt = ns.runtime()?;
         let (views, rx) = watch::channel(OverlayView::default());
         let mut config = OverlayConfig::new(IpAddr::V4(addr));
@@ -172,7 +181,15 @@ struct Task {
 }
 
 impl Task {
-    fn plug(prefix: &str, host: &Host, name: &str, vni: u32, ip: Ipv4Addr, gateway: Ipv4Addr, mtu: u32) -> Result<Task, Error> {
+    fn plug(
+        prefix: &str,
+        host: &Host,
+        name: &str,
+        vni: u32,
+        ip: Ipv4Addr,
+        gateway: Ipv4Addr,
+        mtu: u32,
+    ) -> Result<Task, Error> {
         let ns = NetNs::create(format!("{prefix}-{name}"))?;
         let outer = format!("{prefix}{name}");
         let mtu = mtu.to_string();
