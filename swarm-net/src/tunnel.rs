@@ -792,7 +792,8 @@ impl Tunnel {
         run(ipt, &["-w", "-I", "INPUT", "-j", chain]).await?;
 
         let bind = SocketAddr::V4(SocketAddrV4::new(config.local, config.tunnel_port));
-        let socket = Arc::new(udp_socket(bind)?);
+        let (socket, gso) = udp_socket(bind)?;
+        let socket = Arc::new(socket);
         let tun = Arc::new(tun);
         let stop = Arc::new(eventfd()?);
         let keys = Arc::new(KeyTable::default());
@@ -800,6 +801,7 @@ impl Tunnel {
         let path = Path {
             tun,
             socket,
+            gso,
             stop: stop.clone(),
             config: config.clone(),
             keys: keys.clone(),
@@ -890,6 +892,8 @@ const BATCH: usize = 32;
 struct Path {
     tun: Arc<OwnedFd>,
     socket: Arc<std::net::UdpSocket>,
+    /// The socket takes UDP GSO sends (`UDP_SEGMENT`).
+    gso: bool,
     stop: Arc<OwnedFd>,
     config: TunnelConfig,
     keys: Arc<KeyTable>,
@@ -1016,42 +1020,92 @@ fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
     a
 }
 
-/// Sends records `bufs[i][..lens[i]]` to `dsts[i]`, as few `sendmmsg`
-/// calls as it takes; a record the socket refuses is counted and skipped.
+/// Sends records `bufs[i][..lens[i]]` to `dsts[i]` with one `sendmmsg`
+/// (as few as it takes): consecutive records to one peer of one size (the
+/// last of a run may be shorter) go as one UDP GSO message (`UDP_SEGMENT`),
+/// so the underlay carries them as one buffer until the peer's socket. A
+/// message the socket refuses is counted (per record) and skipped.
 fn send_batch(p: &Path, bufs: &[Vec<u8>], lens: &[usize], dsts: &[Ipv4Addr]) {
     let n = lens.len();
     let mut addrs: [libc::sockaddr_in; BATCH] = [sockaddr(Ipv4Addr::UNSPECIFIED, 0); BATCH];
     let mut iovs: [libc::iovec; BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
+    let mut controls = [[0u64; 4]; BATCH];
     // SAFETY: mmsghdr is plain data; all-zero is a valid value.
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for i in 0..n {
-        addrs[i] = sockaddr(dsts[i], p.config.tunnel_port);
-        iovs[i] = libc::iovec { iov_base: bufs[i].as_ptr() as *mut libc::c_void, iov_len: lens[i] };
-        msgs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-        msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
+    let mut records = [0usize; BATCH];
+    let mut m = 0;
+    let mut i = 0;
+    while i < n {
+        // A run: same peer, same size, within UDP GSO's limits.
+        let mut j = i + 1;
+        let mut bytes = lens[i];
+        while j < n
+            && p.gso
+            && dsts[j] == dsts[i]
+            && lens[j] <= lens[i]
+            && lens[j - 1] == lens[i]
+            && j - i < UDP_MAX_SEGMENTS
+            && bytes + lens[j] <= UDP_GSO_MAX
+        {
+            bytes += lens[j];
+            j += 1;
+        }
+        for k in i..j {
+            iovs[k] = libc::iovec { iov_base: bufs[k].as_ptr() as *mut libc::c_void, iov_len: lens[k] };
+        }
+        addrs[m] = sockaddr(dsts[i], p.config.tunnel_port);
+        let h = &mut msgs[m].msg_hdr;
+        h.msg_name = (&mut addrs[m] as *mut libc::sockaddr_in).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = j - i;
+        if j - i > 1 {
+            h.msg_control = controls[m].as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE only computes a size.
+            h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+            // SAFETY: the control buffer (32 bytes, aligned) holds one
+            // cmsghdr with a u16 payload; h points at it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), lens[i] as u16);
+            }
+        }
+        records[m] = j - i;
+        m += 1;
+        i = j;
     }
     let mut at = 0;
-    while at < n {
-        // SAFETY: msgs[at..n] point into addrs, iovs and bufs, all alive
-        // and unmoved for the call; the socket blocks when its buffer is
-        // full (back pressure on the TUN queue).
-        let r = unsafe { libc::sendmmsg(p.socket.as_raw_fd(), msgs[at..].as_mut_ptr(), (n - at) as u32, 0) };
+    while at < m {
+        // SAFETY: msgs[at..m] point into addrs, iovs, controls and bufs,
+        // all alive and unmoved for the call; the socket blocks when its
+        // buffer is full (back pressure on the TUN queue).
+        let r = unsafe { libc::sendmmsg(p.socket.as_raw_fd(), msgs[at..].as_mut_ptr(), (m - at) as u32, 0) };
         if r < 0 {
             let e = errno();
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            tracing::debug!(error = %e, to = %dsts[at], "sending a tunnel record failed");
-            p.counters.count_drop(DropReason::SendFailed);
+            tracing::debug!(error = %e, "sending tunnel records failed");
+            for _ in 0..records[at] {
+                p.counters.count_drop(DropReason::SendFailed);
+            }
             at += 1;
         } else {
-            p.counters.sealed.fetch_add(r as u64, Ordering::Relaxed);
+            let sent: usize = records[at..at + r as usize].iter().sum();
+            p.counters.sealed.fetch_add(sent as u64, Ordering::Relaxed);
             at += r as usize;
         }
     }
 }
+
+/// Records per UDP GSO message at most (the kernel's limit is 64 on older
+/// kernels).
+const UDP_MAX_SEGMENTS: usize = 64;
+/// Bytes per UDP GSO message at most (one IPv4 datagram's payload).
+const UDP_GSO_MAX: usize = 65_000;
 
 /// Underlay -> open -> TUN device: receives up to [`BATCH`] records per
 /// `recvmmsg`, opens each in place and writes it into the device.
@@ -1063,14 +1117,17 @@ fn inbound(p: Path) {
         bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
     // SAFETY: mmsghdr is plain data; all-zero is a valid value.
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+    let mut controls = vec![[0u64; 8]; BATCH];
+    for ((m, iov), c) in msgs.iter_mut().zip(iovs.iter_mut()).zip(controls.iter_mut()) {
         m.msg_hdr.msg_iov = iov;
         m.msg_hdr.msg_iovlen = 1;
+        m.msg_hdr.msg_control = c.as_mut_ptr().cast();
     }
     loop {
         for m in msgs.iter_mut() {
             m.msg_len = 0;
             m.msg_hdr.msg_flags = 0;
+            m.msg_hdr.msg_controllen = 64;
         }
         // SAFETY: msgs point into iovs and bufs, alive and unmoved for the
         // call (the Vecs are never resized); no source addresses asked.
@@ -1114,26 +1171,53 @@ fn inbound(p: Path) {
         }
         for (m, buf) in msgs.iter().zip(bufs.iter_mut()).take(r as usize) {
             let n = (m.msg_len as usize).min(buf.len());
-            match opener.open_in_place(&mut buf[..n]) {
-                Ok(inner) => {
-                    let packet = &buf[inner];
-                    // SAFETY: packet is valid for reads of its length.
-                    let w = unsafe { libc::write(p.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
-                    if w < 0 {
-                        tracing::debug!(error = %errno(), "writing to the tunnel device failed");
-                        p.counters.count_drop(DropReason::TunWriteFailed);
-                    } else {
-                        p.counters.opened.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(reason) => {
-                    tracing::trace!(?reason, "inbound record dropped");
-                    p.counters.count_drop(reason);
-                }
+            // Records the kernel coalesced (UDP_GRO) come back to back,
+            // each `segment` bytes but the last.
+            let segment = gro_segment(&m.msg_hdr).unwrap_or(n).max(1);
+            for record in buf[..n].chunks_mut(segment) {
+                open_and_write(&p, &mut opener, record);
             }
         }
         if is_signalled(&p.stop) {
             return;
+        }
+    }
+}
+
+/// The segment size of a coalesced receive (`UDP_GRO` control message).
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: h was filled by recvmmsg; the CMSG macros walk its control
+    // buffer within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).ok().filter(|v| *v > 0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+/// Opens one record and writes its packet into the TUN device, counting.
+fn open_and_write(p: &Path, opener: &mut Opener, record: &mut [u8]) {
+    match opener.open_in_place(record) {
+        Ok(inner) => {
+            let packet = &record[inner];
+            // SAFETY: packet is valid for reads of its length.
+            let w = unsafe { libc::write(p.tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+            if w < 0 {
+                tracing::debug!(error = %errno(), "writing to the tunnel device failed");
+                p.counters.count_drop(DropReason::TunWriteFailed);
+            } else {
+                p.counters.opened.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(reason) => {
+            tracing::trace!(?reason, "inbound record dropped");
+            p.counters.count_drop(reason);
         }
     }
 }
@@ -1167,7 +1251,7 @@ fn open_tun(name: &str) -> Result<OwnedFd, TunnelError> {
 
 /// The tunnel socket, blocking (sends wait for room; receives pass
 /// `MSG_DONTWAIT` and poll).
-fn udp_socket(bind: SocketAddr) -> Result<std::net::UdpSocket, TunnelError> {
+fn udp_socket(bind: SocketAddr) -> Result<(std::net::UdpSocket, bool), TunnelError> {
     let err = |call, source| TunnelError::Sys { call, what: format!("tunnel socket {bind}"), source };
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
         .map_err(|e| err("socket", e))?;
@@ -1176,7 +1260,22 @@ fn udp_socket(bind: SocketAddr) -> Result<std::net::UdpSocket, TunnelError> {
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&bind.into()).map_err(|e| err("bind", e))?;
-    Ok(s.into())
+    // Runs of records received as one buffer (split by the control
+    // message's segment size), and sent as one (UDP_SEGMENT; Linux 4.18+).
+    let on: libc::c_int = 1;
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let fd = s.as_raw_fd();
+    // SAFETY: setsockopt reads one int, which lives for the call.
+    let gro = unsafe { libc::setsockopt(fd, libc::SOL_UDP, libc::UDP_GRO, (&on as *const libc::c_int).cast(), size) };
+    if gro < 0 {
+        tracing::debug!(error = %errno(), "no UDP GRO on the tunnel socket");
+    }
+    let probe: libc::c_int = 0;
+    // SAFETY: as above; a zero UDP_SEGMENT only probes the option.
+    let gso =
+        unsafe { libc::setsockopt(fd, libc::SOL_UDP, libc::UDP_SEGMENT, (&probe as *const libc::c_int).cast(), size) }
+            == 0;
+    Ok((s.into(), gso))
 }
 
 /// Writes `value` to `/proc/sys/<key>` of the calling thread's namespace.
