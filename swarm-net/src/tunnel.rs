@@ -24,6 +24,18 @@
 //!    rp_filter (its reverse path is the TUN device) and in any case by an
 //!    iptables rule (chain `SWARM-TUNNEL`, jumped to from INPUT).
 //!
+//! # Threads and batches
+//!
+//! Two OS threads move packets, one per direction, with blocking I/O
+//! (`poll` on the descriptor and an eventfd that `stop` signals). Outbound
+//! reads the TUN device until it is empty (up to 32 packets per wakeup),
+//! seals each in place and sends the batch with one `sendmmsg`; runs of
+//! same-size records to one peer go as one UDP GSO message
+//! (`UDP_SEGMENT`). Inbound receives up to 32 buffers per `recvmmsg` with
+//! `UDP_GRO` on, splits coalesced ones by the reported segment size, opens
+//! each record in place and writes it into the device. Nothing is
+//! allocated or locked per packet.
+//!
 //! # The record
 //!
 //! ```text
