@@ -5,8 +5,9 @@
 //!
 //! 1. The VXLAN devices of encrypted networks send to the peer node's
 //!    underlay address on [`TunnelConfig::encrypted_port`] (4799).
-//! 2. A policy-routing rule (`from <local> ipproto udp dport 4799 lookup
-//!    <table>`) sends those kernel-generated UDP packets into a TUN device
+//! 2. A policy-routing rule
+//!    (`from <local> ipproto udp dport 4799 lookup <table>`) sends those
+//!    kernel-generated UDP packets into a TUN device
 //!    (`swtun0`), whose table holds a single `default dev swtun0` route.
 //!    (Tested on 6.18: the rule matches the VXLAN driver's route lookup; no
 //!    fwmark needed; a VXLAN device with or without `dev` is routed alike.)
