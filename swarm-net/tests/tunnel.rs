@@ -517,7 +517,10 @@ fn tcp_between_tasks_on_two_hosts_crosses_the_underlay_only_sealed() {
                 let control = (f[14 + 9] == 17 && udp_dport(f) == 9) || f[14 + 9] == 1;
                 assert!(control, "the marker in clear on the underlay: {:02x?}", &f[..64.min(f.len())]);
             }
-            assert!(seen.udp_to.get(&4798).is_some_and(|n| *n > 10_000), "records on the tunnel port");
+            // Runs of records leave as one UDP GSO buffer, which the
+            // capture sees as one frame (the kernel segments it after the
+            // tap): fewer frames than records, every one to 4798.
+            assert!(seen.udp_to.get(&4798).is_some_and(|n| *n > 100), "records on the tunnel port");
             assert_eq!(seen.udp_to.get(&4799), None, "no plain VXLAN on the underlay");
 
             for h in [1, 2] {
