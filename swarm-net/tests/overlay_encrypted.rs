@@ -275,7 +275,10 @@ fn encrypted_network_driven_by_views_carries_tcp_sealed_only() {
     eprintln!("captured {} frames, {} bytes; UDP by port: {:?}", seen.frames, seen.bytes, seen.udp_to);
     assert!(seen.bytes as u64 > sent * 1024, "the capture saw the transfer: {} bytes", seen.bytes);
     assert!(seen.with_marker.is_empty(), "the marker in clear on the underlay: {} frames", seen.with_marker.len());
-    assert!(seen.udp_to.get(&4798).is_some_and(|n| *n > 1000), "records on the tunnel port: {:?}", seen.udp_to);
+    // The tunnel sends runs of records as one UDP GSO message, which the
+    // capture sees as one frame: hundreds of frames for 4 MiB, not
+    // thousands (the byte count above shows the whole transfer passed).
+    assert!(seen.udp_to.get(&4798).is_some_and(|n| *n > 100), "records on the tunnel port: {:?}", seen.udp_to);
     assert_eq!(seen.udp_to.get(&4799), None, "no plain VXLAN on the underlay");
     assert_eq!(seen.udp_to.get(&4789), None, "no plain VXLAN on the underlay");
     for h in [&h1, &h2] {
