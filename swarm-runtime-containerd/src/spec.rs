@@ -106,11 +106,15 @@ pub struct SpecContext {
 /// server of its first non-internal network, which the node runs on that
 /// network's gateway (`swarm_net::overlay_dns`), with `ndots:0` as Docker
 /// writes for its embedded server (single-label service names are asked as
-/// they are). `None` when the task has no endpoint with a gateway (no
-/// overlay network, or only internal ones): the image's file stays.
+/// they are) and `search .`: no search domain (without a search line,
+/// resolvers take the domain part of the hostname, and a task's hostname
+/// is its dotted task name, so busybox's nslookup would only ask
+/// `<name>.<task name's tail>`). `None` when the task has no endpoint with
+/// a gateway (no overlay network, or only internal ones): the image's
+/// file stays.
 pub fn resolv_conf(endpoints: &[NetworkEndpoint]) -> Option<String> {
     let gateway = endpoints.iter().filter(|e| !e.internal).find_map(|e| e.gateway)?;
-    Some(format!("nameserver {gateway}\noptions ndots:0\n"))
+    Some(format!("nameserver {gateway}\nsearch .\noptions ndots:0\n"))
 }
 
 /// The process arguments, Docker's way: `command` replaces the entrypoint,
@@ -557,7 +561,10 @@ mod tests {
         assert_eq!(resolv_conf(std::slice::from_ref(&internal)), None, "internal only: no server to ask");
         let front = ep("front", "10.9.2.2", Some("10.9.2.1"));
         let back = ep("back", "10.9.3.2", Some("10.9.3.1"));
-        assert_eq!(resolv_conf(&[internal, front, back]).as_deref(), Some("nameserver 10.9.2.1\noptions ndots:0\n"));
+        assert_eq!(
+            resolv_conf(&[internal, front, back]).as_deref(),
+            Some("nameserver 10.9.2.1\nsearch .\noptions ndots:0\n")
+        );
     }
 
     #[test]
