@@ -8,9 +8,9 @@
 //! of another overlay network does not reach them. Service discovery
 //! across nodes: each node's DNS server on the network's gateway answers
 //! `swe2web` and `tasks.swe2web` (DNS round-robin: the task addresses on
-//! both hosts) to the web tasks, whose resolv.conf points there, so an
-//! HTTP GET by name reaches a task on the other host; the other network's
-//! task cannot resolve the name.
+//! both hosts) to the web tasks, whose resolv.conf points there; a GET by
+//! the name (or the alias) of a service whose only task is on the other
+//! host reaches it; the other network's task resolves none of the names.
 //!
 //! Needs root, iproute2, iptables and containerd: without them a recorded
 //! skip, and a failure under CI. Names start with `swe2`; the namespaces,
@@ -107,12 +107,12 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(s) = &self.socket {
-            for svc in ["swe2web", "swe2lone"] {
+            let services = ["swe2web", "swe2lone", "swe2api"];
+            for svc in services {
                 let _ = ctl(s, &["service", "rm", svc]);
             }
             let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline && (container_of("swe2web").is_some() || container_of("swe2lone").is_some())
-            {
+            while Instant::now() < deadline && services.iter().any(|s| container_of(s).is_some()) {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
@@ -213,6 +213,14 @@ fn tasks_on_an_overlay_network_reach_each_other_across_hosts() {
     let out = ctl(&socket, &args);
     assert!(out.ok, "service create: {}", out.stderr);
 
+    // Another service of the network, DNS round-robin, with an alias,
+    // only on w2.
+    let mut args = vec!["service", "create", "swe2api", "--image", IMAGE, "--network", "swe2back,alias=swe2db"];
+    args.extend(["--endpoint-mode", "dnsrr", "--constraint", "node.hostname==w2"]);
+    args.extend(httpd);
+    let out = ctl(&socket, &args);
+    assert!(out.ok, "service create: {}", out.stderr);
+
     let web = eventually(Duration::from_secs(90), "one web task running on each host", || {
         let r = running(&socket, "swe2web", "swe2back");
         if r.len() < 2 {
@@ -230,6 +238,9 @@ fn tasks_on_an_overlay_network_reach_each_other_across_hosts() {
     }
     let lone = eventually(Duration::from_secs(60), "the other network's task running", || {
         running(&socket, "swe2lone", "swe2other").into_iter().next()
+    });
+    let api = eventually(Duration::from_secs(60), "the api task running", || {
+        running(&socket, "swe2api", "swe2back").into_iter().next()
     });
     // Each web task reaches the other one, on the other host, by address.
     for (from, to) in [(&web[0], &web[1]), (&web[1], &web[0])] {
@@ -268,23 +279,34 @@ fn tasks_on_an_overlay_network_reach_each_other_across_hosts() {
             });
             assert_eq!(got, addrs);
         }
-        // A GET by name reaches a web task; which one tells whether it
-        // crossed hosts (the answers are sorted, so the same task answers
-        // both; from the other host's task it is remote).
+        // A GET by name reaches a web task (the client's resolver prefers
+        // its own address among the answers, so it is the local one).
         let answer = eventually(Duration::from_secs(10), "an answer by name", || {
             fetch_from(&cid, "swe2web").ok().filter(|a| a.contains("200 OK"))
         });
-        let by = web
-            .iter()
-            .find(|w| answer.contains(&container_of(&w.0).unwrap_or_else(|| "?".into())))
-            .unwrap_or_else(|| panic!("the page names a web task's container: {answer}"));
-        crossed |= by.1 != from.1;
+        assert!(
+            web.iter().any(|w| container_of(&w.0).is_some_and(|c| answer.contains(&c))),
+            "the page names a web task's container: {answer}"
+        );
+        // swe2api's only task is on w2: by its name and its alias.
+        for name in ["swe2api", "swe2db"] {
+            let got = eventually(Duration::from_secs(10), &format!("{name} resolves to the api task"), || {
+                nslookup(&cid, name).ok().filter(|a| *a == [api.2.clone()])
+            });
+            assert_eq!(got, [api.2.clone()]);
+        }
+        let answer = eventually(Duration::from_secs(10), "an answer from the api task by its alias", || {
+            fetch_from(&cid, "swe2db").ok().filter(|a| a.contains("200 OK"))
+        });
+        let api_cid = container_of(&api.0).expect("the api task's container");
+        assert!(answer.contains(&api_cid), "the api task's page: {answer}");
+        crossed |= api.1 != from.1;
     }
-    assert!(crossed, "a GET by name from one host reached the task on the other host");
+    assert!(crossed, "a GET by name from the web task on m1 reached the api task on w2");
     // The other network's task cannot resolve the name (its resolver is its
     // own network's gateway) nor reach the service by it.
     let cid = container_of(&lone.0).expect("the lone task's container");
-    for name in ["swe2web", "tasks.swe2web"] {
+    for name in ["swe2web", "tasks.swe2web", "swe2api", "swe2db"] {
         let r = nslookup(&cid, name);
         assert!(r.as_ref().is_err() || r.as_ref().is_ok_and(|a| a.is_empty()), "{name} resolved from swe2other: {r:?}");
     }
