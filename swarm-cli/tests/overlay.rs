@@ -289,11 +289,12 @@ fn tasks_on_an_overlay_network_reach_each_other_across_hosts() {
             "the page names a web task's container: {answer}"
         );
         // swe2api's only task is on w2: by its name and its alias.
+        let api_addr = vec![api.2.clone()];
         for name in ["swe2api", "swe2db"] {
             let got = eventually(Duration::from_secs(10), &format!("{name} resolves to the api task"), || {
-                nslookup(&cid, name).ok().filter(|a| *a == [api.2.clone()])
+                nslookup(&cid, name).ok().filter(|a| *a == api_addr)
             });
-            assert_eq!(got, [api.2.clone()]);
+            assert_eq!(got, api_addr);
         }
         let answer = eventually(Duration::from_secs(10), "an answer from the api task by its alias", || {
             fetch_from(&cid, "swe2db").ok().filter(|a| a.contains("200 OK"))
