@@ -9,7 +9,8 @@
 //!                [--env K=V]... [--label K=V]... [--constraint EXPR]... [--publish PUBLISHED:TARGET[/udp]]...
 //!                [--secret NAME]... [--config NAME]... [--reserve-cpu CPUS] [--reserve-memory BYTES]
 //!                [--limit-cpu CPUS] [--limit-memory BYTES] [--restart-condition none|on-failure|any]
-//!                [--update-parallelism N] [--update-delay DURATION] [--update-order stop-first|start-first]
+//!                [--endpoint-mode vip|dnsrr] [--update-parallelism N] [--update-delay DURATION]
+//!                [--update-order stop-first|start-first]
 //!                [--update-failure-action pause|continue|rollback] [--command ARG]...
 //! service ls | ps SERVICE | inspect SERVICE | scale SERVICE=N... | rollback SERVICE | rm SERVICE...
 //! service update SERVICE [--image IMAGE] [--replicas N] [--env-add K=V]... [--force]
@@ -169,6 +170,9 @@ pub fn service_spec(name: String, a: &mut Args) -> Result<ServiceSpec, ArgError>
     }
     for p in a.values("publish") {
         spec.endpoint_spec.ports.push(port(&p)?);
+    }
+    if let Some(v) = a.value("endpoint-mode") {
+        spec.endpoint_spec.mode = enum_value(&v, "endpoint-mode")?;
     }
     // `--network NAME[,alias=A...]`, repeatable (as `docker service create
     // --network name=N,alias=A` in its short form).

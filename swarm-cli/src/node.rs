@@ -140,7 +140,8 @@ pub struct NodeOptions {
     /// in the store (docs/security.md, "External CA").
     pub external_ca: Option<ExternalSignerConfig>,
     /// Run the overlay data plane (`swarm_net::overlay`: bridges, VXLAN
-    /// devices and forwarding entries of the node's overlay networks,
+    /// devices and forwarding entries of the node's overlay networks, and
+    /// a DNS server per network on its gateway, `swarm_net::overlay_dns`,
     /// following the view the managers send), with the advertised IP as
     /// the VXLAN underlay address. Linux, root. Off: tasks on overlay
     /// networks get their addresses but no node joins the segments.
@@ -798,11 +799,14 @@ fn start_agent(shared: &Arc<Shared>, managers: Vec<String>) -> Result<(Task, Arc
 }
 
 /// Runs the overlay data plane on `views` until aborted, retrying its
-/// start (netlink or iptables may not be usable yet).
+/// start (netlink or iptables may not be usable yet), and the networks'
+/// DNS servers on their gateways (`swarm_net::overlay_dns`, port 53).
 async fn run_overlay(
     views: tokio::sync::watch::Receiver<swarm_core::overlay::OverlayView>,
     cfg: swarm_net::overlay::OverlayConfig,
 ) {
+    // Closed when this task is aborted (dropped with it).
+    let _dns = swarm_net::overlay_dns::OverlayDns::start(views.clone(), Default::default());
     loop {
         match swarm_net::overlay::Overlay::start(views.clone(), cfg.clone()).await {
             Ok(plane) => {

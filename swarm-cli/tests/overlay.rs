@@ -5,7 +5,12 @@
 //! its assignments and its data plane joins the VXLAN segment. A global
 //! service on an overlay network has one task per host: the tasks reach
 //! each other across the hosts by their allocated addresses, and a task
-//! of another overlay network does not reach them.
+//! of another overlay network does not reach them. Service discovery
+//! across nodes: each node's DNS server on the network's gateway answers
+//! `swe2web` and `tasks.swe2web` (DNS round-robin: the task addresses on
+//! both hosts) to the web tasks, whose resolv.conf points there; a GET by
+//! the name (or the alias) of a service whose only task is on the other
+//! host reaches it; the other network's task resolves none of the names.
 //!
 //! Needs root, iproute2, iptables and containerd: without them a recorded
 //! skip, and a failure under CI. Names start with `swe2`; the namespaces,
@@ -68,11 +73,28 @@ fn container_of(task: &str) -> Option<String> {
     list.lines().find(|c| c.contains(&short)).map(str::to_owned)
 }
 
-/// `GET /` on `addr:8080` from inside container `cid` (busybox nc).
+/// `GET /` on `addr:8080` (an address or a name) from inside container
+/// `cid` (busybox nc).
 fn fetch_from(cid: &str, addr: &str) -> Result<String, String> {
+    exec_in(cid, &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {addr} 8080"))
+}
+
+/// Runs `script` with `sh -c` in container `cid`.
+fn exec_in(cid: &str, script: &str) -> Result<String, String> {
     let exec_id = format!("swe2-{}", std::process::id());
-    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {addr} 8080");
-    ctr(&["task", "exec", "--exec-id", &exec_id, cid, "sh", "-c", &script])
+    ctr(&["task", "exec", "--exec-id", &exec_id, cid, "sh", "-c", script])
+}
+
+/// The addresses busybox `nslookup NAME` prints in container `cid` (after
+/// the server's own lines), or the error.
+fn nslookup(cid: &str, name: &str) -> Result<Vec<String>, String> {
+    let out = exec_in(cid, &format!("nslookup {name}"))?;
+    let answers = out.split_once(&format!("Name:\t{name}")).map(|(_, a)| a).unwrap_or_default();
+    let mut addrs: Vec<String> =
+        answers.lines().filter_map(|l| l.strip_prefix("Address: ")).map(|a| a.trim().to_owned()).collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
 }
 
 /// Removes the test's services (and so their containers) and stops the
@@ -85,12 +107,12 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(s) = &self.socket {
-            for svc in ["swe2web", "swe2lone"] {
+            let services = ["swe2web", "swe2lone", "swe2api"];
+            for svc in services {
                 let _ = ctl(s, &["service", "rm", svc]);
             }
             let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline && (container_of("swe2web").is_some() || container_of("swe2lone").is_some())
-            {
+            while Instant::now() < deadline && services.iter().any(|s| container_of(s).is_some()) {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
@@ -170,14 +192,31 @@ fn tasks_on_an_overlay_network_reach_each_other_across_hosts() {
     assert_eq!(back["subnet"], "10.253.1.0/24");
     assert!(back["vni"].as_u64().is_some_and(|v| v >= 4096), "a VNI from 4096: {back}");
 
-    let httpd =
-        ["--command", "sh", "--command", "-c", "--command", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"];
+    // Each task's page names its container (the hostname), so a GET by
+    // name tells which task answered.
+    let httpd = [
+        "--command",
+        "sh",
+        "--command",
+        "-c",
+        "--command",
+        "trap 'exit 0' TERM; mkdir -p /tmp/w; echo \"hello from $(hostname)\" > /tmp/w/index.html; httpd -f -p 8080 -h /tmp/w & wait",
+    ];
     let mut args = vec!["service", "create", "swe2web", "--image", IMAGE, "--mode", "global", "--network", "swe2back"];
+    args.extend(["--endpoint-mode", "dnsrr"]);
     args.extend(httpd);
     let out = ctl(&socket, &args);
     assert!(out.ok, "service create: {}", out.stderr);
     let mut args = vec!["service", "create", "swe2lone", "--image", IMAGE, "--network", "swe2other"];
     args.extend(["--constraint", "node.hostname==m1"]);
+    args.extend(httpd);
+    let out = ctl(&socket, &args);
+    assert!(out.ok, "service create: {}", out.stderr);
+
+    // Another service of the network, DNS round-robin, with an alias,
+    // only on w2.
+    let mut args = vec!["service", "create", "swe2api", "--image", IMAGE, "--network", "swe2back,alias=swe2db"];
+    args.extend(["--endpoint-mode", "dnsrr", "--constraint", "node.hostname==w2"]);
     args.extend(httpd);
     let out = ctl(&socket, &args);
     assert!(out.ok, "service create: {}", out.stderr);
@@ -200,6 +239,9 @@ fn tasks_on_an_overlay_network_reach_each_other_across_hosts() {
     let lone = eventually(Duration::from_secs(60), "the other network's task running", || {
         running(&socket, "swe2lone", "swe2other").into_iter().next()
     });
+    let api = eventually(Duration::from_secs(60), "the api task running", || {
+        running(&socket, "swe2api", "swe2back").into_iter().next()
+    });
     // Each web task reaches the other one, on the other host, by address.
     for (from, to) in [(&web[0], &web[1]), (&web[1], &web[0])] {
         let cid = eventually(Duration::from_secs(10), "the task's container", || container_of(&from.0));
@@ -219,5 +261,58 @@ fn tasks_on_an_overlay_network_reach_each_other_across_hosts() {
         let r = fetch_from(&cid, addr);
         assert!(!r.as_ref().is_ok_and(|a| a.contains("200 OK")), "isolation: reached {addr} from swe2other: {r:?}");
     }
+
+    // By name: each web task resolves the service (DNS round-robin) and
+    // tasks.<service> to both tasks' addresses, from its node's DNS server
+    // on the network's gateway.
+    let started = Instant::now();
+    let mut addrs: Vec<String> = web.iter().map(|w| w.2.clone()).collect();
+    addrs.sort();
+    let mut crossed = false;
+    for from in &web {
+        let cid = container_of(&from.0).expect("the web task's container");
+        let resolv = exec_in(&cid, "cat /etc/resolv.conf").expect("resolv.conf");
+        assert!(resolv.contains("nameserver 10.253.1.1"), "the network's gateway is the resolver: {resolv}");
+        for name in ["swe2web", "tasks.swe2web"] {
+            let got = eventually(Duration::from_secs(10), &format!("{name} resolves to both tasks"), || {
+                nslookup(&cid, name).ok().filter(|a| *a == addrs)
+            });
+            assert_eq!(got, addrs);
+        }
+        // A GET by name reaches a web task (the client's resolver prefers
+        // its own address among the answers, so it is the local one).
+        let answer = eventually(Duration::from_secs(10), "an answer by name", || {
+            fetch_from(&cid, "swe2web").ok().filter(|a| a.contains("200 OK"))
+        });
+        assert!(
+            web.iter().any(|w| container_of(&w.0).is_some_and(|c| answer.contains(&c))),
+            "the page names a web task's container: {answer}"
+        );
+        // swe2api's only task is on w2: by its name and its alias.
+        let api_addr = vec![api.2.clone()];
+        for name in ["swe2api", "swe2db"] {
+            let got = eventually(Duration::from_secs(10), &format!("{name} resolves to the api task"), || {
+                nslookup(&cid, name).ok().filter(|a| *a == api_addr)
+            });
+            assert_eq!(got, api_addr);
+        }
+        let answer = eventually(Duration::from_secs(10), "an answer from the api task by its alias", || {
+            fetch_from(&cid, "swe2db").ok().filter(|a| a.contains("200 OK"))
+        });
+        let api_cid = container_of(&api.0).expect("the api task's container");
+        assert!(answer.contains(&api_cid), "the api task's page: {answer}");
+        crossed |= api.1 != from.1;
+    }
+    assert!(crossed, "a GET by name from the web task on m1 reached the api task on w2");
+    // The other network's task cannot resolve the name (its resolver is its
+    // own network's gateway) nor reach the service by it.
+    let cid = container_of(&lone.0).expect("the lone task's container");
+    for name in ["swe2web", "tasks.swe2web", "swe2api", "swe2db"] {
+        let r = nslookup(&cid, name);
+        assert!(r.as_ref().is_err() || r.as_ref().is_ok_and(|a| a.is_empty()), "{name} resolved from swe2other: {r:?}");
+    }
+    let r = fetch_from(&cid, "swe2web");
+    assert!(!r.as_ref().is_ok_and(|a| a.contains("200 OK")), "reached swe2web by name from swe2other: {r:?}");
+    eprintln!("name checks took {:?}", started.elapsed());
     drop(cleanup);
 }

@@ -1,7 +1,9 @@
 //! The dispatcher carries each node's overlay view (swarm_core::overlay)
 //! to its worker: the whole view in the first message of a session, then
 //! a new view whenever a change in the store alters it, and nothing when
-//! a change leaves it as it was.
+//! a change leaves it as it was. The view carries each network's DNS
+//! names, so a task becoming RUNNING (an endpoint of its service) sends a
+//! new view.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -117,8 +119,9 @@ async fn workers_receive_their_overlay_views_and_their_changes() {
     assert_eq!(v2.networks[&4096].remote.get(&ip("10.10.1.2")), Some(&IpAddr::from([192, 168, 0, 1])));
     assert_eq!(v2.networks[&4096].local.iter().copied().collect::<Vec<_>>(), vec![ip("10.10.1.3")]);
 
-    // A worker's RUNNING report changes no view: no view is sent. The next
-    // message with a view is the one after the task on n2 ends.
+    // The service is attached to no network (no names): a worker's RUNNING
+    // report changes no view and no view is sent. The next message with a
+    // view is the one after the task on n2 ends.
     let mut running = task("t2", "n2", &net, "10.10.1.3", TaskState::Running);
     running.meta.version = store.snapshot().await.unwrap().task(&"t2".into()).unwrap().meta.version;
     store.commit(Transaction::new().update(running.clone())).await.unwrap();
@@ -208,6 +211,79 @@ async fn the_agent_publishes_its_nodes_view() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(*views.borrow(), seen);
     run.abort();
+}
+
+/// The names of a network follow its service's endpoints: a task becoming
+/// RUNNING, a VIP being allocated, a task ending; each sends a new view to
+/// every node of the network.
+#[tokio::test(start_paused = true)]
+async fn workers_receive_the_names_of_their_networks() {
+    use swarm_core::overlay::NameRecord;
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let d = LocalDispatcher::new(store.clone());
+    let router = {
+        let d = d.clone();
+        tokio::spawn(async move { d.run().await })
+    };
+    let net = network("net1", "back", 4096, "10.10.1.0/24");
+    let mut svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "img:1", 2), ..Default::default() };
+    svc.spec.networks = vec![NetworkAttachmentConfig { target: "back".into(), aliases: vec!["www".into()] }];
+    store.commit(Transaction::new().create(net.clone()).create(svc)).await.unwrap();
+    let s1 = d.open_session(request("n1", "192.168.0.1")).await.unwrap().session_id;
+    let s2 = d.open_session(request("n2", "192.168.0.2")).await.unwrap().session_id;
+    let mut a1 = d.assignments(&s1).await.unwrap();
+    let mut a2 = d.assignments(&s2).await.unwrap();
+    assert!(next_view(&mut a1).await.networks.is_empty());
+    assert!(next_view(&mut a2).await.networks.is_empty());
+    let records = |addrs: &[&str], vip: bool| NameRecord { addrs: addrs.iter().map(|a| ip(a)).collect(), vip };
+
+    store
+        .commit(Transaction::new().create(task("t1", "n1", &net, "10.10.1.2", TaskState::Assigned)).create(task(
+            "t2",
+            "n2",
+            &net,
+            "10.10.1.3",
+            TaskState::Assigned,
+        )))
+        .await
+        .unwrap();
+    let v1 = next_view(&mut a1).await;
+    assert_eq!(v1.networks[&4096].names["tasks.web"], records(&[], false), "no endpoint yet: {v1:?}");
+    next_view(&mut a2).await;
+
+    // t2 reports RUNNING: both nodes get the new names.
+    let snapshot = store.snapshot().await.unwrap();
+    let mut running = snapshot.task(&"t2".into()).unwrap().as_ref().clone();
+    running.status.state = TaskState::Running;
+    store.commit(Transaction::new().update(running)).await.unwrap();
+    for a in [&mut a1, &mut a2] {
+        let names = next_view(a).await.networks[&4096].names.clone();
+        assert_eq!(names["web"], records(&["10.10.1.3"], false));
+        assert_eq!(names["www"], records(&["10.10.1.3"], false));
+        assert_eq!(names["tasks.web"], records(&["10.10.1.3"], false));
+    }
+
+    // A VIP is allocated: the name and alias resolve to it.
+    let snapshot = store.snapshot().await.unwrap();
+    let mut svc = snapshot.service(&"s1".into()).unwrap().as_ref().clone();
+    svc.endpoint.virtual_ips = vec![VirtualIp { network: "back".into(), addr: "10.10.1.250".parse().unwrap() }];
+    store.commit(Transaction::new().update(svc)).await.unwrap();
+    let names = next_view(&mut a1).await.networks[&4096].names.clone();
+    assert_eq!(names["web"], records(&["10.10.1.250"], true));
+    assert_eq!(names["www"], records(&["10.10.1.250"], true));
+    assert_eq!(names["tasks.web"], records(&["10.10.1.3"], false));
+    next_view(&mut a2).await;
+
+    // t2 is told to stop: its address leaves tasks.web (and its entry the
+    // forwarding tables) at once.
+    let snapshot = store.snapshot().await.unwrap();
+    let mut stopping = snapshot.task(&"t2".into()).unwrap().as_ref().clone();
+    stopping.desired_state = TaskState::Shutdown;
+    store.commit(Transaction::new().update(stopping)).await.unwrap();
+    let v1 = next_view(&mut a1).await;
+    assert_eq!(v1.networks[&4096].names["tasks.web"], records(&[], false));
+    assert!(v1.networks[&4096].remote.is_empty());
+    router.abort();
 }
 
 /// When the node leaves an overlay network (its last task there stops),

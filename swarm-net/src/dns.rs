@@ -17,8 +17,12 @@
 //! that is no task (the host, a test) gets [`DnsConfig::unknown_clients`]:
 //! every network, or REFUSED.
 //!
-//! [`DnsTable`] is the pure part (built from a [`State`]); [`DnsServer`]
-//! serves a table that [`DnsHandler::follow`] keeps in step with a store.
+//! [`DnsTable`] is the pure part (built from a [`State`], or from one
+//! overlay network's view with [`DnsTable::from_network_view`]);
+//! [`DnsServer`] serves a table that [`DnsHandler::follow`] keeps in step
+//! with a store. On nodes without a store, [`crate::overlay_dns`] runs one
+//! server per overlay network on the network's gateway address, answering
+//! from the node's overlay view.
 //!
 //! Malformed requests get FORMERR with the request's id: a bad label length,
 //! a compression pointer that loops or points forward or past the end, a
@@ -45,6 +49,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use swarm_core::discovery::is_endpoint;
 use swarm_core::model::*;
+use swarm_core::overlay::NetworkView;
 use swarm_core::state::State;
 use swarm_core::store::{Store, StoreError};
 
@@ -75,11 +80,11 @@ impl Default for DnsConfig {
     }
 }
 
-/// One name on one network.
+/// One name on one network: a VIP, or task addresses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct NameEntry {
-    vip: Option<Ipv4Addr>,
-    tasks: Vec<Ipv4Addr>,
+    addrs: Vec<Ipv4Addr>,
+    vip: bool,
 }
 
 /// The answers, by network then name; and which networks each task
@@ -88,6 +93,8 @@ struct NameEntry {
 pub struct DnsTable {
     names: BTreeMap<String, BTreeMap<String, NameEntry>>,
     clients: BTreeMap<IpAddr, BTreeSet<String>>,
+    /// Only clients in this subnet may ask (a network's own server).
+    only_from: Option<ipnet::Ipv4Net>,
 }
 
 /// An answer from a [`DnsTable`].
@@ -129,7 +136,11 @@ impl DnsTable {
                     IpAddr::V4(a) if svc.spec.endpoint_spec.mode == EndpointMode::Vip => Some(a),
                     _ => None,
                 });
-                let entry = NameEntry { vip, tasks };
+                let tasks = NameEntry { addrs: tasks, vip: false };
+                let entry = match vip {
+                    Some(vip) => NameEntry { addrs: vec![vip], vip: true },
+                    None => tasks.clone(),
+                };
                 let names = t.names.entry(net.clone()).or_default();
                 let aliases = svc
                     .spec
@@ -142,16 +153,45 @@ impl DnsTable {
                 for name in std::iter::once(&svc.spec.name).chain(aliases) {
                     names.insert(name.to_ascii_lowercase(), entry.clone());
                 }
-                names.insert(format!("tasks.{}", svc.spec.name.to_ascii_lowercase()), entry.clone());
+                names.insert(format!("tasks.{}", svc.spec.name.to_ascii_lowercase()), tasks);
             }
         }
         t
+    }
+
+    /// The table of one overlay network from a node's view of it (its
+    /// [`NetworkView::names`]), for a server that answers that network's
+    /// names to the clients of that network's subnet (the server listening
+    /// on the network's gateway, see [`crate::overlay_dns`]); other clients
+    /// (a task of another network asking this gateway) are refused. No
+    /// client is listed, so the handler must answer unknown clients
+    /// ([`UnknownClients::AllNetworks`]).
+    pub fn from_network_view(view: &NetworkView) -> DnsTable {
+        let names = view
+            .names
+            .iter()
+            .map(|(name, r)| (name.to_ascii_lowercase(), NameEntry { addrs: r.addrs.clone(), vip: r.vip }))
+            .collect();
+        DnsTable {
+            names: BTreeMap::from([(view.name.clone(), names)]),
+            clients: BTreeMap::new(),
+            only_from: Some(view.subnet.parse().unwrap_or_else(|_| {
+                tracing::warn!(network = %view.name, subnet = %view.subnet, "dns: bad subnet in the view: refusing every client");
+                ipnet::Ipv4Net::from(Ipv4Addr::UNSPECIFIED)
+            })),
+        }
     }
 
     /// The A records for `name` (no trailing dot needed, any case) asked
     /// from `client`.
     pub fn lookup(&self, name: &str, client: IpAddr, config: &DnsConfig) -> Answer {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(subnet) = &self.only_from {
+            match client {
+                IpAddr::V4(a) if subnet.contains(&a) => {}
+                _ => return Answer::Refused,
+            }
+        }
         let networks: Vec<&String> = match self.clients.get(&client) {
             Some(nets) => nets.iter().collect(),
             None if config.unknown_clients == UnknownClients::AllNetworks => self.names.keys().collect(),
@@ -160,17 +200,13 @@ impl DnsTable {
         let mut found = false;
         let mut addrs = Vec::new();
         let mut ttl = config.task_ttl;
-        let is_tasks = name.starts_with("tasks.");
         for net in networks {
             let Some(e) = self.names.get(net).and_then(|m| m.get(&name)) else { continue };
             found = true;
-            match e.vip {
-                Some(vip) if !is_tasks => {
-                    ttl = config.vip_ttl;
-                    addrs.push(vip);
-                }
-                _ => addrs.extend(e.tasks.iter().copied()),
+            if e.vip {
+                ttl = config.vip_ttl;
             }
+            addrs.extend(e.addrs.iter().copied());
         }
         if !found {
             return Answer::NxDomain;
@@ -196,8 +232,12 @@ impl DnsHandler {
 
     /// Replaces the table with what `state` says.
     pub fn sync(&self, state: &State) {
-        let fresh = DnsTable::from_state(state);
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.set_table(DnsTable::from_state(state));
+    }
+
+    /// Replaces the table.
+    pub fn set_table(&self, table: DnsTable) {
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
 
     /// Follows `store` until it fails, re-syncing on every change touching

@@ -14,6 +14,9 @@
 //! - [`overlay`] (Linux): the node's overlay data plane: bridges, VXLAN
 //!   devices, forwarding and neighbour entries (netlink) and isolation rules
 //!   following the node's `OverlayView`.
+//! - [`overlay_dns`]: service discovery across nodes: a DNS server per
+//!   overlay network on its gateway address, answering the network's names
+//!   from the node's `OverlayView`.
 //! - [`node`]: one node's plane in one call: discovery, DNS and the data
 //!   path (userspace or kernel).
 //! - [`tunnel`] (Linux): the userspace ChaCha20-Poly1305 tunnel carrying
@@ -57,6 +60,7 @@ pub mod netns;
 pub mod node;
 #[cfg(target_os = "linux")]
 pub mod overlay;
+pub mod overlay_dns;
 #[cfg(target_os = "linux")]
 pub mod splice;
 #[cfg(target_os = "linux")]

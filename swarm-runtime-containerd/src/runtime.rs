@@ -551,6 +551,15 @@ impl ContainerdRuntime {
         )
         .await
         .map_err(io)?;
+        // On overlay networks: the node's DNS server of the first one.
+        let resolv = match crate::spec::resolv_conf(&config.endpoints) {
+            Some(text) => {
+                let path = dir.join("resolv.conf");
+                tokio::fs::write(&path, text).await.map_err(io)?;
+                Some(path.display().to_string())
+            }
+            None => None,
+        };
         // The rootfs snapshot, labelled as a GC root so the collector
         // cannot take it before the container record references it (an
         // earlier order lost it to a collection in between). It is removed
@@ -581,6 +590,7 @@ impl ContainerdRuntime {
             volume_sources,
             files: file_mounts,
             hosts_file: Some(hosts.display().to_string()),
+            resolv_file: resolv,
             nofile: self.cfg.nofile,
             accounts,
         };

@@ -9,7 +9,7 @@
 
 use serde_json::{Value, json};
 use swarm_core::model::MountKind;
-use swarm_core::runtime::{ContainerConfig, RuntimeError};
+use swarm_core::runtime::{ContainerConfig, NetworkEndpoint, RuntimeError};
 
 /// The `type_url` containerd expects on a container's spec.
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -94,10 +94,27 @@ pub struct SpecContext {
     pub files: Vec<FileMount>,
     /// `/etc/hosts` to mount, if any.
     pub hosts_file: Option<String>,
+    /// `/etc/resolv.conf` to mount, if any (see [`resolv_conf`]).
+    pub resolv_file: Option<String>,
     /// RLIMIT_NOFILE (soft and hard) of the process; 0 = [`NOFILE_LIMIT`].
     pub nofile: u64,
     /// The image's account files, for users given by name.
     pub accounts: Accounts,
+}
+
+/// The `/etc/resolv.conf` of a task with overlay endpoints: the DNS
+/// server of its first non-internal network, which the node runs on that
+/// network's gateway (`swarm_net::overlay_dns`), with `ndots:0` as Docker
+/// writes for its embedded server (single-label service names are asked as
+/// they are) and `search .`: no search domain (without a search line,
+/// resolvers take the domain part of the hostname, and a task's hostname
+/// is its dotted task name, so busybox's nslookup would only ask
+/// `<name>.<task name's tail>`). `None` when the task has no endpoint with
+/// a gateway (no overlay network, or only internal ones): the image's
+/// file stays.
+pub fn resolv_conf(endpoints: &[NetworkEndpoint]) -> Option<String> {
+    let gateway = endpoints.iter().filter(|e| !e.internal).find_map(|e| e.gateway)?;
+    Some(format!("nameserver {gateway}\nsearch .\noptions ndots:0\n"))
 }
 
 /// The process arguments, Docker's way: `command` replaces the entrypoint,
@@ -265,6 +282,10 @@ pub fn build_spec(config: &ContainerConfig, image: &ImageDefaults, ctx: &SpecCon
     if let Some(h) = &ctx.hosts_file {
         mounts.push(json!({"destination": "/etc/hosts", "type": "bind", "source": h, "options": ["rbind", "ro"]}));
     }
+    if let Some(r) = &ctx.resolv_file {
+        mounts
+            .push(json!({"destination": "/etc/resolv.conf", "type": "bind", "source": r, "options": ["rbind", "ro"]}));
+    }
     let mut volumes = ctx.volume_sources.iter();
     for (i, m) in config.spec.mounts.iter().enumerate() {
         if !m.target.starts_with('/') {
@@ -394,7 +415,7 @@ pub fn parse_signal(s: &str) -> Result<u32, RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarm_core::model::Mount;
+    use swarm_core::model::{Mount, NetworkAttachment};
 
     fn cfg() -> ContainerConfig {
         let mut c = ContainerConfig { name: "web.1.abc".into(), ..Default::default() };
@@ -494,6 +515,7 @@ mod tests {
             volume_sources: vec!["/var/lib/v/data".into()],
             files: vec![FileMount { source: "/run/s/f0".into(), target: "/run/secrets/db".into() }],
             hosts_file: None,
+            resolv_file: Some("/state/web-1/resolv.conf".into()),
             nofile: 4096,
             accounts: Accounts::default(),
         };
@@ -514,6 +536,35 @@ mod tests {
         assert_eq!(find("/host-etc")["options"], json!(["rbind", "ro"]));
         assert_eq!(find("/data")["source"], "/var/lib/v/data");
         assert_eq!(find("/run/secrets/db")["source"], "/run/s/f0");
+        assert_eq!(find("/etc/resolv.conf")["source"], "/state/web-1/resolv.conf");
+        assert_eq!(find("/etc/resolv.conf")["options"], json!(["rbind", "ro"]));
+    }
+
+    #[test]
+    fn resolv_conf_names_the_first_non_internal_networks_gateway() {
+        let ep = |net: &str, addr: &str, gateway: Option<&str>| {
+            let a = NetworkAttachment {
+                network: net.into(),
+                addresses: vec![addr.into()],
+                overlay: Some(swarm_core::model::OverlayAttachment {
+                    vni: 4100,
+                    subnet: format!("{}.0/24", addr.rsplit_once('.').unwrap().0),
+                    gateway: gateway.unwrap_or_default().into(),
+                    internal: gateway.is_none(),
+                    ..Default::default()
+                }),
+            };
+            NetworkEndpoint::from_attachment(&a, vec![]).unwrap().unwrap()
+        };
+        assert_eq!(resolv_conf(&[]), None, "no overlay network: the image's file");
+        let internal = ep("secret", "10.9.1.2", None);
+        assert_eq!(resolv_conf(std::slice::from_ref(&internal)), None, "internal only: no server to ask");
+        let front = ep("front", "10.9.2.2", Some("10.9.2.1"));
+        let back = ep("back", "10.9.3.2", Some("10.9.3.1"));
+        assert_eq!(
+            resolv_conf(&[internal, front, back]).as_deref(),
+            Some("nameserver 10.9.2.1\nsearch .\noptions ndots:0\n")
+        );
     }
 
     #[test]

@@ -322,6 +322,14 @@ pub(crate) fn create_body(
         ..Default::default()
     };
 
+    // On overlay networks: the node's DNS server of the first non-internal
+    // one (`swarm_net::overlay_dns`, on the network's gateway). The Engine's
+    // embedded resolver (127.0.0.11) answers the names it knows itself and
+    // forwards the others there.
+    if let Some(gw) = cfg.endpoints.iter().filter(|e| !e.internal).find_map(|e| e.gateway) {
+        host_config.dns = Some(vec![gw.to_string()]);
+    }
+
     // Overlay endpoints first (the first is the primary network), then the
     // node-local networks; API 1.41 takes one in the create call.
     let mut all: Vec<(String, EndpointSettings)> = Vec::new();
@@ -636,6 +644,14 @@ mod tests {
         assert_eq!(b.ipam_config.as_ref().unwrap().ipv4_address.as_deref(), Some("10.0.2.9"));
         assert_eq!(b.mac_address.as_deref(), Some("02:42:0a:00:02:09"));
         assert!(plan.extra_networks[1].1.ipam_config.is_none());
+        // The first non-internal network's gateway is the DNS server.
+        assert_eq!(h.dns.as_deref(), Some(&["10.0.1.1".to_string()][..]));
+        c.endpoints.reverse();
+        let plan = create_body(&c, vec![], false).unwrap();
+        assert_eq!(plan.body.host_config.unwrap().dns.as_deref(), Some(&["10.0.1.1".to_string()][..]));
+        c.endpoints.retain(|e| e.internal);
+        let plan = create_body(&c, vec![], false).unwrap();
+        assert_eq!(plan.body.host_config.unwrap().dns, None, "internal only: no server");
     }
 
     #[test]
