@@ -123,7 +123,7 @@ pub struct NetworkEndpoint {
     /// The network's name.
     pub network: String,
     /// The host bridge to attach to
-    /// ([`overlay_bridge_name`](crate::model::overlay_bridge_name)).
+    /// ([`overlay_bridge_name`]).
     pub bridge: String,
     /// The network's VXLAN identifier.
     pub vni: u32,
@@ -131,7 +131,7 @@ pub struct NetworkEndpoint {
     pub subnet: ipnet::Ipv4Net,
     /// The container's address (in `subnet`).
     pub address: std::net::Ipv4Addr,
-    /// The interface's MAC ([`overlay_mac`](crate::model::overlay_mac) of
+    /// The interface's MAC ([`overlay_mac`] of
     /// `address`).
     pub mac: [u8; 6],
     /// The default gateway through this network (the bridge's address on
