@@ -7,7 +7,9 @@
 //! under CI. Every namespace and interface starts with `swov`.
 #![cfg(target_os = "linux")]
 
-use std::collections::BTreeMap;
+mod overlay_support;
+
+use overlay_support::{on, view, wait_until};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,11 +47,6 @@ fn prefix(tag: &str) -> String {
 
 fn underlay(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 211, 0, i))
-}
-
-/// Runs `f` on `rt`'s worker threads (so in its namespace) and waits.
-fn on<T: Send + 'static>(rt: &Runtime, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
-    rt.block_on(rt.spawn(f)).expect("task on the namespace runtime")
 }
 
 /// A host: a namespace on the LAN with its overlay plane.
@@ -230,18 +227,6 @@ fn network(vni: u32, subnet: &str, gateway: &str, local: &[&str], remote: &[(&st
         local: local.iter().map(|a| a.parse().unwrap()).collect(),
         remote: remote.iter().map(|(a, n)| (a.parse().unwrap(), *n)).collect(),
         ..Default::default()
-    }
-}
-
-fn view(nets: Vec<NetworkView>) -> OverlayView {
-    OverlayView { networks: nets.into_iter().map(|n| (n.vni, n)).collect::<BTreeMap<_, _>>() }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "not within {timeout:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -7,14 +7,16 @@
 //! addresses in 10.254.0.0/16.
 #![cfg(target_os = "linux")]
 
+mod overlay_support;
+
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use std::collections::BTreeMap;
+use overlay_support::{on, view, wait_until};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use swarm_conformance::skip::skip;
 use swarm_core::model::overlay_mac_string;
-use swarm_core::overlay::{NameRecord, NetworkView, OverlayView};
+use swarm_core::overlay::{NameRecord, NetworkView};
 use swarm_net::netns::{self, Lan, NetNs};
 use swarm_net::overlay::{Overlay, OverlayConfig};
 use swarm_net::overlay_dns::{OverlayDns, OverlayDnsConfig};
@@ -30,11 +32,6 @@ fn can_run() -> bool {
             false
         }
     }
-}
-
-/// Runs `f` on `rt`'s worker threads (so in its namespace) and waits.
-fn on<T: Send + 'static>(rt: &Runtime, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
-    rt.block_on(rt.spawn(f)).expect("task on the namespace runtime")
 }
 
 /// A task namespace whose `eth0` is plugged into `swbr<vni>` of `host`.
@@ -144,18 +141,6 @@ fn network(vni: u32, n: u8, local: &[&str], names: &[(&str, &[&str], bool)]) -> 
             })
             .collect(),
         ..Default::default()
-    }
-}
-
-fn view(nets: Vec<NetworkView>) -> OverlayView {
-    OverlayView { networks: nets.into_iter().map(|n| (n.vni, n)).collect::<BTreeMap<_, _>>() }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "not within {timeout:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

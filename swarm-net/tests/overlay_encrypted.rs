@@ -13,7 +13,7 @@
 
 mod overlay_support;
 
-use overlay_support::{capture, send_blocks, verifier};
+use overlay_support::{capture, on, send_blocks, verifier};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -49,10 +49,6 @@ fn prefix(tag: &str) -> String {
 
 fn underlay(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 241, 0, i))
-}
-
-fn on<T: Send + 'static>(rt: &Runtime, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
-    rt.block_on(rt.spawn(f)).expect("task on the namespace runtime")
 }
 
 /// A host: a namespace on the LAN with its overlay plane.

@@ -1,6 +1,6 @@
-//! Helpers shared by the overlay tests (`overlay_encrypted.rs`; moved here
-//! from `tunnel.rs`'s, which can use them too): a verified byte stream with
-//! a marker and an AF_PACKET capture of an interface in a namespace.
+//! Helpers shared by the overlay tests (`overlay_encrypted.rs`,
+//! `tunnel.rs`): a verified byte stream with a marker and an AF_PACKET
+//! capture of an interface in a namespace.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -10,6 +10,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Runs `f` on `rt`'s worker threads (so in its namespace) and waits.
+pub fn on<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    rt.block_on(rt.spawn(f)).expect("task on the namespace runtime")
+}
+
+/// Polls `f` every 50 ms until it holds; fails after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A node's view made of `nets`.
+pub fn view(nets: Vec<swarm_core::overlay::NetworkView>) -> swarm_core::overlay::OverlayView {
+    swarm_core::overlay::OverlayView { networks: nets.into_iter().map(|n| (n.vni, n)).collect::<BTreeMap<_, _>>() }
+}
 
 /// 1 KiB block `i` of a stream: the marker, the index, filler.
 pub fn block(i: u64, marker: &[u8]) -> Vec<u8> {
