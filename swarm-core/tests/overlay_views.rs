@@ -62,6 +62,18 @@ fn task(id: &str, node: &str, net: &Network, addr: &str, state: TaskState) -> Ta
     }
 }
 
+/// A store, a dispatcher on it and its router task (abort it at the end).
+fn dispatcher() -> (Arc<dyn Store>, LocalDispatcher, tokio::task::JoinHandle<Result<(), swarm_core::store::StoreError>>)
+{
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let d = LocalDispatcher::new(store.clone());
+    let router = {
+        let d = d.clone();
+        tokio::spawn(async move { d.run().await })
+    };
+    (store, d, router)
+}
+
 /// The next message carrying a view, skipping others, within 5 s.
 async fn next_view(s: &mut AssignmentStream) -> OverlayView {
     loop {
@@ -81,12 +93,7 @@ fn ip(s: &str) -> Ipv4Addr {
 
 #[tokio::test(start_paused = true)]
 async fn workers_receive_their_overlay_views_and_their_changes() {
-    let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let d = LocalDispatcher::new(store.clone());
-    let router = {
-        let d = d.clone();
-        tokio::spawn(async move { d.run().await })
-    };
+    let (store, d, router) = dispatcher();
     let net = network("net1", "back", 4096, "10.10.1.0/24");
     let other = network("net2", "other", 4097, "10.10.2.0/24");
     let svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "img:1", 2), ..Default::default() };
@@ -162,12 +169,7 @@ async fn the_ingress_network_is_joined_by_every_node() {
 async fn the_agent_publishes_its_nodes_view() {
     use swarm_core::agent::{Agent, AgentConfig};
     use swarm_core::sim::SimRuntime;
-    let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let d = LocalDispatcher::new(store.clone());
-    let router = {
-        let d = d.clone();
-        tokio::spawn(async move { d.run().await })
-    };
+    let (store, d, router) = dispatcher();
     let net = network("net1", "back", 4096, "10.10.1.0/24");
     let svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "img:1", 2), ..Default::default() };
     store.commit(Transaction::new().create(net.clone()).create(svc)).await.unwrap();
@@ -219,12 +221,7 @@ async fn the_agent_publishes_its_nodes_view() {
 #[tokio::test(start_paused = true)]
 async fn workers_receive_the_names_of_their_networks() {
     use swarm_core::overlay::NameRecord;
-    let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let d = LocalDispatcher::new(store.clone());
-    let router = {
-        let d = d.clone();
-        tokio::spawn(async move { d.run().await })
-    };
+    let (store, d, router) = dispatcher();
     let net = network("net1", "back", 4096, "10.10.1.0/24");
     let mut svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "img:1", 2), ..Default::default() };
     svc.spec.networks = vec![NetworkAttachmentConfig { target: "back".into(), aliases: vec!["www".into()] }];
@@ -292,12 +289,7 @@ async fn workers_receive_the_names_of_their_networks() {
 async fn the_agent_removes_the_runtimes_network_of_a_network_it_left() {
     use swarm_core::agent::{Agent, AgentConfig};
     use swarm_core::sim::SimRuntime;
-    let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let d = LocalDispatcher::new(store.clone());
-    let router = {
-        let d = d.clone();
-        tokio::spawn(async move { d.run().await })
-    };
+    let (store, d, router) = dispatcher();
     let net = network("net1", "back", 4096, "10.10.1.0/24");
     let svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "img:1", 1), ..Default::default() };
     store.commit(Transaction::new().create(net.clone()).create(svc)).await.unwrap();
