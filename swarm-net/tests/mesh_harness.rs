@@ -43,7 +43,12 @@ type Farm = Arc<Mutex<HashMap<TaskId, (NodeId, TcpBackend)>>>;
 type Dead = Arc<Mutex<Vec<NodeId>>>;
 
 /// Starts a backend for each RUNNING task of `web` (on a node not dead),
-/// stops it once the task is no longer running.
+/// and shuts it down gracefully once the task is no longer running (its
+/// listener closes, requests under way finish), as a server does on the
+/// SIGTERM of a rolling update; a lost node's backends are killed instead
+/// (below). Killing them here raced the mesh: the store reported the task
+/// stopped, and its backend died, while a request the mesh had routed to
+/// it just before the endpoint left was still under way.
 fn run_farm(store: Arc<MemStore>, farm: Farm, dead: Dead) {
     tokio::spawn(async move {
         loop {
@@ -73,7 +78,7 @@ fn run_farm(store: Arc<MemStore>, farm: Farm, dead: Dead) {
             farm.lock().unwrap().retain(|id, (_, b)| {
                 let keep = running.iter().any(|(r, _, _)| r == id);
                 if !keep {
-                    b.stop();
+                    b.stop_gracefully();
                 }
                 keep
             });

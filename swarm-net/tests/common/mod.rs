@@ -78,6 +78,7 @@ pub struct TcpBackend {
     /// Where it listens.
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
+    closing: watch::Sender<bool>,
 }
 
 impl TcpBackend {
@@ -87,6 +88,7 @@ impl TcpBackend {
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = watch::channel(false);
         let mut rx1 = rx.clone();
+        let (closing, mut closing_rx) = watch::channel(false);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -108,10 +110,17 @@ impl TcpBackend {
                         });
                     }
                     _ = rx1.wait_for(|s| *s) => return,
+                    _ = closing_rx.wait_for(|s| *s) => return,
                 }
             }
         });
-        TcpBackend { addr, stop }
+        TcpBackend { addr, stop, closing }
+    }
+
+    /// Shuts it down as a server does on SIGTERM: the listener closes (new
+    /// connections are refused) and open connections run to their end.
+    pub fn stop_gracefully(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Kills it: listener and connections closed.
