@@ -465,15 +465,6 @@ impl ContainerdRuntime {
         if let Err(s) = tasks.map(|_| ()).or_else(|s| if is_not_found(&s) { Ok(()) } else { Err(s) }) {
             note(status_err(&format!("tasks.delete {id}"), "", s));
         }
-        let c = self.engine.containers().delete(self.engine.req(DeleteContainerRequest { id: id.into() })).await;
-        if let Err(s) = c.map(|_| ()).or_else(|s| if is_not_found(&s) { Ok(()) } else { Err(s) }) {
-            note(status_err(&format!("containers.delete {id}"), "", s));
-        }
-        let snap = RemoveSnapshotRequest { snapshotter: self.cfg.snapshotter.clone(), key: id.into() };
-        let r = self.engine.snapshots().remove(self.engine.req(snap)).await;
-        if let Err(s) = r.map(|_| ()).or_else(|s| if is_not_found(&s) { Ok(()) } else { Err(s) }) {
-            note(status_err(&format!("snapshots.remove {id}"), "", s));
-        }
         if let Some(t) = token {
             if has_ports {
                 ports::unpublish(self.host_netns(), t).await;
@@ -491,6 +482,20 @@ impl ContainerdRuntime {
             self.alloc.release(ip);
         }
         self.cpu.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        // The container record goes last: while it exists the task is not
+        // fully removed (its network namespace, veths, port rules, files),
+        // so whoever sees it gone (an agent, a test's cleanup) knows nothing
+        // of the task is left, and a teardown cut short is redone by the
+        // next `remove` of the container still listed.
+        let c = self.engine.containers().delete(self.engine.req(DeleteContainerRequest { id: id.into() })).await;
+        if let Err(s) = c.map(|_| ()).or_else(|s| if is_not_found(&s) { Ok(()) } else { Err(s) }) {
+            note(status_err(&format!("containers.delete {id}"), "", s));
+        }
+        let snap = RemoveSnapshotRequest { snapshotter: self.cfg.snapshotter.clone(), key: id.into() };
+        let r = self.engine.snapshots().remove(self.engine.req(snap)).await;
+        if let Err(s) = r.map(|_| ()).or_else(|s| if is_not_found(&s) { Ok(()) } else { Err(s) }) {
+            note(status_err(&format!("snapshots.remove {id}"), "", s));
+        }
         match first {
             Some(e) => Err(e),
             None => Ok(()),
