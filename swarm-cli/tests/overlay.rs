@@ -65,8 +65,7 @@ fn ctr(args: &[&str]) -> Result<String, String> {
 }
 
 /// The containerd container of task `task` (its id holds the task name,
-/// which holds the first 12 characters of the task id), or of a service
-/// when given its name.
+/// which holds the first 12 characters of the task id).
 fn container_of(task: &str) -> Option<String> {
     let short: String = task.chars().take(12).collect();
     let list = ctr(&["containers", "ls", "-q"]).ok()?;
@@ -98,26 +97,78 @@ fn nslookup(cid: &str, name: &str) -> Result<Vec<String>, String> {
 }
 
 /// Removes the test's services (and so their containers) and stops the
-/// daemons, also when the test fails.
+/// daemons, then removes through the runtime whatever of their tasks is
+/// left (a failed test, a daemon stopped mid-removal): containers, their
+/// network namespaces and veths, orphaned state. Also when the test fails.
 struct Cleanup {
     socket: Option<std::path::PathBuf>,
-    daemons: Vec<Daemon>,
+    /// Each daemon with the network namespace of its host.
+    daemons: Vec<(Daemon, String)>,
+}
+
+/// The containerd runtime of `daemon` (its namespace and state directory;
+/// host side in `host_ns`), as swarmd made it.
+async fn runtime_of(daemon: &Daemon, host_ns: &str) -> Option<swarm_runtime_containerd::ContainerdRuntime> {
+    let cfg = swarm_runtime_containerd::ContainerdConfig {
+        state_dir: daemon.dir.join("containerd"),
+        host_netns: Some(format!("/run/netns/{host_ns}").into()),
+        ..swarm_runtime_containerd::ContainerdConfig::new(CTD_NAMESPACE)
+    };
+    swarm_runtime_containerd::ContainerdRuntime::connect(cfg).await.ok()
+}
+
+/// The containers of node `node_id`.
+async fn containers_of(rt: &swarm_runtime_containerd::ContainerdRuntime, node_id: &str) -> Vec<String> {
+    use swarm_core::runtime::{Runtime, labels};
+    let selector = swarm_core::model::Labels::from([(labels::NODE_ID.to_string(), node_id.to_string())]);
+    rt.list(&selector).await.map(|l| l.into_iter().map(|c| c.id).collect()).unwrap_or_default()
+}
+
+impl Cleanup {
+    async fn clean(&mut self) {
+        use swarm_core::runtime::Runtime;
+        let mut runtimes = Vec::new();
+        for (d, ns) in &self.daemons {
+            runtimes.extend(runtime_of(d, ns).await.map(|rt| (rt, d.node_id.clone(), d.dir.clone())));
+        }
+        if let Some(s) = &self.socket {
+            for svc in ["swe2web", "swe2lone", "swe2api"] {
+                let _ = ctl(s, &["service", "rm", svc]);
+            }
+            // The agents remove their containers (a container gone means
+            // its network namespace and veths are gone too).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let mut left = 0;
+                for (rt, node, _) in &runtimes {
+                    left += containers_of(rt, node).await.len();
+                }
+                if left == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        for (d, _) in &mut self.daemons {
+            d.stop();
+        }
+        // What the daemons left (a failed test, a daemon stopped while
+        // removing), removed as their runtimes would on their next start.
+        for (rt, node, dir) in &runtimes {
+            for id in containers_of(rt, node).await {
+                let _ = rt.remove(&id).await;
+            }
+            if dir.join("containerd").join("containers").exists() {
+                let _ = rt.remove_orphans().await;
+            }
+        }
+    }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(s) = &self.socket {
-            let services = ["swe2web", "swe2lone", "swe2api"];
-            for svc in services {
-                let _ = ctl(s, &["service", "rm", svc]);
-            }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline && services.iter().any(|s| container_of(s).is_some()) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        for d in &mut self.daemons {
-            d.stop();
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(self.clean());
         }
     }
 }
@@ -166,7 +217,7 @@ fn tasks_on_an_overlay_network_reach_each_other_across_hosts() {
         .unwrap_or_else(|e| panic!("{e}"));
     let token = m1.worker_token.clone().unwrap();
     let socket = m1.daemon.socket();
-    let mut cleanup = Cleanup { socket: None, daemons: vec![m1.daemon] };
+    let mut cleanup = Cleanup { socket: None, daemons: vec![(m1.daemon, hosts[0].name().to_string())] };
     let w2 = lab
         .spawn_in_net(
             hosts[1].name(),
@@ -177,7 +228,7 @@ fn tasks_on_an_overlay_network_reach_each_other_across_hosts() {
             &["--token".into(), token, "10.252.0.1:4242".into(), "--overlay".into()],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    cleanup.daemons.push(w2.daemon);
+    cleanup.daemons.push((w2.daemon, hosts[1].name().to_string()));
     cleanup.socket = Some(socket.clone());
     eventually(Duration::from_secs(30), "2 nodes ready", || {
         (node_rows(&socket).iter().filter(|n| n["status"]["state"] == "ready").count() == 2).then_some(())
