@@ -74,6 +74,28 @@ fn dispatcher() -> (Arc<dyn Store>, LocalDispatcher, tokio::task::JoinHandle<Res
     (store, d, router)
 }
 
+/// Starts the agent of node n1 (address 192.168.0.1) on `runtime` against
+/// `d`, and waits until its session registered the node: its published
+/// overlay view and its task.
+async fn start_agent(
+    store: &Arc<dyn Store>,
+    d: &LocalDispatcher,
+    runtime: Arc<swarm_core::sim::SimRuntime>,
+) -> (tokio::sync::watch::Receiver<OverlayView>, tokio::task::JoinHandle<Result<(), swarm_core::agent::AgentError>>) {
+    use swarm_core::agent::{Agent, AgentConfig};
+    let agent = Agent::new(
+        AgentConfig { node_id: "n1".into(), description: NodeDescription::default(), addr: "192.168.0.1".into() },
+        runtime,
+        Arc::new(d.clone()),
+    );
+    let views = agent.overlay();
+    let run = tokio::spawn(agent.run());
+    while store.snapshot().await.unwrap().node(&"n1".into()).is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (views, run)
+}
+
 /// The next message carrying a view, skipping others, within 5 s.
 async fn next_view(s: &mut AssignmentStream) -> OverlayView {
     loop {
@@ -167,22 +189,12 @@ async fn the_ingress_network_is_joined_by_every_node() {
 /// data plane, and keeps it while disconnected.
 #[tokio::test(start_paused = true)]
 async fn the_agent_publishes_its_nodes_view() {
-    use swarm_core::agent::{Agent, AgentConfig};
     use swarm_core::sim::SimRuntime;
     let (store, d, router) = dispatcher();
     let net = network("net1", "back", 4096, "10.10.1.0/24");
     let svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "img:1", 2), ..Default::default() };
     store.commit(Transaction::new().create(net.clone()).create(svc)).await.unwrap();
-    let agent = Agent::new(
-        AgentConfig { node_id: "n1".into(), description: NodeDescription::default(), addr: "192.168.0.1".into() },
-        Arc::new(SimRuntime::new("n1")),
-        Arc::new(d.clone()),
-    );
-    let mut views = agent.overlay();
-    let run = tokio::spawn(agent.run());
-    while store.snapshot().await.unwrap().node(&"n1".into()).is_none() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (mut views, run) = start_agent(&store, &d, Arc::new(SimRuntime::new("n1"))).await;
     // n2 is another node (no agent) with a task on the network.
     let mut n2 = Node::ready("n2", "h2", Resources::default());
     n2.status.addr = "192.168.0.2".into();
@@ -287,22 +299,13 @@ async fn workers_receive_the_names_of_their_networks() {
 /// the agent removes the runtime's network for it.
 #[tokio::test(start_paused = true)]
 async fn the_agent_removes_the_runtimes_network_of_a_network_it_left() {
-    use swarm_core::agent::{Agent, AgentConfig};
     use swarm_core::sim::SimRuntime;
     let (store, d, router) = dispatcher();
     let net = network("net1", "back", 4096, "10.10.1.0/24");
     let svc = Service { id: "s1".into(), spec: ServiceSpec::replicated("web", "img:1", 1), ..Default::default() };
     store.commit(Transaction::new().create(net.clone()).create(svc)).await.unwrap();
     let sim = Arc::new(SimRuntime::new("n1"));
-    let agent = Agent::new(
-        AgentConfig { node_id: "n1".into(), description: NodeDescription::default(), addr: "192.168.0.1".into() },
-        sim.clone(),
-        Arc::new(d.clone()),
-    );
-    let run = tokio::spawn(agent.run());
-    while store.snapshot().await.unwrap().node(&"n1".into()).is_none() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (_, run) = start_agent(&store, &d, sim.clone()).await;
     let mut t = task("t1", "n1", &net, "10.10.1.2", TaskState::Assigned);
     t.spec.container.image = "img:1".into();
     store.commit(Transaction::new().create(t)).await.unwrap();
