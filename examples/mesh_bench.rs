@@ -23,6 +23,7 @@
 //! figures for every mode measured. MB/s are 10^6 bytes per second; medians
 //! of the repeats, the targets interleaved within each repeat.
 
+mod bench_net;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,39 +41,9 @@ use tokio::net::TcpStream;
 
 const SINK: u16 = 19001;
 const ECHO: u16 = 19002;
-
 async fn backend(ip: &str) -> std::io::Result<()> {
-    let sink = tokio::net::TcpListener::bind((ip, SINK)).await?;
-    let echo = tokio::net::TcpListener::bind((ip, ECHO)).await?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = sink.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 1 << 20];
-                let mut total = 0u64;
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    total += n as u64;
-                }
-                let _ = s.write_all(&total.to_be_bytes()).await;
-            });
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
+    let ip: std::net::IpAddr = ip.parse().map_err(std::io::Error::other)?;
+    bench_net::sink_and_echo(ip, SINK, ECHO).await
 }
 
 /// MB/s streaming `bytes` one way, ack included.

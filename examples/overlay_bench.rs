@@ -5,8 +5,9 @@
 //!
 //! Hosts are network namespaces on one underlay LAN (a bridge,
 //! 10.251.<m>.0/24), each running the overlay plane
-//! ([`swarm::net::overlay::Overlay`], views written by hand) and the
-//! tunnel ([`swarm::net::tunnel::Tunnel`], the same keys on both). Tasks
+//! ([`swarm::net::overlay::Overlay`], views written by hand, the encrypted
+//! network's key in the view as the managers send it; the plane runs the
+//! tunnel, [`swarm::net::tunnel::Tunnel`]). Tasks
 //! are namespaces whose `eth0` is plugged into the host's `swbr<vni>` with
 //! the address, MAC and gateway the design gives them: one pair on a
 //! plaintext network, one on an encrypted one (10.250.0.0/16, VNIs
@@ -33,13 +34,15 @@
 //! interface it makes starts with `swbn`; they are removed on exit, on
 //! error and on SIGINT/SIGTERM.
 
+mod bench_net;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
-use swarm::model::overlay_mac_string;
+use swarm::model::{NetworkKey, overlay_mac_string};
+use swarm::net::netkeys::generate_secret;
 use swarm::net::netns::{self, Lan, NetNs};
 use swarm::net::overlay::{Overlay, OverlayConfig};
-use swarm::net::tunnel::{KeySet, Tunnel, TunnelConfig, overlay_mtu};
+use swarm::net::tunnel::{TunnelConfig, overlay_mtu};
 use swarm::overlay::{NetworkView, OverlayView};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -102,11 +105,11 @@ fn on<T: Send + 'static>(rt: &Runtime, f: impl std::future::Future<Output = T> +
     Ok(rt.block_on(rt.spawn(f))?)
 }
 
-/// A host: its namespace, runtime, overlay plane and tunnel. Stops both on
-/// drop (the namespace goes after).
+/// A host: its namespace, runtime and overlay plane (which runs the
+/// tunnel of the encrypted network). Stops it on drop (the namespace goes
+/// after).
 struct Host {
     overlay: Option<Overlay>,
-    tunnel: Option<Tunnel>,
     views: watch::Sender<OverlayView>,
     rt: Option<Runtime>,
     ns: NetNs,
@@ -132,11 +135,11 @@ impl Host {
         let mut config = OverlayConfig::new(IpAddr::V4(addr));
         config.resync = Duration::from_secs(3600);
         config.mtu = Some(mtu - 50);
-        let mut host = Host { overlay: None, tunnel: None, views, rt: Some(rt), ns, addr };
-        host.overlay = Some(on(host.rt(), Overlay::start(rx, config))??);
         let mut tconfig = TunnelConfig::new(addr);
         tconfig.underlay_mtu = mtu;
-        host.tunnel = Some(on(host.rt(), Tunnel::start(tconfig))??);
+        config.tunnel = Some(tconfig);
+        let mut host = Host { overlay: None, views, rt: Some(rt), ns, addr };
+        host.overlay = Some(on(host.rt(), Overlay::start(rx, config))??);
         Ok(host)
     }
 
@@ -157,11 +160,6 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         if let Some(rt) = self.rt.take() {
-            if let Some(t) = self.tunnel.take() {
-                if let Err(e) = rt.block_on(rt.spawn(t.stop())).map_err(Error::from).and_then(|r| Ok(r?)) {
-                    eprintln!("warning: {}: tunnel stop: {e}", self.ns.name());
-                }
-            }
             if let Some(o) = self.overlay.take() {
                 if let Err(e) = rt.block_on(rt.spawn(o.stop())).map_err(Error::from).and_then(|r| Ok(r?)) {
                     eprintln!("warning: {}: overlay stop: {e}", self.ns.name());
@@ -218,13 +216,14 @@ impl Drop for Task {
     }
 }
 
-fn network(vni: u32, third: u8, encrypted: bool, local: Ipv4Addr, remote: (Ipv4Addr, Ipv4Addr)) -> NetworkView {
+fn network(vni: u32, third: u8, keys: &[NetworkKey], local: Ipv4Addr, remote: (Ipv4Addr, Ipv4Addr)) -> NetworkView {
     NetworkView {
         name: format!("swbn{vni}"),
         vni,
         subnet: format!("10.250.{third}.0/24"),
         gateway: format!("10.250.{third}.1"),
-        encrypted,
+        encrypted: !keys.is_empty(),
+        keys: keys.to_vec(),
         local: [local].into(),
         remote: [(remote.0, IpAddr::V4(remote.1))].into(),
         ..Default::default()
@@ -248,19 +247,19 @@ fn build(prefix: &str, m: u8, mtu: u32) -> Result<World, Error> {
     let (plain, enc) = (9000 + 2 * u32::from(m), 9001 + 2 * u32::from(m));
     let (pt, et) = (2 * m, 2 * m + 1);
     let ip = |third: u8, i: u8| Ipv4Addr::new(10, 250, third, i);
-    let keys = KeySet::generate()?;
+    // As the managers' key controller makes it (swarm_net::netkeys).
+    let keys = [NetworkKey { id: 1, secret: generate_secret()?, created: Default::default(), current: true }];
     for (i, host) in world.hosts.iter().enumerate() {
         let other = world.hosts[1 - i].addr;
         let (me, peer) = (10 + i as u8, 11 - i as u8);
         let view = OverlayView {
             networks: [
-                (plain, network(plain, pt, false, ip(pt, me), (ip(pt, peer), other))),
-                (enc, network(enc, et, true, ip(et, me), (ip(et, peer), other))),
+                (plain, network(plain, pt, &[], ip(pt, me), (ip(pt, peer), other))),
+                (enc, network(enc, et, &keys, ip(et, me), (ip(et, peer), other))),
             ]
             .into(),
         };
         host.set(view)?;
-        host.tunnel.as_ref().ok_or("no tunnel")?.set_keys(enc, keys.clone())?;
     }
     let [h1, h2] = &world.hosts[..] else { unreachable!("two hosts") };
     let (pm, em) = (mtu - 50, overlay_mtu(mtu));
@@ -274,40 +273,9 @@ fn build(prefix: &str, m: u8, mtu: u32) -> Result<World, Error> {
 // ---------------------------------------------------------------------------
 // Workloads
 
-/// A sink (counts what it reads, answers the count at EOF) and a one-byte
-/// echo, on `ip`.
+/// The sink and the echo server on `ip`.
 async fn serve(ip: Ipv4Addr) -> std::io::Result<()> {
-    let sink = tokio::net::TcpListener::bind((ip, SINK)).await?;
-    let echo = tokio::net::TcpListener::bind((ip, ECHO)).await?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = sink.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 1 << 18];
-                let mut total = 0u64;
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    total += n as u64;
-                }
-                let _ = s.write_all(&total.to_be_bytes()).await;
-            });
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
+    bench_net::sink_and_echo(ip.into(), SINK, ECHO).await
 }
 
 /// MiB/s streaming `mib` MiB to the sink at `ip`, its answer included.
@@ -440,8 +408,7 @@ fn measure(world: &World, o: &Options) -> Result<Vec<Figures>, Error> {
         figures[i].p99_us = percentile(&rtts, 0.99);
     }
     for h in [h1, h2] {
-        if let Some(t) = &h.tunnel {
-            let s = t.stats();
+        if let Some(s) = h.overlay.as_ref().and_then(Overlay::tunnel_stats) {
             let dropped: BTreeMap<String, u64> =
                 s.dropped.iter().filter(|(_, n)| **n > 0).map(|(r, n)| (format!("{r:?}"), *n)).collect();
             eprintln!("  {}: tunnel sealed {} opened {} dropped {dropped:?}", h.ns.name(), s.sealed, s.opened);
